@@ -1,0 +1,139 @@
+"""The budget ledger in Redis: reserve before a step, settle to actual after, release on failure.
+
+Dimensions (integer units): tokens, model_calls, tool_calls, retries, wall_clock_ms,
+cost_micro_usd. A step reserves its worst case in every scope (run, tenant per day, route
+per day) in one Lua call: all scopes or none. Reservations count against limits, so
+concurrent steps cannot together overspend. Settling replaces the reservation by what was
+actually spent; SQL spend records hold the same numbers and can rebuild the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import redis
+
+from runtime.config import DIMENSIONS
+from runtime.errors import BudgetExhausted
+from runtime.keys import Keys
+
+
+def _script(name: str) -> str:
+    return resources.files("runtime.budgets").joinpath("lua", name).read_text()
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Scope:
+    #: a readable name for errors and traces, e.g. ``tenant:acme:2026-11-29``
+    name: str
+    key: str
+    #: ledger units per dimension; -1 = unlimited
+    limits: dict[str, int]
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    run_id: str
+    step: int
+    amounts: dict[str, int]
+    #: "new" or "existing" (a redelivered step found its own hold)
+    state: str
+
+
+class BudgetLedger:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._reserve = client.register_script(_script("reserve.lua"))
+        self._settle = client.register_script(_script("settle.lua"))
+
+    # --- scopes ----------------------------------------------------------------------
+    def run_scope(self, run_id: str, limits: dict[str, int]) -> Scope:
+        return Scope(f"run:{run_id}", self.keys.budget_run(run_id), limits, ttl_s=30 * 86400)
+
+    def tenant_day_scope(self, tenant: str, limits: dict[str, int], day: str | None = None) -> Scope:
+        day = day or today()
+        return Scope(f"tenant:{tenant}:{day}", self.keys.budget_tenant_day(tenant, day), limits,
+                     ttl_s=3 * 86400)  # fmt: skip
+
+    def route_day_scope(self, route: str, limits: dict[str, int], day: str | None = None) -> Scope:
+        day = day or today()
+        return Scope(f"route:{route}:{day}", self.keys.budget_route_day(route, day), limits,
+                     ttl_s=3 * 86400)  # fmt: skip
+
+    # --- operations ------------------------------------------------------------------
+    def reserve(
+        self,
+        run_id: str,
+        step: int,
+        scopes: list[Scope],
+        amounts: dict[str, int],
+        hold_ttl_ms: int,
+    ) -> Reservation:
+        """Reserve ``amounts`` in every scope or raise ``BudgetExhausted`` naming the first
+        scope and dimension that would go over. Idempotent for (run, step)."""
+        dims = list(DIMENSIONS)
+        argv: list[Any] = [hold_ttl_ms, len(dims), *dims, *(int(amounts.get(d, 0)) for d in dims)]
+        for scope in scopes:
+            argv.extend(int(scope.limits.get(d, -1)) for d in dims)
+        argv.extend(scope.ttl_s for scope in scopes)
+        keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
+        keys.extend(scope.key for scope in scopes)
+        result = self._reserve(keys=keys, args=argv)
+        if int(result[0]) == 1:
+            state = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+            return Reservation(run_id, step, dict(amounts), state)
+        scope = scopes[int(result[1])]
+        dim = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
+        raise BudgetExhausted(scope.name, dim)
+
+    def settle(self, run_id: str, step: int, actuals: dict[str, int]) -> bool:
+        """Replace the step's reservation by ``actuals``. False if nothing was open."""
+        dims = list(DIMENSIONS)
+        argv: list[Any] = [len(dims), *dims, *(int(actuals.get(d, 0)) for d in dims)]
+        keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
+        return bool(self._settle(keys=keys, args=argv))
+
+    def settle_in(self, pipe: Any, run_id: str, step: int, actuals: dict[str, int]) -> None:
+        """Queue a settle on a pipeline (to share a round trip with other commands)."""
+        dims = list(DIMENSIONS)
+        argv: list[Any] = [len(dims), *dims, *(int(actuals.get(d, 0)) for d in dims)]
+        keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
+        self._settle(keys=keys, args=argv, client=pipe)
+
+    def release(self, run_id: str, step: int) -> bool:
+        """Drop the step's reservation without spending anything."""
+        return self.settle(run_id, step, {})
+
+    def balance(self, scope_key: str) -> dict[str, dict[str, int]]:
+        """``{dimension: {"used": n, "reserved": n}}`` for one scope."""
+        raw = self.redis.hgetall(scope_key)
+        out: dict[str, dict[str, int]] = {d: {"used": 0, "reserved": 0} for d in DIMENSIONS}
+        for field, value in raw.items():
+            f = field.decode() if isinstance(field, bytes) else field
+            kind, _, dim = f.partition(":")
+            if dim in out:
+                out[dim]["used" if kind == "u" else "reserved"] = int(value)
+        return out
+
+    def release_expired(self, now_ms: int | None = None) -> int:
+        """Release holds whose step died without settling (their ttl passed). Returns count."""
+        if now_ms is None:
+            sec, usec = self.redis.time()
+            now_ms = int(sec) * 1000 + int(usec) // 1000
+        expired = self.redis.zrangebyscore(self.keys.budget_holds_index(), "-inf", now_ms)
+        released = 0
+        dims = list(DIMENSIONS)
+        for hold in expired:
+            hold_key = hold.decode() if isinstance(hold, bytes) else hold
+            argv: list[Any] = [len(dims), *dims, *([0] * len(dims))]
+            released += int(self._settle(keys=[hold_key, self.keys.budget_holds_index()], args=argv))
+        return released

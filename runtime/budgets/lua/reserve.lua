@@ -1,0 +1,59 @@
+-- reserve.lua: reserve amounts in every scope of a step, all or nothing; idempotent per hold.
+-- KEYS[1]      = $ns:{ledger}:hold:$run:$step   hash: a:<dim> = reserved amount, scopes, expires
+-- KEYS[2]      = $ns:{ledger}:holds             zset: hold key -> expiry (ms), for the reaper
+-- KEYS[3..]    = scope hashes ($ns:{ledger}:run:$id, tenant:$t:$day, route:$r:$day)
+--                fields u:<dim> (settled spend) and r:<dim> (open reservations)
+-- ARGV[1]      = hold ttl (ms)
+-- ARGV[2]      = number of dimensions D
+-- ARGV[3..]    = D dimension names, then D amounts,
+--                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s)
+-- returns {1, "new"|"existing"} or {0, scope_index (0-based), dimension, used, reserved, limit}
+local hold = KEYS[1]
+if redis.call('EXISTS', hold) == 1 then
+  return {1, 'existing'}
+end
+local ttl_ms = tonumber(ARGV[1])
+local nd = tonumber(ARGV[2])
+local nscopes = #KEYS - 2
+local dims, amounts = {}, {}
+for d = 1, nd do
+  dims[d] = ARGV[2 + d]
+  amounts[d] = tonumber(ARGV[2 + nd + d])
+end
+local limit_base = 2 + 2 * nd
+local ttl_base = limit_base + nscopes * nd
+for s = 1, nscopes do
+  local scope = KEYS[2 + s]
+  for d = 1, nd do
+    local amount = amounts[d]
+    local limit = tonumber(ARGV[limit_base + (s - 1) * nd + d])
+    if amount > 0 and limit >= 0 then
+      local used = tonumber(redis.call('HGET', scope, 'u:' .. dims[d]) or '0')
+      local reserved = tonumber(redis.call('HGET', scope, 'r:' .. dims[d]) or '0')
+      if used + reserved + amount > limit then
+        return {0, s - 1, dims[d], used, reserved, limit}
+      end
+    end
+  end
+end
+local scope_list = {}
+for s = 1, nscopes do
+  local scope = KEYS[2 + s]
+  scope_list[s] = scope
+  for d = 1, nd do
+    if amounts[d] ~= 0 then
+      redis.call('HINCRBY', scope, 'r:' .. dims[d], amounts[d])
+    end
+  end
+  redis.call('EXPIRE', scope, tonumber(ARGV[ttl_base + s]))
+end
+local t = redis.call('TIME')
+local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl_ms
+local fields = {'scopes', table.concat(scope_list, '\n'), 'expires', expires}
+for d = 1, nd do
+  table.insert(fields, 'a:' .. dims[d])
+  table.insert(fields, amounts[d])
+end
+redis.call('HSET', hold, unpack(fields))
+redis.call('ZADD', KEYS[2], expires, hold)
+return {1, 'new'}

@@ -1,0 +1,250 @@
+"""The deployment file (``config/runtime.yaml``): tenants, routes, tools, budgets, policy.
+
+Validated at start-up; every problem names its key, e.g.
+``routes.support.triage.max_steps: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.contract import AutonomyLevel, ExecutionMode, PriorityClass, RiskClass
+from runtime.errors import ConfigError
+
+#: ledger dimensions and their integer units
+DIMENSIONS: tuple[str, ...] = (
+    "tokens",
+    "model_calls",
+    "tool_calls",
+    "retries",
+    "wall_clock_ms",
+    "cost_micro_usd",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BudgetLimits(_Strict):
+    """Limits per dimension; a missing dimension is unlimited."""
+
+    tokens: int | None = Field(default=None, ge=0)
+    model_calls: int | None = Field(default=None, ge=0)
+    tool_calls: int | None = Field(default=None, ge=0)
+    retries: int | None = Field(default=None, ge=0)
+    wall_clock_s: float | None = Field(default=None, ge=0)
+    cost_usd: float | None = Field(default=None, ge=0)
+
+    def ledger_limits(self) -> dict[str, int]:
+        """Limits in ledger units; -1 means unlimited."""
+
+        def lim(v: float | None, scale: float = 1) -> int:
+            return -1 if v is None else round(v * scale)
+
+        return {
+            "tokens": lim(self.tokens),
+            "model_calls": lim(self.model_calls),
+            "tool_calls": lim(self.tool_calls),
+            "retries": lim(self.retries),
+            "wall_clock_ms": lim(self.wall_clock_s, 1000),
+            "cost_micro_usd": lim(self.cost_usd, 1_000_000),
+        }
+
+
+class BudgetPolicy(_Strict):
+    version: str
+    per_run: BudgetLimits = BudgetLimits()
+    #: worst case reserved for one model call; also the proposer's max output tokens
+    tokens_per_step: int = Field(default=4000, gt=0)
+
+
+class TenantConfig(_Strict):
+    name: str | None = None
+    weight: int = Field(default=1, ge=1)
+    daily_budget: BudgetLimits = BudgetLimits()
+    enabled: bool = True
+
+
+class ModelConfig(_Strict):
+    kind: Literal["scripted", "openai"]
+    #: the model version recorded on every run (the version set's ``model``)
+    version: str
+    #: provider model name (openai kind)
+    model: str | None = None
+    base_url: str | None = None
+    #: name of the environment variable holding the API key (never the key itself)
+    api_key_env: str | None = None
+    input_usd_per_mtok: float = Field(default=0.0, ge=0)
+    output_usd_per_mtok: float = Field(default=0.0, ge=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    temperature: float | None = None
+
+    @model_validator(mode="after")
+    def _openai_needs_model(self) -> ModelConfig:
+        if self.kind == "openai" and not self.model:
+            raise ValueError("kind 'openai' needs 'model' (the provider's model name)")
+        return self
+
+
+class RouteConfig(_Strict):
+    task_class: str
+    risk_class: RiskClass
+    autonomy_level: AutonomyLevel
+    execution_mode: ExecutionMode = "async_job"
+    #: a key of ``models``
+    proposer: str
+    prompt_version: str = "v1"
+    retriever_version: str | None = None
+    system_prompt: str = "You are a careful assistant. Use the tools you are given."
+    allowed_tools: list[str] = Field(default_factory=list)
+    #: a key of ``budget_policies``
+    budget_policy: str
+    daily_budget: BudgetLimits = BudgetLimits()
+    max_steps: int = Field(default=10, gt=0, le=1000)
+    concurrency_limit: int = Field(default=10, gt=0)
+    priority: PriorityClass = "normal"
+    #: tenants allowed on this route; ["*"] = all
+    tenants: list[str] = Field(default_factory=lambda: ["*"])
+    step_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    run_timeout_s: float = Field(default=3600.0, gt=0)
+    max_input_bytes: int = Field(default=64 * 1024, gt=0)
+    #: invalid proposals fed back to the model before the run is refused
+    max_invalid_proposals: int = Field(default=0, ge=0)
+    #: failed tool calls fed back to the model before the run fails
+    max_tool_errors: int = Field(default=0, ge=0)
+    #: times a step waits for a busy lock before the run fails with failed:lock_timeout
+    lock_wait_attempts: int = Field(default=20, ge=0)
+    enabled: bool = True
+
+
+class ToolManifestEntry(_Strict):
+    version: str = "1"
+    timeout_s: float | None = Field(default=None, gt=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    enabled: bool = True
+
+
+class Comparison(_Strict):
+    eq: Any = None
+    ne: Any = None
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    not_in: list[Any] | None = None
+    contains: str | None = None
+
+
+class RuleMatch(_Strict):
+    tool: list[str] | None = None
+    side_effect: list[str] | None = None
+    tenant: list[str] | None = None
+    route: list[str] | None = None
+    risk_class: list[str] | None = None
+    autonomy_level: list[str] | None = None
+    args: dict[str, Comparison] | None = None
+
+
+class PolicyRule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9_.\-]+$")
+    effect: Literal["allow", "deny", "require_approval", "escalate"]
+    reason: str | None = None
+    match: RuleMatch = RuleMatch()
+
+
+class PolicyConfig(_Strict):
+    version: str
+    default: Literal["allow", "deny"] = "allow"
+    rules: list[PolicyRule] = Field(default_factory=list)
+
+
+class RuntimeConfig(_Strict):
+    #: release of this file; part of the harness version
+    version: str
+    harness_version: str = "agentrt-0.1"
+    tool_modules: list[str] = Field(default_factory=list)
+    models: dict[str, ModelConfig]
+    tenants: dict[str, TenantConfig]
+    budget_policies: dict[str, BudgetPolicy]
+    routes: dict[str, RouteConfig]
+    tools: dict[str, ToolManifestEntry] = Field(default_factory=dict)
+    policy: PolicyConfig
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> RuntimeConfig:
+        problems: list[str] = []
+        for name, route in self.routes.items():
+            if route.proposer not in self.models:
+                problems.append(
+                    f"routes.{name}.proposer: unknown model {route.proposer!r} "
+                    f"(defined: {', '.join(sorted(self.models)) or 'none'})"
+                )
+            if route.budget_policy not in self.budget_policies:
+                problems.append(
+                    f"routes.{name}.budget_policy: unknown budget policy {route.budget_policy!r} "
+                    f"(defined: {', '.join(sorted(self.budget_policies)) or 'none'})"
+                )
+            for tool in route.allowed_tools:
+                if tool not in self.tools:
+                    problems.append(
+                        f"routes.{name}.allowed_tools: tool {tool!r} is not declared under 'tools'"
+                    )
+            for tenant in route.tenants:
+                if tenant != "*" and tenant not in self.tenants:
+                    problems.append(f"routes.{name}.tenants: unknown tenant {tenant!r}")
+        seen: set[str] = set()
+        for i, rule in enumerate(self.policy.rules):
+            if rule.id in seen:
+                problems.append(f"policy.rules.{i}.id: duplicate rule id {rule.id!r}")
+            seen.add(rule.id)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def max_step_timeout_s(self) -> float:
+        return max((r.step_timeout_s for r in self.routes.values()), default=60.0)
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        if err["type"] == "value_error" and "; " in msg and not loc:
+            problems.extend(msg.split("; "))
+            continue
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return problems
+
+
+def parse_config(data: Any, source: str = "<config>") -> RuntimeConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the file must be a YAML mapping at the top level"])
+    try:
+        return RuntimeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _format_validation_error(exc)) from None
+
+
+def load_config(path: Path | str) -> RuntimeConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(str(path), ["file not found (set AGENTRT_CONFIG to its path)"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"{where}YAML syntax error: {problem}"]) from None
+    return parse_config(data, str(path))

@@ -1,0 +1,148 @@
+"""The run contract (the seed's RuntimeRun) and the proposal types.
+
+These are the shapes that cross boundaries: the Python API returns them, the CLI prints
+them as JSON (camelCase, as the seed writes them), the store maps them to rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+AutonomyLevel = Literal[
+    "advisory", "drafts_for_review", "executes_after_approval", "bounded_autonomous"
+]
+RiskClass = Literal["low", "medium", "high"]
+ExecutionMode = Literal["sync", "async_job", "durable_workflow", "event_triggered"]
+SideEffectClass = Literal["read", "write", "external", "irreversible"]
+PriorityClass = Literal["critical", "high", "normal", "low"]
+
+
+class RunStatus(enum.StrEnum):
+    #: admitted and stored; its first step is queued
+    QUEUED = "queued"
+    #: a step has started
+    RUNNING = "running"
+    #: paused: needs approval, escalated, or waiting on an operator
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    #: admission or the runtime refused the work
+    REFUSED = "refused"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REFUSED, RunStatus.CANCELLED}
+)
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class VersionSet(_Camel):
+    model: str
+    prompt: str
+    policy: str
+    tool_schema: str
+    retriever: str | None = None
+    harness: str
+
+
+class RuntimeRun(_Camel):
+    """Every field of the seed's RuntimeRun contract, plus timestamps."""
+
+    run_id: str
+    trace_id: str
+    request_id: str
+    actor_id: str
+    tenant_id: str
+    route: str
+    goal: str
+    autonomy_level: AutonomyLevel
+    risk_class: RiskClass
+    execution_mode: ExecutionMode
+    status: RunStatus
+    version_set: VersionSet
+    budget_policy_version: str
+    policy_version: str
+    workflow_step: str | None = None
+    allowed_tools: list[str]
+    idempotency_key: str | None = None
+    approval_id: str | None = None
+    checkpoint_ref: str | None = None
+    stop_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunView(RuntimeRun):
+    """The contract plus what an operator wants next to it."""
+
+    priority: PriorityClass = "normal"
+    steps: int = 0
+    output: Any = None
+    input: dict[str, Any] | None = None
+
+
+# --- proposals: what a model (or a script) may propose; untrusted input -----------------
+
+
+class Usage(_Camel):
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class ToolCallProposal(_Camel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["tool_call"] = "tool_call"
+    tool: str = Field(min_length=1, max_length=200)
+    args: dict[str, Any] = Field(default_factory=dict)
+    call_id: str | None = None
+
+
+class ReplyProposal(_Camel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["reply"] = "reply"
+    text: str
+
+
+class StopProposal(_Camel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["stop"] = "stop"
+    reason: str | None = None
+
+
+Proposal = Annotated[
+    ToolCallProposal | ReplyProposal | StopProposal, Field(discriminator="type")
+]
+
+
+class ProposalResult(BaseModel):
+    """What a proposer hands back: the raw proposal (still untrusted), usage, model version."""
+
+    raw: Any
+    usage: Usage = Field(default_factory=Usage)
+    model_version: str
+    latency_ms: int = 0
+
+
+class TraceEvent(_Camel):
+    run_id: str
+    trace_id: str
+    step: int | None
+    seq: int
+    at: datetime
+    kind: str
+    data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,79 @@
+"""Every Redis key the runtime touches, and nowhere else.
+
+Keys live under one namespace (``AGENTRT_NAMESPACE``, default ``agentrt``) so several
+deployments or test sessions can share a server. Keys that one Lua script touches together
+share a Redis Cluster hash tag (the part in braces):
+
+* the budget ledger: ``{ledger}`` - every scope of one reservation must be in one slot and
+  scopes cross tenants (a route's daily budget), so the ledger is one slot. Shard it by
+  running one ledger Redis per region/cell; a slot handles ~50k reservations/s.
+* a tool lock and its fencing counter: ``{lock:<name>}``.
+* a run's step lease: ``{run:<id>}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str = "agentrt"
+
+    # --- budget ledger ---------------------------------------------------------------
+    def budget_run(self, run_id: str) -> str:
+        return f"{self.namespace}:{{ledger}}:run:{run_id}"
+
+    def budget_tenant_day(self, tenant: str, day: str) -> str:
+        return f"{self.namespace}:{{ledger}}:tenant:{tenant}:{day}"
+
+    def budget_route_day(self, route: str, day: str) -> str:
+        return f"{self.namespace}:{{ledger}}:route:{route}:{day}"
+
+    def budget_hold(self, run_id: str, step: int) -> str:
+        return f"{self.namespace}:{{ledger}}:hold:{run_id}:{step}"
+
+    def budget_holds_index(self) -> str:
+        """ZSET of open holds scored by their expiry (ms), for the reaper."""
+        return f"{self.namespace}:{{ledger}}:holds"
+
+    # --- locks and leases ------------------------------------------------------------
+    def lock(self, name: str) -> str:
+        return f"{self.namespace}:{{lock:{name}}}"
+
+    def lock_fence(self, name: str) -> str:
+        return f"{self.namespace}:{{lock:{name}}}:fence"
+
+    def run_lease(self, run_id: str) -> str:
+        return f"{self.namespace}:{{run:{run_id}}}:lease"
+
+    def step_enqueued(self, run_id: str, step: int) -> str:
+        """Set once step ``step`` of a run has been published, so duplicates don't re-send it."""
+        return f"{self.namespace}:{{run:{run_id}}}:enq:{step}"
+
+    # --- idempotency -----------------------------------------------------------------
+    def effect(self, idempotency_key: str) -> str:
+        """Journal marker written atomically with a Redis-resident side effect."""
+        return f"{self.namespace}:effect:{idempotency_key}"
+
+    def effect_result(self, idempotency_key: str) -> str:
+        return f"{self.namespace}:effect:{idempotency_key}:result"
+
+    # --- live controls ---------------------------------------------------------------
+    def route_stopped(self, route: str) -> str:
+        return f"{self.namespace}:control:route_stopped:{route}"
+
+    def tool_disabled(self, tool: str) -> str:
+        return f"{self.namespace}:control:tool_disabled:{tool}"
+
+    def run_cancelled(self, run_id: str) -> str:
+        return f"{self.namespace}:control:cancel:{run_id}"
+
+    # --- demo tool pack (not runtime state; kept here so every key has one home) ------
+    def demo(self, name: str) -> str:
+        return f"{self.namespace}:demo:{name}"
+
+    # --- celery broker ---------------------------------------------------------------
+    def broker_prefix(self) -> str:
+        """kombu ``global_keyprefix``: broker lists and bindings live under the namespace."""
+        return f"{self.namespace}:celery:"

@@ -1,0 +1,391 @@
+"""The composition root: every entry point (tasks, CLI, web apps) calls ``RuntimeService``.
+
+``Runtime.from_env()`` is the Python API for web apps::
+
+    from runtime import Runtime
+    rt = Runtime.from_env()
+    run = rt.submit(tenant="acme", route="support.triage", goal="...", input={...},
+                    actor="user:42", request_id=request.headers["X-Request-Id"])
+    rt.wait(run.run_id, timeout=30)
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import redis
+
+from runtime import admission, stop_reasons
+from runtime.config import RuntimeConfig, load_config
+from runtime.contract import TERMINAL_STATUSES, RunStatus, RunView, TraceEvent, VersionSet
+from runtime.embedded_redis import EmbeddedRedis, ensure_embedded
+from runtime.errors import AgentRuntimeError, ConfigError, SettingsError
+from runtime.keys import Keys
+from runtime.budgets.ledger import BudgetLedger
+from runtime.locks.leases import LeaseManager
+from runtime.policy import PolicyEngine
+from runtime.proposers.base import Proposer
+from runtime.proposers.openai_compat import OpenAIProposer
+from runtime.proposers.scripted import ScriptedProposer
+from runtime.settings import Settings
+from runtime.steps import StepAddress, StepResult, StepRunner
+from runtime.store.db import default_sqlite_url, make_engine, utcnow
+from runtime.store.runs import RunStore
+from runtime.tools.registry import ToolRegistry, ToolSpec
+from runtime.tracing import TraceBuffer
+
+WAIT_STATUSES = TERMINAL_STATUSES | {RunStatus.WAITING}
+
+
+class StepDispatcher(Protocol):
+    """Sends a step to the workers. ``tasks.dispatch.CeleryDispatcher`` is the default."""
+
+    def enqueue(self, address: StepAddress, countdown: float | None = None) -> None: ...
+
+
+class WaitTimeout(AgentRuntimeError):
+    def __init__(self, run_id: str, timeout: float, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id} still {status} after {timeout:g}s")
+
+
+@dataclass
+class Endpoints:
+    redis_url: str
+    broker_url: str
+    database_url: str
+    embedded_redis: EmbeddedRedis | None = None
+
+
+def resolve_endpoints(settings: Settings) -> Endpoints:
+    """Fill in what the environment left unset: an embedded Redis, SQLite under ``home``."""
+    embedded = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        embedded = ensure_embedded(settings.home)
+        redis_url = embedded.url
+    database_url = settings.database_url or default_sqlite_url(settings.home)
+    return Endpoints(redis_url, settings.broker_url or redis_url, database_url, embedded)
+
+
+def check_redis_policy(client: redis.Redis, allow_evicting: bool) -> None:
+    """The ledger and leases must never be evicted: refuse a Redis that may evict keys."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "")
+    except redis.ResponseError as exc:
+        if allow_evicting:
+            return
+        raise SettingsError(
+            "cannot read maxmemory-policy of the ledger Redis (CONFIG is disabled?): "
+            f"{exc}. Make sure it is 'noeviction' and set AGENTRT_ALLOW_EVICTING_REDIS=1"
+        ) from exc
+    if policy != "noeviction" and not allow_evicting:
+        raise SettingsError(
+            f"the ledger Redis has maxmemory-policy={policy!r}; budgets, leases and locks "
+            "would silently vanish under memory pressure. Run it with "
+            "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction)"
+        )
+
+
+class RuntimeService:
+    def __init__(
+        self,
+        settings: Settings,
+        config: RuntimeConfig,
+        *,
+        endpoints: Endpoints,
+        registry: ToolRegistry,
+        dispatcher: StepDispatcher | None = None,
+        dispatcher_factory: Callable[[RuntimeService], StepDispatcher] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.endpoints = endpoints
+        self.registry = registry
+        self.keys = Keys(settings.namespace)
+        self.redis = redis.Redis.from_url(endpoints.redis_url, health_check_interval=30)
+        check_redis_policy(self.redis, settings.allow_evicting_redis)
+        self.store = RunStore(make_engine(endpoints.database_url))
+        self.ledger = BudgetLedger(self.redis, self.keys)
+        self.leases = LeaseManager(self.redis, self.keys)
+        self.policy = PolicyEngine(config.policy)
+        self.steps = StepRunner(self)
+        self._dispatcher = dispatcher
+        self._dispatcher_factory = dispatcher_factory
+        self._proposers: dict[str, Proposer] = {}
+
+    # --- construction ----------------------------------------------------------------
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        dispatcher: StepDispatcher | None = None,
+        dispatcher_factory: Callable[[RuntimeService], StepDispatcher] | None = None,
+        create_schema: bool = True,
+    ) -> RuntimeService:
+        settings = settings or Settings()
+        config = load_config(settings.config)
+        registry = load_registry(config, str(settings.config))
+        svc = cls(settings, config, endpoints=resolve_endpoints(settings), registry=registry,
+                  dispatcher=dispatcher, dispatcher_factory=dispatcher_factory)  # fmt: skip
+        if create_schema:
+            svc.store.create_schema()
+        return svc
+
+    @property
+    def dispatcher(self) -> StepDispatcher:
+        if self._dispatcher is None:
+            factory = self._dispatcher_factory or _default_dispatcher_factory
+            self._dispatcher = factory(self)
+        return self._dispatcher
+
+    # --- config lookups used by the step loop ------------------------------------------
+    def proposer_for(self, model_name: str) -> Proposer:
+        proposer = self._proposers.get(model_name)
+        if proposer is None:
+            model = self.config.models[model_name]
+            proposer = ScriptedProposer(model.version) if model.kind == "scripted" else OpenAIProposer(model)
+            self._proposers[model_name] = proposer
+        return proposer
+
+    def tool_timeout(self, spec: ToolSpec) -> float:
+        entry = self.config.tools.get(spec.name)
+        return entry.timeout_s if entry and entry.timeout_s else spec.timeout_s
+
+    def tool_cost_micro(self, name: str) -> int:
+        entry = self.config.tools.get(name)
+        return round(entry.cost_usd * 1_000_000) if entry else 0
+
+    def tool_enabled(self, name: str, disabled_live: frozenset[str] = frozenset()) -> bool:
+        entry = self.config.tools.get(name)
+        return entry is not None and entry.enabled and name not in disabled_live
+
+    def live_controls(self, run_id: str, route: str, tools: list[str]) -> tuple[bool, bool, frozenset[str]]:
+        """(cancelled, route stopped, tools disabled) from the kill switches: one round trip."""
+        keys = [self.keys.run_cancelled(run_id), self.keys.route_stopped(route)]
+        keys += [self.keys.tool_disabled(t) for t in tools]
+        values = self.redis.mget(keys)
+        disabled = frozenset(t for t, v in zip(tools, values[2:], strict=True) if v)
+        return bool(values[0]), bool(values[1]), disabled
+
+    def route_stopped(self, route: str) -> bool:
+        return bool(self.redis.exists(self.keys.route_stopped(route)))
+
+    def version_set(self, route_name: str) -> VersionSet:
+        route = self.config.routes[route_name]
+        model = self.config.models[route.proposer]
+        versions = {n: e.version for n, e in self.config.tools.items()}
+        return VersionSet(
+            model=model.version,
+            prompt=route.prompt_version,
+            policy=self.config.policy.version,
+            tool_schema=self.registry.schema_digest(route.allowed_tools, versions),
+            retriever=route.retriever_version,
+            harness=f"{self.config.harness_version}+config:{self.config.version}",
+        )
+
+    # --- the Python API ----------------------------------------------------------------
+    def submit(
+        self,
+        tenant: str,
+        route: str,
+        goal: str,
+        input: dict[str, Any] | None = None,
+        actor: str = "anonymous",
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: str | None = None,
+    ) -> RunView:
+        """Admit or refuse a run. Returns at once; a refused run is stored with its reason.
+        A repeated request id or idempotency key returns the first run, never a second."""
+        run_input = {} if input is None else input
+        if request_id or idempotency_key:
+            existing = self.store.find_duplicate(tenant, request_id, idempotency_key)
+            if existing is not None:
+                return self._view(existing)
+        route_cfg = self.config.routes.get(route)
+        problems: list[str] = []
+        if route_cfg is not None and isinstance(run_input, dict):
+            problems = self.proposer_for(route_cfg.proposer).input_problems(run_input)
+        refusal = admission.decide(
+            self.config,
+            admission.AdmissionRequest(tenant, route, goal, run_input, actor, priority),
+            route_stopped=route_cfg is not None and self.route_stopped(route),
+            input_problems=problems,
+        )
+        row = self._new_row(tenant, route, goal, run_input, actor, request_id, idempotency_key,
+                            priority, refusal)  # fmt: skip
+        trace = TraceBuffer(row["run_id"], row["tenant_id"], row["trace_id"], None)
+        if refusal is None:
+            trace.add("admission", decision="admitted", route=route, priority=row["priority"],
+                      version_set=row["version_set"])  # fmt: skip
+        else:
+            trace.add("admission", decision="refused", code=refusal.code, detail=refusal.detail)
+            trace.add("stop", reason=row["stop_reason"], status=row["status"])
+        stored, created = self.store.insert_run(row, trace.drain())
+        if created and refusal is None:
+            address = StepAddress(row["run_id"], 0, tenant, route, row["priority"])
+            self.dispatcher.enqueue(address)
+            self.redis.set(self.keys.step_enqueued(row["run_id"], 0), 1, ex=86400)
+        return self._view(stored)
+
+    def _new_row(
+        self, tenant: str, route: str, goal: str, run_input: Any, actor: str,
+        request_id: str | None, idempotency_key: str | None, priority: str | None,
+        refusal: admission.Refusal | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        now = utcnow()
+        route_cfg = self.config.routes.get(route)
+        if route_cfg is not None:
+            vs = self.version_set(route).model_dump()
+            bp_version = self.config.budget_policies[route_cfg.budget_policy].version
+        else:
+            vs = {"model": "-", "prompt": "-", "policy": self.config.policy.version, "tool_schema": "-",
+                  "retriever": None, "harness": self.config.harness_version}  # fmt: skip
+            bp_version = "-"
+        keep_input = refusal is None or refusal.code not in ("input_too_large", "invalid_input")
+        status = RunStatus.QUEUED if refusal is None else RunStatus.REFUSED
+        return {
+            "run_id": uuid.uuid4().hex,
+            "trace_id": uuid.uuid4().hex,
+            "request_id": (request_id or uuid.uuid4().hex)[:200],
+            "actor_id": str(actor)[:200],
+            "tenant_id": str(tenant)[:100],
+            "route": str(route)[:100],
+            "goal": goal if isinstance(goal, str) else str(goal),
+            "autonomy_level": route_cfg.autonomy_level if route_cfg else "advisory",
+            "risk_class": route_cfg.risk_class if route_cfg else "high",
+            "execution_mode": route_cfg.execution_mode if route_cfg else "async_job",
+            "status": status.value,
+            "version_set": vs,
+            "budget_policy_version": bp_version,
+            "policy_version": self.config.policy.version,
+            "workflow_step": "queued" if refusal is None else "refused",
+            "allowed_tools": list(route_cfg.allowed_tools) if route_cfg else [],
+            "idempotency_key": idempotency_key,
+            "stop_reason": None if refusal is None else stop_reasons.make("refused", refusal.code),
+            "priority": priority or (route_cfg.priority if route_cfg else "normal"),
+            "input": run_input if keep_input and isinstance(run_input, dict) else None,
+            "output": {"refused": refusal.code, "detail": refusal.detail} if refusal else None,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now if refusal else None,
+            "deadline_at": now + timedelta(seconds=route_cfg.run_timeout_s) if route_cfg else None,
+            "started_at": None,
+            "approval_id": None,
+            "checkpoint_ref": None,
+            "pending_proposal": None,
+            "next_step": 0,
+            "turns": 0,
+            "invalid_proposals": 0,
+            "tool_errors": 0,
+            "lock_waits": 0,
+            "version": 1,
+        }
+
+    def get(self, run_id: str, tenant: str | None = None) -> RunView:
+        return self._view(self.store.get_run(run_id, tenant))
+
+    def wait(self, run_id: str, timeout: float = 30.0, tenant: str | None = None) -> RunView:
+        """Block until the run is terminal or waiting; ``WaitTimeout`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            view = self.get(run_id, tenant)
+            if view.status in WAIT_STATUSES:
+                return view
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(run_id, timeout, view.status.value)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+
+    def trace(self, run_id: str, tenant: str | None = None) -> list[TraceEvent]:
+        self.store.get_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
+        return [
+            TraceEvent(run_id=e["run_id"], trace_id=e["trace_id"], step=e["step_no"], seq=i,
+                       at=e["at"], kind=e["kind"], data=e["data"] or {})  # fmt: skip
+            for i, e in enumerate(self.store.trace(run_id, tenant))
+        ]
+
+    def list_runs(
+        self, tenant: str | None = None, status: str | None = None, route: str | None = None,
+        limit: int = 50,
+    ) -> list[RunView]:  # fmt: skip
+        return [self._view(r) for r in self.store.list_runs(tenant, status, route, limit)]
+
+    def cancel(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
+        """Cancel a run; a step in flight stops at its next boundary and cannot checkpoint."""
+        self.redis.set(self.keys.run_cancelled(run_id), actor, ex=7 * 86400)
+        run = self.store.get_run(run_id, tenant)
+        trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], None)
+        reason = stop_reasons.make("cancelled", actor)
+        trace.add("stop", reason=reason, status="cancelled", actor=actor)
+        return self._view(self.store.transition(run_id, RunStatus.CANCELLED, stop_reason=reason,
+                                                events=trace.drain(), tenant_id=tenant))  # fmt: skip
+
+    # --- workers -------------------------------------------------------------------------
+    def run_step(self, run_id: str, step_no: int, attempt: int = 0) -> StepResult:
+        return self.steps.run(run_id, step_no, attempt)
+
+    # --- helpers -----------------------------------------------------------------------
+    def _view(self, row: dict[str, Any]) -> RunView:
+        return RunView(
+            run_id=row["run_id"], trace_id=row["trace_id"], request_id=row["request_id"],
+            actor_id=row["actor_id"], tenant_id=row["tenant_id"], route=row["route"],
+            goal=row["goal"], autonomy_level=row["autonomy_level"], risk_class=row["risk_class"],
+            execution_mode=row["execution_mode"], status=RunStatus(row["status"]),
+            version_set=VersionSet.model_validate(row["version_set"]),
+            budget_policy_version=row["budget_policy_version"], policy_version=row["policy_version"],
+            workflow_step=row["workflow_step"], allowed_tools=row["allowed_tools"],
+            idempotency_key=row["idempotency_key"], approval_id=row["approval_id"],
+            checkpoint_ref=row["checkpoint_ref"], stop_reason=row["stop_reason"],
+            created_at=row["created_at"], updated_at=row["updated_at"],
+            started_at=row["started_at"], finished_at=row["finished_at"],
+            priority=row["priority"], steps=row["next_step"], output=row["output"],
+            input=row["input"],
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.store.engine.dispose()
+        self.redis.close()
+
+
+def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
+    """Import ``tool_modules`` and check the manifest against what they register."""
+    try:
+        registry = ToolRegistry.from_modules(config.tool_modules)
+    except AgentRuntimeError as exc:
+        raise ConfigError(source, [f"tool_modules: {exc}"]) from exc
+    problems = [
+        f"tools.{name}: no tool module registers it (tool_modules: {', '.join(config.tool_modules) or 'none'})"
+        for name in config.tools
+        if registry.get(name) is None
+    ]
+    if problems:
+        raise ConfigError(source, problems)
+    return registry
+
+
+def _default_dispatcher_factory(svc: RuntimeService) -> StepDispatcher:
+    """The entry-point package provides the dispatcher; runtime/ never imports Celery."""
+    module = importlib.import_module("tasks.dispatch")
+    factory: Callable[[RuntimeService], StepDispatcher] = module.dispatcher_for
+    return factory(svc)
+
+
+class Runtime(RuntimeService):
+    """The Python API for web apps (same object as the service)."""
+
+    @classmethod
+    def from_env(cls) -> Runtime:
+        svc = cls.from_settings(Settings())
+        assert isinstance(svc, Runtime)
+        return svc

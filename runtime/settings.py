@@ -1,0 +1,44 @@
+"""Process settings from ``AGENTRT_*`` environment variables.
+
+Built once in an entry point (CLI, Celery app, web app) and passed down; nothing under
+``runtime/`` reads the environment by itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTRT_", extra="ignore")
+
+    #: Redis for coordination (ledger, leases, locks). Unset: start an embedded server.
+    redis_url: str | None = None
+    #: Celery broker; defaults to ``redis_url``.
+    broker_url: str | None = None
+    #: SQLAlchemy URL of the source of truth. Unset: SQLite (WAL) under ``home``.
+    database_url: str | None = None
+    #: the deployment file: tenants, routes, tools, budgets, policy.
+    config: Path = Path("config/runtime.yaml")
+    #: where embedded state lives (SQLite file, embedded Redis data and pid file).
+    home: Path = Path(".agentrt")
+    #: prefix of every Redis key (and of the Celery broker keys).
+    namespace: str = "agentrt"
+    #: Celery visibility timeout; must exceed the longest step (checked at start-up).
+    visibility_timeout_s: int = 3600
+    #: how often kombu restores unacked messages of dead workers (seconds).
+    unacked_restore_interval_s: float = 10.0
+    #: bounded re-delivery of a step whose worker process died.
+    worker_lost_retries: int = 3
+    #: seconds before a step whose worker died is sent again.
+    worker_lost_retry_delay_s: float = 1.0
+    #: accept a ledger Redis whose maxmemory-policy may evict keys (never in production).
+    allow_evicting_redis: bool = False
+    #: Sentry DSN; unset disables Sentry.
+    sentry_dsn: str | None = None
+    #: send Celery task events (Flower needs them; costs ~30% of raw throughput).
+    task_events: bool = True
+    log_level: str = Field(default="INFO")

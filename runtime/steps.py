@@ -1,0 +1,694 @@
+"""One step of a run: the seed's runtime loop, idempotent under redelivery.
+
+    lease -> load -> guards -> reserve -> propose -> validate -> execute -> checkpoint
+          -> settle -> next
+
+* A step is addressed by (run_id, step_no). The run row's ``next_step`` says which step
+  may checkpoint next; the checkpoint is a compare-and-set on it, so of two copies of one
+  step only one commits and the other stops quietly.
+* A run's steps hold a Redis lease while they execute, so a redelivered copy waits for a
+  live one instead of racing it (and takes over at once from a dead process on this host).
+* Side effects are claimed in SQL (idempotency key ``run:step:call``) together with their
+  allow decision before the tool runs; a redelivered step reuses a recorded result instead
+  of calling the tool again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from runtime import stop_reasons
+from runtime.budgets.ledger import Scope, today
+from runtime.config import RouteConfig
+from runtime.contract import (
+    TERMINAL_STATUSES,
+    Proposal,
+    ProposalResult,
+    ReplyProposal,
+    RunStatus,
+    StopProposal,
+    ToolCallProposal,
+    Usage,
+)
+from runtime.errors import BudgetExhausted, ProposerError, StaleWrite, StepDeferred
+from runtime.locks.leases import Busy, Lease, new_owner
+from runtime.policy import Decision, PolicyContext
+from runtime.proposers.base import ToolDescription, WorkingSet
+from runtime.store.db import utcnow
+from runtime.store.runs import Checkpoint
+from runtime.tools.context import ToolContext
+from runtime.tools.executor import ToolOutcome, execute
+from runtime.tools.registry import ToolSpec
+from runtime.tracing import TraceBuffer, redact
+
+if TYPE_CHECKING:
+    from runtime.service import RuntimeService
+
+log = logging.getLogger("agentrt.steps")
+
+_PROPOSAL = TypeAdapter(Proposal)
+#: seconds a run lease outlives the longest step timeout
+LEASE_MARGIN_S = 15.0
+
+
+@dataclass(frozen=True)
+class StepAddress:
+    run_id: str
+    step_no: int
+    tenant_id: str
+    route: str
+    priority: str = "normal"
+
+
+@dataclass
+class StepResult:
+    """What happened, for the task wrapper's log line and for tests."""
+
+    outcome: str
+    next_step: int | None = None
+    countdown_s: float | None = None
+
+
+@dataclass
+class _Step:
+    """Mutable state of the step being executed."""
+
+    run: dict[str, Any]
+    route: RouteConfig
+    step_no: int
+    attempt: int
+    trace: TraceBuffer
+    started: float = field(default_factory=time.monotonic)
+    started_at: Any = field(default_factory=utcnow)
+    reserved: bool = False
+    used_proposer: bool = False
+    usage: Usage = field(default_factory=Usage)
+    model_version: str | None = None
+    tool_executed: bool = False
+    tool_cost_micro: int = 0
+    proposal: dict[str, Any] | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    effect_update: dict[str, Any] | None = None
+    #: tools switched off by a live kill switch (read once per step with the other controls)
+    disabled_tools: frozenset[str] = frozenset()
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.run["tenant_id"])
+
+
+@dataclass
+class _Move:
+    """The decision at the end of a step."""
+
+    status: RunStatus
+    kind: str
+    outcome: str
+    observation: Any = None
+    stop_reason: str | None = None
+    output: Any = None
+    run_updates: dict[str, Any] = field(default_factory=dict)
+    countdown_s: float | None = None
+
+    @property
+    def continues(self) -> bool:
+        return self.status == RunStatus.RUNNING
+
+
+def args_digest(args: Any) -> str:
+    raw = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+class StepRunner:
+    def __init__(self, svc: RuntimeService) -> None:
+        self.svc = svc
+
+    # --- entry -----------------------------------------------------------------------
+    def run(self, run_id: str, step_no: int, attempt: int = 0) -> StepResult:
+        svc = self.svc
+        lease_ttl_ms = int((svc.config.max_step_timeout_s() + LEASE_MARGIN_S) * 1000)
+        lease = svc.leases.acquire_run(run_id, new_owner(), lease_ttl_ms)
+        if isinstance(lease, Busy):
+            # a live copy of this run's step is executing; look again when its lease ends
+            raise StepDeferred(min(lease.retry_after_ms / 1000, 30.0), "run_lease_busy")
+        released = False
+        try:
+            run = svc.store.get_run(run_id)
+            if run["next_step"] != step_no or run["status"] not in (
+                RunStatus.QUEUED.value, RunStatus.RUNNING.value
+            ):
+                svc.leases.release(lease)
+                released = True
+                return self._already_done(run, step_no)
+            result = self._execute(run, step_no, attempt, lease)
+            released = True  # _execute releases before publishing the next step
+            return result
+        finally:
+            if not released:
+                svc.leases.release(lease)
+
+    def _already_done(self, run: dict[str, Any], step_no: int) -> StepResult:
+        """A duplicate or redelivered step: settle what its first copy left, re-send the
+        next step if it may have been lost, and do nothing else twice."""
+        svc = self.svc
+        if run["next_step"] > step_no and svc.redis.exists(svc.keys.budget_hold(run["run_id"], step_no)):
+            # the first copy checkpointed but died before settling: settle to what it recorded
+            svc.ledger.settle(run["run_id"], step_no, svc.store.step_spend(run["run_id"], step_no))
+        if (
+            run["next_step"] == step_no + 1
+            and run["status"] == RunStatus.RUNNING.value
+            and not svc.redis.exists(svc.keys.step_enqueued(run["run_id"], step_no + 1))
+        ):
+            self._publish_next(run, step_no + 1, None)
+            return StepResult("duplicate_resent_next", next_step=step_no + 1)
+        return StepResult("duplicate_skipped")
+
+    def fail_step(self, run_id: str, step_no: int, error_class: str) -> bool:
+        """End a run whose step failed for good outside the loop (hard time limit, worker
+        lost too often, a bug). A no-op if the step was checkpointed meanwhile."""
+        svc = self.svc
+        run = svc.store.get_run(run_id)
+        if run["next_step"] != step_no or run["status"] not in (
+            RunStatus.QUEUED.value, RunStatus.RUNNING.value
+        ):
+            return False
+        cls = _FAILURE_CLASSES.get(error_class, "internal_error")
+        reason = stop_reasons.make("failed", cls)
+        trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], step_no)
+        trace.add("step_failed", error_class=error_class)
+        trace.add("stop", reason=reason, status=RunStatus.FAILED.value)
+        now = utcnow()
+        cp = Checkpoint(
+            run_id=run_id,
+            step_no=step_no,
+            status=RunStatus.FAILED,
+            run_updates={"stop_reason": reason, "finished_at": now, "workflow_step": "finished"},
+            step={
+                "run_id": run_id, "tenant_id": run["tenant_id"], "step_no": step_no,
+                "kind": "failed", "proposal": None, "outcome": cls,
+                "observation": {"error_class": error_class}, "started_at": now,
+                "finished_at": now, "duration_ms": 0,
+            },  # fmt: skip
+            events=trace.drain(),
+        )
+        try:
+            svc.store.checkpoint(cp)
+        except StaleWrite:
+            return False
+        svc.ledger.release(run_id, step_no)
+        return True
+
+    # --- the loop body ---------------------------------------------------------------
+    def _execute(self, run: dict[str, Any], step_no: int, attempt: int, lease: Lease) -> StepResult:
+        svc = self.svc
+        route = svc.config.routes.get(run["route"])
+        trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
+        if route is None:
+            move = _Move(RunStatus.FAILED, "stopped", "route_removed",
+                         stop_reason=stop_reasons.make("failed", "route_removed"))  # fmt: skip
+            st = _Step(run, RouteConfig.model_construct(), step_no, attempt, trace)
+            return self._finish(st, move, lease)
+        st = _Step(run, route, step_no, attempt, trace)
+        if run["status"] == RunStatus.QUEUED.value:
+            svc.store.mark_started(st.run_id)
+        trace.add("step_started", attempt=attempt)
+        move = self._guards(st)
+        if move is None:
+            move = self._advance(st)
+        return self._finish(st, move, lease)
+
+    def _guards(self, st: _Step) -> _Move | None:
+        """Stop conditions checked before anything is spent."""
+        svc, run, route = self.svc, st.run, st.route
+        cancelled, stopped, st.disabled_tools = svc.live_controls(st.run_id, run["route"], route.allowed_tools)
+        if cancelled:
+            return _Move(RunStatus.CANCELLED, "stopped", "cancelled",
+                         stop_reason=stop_reasons.make("cancelled", "operator"))  # fmt: skip
+        if not route.enabled or stopped:
+            return _Move(RunStatus.CANCELLED, "stopped", "route_stopped",
+                         stop_reason=stop_reasons.make("cancelled", "route_stopped"))  # fmt: skip
+        if run["deadline_at"] is not None and utcnow() > run["deadline_at"]:
+            return _Move(RunStatus.FAILED, "stopped", "timed_out", stop_reason="timed_out")
+        if run["pending_proposal"] is None and run["turns"] >= route.max_steps:
+            return _Move(RunStatus.FAILED, "stopped", "step_limit", stop_reason="step_limit")
+        return None
+
+    def _advance(self, st: _Step) -> _Move:
+        pending = st.run["pending_proposal"]
+        try:
+            self._reserve(st, with_model_call=pending is None)
+        except BudgetExhausted as exc:
+            st.trace.add("budget_exhausted", scope=exc.scope, dimension=exc.dimension)
+            return _Move(RunStatus.FAILED, "stopped", f"budget_exhausted:{exc.dimension}",
+                         stop_reason=stop_reasons.make("budget_exhausted", exc.dimension))  # fmt: skip
+        if pending is not None:
+            raw: Any = pending
+            st.trace.add("proposal_resumed", tool=pending.get("tool"))
+        else:
+            try:
+                result = self._propose(st)
+            except ProposerError as exc:
+                st.trace.add("proposer_error", code=exc.code, error=str(exc))
+                return self._error_move(st, "proposer", exc.code, str(exc))
+            raw = result.raw
+        return self._validate_and_act(st, raw)
+
+    # --- budget ----------------------------------------------------------------------
+    def _scopes(self, st: _Step) -> list[Scope]:
+        svc, run = self.svc, st.run
+        policy = svc.config.budget_policies[st.route.budget_policy]
+        tenant = svc.config.tenants.get(run["tenant_id"])
+        day = today()
+        scopes = [svc.ledger.run_scope(st.run_id, policy.per_run.ledger_limits())]
+        if tenant is not None:
+            scopes.append(svc.ledger.tenant_day_scope(run["tenant_id"], tenant.daily_budget.ledger_limits(), day))
+        scopes.append(svc.ledger.route_day_scope(run["route"], st.route.daily_budget.ledger_limits(), day))
+        return scopes
+
+    def _reserve(self, st: _Step, *, with_model_call: bool) -> None:
+        svc = self.svc
+        policy = svc.config.budget_policies[st.route.budget_policy]
+        model = svc.config.models[st.route.proposer]
+        tokens = policy.tokens_per_step if with_model_call else 0
+        price = max(model.input_usd_per_mtok, model.output_usd_per_mtok)
+        tool_cost = max((svc.tool_cost_micro(t) for t in st.route.allowed_tools), default=0)
+        amounts = {
+            "tokens": tokens,
+            "model_calls": 1 if with_model_call else 0,
+            "tool_calls": 1 if st.route.allowed_tools else 0,
+            "retries": 1 if st.attempt > 0 else 0,
+            "wall_clock_ms": int(st.route.step_timeout_s * 1000),
+            "cost_micro_usd": round(tokens * price) + tool_cost,
+        }
+        hold_ttl_ms = int((st.route.step_timeout_s + 2 * LEASE_MARGIN_S) * 1000)
+        reservation = svc.ledger.reserve(st.run_id, st.step_no, self._scopes(st), amounts, hold_ttl_ms)
+        st.reserved = True
+        st.trace.add("budget_reserve", amounts=amounts, state=reservation.state)
+
+    def _actual_spend(self, st: _Step) -> dict[str, int]:
+        model = self.svc.config.models.get(st.route.proposer) if st.route.proposer else None
+        cost = st.tool_cost_micro
+        if st.used_proposer and model is not None:
+            cost += round(st.usage.input_tokens * model.input_usd_per_mtok
+                          + st.usage.output_tokens * model.output_usd_per_mtok)  # fmt: skip
+        return {
+            "tokens": st.usage.total_tokens,
+            "model_calls": 1 if st.used_proposer else 0,
+            "tool_calls": 1 if st.tool_executed else 0,
+            "retries": 1 if st.attempt > 0 else 0,
+            "wall_clock_ms": int((time.monotonic() - st.started) * 1000),
+            "cost_micro_usd": cost,
+        }
+
+    # --- propose ---------------------------------------------------------------------
+    def _working_set(self, st: _Step) -> WorkingSet:
+        svc, run, route = self.svc, st.run, st.route
+        tools = []
+        for name in route.allowed_tools:
+            spec = svc.registry.get(name)
+            if spec is not None and svc.tool_enabled(name, st.disabled_tools):
+                tools.append(ToolDescription(name, spec.description, spec.json_schema()))
+        policy = svc.config.budget_policies[route.budget_policy]
+        return WorkingSet(
+            run_id=st.run_id,
+            tenant_id=st.tenant_id,
+            route=run["route"],
+            goal=run["goal"],
+            input=run["input"] or {},
+            turn=run["turns"],
+            system_prompt=route.system_prompt,
+            tools=tools,
+            max_output_tokens=policy.tokens_per_step,
+            steps_left=route.max_steps - run["turns"],
+            history_loader=lambda: svc.store.steps(st.run_id),
+        )
+
+    def _propose(self, st: _Step) -> ProposalResult:
+        proposer = self.svc.proposer_for(st.route.proposer)
+        st.used_proposer = True
+        result = proposer.propose(self._working_set(st))
+        st.usage = result.usage
+        st.model_version = result.model_version
+        st.trace.add(
+            "proposal",
+            proposal=result.raw if isinstance(result.raw, dict) else {"raw": repr(result.raw)[:500]},
+            usage=result.usage.model_dump(),
+            model_version=result.model_version,
+            latency_ms=result.latency_ms,
+        )
+        return result
+
+    # --- validate and act ------------------------------------------------------------
+    def _validate_and_act(self, st: _Step, raw: Any) -> _Move:
+        try:
+            proposal = _PROPOSAL.validate_python(raw)
+        except ValidationError as exc:
+            return self._refuse(st, "malformed", _short_errors(exc), raw)
+        st.proposal = proposal.model_dump(by_alias=True)
+        if isinstance(proposal, ReplyProposal):
+            st.trace.add("validation", ok=True, type="reply")
+            return _Move(RunStatus.SUCCEEDED, "reply", "completed", output={"text": proposal.text},
+                         stop_reason="completed")  # fmt: skip
+        if isinstance(proposal, StopProposal):
+            st.trace.add("validation", ok=True, type="stop")
+            return _Move(RunStatus.SUCCEEDED, "stop", "completed",
+                         output={"stopped": proposal.reason or "model_stop"}, stop_reason="completed")  # fmt: skip
+        assert isinstance(proposal, ToolCallProposal)
+        return self._tool_call(st, proposal)
+
+    def _tool_call(self, st: _Step, proposal: ToolCallProposal) -> _Move:
+        svc = self.svc
+        spec = svc.registry.get(proposal.tool)
+        registered = spec is not None and proposal.tool in svc.config.tools
+        args_model: BaseModel | None = None
+        if spec is not None and registered:
+            try:
+                # validated before policy: policy rules see only well-formed, defaulted args
+                args_model = spec.input_model.model_validate(proposal.args)
+            except ValidationError as exc:
+                st.trace.add("validation", ok=False, code="invalid_args", tool=proposal.tool,
+                             errors=_short_errors(exc))  # fmt: skip
+                return self._refuse(st, "invalid_args", _short_errors(exc), st.proposal, validated=True)
+        args = args_model.model_dump(mode="json") if args_model is not None else proposal.args
+        safe_args = redact(args, spec.secret_args if spec else frozenset())
+        decision = svc.policy.decide(
+            PolicyContext(
+                tool=proposal.tool,
+                args=args,
+                side_effect=spec.side_effect if spec else None,
+                tenant=st.tenant_id,
+                route=st.run["route"],
+                risk_class=st.run["risk_class"],
+                autonomy_level=st.run["autonomy_level"],
+                allowed_tools=tuple(st.run["allowed_tools"]),
+                tool_registered=registered,
+                tool_enabled=svc.tool_enabled(proposal.tool, st.disabled_tools),
+            )
+        )
+        st.proposal = {**(st.proposal or {}), "args": safe_args}
+        self._record_decision(st, proposal.tool, decision, args)
+        if decision.effect == "deny":
+            return _Move(RunStatus.REFUSED, "refused", f"policy_denied:{decision.label}",
+                         observation={"denied": decision.label, "reasons": decision.reason_codes},
+                         stop_reason=stop_reasons.make("policy_denied", decision.label))  # fmt: skip
+        if decision.effect in ("require_approval", "escalate"):
+            kind = "needs_approval" if decision.effect == "require_approval" else "escalated"
+            return _Move(RunStatus.WAITING, "waiting", f"{kind}:{decision.label}",
+                         stop_reason=stop_reasons.make(kind, decision.label),
+                         run_updates={"pending_proposal": {"type": "tool_call", "tool": proposal.tool,
+                                                           "args": args},
+                                      "approval_id": uuid.uuid4().hex,
+                                      "workflow_step": f"awaiting:{proposal.tool}"})  # fmt: skip
+        assert spec is not None and args_model is not None
+        st.trace.add("validation", ok=True, type="tool_call", tool=proposal.tool)
+        return self._run_tool(st, spec, args_model, args, proposal)
+
+    def _record_decision(self, st: _Step, tool: str, decision: Decision, args: Any) -> None:
+        row = {
+            "run_id": st.run_id,
+            "tenant_id": st.tenant_id,
+            "step_no": st.step_no,
+            "call_index": 0,
+            "tool": tool,
+            "decision": decision.effect,
+            "rule_id": decision.rule_id,
+            "reason_codes": decision.reason_codes,
+            "policy_version": decision.policy_version,
+            "args_digest": args_digest(args),
+            "at": utcnow(),
+        }
+        st.decisions.append(row)
+        st.trace.add("policy_decision", tool=tool, effect=decision.effect, rule=decision.label,
+                     reasons=decision.reason_codes, policy_version=decision.policy_version)  # fmt: skip
+
+    def _run_tool(
+        self, st: _Step, spec: ToolSpec, args_model: BaseModel, args: dict[str, Any],
+        proposal: ToolCallProposal,
+    ) -> _Move:  # fmt: skip
+        svc = self.svc
+        lock: Lease | None = None
+        lock_name = spec.lock_name(args_model)
+        timeout_s = svc.tool_timeout(spec)
+        if lock_name:
+            got = svc.leases.acquire_lock(lock_name, f"{st.run_id}:{st.step_no}|{new_owner()}",
+                                          int((timeout_s + LEASE_MARGIN_S) * 1000))  # fmt: skip
+            if isinstance(got, Busy):
+                return self._lock_busy(st, lock_name, got, args, proposal)
+            lock = got
+            st.trace.add("lock_acquired", lock=lock_name, fence=got.fencing_token)
+        try:
+            outcome = self._claim_and_execute(st, spec, args_model, args, lock, timeout_s)
+        finally:
+            if lock is not None:
+                svc.leases.release(lock)
+        return self._after_tool(st, spec, outcome)
+
+    def _claim_and_execute(
+        self, st: _Step, spec: ToolSpec, args_model: BaseModel, args: dict[str, Any],
+        lock: Lease | None, timeout_s: float,
+    ) -> ToolOutcome:  # fmt: skip
+        svc = self.svc
+        key = f"{st.run_id}:{st.step_no}:0"
+        decisions, st.decisions = st.decisions, []  # stored now, ahead of execution
+        events = st.trace.drain()
+        if spec.side_effect == "read":
+            svc.store.store_decisions(decisions, events)
+        else:
+            claim = svc.store.claim_effect(
+                {
+                    "idempotency_key": key,
+                    "run_id": st.run_id,
+                    "tenant_id": st.tenant_id,
+                    "step_no": st.step_no,
+                    "tool": spec.name,
+                    "side_effect_class": spec.side_effect,
+                    "status": "started",
+                    "args_digest": args_digest(args),
+                    "args": redact(args, spec.secret_args),
+                    "fencing_token": lock.fencing_token if lock else None,
+                    "started_at": utcnow(),
+                },
+                decisions,
+                events,
+            )
+            if not claim.fresh:
+                replay = self._replay(st, spec, claim.status, claim.result, claim.error, key)
+                if replay is not None:
+                    return replay
+        ctx = ToolContext(
+            run_id=st.run_id, tenant_id=st.tenant_id, route=st.run["route"], step=st.step_no,
+            call_index=0, idempotency_key=key,
+            fencing_token=lock.fencing_token if lock else None, redis=svc.redis, keys=svc.keys,
+        )  # fmt: skip
+        st.trace.add("tool_start", tool=spec.name, idempotency_key=key, timeout_s=timeout_s)
+        outcome = execute(spec, args_model, ctx, timeout_s)
+        st.tool_executed = True
+        st.tool_cost_micro = svc.tool_cost_micro(spec.name)
+        st.trace.add("tool_end", tool=spec.name, ok=outcome.ok, duration_ms=outcome.duration_ms,
+                     error_code=outcome.error_code, error=outcome.error)  # fmt: skip
+        if spec.side_effect != "read":
+            st.effect_update = {
+                "idempotency_key": key,
+                "status": "succeeded" if outcome.ok else ("unknown" if outcome.outcome_unknown else "failed"),
+                "result": redact(outcome.result, spec.secret_args) if outcome.ok else None,
+                "error": outcome.error,
+                "finished_at": utcnow(),
+            }
+        return outcome
+
+    def _replay(
+        self, st: _Step, spec: ToolSpec, status: str, result: Any, error: str | None, key: str
+    ) -> ToolOutcome | None:
+        """A redelivered step found this call's record: never repeat a finished side effect."""
+        if status == "succeeded":
+            st.trace.add("tool_replayed", tool=spec.name, idempotency_key=key, status=status)
+            return ToolOutcome(ok=True, result=result)
+        if status in ("failed", "unknown"):
+            st.trace.add("tool_replayed", tool=spec.name, idempotency_key=key, status=status)
+            return ToolOutcome(ok=False, error_code="tool_error", error=error or status)
+        # "started": the earlier attempt died mid-call; its outcome is unknown
+        if spec.retry_unknown:
+            st.trace.add("tool_retry_unknown", tool=spec.name, idempotency_key=key)
+            return None
+        st.trace.add("tool_outcome_unknown", tool=spec.name, idempotency_key=key)
+        st.effect_update = {"idempotency_key": key, "status": "unknown", "finished_at": utcnow(),
+                            "error": "worker died during the call; not repeated (irreversible)"}  # fmt: skip
+        return ToolOutcome(ok=False, error_code="side_effect_unknown",
+                           error="an earlier attempt died mid-call; an irreversible call is not repeated")  # fmt: skip
+
+    def _after_tool(self, st: _Step, spec: ToolSpec, outcome: ToolOutcome) -> _Move:
+        if outcome.ok:
+            return _Move(RunStatus.RUNNING, "tool_call", "tool_succeeded", observation=outcome.result,
+                         run_updates={"pending_proposal": None, "workflow_step": f"after:{spec.name}"})  # fmt: skip
+        if outcome.error_code == "side_effect_unknown":
+            return _Move(RunStatus.FAILED, "tool_call", "side_effect_unknown",
+                         observation={"error": outcome.error},
+                         stop_reason=stop_reasons.make("failed", "side_effect_unknown"),
+                         run_updates={"pending_proposal": None})  # fmt: skip
+        move = self._error_move(st, "tool", outcome.error_code or "tool_error", outcome.error or "")
+        move.kind = "tool_call"
+        move.run_updates["pending_proposal"] = None
+        return move
+
+    def _lock_busy(
+        self, st: _Step, lock_name: str, busy: Busy, args: dict[str, Any], proposal: ToolCallProposal
+    ) -> _Move:
+        waits = int(st.run["lock_waits"]) + 1
+        st.trace.add("lock_busy", lock=lock_name, waits=waits, retry_after_ms=busy.retry_after_ms)
+        if waits > st.route.lock_wait_attempts:
+            return _Move(RunStatus.FAILED, "deferred", "lock_timeout",
+                         observation={"lock": lock_name},
+                         stop_reason=stop_reasons.make("failed", "lock_timeout"),
+                         run_updates={"lock_waits": waits, "pending_proposal": None})  # fmt: skip
+        backoff = min(0.05 * 2 ** min(waits, 7), 5.0)
+        countdown = max(0.02, min(busy.retry_after_ms / 1000, backoff))
+        return _Move(RunStatus.RUNNING, "deferred", "lock_busy", observation={"lock": lock_name},
+                     run_updates={"lock_waits": waits, "workflow_step": f"waiting_lock:{lock_name}",
+                                  "pending_proposal": {"type": "tool_call", "tool": proposal.tool,
+                                                       "args": args}},
+                     countdown_s=countdown)  # fmt: skip
+
+    def _refuse(
+        self, st: _Step, code: str, errors: Any, raw: Any, *, validated: bool = False
+    ) -> _Move:
+        """An invalid proposal: never executed; fed back to the model while the route allows."""
+        if not validated:
+            st.trace.add("validation", ok=False, code=code, errors=errors)
+        if st.proposal is None:
+            st.proposal = raw if isinstance(raw, dict) else {"raw": repr(raw)[:500]}
+        count = int(st.run["invalid_proposals"]) + 1
+        observation = {"refused": code, "errors": errors}
+        updates = {"invalid_proposals": count, "pending_proposal": None}
+        if count > st.route.max_invalid_proposals:
+            return _Move(RunStatus.REFUSED, "refused", f"invalid_proposal:{code}", observation=observation,
+                         stop_reason=stop_reasons.make("invalid_proposal", code), run_updates=updates)  # fmt: skip
+        return _Move(RunStatus.RUNNING, "refused", f"refused:{code}", observation=observation,
+                     run_updates=updates)  # fmt: skip
+
+    def _error_move(self, st: _Step, source: str, code: str, error: str) -> _Move:
+        """A failed tool or proposer call: fed back while the route tolerates it."""
+        count = int(st.run["tool_errors"]) + 1
+        observation = {"error": code, "detail": error[:1000]}
+        updates: dict[str, Any] = {"tool_errors": count}
+        if count > st.route.max_tool_errors:
+            return _Move(RunStatus.FAILED, "failed", f"{source}_failed:{code}", observation=observation,
+                         stop_reason=stop_reasons.make("failed", code), run_updates=updates)  # fmt: skip
+        return _Move(RunStatus.RUNNING, "failed", f"{source}_failed:{code}", observation=observation,
+                     run_updates=updates)  # fmt: skip
+
+    # --- checkpoint, settle, next ----------------------------------------------------
+    def _finish(self, st: _Step, move: _Move, lease: Lease) -> StepResult:
+        svc = self.svc
+        actual = self._actual_spend(st) if st.reserved else None
+        if move.stop_reason:
+            st.trace.add("stop", reason=move.stop_reason, status=move.status.value)
+        st.trace.add("checkpoint", step=st.step_no, outcome=move.outcome, status=move.status.value)
+        if actual is not None:
+            st.trace.add("budget_settle", actual=actual)
+        now = utcnow()
+        updates: dict[str, Any] = {**move.run_updates}
+        if st.used_proposer:
+            updates["turns"] = int(st.run["turns"]) + 1
+        if move.stop_reason:
+            updates["stop_reason"] = move.stop_reason
+        if move.output is not None:
+            updates["output"] = move.output
+        if move.status in TERMINAL_STATUSES:
+            updates["finished_at"] = now
+            updates["workflow_step"] = updates.get("workflow_step") or "finished"
+        if st.run["started_at"] is None:
+            updates["started_at"] = st.started_at
+        updates["checkpoint_ref"] = f"step:{st.step_no}"
+        cp = Checkpoint(
+            run_id=st.run_id,
+            step_no=st.step_no,
+            status=move.status,
+            run_updates=updates,
+            step={
+                "run_id": st.run_id,
+                "tenant_id": st.tenant_id,
+                "step_no": st.step_no,
+                "kind": move.kind,
+                "proposal": st.proposal,
+                "outcome": move.outcome,
+                "observation": redact(move.observation),
+                "input_tokens": st.usage.input_tokens,
+                "output_tokens": st.usage.output_tokens,
+                "model_version": st.model_version,
+                "started_at": st.started_at,
+                "finished_at": now,
+                "duration_ms": int((time.monotonic() - st.started) * 1000),
+            },
+            events=st.trace.drain(),
+            spend=self._spend_row(st, actual) if actual is not None else None,
+            decisions=st.decisions,
+            effect_update=st.effect_update,
+        )
+        try:
+            svc.store.checkpoint(cp)
+        except StaleWrite as exc:
+            log.info("step %s/%s lost to another copy: %s", st.run_id, st.step_no, exc)
+            if st.reserved:
+                svc.ledger.release(st.run_id, st.step_no)
+            svc.leases.release(lease)
+            return StepResult("stale_write")
+        # settle and release in one round trip, then hand the run on
+        with svc.redis.pipeline(transaction=False) as pipe:
+            if actual is not None:
+                svc.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
+            svc.leases.release_in(pipe, lease)
+            pipe.execute()
+        if move.continues:
+            self._publish_next(st.run, st.step_no + 1, move.countdown_s)
+            return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)
+        return StepResult(move.outcome)
+
+    def _spend_row(self, st: _Step, actual: dict[str, int]) -> dict[str, Any]:
+        return {
+            "run_id": st.run_id,
+            "tenant_id": st.tenant_id,
+            "route": st.run["route"],
+            "step_no": st.step_no,
+            "day": today(),
+            "input_tokens": st.usage.input_tokens,
+            "output_tokens": st.usage.output_tokens,
+            "at": utcnow(),
+            **actual,
+        }
+
+    def _publish_next(self, run: dict[str, Any], step_no: int, countdown: float | None) -> None:
+        svc = self.svc
+        address = StepAddress(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
+        svc.dispatcher.enqueue(address, countdown)
+        svc.redis.set(svc.keys.step_enqueued(run["run_id"], step_no), 1, ex=86400)
+
+
+def _short_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors()[:10]
+    ]
+
+
+
+
+#: exception class names (as Celery reports them) -> the failure class in ``failed:<class>``
+_FAILURE_CLASSES = {
+    "TimeLimitExceeded": "step_timeout",
+    "SoftTimeLimitExceeded": "step_timeout",
+    "WorkerLostError": "worker_lost",
+    "MaxRetriesExceededError": "retries_exhausted",
+}

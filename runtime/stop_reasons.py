@@ -1,0 +1,64 @@
+"""One stop-reason taxonomy; the run status follows from the reason.
+
+A stop reason is ``<kind>`` or ``<kind>:<detail>``:
+
+============================  ===========  ==============================================
+reason                        status       meaning
+============================  ===========  ==============================================
+completed                     succeeded    the model replied or stopped
+refused:<code>                refused      admission refused the request
+policy_denied:<rule>          refused      a policy rule (or a built-in check) denied a call
+invalid_proposal:<code>       refused      the model kept proposing invalid actions
+budget_exhausted:<dimension>  failed       a reservation could not be made
+step_limit                    failed       the route's max_steps was reached
+timed_out                     failed       the run's wall-clock deadline passed
+failed:<class>                failed       a tool or proposer failure the run cannot absorb
+dead_lettered:<class>         failed       the step went to the dead-letter queue
+cancelled:<actor>             cancelled    an operator or the caller cancelled the run
+needs_approval:<rule>         waiting      a call requires approval (the run waits)
+escalated:<rule>              waiting      policy escalated the call to a human
+approval_denied               refused      a reviewer denied the action
+approval_expired              failed       nobody decided in time
+============================  ===========  ==============================================
+"""
+
+from __future__ import annotations
+
+from runtime.contract import RunStatus
+
+_STATUS_BY_KIND: dict[str, RunStatus] = {
+    "completed": RunStatus.SUCCEEDED,
+    "refused": RunStatus.REFUSED,
+    "policy_denied": RunStatus.REFUSED,
+    "invalid_proposal": RunStatus.REFUSED,
+    "approval_denied": RunStatus.REFUSED,
+    "budget_exhausted": RunStatus.FAILED,
+    "step_limit": RunStatus.FAILED,
+    "timed_out": RunStatus.FAILED,
+    "failed": RunStatus.FAILED,
+    "dead_lettered": RunStatus.FAILED,
+    "approval_expired": RunStatus.FAILED,
+    "cancelled": RunStatus.CANCELLED,
+    "needs_approval": RunStatus.WAITING,
+    "escalated": RunStatus.WAITING,
+}
+
+KINDS = frozenset(_STATUS_BY_KIND)
+
+
+def kind_of(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def status_for(reason: str) -> RunStatus:
+    """The run status a stop reason implies; an unknown kind is a programming error."""
+    try:
+        return _STATUS_BY_KIND[kind_of(reason)]
+    except KeyError:
+        raise ValueError(f"unknown stop reason {reason!r}; kinds: {sorted(KINDS)}") from None
+
+
+def make(kind: str, detail: str | None = None) -> str:
+    if kind not in _STATUS_BY_KIND:
+        raise ValueError(f"unknown stop reason kind {kind!r}")
+    return f"{kind}:{detail}" if detail else kind

@@ -1,0 +1,65 @@
+"""Engines for SQLite (WAL, the embedded default) and PostgreSQL.
+
+SQLite: WAL so readers never block the writer, ``busy_timeout`` so contending writers wait
+instead of failing, and ``BEGIN IMMEDIATE`` for write transactions, because a deferred read
+transaction that later writes can fail at once with SQLITE_BUSY whatever the timeout.
+Engines are created lazily in each process (after a prefork worker forks).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+
+
+def utcnow() -> datetime:
+    """Aware UTC; the columns are ``timestamp with time zone`` (SQLModel's UTCDateTime)."""
+    return datetime.now(UTC)
+
+
+def default_sqlite_url(home: Path) -> str:
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(home / 'agentrt.db').resolve()}"
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            **kwargs,
+        )
+        _tune_sqlite(engine)
+        return engine
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    return create_engine(url, **kwargs)
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # hand transaction control to SQLAlchemy's "begin" event below
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,393 @@
+"""The run store: SQL reads and writes, each write one short transaction.
+
+Hot-path writes use SQLAlchemy Core (no ORM unit of work): a step costs one read and one
+or two write transactions. Every status change is ``UPDATE ... WHERE status IN (allowed)
+AND next_step = :expected``; a writer that matches no row lost to another and gets
+``StaleWrite``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel
+
+from runtime.contract import RunStatus
+from runtime.errors import InvalidTransition, RunNotFound, StaleWrite
+from runtime.states import ALLOWED_FROM
+from runtime.store.db import utcnow
+from runtime.store.models import (
+    PolicyDecisionRow,
+    RunRow,
+    SideEffectRow,
+    SpendRow,
+    StepRow,
+    TraceEventRow,
+)
+
+runs_t = RunRow.__table__  # type: ignore[attr-defined]
+steps_t = StepRow.__table__  # type: ignore[attr-defined]
+events_t = TraceEventRow.__table__  # type: ignore[attr-defined]
+decisions_t = PolicyDecisionRow.__table__  # type: ignore[attr-defined]
+effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
+spend_t = SpendRow.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class Checkpoint:
+    """Everything one step writes, committed together or not at all."""
+
+    run_id: str
+    step_no: int
+    #: the status the run moves to (RUNNING to continue)
+    status: RunStatus
+    run_updates: dict[str, Any]
+    step: dict[str, Any]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    spend: dict[str, Any] | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    effect_update: dict[str, Any] | None = None
+
+
+@dataclass
+class EffectClaim:
+    """Result of claiming a side effect's idempotency key before executing it."""
+
+    #: True: this execution inserted the record and must run the tool
+    fresh: bool
+    status: str
+    result: Any = None
+    error: str | None = None
+    attempts: int = 1
+
+
+class RunStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # --- schema ----------------------------------------------------------------------
+    def create_schema(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            yield conn
+
+    # --- admission -------------------------------------------------------------------
+    def insert_run(self, row: dict[str, Any], events: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+        """Insert a run; if its request id or idempotency key exists, return that run instead.
+
+        Returns ``(run, created)``.
+        """
+        try:
+            with self._write() as conn:
+                conn.execute(insert(runs_t), [row])
+                if events:
+                    conn.execute(insert(events_t), list(events))
+            return row, True
+        except IntegrityError:
+            existing = self.find_duplicate(row["tenant_id"], row["request_id"], row.get("idempotency_key"))
+            if existing is None:
+                raise
+            return existing, False
+
+    def find_duplicate(
+        self, tenant_id: str, request_id: str | None, idempotency_key: str | None
+    ) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            if idempotency_key:
+                hit = conn.execute(
+                    select(runs_t).where(
+                        runs_t.c.tenant_id == tenant_id,
+                        runs_t.c.idempotency_key == idempotency_key,
+                    )
+                ).mappings().first()
+                if hit:
+                    return dict(hit)
+            if request_id:
+                hit = conn.execute(
+                    select(runs_t).where(
+                        runs_t.c.tenant_id == tenant_id, runs_t.c.request_id == request_id
+                    )
+                ).mappings().first()
+                if hit:
+                    return dict(hit)
+        return None
+
+    # --- reads -----------------------------------------------------------------------
+    def get_run(self, run_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+        query = select(runs_t).where(runs_t.c.run_id == run_id)
+        if tenant_id is not None:
+            query = query.where(runs_t.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            raise RunNotFound(run_id)
+        return dict(row)
+
+    def list_runs(
+        self,
+        tenant_id: str | None = None,
+        status: str | None = None,
+        route: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        query = select(runs_t).order_by(runs_t.c.created_at.desc()).limit(limit)
+        if tenant_id:
+            query = query.where(runs_t.c.tenant_id == tenant_id)
+        if status:
+            query = query.where(runs_t.c.status == status)
+        if route:
+            query = query.where(runs_t.c.route == route)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def count_by(
+        self, column: str, tenant_id: str | None = None, run_ids: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        col = runs_t.c[column]
+        query = select(col, func.count()).group_by(col)
+        if tenant_id:
+            query = query.where(runs_t.c.tenant_id == tenant_id)
+        if run_ids is not None:
+            query = query.where(runs_t.c.run_id.in_(list(run_ids)))
+        with self.engine.connect() as conn:
+            return {str(k): int(v) for k, v in conn.execute(query)}
+
+    def steps(self, run_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(steps_t).where(steps_t.c.run_id == run_id).order_by(steps_t.c.step_no)
+        if tenant_id is not None:
+            query = query.where(steps_t.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def trace(self, run_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(events_t).where(events_t.c.run_id == run_id).order_by(events_t.c.id)
+        if tenant_id is not None:
+            query = query.where(events_t.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def policy_decisions(self, run_id: str) -> list[dict[str, Any]]:
+        query = select(decisions_t).where(decisions_t.c.run_id == run_id).order_by(decisions_t.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def side_effects(
+        self, run_id: str | None = None, tool: str | None = None, status: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        query = select(effects_t).order_by(effects_t.c.id)
+        if run_id:
+            query = query.where(effects_t.c.run_id == run_id)
+        if tool:
+            query = query.where(effects_t.c.tool == tool)
+        if status:
+            query = query.where(effects_t.c.status == status)
+        if tenant_id:
+            query = query.where(effects_t.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def spend(
+        self, run_id: str | None = None, tenant_id: str | None = None, day: str | None = None,
+        route: str | None = None,
+    ) -> dict[str, int]:
+        """Sum of spend records, per dimension."""
+        cols = [
+            "tokens", "input_tokens", "output_tokens", "model_calls", "tool_calls",
+            "retries", "wall_clock_ms", "cost_micro_usd",
+        ]  # fmt: skip
+        query = select(*[func.coalesce(func.sum(spend_t.c[c]), 0) for c in cols])
+        if run_id:
+            query = query.where(spend_t.c.run_id == run_id)
+        if tenant_id:
+            query = query.where(spend_t.c.tenant_id == tenant_id)
+        if day:
+            query = query.where(spend_t.c.day == day)
+        if route:
+            query = query.where(spend_t.c.route == route)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one()
+        return {c: int(v) for c, v in zip(cols, row, strict=True)}
+
+    def step_spend(self, run_id: str, step_no: int) -> dict[str, int]:
+        """The ledger dimensions one step's spend record charged ({} if none)."""
+        dims = ["tokens", "model_calls", "tool_calls", "retries", "wall_clock_ms", "cost_micro_usd"]
+        query = select(*[spend_t.c[d] for d in dims]).where(
+            spend_t.c.run_id == run_id, spend_t.c.step_no == step_no
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return {} if row is None else {d: int(v) for d, v in zip(dims, row, strict=True)}
+
+    def spend_by_tenant(self, run_ids: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+        query = select(
+            spend_t.c.tenant_id,
+            func.sum(spend_t.c.tokens),
+            func.sum(spend_t.c.model_calls),
+            func.sum(spend_t.c.tool_calls),
+            func.sum(spend_t.c.cost_micro_usd),
+        ).group_by(spend_t.c.tenant_id)
+        if run_ids is not None:
+            query = query.where(spend_t.c.run_id.in_(list(run_ids)))
+        with self.engine.connect() as conn:
+            return {
+                t: {"tokens": int(a or 0), "model_calls": int(b or 0), "tool_calls": int(c or 0),
+                    "cost_micro_usd": int(d or 0)}
+                for t, a, b, c, d in conn.execute(query)
+            }  # fmt: skip
+
+    # --- writes ----------------------------------------------------------------------
+    def mark_started(self, run_id: str) -> None:
+        """queued -> running when the first step begins; a no-op for a run already running."""
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(
+                update(runs_t)
+                .where(runs_t.c.run_id == run_id, runs_t.c.status == RunStatus.QUEUED.value)
+                .values(
+                    status=RunStatus.RUNNING.value,
+                    started_at=now,
+                    updated_at=now,
+                    version=runs_t.c.version + 1,
+                )
+            )
+
+    def claim_effect(
+        self, effect: dict[str, Any], decisions: Sequence[dict[str, Any]],
+        events: Sequence[dict[str, Any]],
+    ) -> EffectClaim:
+        """Store the allow decision and claim the side effect's idempotency key, before
+        the tool runs. If the key exists (a redelivered step), report what was recorded."""
+        try:
+            with self._write() as conn:
+                if decisions:
+                    conn.execute(insert(decisions_t), list(decisions))
+                conn.execute(insert(effects_t), [effect])
+                if events:
+                    conn.execute(insert(events_t), list(events))
+            return EffectClaim(fresh=True, status="started")
+        except IntegrityError:
+            pass
+        with self._write() as conn:
+            row = conn.execute(
+                select(effects_t).where(effects_t.c.idempotency_key == effect["idempotency_key"])
+            ).mappings().first()
+            if row is None:  # the conflict was on the decision row of an unfinished attempt
+                conn.execute(insert(effects_t), [effect])
+                return EffectClaim(fresh=True, status="started")
+            if row["status"] == "started":
+                conn.execute(
+                    update(effects_t)
+                    .where(effects_t.c.id == row["id"])
+                    .values(attempts=effects_t.c.attempts + 1)
+                )
+            return EffectClaim(
+                fresh=False, status=row["status"], result=row["result"], error=row["error"],
+                attempts=row["attempts"] + (1 if row["status"] == "started" else 0),
+            )  # fmt: skip
+
+    def store_decisions(self, decisions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]) -> None:
+        """Store policy decisions (and their trace events) ahead of execution; idempotent."""
+        try:
+            with self._write() as conn:
+                conn.execute(insert(decisions_t), list(decisions))
+                if events:
+                    conn.execute(insert(events_t), list(events))
+        except IntegrityError:
+            pass  # a redelivered step stored the same decision already
+
+    def checkpoint(self, cp: Checkpoint) -> None:
+        """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect."""
+        allowed = [s.value for s in ALLOWED_FROM[cp.status]]
+        values = dict(cp.run_updates)
+        values.update(
+            status=cp.status.value,
+            next_step=cp.step_no + 1,
+            updated_at=utcnow(),
+            version=runs_t.c.version + 1,
+        )
+        try:
+            with self._write() as conn:
+                result = conn.execute(
+                    update(runs_t)
+                    .where(
+                        runs_t.c.run_id == cp.run_id,
+                        runs_t.c.next_step == cp.step_no,
+                        runs_t.c.status.in_(allowed),
+                    )
+                    .values(**values)
+                )
+                if result.rowcount != 1:
+                    raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
+                conn.execute(insert(steps_t), [cp.step])
+                if cp.events:
+                    conn.execute(insert(events_t), cp.events)
+                if cp.spend:
+                    conn.execute(insert(spend_t), [cp.spend])
+                if cp.decisions:
+                    conn.execute(insert(decisions_t), cp.decisions)
+                if cp.effect_update:
+                    key = cp.effect_update["idempotency_key"]
+                    conn.execute(
+                        update(effects_t)
+                        .where(effects_t.c.idempotency_key == key)
+                        .values(**{k: v for k, v in cp.effect_update.items() if k != "idempotency_key"})
+                    )
+        except IntegrityError as exc:
+            raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
+
+    def transition(
+        self,
+        run_id: str,
+        to_status: RunStatus,
+        *,
+        stop_reason: str | None = None,
+        events: Sequence[dict[str, Any]] = (),
+        tenant_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Move a run to ``to_status`` if its current status allows it (cancel, resume...)."""
+        allowed = [s.value for s in ALLOWED_FROM[to_status]]
+        now = utcnow()
+        values: dict[str, Any] = {"status": to_status.value, "updated_at": now,
+                                  "version": runs_t.c.version + 1, **(extra or {})}
+        if stop_reason is not None:
+            values["stop_reason"] = stop_reason
+        if to_status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REFUSED, RunStatus.CANCELLED):
+            values["finished_at"] = now
+        where = [runs_t.c.run_id == run_id, runs_t.c.status.in_(allowed)]
+        if tenant_id is not None:
+            where.append(runs_t.c.tenant_id == tenant_id)
+        with self._write() as conn:
+            result = conn.execute(update(runs_t).where(*where).values(**values))
+            if result.rowcount != 1:
+                current = conn.execute(
+                    select(runs_t.c.status).where(runs_t.c.run_id == run_id)
+                ).scalar()
+                if current is None:
+                    raise RunNotFound(run_id)
+                raise InvalidTransition(run_id, str(current), to_status.value)
+            if events:
+                conn.execute(insert(events_t), list(events))
+        return self.get_run(run_id)
+
+    def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
+            )
+            return {r: s for r, s in rows}
+
+
+def as_datetime(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) or value is None else datetime.fromisoformat(value)

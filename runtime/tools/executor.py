@@ -1,0 +1,105 @@
+"""Run one tool call within its timeout and turn the outcome into data.
+
+In a prefork or solo worker the step runs on the process's main thread, so a timeout
+interrupts the tool with SIGALRM. Elsewhere (threads pool, tests) the call runs on a helper
+thread and is abandoned at the deadline; its outcome is then unknown and recorded so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from runtime.errors import ToolExecutionError, ToolTimeout
+from runtime.tools.context import ToolContext
+from runtime.tools.registry import ToolSpec
+
+
+@dataclass
+class ToolOutcome:
+    ok: bool
+    result: Any = None
+    #: short machine code: tool_error, tool_timeout, invalid_output, or the tool's own
+    error_code: str | None = None
+    error: str | None = None
+    duration_ms: int = 0
+    #: the tool may have run partly (timeout on a helper thread)
+    outcome_unknown: bool = False
+
+
+class _Alarm(BaseException):  # BaseException: a tool's `except Exception` cannot swallow it
+    pass
+
+
+@contextlib.contextmanager
+def _alarm(timeout_s: float) -> Iterator[None]:
+    def on_alarm(_sig: int, _frame: Any) -> None:
+        raise _Alarm()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _to_jsonable(spec: ToolSpec, value: Any) -> Any:
+    if spec.output_model is not None and not isinstance(value, spec.output_model):
+        value = spec.output_model.model_validate(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def execute(spec: ToolSpec, args: BaseModel, ctx: ToolContext, timeout_s: float) -> ToolOutcome:
+    started = time.monotonic()
+
+    def done(**kw: Any) -> ToolOutcome:
+        return ToolOutcome(duration_ms=int((time.monotonic() - started) * 1000), **kw)
+
+    try:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                with _alarm(timeout_s):
+                    value = spec.fn(args, ctx)
+            except _Alarm:
+                raise ToolTimeout(spec.name, timeout_s) from None
+        else:
+            value = _run_on_thread(spec, args, ctx, timeout_s)
+        return done(ok=True, result=_to_jsonable(spec, value))
+    except ToolTimeout as exc:
+        return done(ok=False, error_code="tool_timeout", error=str(exc), outcome_unknown=True)
+    except ToolExecutionError as exc:
+        return done(ok=False, error_code=exc.code, error=str(exc))
+    except ValidationError as exc:
+        return done(ok=False, error_code="invalid_output", error=f"{spec.name} returned invalid output: {exc}")
+    except Exception as exc:
+        return done(ok=False, error_code="tool_error", error=f"{type(exc).__name__}: {exc}")
+
+
+def _run_on_thread(spec: ToolSpec, args: BaseModel, ctx: ToolContext, timeout_s: float) -> Any:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = spec.fn(args, ctx)
+        except BaseException as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"tool:{spec.name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ToolTimeout(spec.name, timeout_s)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

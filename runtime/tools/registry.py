@@ -1,0 +1,166 @@
+"""Tools: Python callables with pydantic input/output schemas and a side-effect class.
+
+A tool module declares tools with the ``@tool`` decorator; ``tool_modules`` in the config
+names the modules, and the registry collects every ``ToolSpec`` they define::
+
+    class Search(BaseModel):
+        query: str = Field(max_length=200)
+
+    @tool("kb.search", side_effect="read", timeout_s=2)
+    def search(args: Search, ctx: ToolContext) -> SearchResult: ...
+
+Model-supplied arguments are validated against the input model before policy runs; a call
+that fails validation is refused and never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import string
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from runtime.contract import SideEffectClass
+from runtime.errors import ToolDefinitionError
+
+ToolFn = Callable[[Any, Any], Any]
+CompensateFn = Callable[[Any, Any, Any], Any]
+
+_SIDE_EFFECTS = ("read", "write", "external", "irreversible")
+
+
+@dataclass
+class ToolSpec:
+    name: str
+    fn: ToolFn
+    input_model: type[BaseModel]
+    output_model: type[BaseModel] | None
+    side_effect: SideEffectClass
+    timeout_s: float
+    description: str
+    #: lock key template rendered from the validated args, e.g. ``ticket:{ticket_id}``
+    lock: str | None = None
+    #: undo for a succeeded call: ``compensate(args, result, ctx)``
+    compensate: CompensateFn | None = None
+    #: may a call whose earlier attempt ended in an unknown state run again?
+    retry_unknown: bool = True
+    #: argument names never written to traces or logs
+    secret_args: frozenset[str] = field(default_factory=frozenset)
+
+    def __call__(self, args: Any, ctx: Any) -> Any:
+        return self.fn(args, ctx)
+
+    def compensator(self, fn: CompensateFn) -> CompensateFn:
+        """Decorator: register ``fn(args, result, ctx)`` as this tool's compensation."""
+        self.compensate = fn
+        return fn
+
+    def lock_name(self, args: BaseModel) -> str | None:
+        if not self.lock:
+            return None
+        return self.lock.format(**args.model_dump())
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.input_model.model_json_schema()
+
+
+def tool(
+    name: str,
+    *,
+    side_effect: SideEffectClass,
+    timeout_s: float = 10.0,
+    lock: str | None = None,
+    description: str | None = None,
+    retry_unknown: bool | None = None,
+    secret_args: Iterable[str] = (),
+) -> Callable[[ToolFn], ToolSpec]:
+    """Declare a tool. The first parameter's annotation is the input model, the return
+    annotation (optional) the output model."""
+
+    def decorate(fn: ToolFn) -> ToolSpec:
+        if side_effect not in _SIDE_EFFECTS:
+            raise ToolDefinitionError(f"tool {name!r}: side_effect must be one of {_SIDE_EFFECTS}")
+        hints = typing.get_type_hints(fn)
+        params = [p for p in fn.__code__.co_varnames[: fn.__code__.co_argcount]]
+        if len(params) != 2:
+            raise ToolDefinitionError(f"tool {name!r}: signature must be (args, ctx)")
+        input_model = hints.get(params[0])
+        if not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
+            raise ToolDefinitionError(
+                f"tool {name!r}: annotate the first parameter with a pydantic model"
+            )
+        output = hints.get("return")
+        output_model = output if isinstance(output, type) and issubclass(output, BaseModel) else None
+        if lock:
+            fields = {f for _, f, _, _ in string.Formatter().parse(lock) if f}
+            missing = fields - set(input_model.model_fields)
+            if missing:
+                raise ToolDefinitionError(
+                    f"tool {name!r}: lock template {lock!r} names unknown args {sorted(missing)}"
+                )
+        secret = frozenset(secret_args)
+        unknown_secret = secret - set(input_model.model_fields)
+        if unknown_secret:
+            raise ToolDefinitionError(f"tool {name!r}: secret_args {sorted(unknown_secret)} unknown")
+        return ToolSpec(
+            name=name,
+            fn=fn,
+            input_model=input_model,
+            output_model=output_model,
+            side_effect=side_effect,
+            timeout_s=timeout_s,
+            description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            lock=lock,
+            retry_unknown=(side_effect != "irreversible") if retry_unknown is None else retry_unknown,
+            secret_args=secret,
+        )
+
+    return decorate
+
+
+class ToolRegistry:
+    def __init__(self, specs: Iterable[ToolSpec] = ()) -> None:
+        self._specs: dict[str, ToolSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: ToolSpec) -> None:
+        existing = self._specs.get(spec.name)
+        if existing is not None and existing is not spec:
+            raise ToolDefinitionError(f"tool {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[str]) -> ToolRegistry:
+        registry = cls()
+        for module_name in modules:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ToolDefinitionError(f"tool module {module_name!r} cannot be imported: {exc}") from exc
+            for value in vars(module).values():
+                if isinstance(value, ToolSpec):
+                    registry.register(value)
+        return registry
+
+    def get(self, name: str) -> ToolSpec | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def schema_digest(self, names: Iterable[str], versions: dict[str, str]) -> str:
+        """Version of the tool schemas a route exposes: a digest of names, versions, schemas."""
+        doc = {
+            n: {"version": versions.get(n, "?"), "schema": self._specs[n].json_schema()}
+            for n in sorted(names)
+            if n in self._specs
+        }
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return "ts-" + hashlib.sha256(raw).hexdigest()[:12]

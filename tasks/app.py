@@ -1,0 +1,150 @@
+"""The Celery app: the only place agentrt touches Celery's configuration.
+
+``celery -A tasks.app worker`` (or ``agentrt worker``) builds the app from ``AGENTRT_*``
+settings. Choices, with reasons (see ../shared/reference/celery-redis.md):
+
+* JSON only: a broker message is never unpickled.
+* ``acks_late`` + prefetch 1: a step whose worker dies is delivered again, and a worker
+  holds at most one unstarted step per process.
+* ``task_retry_on_worker_lost`` (Celery 5.7): a SIGKILLed/OOM-killed pool child's step is
+  re-sent at once, bounded by ``max_retries``, instead of looping forever.
+* the visibility timeout must exceed the longest step (checked here), or kombu would hand
+  a still-running step to a second worker.
+* broker keys live under the namespace (``global_keyprefix``) so deployments can share a
+  Redis; one small fixed queue, fairness is ours (scheduling issue), not per-tenant queues.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from runtime.config import RuntimeConfig, load_config
+from runtime.errors import SettingsError
+from runtime.keys import Keys
+from runtime.service import Endpoints, RuntimeService, load_registry, resolve_endpoints
+from runtime.settings import Settings
+from runtime.steps import LEASE_MARGIN_S
+
+log = logging.getLogger("agentrt.tasks")
+
+STEP_TASK = "agentrt.step"
+STEP_QUEUE = "agentrt.steps"
+#: longest countdown the runtime itself schedules (a deferred step)
+MAX_COUNTDOWN_S = 30.0
+
+
+def min_visibility_timeout(config: RuntimeConfig) -> float:
+    return config.max_step_timeout_s() + LEASE_MARGIN_S + MAX_COUNTDOWN_S
+
+
+def celery_config(settings: Settings, config: RuntimeConfig, endpoints: Endpoints) -> dict[str, Any]:
+    needed = min_visibility_timeout(config)
+    if settings.visibility_timeout_s <= needed:
+        raise SettingsError(
+            f"AGENTRT_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} must exceed the longest "
+            f"step ({config.max_step_timeout_s():g}s) plus lease margin and deferral "
+            f"(> {needed:g}s), or a running step would be handed to a second worker"
+        )
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "global_keyprefix": Keys(settings.namespace).broker_prefix(),
+        "priority_steps": [0],
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+    return {
+        "broker_url": endpoints.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport,
+        "visibility_timeout": settings.visibility_timeout_s,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "task_retry_on_worker_lost": True,
+        "task_acks_on_failure": True,
+        "task_acks_on_timeout": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": [Queue(STEP_QUEUE)],
+        "task_default_queue": STEP_QUEUE,
+        "task_create_missing_queues": False,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_hijack_root_logger": False,
+    }
+
+
+class AgentrtCelery(Celery):  # type: ignore[misc]
+    """A Celery app that knows its runtime settings and builds the service per process."""
+
+    agentrt_settings: Settings
+    agentrt_config: RuntimeConfig
+    agentrt_endpoints: Endpoints
+    _agentrt_service: RuntimeService | None = None
+
+    def runtime_service(self) -> RuntimeService:
+        # built lazily: in a prefork worker this runs in the child, after fork
+        if self._agentrt_service is None:
+            from tasks.dispatch import CeleryDispatcher
+
+            self._agentrt_service = RuntimeService(
+                self.agentrt_settings,
+                self.agentrt_config,
+                endpoints=self.agentrt_endpoints,
+                registry=load_registry(self.agentrt_config, str(self.agentrt_settings.config)),
+                dispatcher=CeleryDispatcher(self),
+            )
+        return self._agentrt_service
+
+
+def create_app(settings: Settings | None = None, endpoints: Endpoints | None = None) -> AgentrtCelery:
+    settings = settings or Settings()
+    config = load_config(settings.config)
+    endpoints = endpoints or resolve_endpoints(settings)
+    app = AgentrtCelery("agentrt", set_as_current=False)
+    app.conf.update(celery_config(settings, config, endpoints))
+    app.agentrt_settings = settings
+    app.agentrt_config = config
+    app.agentrt_endpoints = endpoints
+    from tasks import steps
+
+    steps.register(app)
+    return app
+
+
+_default_app: AgentrtCelery | None = None
+
+
+def default_app() -> AgentrtCelery:
+    global _default_app
+    if _default_app is None:
+        _default_app = create_app()
+    return _default_app
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A tasks.app` looks up `app`; build it on first use, not at import
+    if name in ("app", "celery"):
+        return default_app()
+    raise AttributeError(name)
+
+
+@signals.worker_init.connect
+def _create_schema(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if isinstance(app, AgentrtCelery):
+        # once, in the main process before forking; children open their own engines
+        svc = app.runtime_service()
+        svc.store.create_schema()
+        svc.close()
+        app._agentrt_service = None
