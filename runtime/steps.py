@@ -605,7 +605,7 @@ class StepRunner:
         if move.stop_reason:
             updates["stop_reason"] = move.stop_reason
         if move.output is not None:
-            updates["output"] = move.output
+            updates["output"] = redact(move.output)
         if move.status in TERMINAL_STATUSES:
             updates["finished_at"] = now
             updates["workflow_step"] = updates.get("workflow_step") or "finished"
@@ -622,7 +622,7 @@ class StepRunner:
                 "tenant_id": st.tenant_id,
                 "step_no": st.step_no,
                 "kind": move.kind,
-                "proposal": st.proposal,
+                "proposal": redact(st.proposal),
                 "outcome": move.outcome,
                 "observation": redact(move.observation),
                 "input_tokens": st.usage.input_tokens,

@@ -1,0 +1,60 @@
+# The one command surface: people and CI call these targets.
+# `make demo` and `make test` work on a fresh machine with only Python 3.11+ installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install demo test test-fast lint format typecheck check bench flower worker clean
+
+help:
+	@echo "make demo       install, start Redis + workers, run a multi-tenant workload, print a summary"
+	@echo "make test       install and run the whole test suite (starts what it needs)"
+	@echo "make lint       ruff check + format check;  make typecheck  mypy"
+	@echo "make bench      benchmarks: runtime vs bare Celery, ledger vs plain INCR"
+	@echo "make worker     start a worker;  make flower  Flower on the same broker"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agentrt needs Python 3.11+; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/agentrt demo
+
+test: install
+	$(BIN)/python tests/services.py ensure
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check runtime tasks tests bench
+	$(BIN)/ruff format --check runtime tasks tests bench
+
+format: install
+	$(BIN)/ruff format runtime tasks tests bench
+	$(BIN)/ruff check --fix runtime tasks tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: install
+	$(BIN)/python bench/run.py
+
+worker: install
+	$(BIN)/agentrt worker
+
+flower: install
+	$(BIN)/agentrt flower
+
+clean:
+	rm -rf .agentrt .pytest_cache .mypy_cache .ruff_cache
