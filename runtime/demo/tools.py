@@ -100,6 +100,8 @@ class RefundArgs(BaseModel):
     customer_id: str = Field(pattern=r"^cus_[A-Za-z0-9]{1,32}$")
     amount: float = Field(gt=0, le=10_000)
     currency: Literal["EUR", "USD", "GBP"] = "EUR"
+    #: simulated provider latency before the refund is made
+    delay_ms: int = Field(default=0, ge=0, le=30_000)
 
 
 class RefundResult(BaseModel):
@@ -111,6 +113,8 @@ class RefundResult(BaseModel):
 @tool("payments.refund", side_effect="irreversible", timeout_s=10)
 def payments_refund(args: RefundArgs, ctx: ToolContext) -> RefundResult:
     """Refund a customer (irreversible; the idempotency key goes to the payment provider)."""
+    if args.delay_ms:
+        time.sleep(args.delay_ms / 1000)
     ctx.redis.rpush(ctx.keys.demo("refunds"), f"{ctx.idempotency_key}:{args.customer_id}:{args.amount}")
     return RefundResult(refund_id=f"re_{ctx.idempotency_key.replace(':', '_')}", amount=args.amount,
                         currency=args.currency)  # fmt: skip
@@ -121,6 +125,8 @@ class IncrementArgs(BaseModel):
     by: int = Field(default=1, ge=1, le=1000)
     #: simulated slowness before the write (crash tests kill workers here)
     delay_ms: int = Field(default=0, ge=0, le=30_000)
+    #: simulated slowness after the write, before the runtime records it (and here)
+    after_ms: int = Field(default=0, ge=0, le=30_000)
 
 
 class IncrementResult(BaseModel):
@@ -134,6 +140,8 @@ def counter_increment(args: IncrementArgs, ctx: ToolContext) -> IncrementResult:
         time.sleep(args.delay_ms / 1000)
     key = ctx.keys.demo(f"counter:{args.key}")
     results = ctx.redis_effect(lambda pipe: pipe.incrby(key, args.by))
+    if args.after_ms:
+        time.sleep(args.after_ms / 1000)
     return IncrementResult(value=int(results[0]) if results else None)
 
 
