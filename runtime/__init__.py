@@ -8,8 +8,8 @@ Layers (imports point down only):
     leaves         contract, errors, keys, settings, config, stop_reasons, states
 """
 
-from runtime.contract import RunStatus, RunView, RuntimeRun, TraceEvent, VersionSet
-from runtime.errors import AgentRuntimeError, AdmissionRefused, ConfigError, RunNotFound
+from runtime.contract import RunStatus, RuntimeRun, RunView, TraceEvent, VersionSet
+from runtime.errors import AdmissionRefused, AgentRuntimeError, ConfigError, RunNotFound
 from runtime.service import Runtime, RuntimeService, WaitTimeout
 from runtime.settings import Settings
 from runtime.tools.context import ToolContext

@@ -57,7 +57,9 @@ def decide(
     if route is None:
         return Refusal("unknown_route", f"route {req.route!r} is not configured")
     if "*" not in route.tenants and req.tenant not in route.tenants:
-        return Refusal("tenant_not_in_scope", f"tenant {req.tenant!r} may not use route {req.route!r}")
+        return Refusal(
+            "tenant_not_in_scope", f"tenant {req.tenant!r} may not use route {req.route!r}"
+        )
     if not route.enabled or route_stopped:
         return Refusal("route_stopped", f"route {req.route!r} is stopped")
     if req.priority is not None and req.priority not in PRIORITIES:
@@ -73,7 +75,8 @@ def decide(
         return Refusal("invalid_input", "input is not JSON-serialisable")
     if size > route.max_input_bytes:
         return Refusal(
-            "input_too_large", f"input is {size} bytes; route {req.route!r} accepts {route.max_input_bytes}"
+            "input_too_large",
+            f"input is {size} bytes; route {req.route!r} accepts {route.max_input_bytes}",
         )
     if input_problems:
         return Refusal("invalid_input", "; ".join(input_problems))

@@ -124,9 +124,7 @@ class StopProposal(_Camel):
     reason: str | None = None
 
 
-Proposal = Annotated[
-    ToolCallProposal | ReplyProposal | StopProposal, Field(discriminator="type")
-]
+Proposal = Annotated[ToolCallProposal | ReplyProposal | StopProposal, Field(discriminator="type")]
 
 
 class ProposalResult(BaseModel):

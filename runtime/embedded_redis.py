@@ -93,16 +93,25 @@ def start_server(
     port = port or _free_port()
     args = [
         find_redis_server(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(workdir.resolve()),
-        "--maxmemory-policy", "noeviction",
-        "--save", "",
-        "--appendonly", "yes" if persistent else "no",
-        "--appendfsync", "everysec",
-        "--logfile", "redis.log",
-        "--protected-mode", "yes",
-    ]  # fmt: skip
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir.resolve()),
+        "--maxmemory-policy",
+        "noeviction",
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if persistent else "no",
+        "--appendfsync",
+        "everysec",
+        "--logfile",
+        "redis.log",
+        "--protected-mode",
+        "yes",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15

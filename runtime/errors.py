@@ -127,7 +127,7 @@ class ServiceUnavailable(AgentRuntimeError):
     pass
 
 
-class StepDeferred(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StepDeferred(Exception):
     """The step cannot run now (lease held, lock busy); run it again after ``delay_s``."""
 
     def __init__(self, delay_s: float, reason: str) -> None:

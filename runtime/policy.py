@@ -74,7 +74,12 @@ def _compare(value: Any, cmp: Comparison) -> bool:
             checks.append(False)
             continue
         checks.append(
-            {"gt": value > bound, "gte": value >= bound, "lt": value < bound, "lte": value <= bound}[op]
+            {
+                "gt": value > bound,
+                "gte": value >= bound,
+                "lt": value < bound,
+                "lte": value <= bound,
+            }[op]
         )
     return all(checks)
 
@@ -130,5 +135,7 @@ class PolicyEngine:
                 if winner is None or _STRICTNESS[rule.effect] > _STRICTNESS[winner.effect]:
                     winner = rule
         if winner is None:
-            return Decision(self.config.default, None, [f"default_{self.config.default}"], self.version)
+            return Decision(
+                self.config.default, None, [f"default_{self.config.default}"], self.version
+            )
         return Decision(winner.effect, winner.id, reasons, self.version)

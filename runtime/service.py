@@ -22,12 +22,12 @@ from typing import Any, Protocol
 import redis
 
 from runtime import admission, stop_reasons
+from runtime.budgets.ledger import BudgetLedger
 from runtime.config import RuntimeConfig, load_config
 from runtime.contract import TERMINAL_STATUSES, RunStatus, RunView, TraceEvent, VersionSet
 from runtime.embedded_redis import EmbeddedRedis, ensure_embedded
 from runtime.errors import AgentRuntimeError, ConfigError, SettingsError
 from runtime.keys import Keys
-from runtime.budgets.ledger import BudgetLedger
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
 from runtime.proposers.base import Proposer
@@ -134,8 +134,14 @@ class RuntimeService:
         settings = settings or Settings()
         config = load_config(settings.config)
         registry = load_registry(config, str(settings.config))
-        svc = cls(settings, config, endpoints=resolve_endpoints(settings), registry=registry,
-                  dispatcher=dispatcher, dispatcher_factory=dispatcher_factory)  # fmt: skip
+        svc = cls(
+            settings,
+            config,
+            endpoints=resolve_endpoints(settings),
+            registry=registry,
+            dispatcher=dispatcher,
+            dispatcher_factory=dispatcher_factory,
+        )
         if create_schema:
             svc.store.create_schema()
         return svc
@@ -152,7 +158,11 @@ class RuntimeService:
         proposer = self._proposers.get(model_name)
         if proposer is None:
             model = self.config.models[model_name]
-            proposer = ScriptedProposer(model.version) if model.kind == "scripted" else OpenAIProposer(model)
+            proposer = (
+                ScriptedProposer(model.version)
+                if model.kind == "scripted"
+                else OpenAIProposer(model)
+            )
             self._proposers[model_name] = proposer
         return proposer
 
@@ -168,7 +178,9 @@ class RuntimeService:
         entry = self.config.tools.get(name)
         return entry is not None and entry.enabled and name not in disabled_live
 
-    def live_controls(self, run_id: str, route: str, tools: list[str]) -> tuple[bool, bool, frozenset[str]]:
+    def live_controls(
+        self, run_id: str, route: str, tools: list[str]
+    ) -> tuple[bool, bool, frozenset[str]]:
         """(cancelled, route stopped, tools disabled) from the kill switches: one round trip."""
         keys = [self.keys.run_cancelled(run_id), self.keys.route_stopped(route)]
         keys += [self.keys.tool_disabled(t) for t in tools]
@@ -221,12 +233,18 @@ class RuntimeService:
             route_stopped=route_cfg is not None and self.route_stopped(route),
             input_problems=problems,
         )
-        row = self._new_row(tenant, route, goal, run_input, actor, request_id, idempotency_key,
-                            priority, refusal)  # fmt: skip
+        row = self._new_row(
+            tenant, route, goal, run_input, actor, request_id, idempotency_key, priority, refusal
+        )
         trace = TraceBuffer(row["run_id"], row["tenant_id"], row["trace_id"], None)
         if refusal is None:
-            trace.add("admission", decision="admitted", route=route, priority=row["priority"],
-                      version_set=row["version_set"])  # fmt: skip
+            trace.add(
+                "admission",
+                decision="admitted",
+                route=route,
+                priority=row["priority"],
+                version_set=row["version_set"],
+            )
         else:
             trace.add("admission", decision="refused", code=refusal.code, detail=refusal.detail)
             trace.add("stop", reason=row["stop_reason"], status=row["status"])
@@ -238,18 +256,31 @@ class RuntimeService:
         return self._view(stored)
 
     def _new_row(
-        self, tenant: str, route: str, goal: str, run_input: Any, actor: str,
-        request_id: str | None, idempotency_key: str | None, priority: str | None,
+        self,
+        tenant: str,
+        route: str,
+        goal: str,
+        run_input: Any,
+        actor: str,
+        request_id: str | None,
+        idempotency_key: str | None,
+        priority: str | None,
         refusal: admission.Refusal | None,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         now = utcnow()
         route_cfg = self.config.routes.get(route)
         if route_cfg is not None:
             vs = self.version_set(route).model_dump()
             bp_version = self.config.budget_policies[route_cfg.budget_policy].version
         else:
-            vs = {"model": "-", "prompt": "-", "policy": self.config.policy.version, "tool_schema": "-",
-                  "retriever": None, "harness": self.config.harness_version}  # fmt: skip
+            vs = {
+                "model": "-",
+                "prompt": "-",
+                "policy": self.config.policy.version,
+                "tool_schema": "-",
+                "retriever": None,
+                "harness": self.config.harness_version,
+            }
             bp_version = "-"
         keep_input = refusal is None or refusal.code not in ("input_too_large", "invalid_input")
         status = RunStatus.QUEUED if refusal is None else RunStatus.REFUSED
@@ -310,15 +341,25 @@ class RuntimeService:
     def trace(self, run_id: str, tenant: str | None = None) -> list[TraceEvent]:
         self.store.get_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
         return [
-            TraceEvent(run_id=e["run_id"], trace_id=e["trace_id"], step=e["step_no"], seq=i,
-                       at=e["at"], kind=e["kind"], data=e["data"] or {})  # fmt: skip
+            TraceEvent(
+                run_id=e["run_id"],
+                trace_id=e["trace_id"],
+                step=e["step_no"],
+                seq=i,
+                at=e["at"],
+                kind=e["kind"],
+                data=e["data"] or {},
+            )
             for i, e in enumerate(self.store.trace(run_id, tenant))
         ]
 
     def list_runs(
-        self, tenant: str | None = None, status: str | None = None, route: str | None = None,
+        self,
+        tenant: str | None = None,
+        status: str | None = None,
+        route: str | None = None,
         limit: int = 50,
-    ) -> list[RunView]:  # fmt: skip
+    ) -> list[RunView]:
         return [self._view(r) for r in self.store.list_runs(tenant, status, route, limit)]
 
     def cancel(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
@@ -328,8 +369,15 @@ class RuntimeService:
         trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], None)
         reason = stop_reasons.make("cancelled", actor)
         trace.add("stop", reason=reason, status="cancelled", actor=actor)
-        return self._view(self.store.transition(run_id, RunStatus.CANCELLED, stop_reason=reason,
-                                                events=trace.drain(), tenant_id=tenant))  # fmt: skip
+        return self._view(
+            self.store.transition(
+                run_id,
+                RunStatus.CANCELLED,
+                stop_reason=reason,
+                events=trace.drain(),
+                tenant_id=tenant,
+            )
+        )
 
     # --- workers -------------------------------------------------------------------------
     def run_step(self, run_id: str, step_no: int, attempt: int = 0) -> StepResult:
@@ -338,20 +386,35 @@ class RuntimeService:
     # --- helpers -----------------------------------------------------------------------
     def _view(self, row: dict[str, Any]) -> RunView:
         return RunView(
-            run_id=row["run_id"], trace_id=row["trace_id"], request_id=row["request_id"],
-            actor_id=row["actor_id"], tenant_id=row["tenant_id"], route=row["route"],
-            goal=row["goal"], autonomy_level=row["autonomy_level"], risk_class=row["risk_class"],
-            execution_mode=row["execution_mode"], status=RunStatus(row["status"]),
+            run_id=row["run_id"],
+            trace_id=row["trace_id"],
+            request_id=row["request_id"],
+            actor_id=row["actor_id"],
+            tenant_id=row["tenant_id"],
+            route=row["route"],
+            goal=row["goal"],
+            autonomy_level=row["autonomy_level"],
+            risk_class=row["risk_class"],
+            execution_mode=row["execution_mode"],
+            status=RunStatus(row["status"]),
             version_set=VersionSet.model_validate(row["version_set"]),
-            budget_policy_version=row["budget_policy_version"], policy_version=row["policy_version"],
-            workflow_step=row["workflow_step"], allowed_tools=row["allowed_tools"],
-            idempotency_key=row["idempotency_key"], approval_id=row["approval_id"],
-            checkpoint_ref=row["checkpoint_ref"], stop_reason=row["stop_reason"],
-            created_at=row["created_at"], updated_at=row["updated_at"],
-            started_at=row["started_at"], finished_at=row["finished_at"],
-            priority=row["priority"], steps=row["next_step"], output=row["output"],
+            budget_policy_version=row["budget_policy_version"],
+            policy_version=row["policy_version"],
+            workflow_step=row["workflow_step"],
+            allowed_tools=row["allowed_tools"],
+            idempotency_key=row["idempotency_key"],
+            approval_id=row["approval_id"],
+            checkpoint_ref=row["checkpoint_ref"],
+            stop_reason=row["stop_reason"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            priority=row["priority"],
+            steps=row["next_step"],
+            output=row["output"],
             input=row["input"],
-        )  # fmt: skip
+        )
 
     def close(self) -> None:
         self.store.engine.dispose()
@@ -364,8 +427,9 @@ def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
         registry = ToolRegistry.from_modules(config.tool_modules)
     except AgentRuntimeError as exc:
         raise ConfigError(source, [f"tool_modules: {exc}"]) from exc
+    modules = ", ".join(config.tool_modules) or "none"
     problems = [
-        f"tools.{name}: no tool module registers it (tool_modules: {', '.join(config.tool_modules) or 'none'})"
+        f"tools.{name}: no tool module registers it (tool_modules: {modules})"
         for name in config.tools
         if registry.get(name) is None
     ]

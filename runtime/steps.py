@@ -148,7 +148,8 @@ class StepRunner:
         try:
             run = svc.store.get_run(run_id)
             if run["next_step"] != step_no or run["status"] not in (
-                RunStatus.QUEUED.value, RunStatus.RUNNING.value
+                RunStatus.QUEUED.value,
+                RunStatus.RUNNING.value,
             ):
                 svc.leases.release(lease)
                 released = True
@@ -164,7 +165,9 @@ class StepRunner:
         """A duplicate or redelivered step: settle what its first copy left, re-send the
         next step if it may have been lost, and do nothing else twice."""
         svc = self.svc
-        if run["next_step"] > step_no and svc.redis.exists(svc.keys.budget_hold(run["run_id"], step_no)):
+        if run["next_step"] > step_no and svc.redis.exists(
+            svc.keys.budget_hold(run["run_id"], step_no)
+        ):
             # the first copy checkpointed but died before settling: settle to what it recorded
             svc.ledger.settle(run["run_id"], step_no, svc.store.step_spend(run["run_id"], step_no))
         if (
@@ -182,7 +185,8 @@ class StepRunner:
         svc = self.svc
         run = svc.store.get_run(run_id)
         if run["next_step"] != step_no or run["status"] not in (
-            RunStatus.QUEUED.value, RunStatus.RUNNING.value
+            RunStatus.QUEUED.value,
+            RunStatus.RUNNING.value,
         ):
             return False
         cls = _FAILURE_CLASSES.get(error_class, "internal_error")
@@ -197,11 +201,17 @@ class StepRunner:
             status=RunStatus.FAILED,
             run_updates={"stop_reason": reason, "finished_at": now, "workflow_step": "finished"},
             step={
-                "run_id": run_id, "tenant_id": run["tenant_id"], "step_no": step_no,
-                "kind": "failed", "proposal": None, "outcome": cls,
-                "observation": {"error_class": error_class}, "started_at": now,
-                "finished_at": now, "duration_ms": 0,
-            },  # fmt: skip
+                "run_id": run_id,
+                "tenant_id": run["tenant_id"],
+                "step_no": step_no,
+                "kind": "failed",
+                "proposal": None,
+                "outcome": cls,
+                "observation": {"error_class": error_class},
+                "started_at": now,
+                "finished_at": now,
+                "duration_ms": 0,
+            },
             events=trace.drain(),
         )
         try:
@@ -216,30 +226,37 @@ class StepRunner:
         svc = self.svc
         route = svc.config.routes.get(run["route"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
-        if route is None:
-            move = _Move(RunStatus.FAILED, "stopped", "route_removed",
-                         stop_reason=stop_reasons.make("failed", "route_removed"))  # fmt: skip
-            st = _Step(run, RouteConfig.model_construct(), step_no, attempt, trace)
-            return self._finish(st, move, lease)
+        if route is None:  # the config no longer has this route: end the run, don't guess
+            self.fail_step(run["run_id"], step_no, "route_removed")
+            svc.leases.release(lease)
+            return StepResult("route_removed")
         st = _Step(run, route, step_no, attempt, trace)
         if run["status"] == RunStatus.QUEUED.value:
             svc.store.mark_started(st.run_id)
         trace.add("step_started", attempt=attempt)
-        move = self._guards(st)
-        if move is None:
-            move = self._advance(st)
+        move = self._guards(st) or self._advance(st)
         return self._finish(st, move, lease)
 
     def _guards(self, st: _Step) -> _Move | None:
         """Stop conditions checked before anything is spent."""
         svc, run, route = self.svc, st.run, st.route
-        cancelled, stopped, st.disabled_tools = svc.live_controls(st.run_id, run["route"], route.allowed_tools)
+        cancelled, stopped, st.disabled_tools = svc.live_controls(
+            st.run_id, run["route"], route.allowed_tools
+        )
         if cancelled:
-            return _Move(RunStatus.CANCELLED, "stopped", "cancelled",
-                         stop_reason=stop_reasons.make("cancelled", "operator"))  # fmt: skip
+            return _Move(
+                RunStatus.CANCELLED,
+                "stopped",
+                "cancelled",
+                stop_reason=stop_reasons.make("cancelled", "operator"),
+            )
         if not route.enabled or stopped:
-            return _Move(RunStatus.CANCELLED, "stopped", "route_stopped",
-                         stop_reason=stop_reasons.make("cancelled", "route_stopped"))  # fmt: skip
+            return _Move(
+                RunStatus.CANCELLED,
+                "stopped",
+                "route_stopped",
+                stop_reason=stop_reasons.make("cancelled", "route_stopped"),
+            )
         if run["deadline_at"] is not None and utcnow() > run["deadline_at"]:
             return _Move(RunStatus.FAILED, "stopped", "timed_out", stop_reason="timed_out")
         if run["pending_proposal"] is None and run["turns"] >= route.max_steps:
@@ -252,8 +269,12 @@ class StepRunner:
             self._reserve(st, with_model_call=pending is None)
         except BudgetExhausted as exc:
             st.trace.add("budget_exhausted", scope=exc.scope, dimension=exc.dimension)
-            return _Move(RunStatus.FAILED, "stopped", f"budget_exhausted:{exc.dimension}",
-                         stop_reason=stop_reasons.make("budget_exhausted", exc.dimension))  # fmt: skip
+            return _Move(
+                RunStatus.FAILED,
+                "stopped",
+                f"budget_exhausted:{exc.dimension}",
+                stop_reason=stop_reasons.make("budget_exhausted", exc.dimension),
+            )
         if pending is not None:
             raw: Any = pending
             st.trace.add("proposal_resumed", tool=pending.get("tool"))
@@ -274,8 +295,14 @@ class StepRunner:
         day = today()
         scopes = [svc.ledger.run_scope(st.run_id, policy.per_run.ledger_limits())]
         if tenant is not None:
-            scopes.append(svc.ledger.tenant_day_scope(run["tenant_id"], tenant.daily_budget.ledger_limits(), day))
-        scopes.append(svc.ledger.route_day_scope(run["route"], st.route.daily_budget.ledger_limits(), day))
+            scopes.append(
+                svc.ledger.tenant_day_scope(
+                    run["tenant_id"], tenant.daily_budget.ledger_limits(), day
+                )
+            )
+        scopes.append(
+            svc.ledger.route_day_scope(run["route"], st.route.daily_budget.ledger_limits(), day)
+        )
         return scopes
 
     def _reserve(self, st: _Step, *, with_model_call: bool) -> None:
@@ -294,7 +321,9 @@ class StepRunner:
             "cost_micro_usd": round(tokens * price) + tool_cost,
         }
         hold_ttl_ms = int((st.route.step_timeout_s + 2 * LEASE_MARGIN_S) * 1000)
-        reservation = svc.ledger.reserve(st.run_id, st.step_no, self._scopes(st), amounts, hold_ttl_ms)
+        reservation = svc.ledger.reserve(
+            st.run_id, st.step_no, self._scopes(st), amounts, hold_ttl_ms
+        )
         st.reserved = True
         st.trace.add("budget_reserve", amounts=amounts, state=reservation.state)
 
@@ -302,8 +331,10 @@ class StepRunner:
         model = self.svc.config.models.get(st.route.proposer) if st.route.proposer else None
         cost = st.tool_cost_micro
         if st.used_proposer and model is not None:
-            cost += round(st.usage.input_tokens * model.input_usd_per_mtok
-                          + st.usage.output_tokens * model.output_usd_per_mtok)  # fmt: skip
+            cost += round(
+                st.usage.input_tokens * model.input_usd_per_mtok
+                + st.usage.output_tokens * model.output_usd_per_mtok
+            )
         return {
             "tokens": st.usage.total_tokens,
             "model_calls": 1 if st.used_proposer else 0,
@@ -344,7 +375,9 @@ class StepRunner:
         st.model_version = result.model_version
         st.trace.add(
             "proposal",
-            proposal=result.raw if isinstance(result.raw, dict) else {"raw": repr(result.raw)[:500]},
+            proposal=result.raw
+            if isinstance(result.raw, dict)
+            else {"raw": repr(result.raw)[:500]},
             usage=result.usage.model_dump(),
             model_version=result.model_version,
             latency_ms=result.latency_ms,
@@ -360,12 +393,22 @@ class StepRunner:
         st.proposal = proposal.model_dump(by_alias=True)
         if isinstance(proposal, ReplyProposal):
             st.trace.add("validation", ok=True, type="reply")
-            return _Move(RunStatus.SUCCEEDED, "reply", "completed", output={"text": proposal.text},
-                         stop_reason="completed")  # fmt: skip
+            return _Move(
+                RunStatus.SUCCEEDED,
+                "reply",
+                "completed",
+                output={"text": proposal.text},
+                stop_reason="completed",
+            )
         if isinstance(proposal, StopProposal):
             st.trace.add("validation", ok=True, type="stop")
-            return _Move(RunStatus.SUCCEEDED, "stop", "completed",
-                         output={"stopped": proposal.reason or "model_stop"}, stop_reason="completed")  # fmt: skip
+            return _Move(
+                RunStatus.SUCCEEDED,
+                "stop",
+                "completed",
+                output={"stopped": proposal.reason or "model_stop"},
+                stop_reason="completed",
+            )
         assert isinstance(proposal, ToolCallProposal)
         return self._tool_call(st, proposal)
 
@@ -379,9 +422,16 @@ class StepRunner:
                 # validated before policy: policy rules see only well-formed, defaulted args
                 args_model = spec.input_model.model_validate(proposal.args)
             except ValidationError as exc:
-                st.trace.add("validation", ok=False, code="invalid_args", tool=proposal.tool,
-                             errors=_short_errors(exc))  # fmt: skip
-                return self._refuse(st, "invalid_args", _short_errors(exc), st.proposal, validated=True)
+                st.trace.add(
+                    "validation",
+                    ok=False,
+                    code="invalid_args",
+                    tool=proposal.tool,
+                    errors=_short_errors(exc),
+                )
+                return self._refuse(
+                    st, "invalid_args", _short_errors(exc), st.proposal, validated=True
+                )
         args = args_model.model_dump(mode="json") if args_model is not None else proposal.args
         safe_args = redact(args, spec.secret_args if spec else frozenset())
         decision = svc.policy.decide(
@@ -401,17 +451,26 @@ class StepRunner:
         st.proposal = {**(st.proposal or {}), "args": safe_args}
         self._record_decision(st, proposal.tool, decision, args)
         if decision.effect == "deny":
-            return _Move(RunStatus.REFUSED, "refused", f"policy_denied:{decision.label}",
-                         observation={"denied": decision.label, "reasons": decision.reason_codes},
-                         stop_reason=stop_reasons.make("policy_denied", decision.label))  # fmt: skip
+            return _Move(
+                RunStatus.REFUSED,
+                "refused",
+                f"policy_denied:{decision.label}",
+                observation={"denied": decision.label, "reasons": decision.reason_codes},
+                stop_reason=stop_reasons.make("policy_denied", decision.label),
+            )
         if decision.effect in ("require_approval", "escalate"):
             kind = "needs_approval" if decision.effect == "require_approval" else "escalated"
-            return _Move(RunStatus.WAITING, "waiting", f"{kind}:{decision.label}",
-                         stop_reason=stop_reasons.make(kind, decision.label),
-                         run_updates={"pending_proposal": {"type": "tool_call", "tool": proposal.tool,
-                                                           "args": args},
-                                      "approval_id": uuid.uuid4().hex,
-                                      "workflow_step": f"awaiting:{proposal.tool}"})  # fmt: skip
+            return _Move(
+                RunStatus.WAITING,
+                "waiting",
+                f"{kind}:{decision.label}",
+                stop_reason=stop_reasons.make(kind, decision.label),
+                run_updates={
+                    "pending_proposal": {"type": "tool_call", "tool": proposal.tool, "args": args},
+                    "approval_id": uuid.uuid4().hex,
+                    "workflow_step": f"awaiting:{proposal.tool}",
+                },
+            )
         assert spec is not None and args_model is not None
         st.trace.add("validation", ok=True, type="tool_call", tool=proposal.tool)
         return self._run_tool(st, spec, args_model, args, proposal)
@@ -431,20 +490,33 @@ class StepRunner:
             "at": utcnow(),
         }
         st.decisions.append(row)
-        st.trace.add("policy_decision", tool=tool, effect=decision.effect, rule=decision.label,
-                     reasons=decision.reason_codes, policy_version=decision.policy_version)  # fmt: skip
+        st.trace.add(
+            "policy_decision",
+            tool=tool,
+            effect=decision.effect,
+            rule=decision.label,
+            reasons=decision.reason_codes,
+            policy_version=decision.policy_version,
+        )
 
     def _run_tool(
-        self, st: _Step, spec: ToolSpec, args_model: BaseModel, args: dict[str, Any],
+        self,
+        st: _Step,
+        spec: ToolSpec,
+        args_model: BaseModel,
+        args: dict[str, Any],
         proposal: ToolCallProposal,
-    ) -> _Move:  # fmt: skip
+    ) -> _Move:
         svc = self.svc
         lock: Lease | None = None
         lock_name = spec.lock_name(args_model)
         timeout_s = svc.tool_timeout(spec)
         if lock_name:
-            got = svc.leases.acquire_lock(lock_name, f"{st.run_id}:{st.step_no}|{new_owner()}",
-                                          int((timeout_s + LEASE_MARGIN_S) * 1000))  # fmt: skip
+            got = svc.leases.acquire_lock(
+                lock_name,
+                f"{st.run_id}:{st.step_no}|{new_owner()}",
+                int((timeout_s + LEASE_MARGIN_S) * 1000),
+            )
             if isinstance(got, Busy):
                 return self._lock_busy(st, lock_name, got, args, proposal)
             lock = got
@@ -457,9 +529,14 @@ class StepRunner:
         return self._after_tool(st, spec, outcome)
 
     def _claim_and_execute(
-        self, st: _Step, spec: ToolSpec, args_model: BaseModel, args: dict[str, Any],
-        lock: Lease | None, timeout_s: float,
-    ) -> ToolOutcome:  # fmt: skip
+        self,
+        st: _Step,
+        spec: ToolSpec,
+        args_model: BaseModel,
+        args: dict[str, Any],
+        lock: Lease | None,
+        timeout_s: float,
+    ) -> ToolOutcome:
         svc = self.svc
         key = f"{st.run_id}:{st.step_no}:0"
         decisions, st.decisions = st.decisions, []  # stored now, ahead of execution
@@ -489,20 +566,34 @@ class StepRunner:
                 if replay is not None:
                     return replay
         ctx = ToolContext(
-            run_id=st.run_id, tenant_id=st.tenant_id, route=st.run["route"], step=st.step_no,
-            call_index=0, idempotency_key=key,
-            fencing_token=lock.fencing_token if lock else None, redis=svc.redis, keys=svc.keys,
-        )  # fmt: skip
+            run_id=st.run_id,
+            tenant_id=st.tenant_id,
+            route=st.run["route"],
+            step=st.step_no,
+            call_index=0,
+            idempotency_key=key,
+            fencing_token=lock.fencing_token if lock else None,
+            redis=svc.redis,
+            keys=svc.keys,
+        )
         st.trace.add("tool_start", tool=spec.name, idempotency_key=key, timeout_s=timeout_s)
         outcome = execute(spec, args_model, ctx, timeout_s)
         st.tool_executed = True
         st.tool_cost_micro = svc.tool_cost_micro(spec.name)
-        st.trace.add("tool_end", tool=spec.name, ok=outcome.ok, duration_ms=outcome.duration_ms,
-                     error_code=outcome.error_code, error=outcome.error)  # fmt: skip
+        st.trace.add(
+            "tool_end",
+            tool=spec.name,
+            ok=outcome.ok,
+            duration_ms=outcome.duration_ms,
+            error_code=outcome.error_code,
+            error=outcome.error,
+        )
         if spec.side_effect != "read":
             st.effect_update = {
                 "idempotency_key": key,
-                "status": "succeeded" if outcome.ok else ("unknown" if outcome.outcome_unknown else "failed"),
+                "status": "succeeded"
+                if outcome.ok
+                else ("unknown" if outcome.outcome_unknown else "failed"),
                 "result": redact(outcome.result, spec.secret_args) if outcome.ok else None,
                 "error": outcome.error,
                 "finished_at": utcnow(),
@@ -524,42 +615,74 @@ class StepRunner:
             st.trace.add("tool_retry_unknown", tool=spec.name, idempotency_key=key)
             return None
         st.trace.add("tool_outcome_unknown", tool=spec.name, idempotency_key=key)
-        st.effect_update = {"idempotency_key": key, "status": "unknown", "finished_at": utcnow(),
-                            "error": "worker died during the call; not repeated (irreversible)"}  # fmt: skip
-        return ToolOutcome(ok=False, error_code="side_effect_unknown",
-                           error="an earlier attempt died mid-call; an irreversible call is not repeated")  # fmt: skip
+        st.effect_update = {
+            "idempotency_key": key,
+            "status": "unknown",
+            "finished_at": utcnow(),
+            "error": "worker died during the call; not repeated (irreversible)",
+        }
+        return ToolOutcome(
+            ok=False,
+            error_code="side_effect_unknown",
+            error="an earlier attempt died mid-call; an irreversible call is not repeated",
+        )
 
     def _after_tool(self, st: _Step, spec: ToolSpec, outcome: ToolOutcome) -> _Move:
         if outcome.ok:
-            return _Move(RunStatus.RUNNING, "tool_call", "tool_succeeded", observation=outcome.result,
-                         run_updates={"pending_proposal": None, "workflow_step": f"after:{spec.name}"})  # fmt: skip
+            return _Move(
+                RunStatus.RUNNING,
+                "tool_call",
+                "tool_succeeded",
+                observation=outcome.result,
+                run_updates={"pending_proposal": None, "workflow_step": f"after:{spec.name}"},
+            )
         if outcome.error_code == "side_effect_unknown":
-            return _Move(RunStatus.FAILED, "tool_call", "side_effect_unknown",
-                         observation={"error": outcome.error},
-                         stop_reason=stop_reasons.make("failed", "side_effect_unknown"),
-                         run_updates={"pending_proposal": None})  # fmt: skip
+            return _Move(
+                RunStatus.FAILED,
+                "tool_call",
+                "side_effect_unknown",
+                observation={"error": outcome.error},
+                stop_reason=stop_reasons.make("failed", "side_effect_unknown"),
+                run_updates={"pending_proposal": None},
+            )
         move = self._error_move(st, "tool", outcome.error_code or "tool_error", outcome.error or "")
         move.kind = "tool_call"
         move.run_updates["pending_proposal"] = None
         return move
 
     def _lock_busy(
-        self, st: _Step, lock_name: str, busy: Busy, args: dict[str, Any], proposal: ToolCallProposal
+        self,
+        st: _Step,
+        lock_name: str,
+        busy: Busy,
+        args: dict[str, Any],
+        proposal: ToolCallProposal,
     ) -> _Move:
         waits = int(st.run["lock_waits"]) + 1
         st.trace.add("lock_busy", lock=lock_name, waits=waits, retry_after_ms=busy.retry_after_ms)
         if waits > st.route.lock_wait_attempts:
-            return _Move(RunStatus.FAILED, "deferred", "lock_timeout",
-                         observation={"lock": lock_name},
-                         stop_reason=stop_reasons.make("failed", "lock_timeout"),
-                         run_updates={"lock_waits": waits, "pending_proposal": None})  # fmt: skip
+            return _Move(
+                RunStatus.FAILED,
+                "deferred",
+                "lock_timeout",
+                observation={"lock": lock_name},
+                stop_reason=stop_reasons.make("failed", "lock_timeout"),
+                run_updates={"lock_waits": waits, "pending_proposal": None},
+            )
         backoff = min(0.05 * 2 ** min(waits, 7), 5.0)
         countdown = max(0.02, min(busy.retry_after_ms / 1000, backoff))
-        return _Move(RunStatus.RUNNING, "deferred", "lock_busy", observation={"lock": lock_name},
-                     run_updates={"lock_waits": waits, "workflow_step": f"waiting_lock:{lock_name}",
-                                  "pending_proposal": {"type": "tool_call", "tool": proposal.tool,
-                                                       "args": args}},
-                     countdown_s=countdown)  # fmt: skip
+        return _Move(
+            RunStatus.RUNNING,
+            "deferred",
+            "lock_busy",
+            observation={"lock": lock_name},
+            run_updates={
+                "lock_waits": waits,
+                "workflow_step": f"waiting_lock:{lock_name}",
+                "pending_proposal": {"type": "tool_call", "tool": proposal.tool, "args": args},
+            },
+            countdown_s=countdown,
+        )
 
     def _refuse(
         self, st: _Step, code: str, errors: Any, raw: Any, *, validated: bool = False
@@ -573,10 +696,21 @@ class StepRunner:
         observation = {"refused": code, "errors": errors}
         updates = {"invalid_proposals": count, "pending_proposal": None}
         if count > st.route.max_invalid_proposals:
-            return _Move(RunStatus.REFUSED, "refused", f"invalid_proposal:{code}", observation=observation,
-                         stop_reason=stop_reasons.make("invalid_proposal", code), run_updates=updates)  # fmt: skip
-        return _Move(RunStatus.RUNNING, "refused", f"refused:{code}", observation=observation,
-                     run_updates=updates)  # fmt: skip
+            return _Move(
+                RunStatus.REFUSED,
+                "refused",
+                f"invalid_proposal:{code}",
+                observation=observation,
+                stop_reason=stop_reasons.make("invalid_proposal", code),
+                run_updates=updates,
+            )
+        return _Move(
+            RunStatus.RUNNING,
+            "refused",
+            f"refused:{code}",
+            observation=observation,
+            run_updates=updates,
+        )
 
     def _error_move(self, st: _Step, source: str, code: str, error: str) -> _Move:
         """A failed tool or proposer call: fed back while the route tolerates it."""
@@ -584,10 +718,21 @@ class StepRunner:
         observation = {"error": code, "detail": error[:1000]}
         updates: dict[str, Any] = {"tool_errors": count}
         if count > st.route.max_tool_errors:
-            return _Move(RunStatus.FAILED, "failed", f"{source}_failed:{code}", observation=observation,
-                         stop_reason=stop_reasons.make("failed", code), run_updates=updates)  # fmt: skip
-        return _Move(RunStatus.RUNNING, "failed", f"{source}_failed:{code}", observation=observation,
-                     run_updates=updates)  # fmt: skip
+            return _Move(
+                RunStatus.FAILED,
+                "failed",
+                f"{source}_failed:{code}",
+                observation=observation,
+                stop_reason=stop_reasons.make("failed", code),
+                run_updates=updates,
+            )
+        return _Move(
+            RunStatus.RUNNING,
+            "failed",
+            f"{source}_failed:{code}",
+            observation=observation,
+            run_updates=updates,
+        )
 
     # --- checkpoint, settle, next ----------------------------------------------------
     def _finish(self, st: _Step, move: _Move, lease: Lease) -> StepResult:
@@ -671,7 +816,9 @@ class StepRunner:
 
     def _publish_next(self, run: dict[str, Any], step_no: int, countdown: float | None) -> None:
         svc = self.svc
-        address = StepAddress(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
+        address = StepAddress(
+            run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"]
+        )
         svc.dispatcher.enqueue(address, countdown)
         svc.redis.set(svc.keys.step_enqueued(run["run_id"], step_no), 1, ex=86400)
 
@@ -683,12 +830,11 @@ def _short_errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-
-
 #: exception class names (as Celery reports them) -> the failure class in ``failed:<class>``
 _FAILURE_CLASSES = {
     "TimeLimitExceeded": "step_timeout",
     "SoftTimeLimitExceeded": "step_timeout",
     "WorkerLostError": "worker_lost",
     "MaxRetriesExceededError": "retries_exhausted",
+    "route_removed": "route_removed",
 }

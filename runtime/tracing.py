@@ -9,11 +9,28 @@ from runtime.store.db import utcnow
 
 REDACTED = "[redacted]"
 
-_SECRET_NAMES = frozenset({
-    "password", "passwd", "secret", "token", "api_key", "apikey", "authorization", "auth",
-    "cookie", "session", "credentials", "private_key", "access_token", "refresh_token",
-    "client_secret", "card_number", "cvv", "ssn",
-})  # fmt: skip
+_SECRET_NAMES = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "auth",
+        "cookie",
+        "session",
+        "credentials",
+        "private_key",
+        "access_token",
+        "refresh_token",
+        "client_secret",
+        "card_number",
+        "cvv",
+        "ssn",
+    }
+)
 _SECRET_SUFFIXES = ("_password", "_secret", "_token", "_api_key", "_apikey", "_key_secret")
 _SECRET_VALUE = re.compile(
     r"(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9._\-]{8,}|ghp_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"
@@ -29,7 +46,9 @@ def redact(value: Any, extra_names: frozenset[str] = frozenset()) -> Any:
     """Copy of ``value`` with secret-looking keys and values replaced by ``[redacted]``."""
     if isinstance(value, dict):
         return {
-            k: REDACTED if isinstance(k, str) and _is_secret_name(k, extra_names) else redact(v, extra_names)
+            k: REDACTED
+            if isinstance(k, str) and _is_secret_name(k, extra_names)
+            else redact(v, extra_names)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -50,15 +69,17 @@ class TraceBuffer:
         self.events: list[dict[str, Any]] = []
 
     def add(self, kind: str, **data: Any) -> None:
-        self.events.append({
-            "run_id": self.run_id,
-            "tenant_id": self.tenant_id,
-            "trace_id": self.trace_id,
-            "step_no": self.step_no,
-            "at": utcnow(),
-            "kind": kind,
-            "data": redact(data),
-        })  # fmt: skip
+        self.events.append(
+            {
+                "run_id": self.run_id,
+                "tenant_id": self.tenant_id,
+                "trace_id": self.trace_id,
+                "step_no": self.step_no,
+                "at": utcnow(),
+                "kind": kind,
+                "data": redact(data),
+            }
+        )
 
     def drain(self) -> list[dict[str, Any]]:
         events, self.events = self.events, []

@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from runtime.config import RuntimeConfig, load_config
 from runtime.errors import SettingsError
@@ -41,7 +41,9 @@ def min_visibility_timeout(config: RuntimeConfig) -> float:
     return config.max_step_timeout_s() + LEASE_MARGIN_S + MAX_COUNTDOWN_S
 
 
-def celery_config(settings: Settings, config: RuntimeConfig, endpoints: Endpoints) -> dict[str, Any]:
+def celery_config(
+    settings: Settings, config: RuntimeConfig, endpoints: Endpoints
+) -> dict[str, Any]:
     needed = min_visibility_timeout(config)
     if settings.visibility_timeout_s <= needed:
         raise SettingsError(
@@ -107,7 +109,9 @@ class AgentrtCelery(Celery):  # type: ignore[misc]
         return self._agentrt_service
 
 
-def create_app(settings: Settings | None = None, endpoints: Endpoints | None = None) -> AgentrtCelery:
+def create_app(
+    settings: Settings | None = None, endpoints: Endpoints | None = None
+) -> AgentrtCelery:
     settings = settings or Settings()
     config = load_config(settings.config)
     endpoints = endpoints or resolve_endpoints(settings)

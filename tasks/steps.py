@@ -35,7 +35,12 @@ def register(app: AgentrtCelery) -> None:
         default_retry_delay=settings.worker_lost_retry_delay_s,
     )
     def step(
-        self: Task, run_id: str, step: int, tenant: str = "", route: str = "", priority: str = "normal"
+        self: Task,
+        run_id: str,
+        step: int,
+        tenant: str = "",
+        route: str = "",
+        priority: str = "normal",
     ) -> dict[str, Any]:
         svc = app.runtime_service()
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
@@ -44,16 +49,25 @@ def register(app: AgentrtCelery) -> None:
             result = svc.run_step(run_id, step, attempt)
         except StepDeferred as deferred:
             # run again later: re-sent, so the wait costs no worker-lost retry and holds no slot
-            svc.dispatcher.enqueue(StepAddress(run_id, step, tenant, route, priority), deferred.delay_s)
+            svc.dispatcher.enqueue(
+                StepAddress(run_id, step, tenant, route, priority), deferred.delay_s
+            )
             return {"outcome": f"deferred:{deferred.reason}", "countdown": deferred.delay_s}
         except TRANSIENT as exc:
             log.warning("step %s/%s: transient error, retrying: %r", run_id, step, exc)
-            raise self.retry(exc=exc, countdown=min(2 ** int(self.request.retries or 0), 30)) from exc
+            raise self.retry(
+                exc=exc, countdown=min(2 ** int(self.request.retries or 0), 30)
+            ) from exc
         return {"outcome": result.outcome, "next_step": result.next_step}
 
     @signals.task_failure.connect(sender=step, weak=False)
-    def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                    kwargs: dict[str, Any] | None = None, **_: Any) -> None:  # fmt: skip
+    def _on_failure(
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
         # final failure (retries exhausted, hard time limit, worker lost too often, a bug):
         # the run must not stay "running" forever
         kwargs = kwargs or {}

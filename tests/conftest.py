@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 # the user's AGENTRT_* environment must not leak into tests
-for _name in [n for n in os.environ if n.startswith("AGENTRT_") and not n.startswith("AGENTRT_TEST_")]:
+for _name in [
+    n for n in os.environ if n.startswith("AGENTRT_") and not n.startswith("AGENTRT_TEST_")
+]:
     del os.environ[_name]
 
 from runtime.embedded_redis import start_server  # noqa: E402
@@ -64,14 +66,20 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def deployment(
-    backend: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    backend: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Deployment]:
     """A deployment on ``backend`` with one prefork worker (2 processes), shared by tests."""
     tmp = tmp_path_factory.mktemp(f"dep-{backend}")
     dep = Deployment.create(
-        name=f"s{backend[:2]}", redis_url=redis_url,
-        database_url=_database_url(backend, request, tmp), config=TEST_CONFIG, home=tmp,
-    )  # fmt: skip
+        name=f"s{backend[:2]}",
+        redis_url=redis_url,
+        database_url=_database_url(backend, request, tmp),
+        config=TEST_CONFIG,
+        home=tmp,
+    )
     dep.start_worker(concurrency=2)
     try:
         yield dep
@@ -85,9 +93,12 @@ def fresh_deployment(
 ) -> Iterator[Deployment]:
     """A private deployment (own namespace, SQLite) whose workers a test may kill."""
     dep = Deployment.create(
-        name=f"f{uuid.uuid4().hex[:6]}", redis_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}", config=TEST_CONFIG, home=tmp_path,
-    )  # fmt: skip
+        name=f"f{uuid.uuid4().hex[:6]}",
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
+        config=TEST_CONFIG,
+        home=tmp_path,
+    )
     try:
         yield dep
     finally:
@@ -100,9 +111,12 @@ def fresh_deployment_on(
 ) -> Iterator[Deployment]:
     """Like ``fresh_deployment`` but on each SQL backend."""
     dep = Deployment.create(
-        name=f"f{uuid.uuid4().hex[:6]}", redis_url=redis_url,
-        database_url=_database_url(backend, request, tmp_path), config=TEST_CONFIG, home=tmp_path,
-    )  # fmt: skip
+        name=f"f{uuid.uuid4().hex[:6]}",
+        redis_url=redis_url,
+        database_url=_database_url(backend, request, tmp_path),
+        config=TEST_CONFIG,
+        home=tmp_path,
+    )
     try:
         yield dep
     finally:

@@ -40,8 +40,12 @@ def _try_start_postgres() -> None:
     if not ctl or not os.path.isdir("/etc/postgresql"):
         return
     for version in sorted(os.listdir("/etc/postgresql")):
-        subprocess.run([ctl, "--skip-systemctl-redirect", version, "main", "start"],
-                       check=False, capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            [ctl, "--skip-systemctl-redirect", version, "main", "start"],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )
 
 
 def ensure() -> int:

@@ -36,8 +36,12 @@ def pg_schema_url(base: str, schema: str) -> str:
     return f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}{sep}options={options}"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-             message: str = "condition") -> Any:  # fmt: skip
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -120,8 +124,16 @@ class Deployment:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @classmethod
-    def create(cls, *, name: str, redis_url: str, database_url: str, config: Path, home: Path,
-               extra_env: dict[str, str] | None = None) -> Deployment:  # fmt: skip
+    def create(
+        cls,
+        *,
+        name: str,
+        redis_url: str,
+        database_url: str,
+        config: Path,
+        home: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> Deployment:
         namespace = f"t{name}{uuid.uuid4().hex[:6]}"
         env = {
             "AGENTRT_REDIS_URL": redis_url,
@@ -135,7 +147,7 @@ class Deployment:
             "AGENTRT_TASK_EVENTS": "false",
             **(extra_env or {}),
         }
-        settings = Settings(**{k[len("AGENTRT_"):].lower(): v for k, v in env.items()})
+        settings = Settings(**{k[len("AGENTRT_") :].lower(): v for k, v in env.items()})
         svc = RuntimeService.from_settings(settings)
         return cls(name=name, settings=settings, env=env, home=home, svc=svc)
 
@@ -146,21 +158,41 @@ class Deployment:
         log_path = self.home / f"{name}.log"
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         cmd = [
-            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-            "-c", str(concurrency), "-P", pool, "-n", f"{name}@%h",
-            "--without-mingle", "--without-gossip", "-l", "INFO",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.app",
+            "worker",
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "INFO",
+        ]
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
         worker = WorkerProcess(name, proc, log_path)
         self.workers.append(worker)
         try:
-            wait_for(lambda: "ready." in worker.log() or proc.poll() is not None, timeout=60,
-                     message=f"worker {name} to start")  # fmt: skip
+            wait_for(
+                lambda: "ready." in worker.log() or proc.poll() is not None,
+                timeout=60,
+                message=f"worker {name} to start",
+            )
         except AssertionError:
             raise AssertionError(f"worker {name} did not start:\n{worker.log()[-3000:]}") from None
         if proc.poll() is not None:
-            raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{worker.log()[-3000:]}")
+            raise AssertionError(
+                f"worker {name} exited with {proc.returncode}:\n{worker.log()[-3000:]}"
+            )
         return worker
 
     def close(self) -> None:
@@ -169,10 +201,17 @@ class Deployment:
         self.svc.close()
 
     # --- runs ------------------------------------------------------------------------
-    def submit_script(self, script: list[Any], *, tenant: str = "t1", route: str = "r.basic",
-                      **kw: Any) -> RunView:  # fmt: skip
-        return self.svc.submit(tenant, route, kw.pop("goal", "test run"), {"script": script},
-                               actor=kw.pop("actor", "tester"), **kw)  # fmt: skip
+    def submit_script(
+        self, script: list[Any], *, tenant: str = "t1", route: str = "r.basic", **kw: Any
+    ) -> RunView:
+        return self.svc.submit(
+            tenant,
+            route,
+            kw.pop("goal", "test run"),
+            {"script": script},
+            actor=kw.pop("actor", "tester"),
+            **kw,
+        )
 
     def wait_all(self, run_ids: list[str], timeout: float = 60.0) -> dict[str, RunView]:
         done: dict[str, RunView] = {}
@@ -182,15 +221,23 @@ class Deployment:
             statuses = self.svc.store.statuses(pending)
             still = []
             for run_id in pending:
-                if statuses.get(run_id) in ("succeeded", "failed", "refused", "cancelled", "waiting"):
+                if statuses.get(run_id) in (
+                    "succeeded",
+                    "failed",
+                    "refused",
+                    "cancelled",
+                    "waiting",
+                ):
                     done[run_id] = self.svc.get(run_id)
                 else:
                     still.append(run_id)
             pending = still
             if pending and time.monotonic() > deadline:
                 logs = "\n".join(w.log()[-2000:] for w in self.workers)
-                raise AssertionError(f"{len(pending)} runs not finished after {timeout}s "
-                                     f"(e.g. {statuses.get(pending[0])}); worker logs:\n{logs}")  # fmt: skip
+                raise AssertionError(
+                    f"{len(pending)} runs not finished after {timeout}s "
+                    f"(e.g. {statuses.get(pending[0])}); worker logs:\n{logs}"
+                )
             if pending:
                 time.sleep(0.1)
         return done

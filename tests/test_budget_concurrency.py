@@ -11,7 +11,9 @@ USAGE = {"input_tokens": 300, "output_tokens": 200}
 
 
 @pytest.mark.slow
-def test_fifty_concurrent_runs_never_exceed_the_tenant_budget(fresh_deployment_on: Deployment) -> None:
+def test_fifty_concurrent_runs_never_exceed_the_tenant_budget(
+    fresh_deployment_on: Deployment,
+) -> None:
     dep = fresh_deployment_on
     for _ in range(2):
         dep.start_worker(concurrency=2)
@@ -36,7 +38,9 @@ def test_fifty_concurrent_runs_never_exceed_the_tenant_budget(fresh_deployment_o
         assert balance[dim]["reserved"] == 0, dim
     # ...and the runs that did not fit stopped on the budget, not on anything else
     reasons = {v.stop_reason for v in done.values()}
-    assert reasons <= {"completed", "budget_exhausted:tokens", "budget_exhausted:tool_calls"}, reasons
+    assert reasons <= {"completed", "budget_exhausted:tokens", "budget_exhausted:tool_calls"}, (
+        reasons
+    )
     # (with 50 runs interleaved, possibly none completes: that is fair, not a bug)
     assert reasons & {"budget_exhausted:tokens", "budget_exhausted:tool_calls"}
     # the budget was used, not left mostly idle by over-cautious reservations

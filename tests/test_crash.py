@@ -24,7 +24,9 @@ def started_effects(dep: Deployment, run_ids: list[str]) -> list[dict[str, Any]]
 
 
 def assert_exactly_once(dep: Deployment, key: str, run_ids: list[str], per_run: int) -> None:
-    effects = [e for e in dep.svc.store.side_effects(tool="counter.increment") if e["run_id"] in run_ids]
+    effects = [
+        e for e in dep.svc.store.side_effects(tool="counter.increment") if e["run_id"] in run_ids
+    ]
     succeeded = [e for e in effects if e["status"] == "succeeded"]
     assert len(succeeded) == per_run * len(run_ids), effects
     # every accepted call happened once: the counter equals the succeeded records
@@ -42,8 +44,13 @@ def test_killed_pool_processes_redeliver_steps_without_repeating_effects(
     key = f"k{uuid.uuid4().hex[:8]}"
     # Given runs whose increments are slow before the write, and slow after it
     runs = [
-        dep.submit_script([increment(key, delay_ms=1200), increment(key, after_ms=1200),
-                           {"type": "reply", "text": "ok"}])  # fmt: skip
+        dep.submit_script(
+            [
+                increment(key, delay_ms=1200),
+                increment(key, after_ms=1200),
+                {"type": "reply", "text": "ok"},
+            ]
+        )
         for _ in range(8)
     ]
     run_ids = [r.run_id for r in runs]
@@ -56,7 +63,9 @@ def test_killed_pool_processes_redeliver_steps_without_repeating_effects(
 
     # Then every run completes and each increment happened exactly once
     done = dep.wait_all(run_ids, timeout=120)
-    assert {v.status for v in done.values()} == {"succeeded"}, {v.stop_reason for v in done.values()}
+    assert {v.status for v in done.values()} == {"succeeded"}, {
+        v.stop_reason for v in done.values()
+    }
     assert_exactly_once(dep, key, run_ids, per_run=2)
     kinds = {e.kind for run_id in run_ids for e in dep.svc.trace(run_id)}
     assert "tool_retry_unknown" in kinds  # some step was re-run after dying mid-call
@@ -65,14 +74,20 @@ def test_killed_pool_processes_redeliver_steps_without_repeating_effects(
 
 
 @pytest.mark.slow
-def test_killed_worker_main_process_steps_move_to_another_worker(fresh_deployment: Deployment) -> None:
+def test_killed_worker_main_process_steps_move_to_another_worker(
+    fresh_deployment: Deployment,
+) -> None:
     dep = fresh_deployment
     doomed = dep.start_worker(concurrency=2)
     key = f"k{uuid.uuid4().hex[:8]}"
-    runs = [dep.submit_script([increment(key, delay_ms=2500), {"type": "reply", "text": "ok"}])
-            for _ in range(2)]  # fmt: skip
+    runs = [
+        dep.submit_script([increment(key, delay_ms=2500), {"type": "reply", "text": "ok"}])
+        for _ in range(2)
+    ]
     run_ids = [r.run_id for r in runs]
-    wait_for(lambda: len(started_effects(dep, run_ids)) == 2, timeout=30, message="both steps mid-call")
+    wait_for(
+        lambda: len(started_effects(dep, run_ids)) == 2, timeout=30, message="both steps mid-call"
+    )
 
     # When the whole worker (main process and pool) is SIGKILLed, its unacked messages
     # come back after the visibility timeout and a second worker finishes the runs
@@ -84,11 +99,16 @@ def test_killed_worker_main_process_steps_move_to_another_worker(fresh_deploymen
 
 
 @pytest.mark.slow
-def test_irreversible_call_with_unknown_outcome_is_not_repeated(fresh_deployment: Deployment) -> None:
+def test_irreversible_call_with_unknown_outcome_is_not_repeated(
+    fresh_deployment: Deployment,
+) -> None:
     dep = fresh_deployment
     worker = dep.start_worker(concurrency=1)
-    refund = {"type": "tool_call", "tool": "payments.refund",
-              "args": {"customer_id": "cus_crash", "amount": 42, "delay_ms": 2000}}  # fmt: skip
+    refund = {
+        "type": "tool_call",
+        "tool": "payments.refund",
+        "args": {"customer_id": "cus_crash", "amount": 42, "delay_ms": 2000},
+    }
     run = dep.submit_script([refund, {"type": "reply", "text": "refunded"}], route="r.refunds")
     wait_for(lambda: started_effects(dep, [run.run_id]), timeout=30, message="the refund mid-call")
     worker.kill_children()

@@ -10,7 +10,12 @@ USAGE = {"input_tokens": 100, "output_tokens": 50}
 
 
 def search(query: str = "refund", **kw: Any) -> dict[str, Any]:
-    return {"type": "tool_call", "tool": "kb.search", "args": {"query": query, **kw}, "usage": USAGE}
+    return {
+        "type": "tool_call",
+        "tool": "kb.search",
+        "args": {"query": query, **kw},
+        "usage": USAGE,
+    }
 
 
 def reply(text: str = "done") -> dict[str, Any]:
@@ -27,12 +32,24 @@ def test_run_completes_with_contract_and_trace(deployment: Deployment) -> None:
     assert done.status == "succeeded" and done.stop_reason == "completed"
     assert done.output == {"text": "all good"}
     assert done.actor_id == "alice" and done.tenant_id == "t1" and done.route == "r.basic"
-    assert done.version_set.model == "scripted-test" and done.version_set.tool_schema.startswith("ts-")
+    assert done.version_set.model == "scripted-test" and done.version_set.tool_schema.startswith(
+        "ts-"
+    )
     assert done.policy_version == "pol-test-1" and done.budget_policy_version == "bp-test-1"
     assert done.started_at is not None and done.finished_at is not None
     kinds = [e.kind for e in deployment.svc.trace(run.run_id)]
-    for kind in ("admission", "budget_reserve", "proposal", "policy_decision", "validation",
-                 "tool_start", "tool_end", "checkpoint", "budget_settle", "stop"):  # fmt: skip
+    for kind in (
+        "admission",
+        "budget_reserve",
+        "proposal",
+        "policy_decision",
+        "validation",
+        "tool_start",
+        "tool_end",
+        "checkpoint",
+        "budget_settle",
+        "stop",
+    ):
         assert kind in kinds, kind
     assert kinds.index("policy_decision") < kinds.index("tool_start")
     # and spend was recorded per step and settled into the ledger
@@ -43,8 +60,11 @@ def test_run_completes_with_contract_and_trace(deployment: Deployment) -> None:
 
 
 def test_invalid_arguments_are_refused_and_never_executed(deployment: Deployment) -> None:
-    bad = {"type": "tool_call", "tool": "tickets.update",
-           "args": {"ticket_id": "no spaces allowed", "status": "exploded"}}  # fmt: skip
+    bad = {
+        "type": "tool_call",
+        "tool": "tickets.update",
+        "args": {"ticket_id": "no spaces allowed", "status": "exploded"},
+    }
     run = deployment.submit_script([bad, reply()])
     done = deployment.svc.wait(run.run_id, timeout=30)
     assert done.status == "refused"
@@ -59,9 +79,17 @@ def test_invalid_arguments_are_refused_and_never_executed(deployment: Deployment
 
 
 def test_unknown_and_disallowed_tools_are_denied(deployment: Deployment) -> None:
-    unknown = deployment.submit_script([{"type": "tool_call", "tool": "shell.exec", "args": {"cmd": "rm -rf /"}}])
+    unknown = deployment.submit_script(
+        [{"type": "tool_call", "tool": "shell.exec", "args": {"cmd": "rm -rf /"}}]
+    )
     not_allowed = deployment.submit_script(
-        [{"type": "tool_call", "tool": "payments.refund", "args": {"customer_id": "cus_1", "amount": 5}}]
+        [
+            {
+                "type": "tool_call",
+                "tool": "payments.refund",
+                "args": {"customer_id": "cus_1", "amount": 5},
+            }
+        ]
     )
     runs = deployment.wait_all([unknown.run_id, not_allowed.run_id])
     assert runs[unknown.run_id].stop_reason == "policy_denied:unknown_tool"
@@ -79,8 +107,9 @@ def test_malformed_proposals_are_refused(deployment: Deployment) -> None:
     runs = [
         deployment.submit_script([{"type": "launch_missiles"}]),
         deployment.submit_script(["not even an object"]),
-        deployment.submit_script([{"type": "tool_call", "tool": "kb.search", "args": {"query": "x"},
-                                   "sudo": True}]),  # fmt: skip
+        deployment.submit_script(
+            [{"type": "tool_call", "tool": "kb.search", "args": {"query": "x"}, "sudo": True}]
+        ),
     ]
     done = deployment.wait_all([r.run_id for r in runs])
     assert {v.stop_reason for v in done.values()} == {"invalid_proposal:malformed"}
@@ -88,12 +117,21 @@ def test_malformed_proposals_are_refused(deployment: Deployment) -> None:
 
 def test_refusals_are_fed_back_while_the_route_tolerates_them(deployment: Deployment) -> None:
     bad = {"type": "tool_call", "tool": "kb.search", "args": {"query": ""}}
-    failing = {"type": "tool_call", "tool": "reports.generate", "args": {"topic": "q3", "fail": True}}
+    failing = {
+        "type": "tool_call",
+        "tool": "reports.generate",
+        "args": {"topic": "q3", "fail": True},
+    }
     run = deployment.submit_script([bad, failing, search(), reply("recovered")], route="r.lenient")
     done = deployment.svc.wait(run.run_id, timeout=30)
     assert done.status == "succeeded" and done.output == {"text": "recovered"}
     outcomes = [s["outcome"] for s in deployment.svc.store.steps(run.run_id)]
-    assert outcomes == ["refused:invalid_args", "tool_failed:backend_unavailable", "tool_succeeded", "completed"]
+    assert outcomes == [
+        "refused:invalid_args",
+        "tool_failed:backend_unavailable",
+        "tool_succeeded",
+        "completed",
+    ]
 
 
 def test_failing_tool_fails_the_run(deployment: Deployment) -> None:
@@ -107,7 +145,13 @@ def test_failing_tool_fails_the_run(deployment: Deployment) -> None:
 def test_tool_timeout_is_enforced(deployment: Deployment) -> None:
     # reports.generate has timeout_s 2 in the manifest; it asks for 5 s of work
     run = deployment.submit_script(
-        [{"type": "tool_call", "tool": "reports.generate", "args": {"topic": "slow", "delay_ms": 5000}}]
+        [
+            {
+                "type": "tool_call",
+                "tool": "reports.generate",
+                "args": {"topic": "slow", "delay_ms": 5000},
+            }
+        ]
     )
     done = deployment.svc.wait(run.run_id, timeout=30)
     assert done.stop_reason == "failed:tool_timeout"
@@ -117,18 +161,44 @@ def test_tool_timeout_is_enforced(deployment: Deployment) -> None:
 
 def test_policy_rules_deny_and_require_approval(deployment: Deployment) -> None:
     small = deployment.submit_script(
-        [{"type": "tool_call", "tool": "payments.refund", "args": {"customer_id": "cus_a", "amount": 20}},
-         reply()], route="r.refunds")  # fmt: skip
+        [
+            {
+                "type": "tool_call",
+                "tool": "payments.refund",
+                "args": {"customer_id": "cus_a", "amount": 20},
+            },
+            reply(),
+        ],
+        route="r.refunds",
+    )
     big = deployment.submit_script(
-        [{"type": "tool_call", "tool": "payments.refund", "args": {"customer_id": "cus_b", "amount": 500}}],
+        [
+            {
+                "type": "tool_call",
+                "tool": "payments.refund",
+                "args": {"customer_id": "cus_b", "amount": 500},
+            }
+        ],
         route="r.refunds",
     )
     huge = deployment.submit_script(
-        [{"type": "tool_call", "tool": "payments.refund", "args": {"customer_id": "cus_c", "amount": 5000}}],
+        [
+            {
+                "type": "tool_call",
+                "tool": "payments.refund",
+                "args": {"customer_id": "cus_c", "amount": 5000},
+            }
+        ],
         route="r.refunds",
     )
     close = deployment.submit_script(
-        [{"type": "tool_call", "tool": "tickets.update", "args": {"ticket_id": "T-9", "status": "closed"}}],
+        [
+            {
+                "type": "tool_call",
+                "tool": "tickets.update",
+                "args": {"ticket_id": "T-9", "status": "closed"},
+            }
+        ],
         route="r.refunds",
     )
     done = deployment.wait_all([small.run_id, big.run_id, huge.run_id, close.run_id])
@@ -163,16 +233,26 @@ def test_run_budget_exhaustion_stops_the_run(deployment: Deployment) -> None:
 
 def test_lock_contention_waits_then_proceeds(deployment: Deployment) -> None:
     # two runs update the same ticket; the second waits for the lock and gets a newer fence
-    slow = {"type": "tool_call", "tool": "tickets.update",
-            "args": {"ticket_id": "T-lock", "status": "pending", "hold_ms": 800}}  # fmt: skip
-    fast = {"type": "tool_call", "tool": "tickets.update", "args": {"ticket_id": "T-lock", "status": "solved"}}
+    slow = {
+        "type": "tool_call",
+        "tool": "tickets.update",
+        "args": {"ticket_id": "T-lock", "status": "pending", "hold_ms": 800},
+    }
+    fast = {
+        "type": "tool_call",
+        "tool": "tickets.update",
+        "args": {"ticket_id": "T-lock", "status": "solved"},
+    }
     first = deployment.submit_script([slow, reply()])
     deployment.svc.wait  # noqa: B018 - keep ordering explicit below
     second = deployment.submit_script([fast, reply()])
     done = deployment.wait_all([first.run_id, second.run_id])
     assert all(v.status == "succeeded" for v in done.values())
-    effects = {e["run_id"]: e for e in deployment.svc.store.side_effects(tool="tickets.update")
-               if e["run_id"] in done}  # fmt: skip
+    effects = {
+        e["run_id"]: e
+        for e in deployment.svc.store.side_effects(tool="tickets.update")
+        if e["run_id"] in done
+    }
     assert len(effects) == 2
     waits = [e for e in deployment.svc.trace(second.run_id) if e.kind == "lock_busy"] + [
         e for e in deployment.svc.trace(first.run_id) if e.kind == "lock_busy"
@@ -186,7 +266,9 @@ def test_submit_is_idempotent(deployment: Deployment) -> None:
     first = deployment.submit_script([reply()], request_id="req-dup-1")
     again = deployment.submit_script([reply()], request_id="req-dup-1")
     keyed = deployment.submit_script([reply()], idempotency_key="order-77")
-    keyed_again = deployment.submit_script([reply()], idempotency_key="order-77", request_id="other")
+    keyed_again = deployment.submit_script(
+        [reply()], idempotency_key="order-77", request_id="other"
+    )
     assert first.run_id == again.run_id and keyed.run_id == keyed_again.run_id
     assert len(deployment.svc.store.find_duplicate("t1", "req-dup-1", None) or {}) > 0
     other_tenant = deployment.submit_script([reply()], tenant="t2", request_id="req-dup-1")
@@ -226,7 +308,13 @@ def test_live_route_stop_refuses_new_runs(deployment: Deployment) -> None:
 
 def test_cancel_stops_a_waiting_run(deployment: Deployment) -> None:
     run = deployment.submit_script(
-        [{"type": "tool_call", "tool": "payments.refund", "args": {"customer_id": "cus_z", "amount": 300}}],
+        [
+            {
+                "type": "tool_call",
+                "tool": "payments.refund",
+                "args": {"customer_id": "cus_z", "amount": 300},
+            }
+        ],
         route="r.refunds",
     )
     assert deployment.svc.wait(run.run_id, timeout=30).status == "waiting"
@@ -235,8 +323,12 @@ def test_cancel_stops_a_waiting_run(deployment: Deployment) -> None:
 
 
 def test_secrets_never_reach_the_trace(deployment: Deployment) -> None:
-    leaky = {"type": "tool_call", "tool": "kb.search",
-             "args": {"query": "my key is sk-abcdefghijklmnopqrstuvwx"}, "api_key": "x"}  # fmt: skip
+    leaky = {
+        "type": "tool_call",
+        "tool": "kb.search",
+        "args": {"query": "my key is sk-abcdefghijklmnopqrstuvwx"},
+        "api_key": "x",
+    }
     run = deployment.submit_script([leaky, reply("Bearer abcdefghijklmnop")], route="r.lenient")
     deployment.svc.wait(run.run_id, timeout=30)
     dump = repr([e.data for e in deployment.svc.trace(run.run_id)])

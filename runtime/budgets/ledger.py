@@ -59,15 +59,22 @@ class BudgetLedger:
     def run_scope(self, run_id: str, limits: dict[str, int]) -> Scope:
         return Scope(f"run:{run_id}", self.keys.budget_run(run_id), limits, ttl_s=30 * 86400)
 
-    def tenant_day_scope(self, tenant: str, limits: dict[str, int], day: str | None = None) -> Scope:
+    def tenant_day_scope(
+        self, tenant: str, limits: dict[str, int], day: str | None = None
+    ) -> Scope:
         day = day or today()
-        return Scope(f"tenant:{tenant}:{day}", self.keys.budget_tenant_day(tenant, day), limits,
-                     ttl_s=3 * 86400)  # fmt: skip
+        return Scope(
+            f"tenant:{tenant}:{day}",
+            self.keys.budget_tenant_day(tenant, day),
+            limits,
+            ttl_s=3 * 86400,
+        )
 
     def route_day_scope(self, route: str, limits: dict[str, int], day: str | None = None) -> Scope:
         day = day or today()
-        return Scope(f"route:{route}:{day}", self.keys.budget_route_day(route, day), limits,
-                     ttl_s=3 * 86400)  # fmt: skip
+        return Scope(
+            f"route:{route}:{day}", self.keys.budget_route_day(route, day), limits, ttl_s=3 * 86400
+        )
 
     # --- operations ------------------------------------------------------------------
     def reserve(
@@ -133,7 +140,9 @@ class BudgetLedger:
         released = 0
         dims = list(DIMENSIONS)
         for hold in expired:
-            hold_key = hold.decode() if isinstance(hold, bytes) else hold
+            hold_key = hold.decode() if isinstance(hold, bytes) else str(hold)
             argv: list[Any] = [len(dims), *dims, *([0] * len(dims))]
-            released += int(self._settle(keys=[hold_key, self.keys.budget_holds_index()], args=argv))
+            released += int(
+                self._settle(keys=[hold_key, self.keys.budget_holds_index()], args=argv)
+            )
         return released

@@ -86,8 +86,9 @@ def tickets_update(args: TicketUpdate, ctx: ToolContext) -> TicketResult:
     if not ok:
         raise ToolExecutionError(f"stale fencing token {fence} < {previous}", code="stale_fence")
     prev = previous.decode() if isinstance(previous, bytes) else previous
-    return TicketResult(ticket_id=args.ticket_id, previous_status=prev or None, status=args.status,
-                        fence=fence)  # fmt: skip
+    return TicketResult(
+        ticket_id=args.ticket_id, previous_status=prev or None, status=args.status, fence=fence
+    )
 
 
 @tickets_update.compensator
@@ -115,9 +116,14 @@ def payments_refund(args: RefundArgs, ctx: ToolContext) -> RefundResult:
     """Refund a customer (irreversible; the idempotency key goes to the payment provider)."""
     if args.delay_ms:
         time.sleep(args.delay_ms / 1000)
-    ctx.redis.rpush(ctx.keys.demo("refunds"), f"{ctx.idempotency_key}:{args.customer_id}:{args.amount}")
-    return RefundResult(refund_id=f"re_{ctx.idempotency_key.replace(':', '_')}", amount=args.amount,
-                        currency=args.currency)  # fmt: skip
+    ctx.redis.rpush(
+        ctx.keys.demo("refunds"), f"{ctx.idempotency_key}:{args.customer_id}:{args.amount}"
+    )
+    return RefundResult(
+        refund_id=f"re_{ctx.idempotency_key.replace(':', '_')}",
+        amount=args.amount,
+        currency=args.currency,
+    )
 
 
 class IncrementArgs(BaseModel):

@@ -68,27 +68,40 @@ class OpenAIProposer:
             proposal = step.get("proposal") or {}
             observation = step.get("observation")
             if proposal.get("type") == "tool_call":
-                call_id = proposal.get("callId") or proposal.get("call_id") or f"call_{step['step_no']}"
-                messages.append({
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [{
-                        "id": call_id,
-                        "type": "function",
-                        "function": {
-                            "name": function_name(str(proposal.get("tool", ""))),
-                            "arguments": json.dumps(proposal.get("args", {}), default=str),
-                        },
-                    }],
-                })  # fmt: skip
+                call_id = (
+                    proposal.get("callId") or proposal.get("call_id") or f"call_{step['step_no']}"
+                )
                 messages.append(
-                    {"role": "tool", "tool_call_id": call_id, "content": json.dumps(observation, default=str)}
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": call_id,
+                                "type": "function",
+                                "function": {
+                                    "name": function_name(str(proposal.get("tool", ""))),
+                                    "arguments": json.dumps(proposal.get("args", {}), default=str),
+                                },
+                            }
+                        ],
+                    }
+                )
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call_id,
+                        "content": json.dumps(observation, default=str),
+                    }
                 )
             elif observation is not None and step.get("kind") == "refused":
                 messages.append(
-                    {"role": "user", "content": "The runtime refused your last proposal: "
-                     + json.dumps(observation, default=str)}
-                )  # fmt: skip
+                    {
+                        "role": "user",
+                        "content": "The runtime refused your last proposal: "
+                        + json.dumps(observation, default=str),
+                    }
+                )
         return messages
 
     def propose(self, ws: WorkingSet) -> ProposalResult:
@@ -126,7 +139,12 @@ class OpenAIProposer:
                 args: Any = json.loads(arguments)
             except json.JSONDecodeError:
                 args = arguments  # not JSON: the runtime refuses it as invalid_args
-            raw = {"type": "tool_call", "tool": by_fn.get(name, name), "args": args, "call_id": call.id}
+            raw = {
+                "type": "tool_call",
+                "tool": by_fn.get(name, name),
+                "args": args,
+                "call_id": call.id,
+            }
         elif message.content:
             raw = {"type": "reply", "text": message.content}
         else:

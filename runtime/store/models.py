@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-
 #: SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT
 _BIGINT_PK = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -82,7 +82,9 @@ class RunStore:
             yield conn
 
     # --- admission -------------------------------------------------------------------
-    def insert_run(self, row: dict[str, Any], events: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    def insert_run(
+        self, row: dict[str, Any], events: Sequence[dict[str, Any]]
+    ) -> tuple[dict[str, Any], bool]:
         """Insert a run; if its request id or idempotency key exists, return that run instead.
 
         Returns ``(run, created)``.
@@ -94,7 +96,9 @@ class RunStore:
                     conn.execute(insert(events_t), list(events))
             return row, True
         except IntegrityError:
-            existing = self.find_duplicate(row["tenant_id"], row["request_id"], row.get("idempotency_key"))
+            existing = self.find_duplicate(
+                row["tenant_id"], row["request_id"], row.get("idempotency_key")
+            )
             if existing is None:
                 raise
             return existing, False
@@ -104,20 +108,28 @@ class RunStore:
     ) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             if idempotency_key:
-                hit = conn.execute(
-                    select(runs_t).where(
-                        runs_t.c.tenant_id == tenant_id,
-                        runs_t.c.idempotency_key == idempotency_key,
+                hit = (
+                    conn.execute(
+                        select(runs_t).where(
+                            runs_t.c.tenant_id == tenant_id,
+                            runs_t.c.idempotency_key == idempotency_key,
+                        )
                     )
-                ).mappings().first()
+                    .mappings()
+                    .first()
+                )
                 if hit:
                     return dict(hit)
             if request_id:
-                hit = conn.execute(
-                    select(runs_t).where(
-                        runs_t.c.tenant_id == tenant_id, runs_t.c.request_id == request_id
+                hit = (
+                    conn.execute(
+                        select(runs_t).where(
+                            runs_t.c.tenant_id == tenant_id, runs_t.c.request_id == request_id
+                        )
                     )
-                ).mappings().first()
+                    .mappings()
+                    .first()
+                )
                 if hit:
                     return dict(hit)
         return None
@@ -182,7 +194,10 @@ class RunStore:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def side_effects(
-        self, run_id: str | None = None, tool: str | None = None, status: str | None = None,
+        self,
+        run_id: str | None = None,
+        tool: str | None = None,
+        status: str | None = None,
         tenant_id: str | None = None,
     ) -> list[dict[str, Any]]:
         query = select(effects_t).order_by(effects_t.c.id)
@@ -198,14 +213,23 @@ class RunStore:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def spend(
-        self, run_id: str | None = None, tenant_id: str | None = None, day: str | None = None,
+        self,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        day: str | None = None,
         route: str | None = None,
     ) -> dict[str, int]:
         """Sum of spend records, per dimension."""
         cols = [
-            "tokens", "input_tokens", "output_tokens", "model_calls", "tool_calls",
-            "retries", "wall_clock_ms", "cost_micro_usd",
-        ]  # fmt: skip
+            "tokens",
+            "input_tokens",
+            "output_tokens",
+            "model_calls",
+            "tool_calls",
+            "retries",
+            "wall_clock_ms",
+            "cost_micro_usd",
+        ]
         query = select(*[func.coalesce(func.sum(spend_t.c[c]), 0) for c in cols])
         if run_id:
             query = query.where(spend_t.c.run_id == run_id)
@@ -241,10 +265,14 @@ class RunStore:
             query = query.where(spend_t.c.run_id.in_(list(run_ids)))
         with self.engine.connect() as conn:
             return {
-                t: {"tokens": int(a or 0), "model_calls": int(b or 0), "tool_calls": int(c or 0),
-                    "cost_micro_usd": int(d or 0)}
+                t: {
+                    "tokens": int(a or 0),
+                    "model_calls": int(b or 0),
+                    "tool_calls": int(c or 0),
+                    "cost_micro_usd": int(d or 0),
+                }
                 for t, a, b, c, d in conn.execute(query)
-            }  # fmt: skip
+            }
 
     # --- writes ----------------------------------------------------------------------
     def mark_started(self, run_id: str) -> None:
@@ -263,7 +291,9 @@ class RunStore:
             )
 
     def claim_effect(
-        self, effect: dict[str, Any], decisions: Sequence[dict[str, Any]],
+        self,
+        effect: dict[str, Any],
+        decisions: Sequence[dict[str, Any]],
         events: Sequence[dict[str, Any]],
     ) -> EffectClaim:
         """Store the allow decision and claim the side effect's idempotency key, before
@@ -279,9 +309,15 @@ class RunStore:
         except IntegrityError:
             pass
         with self._write() as conn:
-            row = conn.execute(
-                select(effects_t).where(effects_t.c.idempotency_key == effect["idempotency_key"])
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    select(effects_t).where(
+                        effects_t.c.idempotency_key == effect["idempotency_key"]
+                    )
+                )
+                .mappings()
+                .first()
+            )
             if row is None:  # the conflict was on the decision row of an unfinished attempt
                 conn.execute(insert(effects_t), [effect])
                 return EffectClaim(fresh=True, status="started")
@@ -292,11 +328,16 @@ class RunStore:
                     .values(attempts=effects_t.c.attempts + 1)
                 )
             return EffectClaim(
-                fresh=False, status=row["status"], result=row["result"], error=row["error"],
+                fresh=False,
+                status=row["status"],
+                result=row["result"],
+                error=row["error"],
                 attempts=row["attempts"] + (1 if row["status"] == "started" else 0),
-            )  # fmt: skip
+            )
 
-    def store_decisions(self, decisions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]) -> None:
+    def store_decisions(
+        self, decisions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]
+    ) -> None:
         """Store policy decisions (and their trace events) ahead of execution; idempotent."""
         try:
             with self._write() as conn:
@@ -341,7 +382,9 @@ class RunStore:
                     conn.execute(
                         update(effects_t)
                         .where(effects_t.c.idempotency_key == key)
-                        .values(**{k: v for k, v in cp.effect_update.items() if k != "idempotency_key"})
+                        .values(
+                            **{k: v for k, v in cp.effect_update.items() if k != "idempotency_key"}
+                        )
                     )
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
@@ -359,11 +402,20 @@ class RunStore:
         """Move a run to ``to_status`` if its current status allows it (cancel, resume...)."""
         allowed = [s.value for s in ALLOWED_FROM[to_status]]
         now = utcnow()
-        values: dict[str, Any] = {"status": to_status.value, "updated_at": now,
-                                  "version": runs_t.c.version + 1, **(extra or {})}
+        values: dict[str, Any] = {
+            "status": to_status.value,
+            "updated_at": now,
+            "version": runs_t.c.version + 1,
+            **(extra or {}),
+        }
         if stop_reason is not None:
             values["stop_reason"] = stop_reason
-        if to_status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REFUSED, RunStatus.CANCELLED):
+        if to_status in (
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+            RunStatus.REFUSED,
+            RunStatus.CANCELLED,
+        ):
             values["finished_at"] = now
         where = [runs_t.c.run_id == run_id, runs_t.c.status.in_(allowed)]
         if tenant_id is not None:
@@ -386,7 +438,7 @@ class RunStore:
             rows = conn.execute(
                 select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
             )
-            return {r: s for r, s in rows}
+            return {str(r): str(s) for r, s in rows}
 
 
 def as_datetime(value: Any) -> datetime | None:

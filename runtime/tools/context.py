@@ -41,7 +41,7 @@ class ToolContext:
         result_key = self.keys.effect_result(self.idempotency_key)
         with self.redis.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(marker)  # a concurrent copy that commits first aborts our EXEC
+                pipe.watch(marker)  # type: ignore[no-untyped-call]  # a racing copy aborts our EXEC
                 if pipe.exists(marker):
                     return self._saved(result_key)
                 pipe.multi()

@@ -81,7 +81,11 @@ def execute(spec: ToolSpec, args: BaseModel, ctx: ToolContext, timeout_s: float)
     except ToolExecutionError as exc:
         return done(ok=False, error_code=exc.code, error=str(exc))
     except ValidationError as exc:
-        return done(ok=False, error_code="invalid_output", error=f"{spec.name} returned invalid output: {exc}")
+        return done(
+            ok=False,
+            error_code="invalid_output",
+            error=f"{spec.name} returned invalid output: {exc}",
+        )
     except Exception as exc:
         return done(ok=False, error_code="tool_error", error=f"{type(exc).__name__}: {exc}")
 

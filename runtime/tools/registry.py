@@ -87,7 +87,7 @@ def tool(
         if side_effect not in _SIDE_EFFECTS:
             raise ToolDefinitionError(f"tool {name!r}: side_effect must be one of {_SIDE_EFFECTS}")
         hints = typing.get_type_hints(fn)
-        params = [p for p in fn.__code__.co_varnames[: fn.__code__.co_argcount]]
+        params = list(fn.__code__.co_varnames[: fn.__code__.co_argcount])
         if len(params) != 2:
             raise ToolDefinitionError(f"tool {name!r}: signature must be (args, ctx)")
         input_model = hints.get(params[0])
@@ -96,7 +96,9 @@ def tool(
                 f"tool {name!r}: annotate the first parameter with a pydantic model"
             )
         output = hints.get("return")
-        output_model = output if isinstance(output, type) and issubclass(output, BaseModel) else None
+        output_model = (
+            output if isinstance(output, type) and issubclass(output, BaseModel) else None
+        )
         if lock:
             fields = {f for _, f, _, _ in string.Formatter().parse(lock) if f}
             missing = fields - set(input_model.model_fields)
@@ -107,7 +109,9 @@ def tool(
         secret = frozenset(secret_args)
         unknown_secret = secret - set(input_model.model_fields)
         if unknown_secret:
-            raise ToolDefinitionError(f"tool {name!r}: secret_args {sorted(unknown_secret)} unknown")
+            raise ToolDefinitionError(
+                f"tool {name!r}: secret_args {sorted(unknown_secret)} unknown"
+            )
         return ToolSpec(
             name=name,
             fn=fn,
@@ -117,7 +121,9 @@ def tool(
             timeout_s=timeout_s,
             description=description or (fn.__doc__ or "").strip().split("\n")[0],
             lock=lock,
-            retry_unknown=(side_effect != "irreversible") if retry_unknown is None else retry_unknown,
+            retry_unknown=(side_effect != "irreversible")
+            if retry_unknown is None
+            else retry_unknown,
             secret_args=secret,
         )
 
@@ -143,7 +149,9 @@ class ToolRegistry:
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
-                raise ToolDefinitionError(f"tool module {module_name!r} cannot be imported: {exc}") from exc
+                raise ToolDefinitionError(
+                    f"tool module {module_name!r} cannot be imported: {exc}"
+                ) from exc
             for value in vars(module).values():
                 if isinstance(value, ToolSpec):
                     registry.register(value)
