@@ -55,16 +55,23 @@ class Decision:
         return self.rule_id or f"default_{self.effect}"
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """``==`` without Python's ``True == 1``: a bool only equals a bool."""
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return bool(a == b)
+
+
 def _compare(value: Any, cmp: Comparison) -> bool:
     checks: list[bool] = []
     if cmp.eq is not None:
-        checks.append(value == cmp.eq)
+        checks.append(_equal(value, cmp.eq))
     if cmp.ne is not None:
-        checks.append(value != cmp.ne)
+        checks.append(not _equal(value, cmp.ne))
     if cmp.in_ is not None:
-        checks.append(value in cmp.in_)
+        checks.append(any(_equal(value, v) for v in cmp.in_))
     if cmp.not_in is not None:
-        checks.append(value not in cmp.not_in)
+        checks.append(not any(_equal(value, v) for v in cmp.not_in))
     if cmp.contains is not None:
         checks.append(isinstance(value, str) and cmp.contains in value)
     for bound, op in ((cmp.gt, "gt"), (cmp.gte, "gte"), (cmp.lt, "lt"), (cmp.lte, "lte")):

@@ -31,15 +31,29 @@ _SECRET_NAMES = frozenset(
         "ssn",
     }
 )
-_SECRET_SUFFIXES = ("_password", "_secret", "_token", "_api_key", "_apikey", "_key_secret")
-_SECRET_VALUE = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9._\-]{8,}|ghp_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"
+_SECRET_SUFFIXES = (
+    "_password",
+    "_secret",
+    "_token",
+    "_api_key",
+    "_apikey",
+    "_key_secret",
+    "_cookie",
 )
+# \b: a key starts a word ("ask-the-team-about-refunds" is not an OpenAI key)
+_SECRET_VALUE = re.compile(
+    r"\b(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9._\-]{8,}|ghp_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"
+)
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def _is_secret_name(name: str, extra: frozenset[str]) -> bool:
     low = name.lower()
-    return low in _SECRET_NAMES or low in extra or low.endswith(_SECRET_SUFFIXES)
+    # camelCase and header spellings too: apiKey, accessToken, X-Api-Key -> api_key, ...
+    snake = _CAMEL_BOUNDARY.sub("_", name).lower().replace("-", "_")
+    if extra and (name in extra or low in {e.lower() for e in extra}):
+        return True
+    return any(n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES) for n in (low, snake))
 
 
 def redact(value: Any, extra_names: frozenset[str] = frozenset()) -> Any:

@@ -35,13 +35,19 @@ def new_owner() -> str:
 
 
 def owner_is_dead(owner: str) -> bool:
-    """True only when we can prove it: same host, and no process with that pid."""
+    """True only when we can prove it: same host, and no process with that pid.
+
+    The owner ends in ``host|pid|nonce``; anything before is a caller's prefix (tool locks
+    are held by ``<run>:<step>|host|pid|nonce``)."""
+    parts = owner.split("|")
+    if len(parts) < 3:
+        return False
+    host, pid_s = parts[-3], parts[-2]
     try:
-        host, pid_s, _ = owner.split("|", 2)
         pid = int(pid_s)
     except ValueError:
         return False
-    if host != _HOST or pid == os.getpid():
+    if host != _HOST or pid <= 0 or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)

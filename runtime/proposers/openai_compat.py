@@ -71,6 +71,9 @@ class OpenAIProposer:
                 call_id = (
                     proposal.get("callId") or proposal.get("call_id") or f"call_{step['step_no']}"
                 )
+                args = proposal.get("args", {})
+                # arguments that were not JSON go back as the model wrote them, not re-quoted
+                arguments = args if isinstance(args, str) else json.dumps(args, default=str)
                 messages.append(
                     {
                         "role": "assistant",
@@ -81,7 +84,7 @@ class OpenAIProposer:
                                 "type": "function",
                                 "function": {
                                     "name": function_name(str(proposal.get("tool", ""))),
-                                    "arguments": json.dumps(proposal.get("args", {}), default=str),
+                                    "arguments": arguments,
                                 },
                             }
                         ],
@@ -120,13 +123,26 @@ class OpenAIProposer:
             response = self.client.chat.completions.create(**params)
         except openai.APIError as exc:
             raise ProposerError(f"model endpoint error: {exc}", code="model_error") from exc
+        except ValueError as exc:  # a 200 whose body is not JSON (a proxy's error page)
+            raise ProposerError(
+                f"model endpoint sent a non-JSON reply: {exc}", code="model_bad_reply"
+            ) from exc
         latency_ms = int((time.monotonic() - started) * 1000)
-        if not response.choices:
+        try:
+            return self._to_result(response, by_fn, latency_ms)
+        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            # the reply is untrusted too: a malformed one is a proposer error, not a crash
+            raise ProposerError(
+                f"model returned a malformed reply: {exc!r}"[:500], code="model_bad_reply"
+            ) from exc
+
+    def _to_result(self, response: Any, by_fn: dict[str, str], latency_ms: int) -> ProposalResult:
+        if not getattr(response, "choices", None):
             raise ProposerError("model returned no choices", code="model_empty")
         message = response.choices[0].message
         usage = Usage(
-            input_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
-            output_tokens=getattr(response.usage, "completion_tokens", 0) or 0,
+            input_tokens=max(0, int(getattr(response.usage, "prompt_tokens", 0) or 0)),
+            output_tokens=max(0, int(getattr(response.usage, "completion_tokens", 0) or 0)),
         )
         version = response.model or self.config.version
         raw: dict[str, Any]

@@ -44,12 +44,18 @@ def _alarm(timeout_s: float) -> Iterator[None]:
         raise _Alarm()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    started = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_delay > 0:
+            # re-arm an enclosing timer (the application's, a test runner's) instead of
+            # silently cancelling it; one that came due during the tool fires now
+            remaining = outer_delay - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(remaining, 0.001), outer_interval)
 
 
 def _to_jsonable(spec: ToolSpec, value: Any) -> Any:

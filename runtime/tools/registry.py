@@ -86,8 +86,17 @@ def tool(
     def decorate(fn: ToolFn) -> ToolSpec:
         if side_effect not in _SIDE_EFFECTS:
             raise ToolDefinitionError(f"tool {name!r}: side_effect must be one of {_SIDE_EFFECTS}")
-        hints = typing.get_type_hints(fn)
-        params = list(fn.__code__.co_varnames[: fn.__code__.co_argcount])
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            raise ToolDefinitionError(f"tool {name!r}: decorate a plain function (args, ctx)")
+        try:
+            hints = typing.get_type_hints(fn)
+        except (NameError, TypeError) as exc:
+            raise ToolDefinitionError(
+                f"tool {name!r}: cannot resolve its annotations ({exc}); define the models "
+                "at module level"
+            ) from exc
+        params = list(code.co_varnames[: code.co_argcount])
         if len(params) != 2:
             raise ToolDefinitionError(f"tool {name!r}: signature must be (args, ctx)")
         input_model = hints.get(params[0])
