@@ -65,6 +65,8 @@ class OpenAIProposer:
             {"role": "user", "content": user},
         ]
         for step in ws.history_loader():
+            if step.get("kind") == "deferred":
+                continue  # a lock wait: the step that resumed the call carries it
             proposal = step.get("proposal") or {}
             observation = step.get("observation")
             if proposal.get("type") == "tool_call":

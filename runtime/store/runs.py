@@ -212,6 +212,19 @@ class RunStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    def effect_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Side-effect records of these runs: ``{tool: {status: count}}``."""
+        query = (
+            select(effects_t.c.tool, effects_t.c.status, func.count())
+            .where(effects_t.c.run_id.in_(list(run_ids)))
+            .group_by(effects_t.c.tool, effects_t.c.status)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for tool, status, n in conn.execute(query):
+                counts.setdefault(str(tool), {})[str(status)] = int(n)
+        return counts
+
     def spend(
         self,
         run_id: str | None = None,
