@@ -30,7 +30,7 @@ from runtime.errors import AgentRuntimeError, ConfigError, SettingsError
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
-from runtime.proposers.base import Proposer
+from runtime.proposers.base import Proposer, ToolDescription
 from runtime.proposers.openai_compat import OpenAIProposer
 from runtime.proposers.scripted import ScriptedProposer
 from runtime.settings import Settings
@@ -120,6 +120,7 @@ class RuntimeService:
         self._dispatcher = dispatcher
         self._dispatcher_factory = dispatcher_factory
         self._proposers: dict[str, Proposer] = {}
+        self._tool_descriptions: dict[tuple[str, frozenset[str]], list[ToolDescription]] = {}
 
     # --- construction ----------------------------------------------------------------
     @classmethod
@@ -177,6 +178,20 @@ class RuntimeService:
     def tool_enabled(self, name: str, disabled_live: frozenset[str] = frozenset()) -> bool:
         entry = self.config.tools.get(name)
         return entry is not None and entry.enabled and name not in disabled_live
+
+    def tool_descriptions(self, route: str, disabled_live: frozenset[str]) -> list[ToolDescription]:
+        """What the proposer is shown: the route's enabled tools with their JSON schemas.
+        Cached: building pydantic JSON schemas costs more than the rest of a scripted step."""
+        key = (route, disabled_live)
+        cached = self._tool_descriptions.get(key)
+        if cached is None:
+            cached = []
+            for name in self.config.routes[route].allowed_tools:
+                spec = self.registry.get(name)
+                if spec is not None and self.tool_enabled(name, disabled_live):
+                    cached.append(ToolDescription(name, spec.description, spec.json_schema()))
+            self._tool_descriptions[key] = cached
+        return list(cached)
 
     def live_controls(
         self, run_id: str, route: str, tools: list[str]

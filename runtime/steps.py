@@ -41,7 +41,7 @@ from runtime.contract import (
 from runtime.errors import BudgetExhausted, ProposerError, StaleWrite, StepDeferred
 from runtime.locks.leases import Busy, Lease, new_owner
 from runtime.policy import Decision, PolicyContext
-from runtime.proposers.base import ToolDescription, WorkingSet
+from runtime.proposers.base import WorkingSet
 from runtime.store.db import utcnow
 from runtime.store.runs import Checkpoint
 from runtime.tools.context import ToolContext
@@ -146,7 +146,9 @@ class StepRunner:
             raise StepDeferred(min(lease.retry_after_ms / 1000, 30.0), "run_lease_busy")
         released = False
         try:
-            run = svc.store.get_run(run_id)
+            # the first step starts the run (queued -> running) in the same statement
+            started = svc.store.start_run(run_id) if step_no == 0 else None
+            run = started or svc.store.get_run(run_id)
             if run["next_step"] != step_no or run["status"] not in (
                 RunStatus.QUEUED.value,
                 RunStatus.RUNNING.value,
@@ -231,8 +233,6 @@ class StepRunner:
             svc.leases.release(lease)
             return StepResult("route_removed")
         st = _Step(run, route, step_no, attempt, trace)
-        if run["status"] == RunStatus.QUEUED.value:
-            svc.store.mark_started(st.run_id)
         trace.add("step_started", attempt=attempt)
         move = self._guards(st) or self._advance(st)
         return self._finish(st, move, lease)
@@ -347,11 +347,7 @@ class StepRunner:
     # --- propose ---------------------------------------------------------------------
     def _working_set(self, st: _Step) -> WorkingSet:
         svc, run, route = self.svc, st.run, st.route
-        tools = []
-        for name in route.allowed_tools:
-            spec = svc.registry.get(name)
-            if spec is not None and svc.tool_enabled(name, st.disabled_tools):
-                tools.append(ToolDescription(name, spec.description, spec.json_schema()))
+        tools = svc.tool_descriptions(run["route"], st.disabled_tools)
         policy = svc.config.budget_policies[route.budget_policy]
         return WorkingSet(
             run_id=st.run_id,

@@ -80,7 +80,9 @@ def celery_config(
         "task_default_queue": STEP_QUEUE,
         "task_create_missing_queues": False,
         "worker_send_task_events": settings.task_events,
-        "task_send_sent_event": settings.task_events,
+        # "sent" events would cost every step a second publish (workers send the next step);
+        # Flower shows a step from the moment a worker receives it
+        "task_send_sent_event": False,
         "worker_soft_shutdown_timeout": 10.0,
         "worker_hijack_root_logger": False,
     }

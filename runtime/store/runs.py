@@ -288,20 +288,27 @@ class RunStore:
             }
 
     # --- writes ----------------------------------------------------------------------
-    def mark_started(self, run_id: str) -> None:
-        """queued -> running when the first step begins; a no-op for a run already running."""
+    def start_run(self, run_id: str) -> dict[str, Any] | None:
+        """queued -> running and return the row, in one statement; None if not queued."""
         now = utcnow()
         with self._write() as conn:
-            conn.execute(
-                update(runs_t)
-                .where(runs_t.c.run_id == run_id, runs_t.c.status == RunStatus.QUEUED.value)
-                .values(
-                    status=RunStatus.RUNNING.value,
-                    started_at=now,
-                    updated_at=now,
-                    version=runs_t.c.version + 1,
+            row = (
+                conn.execute(
+                    update(runs_t)
+                    .where(runs_t.c.run_id == run_id, runs_t.c.status == RunStatus.QUEUED.value)
+                    .values(
+                        status=RunStatus.RUNNING.value,
+                        started_at=now,
+                        updated_at=now,
+                        workflow_step="started",
+                        version=runs_t.c.version + 1,
+                    )
+                    .returning(*runs_t.c)
                 )
+                .mappings()
+                .first()
             )
+        return dict(row) if row is not None else None
 
     def claim_effect(
         self,
