@@ -277,7 +277,9 @@ class ChildProcess:
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            # the whole session (spawn starts one): pool children must not outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
 
 
