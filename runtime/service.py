@@ -197,9 +197,14 @@ class RuntimeService:
         self, run_id: str, route: str, tools: list[str]
     ) -> tuple[bool, bool, frozenset[str]]:
         """(cancelled, route stopped, tools disabled) from the kill switches: one round trip."""
+        return self.parse_controls(self.redis.mget(self.control_keys(run_id, route, tools)), tools)
+
+    def control_keys(self, run_id: str, route: str, tools: list[str]) -> list[str]:
         keys = [self.keys.run_cancelled(run_id), self.keys.route_stopped(route)]
-        keys += [self.keys.tool_disabled(t) for t in tools]
-        values = self.redis.mget(keys)
+        return keys + [self.keys.tool_disabled(t) for t in tools]
+
+    @staticmethod
+    def parse_controls(values: list[Any], tools: list[str]) -> tuple[bool, bool, frozenset[str]]:
         disabled = frozenset(t for t, v in zip(tools, values[2:], strict=True) if v)
         return bool(values[0]), bool(values[1]), disabled
 
@@ -395,8 +400,10 @@ class RuntimeService:
         )
 
     # --- workers -------------------------------------------------------------------------
-    def run_step(self, run_id: str, step_no: int, attempt: int = 0) -> StepResult:
-        return self.steps.run(run_id, step_no, attempt)
+    def run_step(
+        self, run_id: str, step_no: int, attempt: int = 0, route: str | None = None
+    ) -> StepResult:
+        return self.steps.run(run_id, step_no, attempt, route)
 
     # --- helpers -----------------------------------------------------------------------
     def _view(self, row: dict[str, Any]) -> RunView:

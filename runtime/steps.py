@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from runtime import stop_reasons
+from runtime import scripts, stop_reasons
 from runtime.budgets.ledger import Scope, today
 from runtime.config import RouteConfig
 from runtime.contract import (
@@ -97,6 +97,8 @@ class _Step:
     proposal: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     effect_update: dict[str, Any] | None = None
+    #: kill switches read with the lease: (cancelled, route stopped, disabled tools)
+    controls: tuple[bool, bool, frozenset[str]] | None = None
     #: tools switched off by a live kill switch (read once per step with the other controls)
     disabled_tools: frozenset[str] = frozenset()
 
@@ -137,13 +139,26 @@ class StepRunner:
         self.svc = svc
 
     # --- entry -----------------------------------------------------------------------
-    def run(self, run_id: str, step_no: int, attempt: int = 0) -> StepResult:
+    def run(
+        self, run_id: str, step_no: int, attempt: int = 0, route_hint: str | None = None
+    ) -> StepResult:
+        """Run step ``step_no`` of a run. ``route_hint`` (the route the message names) lets
+        the lease and the kill switches be read in one round trip."""
         svc = self.svc
         lease_ttl_ms = int((svc.config.max_step_timeout_s() + LEASE_MARGIN_S) * 1000)
-        lease = svc.leases.acquire_run(run_id, new_owner(), lease_ttl_ms)
+        hinted = svc.config.routes.get(route_hint) if route_hint else None
+        tools = hinted.allowed_tools if hinted else []
+        control_keys = svc.control_keys(run_id, route_hint, tools) if route_hint and hinted else []
+
+        def read_controls(pipe: Any) -> None:
+            if control_keys:
+                pipe.mget(control_keys)
+
+        lease, extra = svc.leases.acquire_run_with(run_id, new_owner(), lease_ttl_ms, read_controls)
         if isinstance(lease, Busy):
             # a live copy of this run's step is executing; look again when its lease ends
             raise StepDeferred(min(lease.retry_after_ms / 1000, 30.0), "run_lease_busy")
+        controls = svc.parse_controls(extra[0], tools) if control_keys else None
         released = False
         try:
             # the first step starts the run (queued -> running) in the same statement
@@ -156,7 +171,9 @@ class StepRunner:
                 svc.leases.release(lease)
                 released = True
                 return self._already_done(run, step_no)
-            result = self._execute(run, step_no, attempt, lease)
+            if run["route"] != route_hint:
+                controls = None
+            result = self._execute(run, step_no, attempt, lease, controls)
             released = True  # _execute releases before publishing the next step
             return result
         finally:
@@ -224,7 +241,14 @@ class StepRunner:
         return True
 
     # --- the loop body ---------------------------------------------------------------
-    def _execute(self, run: dict[str, Any], step_no: int, attempt: int, lease: Lease) -> StepResult:
+    def _execute(
+        self,
+        run: dict[str, Any],
+        step_no: int,
+        attempt: int,
+        lease: Lease,
+        controls: tuple[bool, bool, frozenset[str]] | None,
+    ) -> StepResult:
         svc = self.svc
         route = svc.config.routes.get(run["route"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
@@ -232,7 +256,7 @@ class StepRunner:
             self.fail_step(run["run_id"], step_no, "route_removed")
             svc.leases.release(lease)
             return StepResult("route_removed")
-        st = _Step(run, route, step_no, attempt, trace)
+        st = _Step(run, route, step_no, attempt, trace, controls=controls)
         trace.add("step_started", attempt=attempt)
         move = self._guards(st) or self._advance(st)
         return self._finish(st, move, lease)
@@ -240,7 +264,7 @@ class StepRunner:
     def _guards(self, st: _Step) -> _Move | None:
         """Stop conditions checked before anything is spent."""
         svc, run, route = self.svc, st.run, st.route
-        cancelled, stopped, st.disabled_tools = svc.live_controls(
+        cancelled, stopped, st.disabled_tools = st.controls or svc.live_controls(
             st.run_id, run["route"], route.allowed_tools
         )
         if cancelled:
@@ -535,11 +559,12 @@ class StepRunner:
     ) -> ToolOutcome:
         svc = self.svc
         key = f"{st.run_id}:{st.step_no}:0"
-        decisions, st.decisions = st.decisions, []  # stored now, ahead of execution
-        events = st.trace.drain()
-        if spec.side_effect == "read":
-            svc.store.store_decisions(decisions, events)
-        else:
+        if spec.side_effect != "read":
+            # the allow decision and the side effect's claim are committed before the tool
+            # runs; a read tool's decision commits with its result in the checkpoint (a read
+            # repeated after a crash changes nothing, and is decided and recorded again)
+            decisions, st.decisions = st.decisions, []
+            events = st.trace.drain()
             claim = svc.store.claim_effect(
                 {
                     "idempotency_key": key,
@@ -786,12 +811,16 @@ class StepRunner:
                 svc.ledger.release(st.run_id, st.step_no)
             svc.leases.release(lease)
             return StepResult("stale_write")
+
         # settle and release in one round trip, then hand the run on
-        with svc.redis.pipeline(transaction=False) as pipe:
+        def settle_and_release(pipe: Any) -> None:
             if actual is not None:
                 svc.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
             svc.leases.release_in(pipe, lease)
-            pipe.execute()
+
+        scripts.run_pipeline(
+            svc.redis, settle_and_release, [svc.ledger.settle_script, svc.leases.release_script]
+        )
         if move.continues:
             self._publish_next(st.run, st.step_no + 1, move.countdown_s)
             return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)

@@ -46,7 +46,7 @@ def register(app: AgentrtCelery) -> None:
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         attempt = int(self.request.retries or 0) + (1 if redelivered else 0)
         try:
-            result = svc.run_step(run_id, step, attempt)
+            result = svc.run_step(run_id, step, attempt, route or None)
         except StepDeferred as deferred:
             # run again later: re-sent, so the wait costs no worker-lost retry and holds no slot
             svc.dispatcher.enqueue(

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from runtime import scripts
 from runtime.config import DIMENSIONS
 from runtime.errors import BudgetExhausted
 from runtime.keys import Keys
@@ -110,11 +111,15 @@ class BudgetLedger:
         return bool(self._settle(keys=keys, args=argv))
 
     def settle_in(self, pipe: Any, run_id: str, step: int, actuals: dict[str, int]) -> None:
-        """Queue a settle on a pipeline (to share a round trip with other commands)."""
+        """Queue a settle on a pipeline run by ``scripts.run_pipeline``."""
         dims = list(DIMENSIONS)
         argv: list[Any] = [len(dims), *dims, *(int(actuals.get(d, 0)) for d in dims)]
         keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
-        self._settle(keys=keys, args=argv, client=pipe)
+        scripts.queue(pipe, self._settle, keys, argv)
+
+    @property
+    def settle_script(self) -> Any:
+        return self._settle
 
     def release(self, run_id: str, step: int) -> bool:
         """Drop the step's reservation without spending anything."""

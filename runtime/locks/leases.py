@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis
 
+from runtime import scripts
 from runtime.keys import Keys
 
 _HOST = socket.gethostname()
@@ -83,6 +85,11 @@ class LeaseManager:
 
     def _take(self, key: str, fence_key: str, owner: str, ttl_ms: int) -> Lease | Busy:
         res = self._acquire(keys=[key, fence_key], args=[owner, ttl_ms])
+        return self._interpret(res, key, fence_key, owner, ttl_ms)
+
+    def _interpret(
+        self, res: Any, key: str, fence_key: str, owner: str, ttl_ms: int
+    ) -> Lease | Busy:
         if int(res[0]) == 1:
             return Lease(key, owner, int(res[1]))
         holder = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
@@ -91,6 +98,20 @@ class LeaseManager:
             if int(stolen[0]) == 1:
                 return Lease(key, owner, int(stolen[1]))
         return Busy(key, holder, max(int(res[2]), 1))
+
+    def acquire_run_with(
+        self, run_id: str, owner: str, ttl_ms: int, also: Callable[[Any], None]
+    ) -> tuple[Lease | Busy, list[Any]]:
+        """Take the run's lease and run ``also(pipe)``'s commands in the same round trip.
+        Returns the lease outcome and the results of the extra commands."""
+        key = self.keys.run_lease(run_id)
+
+        def build(pipe: Any) -> None:
+            scripts.queue(pipe, self._acquire, [key, key + ":fence"], [owner, ttl_ms])
+            also(pipe)
+
+        results = scripts.run_pipeline(self.redis, build, [self._acquire])
+        return self._interpret(results[0], key, key + ":fence", owner, ttl_ms), results[1:]
 
     def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> Lease | Busy:
         return self._take(self.keys.lock(name), self.keys.lock_fence(name), owner, ttl_ms)
@@ -103,8 +124,12 @@ class LeaseManager:
         return bool(self._release(keys=[lease.key], args=[lease.owner]))
 
     def release_in(self, pipe: Any, lease: Lease) -> None:
-        """Queue a release on a pipeline (to share a round trip with other commands)."""
-        self._release(keys=[lease.key], args=[lease.owner], client=pipe)
+        """Queue a release on a pipeline run by ``scripts.run_pipeline``."""
+        scripts.queue(pipe, self._release, [lease.key], [lease.owner])
+
+    @property
+    def release_script(self) -> Any:
+        return self._release
 
     def renew(self, lease: Lease, ttl_ms: int) -> bool:
         return bool(self._renew(keys=[lease.key], args=[lease.owner, ttl_ms]))

@@ -41,7 +41,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    kwargs.setdefault("pool_pre_ping", True)
+    # no pre-ping: it would add a SELECT 1 to every checkout (three per step); a dropped
+    # connection surfaces as OperationalError, which the step task retries
+    kwargs.setdefault("pool_pre_ping", False)
+    kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
     return create_engine(url, **kwargs)

@@ -52,7 +52,9 @@ class ToolSpec:
     retry_unknown: bool = True
     #: argument names never written to traces or logs
     secret_args: frozenset[str] = field(default_factory=frozenset)
-    _schema: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    _schema: tuple[type[BaseModel], dict[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __call__(self, args: Any, ctx: Any) -> Any:
         return self.fn(args, ctx)
@@ -68,9 +70,10 @@ class ToolSpec:
         return self.lock.format(**args.model_dump())
 
     def json_schema(self) -> dict[str, Any]:
-        if self._schema is None:  # pydantic rebuilds the schema on every call; it is fixed
-            self._schema = self.input_model.model_json_schema()
-        return self._schema
+        # pydantic rebuilds the schema on every call; it only changes with the model
+        if self._schema is None or self._schema[0] is not self.input_model:
+            self._schema = (self.input_model, self.input_model.model_json_schema())
+        return self._schema[1]
 
 
 def tool(

@@ -24,13 +24,23 @@ local limit_base = 2 + 2 * nd
 local ttl_base = limit_base + nscopes * nd
 for s = 1, nscopes do
   local scope = KEYS[2 + s]
+  -- one HMGET per scope for the dimensions this reservation is limited on
+  local fields, checked = {}, {}
   for d = 1, nd do
-    local amount = amounts[d]
     local limit = tonumber(ARGV[limit_base + (s - 1) * nd + d])
-    if amount > 0 and limit >= 0 then
-      local used = tonumber(redis.call('HGET', scope, 'u:' .. dims[d]) or '0')
-      local reserved = tonumber(redis.call('HGET', scope, 'r:' .. dims[d]) or '0')
-      if used + reserved + amount > limit then
+    if amounts[d] > 0 and limit >= 0 then
+      table.insert(fields, 'u:' .. dims[d])
+      table.insert(fields, 'r:' .. dims[d])
+      table.insert(checked, {d, limit})
+    end
+  end
+  if #fields > 0 then
+    local values = redis.call('HMGET', scope, unpack(fields))
+    for i, entry in ipairs(checked) do
+      local d, limit = entry[1], entry[2]
+      local used = tonumber(values[2 * i - 1] or '0')
+      local reserved = tonumber(values[2 * i] or '0')
+      if used + reserved + amounts[d] > limit then
         return {0, s - 1, dims[d], used, reserved, limit}
       end
     end

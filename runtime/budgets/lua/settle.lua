@@ -10,12 +10,16 @@ if redis.call('EXISTS', hold) == 0 then
   return 0
 end
 local nd = tonumber(ARGV[1])
-local scopes_raw = redis.call('HGET', hold, 'scopes') or ''
-for scope in string.gmatch(scopes_raw, '[^\n]+') do
+local raw = redis.call('HGETALL', hold)
+local fields = {}
+for i = 1, #raw, 2 do
+  fields[raw[i]] = raw[i + 1]
+end
+for scope in string.gmatch(fields['scopes'] or '', '[^\n]+') do
   for d = 1, nd do
     local dim = ARGV[1 + d]
     local actual = tonumber(ARGV[1 + nd + d])
-    local reserved = tonumber(redis.call('HGET', hold, 'a:' .. dim) or '0')
+    local reserved = tonumber(fields['a:' .. dim] or '0')
     if reserved ~= 0 then
       redis.call('HINCRBY', scope, 'r:' .. dim, -reserved)
     end
