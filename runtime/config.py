@@ -178,37 +178,55 @@ class RuntimeConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> RuntimeConfig:
-        problems: list[str] = []
-        for name, route in self.routes.items():
-            if route.proposer not in self.models:
-                problems.append(
-                    f"routes.{name}.proposer: unknown model {route.proposer!r} "
-                    f"(defined: {', '.join(sorted(self.models)) or 'none'})"
-                )
-            if route.budget_policy not in self.budget_policies:
-                problems.append(
-                    f"routes.{name}.budget_policy: unknown budget policy {route.budget_policy!r} "
-                    f"(defined: {', '.join(sorted(self.budget_policies)) or 'none'})"
-                )
-            for tool in route.allowed_tools:
-                if tool not in self.tools:
-                    problems.append(
-                        f"routes.{name}.allowed_tools: tool {tool!r} is not declared under 'tools'"
-                    )
-            for tenant in route.tenants:
-                if tenant != "*" and tenant not in self.tenants:
-                    problems.append(f"routes.{name}.tenants: unknown tenant {tenant!r}")
-        seen: set[str] = set()
-        for i, rule in enumerate(self.policy.rules):
-            if rule.id in seen:
-                problems.append(f"policy.rules.{i}.id: duplicate rule id {rule.id!r}")
-            seen.add(rule.id)
+        problems = cross_reference_problems(self.model_dump(by_alias=True))
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     def max_step_timeout_s(self) -> float:
         return max((r.step_timeout_s for r in self.routes.values()), default=60.0)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def cross_reference_problems(data: dict[str, Any]) -> list[str]:
+    """Names that point nowhere. Works on the raw mapping too, so a file with field errors
+    still gets its broken references reported in the same pass."""
+    models, policies = _mapping(data.get("models")), _mapping(data.get("budget_policies"))
+    tools, tenants = _mapping(data.get("tools")), _mapping(data.get("tenants"))
+    problems: list[str] = []
+    for name, route in _mapping(data.get("routes")).items():
+        route = _mapping(route)
+        proposer, policy = route.get("proposer"), route.get("budget_policy")
+        if isinstance(proposer, str) and proposer not in models:
+            problems.append(
+                f"routes.{name}.proposer: unknown model {proposer!r} "
+                f"(defined: {', '.join(sorted(models)) or 'none'})"
+            )
+        if isinstance(policy, str) and policy not in policies:
+            problems.append(
+                f"routes.{name}.budget_policy: unknown budget policy {policy!r} "
+                f"(defined: {', '.join(sorted(policies)) or 'none'})"
+            )
+        for tool in route.get("allowed_tools") or []:
+            if isinstance(tool, str) and tool not in tools:
+                problems.append(
+                    f"routes.{name}.allowed_tools: tool {tool!r} is not declared under 'tools'"
+                )
+        for tenant in route.get("tenants") or []:
+            if isinstance(tenant, str) and tenant != "*" and tenant not in tenants:
+                problems.append(f"routes.{name}.tenants: unknown tenant {tenant!r}")
+    seen: set[str] = set()
+    rules = _mapping(data.get("policy")).get("rules") or []
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        rule_id = _mapping(rule).get("id")
+        if rule_id in seen:
+            problems.append(f"policy.rules.{i}.id: duplicate rule id {rule_id!r}")
+        if isinstance(rule_id, str):
+            seen.add(rule_id)
+    return problems
 
 
 def _format_validation_error(exc: ValidationError) -> list[str]:
@@ -233,7 +251,11 @@ def parse_config(data: Any, source: str = "<config>") -> RuntimeConfig:
     try:
         return RuntimeConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _format_validation_error(exc)) from None
+        problems = _format_validation_error(exc)
+        # field errors stop validation before the cross-reference check: run it on the raw
+        # file so one `config check` reports every problem
+        problems += [p for p in cross_reference_problems(data) if p not in problems]
+        raise ConfigError(source, problems) from None
 
 
 def load_config(path: Path | str) -> RuntimeConfig:

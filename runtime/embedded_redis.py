@@ -112,7 +112,11 @@ def start_server(
         "--protected-mode",
         "yes",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own session: a Ctrl-C in the terminal must not kill Redis before the workers
+    # that use it have shut down; the owner stops it explicitly
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from runtime.config import RuntimeConfig, load_config, parse_config
 from runtime.errors import ConfigError, SettingsError
@@ -303,3 +304,19 @@ def test_longest_step_follows_the_routes() -> None:
     from tasks.app import min_visibility_timeout
 
     assert min_visibility_timeout(config) == 645
+
+
+def test_field_errors_and_broken_references_are_reported_together(tmp_path: Path) -> None:
+    # Given a route with a bad field value and a reference to an unknown model
+    data = yaml.safe_load((ROOT / "tests" / "config" / "runtime.yaml").read_text())
+    data["routes"]["r.tiny"]["risk_class"] = "extreme"
+    data["routes"]["r.tiny"]["proposer"] = "gpt-9"
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(data))
+    # When it is loaded, Then one error lists both problems
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(p.startswith("routes.r.tiny.risk_class:") for p in info.value.problems)
+    assert any(
+        p.startswith("routes.r.tiny.proposer: unknown model 'gpt-9'") for p in info.value.problems
+    )

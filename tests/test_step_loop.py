@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support import Deployment
+from tests.support import Deployment, wait_for
 
 USAGE = {"input_tokens": 100, "output_tokens": 50}
 
@@ -244,7 +244,11 @@ def test_lock_contention_waits_then_proceeds(deployment: Deployment) -> None:
         "args": {"ticket_id": "T-lock", "status": "solved"},
     }
     first = deployment.submit_script([slow, reply()])
-    deployment.svc.wait  # noqa: B018 - keep ordering explicit below
+    # the first run holds the lock once its side effect is claimed (lock taken before claim)
+    wait_for(
+        lambda: deployment.svc.store.side_effects(run_id=first.run_id),
+        message="the first run to hold the ticket lock",
+    )
     second = deployment.submit_script([fast, reply()])
     done = deployment.wait_all([first.run_id, second.run_id])
     assert all(v.status == "succeeded" for v in done.values())
