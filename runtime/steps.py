@@ -559,12 +559,13 @@ class StepRunner:
     ) -> ToolOutcome:
         svc = self.svc
         key = f"{st.run_id}:{st.step_no}:0"
-        if spec.side_effect != "read":
-            # the allow decision and the side effect's claim are committed before the tool
-            # runs; a read tool's decision commits with its result in the checkpoint (a read
-            # repeated after a crash changes nothing, and is decided and recorded again)
-            decisions, st.decisions = st.decisions, []
-            events = st.trace.drain()
+        # the allow decision is committed before the tool runs; for a side effect, together
+        # with the claim on its idempotency key
+        decisions, st.decisions = st.decisions, []
+        events = st.trace.drain()
+        if spec.side_effect == "read":
+            svc.store.store_decisions(decisions, events)
+        else:
             claim = svc.store.claim_effect(
                 {
                     "idempotency_key": key,

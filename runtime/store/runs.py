@@ -355,6 +355,18 @@ class RunStore:
                 attempts=row["attempts"] + (1 if row["status"] == "started" else 0),
             )
 
+    def store_decisions(
+        self, decisions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]
+    ) -> None:
+        """Store policy decisions (and their trace events) ahead of execution; idempotent."""
+        try:
+            with self._write() as conn:
+                conn.execute(insert(decisions_t), list(decisions))
+                if events:
+                    conn.execute(insert(events_t), list(events))
+        except IntegrityError:
+            pass  # a redelivered step stored the same decision already
+
     def checkpoint(self, cp: Checkpoint) -> None:
         """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect."""
         allowed = [s.value for s in ALLOWED_FROM[cp.status]]
