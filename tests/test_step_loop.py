@@ -339,3 +339,21 @@ def test_secrets_never_reach_the_trace(deployment: Deployment) -> None:
     dump += repr(deployment.svc.store.steps(run.run_id))
     assert "sk-abcdefghijklmnopqrstuvwx" not in dump
     assert "Bearer abcdefghijklmnop" not in dump
+
+
+def test_allow_decision_is_stored_before_the_tool_runs(deployment: Deployment) -> None:
+    # Given a read tool that takes a while
+    slow = {
+        "type": "tool_call",
+        "tool": "reports.generate",
+        "args": {"topic": "q", "delay_ms": 1500},
+    }
+    run = deployment.submit_script([slow, reply()])
+    # Then while the tool is still running (no step checkpointed yet) its allow decision is
+    # already in the store
+    decisions = wait_for(
+        lambda: deployment.svc.store.policy_decisions(run.run_id), message="a stored decision"
+    )
+    assert deployment.svc.store.steps(run.run_id) == []
+    assert decisions[0]["decision"] == "allow" and decisions[0]["tool"] == "reports.generate"
+    assert deployment.svc.wait(run.run_id, timeout=30).status == "succeeded"
