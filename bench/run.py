@@ -369,7 +369,7 @@ def enqueue_noops(app: Any, n: int) -> float:
     t0 = time.monotonic()
     for _ in range(n):
         run_id = uuid.uuid4().hex
-        # the same message shape as tasks.dispatch.CeleryDispatcher.enqueue
+        # the same message shape as tasks.publish.CeleryPublisher.publish
         app.send_task(
             NOOP_TASK,
             kwargs={

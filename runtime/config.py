@@ -6,6 +6,7 @@ Validated at start-up; every problem names its key, e.g.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,10 +64,23 @@ class BudgetPolicy(_Strict):
     tokens_per_step: int = Field(default=4000, gt=0)
 
 
+class RateLimit(_Strict):
+    """GCRA: ``limit`` per ``period_s``, spaced evenly; ``burst`` may pass at once."""
+
+    limit: int = Field(gt=0)
+    period_s: float = Field(default=60.0, gt=0)
+    burst: int = Field(default=1, ge=1)
+
+
 class TenantConfig(_Strict):
     name: str | None = None
-    weight: int = Field(default=1, ge=1)
+    #: share of dispatch decisions relative to other tenants (weighted fair queuing)
+    weight: int = Field(default=1, ge=1, le=1000)
     daily_budget: BudgetLimits = BudgetLimits()
+    #: steps of this tenant executing at once, across routes (None = no cap)
+    max_concurrency: int | None = Field(default=None, gt=0)
+    #: queued steps of this tenant before admission pushes back (None = no limit)
+    max_queued: int | None = Field(default=None, gt=0)
     enabled: bool = True
 
 
@@ -83,6 +97,9 @@ class ModelConfig(_Strict):
     output_usd_per_mtok: float = Field(default=0.0, ge=0)
     timeout_s: float = Field(default=60.0, gt=0)
     temperature: float | None = None
+    #: global (all workers) limits on calls to this model
+    requests_rate: RateLimit | None = None
+    tokens_rate: RateLimit | None = None
 
     @model_validator(mode="after")
     def _openai_needs_model(self) -> ModelConfig:
@@ -119,6 +136,10 @@ class RouteConfig(_Strict):
     max_tool_errors: int = Field(default=0, ge=0)
     #: times a step waits for a busy lock before the run fails with failed:lock_timeout
     lock_wait_attempts: int = Field(default=20, ge=0)
+    #: queued steps of this route before admission pushes back (None = no limit)
+    max_queued: int | None = Field(default=None, gt=0)
+    #: over max_queued: "refuse" (refused:queue_full + retry-after) or "queue" (with an ETA)
+    on_queue_full: Literal["refuse", "queue"] = "refuse"
     enabled: bool = True
 
 
@@ -126,7 +147,46 @@ class ToolManifestEntry(_Strict):
     version: str = "1"
     timeout_s: float | None = Field(default=None, gt=0)
     cost_usd: float = Field(default=0.0, ge=0)
+    #: bulkhead: calls of this tool executing at once, across workers (None = no limit)
+    max_concurrency: int | None = Field(default=None, gt=0)
+    #: global rate limit on calls of this tool
+    rate_limit: RateLimit | None = None
     enabled: bool = True
+
+
+def _priority_map(default: dict[str, float]) -> Any:
+    return Field(default_factory=lambda: dict(default))
+
+
+class SchedulingConfig(_Strict):
+    #: within a tenant, a step's place is its enqueue time plus this offset: ageing
+    priority_offsets_s: dict[str, float] = _priority_map(
+        {"critical": 0.0, "high": 5.0, "normal": 20.0, "low": 60.0}
+    )
+    #: across tenants, a step waiting longer than this is dispatched first
+    max_wait_s: dict[str, float] = _priority_map(
+        {"critical": 5.0, "high": 30.0, "normal": 60.0, "low": 120.0}
+    )
+    #: items of a tenant examined when its first ones wait for a full route
+    lookahead: int = Field(default=8, ge=1, le=128)
+    #: steps dispatched beyond live worker processes, as a fraction of them
+    dispatch_headroom: float = Field(default=1.0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _all_priorities(self) -> SchedulingConfig:
+        for name in ("priority_offsets_s", "max_wait_s"):
+            value = getattr(self, name)
+            missing = {"critical", "high", "normal", "low"} - set(value)
+            extra = set(value) - {"critical", "high", "normal", "low"}
+            if missing or extra:
+                raise ValueError(
+                    f"{name} needs exactly critical, high, normal, low"
+                    + (f" (missing {sorted(missing)})" if missing else "")
+                    + (f" (unknown {sorted(extra)})" if extra else "")
+                )
+            if any(v < 0 for v in value.values()):
+                raise ValueError(f"{name} values must be >= 0")
+        return self
 
 
 class Comparison(_Strict):
@@ -175,6 +235,7 @@ class RuntimeConfig(_Strict):
     routes: dict[str, RouteConfig]
     tools: dict[str, ToolManifestEntry] = Field(default_factory=dict)
     policy: PolicyConfig
+    scheduling: SchedulingConfig = SchedulingConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> RuntimeConfig:
@@ -187,6 +248,9 @@ class RuntimeConfig(_Strict):
         return max((r.step_timeout_s for r in self.routes.values()), default=60.0)
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -197,6 +261,12 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
     models, policies = _mapping(data.get("models")), _mapping(data.get("budget_policies"))
     tools, tenants = _mapping(data.get("tools")), _mapping(data.get("tenants"))
     problems: list[str] = []
+    for section in ("tenants", "routes"):
+        for name in _mapping(data.get(section)):
+            if not isinstance(name, str) or not _NAME.match(name):
+                problems.append(
+                    f"{section}.{name}: names may use letters, digits, '_', '.' and '-' only"
+                )
     for name, route in _mapping(data.get("routes")).items():
         route = _mapping(route)
         proposer, policy = route.get("proposer"), route.get("budget_policy")

@@ -17,9 +17,6 @@
     - BudgetExhausted          (scope, dimension)
   x LockBusy                   (name, retry_after_s)
   x ServiceUnavailable         Redis or the database cannot be reached
-
-Control flow is not failure: ``StepDeferred`` tells the task wrapper to run the step again
-later and is never logged as an error.
 """
 
 from __future__ import annotations
@@ -125,12 +122,3 @@ class LockBusy(AgentRuntimeError):
 
 class ServiceUnavailable(AgentRuntimeError):
     pass
-
-
-class StepDeferred(Exception):
-    """The step cannot run now (lease held, lock busy); run it again after ``delay_s``."""
-
-    def __init__(self, delay_s: float, reason: str) -> None:
-        self.delay_s = delay_s
-        self.reason = reason
-        super().__init__(f"deferred {delay_s:.2f}s: {reason}")

@@ -37,6 +37,16 @@ class Keys:
         """ZSET of open holds scored by their expiry (ms), for the reaper."""
         return f"{self.namespace}:{{ledger}}:holds"
 
+    # --- scheduling (every key under one {sched} hash tag; see runtime.scheduling) -----
+    def sched(self) -> str:
+        return f"{self.namespace}:{{sched}}"
+
+    def rate_limit(self, name: str) -> str:
+        return f"{self.namespace}:{{sched}}:rl:{name}"
+
+    def bulkhead(self, tool: str) -> str:
+        return f"{self.namespace}:{{sched}}:bulkhead:{tool}"
+
     # --- locks and leases ------------------------------------------------------------
     def lock(self, name: str) -> str:
         return f"{self.namespace}:{{lock:{name}}}"
@@ -46,10 +56,6 @@ class Keys:
 
     def run_lease(self, run_id: str) -> str:
         return f"{self.namespace}:{{run:{run_id}}}:lease"
-
-    def step_enqueued(self, run_id: str, step: int) -> str:
-        """Set once step ``step`` of a run has been published, so duplicates don't re-send it."""
-        return f"{self.namespace}:{{run:{run_id}}}:enq:{step}"
 
     # --- idempotency -----------------------------------------------------------------
     def effect(self, idempotency_key: str) -> str:

@@ -1,11 +1,10 @@
-"""Lua scripts in pipelines without the extra round trip.
+"""Lua scripts in pipelines without an extra round trip.
 
-redis-py checks every script queued on a pipeline with ``SCRIPT EXISTS`` before sending the
-pipeline: one more round trip each time. Here scripts are queued as plain ``EVALSHA``; if
-the server lost its script cache (restart, ``SCRIPT FLUSH``), the pipeline fails with
-NOSCRIPT, the scripts are loaded and the pipeline is built and sent once more. Only
-idempotent command batches may use this (they can run twice when a NOSCRIPT error hits
-after earlier commands of the batch ran).
+redis-py checks every script queued on a pipeline with ``SCRIPT EXISTS`` before sending
+it: one more round trip each time. Here scripts are queued as ``EVAL`` with their source:
+the server hashes the source and runs its cached compiled script, so the batch is one
+round trip and can never fail half-way with NOSCRIPT (which would force re-running a batch
+whose first commands already ran: a dispatch decision is not something to run twice).
 """
 
 from __future__ import annotations
@@ -15,29 +14,18 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 
 def queue(pipe: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
-    """Queue ``script`` on ``pipe`` as a bare EVALSHA."""
-    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    """Queue ``script`` on ``pipe``."""
+    pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
 
 
-def run_pipeline(
-    client: redis.Redis, build: Callable[[Any], None], scripts: Sequence[Script]
-) -> list[Any]:
-    """Build a non-transactional pipeline with ``build(pipe)`` and execute it in one round
-    trip; on NOSCRIPT load ``scripts`` and retry once."""
-    for attempt in (0, 1):
-        pipe = client.pipeline(transaction=False)
+def run_pipeline(client: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
+    """Build a non-transactional pipeline with ``build(pipe)`` and run it in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    try:
         build(pipe)
-        try:
-            return list(pipe.execute())
-        except NoScriptError:
-            if attempt:
-                raise
-            for script in scripts:
-                script.sha = client.script_load(script.script)
-        finally:
-            pipe.reset()
-    raise AssertionError("unreachable")
+        return list(pipe.execute())
+    finally:
+        pipe.reset()

@@ -33,20 +33,25 @@ from runtime.policy import PolicyEngine
 from runtime.proposers.base import Proposer, ToolDescription
 from runtime.proposers.openai_compat import OpenAIProposer
 from runtime.proposers.scripted import ScriptedProposer
+from runtime.scheduling.limits import Limiter
+from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
 from runtime.settings import Settings
-from runtime.steps import StepAddress, StepResult, StepRunner
+from runtime.steps import StepResult, StepRunner
 from runtime.store.db import default_sqlite_url, make_engine, utcnow
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry, ToolSpec
 from runtime.tracing import TraceBuffer
 
 WAIT_STATUSES = TERMINAL_STATUSES | {RunStatus.WAITING}
+#: a worker that has not reported for this long no longer counts as capacity
+HEARTBEAT_TTL_MS = 6000
 
 
-class StepDispatcher(Protocol):
-    """Sends a step to the workers. ``tasks.dispatch.CeleryDispatcher`` is the default."""
+class StepPublisher(Protocol):
+    """Hands a dispatched step to the workers. ``tasks.publish.CeleryPublisher`` is the
+    default; only steps the scheduler dispatched are published."""
 
-    def enqueue(self, address: StepAddress, countdown: float | None = None) -> None: ...
+    def publish(self, item: Item) -> None: ...
 
 
 class WaitTimeout(AgentRuntimeError):
@@ -102,8 +107,8 @@ class RuntimeService:
         *,
         endpoints: Endpoints,
         registry: ToolRegistry,
-        dispatcher: StepDispatcher | None = None,
-        dispatcher_factory: Callable[[RuntimeService], StepDispatcher] | None = None,
+        publisher: StepPublisher | None = None,
+        publisher_factory: Callable[[RuntimeService], StepPublisher] | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -116,9 +121,12 @@ class RuntimeService:
         self.ledger = BudgetLedger(self.redis, self.keys)
         self.leases = LeaseManager(self.redis, self.keys)
         self.policy = PolicyEngine(config.policy)
+        self.scheduler = Scheduler(self.redis, self.keys, config)
+        self.scheduler.sync_config()
+        self.limiter = Limiter(self.redis, self.keys)
         self.steps = StepRunner(self)
-        self._dispatcher = dispatcher
-        self._dispatcher_factory = dispatcher_factory
+        self._publisher = publisher
+        self._publisher_factory = publisher_factory
         self._proposers: dict[str, Proposer] = {}
         self._tool_descriptions: dict[tuple[str, frozenset[str]], list[ToolDescription]] = {}
 
@@ -128,8 +136,8 @@ class RuntimeService:
         cls,
         settings: Settings | None = None,
         *,
-        dispatcher: StepDispatcher | None = None,
-        dispatcher_factory: Callable[[RuntimeService], StepDispatcher] | None = None,
+        publisher: StepPublisher | None = None,
+        publisher_factory: Callable[[RuntimeService], StepPublisher] | None = None,
         create_schema: bool = True,
     ) -> RuntimeService:
         settings = settings or Settings()
@@ -140,19 +148,19 @@ class RuntimeService:
             config,
             endpoints=resolve_endpoints(settings),
             registry=registry,
-            dispatcher=dispatcher,
-            dispatcher_factory=dispatcher_factory,
+            publisher=publisher,
+            publisher_factory=publisher_factory,
         )
         if create_schema:
             svc.store.create_schema()
         return svc
 
     @property
-    def dispatcher(self) -> StepDispatcher:
-        if self._dispatcher is None:
-            factory = self._dispatcher_factory or _default_dispatcher_factory
-            self._dispatcher = factory(self)
-        return self._dispatcher
+    def publisher(self) -> StepPublisher:
+        if self._publisher is None:
+            factory = self._publisher_factory or _default_publisher_factory
+            self._publisher = factory(self)
+        return self._publisher
 
     # --- config lookups used by the step loop ------------------------------------------
     def proposer_for(self, model_name: str) -> Proposer:
@@ -270,9 +278,8 @@ class RuntimeService:
             trace.add("stop", reason=row["stop_reason"], status=row["status"])
         stored, created = self.store.insert_run(row, trace.drain())
         if created and refusal is None:
-            address = StepAddress(row["run_id"], 0, tenant, route, row["priority"])
-            self.dispatcher.enqueue(address)
-            self.redis.set(self.keys.step_enqueued(row["run_id"], 0), 1, ex=86400)
+            first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
+            self.schedule(Ops().enqueue(first).dispatch(1))
         return self._view(stored)
 
     def _new_row(
@@ -399,11 +406,27 @@ class RuntimeService:
             )
         )
 
-    # --- workers -------------------------------------------------------------------------
-    def run_step(
-        self, run_id: str, step_no: int, attempt: int = 0, route: str | None = None
-    ) -> StepResult:
-        return self.steps.run(run_id, step_no, attempt, route)
+    # --- scheduling and workers ----------------------------------------------------------
+    def schedule(self, ops: Ops) -> Outcome:
+        """Run scheduler operations and publish what they dispatched."""
+        outcome = self.scheduler.run(ops)
+        self.publish(outcome.dispatched)
+        return outcome
+
+    def publish(self, items: list[Item]) -> None:
+        for item in items:
+            self.publisher.publish(item)
+
+    def pump(self, worker: str | None = None, processes: int = 0, max_items: int = 100) -> Outcome:
+        """The periodic scheduler duties a worker runs: report capacity, promote delayed
+        steps whose time came, expire slot leases of dead workers, dispatch."""
+        ops = Ops()
+        if worker:
+            ops.heartbeat(worker, processes, HEARTBEAT_TTL_MS)
+        return self.schedule(ops.promote(max_items).expire(max_items).dispatch(max_items))
+
+    def run_step(self, item: Item, attempt: int = 0) -> StepResult:
+        return self.steps.run(item, attempt)
 
     # --- helpers -----------------------------------------------------------------------
     def _view(self, row: dict[str, Any]) -> RunView:
@@ -460,10 +483,10 @@ def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
     return registry
 
 
-def _default_dispatcher_factory(svc: RuntimeService) -> StepDispatcher:
-    """The entry-point package provides the dispatcher; runtime/ never imports Celery."""
-    module = importlib.import_module("tasks.dispatch")
-    factory: Callable[[RuntimeService], StepDispatcher] = module.dispatcher_for
+def _default_publisher_factory(svc: RuntimeService) -> StepPublisher:
+    """The entry-point package provides the publisher; runtime/ never imports Celery."""
+    module = importlib.import_module("tasks.publish")
+    factory: Callable[[RuntimeService], StepPublisher] = module.publisher_for
     return factory(svc)
 
 

@@ -38,10 +38,12 @@ from runtime.contract import (
     ToolCallProposal,
     Usage,
 )
-from runtime.errors import BudgetExhausted, ProposerError, StaleWrite, StepDeferred
+from runtime.errors import BudgetExhausted, ProposerError, StaleWrite
 from runtime.locks.leases import Busy, Lease, new_owner
 from runtime.policy import Decision, PolicyContext
 from runtime.proposers.base import WorkingSet
+from runtime.scheduling.limits import Take
+from runtime.scheduling.scheduler import Item, Ops, now_ms
 from runtime.store.db import utcnow
 from runtime.store.runs import Checkpoint
 from runtime.tools.context import ToolContext
@@ -57,15 +59,6 @@ log = logging.getLogger("agentrt.steps")
 _PROPOSAL = TypeAdapter(Proposal)
 #: seconds a run lease outlives the longest step timeout
 LEASE_MARGIN_S = 15.0
-
-
-@dataclass(frozen=True)
-class StepAddress:
-    run_id: str
-    step_no: int
-    tenant_id: str
-    route: str
-    priority: str = "normal"
 
 
 @dataclass
@@ -139,64 +132,68 @@ class StepRunner:
         self.svc = svc
 
     # --- entry -----------------------------------------------------------------------
-    def run(
-        self, run_id: str, step_no: int, attempt: int = 0, route_hint: str | None = None
-    ) -> StepResult:
-        """Run step ``step_no`` of a run. ``route_hint`` (the route the message names) lets
-        the lease and the kill switches be read in one round trip."""
+    def run(self, item: Item, attempt: int = 0) -> StepResult:
+        """Run one step. ``item`` names it as the scheduler dispatched it (run, step,
+        tenant, route, priority), so the run lease, the kill switches and the renewal of
+        the step's slot lease go out in one round trip."""
         svc = self.svc
         lease_ttl_ms = int((svc.config.max_step_timeout_s() + LEASE_MARGIN_S) * 1000)
-        hinted = svc.config.routes.get(route_hint) if route_hint else None
+        hinted = svc.config.routes.get(item.route)
         tools = hinted.allowed_tools if hinted else []
-        control_keys = svc.control_keys(run_id, route_hint, tools) if route_hint and hinted else []
+        control_keys = svc.control_keys(item.run_id, item.route, tools) if hinted else []
 
-        def read_controls(pipe: Any) -> None:
+        def also(pipe: Any) -> None:
+            if hinted:
+                svc.scheduler.queue_in(
+                    pipe, Ops().renew(item, svc.scheduler.running_ttl_ms(item.route))
+                )
             if control_keys:
                 pipe.mget(control_keys)
 
-        lease, extra = svc.leases.acquire_run_with(run_id, new_owner(), lease_ttl_ms, read_controls)
+        lease, extra = svc.leases.acquire_run_with(item.run_id, new_owner(), lease_ttl_ms, also)
         if isinstance(lease, Busy):
-            # a live copy of this run's step is executing; look again when its lease ends
-            raise StepDeferred(min(lease.retry_after_ms / 1000, 30.0), "run_lease_busy")
-        controls = svc.parse_controls(extra[0], tools) if control_keys else None
+            # a live copy of this step runs elsewhere; if that holder is dead, its slot
+            # lease expires and the scheduler dispatches the step again
+            log.info("step %s/%s: run lease held by %s; dropped", item.run_id, item.step_no,
+                     lease.holder)  # fmt: skip
+            return StepResult("duplicate_dropped")
+        controls = svc.parse_controls(extra[-1], tools) if control_keys else None
         released = False
         try:
             # the first step starts the run (queued -> running) in the same statement
-            started = svc.store.start_run(run_id) if step_no == 0 else None
-            run = started or svc.store.get_run(run_id)
-            if run["next_step"] != step_no or run["status"] not in (
+            started = svc.store.start_run(item.run_id) if item.step_no == 0 else None
+            run = started or svc.store.get_run(item.run_id)
+            if run["next_step"] != item.step_no or run["status"] not in (
                 RunStatus.QUEUED.value,
                 RunStatus.RUNNING.value,
             ):
                 svc.leases.release(lease)
                 released = True
-                return self._already_done(run, step_no)
-            if run["route"] != route_hint:
+                return self._already_done(run, item.step_no)
+            if run["route"] != item.route:
                 controls = None
-            result = self._execute(run, step_no, attempt, lease, controls)
-            released = True  # _execute releases before publishing the next step
+            result = self._execute(run, item.step_no, attempt, lease, controls)
+            released = True  # _finish releases before publishing the next step
             return result
         finally:
             if not released:
                 svc.leases.release(lease)
 
     def _already_done(self, run: dict[str, Any], step_no: int) -> StepResult:
-        """A duplicate or redelivered step: settle what its first copy left, re-send the
-        next step if it may have been lost, and do nothing else twice."""
+        """A duplicate or redelivered step: settle what its first copy left, free its slot,
+        make sure the next step is queued, and do nothing else twice."""
         svc = self.svc
         if run["next_step"] > step_no and svc.redis.exists(
             svc.keys.budget_hold(run["run_id"], step_no)
         ):
             # the first copy checkpointed but died before settling: settle to what it recorded
             svc.ledger.settle(run["run_id"], step_no, svc.store.step_spend(run["run_id"], step_no))
-        if (
-            run["next_step"] == step_no + 1
-            and run["status"] == RunStatus.RUNNING.value
-            and not svc.redis.exists(svc.keys.step_enqueued(run["run_id"], step_no + 1))
-        ):
-            self._publish_next(run, step_no + 1, None)
-            return StepResult("duplicate_resent_next", next_step=step_no + 1)
-        return StepResult("duplicate_skipped")
+        ops = Ops().complete(item_of(run, step_no))
+        resent = run["next_step"] == step_no + 1 and run["status"] == RunStatus.RUNNING.value
+        if resent:  # idempotent: a step already queued, delayed or in flight is left alone
+            ops.enqueue(item_of(run, step_no + 1))
+        svc.schedule(ops.dispatch(2))
+        return StepResult("duplicate_ensured_next" if resent else "duplicate_skipped")
 
     def fail_step(self, run_id: str, step_no: int, error_class: str) -> bool:
         """End a run whose step failed for good outside the loop (hard time limit, worker
@@ -207,6 +204,7 @@ class StepRunner:
             RunStatus.QUEUED.value,
             RunStatus.RUNNING.value,
         ):
+            svc.schedule(Ops().complete(item_of(run, step_no)).dispatch(2))
             return False
         cls = _FAILURE_CLASSES.get(error_class, "internal_error")
         reason = stop_reasons.make("failed", cls)
@@ -237,6 +235,8 @@ class StepRunner:
             svc.store.checkpoint(cp)
         except StaleWrite:
             return False
+        finally:
+            svc.schedule(Ops().complete(item_of(run, step_no)).dispatch(2))
         svc.ledger.release(run_id, step_no)
         return True
 
@@ -289,6 +289,16 @@ class StepRunner:
 
     def _advance(self, st: _Step) -> _Move:
         pending = st.run["pending_proposal"]
+        if pending is None:
+            wait_s = self._take_model_rate(st)
+            if wait_s > 0:
+                st.trace.add(
+                    "rate_limited", limiter=f"model:{st.route.proposer}", retry_after_s=wait_s
+                )
+                return _Move(RunStatus.RUNNING, "deferred", "rate_limited:model",
+                             observation={"rate_limited": st.route.proposer},
+                             run_updates={"workflow_step": "waiting_rate_limit"},
+                             countdown_s=wait_s)  # fmt: skip
         try:
             self._reserve(st, with_model_call=pending is None)
         except BudgetExhausted as exc:
@@ -308,8 +318,29 @@ class StepRunner:
             except ProposerError as exc:
                 st.trace.add("proposer_error", code=exc.code, error=str(exc))
                 return self._error_move(st, "proposer", exc.code, str(exc))
+            finally:
+                self._give_back_tokens(st)
             raw = result.raw
         return self._validate_and_act(st, raw)
+
+    # --- global rate limits ----------------------------------------------------------
+    def _take_model_rate(self, st: _Step) -> float:
+        """Take one request and the step's worst-case tokens from the model's limiters."""
+        model = self.svc.config.models[st.route.proposer]
+        takes = []
+        if model.requests_rate:
+            takes.append(Take(f"model:{st.route.proposer}:requests", model.requests_rate))
+        if model.tokens_rate:
+            tokens = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+            takes.append(Take(f"model:{st.route.proposer}:tokens", model.tokens_rate, tokens))
+        return self.svc.limiter.take(takes)
+
+    def _give_back_tokens(self, st: _Step) -> None:
+        model = self.svc.config.models[st.route.proposer]
+        if model.tokens_rate:
+            reserved = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+            self.svc.limiter.give_back(f"model:{st.route.proposer}:tokens", model.tokens_rate,
+                                       reserved - st.usage.total_tokens)  # fmt: skip
 
     # --- budget ----------------------------------------------------------------------
     def _scopes(self, st: _Step) -> list[Scope]:
@@ -531,22 +562,50 @@ class StepRunner:
         lock: Lease | None = None
         lock_name = spec.lock_name(args_model)
         timeout_s = svc.tool_timeout(spec)
-        if lock_name:
-            got = svc.leases.acquire_lock(
-                lock_name,
-                f"{st.run_id}:{st.step_no}|{new_owner()}",
-                int((timeout_s + LEASE_MARGIN_S) * 1000),
-            )
-            if isinstance(got, Busy):
-                return self._lock_busy(st, lock_name, got, args, proposal)
-            lock = got
-            st.trace.add("lock_acquired", lock=lock_name, fence=got.fencing_token)
+        entry = svc.config.tools[spec.name]
+        call_id = f"{st.run_id}:{st.step_no}"
+        if entry.rate_limit:
+            wait_s = svc.limiter.take([Take(f"tool:{spec.name}", entry.rate_limit)])
+            if wait_s > 0:
+                return self._wait(st, "rate_limited", f"tool:{spec.name}", wait_s, args, proposal)
+        if entry.max_concurrency:
+            ttl_ms = int((timeout_s + LEASE_MARGIN_S) * 1000)
+            wait_s = svc.limiter.enter_bulkhead(spec.name, call_id, entry.max_concurrency, ttl_ms)
+            if wait_s > 0:
+                return self._wait(st, "bulkhead_full", f"tool:{spec.name}", min(wait_s, 0.2), args,
+                                  proposal)  # fmt: skip
         try:
-            outcome = self._claim_and_execute(st, spec, args_model, args, lock, timeout_s)
+            if lock_name:
+                got = svc.leases.acquire_lock(
+                    lock_name, f"{call_id}|{new_owner()}", int((timeout_s + LEASE_MARGIN_S) * 1000)
+                )
+                if isinstance(got, Busy):
+                    return self._lock_busy(st, lock_name, got, args, proposal)
+                lock = got
+                st.trace.add("lock_acquired", lock=lock_name, fence=got.fencing_token)
+            try:
+                outcome = self._claim_and_execute(st, spec, args_model, args, lock, timeout_s)
+            finally:
+                if lock is not None:
+                    svc.leases.release(lock)
         finally:
-            if lock is not None:
-                svc.leases.release(lock)
+            if entry.max_concurrency:
+                svc.limiter.leave_bulkhead(spec.name, call_id)
         return self._after_tool(st, spec, outcome)
+
+    def _wait(
+        self, st: _Step, reason: str, resource: str, wait_s: float, args: dict[str, Any],
+        proposal: ToolCallProposal,
+    ) -> _Move:  # fmt: skip
+        """The call may not run yet (rate limit, bulkhead): keep the proposal, give back the
+        slot, and run it again after ``wait_s``; the wait holds nothing."""
+        st.trace.add(reason, limiter=resource, retry_after_s=round(wait_s, 3))
+        return _Move(RunStatus.RUNNING, "deferred", f"{reason}:{resource}",
+                     observation={reason: resource},
+                     run_updates={"workflow_step": f"{reason}:{resource}",
+                                  "pending_proposal": {"type": "tool_call", "tool": proposal.tool,
+                                                       "args": args}},
+                     countdown_s=max(wait_s, 0.01))  # fmt: skip
 
     def _claim_and_execute(
         self,
@@ -813,17 +872,27 @@ class StepRunner:
             svc.leases.release(lease)
             return StepResult("stale_write")
 
-        # settle and release in one round trip, then hand the run on
-        def settle_and_release(pipe: Any) -> None:
+        # one round trip: settle the budget, release the run lease, free the step's slot,
+        # queue the next step and dispatch what may run now; then publish it
+        ops = Ops().complete(item_of(st.run, st.step_no))
+        if move.continues:
+            following = item_of(st.run, st.step_no + 1)
+            if move.countdown_s:
+                ops.delay(following, now_ms() + int(move.countdown_s * 1000))
+            else:
+                ops.enqueue(following)
+        ops.promote().dispatch(2)
+
+        def settle_release_schedule(pipe: Any) -> None:
             if actual is not None:
                 svc.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
             svc.leases.release_in(pipe, lease)
+            svc.scheduler.queue_in(pipe, ops)
+            svc.scheduler.observe_step_time(pipe, st.run["route"], cp.step["duration_ms"])
 
-        scripts.run_pipeline(
-            svc.redis, settle_and_release, [svc.ledger.settle_script, svc.leases.release_script]
-        )
+        results = scripts.run_pipeline(svc.redis, settle_release_schedule)
+        svc.publish(svc.scheduler.outcome(results[-2]).dispatched)
         if move.continues:
-            self._publish_next(st.run, st.step_no + 1, move.countdown_s)
             return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)
         return StepResult(move.outcome)
 
@@ -840,13 +909,10 @@ class StepRunner:
             **actual,
         }
 
-    def _publish_next(self, run: dict[str, Any], step_no: int, countdown: float | None) -> None:
-        svc = self.svc
-        address = StepAddress(
-            run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"]
-        )
-        svc.dispatcher.enqueue(address, countdown)
-        svc.redis.set(svc.keys.step_enqueued(run["run_id"], step_no), 1, ex=86400)
+
+def item_of(run: dict[str, Any], step_no: int) -> Item:
+    """The scheduler item of a run's step."""
+    return Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
 
 
 def _short_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ settings. Choices, with reasons (see ../shared/reference/celery-redis.md):
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, signals
@@ -95,18 +96,22 @@ class AgentrtCelery(Celery):  # type: ignore[misc]
     agentrt_config: RuntimeConfig
     agentrt_endpoints: Endpoints
     _agentrt_service: RuntimeService | None = None
+    _agentrt_pid: int = 0
 
     def runtime_service(self) -> RuntimeService:
-        # built lazily: in a prefork worker this runs in the child, after fork
-        if self._agentrt_service is None:
-            from tasks.dispatch import CeleryDispatcher
+        # one per process, built lazily: a prefork child never uses connections (Redis,
+        # SQL) its parent opened, even when the pool forks children after the parent
+        # built its own service (the scheduler pump runs in the main process)
+        if self._agentrt_service is None or self._agentrt_pid != os.getpid():
+            self._agentrt_pid = os.getpid()
+            from tasks.publish import CeleryPublisher
 
             self._agentrt_service = RuntimeService(
                 self.agentrt_settings,
                 self.agentrt_config,
                 endpoints=self.agentrt_endpoints,
                 registry=load_registry(self.agentrt_config, str(self.agentrt_settings.config)),
-                dispatcher=CeleryDispatcher(self),
+                publisher=CeleryPublisher(self),
             )
         return self._agentrt_service
 
@@ -122,9 +127,10 @@ def create_app(
     app.agentrt_settings = settings
     app.agentrt_config = config
     app.agentrt_endpoints = endpoints
-    from tasks import steps
+    from tasks import pump, steps
 
     steps.register(app)
+    pump.register(app)
     return app
 
 

@@ -9,9 +9,8 @@ import redis
 from celery import Task, signals
 from sqlalchemy.exc import OperationalError
 
-from runtime.errors import StepDeferred
-from runtime.steps import StepAddress
-from tasks.dispatch import STEP_TASK
+from runtime.scheduling.scheduler import Item
+from tasks.publish import STEP_TASK
 
 if TYPE_CHECKING:
     from tasks.app import AgentrtCelery
@@ -46,13 +45,7 @@ def register(app: AgentrtCelery) -> None:
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         attempt = int(self.request.retries or 0) + (1 if redelivered else 0)
         try:
-            result = svc.run_step(run_id, step, attempt, route or None)
-        except StepDeferred as deferred:
-            # run again later: re-sent, so the wait costs no worker-lost retry and holds no slot
-            svc.dispatcher.enqueue(
-                StepAddress(run_id, step, tenant, route, priority), deferred.delay_s
-            )
-            return {"outcome": f"deferred:{deferred.reason}", "countdown": deferred.delay_s}
+            result = svc.run_step(Item(run_id, step, tenant, route, priority), attempt)
         except TRANSIENT as exc:
             log.warning("step %s/%s: transient error, retrying: %r", run_id, step, exc)
             raise self.retry(

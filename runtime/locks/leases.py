@@ -110,7 +110,7 @@ class LeaseManager:
             scripts.queue(pipe, self._acquire, [key, key + ":fence"], [owner, ttl_ms])
             also(pipe)
 
-        results = scripts.run_pipeline(self.redis, build, [self._acquire])
+        results = scripts.run_pipeline(self.redis, build)
         return self._interpret(results[0], key, key + ":fence", owner, ttl_ms), results[1:]
 
     def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> Lease | Busy:

@@ -1,0 +1,243 @@
+"""Fair multi-tenant scheduling in front of Celery.
+
+Steps wait in per-tenant ready queues in Redis; a dispatch decision (one Lua call,
+``lua/sched.lua``) picks the next step across tenants by weighted fair queuing within
+priority bands, takes the route's and the tenant's concurrency slots, and only then is the
+step published to Celery. Celery therefore only ever holds what may run now, bounded by
+the live worker capacity the workers report, and a small tenant's step never waits behind
+a flooding tenant's backlog.
+
+* Priority: critical, high, normal, low. Within a tenant a step's order is its enqueue time
+  plus its class's offset (``priority_offsets_s``): a low step overtakes high steps that
+  arrived more than the offset difference after it, so low never starves. Across tenants,
+  bands are served strictly in order, and a tenant whose head waited longer than its
+  class's ``max_wait_s`` is served first whatever its band.
+* Fairness is per tenant (stride scheduling with the tenant's ``weight``), so spreading
+  work over many routes or keys buys a tenant nothing.
+* Slots are leases: a step holds its route's and tenant's slot until it checkpoints, defers
+  or waits; a dead worker's slots expire and its steps are queued again.
+
+All scheduler keys share the ``{sched}`` hash tag, so every script runs in one Redis
+Cluster slot. To scale past one Redis, run one scheduler cell per Redis (keys are
+namespaced; ``AGENTRT_NAMESPACE`` per cell) and shard tenants across cells by hash of the
+tenant id; each cell keeps its own fairness, and workers consume from every cell.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+import redis
+
+from runtime import scripts
+from runtime.config import RuntimeConfig
+from runtime.keys import Keys
+
+PRIORITIES = ("critical", "high", "normal", "low")
+PRIORITY_INDEX = {p: i for i, p in enumerate(PRIORITIES)}
+
+#: seconds a dispatched step may wait in Celery before its slot lease counts as lost
+QUEUE_ALLOWANCE_S = 60.0
+#: beyond the step's hard time limit
+LEASE_MARGIN_S = 30.0
+
+
+def _script() -> str:
+    return resources.files("runtime.scheduling").joinpath("lua", "sched.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Item:
+    """One step waiting for, or holding, a slot."""
+
+    run_id: str
+    step_no: int
+    tenant: str
+    route: str
+    priority: str = "normal"
+
+    def encode(self) -> str:
+        prio = PRIORITY_INDEX[self.priority]
+        return f"{self.run_id}|{self.step_no}|{self.tenant}|{self.route}|{prio}"
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> Item:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        run_id, step, tenant, route, prio = text.split("|")
+        return cls(run_id, int(step), tenant, route, PRIORITIES[int(prio)])
+
+
+class Ops:
+    """A batch of scheduler operations, run atomically by one script call."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def enqueue(self, item: Item, base_ms: int = 0) -> Ops:
+        self.args += ["E", item.encode(), base_ms]
+        return self
+
+    def delay(self, item: Item, due_ms: int) -> Ops:
+        self.args += ["D", item.encode(), due_ms]
+        return self
+
+    def complete(self, item: Item) -> Ops:
+        self.args += ["C", item.encode()]
+        return self
+
+    def renew(self, item: Item, ttl_ms: int) -> Ops:
+        self.args += ["R", item.encode(), ttl_ms]
+        return self
+
+    def dispatch(self, max_items: int) -> Ops:
+        self.args += ["X", max_items]
+        return self
+
+    def promote(self, max_items: int = 100) -> Ops:
+        self.args += ["P", max_items]
+        return self
+
+    def expire(self, max_items: int = 100) -> Ops:
+        self.args += ["L", max_items]
+        return self
+
+    def heartbeat(self, worker: str, processes: int, ttl_ms: int) -> Ops:
+        self.args += ["H", worker, processes, ttl_ms]
+        return self
+
+
+@dataclass
+class Outcome:
+    dispatched: list[Item]
+    expired: list[Item]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Scheduler:
+    def __init__(self, client: redis.Redis, keys: Keys, config: RuntimeConfig) -> None:
+        self.redis = client
+        self.keys = keys
+        self.config = config
+        self.prefix = keys.sched()
+        self.script = client.register_script(_script())
+
+    # --- configuration ---------------------------------------------------------------
+    def sync_config(self) -> None:
+        """Publish the deployment's limits to Redis, where the dispatch script reads them.
+        Every process does it at start-up: the latest config wins."""
+        sched = self.config.scheduling
+        conf: dict[str, float] = {
+            "lookahead": sched.lookahead,
+            "headroom": sched.dispatch_headroom,
+            "ttl": int((QUEUE_ALLOWANCE_S + 60 + LEASE_MARGIN_S) * 1000),
+        }
+        for i, name in enumerate(PRIORITIES):
+            conf[f"off{i}"] = int(sched.priority_offsets_s[name] * 1000)
+            conf[f"wait{i}"] = int(sched.max_wait_s[name] * 1000)
+        tenants, routes = self.config.tenants, self.config.routes
+        tables: dict[str, dict[str, float]] = {
+            "conf": conf,
+            "rlimit": {name: r.concurrency_limit for name, r in routes.items()},
+            "rttl": {name: self.lease_ttl_ms(name) for name in routes},
+            "weight": {name: t.weight for name, t in tenants.items()},
+            "tcap": {n: t.max_concurrency for n, t in tenants.items() if t.max_concurrency},
+        }
+        pipe = self.redis.pipeline(transaction=True)
+        for name, mapping in tables.items():
+            key = f"{self.prefix}:{name}"
+            pipe.delete(key)
+            if mapping:
+                pipe.hset(key, mapping=cast(Any, mapping))
+        pipe.execute()
+
+    def lease_ttl_ms(self, route: str) -> int:
+        """Slot lease from dispatch: queue allowance + the step's hard limit + margin."""
+        step_timeout = self.config.routes[route].step_timeout_s
+        return int((QUEUE_ALLOWANCE_S + step_timeout + 20 + LEASE_MARGIN_S) * 1000)
+
+    def running_ttl_ms(self, route: str) -> int:
+        """Slot lease once the step runs: its hard limit + margin."""
+        return int((self.config.routes[route].step_timeout_s + 20 + LEASE_MARGIN_S) * 1000)
+
+    # --- operations ------------------------------------------------------------------
+    def queue_in(self, pipe: Any, ops: Ops) -> None:
+        """Queue ``ops`` on a pipeline run by ``scripts.run_pipeline``."""
+        scripts.queue(pipe, self.script, [f"{self.prefix}:inflight"], [self.prefix, *ops.args])
+
+    @staticmethod
+    def outcome(raw: Sequence[Any]) -> Outcome:
+        dispatched, expired = raw
+        return Outcome([Item.decode(i) for i in dispatched], [Item.decode(i) for i in expired])
+
+    def run(self, ops: Ops) -> Outcome:
+        results = scripts.run_pipeline(self.redis, lambda pipe: self.queue_in(pipe, ops))
+        return self.outcome(results[0])
+
+    # --- reads for operators and admission -------------------------------------------
+    def depth(self, tenant: str, route: str) -> tuple[int, int]:
+        """Queued steps (ready + delayed) of a tenant and of a route."""
+        p = self.prefix
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(f"{p}:depth:t", tenant)
+        pipe.hget(f"{p}:depth:r", route)
+        t, r = pipe.execute()
+        return int(t or 0), int(r or 0)
+
+    def capacity(self) -> int:
+        return int(self.redis.get(f"{self.prefix}:capacity") or 0)
+
+    def estimated_wait_s(self, route: str, queued_ahead: int) -> float:
+        """Rough wait for a new step: steps ahead / (route slots x recent step time)."""
+        limit = self.config.routes[route].concurrency_limit
+        slots = max(1, min(limit, self.capacity() or limit))
+        avg_ms = float(self.redis.hget(f"{self.prefix}:avg_ms", route) or 1000.0)
+        return math.ceil((queued_ahead + 1) * avg_ms / slots) / 1000
+
+    def observe_step_time(self, pipe: Any, route: str, duration_ms: int) -> None:
+        """Feed the per-route step time estimate (an exponential moving average, in Lua-free
+        form: a racy blend is fine for an estimate)."""
+        pipe.hset(f"{self.prefix}:avg_ms", route, duration_ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything an operator wants to see, read in one round trip."""
+        p = self.prefix
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(f"{p}:depth:tp")
+        pipe.hgetall(f"{p}:rlimit")
+        pipe.zrange(f"{p}:inflight", 0, -1, withscores=True)
+        pipe.zcard(f"{p}:delayed")
+        pipe.hgetall(f"{p}:workers")
+        pipe.get(f"{p}:capacity")
+        pipe.hgetall(f"{p}:parked")
+        depth_tp, rlimit, inflight, delayed, workers, capacity, parked = pipe.execute()
+        return {
+            "depth_tp": _decode_map(depth_tp),
+            "route_limits": _decode_map(rlimit),
+            "inflight": [(Item.decode(m), int(s)) for m, s in inflight],
+            "delayed": int(delayed),
+            "workers": _decode_map(workers),
+            "capacity": int(capacity or 0),
+            "parked": _decode_map(parked),
+            "now_ms": now_ms(),
+        }
+
+
+def _decode_map(raw: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
+
+
+def items(raw: Iterable[str]) -> list[Item]:
+    return [Item.decode(r) for r in raw]

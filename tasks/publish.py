@@ -1,0 +1,58 @@
+"""Publishing dispatched steps to Celery, named so Flower reads well.
+
+Task id ``<run_id>-<step>``; the name shown in Flower and logs (``shadow``) is
+``agentrt.step[<tenant>/<route>]`` and the kwargs carry tenant, route, priority and run id.
+Only steps the scheduler dispatched are published (``runtime.scheduling``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runtime.scheduling.scheduler import Item
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from runtime.service import RuntimeService
+
+STEP_TASK = "agentrt.step"
+
+
+def step_id(item: Item) -> str:
+    return f"{item.run_id}-{item.step_no}"
+
+
+class CeleryPublisher:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        config = getattr(app, "agentrt_config", None)
+        self._limits = (
+            {name: r.step_timeout_s for name, r in config.routes.items()} if config else {}
+        )
+
+    def publish(self, item: Item) -> None:
+        step_timeout = self._limits.get(item.route, 60.0)
+        self.app.send_task(
+            STEP_TASK,
+            kwargs={
+                "run_id": item.run_id,
+                "step": item.step_no,
+                "tenant": item.tenant,
+                "route": item.route,
+                "priority": item.priority,
+            },
+            task_id=step_id(item),
+            shadow=f"{STEP_TASK}[{item.tenant}/{item.route}]",
+            # soft limit: the step's own code sees SoftTimeLimitExceeded and fails cleanly;
+            # hard limit: the pool child is killed and replaced
+            soft_time_limit=step_timeout + 10,
+            time_limit=step_timeout + 20,
+        )
+
+
+def publisher_for(svc: RuntimeService) -> CeleryPublisher:
+    """Default publisher for ``Runtime.from_env()``: a producer-only Celery app."""
+    from tasks.app import create_app
+
+    return CeleryPublisher(create_app(svc.settings, svc.endpoints))
