@@ -21,6 +21,35 @@ PRIORITIES = ("critical", "high", "normal", "low")
 class Refusal:
     code: str
     detail: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Backpressure:
+    """Queue depths at admission and what they mean for a new run."""
+
+    tenant_queued: int
+    route_queued: int
+    estimated_wait_s: float
+
+
+def queue_full(
+    config: RuntimeConfig, tenant: str, route: str, pressure: Backpressure
+) -> Refusal | None:
+    """Over a tenant's or route's ``max_queued``: refuse (``queue_full`` with a retry-after)
+    unless the route says to queue anyway (the caller then reports the estimated wait)."""
+    route_cfg, tenant_cfg = config.routes[route], config.tenants[tenant]
+    over = []
+    if tenant_cfg.max_queued is not None and pressure.tenant_queued >= tenant_cfg.max_queued:
+        over.append(f"tenant {tenant!r} has {pressure.tenant_queued} queued steps "
+                    f"(max_queued {tenant_cfg.max_queued})")  # fmt: skip
+    if route_cfg.max_queued is not None and pressure.route_queued >= route_cfg.max_queued:
+        over.append(f"route {route!r} has {pressure.route_queued} queued steps "
+                    f"(max_queued {route_cfg.max_queued})")  # fmt: skip
+    if not over or route_cfg.on_queue_full == "queue":
+        return None
+    retry = max(1.0, round(pressure.estimated_wait_s, 1))
+    return Refusal("queue_full", "; ".join(over) + f"; retry after {retry:g}s", retry)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,10 @@ class RunView(RuntimeRun):
     steps: int = 0
     output: Any = None
     input: dict[str, Any] | None = None
+    #: at admission, under backpressure: the estimated wait before the first step starts
+    estimated_wait_s: float | None = None
+    #: at admission, refused:queue_full: when to try again
+    retry_after_s: float | None = None
 
 
 # --- proposals: what a model (or a script) may propose; untrusted input -----------------

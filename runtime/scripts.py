@@ -1,10 +1,11 @@
 """Lua scripts in pipelines without an extra round trip.
 
 redis-py checks every script queued on a pipeline with ``SCRIPT EXISTS`` before sending
-it: one more round trip each time. Here scripts are queued as ``EVAL`` with their source:
-the server hashes the source and runs its cached compiled script, so the batch is one
-round trip and can never fail half-way with NOSCRIPT (which would force re-running a batch
-whose first commands already ran: a dispatch decision is not something to run twice).
+it: one more round trip each time. Here every script is loaded when its owner is built
+(``load``) and queued as a bare ``EVALSHA``. The server loses all scripts at once (restart,
+``SCRIPT FLUSH``), so when a batch meets NOSCRIPT none of its scripts ran: the scripts are
+loaded again and the batch is sent once more. A batch where some scripts ran and others
+did not cannot be replayed safely (a dispatch decision must not run twice) and raises.
 """
 
 from __future__ import annotations
@@ -14,18 +15,44 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError, ResponseError
+
+#: every script registered through ``register``, reloaded together after a NOSCRIPT
+_REGISTERED: dict[str, Script] = {}
+
+
+def register(client: redis.Redis, source: str) -> Script:
+    """Register and load ``source`` (one round trip, at start-up)."""
+    script = client.register_script(source)
+    client.script_load(source)
+    _REGISTERED[script.sha] = script
+    return script
 
 
 def queue(pipe: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
-    """Queue ``script`` on ``pipe``."""
-    pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    """Queue ``script`` on ``pipe`` as a bare EVALSHA."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 def run_pipeline(client: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
     """Build a non-transactional pipeline with ``build(pipe)`` and run it in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    try:
-        build(pipe)
-        return list(pipe.execute())
-    finally:
-        pipe.reset()
+    for attempt in (0, 1):
+        pipe = client.pipeline(transaction=False)
+        try:
+            build(pipe)
+            commands = [args for args, _ in pipe.command_stack]
+            results = list(pipe.execute(raise_on_error=False))
+        finally:
+            pipe.reset()
+        missing = [isinstance(r, NoScriptError) for r in results]
+        if not any(missing):
+            for result in results:
+                if isinstance(result, ResponseError):
+                    raise result
+            return results
+        ran = [c[0] == "EVALSHA" and not m for c, m in zip(commands, missing, strict=True)]
+        if attempt or any(ran):
+            raise RuntimeError("Redis lost some scripts mid-batch; the batch cannot be replayed")
+        for script in _REGISTERED.values():
+            client.script_load(script.script)
+    raise AssertionError("unreachable")

@@ -261,6 +261,13 @@ class RuntimeService:
             route_stopped=route_cfg is not None and self.route_stopped(route),
             input_problems=problems,
         )
+        pressure = None
+        if refusal is None and (
+            self.config.routes[route].max_queued is not None
+            or self.config.tenants[tenant].max_queued is not None
+        ):  # only limited routes and tenants pay the extra round trips
+            pressure = self.backpressure(tenant, route)
+            refusal = admission.queue_full(self.config, tenant, route, pressure)
         row = self._new_row(
             tenant, route, goal, run_input, actor, request_id, idempotency_key, priority, refusal
         )
@@ -280,7 +287,17 @@ class RuntimeService:
         if created and refusal is None:
             first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
             self.schedule(Ops().enqueue(first).dispatch(1))
-        return self._view(stored)
+        view = self._view(stored)
+        if created and pressure is not None:
+            view.estimated_wait_s = pressure.estimated_wait_s
+        if created and refusal is not None:
+            view.retry_after_s = refusal.retry_after_s
+        return view
+
+    def backpressure(self, tenant: str, route: str) -> admission.Backpressure:
+        tenant_queued, route_queued = self.scheduler.depth(tenant, route)
+        eta = self.scheduler.estimated_wait_s(route, route_queued)
+        return admission.Backpressure(tenant_queued, route_queued, eta)
 
     def _new_row(
         self,
@@ -332,7 +349,15 @@ class RuntimeService:
             "stop_reason": None if refusal is None else stop_reasons.make("refused", refusal.code),
             "priority": priority or (route_cfg.priority if route_cfg else "normal"),
             "input": run_input if keep_input and isinstance(run_input, dict) else None,
-            "output": {"refused": refusal.code, "detail": refusal.detail} if refusal else None,
+            "output": (
+                {
+                    "refused": refusal.code,
+                    "detail": refusal.detail,
+                    "retry_after_s": refusal.retry_after_s,
+                }
+                if refusal
+                else None
+            ),
             "created_at": now,
             "updated_at": now,
             "finished_at": now if refusal else None,

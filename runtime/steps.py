@@ -144,9 +144,7 @@ class StepRunner:
 
         def also(pipe: Any) -> None:
             if hinted:
-                svc.scheduler.queue_in(
-                    pipe, Ops().renew(item, svc.scheduler.running_ttl_ms(item.route))
-                )
+                svc.scheduler.renew_in(pipe, item, svc.scheduler.running_ttl_ms(item.route))
             if control_keys:
                 pipe.mget(control_keys)
 
@@ -881,7 +879,7 @@ class StepRunner:
                 ops.delay(following, now_ms() + int(move.countdown_s * 1000))
             else:
                 ops.enqueue(following)
-        ops.promote().dispatch(2)
+        ops.promote().dispatch(1)  # the slot this step frees; the pump fills the rest
 
         def settle_release_schedule(pipe: Any) -> None:
             if actual is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -47,13 +48,19 @@ _SECRET_VALUE = re.compile(
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
-def _is_secret_name(name: str, extra: frozenset[str]) -> bool:
+@functools.lru_cache(maxsize=8192)
+def _secret_name(name: str) -> bool:
+    # cached: traces repeat the same few keys, and this runs for every key of every event
     low = name.lower()
     # camelCase and header spellings too: apiKey, accessToken, X-Api-Key -> api_key, ...
     snake = _CAMEL_BOUNDARY.sub("_", name).lower().replace("-", "_")
-    if extra and (name in extra or low in {e.lower() for e in extra}):
-        return True
     return any(n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES) for n in (low, snake))
+
+
+def _is_secret_name(name: str, extra: frozenset[str]) -> bool:
+    if extra and (name in extra or name.lower() in {e.lower() for e in extra}):
+        return True
+    return _secret_name(name)
 
 
 def redact(value: Any, extra_names: frozenset[str] = frozenset()) -> Any:

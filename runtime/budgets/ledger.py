@@ -53,8 +53,8 @@ class BudgetLedger:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._reserve = client.register_script(_script("reserve.lua"))
-        self._settle = client.register_script(_script("settle.lua"))
+        self._reserve = scripts.register(client, _script("reserve.lua"))
+        self._settle = scripts.register(client, _script("settle.lua"))
 
     # --- scopes ----------------------------------------------------------------------
     def run_scope(self, run_id: str, limits: dict[str, int]) -> Scope:
@@ -116,10 +116,6 @@ class BudgetLedger:
         argv: list[Any] = [len(dims), *dims, *(int(actuals.get(d, 0)) for d in dims)]
         keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
         scripts.queue(pipe, self._settle, keys, argv)
-
-    @property
-    def settle_script(self) -> Any:
-        return self._settle
 
     def release(self, run_id: str, step: int) -> bool:
         """Drop the step's reservation without spending anything."""

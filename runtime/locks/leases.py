@@ -78,10 +78,10 @@ class LeaseManager:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._acquire = client.register_script(_script("acquire.lua"))
-        self._release = client.register_script(_script("release.lua"))
-        self._steal = client.register_script(_script("steal.lua"))
-        self._renew = client.register_script(_script("renew.lua"))
+        self._acquire = scripts.register(client, _script("acquire.lua"))
+        self._release = scripts.register(client, _script("release.lua"))
+        self._steal = scripts.register(client, _script("steal.lua"))
+        self._renew = scripts.register(client, _script("renew.lua"))
 
     def _take(self, key: str, fence_key: str, owner: str, ttl_ms: int) -> Lease | Busy:
         res = self._acquire(keys=[key, fence_key], args=[owner, ttl_ms])
@@ -126,10 +126,6 @@ class LeaseManager:
     def release_in(self, pipe: Any, lease: Lease) -> None:
         """Queue a release on a pipeline run by ``scripts.run_pipeline``."""
         scripts.queue(pipe, self._release, [lease.key], [lease.owner])
-
-    @property
-    def release_script(self) -> Any:
-        return self._release
 
     def renew(self, lease: Lease, ttl_ms: int) -> bool:
         return bool(self._renew(keys=[lease.key], args=[lease.owner, ttl_ms]))

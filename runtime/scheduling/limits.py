@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from runtime import scripts
 from runtime.config import RateLimit
 from runtime.keys import Keys
 
@@ -33,8 +34,8 @@ class Limiter:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._gcra = client.register_script(_script("gcra.lua"))
-        self._bulkhead = client.register_script(_script("bulkhead.lua"))
+        self._gcra = scripts.register(client, _script("gcra.lua"))
+        self._bulkhead = scripts.register(client, _script("bulkhead.lua"))
 
     def take(self, takes: list[Take]) -> float:
         """Take from every limiter or none; returns 0, or seconds until it would succeed."""

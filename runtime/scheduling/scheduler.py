@@ -127,7 +127,7 @@ class Scheduler:
         self.keys = keys
         self.config = config
         self.prefix = keys.sched()
-        self.script = client.register_script(_script())
+        self.script = scripts.register(client, _script())
 
     # --- configuration ---------------------------------------------------------------
     def sync_config(self) -> None:
@@ -171,6 +171,17 @@ class Scheduler:
     def queue_in(self, pipe: Any, ops: Ops) -> None:
         """Queue ``ops`` on a pipeline run by ``scripts.run_pipeline``."""
         scripts.queue(pipe, self.script, [f"{self.prefix}:inflight"], [self.prefix, *ops.args])
+
+    def renew_in(self, pipe: Any, item: Item, ttl_ms: int) -> None:
+        """Queue a renewal of an item's slot leases (plain ZADD XX: no script needed)."""
+        expiry = now_ms() + ttl_ms
+        member = item.encode()
+        for key in (
+            f"{self.prefix}:inflight",
+            f"{self.prefix}:inf:r:{item.route}",
+            f"{self.prefix}:inf:t:{item.tenant}",
+        ):
+            pipe.zadd(key, {member: expiry}, xx=True)
 
     @staticmethod
     def outcome(raw: Sequence[Any]) -> Outcome:

@@ -201,7 +201,13 @@ local function dispatch(max, out)
     if cap >= 0 and redis.call('ZCARD', P .. ':inf:t:' .. tenant) >= cap then
       park(tenant, 't')
     else
-      local items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, lookahead - 1)
+      -- usually the head can go: look deeper only when it waits for a full route
+      local items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, 0)
+      local _, _, _, head_route = parse(items[1])
+      local head_limit = tonumber(redis.call('HGET', P .. ':rlimit', head_route) or '-1')
+      if head_limit >= 0 and redis.call('ZCARD', P .. ':inf:r:' .. head_route) >= head_limit then
+        items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, lookahead - 1)
+      end
       local chosen, chosen_route, chosen_prio, blocked_route
       for _, item in ipairs(items) do
         local _, _, _, route, prio = parse(item)
