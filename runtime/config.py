@@ -171,6 +171,13 @@ class SchedulingConfig(_Strict):
     lookahead: int = Field(default=8, ge=1, le=128)
     #: steps dispatched beyond live worker processes, as a fraction of them
     dispatch_headroom: float = Field(default=1.0, ge=0, le=10)
+    #: a step is killed this long after its route's step_timeout_s (Celery hard limit);
+    #: its soft limit is half way
+    hard_limit_grace_s: float = Field(default=20.0, gt=0, le=600)
+    #: leases (a run's step lease, a step's slots) outlive the hard limit by this much
+    lease_margin_s: float = Field(default=15.0, gt=0, le=600)
+    #: a dispatched step may wait this long in Celery before its slots count as lost
+    queue_allowance_s: float = Field(default=60.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _all_priorities(self) -> SchedulingConfig:
@@ -246,6 +253,17 @@ class RuntimeConfig(_Strict):
 
     def max_step_timeout_s(self) -> float:
         return max((r.step_timeout_s for r in self.routes.values()), default=60.0)
+
+    def hard_limit_s(self, route: str) -> float:
+        """When a step of ``route`` is killed: its timeout plus the grace."""
+        return self.routes[route].step_timeout_s + self.scheduling.hard_limit_grace_s
+
+    def max_hard_limit_s(self) -> float:
+        return self.max_step_timeout_s() + self.scheduling.hard_limit_grace_s
+
+    def lease_ttl_s(self) -> float:
+        """A run's step lease: outlives the longest possible step."""
+        return self.max_hard_limit_s() + self.scheduling.lease_margin_s
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")

@@ -175,9 +175,13 @@ class RuntimeService:
             self._proposers[model_name] = proposer
         return proposer
 
-    def tool_timeout(self, spec: ToolSpec) -> float:
+    def tool_timeout(self, spec: ToolSpec, route: str | None = None) -> float:
+        """The manifest's timeout, else the tool's own; never beyond the route's step."""
         entry = self.config.tools.get(spec.name)
-        return entry.timeout_s if entry and entry.timeout_s else spec.timeout_s
+        timeout = entry.timeout_s if entry and entry.timeout_s else spec.timeout_s
+        if route is not None and route in self.config.routes:
+            timeout = min(timeout, self.config.routes[route].step_timeout_s)
+        return timeout
 
     def tool_cost_micro(self, name: str) -> int:
         entry = self.config.tools.get(name)

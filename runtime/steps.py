@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt.steps")
 
 _PROPOSAL = TypeAdapter(Proposal)
-#: seconds a run lease outlives the longest step timeout
+#: seconds a tool lock (or bulkhead place) outlives the tool's timeout
 LEASE_MARGIN_S = 15.0
 
 
@@ -137,7 +137,7 @@ class StepRunner:
         tenant, route, priority), so the run lease, the kill switches and the renewal of
         the step's slot lease go out in one round trip."""
         svc = self.svc
-        lease_ttl_ms = int((svc.config.max_step_timeout_s() + LEASE_MARGIN_S) * 1000)
+        lease_ttl_ms = int(svc.config.lease_ttl_s() * 1000)
         hinted = svc.config.routes.get(item.route)
         tools = hinted.allowed_tools if hinted else []
         control_keys = svc.control_keys(item.run_id, item.route, tools) if hinted else []
@@ -373,7 +373,7 @@ class StepRunner:
             "wall_clock_ms": int(st.route.step_timeout_s * 1000),
             "cost_micro_usd": round(tokens * price) + tool_cost,
         }
-        hold_ttl_ms = int((st.route.step_timeout_s + 2 * LEASE_MARGIN_S) * 1000)
+        hold_ttl_ms = int((svc.config.lease_ttl_s() + LEASE_MARGIN_S) * 1000)
         reservation = svc.ledger.reserve(
             st.run_id, st.step_no, self._scopes(st), amounts, hold_ttl_ms
         )
@@ -559,7 +559,7 @@ class StepRunner:
         svc = self.svc
         lock: Lease | None = None
         lock_name = spec.lock_name(args_model)
-        timeout_s = svc.tool_timeout(spec)
+        timeout_s = svc.tool_timeout(spec, st.run["route"])
         entry = svc.config.tools[spec.name]
         call_id = f"{st.run_id}:{st.step_no}"
         if entry.rate_limit:

@@ -28,7 +28,6 @@ from runtime.errors import SettingsError
 from runtime.keys import Keys
 from runtime.service import Endpoints, RuntimeService, load_registry, resolve_endpoints
 from runtime.settings import Settings
-from runtime.steps import LEASE_MARGIN_S
 
 log = logging.getLogger("agentrt.tasks")
 
@@ -39,7 +38,7 @@ MAX_COUNTDOWN_S = 30.0
 
 
 def min_visibility_timeout(config: RuntimeConfig) -> float:
-    return config.max_step_timeout_s() + LEASE_MARGIN_S + MAX_COUNTDOWN_S
+    return config.lease_ttl_s() + MAX_COUNTDOWN_S
 
 
 def celery_config(
@@ -49,7 +48,8 @@ def celery_config(
     if settings.visibility_timeout_s <= needed:
         raise SettingsError(
             f"AGENTRT_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} must exceed the longest "
-            f"step ({config.max_step_timeout_s():g}s) plus lease margin and deferral "
+            f"step ({config.max_step_timeout_s():g}s) plus its hard-limit grace, lease margin "
+            "and deferral "
             f"(> {needed:g}s), or a running step would be handed to a second worker"
         )
     transport = {

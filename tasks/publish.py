@@ -27,12 +27,15 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
         config = getattr(app, "agentrt_config", None)
-        self._limits = (
-            {name: r.step_timeout_s for name, r in config.routes.items()} if config else {}
-        )
+        #: route -> (soft, hard) time limit in seconds
+        self._limits: dict[str, tuple[float, float]] = {}
+        if config is not None:
+            for name, route in config.routes.items():
+                hard = config.hard_limit_s(name)
+                self._limits[name] = ((route.step_timeout_s + hard) / 2, hard)
 
     def publish(self, item: Item) -> None:
-        step_timeout = self._limits.get(item.route, 60.0)
+        soft, hard = self._limits.get(item.route, (70.0, 80.0))
         self.app.send_task(
             STEP_TASK,
             kwargs={
@@ -46,8 +49,8 @@ class CeleryPublisher:
             shadow=f"{STEP_TASK}[{item.tenant}/{item.route}]",
             # soft limit: the step's own code sees SoftTimeLimitExceeded and fails cleanly;
             # hard limit: the pool child is killed and replaced
-            soft_time_limit=step_timeout + 10,
-            time_limit=step_timeout + 20,
+            soft_time_limit=soft,
+            time_limit=hard,
         )
 
 

@@ -280,7 +280,11 @@ def test_celery_config_refuses_a_visibility_timeout_not_above_the_longest_step(
 
     config = load_config(TEST_CONFIG)
     needed = min_visibility_timeout(config)
-    assert needed == config.max_step_timeout_s() + 15 + 30 == 55
+    sched = config.scheduling
+    # the longest step, its hard-limit grace, the lease margin, the longest deferral
+    assert (
+        needed == config.max_step_timeout_s() + sched.hard_limit_grace_s + sched.lease_margin_s + 30
+    )
     endpoints = Endpoints("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0", "sqlite://")
 
     def settings(timeout: int) -> Settings:

@@ -41,11 +41,6 @@ from runtime.keys import Keys
 PRIORITIES = ("critical", "high", "normal", "low")
 PRIORITY_INDEX = {p: i for i, p in enumerate(PRIORITIES)}
 
-#: seconds a dispatched step may wait in Celery before its slot lease counts as lost
-QUEUE_ALLOWANCE_S = 60.0
-#: beyond the step's hard time limit
-LEASE_MARGIN_S = 30.0
-
 
 def _script() -> str:
     return resources.files("runtime.scheduling").joinpath("lua", "sched.lua").read_text()
@@ -137,7 +132,7 @@ class Scheduler:
         conf: dict[str, float] = {
             "lookahead": sched.lookahead,
             "headroom": sched.dispatch_headroom,
-            "ttl": int((QUEUE_ALLOWANCE_S + 60 + LEASE_MARGIN_S) * 1000),
+            "ttl": int((sched.queue_allowance_s + self.config.lease_ttl_s()) * 1000),
         }
         for i, name in enumerate(PRIORITIES):
             conf[f"off{i}"] = int(sched.priority_offsets_s[name] * 1000)
@@ -160,12 +155,14 @@ class Scheduler:
 
     def lease_ttl_ms(self, route: str) -> int:
         """Slot lease from dispatch: queue allowance + the step's hard limit + margin."""
-        step_timeout = self.config.routes[route].step_timeout_s
-        return int((QUEUE_ALLOWANCE_S + step_timeout + 20 + LEASE_MARGIN_S) * 1000)
+        sched = self.config.scheduling
+        hard = self.config.hard_limit_s(route)
+        return int((sched.queue_allowance_s + hard + sched.lease_margin_s) * 1000)
 
     def running_ttl_ms(self, route: str) -> int:
         """Slot lease once the step runs: its hard limit + margin."""
-        return int((self.config.routes[route].step_timeout_s + 20 + LEASE_MARGIN_S) * 1000)
+        margin = self.config.scheduling.lease_margin_s
+        return int((self.config.hard_limit_s(route) + margin) * 1000)
 
     # --- operations ------------------------------------------------------------------
     def queue_in(self, pipe: Any, ops: Ops) -> None:

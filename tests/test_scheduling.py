@@ -1,0 +1,231 @@
+"""Fair scheduling with real workers: limits measured by the tools themselves.
+
+The ``probe.*`` tools (tests/probe_tools.py) count themselves in and out in Redis, so these
+tests check what actually executed at once, not the scheduler's own counters.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.support import Deployment, wait_for
+
+
+def probe(key: str, ms: int = 100, tool: str = "probe.work") -> dict[str, Any]:
+    return {"type": "tool_call", "tool": tool, "args": {"key": key, "ms": ms}}
+
+
+REPLY = {"type": "reply", "text": "ok"}
+
+
+def probe_max(dep: Deployment, key: str) -> int:
+    return int(dep.svc.redis.get(dep.svc.keys.demo(f"probe:{key}:max")) or 0)
+
+
+def probe_starts(dep: Deployment, key: str) -> list[float]:
+    raw = dep.svc.redis.lrange(dep.svc.keys.demo(f"probe:{key}:starts"), 0, -1)
+    return sorted(float(x) for x in raw)
+
+
+def first_step_wait(dep: Deployment, run_id: str) -> float:
+    run = dep.svc.get(run_id)
+    assert run.started_at is not None
+    return (run.started_at - run.created_at).total_seconds()
+
+
+@pytest.mark.slow
+def test_route_concurrency_limit_holds_across_workers(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    for _ in range(2):
+        dep.start_worker(concurrency=3)  # 6 processes for a route limited to 2
+    key = f"route{uuid.uuid4().hex[:6]}"
+    runs = [dep.submit_script([probe(key, 250), probe(key, 250), REPLY], route="r.limited")
+            for _ in range(10)]  # fmt: skip
+    done = dep.wait_all([r.run_id for r in runs], timeout=90)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    # measured inside the tool: never more than the limit, and the limit was used
+    assert probe_max(dep, key) == 2
+    assert len(probe_starts(dep, key)) == 20
+
+
+@pytest.mark.slow
+def test_tool_bulkhead_and_tenant_cap(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    dep.start_worker(concurrency=4)
+    bulk, capped = f"bulk{uuid.uuid4().hex[:6]}", f"cap{uuid.uuid4().hex[:6]}"
+    # probe.bulk has max_concurrency 1 across every route and tenant
+    runs = [dep.submit_script([probe(bulk, 200, "probe.bulk"), REPLY], route="r.open",
+                              tenant=t) for t in ("t1", "t2", "t3", "t1")]  # fmt: skip
+    # tenant "tcap" may run one step at a time, on a route that would allow 50
+    runs += [dep.submit_script([probe(capped, 200), REPLY], route="r.open", tenant="tcap")
+             for _ in range(4)]  # fmt: skip
+    done = dep.wait_all([r.run_id for r in runs], timeout=90)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    assert probe_max(dep, bulk) == 1
+    assert probe_max(dep, capped) == 1
+    # the bulkhead made calls wait without holding a route slot (deferred steps)
+    waits = [e for r in runs[:4] for e in dep.svc.trace(r.run_id) if e.kind == "bulkhead_full"]
+    assert waits
+
+
+@pytest.mark.slow
+def test_priority_order_within_a_tenant_and_ageing(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    key = f"prio{uuid.uuid4().hex[:6]}"
+    # Given low-priority runs queued first and high-priority runs right after, no worker yet
+    low = [dep.submit_script([probe(key, 50), REPLY], route="r.open", priority="low")
+           for _ in range(4)]  # fmt: skip
+    high = [dep.submit_script([probe(key, 50), REPLY], route="r.open", priority="high")
+            for _ in range(4)]  # fmt: skip
+    # When one single-process worker drains them
+    dep.start_worker(concurrency=1)
+    done = dep.wait_all([r.run_id for r in low + high], timeout=60)
+    # Then every high run started before any low run
+    started = {rid: v.started_at for rid, v in done.items()}
+    assert max(started[r.run_id] for r in high) < min(started[r.run_id] for r in low)
+
+
+@pytest.mark.slow
+def test_low_priority_is_not_starved_by_sustained_high_priority(
+    fresh_deployment: Deployment,
+) -> None:
+    dep = fresh_deployment
+    dep.start_worker(concurrency=1)
+    key = f"age{uuid.uuid4().hex[:6]}"
+    # a steady stream of high-priority work, more than the worker can keep up with
+    high = [dep.submit_script([probe(key, 150), REPLY], route="r.open", priority="high")
+            for _ in range(6)]  # fmt: skip
+    low = dep.submit_script([probe(key, 10), REPLY], route="r.open", priority="low")
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and dep.svc.get(low.run_id).started_at is None:
+        high.append(dep.submit_script([probe(key, 150), REPLY], route="r.open", priority="high"))
+        time.sleep(0.1)
+    # ageing: low's offset over high is 1.5 s in the test config; it starts well before the
+    # stream of newer high-priority runs ends
+    wait_for(lambda: dep.svc.get(low.run_id).started_at, timeout=10, message="the low run to start")
+    assert first_step_wait(dep, low.run_id) < 4.0
+    still_queued = [r for r in high if dep.svc.get(r.run_id).started_at is None]
+    assert still_queued, "the high-priority stream must still have been running"
+    dep.wait_all([r.run_id for r in [*high, low]], timeout=90)
+
+
+@pytest.mark.slow
+def test_small_tenant_is_not_stuck_behind_a_flooding_tenant(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    script = [REPLY]
+    # Given tenant t1 with a large backlog queued before any worker runs
+    flood = [dep.submit_script(script, tenant="t1", route="r.open") for _ in range(1200)]
+    dep.start_worker(concurrency=2)
+    wait_for(lambda: dep.svc.store.count_by("status", tenant_id="t1").get("succeeded", 0) >= 50,
+             timeout=60, message="the flood to be draining")  # fmt: skip
+    # When tenant t2 submits a few runs
+    small = [dep.submit_script(script, tenant="t2", route="r.open") for _ in range(5)]
+    dep.wait_all([r.run_id for r in small], timeout=60)
+    # Then they start within a bounded wait, while most of the flood is still queued
+    waits = [first_step_wait(dep, r.run_id) for r in small]
+    left = dep.svc.store.count_by("status", tenant_id="t1").get("queued", 0)
+    assert left > 500, f"the flood drained too fast to show anything ({left} left)"
+    assert max(waits) < 1.5, waits
+    dep.wait_all([r.run_id for r in flood], timeout=120)
+
+
+@pytest.mark.slow
+def test_global_tool_rate_limit_holds_across_worker_processes(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    for _ in range(2):
+        dep.start_worker(concurrency=2)
+    key = f"rate{uuid.uuid4().hex[:6]}"
+    # probe.rated: 5 per second, across every worker
+    runs = [dep.submit_script([probe(key, 10, "probe.rated"), REPLY], route="r.open")
+            for _ in range(12)]  # fmt: skip
+    done = dep.wait_all([r.run_id for r in runs], timeout=90)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    starts = probe_starts(dep, key)
+    assert len(starts) == 12
+    # any 6 consecutive calls span at least one period (5 intervals of 200 ms)
+    spans = [starts[i + 5] - starts[i] for i in range(len(starts) - 5)]
+    assert min(spans) >= 0.95, spans
+    assert any(e.kind == "rate_limited" for r in runs for e in dep.svc.trace(r.run_id))
+
+
+@pytest.mark.slow
+def test_model_rate_limit_defers_steps_without_holding_slots(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    for _ in range(2):
+        dep.start_worker(concurrency=2)
+    # model scripted-rated: 10 requests per second; 8 runs x 2 proposals
+    runs = [dep.submit_script([REPLY, REPLY], route="r.modelrate") for _ in range(8)]
+    done = dep.wait_all([r.run_id for r in runs], timeout=60)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    proposals = sorted(
+        e.at.timestamp() for r in runs for e in dep.svc.trace(r.run_id) if e.kind == "proposal"
+    )
+    assert len(proposals) == 8
+    spans = [proposals[i + 5] - proposals[i] for i in range(len(proposals) - 5)]
+    assert min(spans) >= 0.45, spans  # 10/s: 5 intervals of 100 ms
+
+
+@pytest.mark.slow
+def test_dead_worker_slots_come_back_and_nothing_runs_twice(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    doomed = dep.start_worker(concurrency=2)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    inc = {"type": "tool_call", "tool": "counter.increment", "args": {"key": key, "delay_ms": 1500}}
+    # route r.limited allows 2 at once: the doomed worker holds both slots when it dies
+    runs = [dep.submit_script([inc, REPLY], route="r.limited") for _ in range(4)]
+    run_ids = [r.run_id for r in runs]
+    wait_for(
+        lambda: (
+            len([e for e in dep.svc.store.side_effects(status="started") if e["run_id"] in run_ids])
+            == 2
+        ),
+        timeout=30,
+        message="two steps mid-call",
+    )
+    doomed.kill_all()
+    dep.start_worker(concurrency=2)
+    done = dep.wait_all(run_ids, timeout=90)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    succeeded = [e for e in dep.svc.store.side_effects(tool="counter.increment", status="succeeded")
+                 if e["run_id"] in run_ids]  # fmt: skip
+    assert len(succeeded) == 4 and dep.counter(key) == 4
+    # the dead worker's slots came back through lease expiry, not a 60 s visibility timeout
+    finished = max(v.finished_at for v in done.values() if v.finished_at)
+    first = min(v.created_at for v in done.values())
+    assert (finished - first).total_seconds() < 45
+
+
+def test_backpressure_refuses_with_retry_after(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment  # no worker: everything stays queued
+    # tenant tq: max_queued 3, refuse when over
+    accepted = [dep.submit_script([REPLY], tenant="tq") for _ in range(3)]
+    assert all(r.status == "queued" for r in accepted)
+    refused = dep.submit_script([REPLY], tenant="tq")
+    assert refused.status == "refused" and refused.stop_reason == "refused:queue_full"
+    assert refused.retry_after_s is not None and refused.retry_after_s >= 1
+    assert refused.output and "max_queued 3" in refused.output["detail"]
+    # route r.queued: max_queued 2 but on_queue_full: queue -> admitted with an estimate
+    queued = [dep.submit_script([REPLY], tenant="t2", route="r.queued") for _ in range(4)]
+    assert all(r.status == "queued" for r in queued)
+    assert queued[-1].estimated_wait_s is not None and queued[-1].estimated_wait_s > 0
+
+
+@pytest.mark.slow
+def test_waiting_steps_hold_no_slot(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    dep.start_worker(concurrency=2)
+    key = f"w{uuid.uuid4().hex[:6]}"
+    # Given route r.limited (2 slots) and runs that wait on a rate limit (probe.rated: 5/s)
+    waiting = [dep.submit_script([probe(key, 10, "probe.rated")] * 3 + [REPLY], route="r.limited")
+               for _ in range(3)]  # fmt: skip
+    # When another run of the same route comes while they wait
+    other = dep.submit_script([REPLY], route="r.limited")
+    done = dep.wait_all([r.run_id for r in [*waiting, other]], timeout=60)
+    # Then it finishes before the rate-limited ones: waiting steps gave their slots back
+    assert done[other.run_id].finished_at < max(done[r.run_id].finished_at for r in waiting)
+    assert statistics.mean(first_step_wait(dep, r.run_id) for r in waiting) < 5
