@@ -307,7 +307,7 @@ def test_longest_step_follows_the_routes() -> None:
     assert config.max_step_timeout_s() == 600
     from tasks.app import min_visibility_timeout
 
-    assert min_visibility_timeout(config) == 645
+    assert min_visibility_timeout(config) == 600 + 20 + 15 + 30  # step, grace, margin, deferral
 
 
 def test_field_errors_and_broken_references_are_reported_together(tmp_path: Path) -> None:
