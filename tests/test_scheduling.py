@@ -229,3 +229,30 @@ def test_waiting_steps_hold_no_slot(fresh_deployment: Deployment) -> None:
     # Then it finishes before the rate-limited ones: waiting steps gave their slots back
     assert done[other.run_id].finished_at < max(done[r.run_id].finished_at for r in waiting)
     assert statistics.mean(first_step_wait(dep, r.run_id) for r in waiting) < 5
+
+
+def test_token_rate_limit_takes_worst_case_and_gives_back_the_rest(redis_url: str) -> None:
+    import redis as redis_lib
+
+    from runtime.config import RateLimit
+    from runtime.keys import Keys
+    from runtime.scheduling.limits import Limiter, Take
+
+    limiter = Limiter(redis_lib.Redis.from_url(redis_url), Keys(f"tok{uuid.uuid4().hex[:6]}"))
+    tokens = RateLimit(limit=6000, period_s=60, burst=4000)  # 100 tokens a second
+    # a step takes its worst case (4000 tokens): the burst allows it at once
+    assert limiter.take([Take("model:m:tokens", tokens, 4000)]) == 0
+    # the next worst case must wait: the schedule runs 40 s ahead
+    assert limiter.take([Take("model:m:tokens", tokens, 4000)]) > 30
+    # the first call used only 400 tokens: with 3600 given back, the next worst case waits
+    # only for the 400 tokens really spent to flow back (4 s at 100 a second), not 40 s
+    limiter.give_back("model:m:tokens", tokens, 3600)
+    assert 3 < limiter.take([Take("model:m:tokens", tokens, 4000)]) <= 4.01
+    # all or nothing across limiters: a refused request takes from none of them
+    requests = RateLimit(limit=1, period_s=60)
+    assert limiter.take([Take("model:m:requests", requests)]) == 0
+    before = limiter.state("model:m:tokens")
+    assert (
+        limiter.take([Take("model:m:tokens", tokens, 10), Take("model:m:requests", requests)]) > 0
+    )
+    assert limiter.state("model:m:tokens") == before

@@ -29,11 +29,14 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from runtime import stop_reasons
+from runtime.cli import queues as queues_render
 from runtime.cli import render
 from runtime.config import RuntimeConfig, load_config
 from runtime.contract import RunStatus, RunView
 from runtime.errors import AgentRuntimeError, ConfigError, InvalidTransition
-from runtime.service import RuntimeService, WaitTimeout, load_registry
+from runtime.keys import Keys
+from runtime.scheduling import view as scheduler_view
+from runtime.service import RuntimeService, WaitTimeout, load_registry, resolve_endpoints
 from runtime.settings import Settings
 
 EXIT_ERROR = 1
@@ -355,6 +358,41 @@ def trace(
     )
     for line in render.trace_lines(events):
         out.print(line, soft_wrap=True)
+
+
+# --- queues --------------------------------------------------------------------------
+
+
+@app.command()
+def queues(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many leases listed.", min=0)] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """The scheduler, as the dispatcher sees it.
+
+    Live worker capacity; queued steps per tenant and priority (ready and delayed);
+    in-flight steps per route against its concurrency limit and per tenant against its
+    cap; parked tenants; slot leases (soonest expiry first); tool bulkheads; and every
+    rate limiter (how far its schedule runs ahead, whether it throttles). Read-only: only
+    Redis is read, in two round trips."""
+    settings = load_settings()
+    with errors():
+        config = load_config(settings.config)
+        client = redis.Redis.from_url(resolve_endpoints(settings).redis_url)
+    try:
+        with errors():
+            view = scheduler_view.read(client, Keys(settings.namespace), config, tenant, limit)
+    finally:
+        client.close()
+    if tenant is not None and tenant not in config.tenants:
+        row = view.tenants[0]
+        if not (row.queued or row.in_flight or row.parked):  # a typo, not a retired tenant
+            fail(f"unknown tenant {tenant!r} (not in {settings.config})", EXIT_REFUSED)
+    if json_out:
+        emit_json(queues_render.queues_json(view))
+    else:
+        out.print(queues_render.queues_view(view))
 
 
 # --- processes -------------------------------------------------------------------------

@@ -46,7 +46,12 @@ class Limiter:
         for take in takes:
             interval = take.limit.period_s * 1000 / take.limit.limit
             keys.append(self.keys.rate_limit(take.name))
-            args += [interval, interval * (take.limit.burst - 1), take.quantity]
+            # a take larger than the burst could never pass: it takes the whole burst
+            args += [
+                interval,
+                interval * (take.limit.burst - 1),
+                min(take.quantity, take.limit.burst),
+            ]
         ok, retry_ms = self._gcra(keys=keys, args=args)
         return 0.0 if int(ok) == 1 else int(retry_ms) / 1000
 

@@ -14,8 +14,10 @@ for i = 1, #KEYS do
   local quantity = tonumber(ARGV[3 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
-  if quantity > 0 and tat - now > tolerance then
-    retry = math.max(retry, tat - now - tolerance)
+  -- allowed when the schedule, after this take, runs at most tolerance + one interval ahead
+  local ahead = tat + quantity * interval - now
+  if quantity > 0 and ahead > tolerance + interval then
+    retry = math.max(retry, ahead - tolerance - interval)
   end
   new[i] = math.max(tat + quantity * interval, now)
 end
