@@ -42,6 +42,7 @@ from runtime.errors import BudgetExhausted, ProposerError, StaleWrite
 from runtime.locks.leases import Busy, Lease, new_owner
 from runtime.policy import Decision, PolicyContext
 from runtime.proposers.base import WorkingSet
+from runtime.scheduling import limits
 from runtime.scheduling.limits import Take
 from runtime.scheduling.scheduler import Item, Ops, now_ms
 from runtime.store.db import utcnow
@@ -327,17 +328,17 @@ class StepRunner:
         model = self.svc.config.models[st.route.proposer]
         takes = []
         if model.requests_rate:
-            takes.append(Take(f"model:{st.route.proposer}:requests", model.requests_rate))
+            takes.append(Take(limits.model_requests(st.route.proposer), model.requests_rate))
         if model.tokens_rate:
             tokens = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
-            takes.append(Take(f"model:{st.route.proposer}:tokens", model.tokens_rate, tokens))
+            takes.append(Take(limits.model_tokens(st.route.proposer), model.tokens_rate, tokens))
         return self.svc.limiter.take(takes)
 
     def _give_back_tokens(self, st: _Step) -> None:
         model = self.svc.config.models[st.route.proposer]
         if model.tokens_rate:
             reserved = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
-            self.svc.limiter.give_back(f"model:{st.route.proposer}:tokens", model.tokens_rate,
+            self.svc.limiter.give_back(limits.model_tokens(st.route.proposer), model.tokens_rate,
                                        reserved - st.usage.total_tokens)  # fmt: skip
 
     # --- budget ----------------------------------------------------------------------
@@ -563,7 +564,7 @@ class StepRunner:
         entry = svc.config.tools[spec.name]
         call_id = f"{st.run_id}:{st.step_no}"
         if entry.rate_limit:
-            wait_s = svc.limiter.take([Take(f"tool:{spec.name}", entry.rate_limit)])
+            wait_s = svc.limiter.take([Take(limits.tool_calls(spec.name), entry.rate_limit)])
             if wait_s > 0:
                 return self._wait(st, "rate_limited", f"tool:{spec.name}", wait_s, args, proposal)
         if entry.max_concurrency:

@@ -365,7 +365,10 @@ def trace(
 
 @app.command()
 def queues(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Only this tenant's queues and leases (routes and limits are shared)."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many leases listed.", min=0)] = 20,
     json_out: JsonOpt = False,
 ) -> None:

@@ -98,6 +98,7 @@ def _rate_json(r: RateLimitState) -> dict[str, Any]:
         "burst": r.limit.burst,
         "aheadMs": round(r.ahead_ms, 1),
         "toleranceMs": round(r.tolerance_ms, 1),
+        "available": r.available,
         "throttling": r.throttling,
         "retryAfterMs": round(r.retry_after_ms, 1),
     }
@@ -146,21 +147,26 @@ def _parked_text(where: str | None) -> Text:
     if where is None:
         return Text("-", style="dim")
     if where == "tenant_cap":
-        return Text("at its cap", style="yellow")
-    return Text(f"waits for {where.removeprefix('route:')}", style="yellow")
+        return Text("tenant cap", style="yellow")
+    return Text(f"route {where.removeprefix('route:')}", style="yellow")
+
+
+#: column headers of the priority classes, short enough for an 80-column terminal
+_PRIORITY_HEADERS = {"critical": "crit", "high": "high", "normal": "norm", "low": "low"}
 
 
 def _tenants_table(view: QueuesView) -> Table:
+    """Queued steps (ready + delayed) per tenant and priority; the ready count is in the
+    JSON (queued - delayed)."""
     table = Table(title="queued per tenant x priority", title_justify="left", show_edge=False)
     table.add_column("tenant", no_wrap=True)
-    for name in (*PRIORITIES, "ready", "delayed", "in flight"):
+    for name in (*(_PRIORITY_HEADERS[p] for p in PRIORITIES), "delayed", "in flight"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("parked", no_wrap=True)
     for t in view.tenants:
         table.add_row(
             escape(t.tenant),
             *(_count(t.by_priority[p]) for p in PRIORITIES),
-            _count(t.ready),
             _count(t.delayed),
             _cap(t.in_flight, t.max_concurrency),
             _parked_text(t.parked),
@@ -190,7 +196,7 @@ def _routes_table(view: QueuesView) -> Table:
 def _leases_table(view: QueuesView) -> Table:
     title = f"leases ({len(view.leases)} of {view.leases_total}, soonest expiry first)"
     table = Table(title=title, title_justify="left", show_edge=False)
-    for name in ("run id", "step", "tenant", "route", "priority", "expires in"):
+    for name in ("run id", "step", "tenant", "route", "expires"):
         table.add_column(name, no_wrap=True, justify="right" if name == "step" else "left")
     for lease in view.leases:
         expires = (
@@ -203,7 +209,6 @@ def _leases_table(view: QueuesView) -> Table:
             str(lease.item.step_no),
             escape(lease.item.tenant),
             escape(lease.item.route),
-            lease.item.priority,
             expires,
         )
     return table
@@ -219,21 +224,25 @@ def _bulkheads_table(view: QueuesView) -> Table:
 
 
 def _rates_table(view: QueuesView) -> Table:
+    """Each limiter: how far its schedule runs ahead of now, the units (requests or tokens)
+    one take may have now, and, when even one unit would be refused, the wait."""
     table = Table(title="rate limits", title_justify="left", show_edge=False)
-    for name in ("limiter", "rate", "ahead", "state"):
-        table.add_column(name, no_wrap=True, justify="right" if name == "ahead" else "left")
+    for name in ("limiter", "rate", "burst", "ahead", "free", "state"):
+        left = name in ("limiter", "rate", "state")
+        table.add_column(name, no_wrap=True, justify="left" if left else "right")
     for r in view.rate_limits:
-        burst = f" burst {r.limit.burst}" if r.limit.burst > 1 else ""
         if r.throttling:
-            state = Text(f"throttling, next in {r.retry_after_ms / 1000:.1f}s", style="yellow")
+            state = Text(f"wait {r.retry_after_ms / 1000:.1f}s", style="bold yellow")
         elif r.ahead_ms > 0:
             state = Text("ok", style="green")
         else:
             state = Text("idle", style="dim")
         table.add_row(
             escape(r.name),
-            f"{r.limit.limit} / {r.limit.period_s:g}s{burst}",
+            f"{r.limit.limit}/{r.limit.period_s:g}s",
+            str(r.limit.burst),
             f"{r.ahead_ms / 1000:.1f}s",
+            str(r.available),
             state,
         )
     return table

@@ -23,6 +23,19 @@ def _script(name: str) -> str:
     return resources.files("runtime.scheduling").joinpath("lua", name).read_text()
 
 
+def model_requests(model: str) -> str:
+    """Limiter name of a model's requests (one name for the step runner and the view)."""
+    return f"model:{model}:requests"
+
+
+def model_tokens(model: str) -> str:
+    return f"model:{model}:tokens"
+
+
+def tool_calls(tool: str) -> str:
+    return f"tool:{tool}"
+
+
 @dataclass(frozen=True)
 class Take:
     name: str

@@ -21,6 +21,7 @@ import redis
 
 from runtime.config import RateLimit, RuntimeConfig
 from runtime.keys import Keys
+from runtime.scheduling import limits
 from runtime.scheduling.scheduler import PRIORITIES, Item
 
 
@@ -102,18 +103,21 @@ class RateLimitState:
         return self.interval_ms * (self.limit.burst - 1)
 
     @property
+    def available(self) -> int:
+        """Units (requests or tokens) one take may have now: ``gcra.lua`` allows a take
+        while the schedule, after it, runs at most the burst tolerance + one interval ahead."""
+        room = self.tolerance_ms + self.interval_ms - self.ahead_ms
+        return max(0, min(self.limit.burst, math.floor(room / self.interval_ms + 1e-9)))
+
+    @property
     def throttling(self) -> bool:
-        """A take now would be refused (the step deferred)."""
+        """Even a take of one unit would be refused now (the step is deferred)."""
         return self.ahead_ms > self.tolerance_ms
 
     @property
     def retry_after_ms(self) -> float:
+        """Until a take of one unit would pass."""
         return max(0.0, self.ahead_ms - self.tolerance_ms)
-
-    @property
-    def scheduled(self) -> float:
-        """Units (requests or tokens) the schedule already runs ahead by."""
-        return self.ahead_ms / self.interval_ms
 
 
 @dataclass
@@ -152,14 +156,14 @@ def rate_limiters(config: RuntimeConfig) -> list[tuple[str, str, str, RateLimit]
         model = config.models[model_name]
         if model.requests_rate:
             out.append(
-                (f"model:{model_name}:requests", "requests", model_name, model.requests_rate)
+                (limits.model_requests(model_name), "requests", model_name, model.requests_rate)
             )
         if model.tokens_rate:
-            out.append((f"model:{model_name}:tokens", "tokens", model_name, model.tokens_rate))
+            out.append((limits.model_tokens(model_name), "tokens", model_name, model.tokens_rate))
     for tool_name in sorted(config.tools):
         limit = config.tools[tool_name].rate_limit
         if limit:
-            out.append((f"tool:{tool_name}", "tool", tool_name, limit))
+            out.append((limits.tool_calls(tool_name), "tool", tool_name, limit))
     return out
 
 
@@ -171,7 +175,7 @@ def read(
     limit: int = 20,
 ) -> QueuesView:
     """The scheduler's state, optionally for one tenant; at most ``limit`` leases listed
-    (soonest expiry first: the leases granted or renewed longest ago)."""
+    (soonest expiry first: roughly, the leases granted or renewed longest ago)."""
     p = keys.sched()
     limiters = rate_limiters(config)
     bulkhead_tools = sorted(n for n, t in config.tools.items() if t.max_concurrency)
