@@ -6,13 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint format typecheck check bench flower worker clean
+.PHONY: help install demo test test-fast lint format typecheck check bench bench-fairness flower worker clean
 
 help:
 	@echo "make demo       install, start Redis + workers, run a multi-tenant workload, print a summary"
 	@echo "make test       install and run the whole test suite (starts what it needs)"
 	@echo "make lint       ruff check + format check;  make typecheck  mypy"
 	@echo "make bench      benchmarks: runtime vs bare Celery, ledger vs plain INCR"
+	@echo "make bench-fairness  a small tenant behind a flood vs a FIFO queue, dispatch cost"
 	@echo "make worker     start a worker;  make flower  Flower on the same broker"
 
 $(STAMP): pyproject.toml
@@ -49,6 +50,9 @@ check: lint typecheck test
 
 bench: install
 	$(BIN)/python bench/run.py
+
+bench-fairness: install
+	$(BIN)/python bench/fairness.py
 
 worker: install
 	$(BIN)/agentrt worker
