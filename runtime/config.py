@@ -72,6 +72,30 @@ class RateLimit(_Strict):
     burst: int = Field(default=1, ge=1)
 
 
+class RetryPolicy(_Strict):
+    """How a failed tool or model call is tried again before it is dead-lettered."""
+
+    #: calls in all, the first included (1 = never retry)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    #: delay before the second attempt; doubled each time, capped by backoff_max_s
+    backoff_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    #: +/- this fraction of random jitter on every delay
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    #: error codes that are never retried (the tool's ToolExecutionError code, or
+    #: tool_timeout, invalid_output, model_error, model_bad_reply, ...)
+    non_retryable: list[str] = Field(default_factory=list)
+
+
+class Breaker(_Strict):
+    """A circuit breaker shared by every worker: ``failures`` in ``window_s`` open it for
+    ``open_s``; then one probe call decides whether it closes."""
+
+    failures: int = Field(default=5, ge=1)
+    window_s: float = Field(default=60.0, gt=0)
+    open_s: float = Field(default=30.0, gt=0)
+
+
 class TenantConfig(_Strict):
     name: str | None = None
     #: share of dispatch decisions relative to other tenants (weighted fair queuing)
@@ -100,6 +124,7 @@ class ModelConfig(_Strict):
     #: global (all workers) limits on calls to this model
     requests_rate: RateLimit | None = None
     tokens_rate: RateLimit | None = None
+    breaker: Breaker | None = None
 
     @model_validator(mode="after")
     def _openai_needs_model(self) -> ModelConfig:
@@ -140,6 +165,12 @@ class RouteConfig(_Strict):
     max_queued: int | None = Field(default=None, gt=0)
     #: over max_queued: "refuse" (refused:queue_full + retry-after) or "queue" (with an ETA)
     on_queue_full: Literal["refuse", "queue"] = "refuse"
+    #: a key of ``retry_policies`` for the route's model calls and tools without their own
+    retry_policy: str | None = None
+    #: models to ask, in order, while the proposer's circuit breaker is open
+    fallback_proposers: list[str] = Field(default_factory=list)
+    #: undo succeeded side effects (newest first) when a run fails or is dead-lettered
+    compensate_on_failure: bool = False
     enabled: bool = True
 
 
@@ -151,6 +182,9 @@ class ToolManifestEntry(_Strict):
     max_concurrency: int | None = Field(default=None, gt=0)
     #: global rate limit on calls of this tool
     rate_limit: RateLimit | None = None
+    #: a key of ``retry_policies``; without one, the route's policy applies
+    retry_policy: str | None = None
+    breaker: Breaker | None = None
     enabled: bool = True
 
 
@@ -231,6 +265,13 @@ class PolicyConfig(_Strict):
     rules: list[PolicyRule] = Field(default_factory=list)
 
 
+class DeadLetterConfig(_Strict):
+    #: days a retried or purged entry is kept; open entries stay until purged
+    retention_days: float = Field(default=30.0, gt=0)
+    #: bulk retries are sent at most this fast
+    retry_rate_per_s: float = Field(default=20.0, gt=0)
+
+
 class RuntimeConfig(_Strict):
     #: release of this file; part of the harness version
     version: str
@@ -243,6 +284,8 @@ class RuntimeConfig(_Strict):
     tools: dict[str, ToolManifestEntry] = Field(default_factory=dict)
     policy: PolicyConfig
     scheduling: SchedulingConfig = SchedulingConfig()
+    retry_policies: dict[str, RetryPolicy] = Field(default_factory=dict)
+    dead_letters: DeadLetterConfig = DeadLetterConfig()
 
     @model_validator(mode="after")
     def _cross_references(self) -> RuntimeConfig:
@@ -278,7 +321,12 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
     still gets its broken references reported in the same pass."""
     models, policies = _mapping(data.get("models")), _mapping(data.get("budget_policies"))
     tools, tenants = _mapping(data.get("tools")), _mapping(data.get("tenants"))
+    retries = _mapping(data.get("retry_policies"))
     problems: list[str] = []
+    for name, tool in tools.items():
+        retry = _mapping(tool).get("retry_policy")
+        if isinstance(retry, str) and retry not in retries:
+            problems.append(f"tools.{name}.retry_policy: unknown retry policy {retry!r}")
     for section in ("tenants", "routes"):
         for name in _mapping(data.get(section)):
             if not isinstance(name, str) or not _NAME.match(name):
@@ -298,6 +346,12 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
                 f"routes.{name}.budget_policy: unknown budget policy {policy!r} "
                 f"(defined: {', '.join(sorted(policies)) or 'none'})"
             )
+        retry = route.get("retry_policy")
+        if isinstance(retry, str) and retry not in retries:
+            problems.append(f"routes.{name}.retry_policy: unknown retry policy {retry!r}")
+        for fallback in route.get("fallback_proposers") or []:
+            if isinstance(fallback, str) and fallback not in models:
+                problems.append(f"routes.{name}.fallback_proposers: unknown model {fallback!r}")
         for tool in route.get("allowed_tools") or []:
             if isinstance(tool, str) and tool not in tools:
                 problems.append(

@@ -44,6 +44,9 @@ class Keys:
     def rate_limit(self, name: str) -> str:
         return f"{self.namespace}:{{sched}}:rl:{name}"
 
+    def breaker(self, name: str) -> str:
+        return f"{self.namespace}:{{sched}}:breaker:{name}"
+
     def bulkhead(self, tool: str) -> str:
         return f"{self.namespace}:{{sched}}:bulkhead:{tool}"
 
@@ -74,6 +77,18 @@ class Keys:
 
     def run_cancelled(self, run_id: str) -> str:
         return f"{self.namespace}:control:cancel:{run_id}"
+
+    # --- dead letters ----------------------------------------------------------------
+    def dlq_stream(self, queue: str) -> str:
+        """Capped stream of dead-letter notifications per queue (for alerting)."""
+        return f"{self.namespace}:dlq:{queue}"
+
+    def dlq_open(self, queue: str) -> str:
+        """Count of open entries per queue (the source of truth is SQL)."""
+        return f"{self.namespace}:dlq:{queue}:open"
+
+    def reconciler_lock(self) -> str:
+        return f"{self.namespace}:reconciler:lock"
 
     # --- demo tool pack (not runtime state; kept here so every key has one home) ------
     def demo(self, name: str) -> str:

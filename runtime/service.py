@@ -23,8 +23,10 @@ import redis
 
 from runtime import admission, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
-from runtime.config import RuntimeConfig, load_config
+from runtime.compensation import Compensations
+from runtime.config import RetryPolicy, RuntimeConfig, load_config
 from runtime.contract import TERMINAL_STATUSES, RunStatus, RunView, TraceEvent, VersionSet
+from runtime.dead_letters import DeadLetters
 from runtime.embedded_redis import EmbeddedRedis, ensure_embedded
 from runtime.errors import AgentRuntimeError, ConfigError, SettingsError
 from runtime.keys import Keys
@@ -33,6 +35,7 @@ from runtime.policy import PolicyEngine
 from runtime.proposers.base import Proposer, ToolDescription
 from runtime.proposers.openai_compat import OpenAIProposer
 from runtime.proposers.scripted import ScriptedProposer
+from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
 from runtime.settings import Settings
@@ -116,6 +119,12 @@ class RuntimeService:
         self.registry = registry
         self.keys = Keys(settings.namespace)
         self.redis = redis.Redis.from_url(endpoints.redis_url, health_check_interval=30)
+        #: the tools' Redis (``ctx.redis``): their state and effect journals
+        self.tool_redis = (
+            redis.Redis.from_url(settings.tool_redis_url, health_check_interval=30)
+            if settings.tool_redis_url
+            else self.redis
+        )
         check_redis_policy(self.redis, settings.allow_evicting_redis)
         self.store = RunStore(make_engine(endpoints.database_url))
         self.ledger = BudgetLedger(self.redis, self.keys)
@@ -124,7 +133,10 @@ class RuntimeService:
         self.scheduler = Scheduler(self.redis, self.keys, config)
         self.scheduler.sync_config()
         self.limiter = Limiter(self.redis, self.keys)
+        self.breakers = Breakers(self.redis, self.keys)
         self.steps = StepRunner(self)
+        self.dead_letters = DeadLetters(self)
+        self.compensations = Compensations(self)
         self._publisher = publisher
         self._publisher_factory = publisher_factory
         self._proposers: dict[str, Proposer] = {}
@@ -182,6 +194,25 @@ class RuntimeService:
         if route is not None and route in self.config.routes:
             timeout = min(timeout, self.config.routes[route].step_timeout_s)
         return timeout
+
+    def retry_policy(self, route: str, tool: str | None = None) -> RetryPolicy | None:
+        """The tool's own retry policy, else the route's; None: failures are not retried."""
+        name = None
+        entry = self.config.tools.get(tool) if tool else None
+        if entry is not None and entry.retry_policy:
+            name = entry.retry_policy
+        elif route in self.config.routes:
+            name = self.config.routes[route].retry_policy
+        return self.config.retry_policies[name] if name else None
+
+    def after_failure(self, run_id: str) -> None:
+        """A run failed or was dead-lettered: compensate its side effects if its route
+        asks for it (in the background, as its own task)."""
+        run = self.store.get_run(run_id)
+        route = self.config.routes.get(run["route"])
+        if route is None or not route.compensate_on_failure:
+            return
+        self.compensations.request(run_id)
 
     def tool_cost_micro(self, name: str) -> int:
         entry = self.config.tools.get(name)
@@ -375,6 +406,7 @@ class RuntimeService:
             "invalid_proposals": 0,
             "tool_errors": 0,
             "lock_waits": 0,
+            "attempt": 0,
             "version": 1,
         }
 

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
 
     #: Redis for coordination (ledger, leases, locks). Unset: start an embedded server.
     redis_url: str | None = None
+    #: Redis the tools' own state and effect journals live in (``ctx.redis``); defaults to
+    #: ``redis_url``. Keep it apart so losing the runtime's Redis does not lose tool state.
+    tool_redis_url: str | None = None
     #: Celery broker; defaults to ``redis_url``.
     broker_url: str | None = None
     #: SQLAlchemy URL of the source of truth. Unset: SQLite (WAL) under ``home``.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime import scripts, stop_reasons
 from runtime.budgets.ledger import Scope, today
-from runtime.config import RouteConfig
+from runtime.config import RetryPolicy, RouteConfig
 from runtime.contract import (
     TERMINAL_STATUSES,
     Proposal,
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt.steps")
 
 _PROPOSAL = TypeAdapter(Proposal)
+#: keys a pending proposal carries for the runtime, stripped before validation
+_PENDING_META = ("call_key", "origin_step")
 #: seconds a tool lock (or bulkhead place) outlives the tool's timeout
 LEASE_MARGIN_S = 15.0
 
@@ -95,6 +98,10 @@ class _Step:
     controls: tuple[bool, bool, frozenset[str]] | None = None
     #: tools switched off by a live kill switch (read once per step with the other controls)
     disabled_tools: frozenset[str] = frozenset()
+    #: the model asked this step: the route's proposer, or a fallback while its breaker is open
+    model_name: str = ""
+    #: idempotency key of the call being retried (kept across attempts of one call)
+    call_key: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -117,6 +124,9 @@ class _Move:
     output: Any = None
     run_updates: dict[str, Any] = field(default_factory=dict)
     countdown_s: float | None = None
+    #: retries exhausted: after the checkpoint the run is dead-lettered at the next step,
+    #: which holds the call to try again: (class, error type, error)
+    dead_letter: tuple[str, str, str] | None = None
 
     @property
     def continues(self) -> bool:
@@ -153,8 +163,9 @@ class StepRunner:
         if isinstance(lease, Busy):
             # a live copy of this step runs elsewhere; if that holder is dead, its slot
             # lease expires and the scheduler dispatches the step again
-            log.info("step %s/%s: run lease held by %s; dropped", item.run_id, item.step_no,
-                     lease.holder)  # fmt: skip
+            log.info(
+                "step %s/%s: run lease held by %s; dropped", item.run_id, item.step_no, lease.holder
+            )
             return StepResult("duplicate_dropped")
         controls = svc.parse_controls(extra[-1], tools) if control_keys else None
         released = False
@@ -255,7 +266,9 @@ class StepRunner:
             self.fail_step(run["run_id"], step_no, "route_removed")
             svc.leases.release(lease)
             return StepResult("route_removed")
-        st = _Step(run, route, step_no, attempt, trace, controls=controls)
+        st = _Step(
+            run, route, step_no, attempt, trace, controls=controls, model_name=route.proposer
+        )
         trace.add("step_started", attempt=attempt)
         move = self._guards(st) or self._advance(st)
         return self._finish(st, move, lease)
@@ -289,15 +302,20 @@ class StepRunner:
     def _advance(self, st: _Step) -> _Move:
         pending = st.run["pending_proposal"]
         if pending is None:
+            blocked = self._choose_model(st)
+            if blocked is not None:
+                return blocked
             wait_s = self._take_model_rate(st)
             if wait_s > 0:
-                st.trace.add(
-                    "rate_limited", limiter=f"model:{st.route.proposer}", retry_after_s=wait_s
+                st.trace.add("rate_limited", limiter=f"model:{st.model_name}", retry_after_s=wait_s)
+                return _Move(
+                    RunStatus.RUNNING,
+                    "deferred",
+                    "rate_limited:model",
+                    observation={"rate_limited": st.model_name},
+                    run_updates={"workflow_step": "waiting_rate_limit"},
+                    countdown_s=wait_s,
                 )
-                return _Move(RunStatus.RUNNING, "deferred", "rate_limited:model",
-                             observation={"rate_limited": st.route.proposer},
-                             run_updates={"workflow_step": "waiting_rate_limit"},
-                             countdown_s=wait_s)  # fmt: skip
         try:
             self._reserve(st, with_model_call=pending is None)
         except BudgetExhausted as exc:
@@ -309,37 +327,143 @@ class StepRunner:
                 stop_reason=stop_reasons.make("budget_exhausted", exc.dimension),
             )
         if pending is not None:
-            raw: Any = pending
-            st.trace.add("proposal_resumed", tool=pending.get("tool"))
+            # retry bookkeeping travels with the proposal but is not part of it
+            st.call_key = pending.get("call_key")
+            raw: Any = {k: v for k, v in pending.items() if k not in _PENDING_META}
+            st.trace.add("proposal_resumed", tool=pending.get("tool"), call_key=st.call_key)
         else:
             try:
                 result = self._propose(st)
             except ProposerError as exc:
-                st.trace.add("proposer_error", code=exc.code, error=str(exc))
+                st.trace.add("proposer_error", code=exc.code, error=str(exc), model=st.model_name)
+                self._record_breaker(st, f"model:{st.model_name}", ok=False)
+                policy = self.svc.retry_policy(st.run["route"])
+                if policy is not None and exc.code not in policy.non_retryable:
+                    return self._retry_or_dead_letter(
+                        st, "proposer", exc.code, str(exc), policy, pending=None
+                    )
                 return self._error_move(st, "proposer", exc.code, str(exc))
             finally:
                 self._give_back_tokens(st)
+            self._record_breaker(st, f"model:{st.model_name}", ok=True)
             raw = result.raw
         return self._validate_and_act(st, raw)
+
+    # --- circuit breakers and retries ------------------------------------------------
+    def _choose_model(self, st: _Step) -> _Move | None:
+        """Ask the route's model unless its breaker is open; then its fallbacks in order.
+        With every breaker open the step waits (holding no slot) for the first to close."""
+        svc = self.svc
+        caller = f"{st.run_id}:{st.step_no}"
+        waits: list[float] = []
+        for name in [st.route.proposer, *st.route.fallback_proposers]:
+            verdict = svc.breakers.allow(f"model:{name}", svc.config.models[name].breaker, caller)
+            if verdict.allowed:
+                if name != st.route.proposer:
+                    st.trace.add("fallback", model=name, instead_of=st.route.proposer)
+                st.model_name = name
+                return None
+            st.trace.add(
+                "breaker_open",
+                breaker=f"model:{name}",
+                retry_after_s=round(verdict.retry_after_s, 3),
+            )
+            waits.append(verdict.retry_after_s)
+        wait_s = max(min(waits), 0.05)
+        return _Move(
+            RunStatus.RUNNING,
+            "deferred",
+            f"breaker_open:model:{st.route.proposer}",
+            observation={"breaker_open": st.route.proposer},
+            run_updates={"workflow_step": "waiting_breaker"},
+            countdown_s=wait_s,
+        )
+
+    def _record_breaker(self, st: _Step, name: str, *, ok: bool) -> None:
+        kind, _, target = name.partition(":")
+        cfg = (
+            self.svc.config.models[target].breaker
+            if kind == "model"
+            else self.svc.config.tools[target].breaker
+        )
+        if cfg is None:
+            return
+        state = self.svc.breakers.record(name, cfg, f"{st.run_id}:{st.step_no}", ok)
+        if state == "open" and not ok:
+            st.trace.add("breaker_opened", breaker=name)
+
+    def _retry_or_dead_letter(
+        self,
+        st: _Step,
+        source: str,
+        code: str,
+        error: str,
+        policy: RetryPolicy,
+        pending: dict[str, Any] | None,
+    ) -> _Move:
+        """A retryable failure: try the same call again after a backoff (scheduled by the
+        runtime, holding no slot) or, with the attempts used up, dead-letter the run at the
+        next step, which keeps the call so an operator's retry resumes exactly there."""
+        failures = int(st.run["attempt"]) + 1
+        observation = {"error": code, "detail": error[:1000], "attempt": failures}
+        updates: dict[str, Any] = {"attempt": failures, "pending_proposal": pending}
+        if failures >= policy.max_attempts:
+            st.trace.add("retries_exhausted", source=source, code=code, attempts=failures)
+            return _Move(
+                RunStatus.RUNNING,
+                "failed",
+                f"{source}_failed:{code}",
+                observation=observation,
+                run_updates={**updates, "workflow_step": "dead_lettered"},
+                dead_letter=("exhausted", code, error),
+            )
+        self.svc.dead_letters.record_failure(st.run_id, st.step_no, f"{source}_error", code, error)
+        delay = backoff_s(policy, failures)
+        st.trace.add(
+            "retry_scheduled",
+            source=source,
+            code=code,
+            attempt=failures + 1,
+            max_attempts=policy.max_attempts,
+            delay_s=round(delay, 3),
+        )
+        return _Move(
+            RunStatus.RUNNING,
+            "failed",
+            f"{source}_retry:{code}",
+            observation=observation,
+            run_updates={**updates, "workflow_step": f"retry:{source}"},
+            countdown_s=max(delay, 0.01),
+        )
+
+    def _pending(self, st: _Step, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A tool call kept for a later step (its retry key goes with it)."""
+        pending: dict[str, Any] = {"type": "tool_call", "tool": tool, "args": args}
+        if st.call_key:
+            pending["call_key"] = st.call_key
+        return pending
 
     # --- global rate limits ----------------------------------------------------------
     def _take_model_rate(self, st: _Step) -> float:
         """Take one request and the step's worst-case tokens from the model's limiters."""
-        model = self.svc.config.models[st.route.proposer]
+        model = self.svc.config.models[st.model_name]
         takes = []
         if model.requests_rate:
-            takes.append(Take(limits.model_requests(st.route.proposer), model.requests_rate))
+            takes.append(Take(limits.model_requests(st.model_name), model.requests_rate))
         if model.tokens_rate:
             tokens = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
-            takes.append(Take(limits.model_tokens(st.route.proposer), model.tokens_rate, tokens))
+            takes.append(Take(limits.model_tokens(st.model_name), model.tokens_rate, tokens))
         return self.svc.limiter.take(takes)
 
     def _give_back_tokens(self, st: _Step) -> None:
-        model = self.svc.config.models[st.route.proposer]
+        model = self.svc.config.models[st.model_name]
         if model.tokens_rate:
             reserved = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
-            self.svc.limiter.give_back(limits.model_tokens(st.route.proposer), model.tokens_rate,
-                                       reserved - st.usage.total_tokens)  # fmt: skip
+            self.svc.limiter.give_back(
+                limits.model_tokens(st.model_name),
+                model.tokens_rate,
+                reserved - st.usage.total_tokens,
+            )
 
     # --- budget ----------------------------------------------------------------------
     def _scopes(self, st: _Step) -> list[Scope]:
@@ -362,7 +486,7 @@ class StepRunner:
     def _reserve(self, st: _Step, *, with_model_call: bool) -> None:
         svc = self.svc
         policy = svc.config.budget_policies[st.route.budget_policy]
-        model = svc.config.models[st.route.proposer]
+        model = svc.config.models[st.model_name]
         tokens = policy.tokens_per_step if with_model_call else 0
         price = max(model.input_usd_per_mtok, model.output_usd_per_mtok)
         tool_cost = max((svc.tool_cost_micro(t) for t in st.route.allowed_tools), default=0)
@@ -370,7 +494,7 @@ class StepRunner:
             "tokens": tokens,
             "model_calls": 1 if with_model_call else 0,
             "tool_calls": 1 if st.route.allowed_tools else 0,
-            "retries": 1 if st.attempt > 0 else 0,
+            "retries": 1 if _retrying(st) else 0,
             "wall_clock_ms": int(st.route.step_timeout_s * 1000),
             "cost_micro_usd": round(tokens * price) + tool_cost,
         }
@@ -382,7 +506,7 @@ class StepRunner:
         st.trace.add("budget_reserve", amounts=amounts, state=reservation.state)
 
     def _actual_spend(self, st: _Step) -> dict[str, int]:
-        model = self.svc.config.models.get(st.route.proposer) if st.route.proposer else None
+        model = self.svc.config.models.get(st.model_name)
         cost = st.tool_cost_micro
         if st.used_proposer and model is not None:
             cost += round(
@@ -393,7 +517,7 @@ class StepRunner:
             "tokens": st.usage.total_tokens,
             "model_calls": 1 if st.used_proposer else 0,
             "tool_calls": 1 if st.tool_executed else 0,
-            "retries": 1 if st.attempt > 0 else 0,
+            "retries": 1 if _retrying(st) else 0,
             "wall_clock_ms": int((time.monotonic() - st.started) * 1000),
             "cost_micro_usd": cost,
         }
@@ -418,7 +542,7 @@ class StepRunner:
         )
 
     def _propose(self, st: _Step) -> ProposalResult:
-        proposer = self.svc.proposer_for(st.route.proposer)
+        proposer = self.svc.proposer_for(st.model_name)
         st.used_proposer = True
         result = proposer.propose(self._working_set(st))
         st.usage = result.usage
@@ -563,6 +687,12 @@ class StepRunner:
         timeout_s = svc.tool_timeout(spec, st.run["route"])
         entry = svc.config.tools[spec.name]
         call_id = f"{st.run_id}:{st.step_no}"
+        if entry.breaker:
+            verdict = svc.breakers.allow(f"tool:{spec.name}", entry.breaker, call_id)
+            if not verdict.allowed:
+                return self._wait(
+                    st, "breaker_open", f"tool:{spec.name}", verdict.retry_after_s, args, proposal
+                )
         if entry.rate_limit:
             wait_s = svc.limiter.take([Take(limits.tool_calls(spec.name), entry.rate_limit)])
             if wait_s > 0:
@@ -571,8 +701,9 @@ class StepRunner:
             ttl_ms = int((timeout_s + LEASE_MARGIN_S) * 1000)
             wait_s = svc.limiter.enter_bulkhead(spec.name, call_id, entry.max_concurrency, ttl_ms)
             if wait_s > 0:
-                return self._wait(st, "bulkhead_full", f"tool:{spec.name}", min(wait_s, 0.2), args,
-                                  proposal)  # fmt: skip
+                return self._wait(
+                    st, "bulkhead_full", f"tool:{spec.name}", min(wait_s, 0.2), args, proposal
+                )
         try:
             if lock_name:
                 got = svc.leases.acquire_lock(
@@ -590,21 +721,33 @@ class StepRunner:
         finally:
             if entry.max_concurrency:
                 svc.limiter.leave_bulkhead(spec.name, call_id)
-        return self._after_tool(st, spec, outcome)
+        if entry.breaker:
+            self._record_breaker(st, f"tool:{spec.name}", ok=outcome.ok)
+        return self._after_tool(st, spec, outcome, args)
 
     def _wait(
-        self, st: _Step, reason: str, resource: str, wait_s: float, args: dict[str, Any],
+        self,
+        st: _Step,
+        reason: str,
+        resource: str,
+        wait_s: float,
+        args: dict[str, Any],
         proposal: ToolCallProposal,
-    ) -> _Move:  # fmt: skip
+    ) -> _Move:
         """The call may not run yet (rate limit, bulkhead): keep the proposal, give back the
         slot, and run it again after ``wait_s``; the wait holds nothing."""
         st.trace.add(reason, limiter=resource, retry_after_s=round(wait_s, 3))
-        return _Move(RunStatus.RUNNING, "deferred", f"{reason}:{resource}",
-                     observation={reason: resource},
-                     run_updates={"workflow_step": f"{reason}:{resource}",
-                                  "pending_proposal": {"type": "tool_call", "tool": proposal.tool,
-                                                       "args": args}},
-                     countdown_s=max(wait_s, 0.01))  # fmt: skip
+        return _Move(
+            RunStatus.RUNNING,
+            "deferred",
+            f"{reason}:{resource}",
+            observation={reason: resource},
+            run_updates={
+                "workflow_step": f"{reason}:{resource}",
+                "pending_proposal": self._pending(st, proposal.tool, args),
+            },
+            countdown_s=max(wait_s, 0.01),
+        )
 
     def _claim_and_execute(
         self,
@@ -616,7 +759,9 @@ class StepRunner:
         timeout_s: float,
     ) -> ToolOutcome:
         svc = self.svc
-        key = f"{st.run_id}:{st.step_no}:0"
+        # a retried call keeps the key of its first attempt: the tool (and any external
+        # system it passes the key to) sees one call, tried again
+        key = st.call_key or f"{st.run_id}:{st.step_no}:0"
         # the allow decision is committed before the tool runs; for a side effect, together
         # with the claim on its idempotency key
         decisions, st.decisions = st.decisions, []
@@ -640,6 +785,8 @@ class StepRunner:
                 },
                 decisions,
                 events,
+                retry=st.call_key is not None,
+                retry_unknown=spec.retry_unknown,
             )
             if not claim.fresh:
                 replay = self._replay(st, spec, claim.status, claim.result, claim.error, key)
@@ -653,7 +800,7 @@ class StepRunner:
             call_index=0,
             idempotency_key=key,
             fencing_token=lock.fencing_token if lock else None,
-            redis=svc.redis,
+            redis=svc.tool_redis,
             keys=svc.keys,
         )
         st.trace.add("tool_start", tool=spec.name, idempotency_key=key, timeout_s=timeout_s)
@@ -707,14 +854,20 @@ class StepRunner:
             error="an earlier attempt died mid-call; an irreversible call is not repeated",
         )
 
-    def _after_tool(self, st: _Step, spec: ToolSpec, outcome: ToolOutcome) -> _Move:
+    def _after_tool(
+        self, st: _Step, spec: ToolSpec, outcome: ToolOutcome, args: dict[str, Any]
+    ) -> _Move:
         if outcome.ok:
             return _Move(
                 RunStatus.RUNNING,
                 "tool_call",
                 "tool_succeeded",
                 observation=outcome.result,
-                run_updates={"pending_proposal": None, "workflow_step": f"after:{spec.name}"},
+                run_updates={
+                    "pending_proposal": None,
+                    "attempt": 0,
+                    "workflow_step": f"after:{spec.name}",
+                },
             )
         if outcome.error_code == "side_effect_unknown":
             return _Move(
@@ -725,7 +878,19 @@ class StepRunner:
                 stop_reason=stop_reasons.make("failed", "side_effect_unknown"),
                 run_updates={"pending_proposal": None},
             )
-        move = self._error_move(st, "tool", outcome.error_code or "tool_error", outcome.error or "")
+        code = outcome.error_code or "tool_error"
+        policy = self.svc.retry_policy(st.run["route"], spec.name)
+        retryable = not outcome.outcome_unknown or spec.retry_unknown
+        if policy is not None and retryable and code not in policy.non_retryable:
+            if st.call_key is None:
+                st.call_key = f"{st.run_id}:{st.step_no}:0"
+            pending = self._pending(st, spec.name, args)
+            move = self._retry_or_dead_letter(
+                st, "tool", code, outcome.error or "", policy, pending
+            )
+            move.kind = "tool_call"
+            return move
+        move = self._error_move(st, "tool", code, outcome.error or "")
         move.kind = "tool_call"
         move.run_updates["pending_proposal"] = None
         return move
@@ -759,7 +924,7 @@ class StepRunner:
             run_updates={
                 "lock_waits": waits,
                 "workflow_step": f"waiting_lock:{lock_name}",
-                "pending_proposal": {"type": "tool_call", "tool": proposal.tool, "args": args},
+                "pending_proposal": self._pending(st, proposal.tool, args),
             },
             countdown_s=countdown,
         )
@@ -825,6 +990,8 @@ class StepRunner:
             st.trace.add("budget_settle", actual=actual)
         now = utcnow()
         updates: dict[str, Any] = {**move.run_updates}
+        if "attempt" not in updates and move.kind != "deferred" and st.run["attempt"]:
+            updates["attempt"] = 0  # the failing call got past its failure
         if st.used_proposer:
             updates["turns"] = int(st.run["turns"]) + 1
         if move.stop_reason:
@@ -874,7 +1041,7 @@ class StepRunner:
         # one round trip: settle the budget, release the run lease, free the step's slot,
         # queue the next step and dispatch what may run now; then publish it
         ops = Ops().complete(item_of(st.run, st.step_no))
-        if move.continues:
+        if move.continues and move.dead_letter is None:
             following = item_of(st.run, st.step_no + 1)
             if move.countdown_s:
                 ops.delay(following, now_ms() + int(move.countdown_s * 1000))
@@ -891,6 +1058,14 @@ class StepRunner:
 
         results = scripts.run_pipeline(svc.redis, settle_release_schedule)
         svc.publish(svc.scheduler.outcome(results[-2]).dispatched)
+        if move.dead_letter is not None:
+            dl_class, error_type, error = move.dead_letter
+            svc.dead_letters.dead_letter_step(
+                st.run_id, st.step_no + 1, dl_class, error_type=error_type, error=error
+            )
+            return StepResult(f"dead_lettered:{dl_class}")
+        if move.status in (RunStatus.FAILED,) and st.route.compensate_on_failure:
+            svc.after_failure(st.run_id)
         if move.continues:
             return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)
         return StepResult(move.outcome)
@@ -907,6 +1082,17 @@ class StepRunner:
             "at": utcnow(),
             **actual,
         }
+
+
+def backoff_s(policy: RetryPolicy, failures: int) -> float:
+    """Exponential backoff with jitter before attempt ``failures + 1``."""
+    base = min(policy.backoff_s * 2 ** (failures - 1), policy.backoff_max_s)
+    return float(max(0.0, base * (1 + random.uniform(-policy.jitter, policy.jitter))))
+
+
+def _retrying(st: _Step) -> bool:
+    """A redelivered step or a retried call: charged to the ``retries`` dimension."""
+    return st.attempt > 0 or int(st.run.get("attempt") or 0) > 0
 
 
 def item_of(run: dict[str, Any], step_no: int) -> Item:

@@ -127,10 +127,11 @@ def create_app(
     app.agentrt_settings = settings
     app.agentrt_config = config
     app.agentrt_endpoints = endpoints
-    from tasks import pump, steps
+    from tasks import poison, pump, steps
 
     steps.register(app)
     pump.register(app)
+    poison.register(app)
     return app
 
 

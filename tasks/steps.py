@@ -1,4 +1,11 @@
-"""The step task: a thin wrapper that calls the service and maps outcomes onto Celery."""
+"""The step task: a thin wrapper that calls the service and maps outcomes onto Celery.
+
+A message whose kwargs name no valid step, or a run that does not exist, is dead-lettered
+as ``poison`` and acknowledged: never executed, never lost. A step that fails for good
+outside the step loop lands in the dead-letter queue too (``task_failure``): its worker died
+on it too often (``worker_lost``), it hit its hard time limit (``timeout``), or infrastructure
+errors outlasted their retries or a bug escaped (``exhausted``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Task, signals
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 
+from runtime.dead_letters import format_exception
+from runtime.errors import RunNotFound
 from runtime.scheduling.scheduler import Item
 from tasks.publish import STEP_TASK
 
@@ -20,9 +30,46 @@ log = logging.getLogger("agentrt.tasks")
 #: infrastructure hiccups: retry the step (bounded) rather than fail the run
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
+#: exception names (as Celery reports them) -> dead-letter class; anything else: exhausted
+_DL_CLASSES = {
+    "WorkerLostError": "worker_lost",
+    "TimeLimitExceeded": "timeout",
+    "SoftTimeLimitExceeded": "timeout",
+}
+
+
+class StepMessage(BaseModel):
+    """The kwargs of a step message, checked before anything runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    step: int = Field(ge=0, lt=1_000_000)
+    tenant: str = Field(default="", max_length=100)
+    route: str = Field(default="", max_length=100)
+    priority: str = Field(default="normal", max_length=20)
+
 
 def register(app: AgentrtCelery) -> None:
     settings = app.agentrt_settings
+
+    def poison(task: Task, error_type: str, error: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        log.error("step message %s is poison (%s): %s", task.request.id, error_type, error)
+        run_id = kwargs.get("run_id") if isinstance(kwargs.get("run_id"), str) else None
+        app.runtime_service().dead_letters.poison(
+            queue=str((task.request.delivery_info or {}).get("routing_key") or "agentrt.steps"),
+            error_type=error_type,
+            error=error,
+            message={
+                "task": STEP_TASK,
+                "id": task.request.id,
+                "args": list(task.request.args or []),
+                "kwargs": kwargs,
+            },
+            task_name=STEP_TASK,
+            task_id=task.request.id,
+            run_id=run_id,
+        )
+        return {"outcome": f"poison:{error_type}"}
 
     @app.task(
         name=STEP_TASK,
@@ -33,21 +80,27 @@ def register(app: AgentrtCelery) -> None:
         max_retries=settings.worker_lost_retries,
         default_retry_delay=settings.worker_lost_retry_delay_s,
     )
-    def step(
-        self: Task,
-        run_id: str,
-        step: int,
-        tenant: str = "",
-        route: str = "",
-        priority: str = "normal",
-    ) -> dict[str, Any]:
+    def step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if args:
+            return poison(self, "invalid_payload", "a step takes keyword arguments only", kwargs)
+        try:
+            msg = StepMessage.model_validate(kwargs)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'kwargs'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            return poison(self, "invalid_payload", problems, kwargs)
         svc = app.runtime_service()
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         attempt = int(self.request.retries or 0) + (1 if redelivered else 0)
+        item = Item(msg.run_id, msg.step, msg.tenant, msg.route, msg.priority)
         try:
-            result = svc.run_step(Item(run_id, step, tenant, route, priority), attempt)
+            result = svc.run_step(item, attempt)
+        except RunNotFound as exc:
+            return poison(self, "unknown_run", str(exc), kwargs)
         except TRANSIENT as exc:
-            log.warning("step %s/%s: transient error, retrying: %r", run_id, step, exc)
+            log.warning("step %s/%s: transient error, retrying: %r", msg.run_id, msg.step, exc)
             raise self.retry(
                 exc=exc, countdown=min(2 ** int(self.request.retries or 0), 30)
             ) from exc
@@ -61,15 +114,21 @@ def register(app: AgentrtCelery) -> None:
         kwargs: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
-        # final failure (retries exhausted, hard time limit, worker lost too often, a bug):
-        # the run must not stay "running" forever
+        # a final failure: the run must not stay "running" forever; it waits in the DLQ
         kwargs = kwargs or {}
         run_id, step_no = kwargs.get("run_id"), kwargs.get("step")
-        if not run_id or step_no is None:
+        if not isinstance(run_id, str) or not isinstance(step_no, int):
             return
+        name = type(exception).__name__ if exception else "unknown"
         try:
-            app.runtime_service().steps.fail_step(
-                str(run_id), int(step_no), type(exception).__name__ if exception else "unknown"
+            app.runtime_service().dead_letters.dead_letter_step(
+                run_id,
+                step_no,
+                _DL_CLASSES.get(name, "exhausted"),
+                error_type=name,
+                error=str(exception) if exception else None,
+                traceback=format_exception(exception),
+                task_id=task_id,
             )
         except Exception:
-            log.exception("could not record the failure of step %s/%s", run_id, step_no)
+            log.exception("could not dead-letter step %s/%s", run_id, step_no)

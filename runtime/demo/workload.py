@@ -604,7 +604,7 @@ def _collect(
                 ok = step["outcome"] == "tool_succeeded"
                 tool = str(step["proposal"].get("tool"))
                 tool_calls.setdefault(tool, Counter())["ok" if ok else "failed"] += 1
-    counter = svc.redis.get(svc.keys.demo(f"counter:{COUNTER_KEY}"))
+    counter = svc.tool_redis.get(svc.keys.demo(f"counter:{COUNTER_KEY}"))
     return DemoReport(
         namespace=svc.settings.namespace,
         elapsed_s=elapsed_s,

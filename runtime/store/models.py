@@ -58,6 +58,8 @@ class RunRow(SQLModel, table=True):
     invalid_proposals: int = 0
     tool_errors: int = 0
     lock_waits: int = 0
+    #: failed attempts of the current action (tool call or proposal) so far; 0 after success
+    attempt: int = 0
     #: a validated proposal waiting to execute (e.g. its lock was busy)
     pending_proposal: dict[str, Any] | None = _json()
     #: bumped on every update; a writer holding an old version loses
@@ -174,3 +176,79 @@ class SpendRow(SQLModel, table=True):
     wall_clock_ms: int = 0
     cost_micro_usd: int = 0
     at: datetime
+
+
+class DeadLetterRow(SQLModel, table=True):
+    """A step (or a message) that cannot go on by itself and waits for an operator."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        Index("ix_dl_status_queue", "status", "queue"),
+        Index("ix_dl_tenant_status", "tenant_id", "status"),
+        Index("ix_dl_run", "run_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    #: the Celery queue the message came from; one dead-letter queue per Celery queue
+    queue: str = Field(max_length=100)
+    task_name: str | None = Field(default=None, max_length=200)
+    task_id: str | None = Field(default=None, max_length=200)
+    run_id: str | None = Field(default=None, max_length=40)
+    tenant_id: str | None = Field(default=None, max_length=100)
+    route: str | None = Field(default=None, max_length=100)
+    step_no: int | None = None
+    trace_id: str | None = Field(default=None, max_length=40)
+    version_set: dict[str, Any] | None = _json()
+    #: exhausted | poison | worker_lost | timeout | compensation
+    dl_class: str = Field(max_length=20)
+    error_type: str = Field(max_length=200)
+    error_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    traceback: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: the original message (headers and body, secrets redacted)
+    message: dict[str, Any] | None = _json()
+    #: every failed attempt: [{at, error_type, error, worker, attempt}]
+    attempts: list[dict[str, Any]] | None = _json()
+    attempt_count: int = 0
+    first_failed_at: datetime
+    last_failed_at: datetime
+    #: open | retried | purged
+    status: str = Field(default="open", max_length=10)
+    retry_count: int = 0
+    created_at: datetime
+    resolved_at: datetime | None = None
+    resolved_by: str | None = Field(default=None, max_length=200)
+
+
+class StepFailureRow(SQLModel, table=True):
+    """One failed attempt of a step (attempt history for dead letters and operators)."""
+
+    __tablename__ = "step_failures"
+    __table_args__ = (Index("ix_failures_run_step", "run_id", "step_no"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=40)
+    tenant_id: str = Field(max_length=100)
+    step_no: int
+    attempt: int = 0
+    #: tool_error | model_error | worker_lost | timeout | transient | ...
+    kind: str = Field(max_length=40)
+    error_type: str = Field(max_length=200)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    worker: str | None = Field(default=None, max_length=200)
+    at: datetime
+
+
+class AuditRow(SQLModel, table=True):
+    """What an operator did: who, when, with which filter, to how many."""
+
+    __tablename__ = "operator_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime
+    actor: str = Field(max_length=200)
+    #: dlq.retry | dlq.purge | recover | ...
+    action: str = Field(max_length=40)
+    filter: dict[str, Any] | None = _json()
+    count: int = 0
+    ids: list[str] | None = _json()
+    detail: dict[str, Any] | None = _json()

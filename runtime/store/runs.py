@@ -212,6 +212,36 @@ class RunStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    def add_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            with self._write() as conn:
+                conn.execute(insert(events_t), list(events))
+
+    def set_effect_status(
+        self,
+        effect_id: int,
+        expected: str,
+        status: str,
+        events: Sequence[dict[str, Any]] = (),
+        error: str | None = None,
+    ) -> bool:
+        """Compare-and-set a side effect's status (with its trace events); False if another
+        writer changed it first."""
+        values: dict[str, Any] = {"status": status}
+        if error is not None:
+            values["error"] = error
+        with self._write() as conn:
+            result = conn.execute(
+                update(effects_t)
+                .where(effects_t.c.id == effect_id, effects_t.c.status == expected)
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                return False
+            if events:
+                conn.execute(insert(events_t), list(events))
+        return True
+
     def effect_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Side-effect records of these runs: ``{tool: {status: count}}``."""
         query = (
@@ -315,9 +345,14 @@ class RunStore:
         effect: dict[str, Any],
         decisions: Sequence[dict[str, Any]],
         events: Sequence[dict[str, Any]],
+        *,
+        retry: bool = False,
+        retry_unknown: bool = False,
     ) -> EffectClaim:
         """Store the allow decision and claim the side effect's idempotency key, before
-        the tool runs. If the key exists (a redelivered step), report what was recorded."""
+        the tool runs. If the key exists (a redelivered step), report what was recorded.
+        ``retry``: a retry of a call that failed claims its key again (``failed``, or
+        ``unknown`` when the tool may run again after an unknown outcome)."""
         try:
             with self._write() as conn:
                 if decisions:
@@ -341,6 +376,23 @@ class RunStore:
             if row is None:  # the conflict was on the decision row of an unfinished attempt
                 conn.execute(insert(effects_t), [effect])
                 return EffectClaim(fresh=True, status="started")
+            again = ("failed", "unknown") if retry_unknown else ("failed",)
+            if retry and row["status"] in again:
+                conn.execute(
+                    update(effects_t)
+                    .where(effects_t.c.id == row["id"], effects_t.c.status == row["status"])
+                    .values(
+                        status="started",
+                        attempts=effects_t.c.attempts + 1,
+                        fencing_token=effect.get("fencing_token"),
+                        error=None,
+                    )
+                )
+                if decisions:
+                    conn.execute(insert(decisions_t), list(decisions))
+                if events:
+                    conn.execute(insert(events_t), list(events))
+                return EffectClaim(fresh=True, status="started", attempts=row["attempts"] + 1)
             if row["status"] == "started":
                 conn.execute(
                     update(effects_t)

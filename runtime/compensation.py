@@ -1,0 +1,109 @@
+"""Compensation: undo the side effects of a run that failed, newest first.
+
+A route with ``compensate_on_failure: true`` asks for it. Every succeeded side effect whose
+tool registered a compensator (``@tool.compensator``) is undone in reverse order of
+completion. Each effect moves ``succeeded -> compensating -> compensated`` by
+compare-and-set, so two workers never undo the same effect twice; a compensator that fails
+marks the effect ``compensation_failed`` and lands in the dead-letter queue (class
+``compensation``), from where an operator's retry runs it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runtime.tools.context import ToolContext
+from runtime.tracing import TraceBuffer
+
+if TYPE_CHECKING:
+    from runtime.service import RuntimeService
+
+log = logging.getLogger("agentrt.compensation")
+
+
+@dataclass
+class CompensationReport:
+    compensated: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    #: succeeded effects whose tool has no compensator
+    skipped: list[str] = field(default_factory=list)
+
+
+class Compensations:
+    def __init__(self, svc: RuntimeService) -> None:
+        self.svc = svc
+
+    def request(self, run_id: str) -> CompensationReport:
+        """Compensate now, in the caller's process (a worker finishing the failed step,
+        or an operator's retry). Idempotent: effects already undone are skipped."""
+        return self.compensate(run_id)
+
+    def compensate(self, run_id: str) -> CompensationReport:
+        svc = self.svc
+        run = svc.store.get_run(run_id)
+        report = CompensationReport()
+        effects = [e for e in svc.store.side_effects(run_id) if e["status"] == "succeeded"]
+        effects.sort(
+            key=lambda e: (e["finished_at"] is not None, e["finished_at"], e["id"]), reverse=True
+        )
+        for effect in effects:
+            key = str(effect["idempotency_key"])
+            trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], effect["step_no"])
+            spec = svc.registry.get(effect["tool"])
+            if spec is None or spec.compensate is None:
+                report.skipped.append(key)
+                trace.add(
+                    "compensation_skipped",
+                    tool=effect["tool"],
+                    idempotency_key=key,
+                    reason="no compensator",
+                )
+                svc.store.add_events(trace.drain())
+                continue
+            trace.add("compensation_start", tool=spec.name, idempotency_key=key)
+            if not svc.store.set_effect_status(
+                effect["id"], "succeeded", "compensating", trace.drain()
+            ):
+                continue  # another worker took it
+            ctx = ToolContext(
+                run_id=run_id,
+                tenant_id=run["tenant_id"],
+                route=run["route"],
+                step=effect["step_no"],
+                call_index=0,
+                idempotency_key=f"{key}:compensate",
+                fencing_token=None,
+                redis=svc.tool_redis,
+                keys=svc.keys,
+            )
+            try:
+                args = spec.input_model.model_validate(effect["args"] or {})
+                spec.compensate(args, effect["result"] or {}, ctx)
+            except Exception as exc:  # a compensator is user code: any failure is recorded
+                log.warning("compensation of %s (%s) failed: %r", key, spec.name, exc)
+                report.failed.append(key)
+                trace.add(
+                    "compensation_failed",
+                    tool=spec.name,
+                    idempotency_key=key,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                svc.store.set_effect_status(
+                    effect["id"],
+                    "compensating",
+                    "compensation_failed",
+                    trace.drain(),
+                    error=str(exc)[:2000],
+                )
+                svc.dead_letters.compensation_failed(run, effect, exc)
+                continue
+            trace.add("compensated", tool=spec.name, idempotency_key=key)
+            svc.store.set_effect_status(effect["id"], "compensating", "compensated", trace.drain())
+            report.compensated.append(key)
+        return report
+
+    def retry_effect(self, effect: dict[str, Any]) -> bool:
+        """An operator retries a failed compensation: make the effect eligible again."""
+        return self.svc.store.set_effect_status(effect["id"], "compensation_failed", "succeeded")

@@ -1,0 +1,417 @@
+"""Dead letters: steps and messages that cannot go on by themselves, kept for an operator.
+
+Celery's Redis transport deletes a rejected message, so dead-lettering is ours. A step is
+dead-lettered when it exhausts its retries (``exhausted``), when its message is garbage
+or names no valid step (``poison``), when its worker died on it more than
+``AGENTRT_WORKER_LOST_RETRIES`` times (``worker_lost``), when it hit its hard time limit
+(``timeout``), or when a compensation failed (``compensation``). The run stops with
+``dead_lettered:<class>`` but keeps its place (``next_step``): a retry resumes that very
+step, so side effects it already recorded are not repeated, and budgets and policy are
+checked again.
+
+Entries live in SQL (durable, filterable, audited); each queue also has a Redis stream
+``<ns>:dlq:<queue>`` (capped) and an open-entry counter for alerting. Flower cannot show a
+queue no worker consumes, so use ``agentrt dlq stats`` (or the counter) for depth.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback as tb
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runtime import stop_reasons
+from runtime.errors import AgentRuntimeError
+from runtime.scheduling.scheduler import Item, Ops, now_ms
+from runtime.store.db import utcnow
+from runtime.store.dead_letters import DeadLetterFilter, DeadLetterStore, retention_cutoff
+from runtime.tracing import TraceBuffer, redact
+
+if TYPE_CHECKING:
+    from runtime.service import RuntimeService
+
+CLASSES = ("exhausted", "poison", "worker_lost", "timeout", "compensation")
+#: the one Celery queue steps use (tasks.app.STEP_QUEUE); a dead-letter queue per queue
+STEP_QUEUE = "agentrt.steps"
+
+
+class DeadLetterNotFound(AgentRuntimeError):
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(f"no dead letter with id {entry_id!r}")
+
+
+@dataclass
+class RetryOutcome:
+    matched: int
+    retried: list[str]
+    skipped: dict[str, str]
+    dry_run: bool
+
+
+@dataclass
+class PurgeOutcome:
+    matched: int
+    purged: list[str]
+    dry_run: bool
+
+
+def format_exception(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))[-20_000:]
+
+
+class DeadLetters:
+    def __init__(self, svc: RuntimeService) -> None:
+        self.svc = svc
+        self.store = DeadLetterStore(svc.store)
+
+    # --- landing -----------------------------------------------------------------------
+    def dead_letter_step(
+        self,
+        run_id: str,
+        step_no: int,
+        dl_class: str,
+        *,
+        error_type: str,
+        error: str | None = None,
+        traceback: str | None = None,
+        message: dict[str, Any] | None = None,
+        worker: str | None = None,
+        task_id: str | None = None,
+        queue: str = STEP_QUEUE,
+    ) -> str | None:
+        """Stop the run at ``step_no`` as ``dead_lettered:<class>`` and keep an entry.
+        Returns the entry id, or None if the step had moved on (nothing to dead-letter)."""
+        svc = self.svc
+        run = svc.store.get_run(run_id)
+        item = Item(run_id, step_no, run["tenant_id"], run["route"], run["priority"])
+        now = utcnow()
+        failure = {
+            "run_id": run_id,
+            "tenant_id": run["tenant_id"],
+            "step_no": step_no,
+            "attempt": int(run["attempt"]),
+            "kind": dl_class,
+            "error_type": error_type,
+            "error": (error or "")[:5000],
+            "worker": worker,
+            "at": now,
+        }
+        history = [*self.store.failures(run_id, self._origin_step(run, step_no)), failure]
+        entry_id = uuid.uuid4().hex
+        entry = {
+            "id": entry_id,
+            "queue": queue,
+            "task_name": "agentrt.step",
+            "task_id": task_id or f"{run_id}-{step_no}",
+            "run_id": run_id,
+            "tenant_id": run["tenant_id"],
+            "route": run["route"],
+            "step_no": step_no,
+            "trace_id": run["trace_id"],
+            "version_set": run["version_set"],
+            "dl_class": dl_class,
+            "error_type": error_type,
+            "error_message": error,
+            "traceback": traceback,
+            "message": redact(message) if message else self._message_of(run, step_no),
+            "attempts": [_jsonable(h) for h in history],
+            "attempt_count": len(history),
+            "first_failed_at": min(h["at"] for h in history),
+            "last_failed_at": now,
+            "status": "open",
+            "created_at": now,
+        }
+        reason = stop_reasons.make("dead_lettered", dl_class)
+        trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], step_no)
+        trace.add(
+            "dead_lettered",
+            dl_class=dl_class,
+            error_type=error_type,
+            error=error,
+            entry_id=entry_id,
+            attempts=len(history),
+        )
+        trace.add("stop", reason=reason, status="failed")
+        if not self.store.dead_letter_step(
+            entry, stop_reason=reason, events=trace.drain(), failure=failure
+        ):
+            svc.schedule(Ops().complete(item).dispatch(1))
+            return None
+        svc.ledger.release(run_id, step_no)
+        svc.schedule(Ops().complete(item).dispatch(1))
+        self._signal(queue, entry_id, dl_class)
+        svc.after_failure(run_id)
+        return entry_id
+
+    def poison(
+        self,
+        *,
+        queue: str,
+        error_type: str,
+        error: str,
+        message: dict[str, Any] | None,
+        task_name: str | None = None,
+        task_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> str:
+        """A message that is no valid step: keep it, never run it."""
+        now = utcnow()
+        entry_id = uuid.uuid4().hex
+        self.store.insert(
+            {
+                "id": entry_id,
+                "queue": queue,
+                "task_name": task_name,
+                "task_id": task_id,
+                "run_id": run_id,
+                "tenant_id": tenant_id,
+                "dl_class": "poison",
+                "error_type": error_type,
+                "error_message": error[:5000],
+                "message": redact(message) if message else None,
+                "attempts": [],
+                "attempt_count": 1,
+                "first_failed_at": now,
+                "last_failed_at": now,
+                "status": "open",
+                "created_at": now,
+            }
+        )
+        self._signal(queue, entry_id, "poison")
+        return entry_id
+
+    def compensation_failed(
+        self, run: dict[str, Any], effect: dict[str, Any], exc: BaseException
+    ) -> str:
+        """A compensator raised: keep an entry whose retry runs the compensation again."""
+        now = utcnow()
+        entry_id = uuid.uuid4().hex
+        self.store.insert(
+            {
+                "id": entry_id,
+                "queue": STEP_QUEUE,
+                "task_name": "agentrt.compensate",
+                "task_id": f"{effect['idempotency_key']}:compensate",
+                "run_id": run["run_id"],
+                "tenant_id": run["tenant_id"],
+                "route": run["route"],
+                "step_no": effect["step_no"],
+                "trace_id": run["trace_id"],
+                "version_set": run["version_set"],
+                "dl_class": "compensation",
+                "error_type": type(exc).__name__,
+                "error_message": str(exc)[:5000],
+                "traceback": format_exception(exc),
+                "message": {
+                    "effect_id": effect["id"],
+                    "tool": effect["tool"],
+                    "idempotency_key": effect["idempotency_key"],
+                },
+                "attempts": [],
+                "attempt_count": 1,
+                "first_failed_at": now,
+                "last_failed_at": now,
+                "status": "open",
+                "created_at": now,
+            }
+        )
+        self._signal(STEP_QUEUE, entry_id, "compensation")
+        return entry_id
+
+    def record_failure(
+        self,
+        run_id: str,
+        step_no: int,
+        kind: str,
+        error_type: str,
+        error: str | None,
+        worker: str | None = None,
+    ) -> None:
+        """One failed attempt that will be tried again (attempt history)."""
+        run = self.svc.store.get_run(run_id)
+        self.store.record_failure(
+            {
+                "run_id": run_id,
+                "tenant_id": run["tenant_id"],
+                "step_no": step_no,
+                "attempt": int(run["attempt"]),
+                "kind": kind,
+                "error_type": error_type,
+                "error": (error or "")[:5000],
+                "worker": worker,
+                "at": utcnow(),
+            }
+        )
+
+    # --- operations ------------------------------------------------------------------
+    def find(self, f: DeadLetterFilter, limit: int | None = 100) -> list[dict[str, Any]]:
+        return self.store.find(f, limit)
+
+    def show(self, entry_id: str) -> dict[str, Any]:
+        entry = self.store.get(entry_id)
+        if entry is None:
+            raise DeadLetterNotFound(entry_id)
+        return entry
+
+    def stats(self) -> dict[str, Any]:
+        rows = self.store.stats()
+        counters = {}
+        for queue in {r["queue"] for r in rows} | {STEP_QUEUE}:
+            counters[queue] = int(self.svc.redis.get(self.svc.keys.dlq_open(queue)) or 0)
+        return {"queues": rows, "open": sum(r["open"] for r in rows), "counters": counters}
+
+    def retry(
+        self,
+        f: DeadLetterFilter,
+        actor: str,
+        *,
+        dry_run: bool = False,
+        rate_per_s: float | None = None,
+        limit: int | None = None,
+    ) -> RetryOutcome:
+        """Resume the runs of matching open entries at the step they stopped at. Bulk
+        retries are spread out (``rate_per_s``) through the scheduler, not sent at once."""
+        entries = self.store.find(f, limit)
+        retried: list[str] = []
+        skipped: dict[str, str] = {}
+        rate = rate_per_s or self.svc.config.dead_letters.retry_rate_per_s
+        start = now_ms()
+        for entry in entries:
+            problem = self._retry_problem(entry)
+            if problem:
+                skipped[entry["id"]] = problem
+                continue
+            if dry_run:
+                retried.append(entry["id"])
+                continue
+            due = start + int(len(retried) * 1000 / rate)
+            if entry["dl_class"] == "compensation":
+                if self._recompensate(entry, actor):
+                    retried.append(entry["id"])
+                else:
+                    skipped[entry["id"]] = "the effect is no longer compensation_failed"
+            elif self._resume(entry, due, actor):
+                retried.append(entry["id"])
+            else:
+                skipped[entry["id"]] = "the run moved on since it was dead-lettered"
+        if not dry_run:
+            self.store.mark(retried, "retried", actor, retried=True)
+            self._adjust_open(entries, retried)
+            self.store.audit(
+                actor, "dlq.retry", f.as_dict(), retried, {"skipped": skipped, "rate_per_s": rate}
+            )
+        return RetryOutcome(len(entries), retried, skipped, dry_run)
+
+    def purge(
+        self, f: DeadLetterFilter, actor: str, *, dry_run: bool = False, limit: int | None = None
+    ) -> PurgeOutcome:
+        """Mark matching open entries purged (kept until the retention removes them)."""
+        entries = self.store.find(f, limit)
+        ids = [e["id"] for e in entries if e["status"] == "open"]
+        if not dry_run:
+            self.store.mark(ids, "purged", actor)
+            self._adjust_open(entries, ids)
+            self.store.audit(actor, "dlq.purge", f.as_dict(), ids)
+        return PurgeOutcome(len(entries), ids, dry_run)
+
+    def apply_retention(self) -> int:
+        return self.store.delete_resolved_before(
+            retention_cutoff(self.svc.config.dead_letters.retention_days)
+        )
+
+    # --- helpers ---------------------------------------------------------------------
+    def _retry_problem(self, entry: dict[str, Any]) -> str | None:
+        if entry["status"] != "open":
+            return f"entry is {entry['status']}"
+        if entry["dl_class"] == "compensation":
+            return None
+        if not entry["run_id"] or entry["step_no"] is None:
+            return "a poison message names no step to resume; purge it"
+        try:
+            run = self.svc.store.get_run(entry["run_id"])
+        except AgentRuntimeError:
+            return "its run no longer exists"
+        if run["status"] != "failed" or not str(run["stop_reason"]).startswith("dead_lettered:"):
+            return f"its run is {run['status']} ({run['stop_reason']})"
+        if run["next_step"] != entry["step_no"]:
+            return "the run moved on since it was dead-lettered"
+        return None
+
+    def _resume(self, entry: dict[str, Any], due_ms: int, actor: str) -> bool:
+        svc = self.svc
+        run = svc.store.get_run(entry["run_id"])
+        trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], entry["step_no"])
+        trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
+        if not self.store.reopen_run(run["run_id"], entry["step_no"], trace.drain()):
+            return False
+        item = Item(
+            run["run_id"], entry["step_no"], run["tenant_id"], run["route"], run["priority"]
+        )
+        svc.redis.delete(svc.keys.run_cancelled(run["run_id"]))
+        ops = Ops().delay(item, due_ms) if due_ms > now_ms() + 5 else Ops().enqueue(item)
+        svc.schedule(ops.dispatch(1))
+        return True
+
+    def _recompensate(self, entry: dict[str, Any], actor: str) -> bool:
+        effect_id = (entry["message"] or {}).get("effect_id")
+        if effect_id is None or entry["run_id"] is None:
+            return False
+        run = self.svc.store.get_run(entry["run_id"])
+        trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], entry["step_no"])
+        trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
+        if not self.svc.store.set_effect_status(
+            int(effect_id), "compensation_failed", "succeeded", trace.drain()
+        ):
+            return False
+        self.svc.compensations.compensate(entry["run_id"])
+        return True
+
+    def _origin_step(self, run: dict[str, Any], step_no: int) -> int:
+        pending = run["pending_proposal"] or {}
+        origin = pending.get("origin_step")
+        return int(origin) if isinstance(origin, int) else step_no
+
+    def _message_of(self, run: dict[str, Any], step_no: int) -> dict[str, Any]:
+        """The step's message as the publisher sends it (for an operator to read)."""
+        return {
+            "task": "agentrt.step",
+            "id": f"{run['run_id']}-{step_no}",
+            "kwargs": {
+                "run_id": run["run_id"],
+                "step": step_no,
+                "tenant": run["tenant_id"],
+                "route": run["route"],
+                "priority": run["priority"],
+            },
+        }
+
+    def _signal(self, queue: str, entry_id: str, dl_class: str) -> None:
+        svc = self.svc
+        pipe = svc.redis.pipeline(transaction=False)
+        pipe.xadd(
+            svc.keys.dlq_stream(queue),
+            {"id": entry_id, "class": dl_class},
+            maxlen=10_000,
+            approximate=True,
+        )
+        pipe.incr(svc.keys.dlq_open(queue))
+        pipe.execute()
+
+    def _adjust_open(self, entries: list[dict[str, Any]], resolved: list[str]) -> None:
+        done = set(resolved)
+        per_queue: dict[str, int] = {}
+        for e in entries:
+            if e["id"] in done:
+                per_queue[e["queue"]] = per_queue.get(e["queue"], 0) + 1
+        for queue, n in per_queue.items():
+            self.svc.redis.decrby(self.svc.keys.dlq_open(queue), n)
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(json.dumps(value, default=str))
+    return loaded

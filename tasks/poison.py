@@ -1,0 +1,97 @@
+"""Messages no worker can run land in the dead-letter queue as ``poison``, never lost.
+
+Celery on Redis drops what it cannot run: an unregistered task name (``task_unknown``), an
+invalid message (``task_rejected``) and a body that does not decode (the consumer's
+``on_decode_error``, which has no signal: ``PoisonAwareConsumer`` adds the hook). Step
+messages whose kwargs do not name a valid step are caught by the step task itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+from celery.worker.consumer import Consumer
+
+if TYPE_CHECKING:
+    from tasks.app import AgentrtCelery
+
+log = logging.getLogger("agentrt.poison")
+
+#: bytes of a message body kept in its dead-letter entry
+MAX_BODY = 20_000
+
+
+def describe(message: Any) -> dict[str, Any]:
+    """What an operator needs to read a dropped message: headers, properties, body."""
+    body = getattr(message, "body", None)
+    if isinstance(body, bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "base64:" + base64.b64encode(body[:MAX_BODY]).decode()
+    else:
+        text = repr(body)
+    return {
+        "headers": _plain(getattr(message, "headers", None)),
+        "properties": _plain(getattr(message, "properties", None)),
+        "content_type": getattr(message, "content_type", None),
+        "body": text[:MAX_BODY],
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+def _queue_of(message: Any) -> str:
+    info = getattr(message, "delivery_info", None) or {}
+    return str(info.get("routing_key") or info.get("exchange") or "agentrt.steps")
+
+
+def record(app: AgentrtCelery, message: Any, error_type: str, error: str) -> None:
+    try:
+        headers = getattr(message, "headers", None) or {}
+        app.runtime_service().dead_letters.poison(
+            queue=_queue_of(message),
+            error_type=error_type,
+            error=error,
+            message=describe(message),
+            task_name=str(headers.get("task")) if headers.get("task") else None,
+            task_id=str(headers.get("id")) if headers.get("id") else None,
+        )
+    except Exception:  # never let bookkeeping take the consumer down
+        log.exception("could not dead-letter a poison message (%s)", error_type)
+
+
+class PoisonAwareConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, plus a dead-letter entry for a body that does not decode."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        super().on_decode_error(message, exc)
+        record(self.app, message, "undecodable", f"{type(exc).__name__}: {exc}")
+
+
+def register(app: AgentrtCelery) -> None:
+    app.conf.worker_consumer = "tasks.poison:PoisonAwareConsumer"
+
+    @signals.task_unknown.connect(weak=False, dispatch_uid=f"agentrt-unknown-{id(app)}")
+    def _unknown(
+        sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any
+    ) -> None:
+        if getattr(sender, "app", None) is app:
+            record(app, message, "unknown_task", f"unregistered task {name!r}: {exc}")
+
+    @signals.task_rejected.connect(weak=False, dispatch_uid=f"agentrt-rejected-{id(app)}")
+    def _rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            detail = f"{type(exc).__name__}: {exc}" if exc else "message in an unknown format"
+            record(app, message, "invalid_message", detail)
