@@ -100,7 +100,10 @@ class DeadLetters:
             "worker": worker,
             "at": now,
         }
-        history = [*self.store.failures(run_id, self._origin_step(run, step_no)), failure]
+        # the failed attempts of this call before the last one (``attempt`` counts them all)
+        prior = max(int(run["attempt"]) - 1, 0)
+        earlier = self.store.failures(run_id)[-prior:] if prior else []
+        history = [*earlier, failure]
         entry_id = uuid.uuid4().hex
         entry = {
             "id": entry_id,
@@ -370,11 +373,6 @@ class DeadLetters:
             return False
         self.svc.compensations.compensate(entry["run_id"])
         return True
-
-    def _origin_step(self, run: dict[str, Any], step_no: int) -> int:
-        pending = run["pending_proposal"] or {}
-        origin = pending.get("origin_step")
-        return int(origin) if isinstance(origin, int) else step_no
 
     def _message_of(self, run: dict[str, Any], step_no: int) -> dict[str, Any]:
         """The step's message as the publisher sends it (for an operator to read)."""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from runtime.policy import PolicyEngine
 from runtime.proposers.base import Proposer, ToolDescription
 from runtime.proposers.openai_compat import OpenAIProposer
 from runtime.proposers.scripted import ScriptedProposer
+from runtime.recovery import Recovery
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
@@ -44,6 +46,8 @@ from runtime.store.db import default_sqlite_url, make_engine, utcnow
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry, ToolSpec
 from runtime.tracing import TraceBuffer
+
+log = logging.getLogger("agentrt.service")
 
 WAIT_STATUSES = TERMINAL_STATUSES | {RunStatus.WAITING}
 #: a worker that has not reported for this long no longer counts as capacity
@@ -476,7 +480,18 @@ class RuntimeService:
 
     def publish(self, items: list[Item]) -> None:
         for item in items:
-            self.publisher.publish(item)
+            try:
+                self.publisher.publish(item)
+            except Exception:
+                # the step is in flight in the scheduler with a slot lease: when the lease
+                # expires it is dispatched again, so a broker hiccup loses nothing
+                log.warning(
+                    "could not publish step %s/%s; it is dispatched again when its "
+                    "slot lease expires",
+                    item.run_id,
+                    item.step_no,
+                    exc_info=True,
+                )
 
     def pump(self, worker: str | None = None, processes: int = 0, max_items: int = 100) -> Outcome:
         """The periodic scheduler duties a worker runs: report capacity, promote delayed
@@ -485,6 +500,10 @@ class RuntimeService:
         if worker:
             ops.heartbeat(worker, processes, HEARTBEAT_TTL_MS)
         return self.schedule(ops.promote(max_items).expire(max_items).dispatch(max_items))
+
+    @property
+    def recovery(self) -> Recovery:
+        return Recovery(self)
 
     def run_step(self, item: Item, attempt: int = 0) -> StepResult:
         return self.steps.run(item, attempt)

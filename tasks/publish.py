@@ -53,6 +53,14 @@ class CeleryPublisher:
             time_limit=hard,
         )
 
+    def redeclare(self) -> None:
+        """Declare the step queue again. Kombu's Redis transport routes through a binding
+        key; after Redis lost its data, a publish would be dropped silently until a worker
+        restarts, so ``agentrt recover`` calls this first."""
+        with self.app.connection_for_write() as conn:
+            for queue in self.app.conf.task_queues or []:
+                queue.bind(conn.default_channel).declare()
+
 
 def publisher_for(svc: RuntimeService) -> CeleryPublisher:
     """Default publisher for ``Runtime.from_env()``: a producer-only Celery app."""

@@ -3,15 +3,22 @@
 Every ``PUMP_INTERVAL_S`` it reports the worker's capacity (pool processes), promotes
 delayed steps whose time came, expires slot leases of dead workers and dispatches what may
 run now. Step completions and submissions dispatch too; the pump covers time passing.
+
+Every ``RECONCILE_INTERVAL_S`` it also offers a reconciler round (``runtime.reconciler``):
+expired budget holds, runs whose step was lost, dead-letter retention. A Redis lock makes
+that one round per interval across all workers, whichever worker gets it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
+
+from runtime.reconciler import Reconciler
 
 if TYPE_CHECKING:
     from tasks.app import AgentrtCelery
@@ -19,13 +26,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentrt.pump")
 
 PUMP_INTERVAL_S = 0.2
+#: how often a worker offers a reconciler round (also the round's lock ttl)
+RECONCILE_INTERVAL_S = 5.0
 
 
 class Pump:
-    def __init__(self, app: AgentrtCelery, worker: str, processes: int) -> None:
+    def __init__(
+        self,
+        app: AgentrtCelery,
+        worker: str,
+        processes: int,
+        reconcile_interval_s: float = RECONCILE_INTERVAL_S,
+    ) -> None:
         self.app = app
         self.worker = worker
         self.processes = processes
+        self.reconcile_interval_s = reconcile_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="agentrt-pump", daemon=True)
 
@@ -38,6 +54,8 @@ class Pump:
 
     def _loop(self) -> None:
         svc = self.app.runtime_service()
+        reconciler = Reconciler(svc, interval_s=self.reconcile_interval_s)
+        next_reconcile = time.monotonic()
         while not self._stop.is_set():
             try:
                 outcome = svc.pump(self.worker, self.processes)
@@ -46,7 +64,18 @@ class Pump:
                                 item.step_no)  # fmt: skip
             except Exception:  # keep pumping through Redis hiccups; each round is atomic
                 log.exception("scheduler pump round failed")
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self.reconcile_interval_s
+                self._reconcile(reconciler)
             self._stop.wait(PUMP_INTERVAL_S)
+
+    @staticmethod
+    def _reconcile(reconciler: Reconciler) -> None:
+        """One reconciler round; whatever it raises is logged, never ends the pump."""
+        try:
+            reconciler.reconcile()
+        except Exception:
+            log.exception("reconciler round failed")
 
 
 def register(app: AgentrtCelery) -> None:

@@ -11,6 +11,7 @@ import time
 
 from pydantic import BaseModel, Field
 
+from runtime.errors import ToolExecutionError
 from runtime.tools.context import ToolContext
 from runtime.tools.registry import tool
 
@@ -59,3 +60,36 @@ def probe_rated(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
 def probe_bulk(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
     """Like probe.work; the config gives it a bulkhead."""
     return _probe(args, ctx)
+
+
+class FlakyArgs(BaseModel):
+    key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
+    by: int = Field(default=1, ge=1, le=1000)
+
+
+class FlakyResult(BaseModel):
+    value: int | None
+
+
+@tool("probe.flaky", side_effect="write", timeout_s=10)
+def probe_flaky(args: FlakyArgs, ctx: ToolContext) -> FlakyResult:
+    """Add ``by`` to a counter (exactly once per idempotency key); fails with
+    ``backend_unavailable`` while the key ``fail:<key>`` exists, with ``bad_request`` while
+    ``reject:<key>`` exists. Every call is counted in ``flaky:<key>:calls``."""
+    ctx.redis.incr(ctx.keys.demo(f"flaky:{args.key}:calls"))
+    if ctx.redis.exists(ctx.keys.demo(f"reject:{args.key}")):
+        raise ToolExecutionError("the backend refused the request", code="bad_request")
+    if ctx.redis.exists(ctx.keys.demo(f"fail:{args.key}")):
+        raise ToolExecutionError("backend down", code="backend_unavailable")
+    key = ctx.keys.demo(f"counter:{args.key}")
+    results = ctx.redis_effect(lambda pipe: pipe.incrby(key, args.by))
+    return FlakyResult(value=int(results[0]) if results else None)
+
+
+@probe_flaky.compensator
+def _undo_flaky(args: FlakyArgs, result: dict[str, object], ctx: ToolContext) -> None:
+    if ctx.redis.exists(ctx.keys.demo(f"fail_undo:{args.key}")):
+        raise RuntimeError("the undo endpoint is down")
+    key = ctx.keys.demo(f"counter:{args.key}")
+    ctx.redis_effect(lambda pipe: pipe.decrby(key, args.by))
+    ctx.redis.rpush(ctx.keys.demo(f"undone:{args.key}"), ctx.idempotency_key)

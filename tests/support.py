@@ -243,5 +243,5 @@ class Deployment:
         return done
 
     def counter(self, key: str) -> int:
-        raw = self.svc.redis.get(self.svc.keys.demo(f"counter:{key}"))
+        raw = self.svc.tool_redis.get(self.svc.keys.demo(f"counter:{key}"))
         return int(raw or 0)

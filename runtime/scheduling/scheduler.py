@@ -214,6 +214,22 @@ class Scheduler:
         form: a racy blend is fine for an estimate)."""
         pipe.hset(f"{self.prefix}:avg_ms", route, duration_ms)
 
+    def known(self, queued: Sequence[Item]) -> list[bool]:
+        """For each item, whether the scheduler holds it: in its tenant's ready queue,
+        delayed, or in flight. Read-only; one MULTI (every key shares the ``{sched}`` tag),
+        so an item moving between those places is seen in one of them."""
+        if not queued:
+            return []
+        p = self.prefix
+        pipe = self.redis.pipeline(transaction=True)
+        for item in queued:
+            member = item.encode()
+            pipe.zscore(f"{p}:q:{item.tenant}", member)
+            pipe.zscore(f"{p}:delayed", member)
+            pipe.zscore(f"{p}:inflight", member)
+        scores = pipe.execute()
+        return [any(s is not None for s in scores[i : i + 3]) for i in range(0, len(scores), 3)]
+
     def snapshot(self) -> dict[str, Any]:
         """Everything an operator wants to see, read in one round trip."""
         p = self.prefix

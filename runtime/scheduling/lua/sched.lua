@@ -186,6 +186,8 @@ local function pick()
 end
 
 local function dispatch(max, out)
+  -- `agentrt recover` pauses dispatching while it rebuilds the ledger from SQL
+  if redis.call('EXISTS', P .. ':paused') == 1 then return end
   local capacity = tonumber(redis.call('GET', P .. ':capacity') or '0')
   local limit = capacity + math.ceil(capacity * c('headroom', 1))
   local inflight = redis.call('ZCARD', P .. ':inflight')

@@ -1,0 +1,253 @@
+"""The reconciler: heals what dying workers and lost messages leave behind.
+
+Every worker's pump thread calls ``reconcile()`` every few seconds; a Redis lock (``SET NX
+PX`` on ``keys.reconciler_lock()``, held for the whole interval and never released early)
+makes that one round per interval across all workers. A round:
+
+1. releases budget holds whose step died without settling (``ledger.release_expired``);
+2. re-enqueues *zombie* runs: queued or running, not updated for longer than a grace (the
+   step lease ttl by default, so a step still executing is never one), whose current step
+   (``next_step``) is nowhere in the scheduler - not in its tenant's ready queue, not
+   delayed, not in flight - and whose step lease is free. A process that dies between a
+   SQL write and the Redis write that schedules the next step (admission's insert, a
+   checkpoint) leaves one. Re-enqueueing is safe: the enqueue is idempotent, and a
+   duplicate step stops at the run lease or at the checkpoint's compare-and-set;
+3. applies dead-letter retention, at most once an hour (per process).
+
+Each round looks at no more than ``batch`` candidates, oldest first; a cursor carries the
+scan on where the previous round of this process stopped, so a long backlog of runs that
+legitimately wait in ready queues cannot hide a zombie behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, insert, or_, select
+
+from runtime.contract import RunStatus
+from runtime.scheduling.scheduler import Item, Ops
+from runtime.store.db import utcnow
+from runtime.store.runs import events_t, runs_t
+from runtime.tracing import TraceBuffer
+
+if TYPE_CHECKING:
+    from runtime.service import RuntimeService
+
+log = logging.getLogger("agentrt.reconciler")
+
+#: one round per this many seconds across all workers (the lock's ttl)
+DEFAULT_INTERVAL_S = 5.0
+#: candidate runs examined per round
+DEFAULT_BATCH = 500
+#: dead-letter retention runs at most this often (per process)
+RETENTION_EVERY_S = 3600.0
+ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+@dataclass
+class ReconcileReport:
+    #: False: another process holds this interval's round; nothing else was done
+    held_lock: bool
+    #: budget holds of dead steps released
+    expired_holds: int = 0
+    #: runs whose lost step was queued again
+    zombies: list[str] = field(default_factory=list)
+    #: dead letters deleted by retention; None when retention was not due this round
+    retention_deleted: int | None = None
+    #: phases that failed this round (each logged with its traceback)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    item: Item
+    status: str
+    version: int
+    trace_id: str
+    updated_at: datetime
+
+
+class Reconciler:
+    def __init__(
+        self,
+        svc: RuntimeService,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        grace_s: float | None = None,
+        batch: int = DEFAULT_BATCH,
+        retention_every_s: float = RETENTION_EVERY_S,
+    ) -> None:
+        if interval_s <= 0 or batch <= 0:
+            raise ValueError("interval_s and batch must be positive")
+        self.svc = svc
+        self.interval_s = interval_s
+        #: a run not updated for this long may be a zombie; by default the step lease ttl,
+        #: so a step that is still executing (it updates the run when it checkpoints) is not
+        self.grace_s = svc.config.lease_ttl_s() if grace_s is None else grace_s
+        self.batch = batch
+        self.retention_every_s = retention_every_s
+        self.owner = f"reconciler|{uuid.uuid4().hex[:12]}"
+        self._cursor: tuple[datetime, str] | None = None
+        self._last_retention: datetime | None = None
+
+    # --- the round -------------------------------------------------------------------
+    def reconcile(self, now: datetime | None = None) -> ReconcileReport:
+        """One round, unless another process holds this interval's round. ``now`` (aware
+        UTC) stands in for the clock: grace, expired holds and retention use it."""
+        if not self._acquire():
+            return ReconcileReport(held_lock=False)
+        report = ReconcileReport(held_lock=True)
+        clock = now or utcnow()
+        now_ms = None if now is None else int(now.timestamp() * 1000)
+        try:
+            report.expired_holds = self.svc.ledger.release_expired(now_ms)
+            if report.expired_holds:
+                log.info("released %d expired budget holds", report.expired_holds)
+        except Exception as exc:
+            self._failed(report, "expired_holds", exc)
+        try:
+            report.zombies = self.heal_zombies(clock)
+        except Exception as exc:
+            self._failed(report, "zombies", exc)
+        if self._retention_due(clock):
+            self._last_retention = clock  # also on failure: try again in an hour, not 5 s
+            try:
+                report.retention_deleted = self.svc.dead_letters.apply_retention()
+            except Exception as exc:
+                self._failed(report, "retention", exc)
+        return report
+
+    def _acquire(self) -> bool:
+        px = max(1, int(self.interval_s * 1000))
+        key = self.svc.keys.reconciler_lock()
+        return bool(self.svc.redis.set(key, self.owner, nx=True, px=px))
+
+    def _retention_due(self, clock: datetime) -> bool:
+        last = self._last_retention
+        return last is None or (clock - last).total_seconds() >= self.retention_every_s
+
+    @staticmethod
+    def _failed(report: ReconcileReport, phase: str, exc: Exception) -> None:
+        log.exception("reconciler: %s failed", phase)
+        report.errors.append(f"{phase}: {exc!r}")
+
+    # --- zombies ---------------------------------------------------------------------
+    def heal_zombies(self, now: datetime) -> list[str]:
+        """Queue again the current step of every zombie among this round's candidates."""
+        candidates = self._candidates(now - timedelta(seconds=self.grace_s))
+        if not candidates:
+            return []
+        known = self.svc.scheduler.known([c.item for c in candidates])
+        lost = [c for c, k in zip(candidates, known, strict=True) if not k]
+        lost = self._lease_free(lost)
+        # a worker may have moved the run on since it was read: only unchanged rows
+        lost = self._unchanged(lost)
+        if not lost:
+            return []
+        _add_events([self._event(c, now) for c in lost], self.svc)
+        ops = Ops()
+        for c in lost:
+            ops.enqueue(c.item)
+        self.svc.schedule(ops.dispatch(len(lost)))
+        for c in lost:
+            log.warning(
+                "run %s (%s) step %s was in no scheduler queue for %.0fs: queued again",
+                c.item.run_id,
+                c.status,
+                c.item.step_no,
+                _idle_s(c, now),
+            )
+        return [c.item.run_id for c in lost]
+
+    def _candidates(self, cutoff: datetime) -> list[_Candidate]:
+        """Active runs not updated since ``cutoff``: one bounded page, oldest first, from
+        where the previous round stopped (back to the oldest once the end is reached)."""
+        r = runs_t.c
+        query = (
+            select(
+                r.run_id,
+                r.tenant_id,
+                r.route,
+                r.priority,
+                r.next_step,
+                r.status,
+                r.version,
+                r.trace_id,
+                r.updated_at,
+            )
+            .where(r.status.in_(ACTIVE_STATUSES), r.updated_at < cutoff)
+            .order_by(r.updated_at, r.run_id)
+            .limit(self.batch)
+        )
+        if self._cursor is not None:
+            at, run_id = self._cursor
+            query = query.where(or_(r.updated_at > at, and_(r.updated_at == at, r.run_id > run_id)))
+        with self.svc.store.engine.connect() as conn:
+            rows = list(conn.execute(query).mappings())
+        full = len(rows) == self.batch
+        self._cursor = (rows[-1]["updated_at"], rows[-1]["run_id"]) if full else None
+        return [
+            _Candidate(
+                Item(
+                    row["run_id"],
+                    int(row["next_step"]),
+                    row["tenant_id"],
+                    row["route"],
+                    row["priority"],
+                ),
+                str(row["status"]),
+                int(row["version"]),
+                str(row["trace_id"]),
+                row["updated_at"],
+            )
+            for row in rows
+        ]
+
+    def _lease_free(self, candidates: list[_Candidate]) -> list[_Candidate]:
+        """Drop runs whose step lease is held: a step of theirs is executing right now."""
+        if not candidates:
+            return []
+        pipe = self.svc.redis.pipeline(transaction=False)
+        for c in candidates:
+            pipe.exists(self.svc.keys.run_lease(c.item.run_id))
+        held = pipe.execute()
+        return [c for c, h in zip(candidates, held, strict=True) if not h]
+
+    def _unchanged(self, candidates: list[_Candidate]) -> list[_Candidate]:
+        if not candidates:
+            return []
+        query = select(runs_t.c.run_id, runs_t.c.version).where(
+            runs_t.c.run_id.in_([c.item.run_id for c in candidates])
+        )
+        with self.svc.store.engine.connect() as conn:
+            versions = {str(run_id): int(v) for run_id, v in conn.execute(query)}
+        return [c for c in candidates if versions.get(c.item.run_id) == c.version]
+
+    def _event(self, c: _Candidate, now: datetime) -> dict[str, Any]:
+        trace = TraceBuffer(c.item.run_id, c.item.tenant, c.trace_id, c.item.step_no)
+        trace.add(
+            "reconciled",
+            reason="step_not_scheduled",
+            step=c.item.step_no,
+            status=c.status,
+            idle_s=round(_idle_s(c, now), 3),
+        )
+        return trace.drain()[0]
+
+
+def _idle_s(c: _Candidate, now: datetime) -> float:
+    return (now - c.updated_at).total_seconds()
+
+
+def _add_events(events: list[dict[str, Any]], svc: RuntimeService) -> None:
+    """Insert trace events in one write transaction (outside any step's checkpoint)."""
+    if not events:
+        return
+    engine = svc.store.engine
+    with engine.connect().execution_options(write=True) as conn, conn.begin():
+        conn.execute(insert(events_t), events)
