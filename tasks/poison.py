@@ -4,12 +4,19 @@ Celery on Redis drops what it cannot run: an unregistered task name (``task_unkn
 invalid message (``task_rejected``) and a body that does not decode (the consumer's
 ``on_decode_error``, which has no signal: ``PoisonAwareConsumer`` adds the hook). Step
 messages whose kwargs do not name a valid step are caught by the step task itself.
+
+Worse, bytes on the queue list that are not a kombu envelope at all make kombu's Redis
+transport raise inside the worker's event loop, and Celery stops the worker ("Unrecoverable
+error"): every worker that pops the item dies. ``guard_transport`` wraps the transport's
+JSON decoding so such an item becomes an envelope Celery rejects as unknown, which the
+``task_rejected`` hook dead-letters with the raw bytes.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
@@ -80,7 +87,52 @@ class PoisonAwareConsumer(Consumer):  # type: ignore[misc]
         record(self.app, message, "undecodable", f"{type(exc).__name__}: {exc}")
 
 
+def _garbage_envelope(raw: Any) -> dict[str, Any]:
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw or b"")
+    return {
+        "body": base64.b64encode(data[:MAX_BODY]).decode(),
+        "content-encoding": "binary",
+        "content-type": "application/x-agentrt-garbage",
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": ""},
+            "delivery_mode": 2,
+            "delivery_tag": uuid.uuid4().hex,
+            "priority": 0,
+        },
+    }
+
+
+def _sane(payload: Any) -> bool:
+    if isinstance(payload, list):  # kombu's own records of unacked messages
+        return True
+    props = payload.get("properties") if isinstance(payload, dict) else None
+    return isinstance(props, dict) and "delivery_tag" in props
+
+
+def guard_transport() -> None:
+    """Make kombu's Redis transport hand garbage to Celery instead of dying on it."""
+    from kombu.transport import redis as transport
+
+    original = transport.loads  # type: ignore[attr-defined]
+    if getattr(original, "agentrt_guarded", False):
+        return
+
+    def tolerant_loads(s: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            payload = original(s, *args, **kwargs)
+        except (ValueError, TypeError):
+            log.error("undecodable item on a broker list: dead-lettered as poison")
+            return _garbage_envelope(s)
+        return payload if _sane(payload) else _garbage_envelope(s)
+
+    tolerant_loads.agentrt_guarded = True  # type: ignore[attr-defined]
+    transport.loads = tolerant_loads  # type: ignore[attr-defined]
+
+
 def register(app: AgentrtCelery) -> None:
+    guard_transport()
     app.conf.worker_consumer = "tasks.poison:PoisonAwareConsumer"
 
     @signals.task_unknown.connect(weak=False, dispatch_uid=f"agentrt-unknown-{id(app)}")
