@@ -1,0 +1,110 @@
+"""Redis loses the runtime's data mid-workload; ``recover`` rebuilds it from SQL.
+
+The tools' own state (the counter and its effect journal) lives in another Redis database
+(``AGENTRT_TOOL_REDIS_URL``), as it would in production: the runtime's Redis is the one lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.budgets.ledger import today
+from runtime.config import DIMENSIONS
+from tests.conftest import TEST_CONFIG
+from tests.support import Deployment, wait_for
+
+
+def increment(key: str, **kw: Any) -> dict[str, Any]:
+    return {"type": "tool_call", "tool": "counter.increment", "args": {"key": key, **kw}}
+
+
+@pytest.fixture
+def split_deployment(redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    base = redis_url.rsplit("/", 1)[0]
+    dep = Deployment.create(
+        name=f"r{uuid.uuid4().hex[:6]}",
+        redis_url=f"{base}/0",
+        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
+        config=TEST_CONFIG,
+        home=tmp_path,
+        extra_env={"AGENTRT_TOOL_REDIS_URL": f"{base}/1"},
+    )
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+def lose_runtime_redis(dep: Deployment) -> int:
+    """Every key of the deployment's namespace in the runtime Redis: ledger, leases,
+    scheduler queues, Celery's queue list, unacked messages and bindings."""
+    r = dep.svc.redis
+    keys = list(r.scan_iter(match=f"{dep.settings.namespace}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        r.unlink(*keys[start : start + 500])
+    return len(keys)
+
+
+def assert_ledger_matches_sql(dep: Deployment, tenants: list[str]) -> None:
+    svc = dep.svc
+    for tenant in tenants:
+        balance = svc.ledger.balance(svc.keys.budget_tenant_day(tenant, today()))
+        spend = svc.store.spend(tenant_id=tenant, day=today())
+        for dim in DIMENSIONS:
+            assert balance[dim]["used"] == spend[dim], (tenant, dim, balance[dim], spend[dim])
+            assert balance[dim]["reserved"] == 0, (tenant, dim, balance[dim])
+
+
+@pytest.mark.slow
+def test_runs_finish_after_redis_data_loss_and_recover(split_deployment: Deployment) -> None:
+    dep, svc = split_deployment, split_deployment.svc
+    for _ in range(2):
+        dep.start_worker(concurrency=2)
+    key = f"k{uuid.uuid4().hex[:8]}"
+    tenants = ["t1", "t2"]
+    runs = [
+        dep.submit_script(
+            [increment(key, delay_ms=40), increment(key, after_ms=20), {"type": "reply",
+             "text": "ok"}],
+            tenant=tenants[i % 2],
+        )
+        for i in range(80)
+    ]  # fmt: skip
+    run_ids = [r.run_id for r in runs]
+
+    # Given a workload under way
+    wait_for(
+        lambda: sum(s == "succeeded" for s in svc.store.statuses(run_ids).values()) >= 15,
+        timeout=60,
+        message="a part of the workload done",
+    )
+    # When the runtime's Redis loses everything, and the operator runs recover
+    lost = lose_runtime_redis(dep)
+    assert lost > 0
+    report = svc.recovery.recover("test:recover", inflight_wait_s=3)
+    assert report.runs_requeued > 0 and report.ledger_scopes > 0
+
+    # Then every run finishes, each increment happened once, and the ledger equals SQL
+    done = dep.wait_all(run_ids, timeout=150)
+    statuses = {v.status.value for v in done.values()}
+    assert statuses == {"succeeded"}, {v.stop_reason for v in done.values()}
+    effects = [
+        e for e in svc.store.side_effects(tool="counter.increment") if e["run_id"] in run_ids
+    ]
+    succeeded = [e for e in effects if e["status"] == "succeeded"]
+    assert len(succeeded) == 2 * len(run_ids)
+    assert len({e["idempotency_key"] for e in succeeded}) == len(succeeded)
+    assert dep.counter(key) == len(succeeded)
+    wait_for(lambda: not svc.redis.zcard(svc.keys.budget_holds_index()), timeout=20,
+             message="every hold settled")  # fmt: skip
+    assert_ledger_matches_sql(dep, tenants)
+    audit = svc.dead_letters.store.audit_log(10)
+    assert any(a["action"] == "recover" and a["actor"] == "test:recover" for a in audit)
+    assert sum(any(e.kind == "recovered" for e in svc.trace(r)) for r in run_ids) == len(
+        report.runs
+    )
