@@ -6,6 +6,10 @@ The tools' own state (the counter and its effect journal) lives in another Redis
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,12 +73,15 @@ def test_runs_finish_after_redis_data_loss_and_recover(split_deployment: Deploym
     tenants = ["t1", "t2"]
     runs = [
         dep.submit_script(
-            [increment(key, delay_ms=40), increment(key, after_ms=20), {"type": "reply",
-             "text": "ok"}],
+            [
+                increment(key, delay_ms=40),
+                increment(key, after_ms=20),
+                {"type": "reply", "text": "ok"},
+            ],
             tenant=tenants[i % 2],
         )
         for i in range(80)
-    ]  # fmt: skip
+    ]
     run_ids = [r.run_id for r in runs]
 
     # Given a workload under way
@@ -86,8 +93,28 @@ def test_runs_finish_after_redis_data_loss_and_recover(split_deployment: Deploym
     # When the runtime's Redis loses everything, and the operator runs recover
     lost = lose_runtime_redis(dep)
     assert lost > 0
-    report = svc.recovery.recover("test:recover", inflight_wait_s=3)
-    assert report.runs_requeued > 0 and report.ledger_scopes > 0
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.cli.main",
+            "recover",
+            "--yes",
+            "--inflight-wait",
+            "3",
+            "--actor",
+            "test:recover",
+            "--json",
+        ],
+        env={**os.environ, **dep.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["runs_requeued"] > 0 and report["ledger_scopes"] > 0
 
     # Then every run finishes, each increment happened once, and the ledger equals SQL
     done = dep.wait_all(run_ids, timeout=150)
@@ -100,11 +127,14 @@ def test_runs_finish_after_redis_data_loss_and_recover(split_deployment: Deploym
     assert len(succeeded) == 2 * len(run_ids)
     assert len({e["idempotency_key"] for e in succeeded}) == len(succeeded)
     assert dep.counter(key) == len(succeeded)
-    wait_for(lambda: not svc.redis.zcard(svc.keys.budget_holds_index()), timeout=20,
-             message="every hold settled")  # fmt: skip
+    wait_for(
+        lambda: not svc.redis.zcard(svc.keys.budget_holds_index()),
+        timeout=20,
+        message="every hold settled",
+    )
     assert_ledger_matches_sql(dep, tenants)
     audit = svc.dead_letters.store.audit_log(10)
     assert any(a["action"] == "recover" and a["actor"] == "test:recover" for a in audit)
     assert sum(any(e.kind == "recovered" for e in svc.trace(r)) for r in run_ids) == len(
-        report.runs
+        report["runs"]
     )

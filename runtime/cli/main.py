@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import getpass
 import importlib
 import json
 import os
@@ -31,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from runtime import stop_reasons
 from runtime.cli import queues as queues_render
 from runtime.cli import render
+from runtime.cli.dlq import app as dlq_app
 from runtime.config import RuntimeConfig, load_config
 from runtime.contract import RunStatus, RunView
 from runtime.errors import AgentRuntimeError, ConfigError, InvalidTransition
@@ -56,6 +58,7 @@ runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=Tr
 config_app = typer.Typer(help="Work with the deployment file.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
+app.add_typer(dlq_app, name="dlq")
 
 # consoles resolve sys.stdout/sys.stderr when printing, so test runners can capture them
 out = Console(highlight=False)
@@ -399,6 +402,49 @@ def queues(
 
 
 # --- processes -------------------------------------------------------------------------
+
+
+@app.command()
+def recover(
+    inflight_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--inflight-wait",
+            help="Seconds to wait for steps in flight when Redis lost its data "
+            "(default: the longest step's hard time limit).",
+            min=0,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the runs that would be queued again.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    actor: Annotated[str | None, typer.Option(help="Who runs it (audit log).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild Redis state from SQL after Redis lost its data.
+
+    Pauses dispatching, re-publishes the scheduling config and the broker queue, waits for
+    steps that were in flight, rebuilds every ledger balance from the SQL spend records,
+    queues the current step of every queued or running run again, resumes dispatching and
+    writes an audit record. Safe to run twice: nothing runs twice (idempotency records)."""
+    who = actor or f"cli:{getpass.getuser()}"
+    with service() as svc:
+        if not dry_run and not yes:
+            if not sys.stdin.isatty():
+                fail("recover pauses dispatching and rewrites the ledger: pass --yes", EXIT_REFUSED)
+            typer.confirm("Rebuild the runtime's Redis state from SQL now?", abort=True)
+        report = svc.recovery.recover(who, inflight_wait_s=inflight_wait, dry_run=dry_run)
+    if json_out:
+        emit_json({**report.as_dict(), "runs": report.runs})
+        return
+    verb = "would queue again" if dry_run else "queued again"
+    out.print(f"runs {verb}: {report.runs_requeued}")
+    if not dry_run:
+        out.print(
+            f"ledger scopes rebuilt: {report.ledger_scopes} (open holds kept: "
+            f"{report.open_holds}; waited {report.waited_s:.0f}s for steps in flight)"
+        )
 
 
 def _preflight(settings: Settings) -> RuntimeConfig:
