@@ -284,30 +284,40 @@ class DeadLetters:
         skipped: dict[str, str] = {}
         rate = rate_per_s or self.svc.config.dead_letters.retry_rate_per_s
         start = now_ms()
-        for entry in entries:
-            problem = self._retry_problem(entry)
-            if problem:
-                skipped[entry["id"]] = problem
-                continue
-            if dry_run:
-                retried.append(entry["id"])
-                continue
-            due = start + int(len(retried) * 1000 / rate)
-            if entry["dl_class"] == "compensation":
-                if self._recompensate(entry, actor):
+        try:
+            for entry in entries:
+                problem = self._retry_problem(entry)
+                if problem:
+                    skipped[entry["id"]] = problem
+                    continue
+                if dry_run:
                     retried.append(entry["id"])
+                    continue
+                # claim the entry first (open -> retried): of two operators acting on one
+                # entry, one wins and the other is told why it skipped
+                if not self.store.mark([entry["id"]], "retried", actor, retried=True):
+                    skipped[entry["id"]] = "another operator resolved it meanwhile"
+                    continue
+                due = start + int(len(retried) * 1000 / rate)
+                try:
+                    problem = self._retry_one(entry, due, actor)
+                except Exception as exc:  # keep what was done; report this one
+                    problem = f"error: {type(exc).__name__}: {exc}"
+                if problem:
+                    self.store.reopen_entry(entry["id"])
+                    skipped[entry["id"]] = problem
                 else:
-                    skipped[entry["id"]] = "the effect is no longer compensation_failed"
-            elif self._resume(entry, due, actor):
-                retried.append(entry["id"])
-            else:
-                skipped[entry["id"]] = "the run moved on since it was dead-lettered"
-        if not dry_run:
-            self.store.mark(retried, "retried", actor, retried=True)
-            self._adjust_open(entries, retried)
-            self.store.audit(
-                actor, "dlq.retry", f.as_dict(), retried, {"skipped": skipped, "rate_per_s": rate}
-            )
+                    retried.append(entry["id"])
+        finally:
+            if not dry_run:
+                self._adjust_open(entries, retried)
+                self.store.audit(
+                    actor,
+                    "dlq.retry",
+                    f.as_dict(),
+                    retried,
+                    {"skipped": skipped, "rate_per_s": rate},
+                )
         return RetryOutcome(len(entries), retried, skipped, dry_run)
 
     def purge(
@@ -317,7 +327,8 @@ class DeadLetters:
         entries = self.store.find(f, limit)
         ids = [e["id"] for e in entries if e["status"] == "open"]
         if not dry_run:
-            self.store.mark(ids, "purged", actor)
+            # only entries still open are purged (and counted, and audited)
+            ids = self.store.mark_returning(ids, "purged", actor)
             self._adjust_open(entries, ids)
             self.store.audit(actor, "dlq.purge", f.as_dict(), ids)
         return PurgeOutcome(len(entries), ids, dry_run)
@@ -360,19 +371,30 @@ class DeadLetters:
         svc.schedule(ops.dispatch(1))
         return True
 
-    def _recompensate(self, entry: dict[str, Any], actor: str) -> bool:
+    def _retry_one(self, entry: dict[str, Any], due_ms: int, actor: str) -> str | None:
+        """Retry one claimed entry; the reason it could not be, or None."""
+        if entry["dl_class"] == "compensation":
+            return self._recompensate(entry, actor)
+        if not self._resume(entry, due_ms, actor):
+            return "the run moved on since it was dead-lettered"
+        return None
+
+    def _recompensate(self, entry: dict[str, Any], actor: str) -> str | None:
+        """Run a failed compensation again (in this process: the operator's retry)."""
         effect_id = (entry["message"] or {}).get("effect_id")
         if effect_id is None or entry["run_id"] is None:
-            return False
+            return "the entry names no side effect"
         run = self.svc.store.get_run(entry["run_id"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], entry["step_no"])
         trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
         if not self.svc.store.set_effect_status(
             int(effect_id), "compensation_failed", "succeeded", trace.drain()
         ):
-            return False
-        self.svc.compensations.compensate(entry["run_id"])
-        return True
+            return "the effect is no longer compensation_failed"
+        report = self.svc.compensations.compensate(entry["run_id"])
+        if report.failed:
+            return "the compensation failed again (a new entry holds the error)"
+        return None
 
     def _message_of(self, run: dict[str, Any], step_no: int) -> dict[str, Any]:
         """The step's message as the publisher sends it (for an operator to read)."""

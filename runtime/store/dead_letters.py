@@ -161,6 +161,34 @@ class DeadLetterStore:
             )
             return int(result.rowcount)
 
+    def mark_returning(self, ids: Sequence[str], status: str, actor: str) -> list[str]:
+        """Resolve the entries of ``ids`` that are still open; the ids that changed."""
+        if not ids:
+            return []
+        values = {"status": status, "resolved_at": utcnow(), "resolved_by": actor}
+        with self.runs._write() as conn:
+            result = conn.execute(
+                update(dl_t)
+                .where(dl_t.c.id.in_(list(ids)), dl_t.c.status == "open")
+                .values(**values)
+                .returning(dl_t.c.id)
+            )
+            return [r for (r,) in result]
+
+    def reopen_entry(self, entry_id: str) -> None:
+        """Undo a claim whose retry could not go ahead."""
+        with self.runs._write() as conn:
+            conn.execute(
+                update(dl_t)
+                .where(dl_t.c.id == entry_id, dl_t.c.status == "retried")
+                .values(
+                    status="open",
+                    resolved_at=None,
+                    resolved_by=None,
+                    retry_count=dl_t.c.retry_count - 1,
+                )
+            )
+
     def audit(
         self,
         actor: str,
