@@ -175,14 +175,26 @@ local function heartbeat(worker, n, ttl)
 end
 
 local function pick()
-  -- a head that has waited past its priority's max wait goes first, whatever its band
-  local overdue = redis.call('ZRANGE', P .. ':heads', 0, 0, 'WITHSCORES')
-  if #overdue > 0 and tonumber(overdue[2]) <= now then return overdue[1] end
+  -- weighted fair queuing within the best (highest-priority) band that has a tenant
+  local best, best_band = nil, nil
   for b = 0, 3 do
     local first = redis.call('ZRANGE', P .. ':band:' .. b, 0, 0)
-    if #first > 0 then return first[1] end
+    if #first > 0 then best, best_band = first[1], b break end
   end
-  return nil
+  -- ageing: a head that has waited past its priority's max wait is lifted over higher
+  -- bands. Within its own band WFQ still decides, or a flooding tenant whose whole backlog
+  -- is overdue would go before every newcomer.
+  -- (the 16 longest-overdue heads are looked at: bounded work per decision)
+  if best_band ~= nil then
+    local due = redis.call('ZRANGEBYSCORE', P .. ':heads', '-inf', now, 'LIMIT', 0, 16)
+    if #due > 0 then
+      local bands = redis.call('HMGET', P .. ':tband', unpack(due))
+      for i = 1, #due do
+        if tonumber(bands[i] or '-1') > best_band then return due[i] end
+      end
+    end
+  end
+  return best
 end
 
 local function dispatch(max, out)
