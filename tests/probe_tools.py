@@ -7,6 +7,7 @@ believes.
 
 from __future__ import annotations
 
+import signal
 import time
 
 from pydantic import BaseModel, Field
@@ -93,3 +94,20 @@ def _undo_flaky(args: FlakyArgs, result: dict[str, object], ctx: ToolContext) ->
     key = ctx.keys.demo(f"counter:{args.key}")
     ctx.redis_effect(lambda pipe: pipe.decrby(key, args.by))
     ctx.redis.rpush(ctx.keys.demo(f"undone:{args.key}"), ctx.idempotency_key)
+
+
+class HangArgs(BaseModel):
+    ms: int = Field(ge=0, le=60_000)
+
+
+@tool("probe.hang", side_effect="read", timeout_s=20)
+def probe_hang(args: HangArgs, ctx: ToolContext) -> ProbeResult:
+    """Sleep with the timeout signals blocked: neither the tool timeout (SIGALRM) nor
+    Celery's soft time limit (SIGUSR1) can stop it; only the hard time limit can."""
+    blocked = {signal.SIGALRM, signal.SIGUSR1}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        time.sleep(args.ms / 1000)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return ProbeResult(active=0)

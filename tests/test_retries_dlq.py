@@ -216,3 +216,20 @@ def test_a_step_whose_worker_keeps_dying_is_dead_lettered_as_worker_lost(
     (entry,) = entries_of(dep, run.run_id)
     assert entry["error_type"] == "WorkerLostError"
     assert dep.counter(key) == 0  # killed before the write every time
+
+
+@pytest.mark.slow
+def test_a_step_past_its_hard_time_limit_is_dead_lettered_as_timeout(
+    deployment: Deployment,
+) -> None:
+    dep, svc = deployment, deployment.svc
+    # r.hang: step_timeout_s 2, so the hard limit is 2 + hard_limit_grace_s (4) = 6 s
+    hang = {"type": "tool_call", "tool": "probe.hang", "args": {"ms": 9000}}
+    run = dep.submit_script([hang, REPLY], route="r.hang")
+    done = svc.wait(run.run_id, timeout=40)
+    assert done.stop_reason == "dead_lettered:timeout", done.stop_reason
+    (entry,) = entries_of(dep, run.run_id)
+    assert entry["error_type"] == "TimeLimitExceeded" and entry["step_no"] == 0
+    # the pool process was replaced: the worker goes on
+    after = dep.submit_script([REPLY])
+    assert svc.wait(after.run_id, timeout=30).status == "succeeded"
