@@ -27,11 +27,7 @@ def calls(dep: Deployment, key: str) -> int:
 
 
 def entries_of(dep: Deployment, run_id: str, status: str | None = "open") -> list[dict[str, Any]]:
-    return [
-        e
-        for e in dep.svc.dead_letters.find(DeadLetterFilter(status=status), limit=None)
-        if e["run_id"] == run_id
-    ]
+    return dep.svc.dead_letters.find(DeadLetterFilter(run_id=run_id, status=status), limit=None)
 
 
 def test_exhausted_retries_dead_letter_and_an_operator_retry_completes_the_run(

@@ -132,18 +132,24 @@ class BudgetLedger:
                 out[dim]["used" if kind == "u" else "reserved"] = int(value)
         return out
 
-    def release_expired(self, now_ms: int | None = None) -> int:
-        """Release holds whose step died without settling (their ttl passed). Returns count."""
+    def release_expired(self, now_ms: int | None = None, limit: int = 500) -> int:
+        """Release holds whose step died without settling (their ttl passed), at most
+        ``limit`` per call, in one pipelined round trip. Returns how many were released."""
         if now_ms is None:
             sec, usec = self.redis.time()
             now_ms = int(sec) * 1000 + int(usec) // 1000
-        expired = self.redis.zrangebyscore(self.keys.budget_holds_index(), "-inf", now_ms)
-        released = 0
+        expired = self.redis.zrangebyscore(
+            self.keys.budget_holds_index(), "-inf", now_ms, start=0, num=limit
+        )
+        if not expired:
+            return 0
         dims = list(DIMENSIONS)
-        for hold in expired:
-            hold_key = hold.decode() if isinstance(hold, bytes) else str(hold)
-            argv: list[Any] = [len(dims), *dims, *([0] * len(dims))]
-            released += int(
-                self._settle(keys=[hold_key, self.keys.budget_holds_index()], args=argv)
-            )
-        return released
+        argv: list[Any] = [len(dims), *dims, *([0] * len(dims))]
+        index = self.keys.budget_holds_index()
+
+        def queue_all(pipe: Any) -> None:
+            for hold in expired:
+                hold_key = hold.decode() if isinstance(hold, bytes) else str(hold)
+                scripts.queue(pipe, self._settle, [hold_key, index], argv)
+
+        return sum(int(r) for r in scripts.run_pipeline(self.redis, queue_all))

@@ -25,6 +25,7 @@ class DeadLetterFilter:
     """Which entries an operation applies to; every field narrows it."""
 
     ids: tuple[str, ...] = ()
+    run_id: str | None = None
     queue: str | None = None
     tenant: str | None = None
     route: str | None = None
@@ -51,6 +52,7 @@ def _apply(query: Select[Any], f: DeadLetterFilter) -> Select[Any]:
     if f.ids:
         query = query.where(dl_t.c.id.in_(list(f.ids)))
     for column, value in (
+        ("run_id", f.run_id),
         ("queue", f.queue),
         ("tenant_id", f.tenant),
         ("route", f.route),

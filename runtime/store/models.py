@@ -26,6 +26,8 @@ class RunRow(SQLModel, table=True):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_runs_tenant_idem"),
         Index("ix_runs_tenant_status", "tenant_id", "status"),
         Index("ix_runs_route_status", "route", "status"),
+        # the reconciler's scan for runs that stopped moving
+        Index("ix_runs_status_updated", "status", "updated_at"),
     )
 
     run_id: str = Field(primary_key=True, max_length=40)
