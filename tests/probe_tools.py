@@ -87,6 +87,12 @@ def probe_flaky(args: FlakyArgs, ctx: ToolContext) -> FlakyResult:
     return FlakyResult(value=int(results[0]) if results else None)
 
 
+@tool("probe.guarded", side_effect="write", timeout_s=10)
+def probe_guarded(args: FlakyArgs, ctx: ToolContext) -> FlakyResult:
+    """probe.flaky behind a circuit breaker (see the test config)."""
+    return probe_flaky(args, ctx)  # type: ignore[no-any-return]
+
+
 @probe_flaky.compensator
 def _undo_flaky(args: FlakyArgs, result: dict[str, object], ctx: ToolContext) -> None:
     if ctx.redis.exists(ctx.keys.demo(f"fail_undo:{args.key}")):

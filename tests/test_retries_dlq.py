@@ -229,3 +229,29 @@ def test_a_step_past_its_hard_time_limit_is_dead_lettered_as_timeout(
     # the pool process was replaced: the worker goes on
     after = dep.submit_script([REPLY])
     assert svc.wait(after.run_id, timeout=30).status == "succeeded"
+
+
+def test_an_open_tool_breaker_makes_the_call_wait_then_probe(
+    fresh_deployment: Deployment,
+) -> None:
+    dep, svc = fresh_deployment, fresh_deployment.svc
+    dep.start_worker(concurrency=2)
+    key = f"g{uuid.uuid4().hex[:8]}"
+    svc.tool_redis.set(svc.keys.demo(f"fail:{key}"), "1")
+    call = {"type": "tool_call", "tool": "probe.guarded", "args": {"key": key}}
+    # Given a tool whose breaker opens after 2 failures (for 1 s)
+    run = dep.submit_script([call, REPLY], route="r.retry")
+    done = svc.wait(run.run_id, timeout=30)
+    assert done.stop_reason == "dead_lettered:exhausted"
+    kinds = [e.kind for e in svc.trace(run.run_id)]
+    # the second failure opened it; the third attempt waited (no slot held), then probed
+    assert "breaker_opened" in kinds and "breaker_open" in kinds
+    assert calls(dep, key) == 3
+    assert svc.breakers.state("tool:probe.guarded") == "open"
+
+    # When the backend is back, the retried call is the probe that closes the breaker
+    svc.tool_redis.delete(svc.keys.demo(f"fail:{key}"))
+    (entry,) = entries_of(dep, run.run_id)
+    svc.dead_letters.retry(DeadLetterFilter(ids=(entry["id"],)), "ops:erin")
+    assert svc.wait(run.run_id, timeout=30).status == "succeeded"
+    assert svc.breakers.state("tool:probe.guarded") == "closed"
