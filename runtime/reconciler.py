@@ -105,7 +105,9 @@ class Reconciler:
         clock = now or utcnow()
         now_ms = None if now is None else int(now.timestamp() * 1000)
         try:
-            report.expired_holds = self.svc.ledger.release_expired(now_ms)
+            report.expired_holds = self.svc.ledger.release_expired(
+                now_ms, spent=self.svc.store.step_spend
+            )
             if report.expired_holds:
                 log.info("released %d expired budget holds", report.expired_holds)
         except Exception as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -215,6 +216,33 @@ def test_release_expired_frees_only_dead_holds(ledger: BudgetLedger) -> None:
     sec, usec = ledger.redis.time()
     assert ledger.release_expired(now_ms=int(sec) * 1000 + int(usec) // 1000 + 120_000) == 1
     assert ledger.balance(run.key)["tokens"] == {"used": 0, "reserved": 0}
+
+
+def test_a_rerun_that_finds_its_hold_gets_a_full_ttl(ledger: BudgetLedger) -> None:
+    run = ledger.run_scope("run-m", unlimited(tokens=1000))
+    ledger.reserve("run-m", 0, [run], {"tokens": 100}, hold_ttl_ms=50)
+    # the step's worker died; a re-run reserves again and finds the hold
+    again = ledger.reserve("run-m", 0, [run], {"tokens": 100}, hold_ttl_ms=60_000)
+    assert again.state == "existing"
+    time.sleep(0.1)
+    assert ledger.release_expired() == 0  # the re-run still owns it
+    assert ledger.settle("run-m", 0, {"tokens": 40}) is True
+    assert ledger.balance(run.key)["tokens"] == {"used": 40, "reserved": 0}
+
+
+def test_the_reaper_settles_to_what_sql_recorded(ledger: BudgetLedger) -> None:
+    from tests.support import wait_for
+
+    # a step checkpointed its spend in SQL, then died before settling
+    run = ledger.run_scope("run-n", unlimited(tokens=1000))
+    ledger.reserve("run-n", 3, [run], {"tokens": 500}, hold_ttl_ms=50)
+    recorded = {("run-n", 3): {"tokens": 120}}
+    wait_for(
+        lambda: ledger.release_expired(spent=lambda r, s: recorded.get((r, s), {})),
+        timeout=5,
+        message="the hold to expire",
+    )
+    assert ledger.balance(run.key)["tokens"] == {"used": 120, "reserved": 0}
 
 
 def test_namespaces_are_isolated(client: redis.Redis) -> None:

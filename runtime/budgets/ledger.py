@@ -9,6 +9,7 @@ actually spent; SQL spend records hold the same numbers and can rebuild the ledg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -132,9 +133,17 @@ class BudgetLedger:
                 out[dim]["used" if kind == "u" else "reserved"] = int(value)
         return out
 
-    def release_expired(self, now_ms: int | None = None, limit: int = 500) -> int:
-        """Release holds whose step died without settling (their ttl passed), at most
-        ``limit`` per call, in one pipelined round trip. Returns how many were released."""
+    def release_expired(
+        self,
+        now_ms: int | None = None,
+        limit: int = 500,
+        spent: Callable[[str, int], dict[str, int]] | None = None,
+    ) -> int:
+        """Settle holds whose step died without settling (their ttl passed), at most
+        ``limit`` per call, in one pipelined round trip. ``spent(run_id, step)`` gives
+        what SQL recorded for the step (a step may die between its checkpoint and its
+        settle); without it, or with nothing recorded, the hold is released. Returns how
+        many were settled."""
         if now_ms is None:
             sec, usec = self.redis.time()
             now_ms = int(sec) * 1000 + int(usec) // 1000
@@ -144,12 +153,20 @@ class BudgetLedger:
         if not expired:
             return 0
         dims = list(DIMENSIONS)
-        argv: list[Any] = [len(dims), *dims, *([0] * len(dims))]
         index = self.keys.budget_holds_index()
 
+        def argv_for(hold_key: str) -> list[Any]:
+            actual: dict[str, int] = {}
+            if spent is not None:
+                run_id, step = hold_key.rsplit(":", 2)[-2:]
+                actual = spent(run_id, int(step))
+            return [len(dims), *dims, *(int(actual.get(d, 0)) for d in dims)]
+
+        holds = [h.decode() if isinstance(h, bytes) else str(h) for h in expired]
+        argvs = {h: argv_for(h) for h in holds}  # SQL first, then one Redis round trip
+
         def queue_all(pipe: Any) -> None:
-            for hold in expired:
-                hold_key = hold.decode() if isinstance(hold, bytes) else str(hold)
-                scripts.queue(pipe, self._settle, [hold_key, index], argv)
+            for hold_key in holds:
+                scripts.queue(pipe, self._settle, [hold_key, index], argvs[hold_key])
 
         return sum(int(r) for r in scripts.run_pipeline(self.redis, queue_all))

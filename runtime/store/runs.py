@@ -399,6 +399,8 @@ class RunStore:
                     .where(effects_t.c.id == row["id"])
                     .values(attempts=effects_t.c.attempts + 1)
                 )
+            if events:  # the redelivered attempt's trace is kept too
+                conn.execute(insert(events_t), list(events))
             return EffectClaim(
                 fresh=False,
                 status=row["status"],
@@ -417,7 +419,10 @@ class RunStore:
                 if events:
                     conn.execute(insert(events_t), list(events))
         except IntegrityError:
-            pass  # a redelivered step stored the same decision already
+            # a redelivered step stored the same decision already; keep its trace events
+            if events:
+                with self._write() as conn:
+                    conn.execute(insert(events_t), list(events))
 
     def checkpoint(self, cp: Checkpoint) -> None:
         """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect."""

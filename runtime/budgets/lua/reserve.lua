@@ -10,6 +10,12 @@
 -- returns {1, "new"|"existing"} or {0, scope_index (0-based), dimension, used, reserved, limit}
 local hold = KEYS[1]
 if redis.call('EXISTS', hold) == 1 then
+  -- a re-run of the step (its first worker died) owns the hold now: give it a full ttl,
+  -- or the reaper would release it while the re-run still executes
+  local t = redis.call('TIME')
+  local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+  redis.call('HSET', hold, 'expires', expires)
+  redis.call('ZADD', KEYS[2], expires, hold)
   return {1, 'existing'}
 end
 local ttl_ms = tonumber(ARGV[1])
