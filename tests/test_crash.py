@@ -57,7 +57,12 @@ def test_killed_pool_processes_redeliver_steps_without_repeating_effects(
 
     # When every pool process is SIGKILLed while steps are mid-call, three times over
     for _ in range(3):
-        wait_for(lambda: started_effects(dep, run_ids), timeout=30, message="a step mid-call")
+        # (the pool processes killed last round must have been replaced first)
+        wait_for(
+            lambda: started_effects(dep, run_ids) and all(w.children() for w in dep.workers),
+            timeout=30,
+            message="a step mid-call",
+        )
         killed = [pid for w in dep.workers for pid in w.kill_children()]
         assert killed
 
