@@ -222,6 +222,8 @@ def test_rate_limiters_show_when_they_throttle(rated_env: Deployment) -> None:
             rates["tool:probe.rated"]["throttling"]
             and rates[names[0]]["throttling"]
             and (view["delayed"] >= 2)
+            # the runs that got through have finished their steps
+            and view["capacity"]["inFlight"] == 0
         ):
             return view
         return None
