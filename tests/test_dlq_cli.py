@@ -121,6 +121,7 @@ def test_list_filters_and_json(env_on: Deployment) -> None:
     assert listed("--class", "exhausted") == {exhausted}
     assert listed("--class", "poison") == {bad}
     assert listed("--tenant", "t2") == {timed_out}
+    assert listed("--run", run1) == {exhausted}
     assert listed("--route", "r.basic") == {exhausted, timed_out}
     assert listed("--error-type", "undecodable") == {bad}
     assert listed("--queue", STEP_QUEUE) == {exhausted, timed_out, bad}

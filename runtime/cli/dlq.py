@@ -148,6 +148,7 @@ QueueOpt = Annotated[
     str | None, typer.Option("--queue", help=f"Only this queue (e.g. {STEP_QUEUE}).")
 ]
 TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Only this run's entries.")]
 RouteOpt = Annotated[str | None, typer.Option("--route", help="Only this route.")]
 ClassOpt = Annotated[DlClass | None, typer.Option("--class", help="Only this dead-letter class.")]
 ErrorTypeOpt = Annotated[
@@ -206,6 +207,7 @@ class _Selection:
     error_type: str | None
     since: datetime | None
     until: datetime | None
+    run_id: str | None = None
 
     @property
     def narrowed(self) -> bool:
@@ -219,6 +221,7 @@ class _Selection:
                 self.error_type,
                 self.since,
                 self.until,
+                self.run_id,
             )
         )
 
@@ -230,6 +233,7 @@ class _Selection:
             )
         return DeadLetterFilter(
             ids=self.ids,
+            run_id=self.run_id,
             queue=self.queue,
             tenant=self.tenant,
             route=self.route,
@@ -250,9 +254,10 @@ def _selection(
     error_type: str | None,
     since: datetime | None,
     until: datetime | None,
+    run_id: str | None = None,
 ) -> _Selection:
     unique = tuple(dict.fromkeys(i.strip() for i in ids or () if i.strip()))
-    return _Selection(unique, queue, tenant, route, dl_class, error_type, since, until)
+    return _Selection(unique, queue, tenant, route, dl_class, error_type, since, until, run_id)
 
 
 def _require_scope(sel: _Selection, all_: bool, verb: str) -> None:
@@ -260,7 +265,7 @@ def _require_scope(sel: _Selection, all_: bool, verb: str) -> None:
     if not sel.narrowed and not all_:
         _fail(
             f"refusing to {verb} every open dead letter: name entry ids, narrow with "
-            "--queue/--tenant/--route/--class/--error-type/--since/--until, or pass --all",
+            "--queue/--tenant/--run/--route/--class/--error-type/--since/--until, or pass --all",
             EXIT_REFUSED,
         )
 
@@ -286,6 +291,7 @@ def _check_ids(svc: RuntimeService, ids: Sequence[str]) -> dict[str, dict[str, A
 def dlq_list(
     queue: QueueOpt = None,
     tenant: TenantOpt = None,
+    run: RunOpt = None,
     route: RouteOpt = None,
     dl_class: ClassOpt = None,
     error_type: ErrorTypeOpt = None,
@@ -298,7 +304,7 @@ def dlq_list(
     json_out: JsonOpt = False,
 ) -> None:
     """List dead letters, most recent failure first."""
-    sel = _selection(None, queue, tenant, route, dl_class, error_type, since, until)
+    sel = _selection(None, queue, tenant, route, dl_class, error_type, since, until, run)
     f = sel.to_filter(None if status is Status.all else status.value)
     with _service() as svc:
         entries = svc.dead_letters.find(f, limit)
@@ -355,6 +361,7 @@ def dlq_retry(
     ids: IdsArg = None,
     queue: QueueOpt = None,
     tenant: TenantOpt = None,
+    run: RunOpt = None,
     route: RouteOpt = None,
     dl_class: ClassOpt = None,
     error_type: ErrorTypeOpt = None,
@@ -380,7 +387,7 @@ def dlq_retry(
     Side effects the step already recorded are not repeated (idempotency records); budget
     and policy are checked again. Poison messages name no step and are skipped (purge
     them). Needs ids or a filter, or --all."""
-    sel = _selection(ids, queue, tenant, route, dl_class, error_type, since, until)
+    sel = _selection(ids, queue, tenant, route, dl_class, error_type, since, until, run)
     _require_scope(sel, all_, "retry")
     # named ids are matched in any status, so a retried or purged one is reported, not lost
     f = sel.to_filter(None if sel.ids else "open")
@@ -457,6 +464,7 @@ def dlq_purge(
     ids: IdsArg = None,
     queue: QueueOpt = None,
     tenant: TenantOpt = None,
+    run: RunOpt = None,
     route: RouteOpt = None,
     dl_class: ClassOpt = None,
     error_type: ErrorTypeOpt = None,
@@ -474,7 +482,7 @@ def dlq_purge(
     Purged entries are kept until dead_letters.retention_days, then deleted. Asks for
     confirmation unless --yes; without a terminal, --yes is required. Needs ids or a
     filter, or --all."""
-    sel = _selection(ids, queue, tenant, route, dl_class, error_type, since, until)
+    sel = _selection(ids, queue, tenant, route, dl_class, error_type, since, until, run)
     _require_scope(sel, all_, "purge")
     f = sel.to_filter(None if sel.ids else "open")
     who = actor or default_actor()
