@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from runtime.store.db import utcnow
 from runtime.tools.context import ToolContext
 from runtime.tracing import TraceBuffer
 
@@ -64,7 +66,11 @@ class Compensations:
                 continue
             trace.add("compensation_start", tool=spec.name, idempotency_key=key)
             if not svc.store.set_effect_status(
-                effect["id"], "succeeded", "compensating", trace.drain()
+                effect["id"],
+                "succeeded",
+                "compensating",
+                trace.drain(),
+                compensation_started_at=utcnow(),
             ):
                 continue  # another worker took it
             ctx = ToolContext(
@@ -103,6 +109,27 @@ class Compensations:
             svc.store.set_effect_status(effect["id"], "compensating", "compensated", trace.drain())
             report.compensated.append(key)
         return report
+
+    def resume_stuck(self, before: datetime) -> list[str]:
+        """Compensations whose worker died mid-way (``compensating`` since before
+        ``before``) run again; compensators get the same idempotency key, so one that
+        journals its writes (``ctx.redis_effect``) does not repeat them."""
+        svc = self.svc
+        resumed: list[str] = []
+        for effect in svc.store.stuck_compensations(before):
+            run = svc.store.get_run(effect["run_id"])
+            trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], effect["step_no"])
+            trace.add("compensation_resumed", idempotency_key=effect["idempotency_key"])
+            if svc.store.set_effect_status(
+                effect["id"], "compensating", "succeeded", trace.drain()
+            ):
+                log.warning(
+                    "compensation of %s was left unfinished: running it again",
+                    effect["idempotency_key"],
+                )
+                self.compensate(effect["run_id"])
+                resumed.append(str(effect["idempotency_key"]))
+        return resumed
 
     def retry_effect(self, effect: dict[str, Any]) -> bool:
         """An operator retries a failed compensation: make the effect eligible again."""

@@ -57,6 +57,8 @@ class ReconcileReport:
     expired_holds: int = 0
     #: runs whose lost step was queued again
     zombies: list[str] = field(default_factory=list)
+    #: side effects whose unfinished compensation was run again
+    compensations: list[str] = field(default_factory=list)
     #: dead letters deleted by retention; None when retention was not due this round
     retention_deleted: int | None = None
     #: phases that failed this round (each logged with its traceback)
@@ -116,6 +118,11 @@ class Reconciler:
             report.zombies = self.heal_zombies(clock)
         except Exception as exc:
             self._failed(report, "zombies", exc)
+        try:
+            before = clock - timedelta(seconds=self.grace_s)
+            report.compensations = self.svc.compensations.resume_stuck(before)
+        except Exception as exc:
+            self._failed(report, "compensations", exc)
         if self._retention_due(clock):
             self._last_retention = clock  # also on failure: try again in an hour, not 5 s
             try:

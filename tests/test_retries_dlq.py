@@ -7,6 +7,7 @@ fails while a Redis key says so, so a test can break a dependency and then fix i
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -255,3 +256,27 @@ def test_an_open_tool_breaker_makes_the_call_wait_then_probe(
     svc.dead_letters.retry(DeadLetterFilter(ids=(entry["id"],)), "ops:erin")
     assert svc.wait(run.run_id, timeout=30).status == "succeeded"
     assert svc.breakers.state("tool:probe.guarded") == "closed"
+
+
+def test_a_compensation_left_unfinished_by_a_dead_worker_is_run_again(
+    deployment: Deployment,
+) -> None:
+    dep, svc = deployment, deployment.svc
+    a = f"c{uuid.uuid4().hex[:8]}"
+    run = dep.submit_script([flaky(a, 4), REPLY], route="r.retry")
+    assert svc.wait(run.run_id, timeout=30).status == "succeeded"
+    (effect,) = svc.store.side_effects(run_id=run.run_id)
+    # a worker took the effect for compensation, then died before it finished
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    assert svc.store.set_effect_status(
+        effect["id"], "succeeded", "compensating", compensation_started_at=long_ago
+    )
+    # the reconciler's pass: effects compensating for longer than the grace run again
+    resumed = svc.compensations.resume_stuck(datetime.now(UTC) - timedelta(seconds=30))
+    assert resumed == [effect["idempotency_key"]]
+    assert dep.counter(a) == 0
+    (effect,) = svc.store.side_effects(run_id=run.run_id)
+    assert effect["status"] == "compensated"
+    kinds = [e.kind for e in svc.trace(run.run_id)]
+    assert "compensation_resumed" in kinds and "compensated" in kinds
+    assert svc.compensations.resume_stuck(datetime.now(UTC)) == []

@@ -153,6 +153,9 @@ class SideEffectRow(SQLModel, table=True):
     attempts: int = 1
     started_at: datetime
     finished_at: datetime | None = None
+    #: when a compensation took the effect (status compensating); the reconciler resumes
+    #: one whose worker died
+    compensation_started_at: datetime | None = None
 
 
 class SpendRow(SQLModel, table=True):

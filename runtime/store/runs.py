@@ -224,10 +224,11 @@ class RunStore:
         status: str,
         events: Sequence[dict[str, Any]] = (),
         error: str | None = None,
+        **extra: Any,
     ) -> bool:
         """Compare-and-set a side effect's status (with its trace events); False if another
         writer changed it first."""
-        values: dict[str, Any] = {"status": status}
+        values: dict[str, Any] = {"status": status, **extra}
         if error is not None:
             values["error"] = error
         with self._write() as conn:
@@ -241,6 +242,20 @@ class RunStore:
             if events:
                 conn.execute(insert(events_t), list(events))
         return True
+
+    def stuck_compensations(self, before: datetime, limit: int = 100) -> list[dict[str, Any]]:
+        """Effects a compensation took before ``before`` and never finished."""
+        query = (
+            select(effects_t)
+            .where(
+                effects_t.c.status == "compensating",
+                effects_t.c.compensation_started_at < before,
+            )
+            .order_by(effects_t.c.compensation_started_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def effect_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """Side-effect records of these runs: ``{tool: {status: count}}``."""
