@@ -19,6 +19,7 @@ import pytest
 
 from runtime.budgets.ledger import today
 from runtime.config import DIMENSIONS
+from runtime.embedded_redis import start_server
 from tests.conftest import TEST_CONFIG
 from tests.support import Deployment, wait_for
 
@@ -28,30 +29,34 @@ def increment(key: str, **kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def split_deployment(redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    base = redis_url.rsplit("/", 1)[0]
+def split_deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment on a private redis-server: the runtime in database 0 (the one this
+    test flushes), the tools' state in database 1."""
+    server = start_server(tmp_path / "redis", persistent=False)
     dep = Deployment.create(
         name=f"r{uuid.uuid4().hex[:6]}",
-        redis_url=f"{base}/0",
+        redis_url=f"{server.url.rsplit('/', 1)[0]}/0",
         database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
         config=TEST_CONFIG,
         home=tmp_path,
-        extra_env={"AGENTRT_TOOL_REDIS_URL": f"{base}/1"},
+        extra_env={"AGENTRT_TOOL_REDIS_URL": f"{server.url.rsplit('/', 1)[0]}/1"},
     )
     try:
         yield dep
     finally:
         dep.close()
+        server.stop()
 
 
 def lose_runtime_redis(dep: Deployment) -> int:
-    """Every key of the deployment's namespace in the runtime Redis: ledger, leases,
-    scheduler queues, Celery's queue list, unacked messages and bindings."""
+    """FLUSHDB the runtime's database (ledger, leases, scheduler queues, Celery's queue
+    list, unacked messages and bindings) and SCRIPT FLUSH, as a restart without
+    persistence would."""
     r = dep.svc.redis
-    keys = list(r.scan_iter(match=f"{dep.settings.namespace}:*", count=1000))
-    for start in range(0, len(keys), 500):
-        r.unlink(*keys[start : start + 500])
-    return len(keys)
+    lost = int(r.dbsize())
+    r.flushdb()
+    r.script_flush()
+    return lost
 
 
 def assert_ledger_matches_sql(dep: Deployment, tenants: list[str]) -> None:
