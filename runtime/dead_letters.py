@@ -145,7 +145,9 @@ class DeadLetters:
             svc.schedule(Ops().complete(item).dispatch(1))
             return None
         svc.ledger.release(run_id, step_no)
-        svc.schedule(Ops().complete(item).dispatch(1))
+        # the step may be in flight (a worker dead-letters it) or still queued or delayed
+        # (an operator or the reconciler does): it leaves the scheduler either way
+        svc.schedule(Ops().drop(item).dispatch(1))
         self._signal(queue, entry_id, dl_class)
         svc.after_failure(run_id)
         return entry_id

@@ -279,3 +279,24 @@ def test_run_lost_at_admission_completes_once_a_worker_runs(redis_url: str, tmp_
         assert "was in no scheduler queue" in worker.log()
     finally:
         dep.close()
+
+
+def test_dead_lettering_a_queued_step_takes_it_out_of_the_scheduler(svc: RuntimeService) -> None:
+    # no worker capacity: the submitted step waits in its tenant's ready queue
+    item = submitted(svc, tenant="t2")
+    assert svc.scheduler.known([item]) == [True]
+    assert svc.scheduler.depth("t2", "r.basic")[0] == 1
+    # an operator-side dead-lettering (not a worker holding the step)
+    entry = svc.dead_letters.dead_letter_step(
+        item.run_id, 0, "exhausted", error_type="OperatorStop", error="stopped by hand"
+    )
+    assert entry is not None
+    assert svc.scheduler.known([item]) == [False]
+    assert svc.scheduler.depth("t2", "r.basic")[0] == 0
+    # delayed and in-flight items go too
+    delayed = submitted(svc, tenant="t3")
+    svc.scheduler.run(Ops().drop(delayed).delay(delayed, now_ms() + 60_000))
+    assert svc.scheduler.known([delayed]) == [True]
+    svc.scheduler.run(Ops().drop(delayed))
+    assert svc.scheduler.known([delayed]) == [False]
+    assert svc.scheduler.depth("t3", "r.basic")[0] == 0

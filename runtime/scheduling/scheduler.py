@@ -85,6 +85,11 @@ class Ops:
         self.args += ["C", item.encode()]
         return self
 
+    def drop(self, item: Item) -> Ops:
+        """Forget the item wherever it is: queued, delayed or in flight."""
+        self.args += ["Z", item.encode()]
+        return self
+
     def renew(self, item: Item, ttl_ms: int) -> Ops:
         self.args += ["R", item.encode(), ttl_ms]
         return self

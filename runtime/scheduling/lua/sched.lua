@@ -6,6 +6,7 @@
 --   E item [base_ms]   enqueue a ready item (idempotent: skipped if queued/in flight/delayed)
 --   D item due_ms      delay an item until due_ms (e.g. a rate-limited step)
 --   C item             complete: the item no longer holds its slots
+--   Z item             drop the item wherever it is (queued, delayed or in flight)
 --   R item ttl_ms      renew the item's slot leases
 --   X max              dispatch up to max items (weighted fair queuing across tenants)
 --   P max              promote up to max due delayed items to their ready queues
@@ -118,6 +119,17 @@ local function release(item)
     if redis.call('HGET', P .. ':parked', tenant) == 't' then reindex(tenant) end
   end
   return removed
+end
+
+local function drop(item)
+  local _, _, tenant, route, prio = parse(item)
+  if not prio then return 0 end
+  if redis.call('ZREM', P .. ':q:' .. tenant, item) == 1 then
+    depth(tenant, route, prio, -1)
+    reindex(tenant)
+  end
+  if redis.call('ZREM', P .. ':delayed', item) == 1 then depth(tenant, route, prio, -1) end
+  return release(item)
 end
 
 local function delay(item, due)
@@ -268,6 +280,9 @@ while i <= #ARGV do
     i = i + 3
   elseif op == 'C' then
     release(ARGV[i + 1])
+    i = i + 2
+  elseif op == 'Z' then
+    drop(ARGV[i + 1])
     i = i + 2
   elseif op == 'R' then
     renew(ARGV[i + 1], tonumber(ARGV[i + 2]))
