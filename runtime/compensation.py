@@ -37,12 +37,9 @@ class Compensations:
     def __init__(self, svc: RuntimeService) -> None:
         self.svc = svc
 
-    def request(self, run_id: str) -> CompensationReport:
-        """Compensate now, in the caller's process (a worker finishing the failed step,
-        or an operator's retry). Idempotent: effects already undone are skipped."""
-        return self.compensate(run_id)
-
     def compensate(self, run_id: str) -> CompensationReport:
+        """Undo the run's succeeded side effects, newest first. Idempotent: effects already
+        undone (or taken by another worker) are skipped."""
         svc = self.svc
         run = svc.store.get_run(run_id)
         report = CompensationReport()

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import stop_reasons
 from runtime.errors import AgentRuntimeError
-from runtime.scheduling.scheduler import Item, Ops, now_ms
+from runtime.scheduling.scheduler import Ops, now_ms
+from runtime.steps import item_of
 from runtime.store.db import utcnow
 from runtime.store.dead_letters import DeadLetterFilter, DeadLetterStore, retention_cutoff
 from runtime.tracing import TraceBuffer, redact
@@ -87,7 +88,7 @@ class DeadLetters:
         Returns the entry id, or None if the step had moved on (nothing to dead-letter)."""
         svc = self.svc
         run = svc.store.get_run(run_id)
-        item = Item(run_id, step_no, run["tenant_id"], run["route"], run["priority"])
+        item = item_of(run, step_no)
         now = utcnow()
         failure = {
             "run_id": run_id,
@@ -149,7 +150,7 @@ class DeadLetters:
         # (an operator or the reconciler does): it leaves the scheduler either way
         svc.schedule(Ops().drop(item).dispatch(1))
         self._signal(queue, entry_id, dl_class)
-        svc.after_failure(run_id)
+        svc.after_failure(run)
         return entry_id
 
     def poison(
@@ -165,67 +166,60 @@ class DeadLetters:
         tenant_id: str | None = None,
     ) -> str:
         """A message that is no valid step: keep it, never run it."""
-        now = utcnow()
-        entry_id = uuid.uuid4().hex
-        self.store.insert(
-            {
-                "id": entry_id,
-                "queue": queue,
-                "task_name": task_name,
-                "task_id": task_id,
-                "run_id": run_id,
-                "tenant_id": tenant_id,
-                "dl_class": "poison",
-                "error_type": error_type,
-                "error_message": error[:5000],
-                "message": redact(message) if message else None,
-                "attempts": [],
-                "attempt_count": 1,
-                "first_failed_at": now,
-                "last_failed_at": now,
-                "status": "open",
-                "created_at": now,
-            }
+        return self._keep(
+            queue=queue,
+            task_name=task_name,
+            task_id=task_id,
+            run_id=run_id,
+            tenant_id=tenant_id,
+            dl_class="poison",
+            error_type=error_type,
+            error_message=error[:5000],
+            message=redact(message) if message else None,
         )
-        self._signal(queue, entry_id, "poison")
-        return entry_id
 
     def compensation_failed(
         self, run: dict[str, Any], effect: dict[str, Any], exc: BaseException
     ) -> str:
         """A compensator raised: keep an entry whose retry runs the compensation again."""
+        return self._keep(
+            queue=STEP_QUEUE,
+            task_name="agentrt.compensate",
+            task_id=f"{effect['idempotency_key']}:compensate",
+            run_id=run["run_id"],
+            tenant_id=run["tenant_id"],
+            route=run["route"],
+            step_no=effect["step_no"],
+            trace_id=run["trace_id"],
+            version_set=run["version_set"],
+            dl_class="compensation",
+            error_type=type(exc).__name__,
+            error_message=str(exc)[:5000],
+            traceback=format_exception(exc),
+            message={
+                "effect_id": effect["id"],
+                "tool": effect["tool"],
+                "idempotency_key": effect["idempotency_key"],
+            },
+        )
+
+    def _keep(self, **fields: Any) -> str:
+        """Store a one-failure entry that stops no run (poison, compensation) and signal it."""
         now = utcnow()
         entry_id = uuid.uuid4().hex
         self.store.insert(
             {
                 "id": entry_id,
-                "queue": STEP_QUEUE,
-                "task_name": "agentrt.compensate",
-                "task_id": f"{effect['idempotency_key']}:compensate",
-                "run_id": run["run_id"],
-                "tenant_id": run["tenant_id"],
-                "route": run["route"],
-                "step_no": effect["step_no"],
-                "trace_id": run["trace_id"],
-                "version_set": run["version_set"],
-                "dl_class": "compensation",
-                "error_type": type(exc).__name__,
-                "error_message": str(exc)[:5000],
-                "traceback": format_exception(exc),
-                "message": {
-                    "effect_id": effect["id"],
-                    "tool": effect["tool"],
-                    "idempotency_key": effect["idempotency_key"],
-                },
                 "attempts": [],
                 "attempt_count": 1,
                 "first_failed_at": now,
                 "last_failed_at": now,
                 "status": "open",
                 "created_at": now,
+                **fields,
             }
         )
-        self._signal(STEP_QUEUE, entry_id, "compensation")
+        self._signal(fields["queue"], entry_id, fields["dl_class"])
         return entry_id
 
     def record_failure(
@@ -330,7 +324,7 @@ class DeadLetters:
         ids = [e["id"] for e in entries if e["status"] == "open"]
         if not dry_run:
             # only entries still open are purged (and counted, and audited)
-            ids = self.store.mark_returning(ids, "purged", actor)
+            ids = self.store.mark(ids, "purged", actor)
             self._adjust_open(entries, ids)
             self.store.audit(actor, "dlq.purge", f.as_dict(), ids)
         return PurgeOutcome(len(entries), ids, dry_run)
@@ -365,9 +359,7 @@ class DeadLetters:
         trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
         if not self.store.reopen_run(run["run_id"], entry["step_no"], trace.drain()):
             return False
-        item = Item(
-            run["run_id"], entry["step_no"], run["tenant_id"], run["route"], run["priority"]
-        )
+        item = item_of(run, entry["step_no"])
         svc.redis.delete(svc.keys.run_cancelled(run["run_id"]))
         ops = Ops().delay(item, due_ms) if due_ms > now_ms() + 5 else Ops().enqueue(item)
         svc.schedule(ops.dispatch(1))

@@ -36,7 +36,8 @@ from sqlalchemy import func, select
 from runtime.config import DIMENSIONS
 from runtime.contract import RunStatus
 from runtime.errors import AgentRuntimeError
-from runtime.scheduling.scheduler import Item, Ops
+from runtime.scheduling.scheduler import Ops
+from runtime.steps import item_of
 from runtime.store.db import utcnow
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.runs import runs_t, spend_t
@@ -93,7 +94,7 @@ class Recovery:
         svc = self.svc
         report = RecoveryReport(dry_run=dry_run)
         if dry_run:
-            report.runs = self._live_runs()
+            report.runs = [r["run_id"] for r in self._live_runs()]
             report.runs_requeued = len(report.runs)
             return report
         paused = f"{svc.keys.sched()}:paused"
@@ -234,17 +235,8 @@ class Recovery:
         return 30 * 86400 if ":run:" in scope else SCOPE_DAYS * 86400
 
     # --- runs ------------------------------------------------------------------------
-    def _live_runs(self) -> list[str]:
-        query = (
-            select(runs_t.c.run_id)
-            .where(runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
-            .order_by(runs_t.c.created_at)
-        )
-        with self.svc.store.engine.connect() as conn:
-            return [r for (r,) in conn.execute(query)]
-
-    def _requeue(self, report: RecoveryReport) -> list[str]:
-        svc = self.svc
+    def _live_runs(self) -> list[dict[str, Any]]:
+        """Every queued or running run, oldest first, with what its step's item needs."""
         query = (
             select(
                 runs_t.c.run_id,
@@ -257,22 +249,18 @@ class Recovery:
             .where(runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
             .order_by(runs_t.c.created_at)
         )
-        with svc.store.engine.connect() as conn:
-            rows = list(conn.execute(query).mappings())
+        with self.svc.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def _requeue(self, report: RecoveryReport) -> list[str]:
+        svc = self.svc
+        rows = self._live_runs()
         requeued: list[str] = []
         events: list[dict[str, Any]] = []
         for start in range(0, len(rows), BATCH):
             ops = Ops()
             for row in rows[start : start + BATCH]:
-                ops.enqueue(
-                    Item(
-                        row["run_id"],
-                        row["next_step"],
-                        row["tenant_id"],
-                        row["route"],
-                        row["priority"],
-                    )
-                )
+                ops.enqueue(item_of(row, row["next_step"]))
                 requeued.append(row["run_id"])
                 trace = TraceBuffer(
                     row["run_id"], row["tenant_id"], row["trace_id"], row["next_step"]

@@ -11,6 +11,7 @@ did not cannot be replayed safely (a dispatch decision must not run twice) and r
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from importlib import resources
 from typing import Any
 
 import redis
@@ -19,6 +20,11 @@ from redis.exceptions import NoScriptError, ResponseError
 
 #: every script registered through ``register``, reloaded together after a NOSCRIPT
 _REGISTERED: dict[str, Script] = {}
+
+
+def lua(package: str, name: str) -> str:
+    """The source of ``<package>/lua/<name>`` (scripts ship inside the package)."""
+    return resources.files(package).joinpath("lua", name).read_text()
 
 
 def register(client: redis.Redis, source: str) -> Script:

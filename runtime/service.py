@@ -209,14 +209,12 @@ class RuntimeService:
             name = self.config.routes[route].retry_policy
         return self.config.retry_policies[name] if name else None
 
-    def after_failure(self, run_id: str) -> None:
-        """A run failed or was dead-lettered: compensate its side effects if its route
-        asks for it (in the background, as its own task)."""
-        run = self.store.get_run(run_id)
+    def after_failure(self, run: dict[str, Any]) -> None:
+        """A run failed or was dead-lettered: compensate its side effects now, in this
+        process, if its route asks for it (the reconciler resumes one left unfinished)."""
         route = self.config.routes.get(run["route"])
-        if route is None or not route.compensate_on_failure:
-            return
-        self.compensations.request(run_id)
+        if route is not None and route.compensate_on_failure:
+            self.compensations.compensate(run["run_id"])
 
     def tool_cost_micro(self, name: str) -> int:
         entry = self.config.tools.get(name)

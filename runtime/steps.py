@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from runtime import scripts, stop_reasons
 from runtime.budgets.ledger import Scope, today
-from runtime.config import RetryPolicy, RouteConfig
+from runtime.config import Breaker, ModelConfig, RetryPolicy, RouteConfig
 from runtime.contract import (
     TERMINAL_STATUSES,
     Proposal,
@@ -336,7 +336,9 @@ class StepRunner:
                 result = self._propose(st)
             except ProposerError as exc:
                 st.trace.add("proposer_error", code=exc.code, error=str(exc), model=st.model_name)
-                self._record_breaker(st, f"model:{st.model_name}", ok=False)
+                self._record_breaker(
+                    st, f"model:{st.model_name}", self._model(st).breaker, ok=False
+                )
                 policy = self.svc.retry_policy(st.run["route"])
                 if policy is not None and exc.code not in policy.non_retryable:
                     return self._retry_or_dead_letter(
@@ -345,11 +347,14 @@ class StepRunner:
                 return self._error_move(st, "proposer", exc.code, str(exc))
             finally:
                 self._give_back_tokens(st)
-            self._record_breaker(st, f"model:{st.model_name}", ok=True)
+            self._record_breaker(st, f"model:{st.model_name}", self._model(st).breaker, ok=True)
             raw = result.raw
         return self._validate_and_act(st, raw)
 
     # --- circuit breakers and retries ------------------------------------------------
+    def _model(self, st: _Step) -> ModelConfig:
+        return self.svc.config.models[st.model_name]
+
     def _choose_model(self, st: _Step) -> _Move | None:
         """Ask the route's model unless its breaker is open; then its fallbacks in order.
         With every breaker open the step waits (holding no slot) for the first to close."""
@@ -379,14 +384,8 @@ class StepRunner:
             countdown_s=wait_s,
         )
 
-    def _record_breaker(self, st: _Step, name: str, *, ok: bool) -> None:
-        kind, _, target = name.partition(":")
-        cfg = (
-            self.svc.config.models[target].breaker
-            if kind == "model"
-            else self.svc.config.tools[target].breaker
-        )
-        if cfg is None:
+    def _record_breaker(self, st: _Step, name: str, cfg: Breaker | None, *, ok: bool) -> None:
+        if cfg is None:  # no breaker configured: no round trip
             return
         state = self.svc.breakers.record(name, cfg, f"{st.run_id}:{st.step_no}", ok)
         if state == "open" and not ok:
@@ -446,7 +445,7 @@ class StepRunner:
     # --- global rate limits ----------------------------------------------------------
     def _take_model_rate(self, st: _Step) -> float:
         """Take one request and the step's worst-case tokens from the model's limiters."""
-        model = self.svc.config.models[st.model_name]
+        model = self._model(st)
         takes = []
         if model.requests_rate:
             takes.append(Take(limits.model_requests(st.model_name), model.requests_rate))
@@ -456,7 +455,7 @@ class StepRunner:
         return self.svc.limiter.take(takes)
 
     def _give_back_tokens(self, st: _Step) -> None:
-        model = self.svc.config.models[st.model_name]
+        model = self._model(st)
         if model.tokens_rate:
             reserved = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
             self.svc.limiter.give_back(
@@ -486,7 +485,7 @@ class StepRunner:
     def _reserve(self, st: _Step, *, with_model_call: bool) -> None:
         svc = self.svc
         policy = svc.config.budget_policies[st.route.budget_policy]
-        model = svc.config.models[st.model_name]
+        model = self._model(st)
         tokens = policy.tokens_per_step if with_model_call else 0
         price = max(model.input_usd_per_mtok, model.output_usd_per_mtok)
         tool_cost = max((svc.tool_cost_micro(t) for t in st.route.allowed_tools), default=0)
@@ -506,9 +505,9 @@ class StepRunner:
         st.trace.add("budget_reserve", amounts=amounts, state=reservation.state)
 
     def _actual_spend(self, st: _Step) -> dict[str, int]:
-        model = self.svc.config.models.get(st.model_name)
+        model = self._model(st)
         cost = st.tool_cost_micro
-        if st.used_proposer and model is not None:
+        if st.used_proposer:
             cost += round(
                 st.usage.input_tokens * model.input_usd_per_mtok
                 + st.usage.output_tokens * model.output_usd_per_mtok
@@ -722,7 +721,7 @@ class StepRunner:
             if entry.max_concurrency:
                 svc.limiter.leave_bulkhead(spec.name, call_id)
         if entry.breaker:
-            self._record_breaker(st, f"tool:{spec.name}", ok=outcome.ok)
+            self._record_breaker(st, f"tool:{spec.name}", entry.breaker, ok=outcome.ok)
         return self._after_tool(st, spec, outcome, args)
 
     def _wait(
@@ -1064,8 +1063,8 @@ class StepRunner:
                 st.run_id, st.step_no + 1, dl_class, error_type=error_type, error=error
             )
             return StepResult(f"dead_lettered:{dl_class}")
-        if move.status in (RunStatus.FAILED,) and st.route.compensate_on_failure:
-            svc.after_failure(st.run_id)
+        if move.status == RunStatus.FAILED:
+            svc.after_failure(st.run)
         if move.continues:
             return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)
         return StepResult(move.outcome)

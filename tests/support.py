@@ -61,8 +61,9 @@ def child_pids(pid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        # a killed child stays listed (state Z) until its parent reaps it: not a live one
+        if int(ppid) == pid and state != "Z":
             out.append(int(entry))
     return out
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import threading
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -224,8 +223,9 @@ def test_a_rerun_that_finds_its_hold_gets_a_full_ttl(ledger: BudgetLedger) -> No
     # the step's worker died; a re-run reserves again and finds the hold
     again = ledger.reserve("run-m", 0, [run], {"tokens": 100}, hold_ttl_ms=60_000)
     assert again.state == "existing"
-    time.sleep(0.1)
-    assert ledger.release_expired() == 0  # the re-run still owns it
+    # a second later the first ttl is long past; the refreshed one is not
+    sec, usec = ledger.redis.time()
+    assert ledger.release_expired(now_ms=int(sec) * 1000 + int(usec) // 1000 + 1000) == 0
     assert ledger.settle("run-m", 0, {"tokens": 40}) is True
     assert ledger.balance(run.key)["tokens"] == {"used": 40, "reserved": 0}
 

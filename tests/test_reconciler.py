@@ -183,8 +183,11 @@ def test_one_round_per_interval_across_reconcilers(
         # and the lock is kept for the interval, then anyone may take the next round
         assert reconcilers[0].reconcile().held_lock is False
         assert reconcilers[1].reconcile().held_lock is False
-        time.sleep(1.1)
-        assert reconcilers[1].reconcile().held_lock is True
+        wait_for(
+            lambda: reconcilers[1].reconcile().held_lock,
+            timeout=5,
+            message="the next interval's round",
+        )
     finally:
         other_svc.close()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import redis
@@ -21,10 +20,6 @@ from runtime import scripts
 from runtime.config import DIMENSIONS
 from runtime.errors import BudgetExhausted
 from runtime.keys import Keys
-
-
-def _script(name: str) -> str:
-    return resources.files("runtime.budgets").joinpath("lua", name).read_text()
 
 
 def today() -> str:
@@ -54,8 +49,8 @@ class BudgetLedger:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._reserve = scripts.register(client, _script("reserve.lua"))
-        self._settle = scripts.register(client, _script("settle.lua"))
+        self._reserve = scripts.register(client, scripts.lua("runtime.budgets", "reserve.lua"))
+        self._settle = scripts.register(client, scripts.lua("runtime.budgets", "settle.lua"))
 
     # --- scopes ----------------------------------------------------------------------
     def run_scope(self, run_id: str, limits: dict[str, int]) -> Scope:

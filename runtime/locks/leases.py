@@ -17,7 +17,6 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis
@@ -26,10 +25,6 @@ from runtime import scripts
 from runtime.keys import Keys
 
 _HOST = socket.gethostname()
-
-
-def _script(name: str) -> str:
-    return resources.files("runtime.locks").joinpath("lua", name).read_text()
 
 
 def new_owner() -> str:
@@ -78,10 +73,10 @@ class LeaseManager:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._acquire = scripts.register(client, _script("acquire.lua"))
-        self._release = scripts.register(client, _script("release.lua"))
-        self._steal = scripts.register(client, _script("steal.lua"))
-        self._renew = scripts.register(client, _script("renew.lua"))
+        self._acquire = scripts.register(client, scripts.lua("runtime.locks", "acquire.lua"))
+        self._release = scripts.register(client, scripts.lua("runtime.locks", "release.lua"))
+        self._steal = scripts.register(client, scripts.lua("runtime.locks", "steal.lua"))
+        self._renew = scripts.register(client, scripts.lua("runtime.locks", "renew.lua"))
 
     def _take(self, key: str, fence_key: str, owner: str, ttl_ms: int) -> Lease | Busy:
         res = self._acquire(keys=[key, fence_key], args=[owner, ttl_ms])

@@ -9,17 +9,12 @@ order; a tool call (or a step with no fallback left) waits without holding a slo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import redis
 
 from runtime import scripts
 from runtime.config import Breaker
 from runtime.keys import Keys
-
-
-def _script() -> str:
-    return resources.files("runtime.scheduling").joinpath("lua", "breaker.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -34,7 +29,7 @@ class Breakers:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self.script = scripts.register(client, _script())
+        self.script = scripts.register(client, scripts.lua("runtime.scheduling", "breaker.lua"))
 
     def _call(self, name: str, op: str, cfg: Breaker, caller: str) -> list[object]:
         key = self.keys.breaker(name)

@@ -9,7 +9,6 @@ not-before time). Limits come from the config: ``models.<m>.requests_rate`` /
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis
@@ -17,10 +16,6 @@ import redis
 from runtime import scripts
 from runtime.config import RateLimit
 from runtime.keys import Keys
-
-
-def _script(name: str) -> str:
-    return resources.files("runtime.scheduling").joinpath("lua", name).read_text()
 
 
 def model_requests(model: str) -> str:
@@ -47,8 +42,8 @@ class Limiter:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self._gcra = scripts.register(client, _script("gcra.lua"))
-        self._bulkhead = scripts.register(client, _script("bulkhead.lua"))
+        self._gcra = scripts.register(client, scripts.lua("runtime.scheduling", "gcra.lua"))
+        self._bulkhead = scripts.register(client, scripts.lua("runtime.scheduling", "bulkhead.lua"))
 
     def take(self, takes: list[Take]) -> float:
         """Take from every limiter or none; returns 0, or seconds until it would succeed."""

@@ -29,7 +29,6 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, cast
 
 import redis
@@ -40,10 +39,6 @@ from runtime.keys import Keys
 
 PRIORITIES = ("critical", "high", "normal", "low")
 PRIORITY_INDEX = {p: i for i, p in enumerate(PRIORITIES)}
-
-
-def _script() -> str:
-    return resources.files("runtime.scheduling").joinpath("lua", "sched.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -127,7 +122,7 @@ class Scheduler:
         self.keys = keys
         self.config = config
         self.prefix = keys.sched()
-        self.script = scripts.register(client, _script())
+        self.script = scripts.register(client, scripts.lua("runtime.scheduling", "sched.lua"))
 
     # --- configuration ---------------------------------------------------------------
     def sync_config(self) -> None:

@@ -149,25 +149,16 @@ class DeadLetterStore:
                 conn.execute(insert(events_t), list(events))
         return True
 
-    def mark(self, ids: Sequence[str], status: str, actor: str, *, retried: bool = False) -> int:
+    def mark(
+        self, ids: Sequence[str], status: str, actor: str, *, retried: bool = False
+    ) -> list[str]:
+        """Resolve the entries of ``ids`` that are still open; the ids that changed (of two
+        operators acting on one entry, one wins)."""
         if not ids:
-            return 0
+            return []
         values: dict[str, Any] = {"status": status, "resolved_at": utcnow(), "resolved_by": actor}
         if retried:
             values["retry_count"] = dl_t.c.retry_count + 1
-        with self.runs._write() as conn:
-            result = conn.execute(
-                update(dl_t)
-                .where(dl_t.c.id.in_(list(ids)), dl_t.c.status == "open")
-                .values(**values)
-            )
-            return int(result.rowcount)
-
-    def mark_returning(self, ids: Sequence[str], status: str, actor: str) -> list[str]:
-        """Resolve the entries of ``ids`` that are still open; the ids that changed."""
-        if not ids:
-            return []
-        values = {"status": status, "resolved_at": utcnow(), "resolved_by": actor}
         with self.runs._write() as conn:
             result = conn.execute(
                 update(dl_t)
