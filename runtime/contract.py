@@ -34,6 +34,10 @@ class RunStatus(enum.StrEnum):
     #: admission or the runtime refused the work
     REFUSED = "refused"
     CANCELLED = "cancelled"
+    #: read-only marker, never stored by the runtime: the stored status is not one this
+    #: version knows (written by hand or by another version); the view's
+    #: ``unreadable_fields`` holds the raw value
+    UNKNOWN = "unknown"
 
 
 TERMINAL_STATUSES = frozenset(
@@ -83,10 +87,19 @@ class RuntimeRun(_Camel):
     finished_at: datetime | None = None
 
 
-class RunView(RuntimeRun):
-    """The contract plus what an operator wants next to it."""
+#: a stored value this version cannot read is shown as this (and kept raw, see RunView)
+UNKNOWN_VALUE = "unknown"
 
-    priority: PriorityClass = "normal"
+
+class RunView(RuntimeRun):
+    """The contract plus what an operator wants next to it.
+
+    A view never fails to build: a stored value this version cannot read (an unknown status
+    or priority written by hand or by another version, a corrupt JSON cell) is shown as a
+    marked value (status ``unknown``, priority ``unknown``, the most restrictive autonomy
+    and risk, ``?`` for a string) and kept, bounded, in ``unreadable_fields``."""
+
+    priority: PriorityClass | Literal["unknown"] = "normal"
     steps: int = 0
     output: Any = None
     input: dict[str, Any] | None = None
@@ -94,6 +107,9 @@ class RunView(RuntimeRun):
     estimated_wait_s: float | None = None
     #: at admission, refused:queue_full: when to try again
     retry_after_s: float | None = None
+    #: stored values the view could not read, by field: the raw value, bounded; None when
+    #: every field was read as stored
+    unreadable_fields: dict[str, str] | None = None
 
 
 # --- proposals: what a model (or a script) may propose; untrusted input -----------------

@@ -3,7 +3,9 @@
 * AgentRuntimeError
   x ConfigError                (path, problems): a config file is missing or invalid
   x SettingsError              an environment setting is unusable (e.g. an evicting Redis)
-  x AdmissionRefused           (code, detail): submit() was refused; the run is stored refused
+  x AdmissionRefused           (code, detail, fields): submit() refused a request it could not
+                               store (a malformed identity, an idempotency conflict)
+  x InvalidRequest             (fields, detail): an argument of an operation is malformed
   x RunNotFound                (run_id)
   x StaleWrite                 (run_id): a conditional update lost to another writer
   x InvalidTransition          (run_id, from_status, to_status)
@@ -39,11 +41,28 @@ class SettingsError(AgentRuntimeError):
 
 
 class AdmissionRefused(AgentRuntimeError):
-    def __init__(self, code: str, detail: str, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        run_id: str | None = None,
+        fields: tuple[str, ...] = (),
+    ) -> None:
         self.code = code
         self.detail = detail
         self.run_id = run_id
+        #: the request fields the refusal is about (e.g. those that differ in a conflict)
+        self.fields = fields
         super().__init__(f"refused:{code}: {detail}")
+
+
+class InvalidRequest(AgentRuntimeError):
+    """An argument of an operation (other than submit, which refuses) is malformed."""
+
+    def __init__(self, fields: tuple[str, ...], detail: str) -> None:
+        self.fields = fields
+        self.detail = detail
+        super().__init__(f"invalid request: {detail}")
 
 
 class RunNotFound(AgentRuntimeError):

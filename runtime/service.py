@@ -29,7 +29,13 @@ from runtime.config import RetryPolicy, RuntimeConfig, load_config
 from runtime.contract import TERMINAL_STATUSES, RunStatus, RunView, TraceEvent, VersionSet
 from runtime.dead_letters import DeadLetters
 from runtime.embedded_redis import EmbeddedRedis, ensure_embedded
-from runtime.errors import AgentRuntimeError, ConfigError, SettingsError
+from runtime.errors import (
+    AdmissionRefused,
+    AgentRuntimeError,
+    ConfigError,
+    InvalidRequest,
+    SettingsError,
+)
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
@@ -37,6 +43,7 @@ from runtime.proposers.base import Proposer, ToolDescription
 from runtime.proposers.openai_compat import OpenAIProposer
 from runtime.proposers.scripted import ScriptedProposer
 from runtime.recovery import Recovery
+from runtime.run_views import run_view
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
@@ -50,6 +57,10 @@ from runtime.tracing import TraceBuffer
 log = logging.getLogger("agentrt.service")
 
 WAIT_STATUSES = TERMINAL_STATUSES | {RunStatus.WAITING}
+#: most runs one ``list_runs`` call returns
+MAX_LIST_LIMIT = 10_000
+#: a cancel's actor goes into the stop reason (``cancelled:<actor>``, 200 characters)
+MAX_CANCEL_ACTOR_CHARS = 190
 #: a worker that has not reported for this long no longer counts as capacity
 HEARTBEAT_TTL_MS = 6000
 
@@ -281,55 +292,104 @@ class RuntimeService:
         idempotency_key: str | None = None,
         priority: str | None = None,
     ) -> RunView:
-        """Admit or refuse a run. Returns at once; a refused run is stored with its reason.
-        A repeated request id or idempotency key returns the first run, never a second."""
-        run_input = {} if input is None else input
-        if request_id or idempotency_key:
-            existing = self.store.find_duplicate(tenant, request_id, idempotency_key)
-            if existing is not None:
-                return self._view(existing)
-        route_cfg = self.config.routes.get(route)
-        problems: list[str] = []
-        if route_cfg is not None and isinstance(run_input, dict):
-            problems = self.proposer_for(route_cfg.proposer).input_problems(run_input)
+        """Admit or refuse a run; returns at once. Every field is checked before anything
+        is stored (``runtime.admission``):
+
+        * a malformed tenant, route, actor, request id or idempotency key raises
+          ``AdmissionRefused`` (``invalid_request``, naming the field and its limit);
+        * a request id or idempotency key an admitted run holds returns that run when the
+          payload is the same, else raises ``AdmissionRefused`` (``idempotency_conflict``,
+          ``.fields`` naming what differs);
+        * any other refusal is stored (bounded) as a refused run and returned. It does not
+          hold the request id: a retry with the same id is decided afresh.
+
+        What raises stores nothing."""
+        req = admission.prepare(
+            tenant=tenant,
+            route=route,
+            goal=goal,
+            input=input,
+            actor=actor,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+        )
+        held = self.store.find_admitted(req.tenant, req.request_id, req.idempotency_key)
+        if held:
+            return self._same_request(req, held)
+        route_cfg = self.config.routes.get(req.route)
         refusal = admission.decide(
             self.config,
-            admission.AdmissionRequest(tenant, route, goal, run_input, actor, priority),
-            route_stopped=route_cfg is not None and self.route_stopped(route),
-            input_problems=problems,
+            req,
+            route_stopped=route_cfg is not None and self.route_stopped(req.route),
         )
+        if refusal is None and route_cfg is not None:
+            problems = self.proposer_for(route_cfg.proposer).input_problems(req.input)
+            if problems:
+                refusal = admission.Refusal("invalid_input", admission.bounded("; ".join(problems)))
         pressure = None
         if refusal is None and (
-            self.config.routes[route].max_queued is not None
-            or self.config.tenants[tenant].max_queued is not None
+            self.config.routes[req.route].max_queued is not None
+            or self.config.tenants[req.tenant].max_queued is not None
         ):  # only limited routes and tenants pay the extra round trips
-            pressure = self.backpressure(tenant, route)
-            refusal = admission.queue_full(self.config, tenant, route, pressure)
-        row = self._new_row(
-            tenant, route, goal, run_input, actor, request_id, idempotency_key, priority, refusal
-        )
+            pressure = self.backpressure(req.tenant, req.route)
+            refusal = admission.queue_full(self.config, req.tenant, req.route, pressure)
+        row = self._row_for(req, refusal)
         trace = TraceBuffer(row["run_id"], row["tenant_id"], row["trace_id"], None)
         if refusal is None:
             trace.add(
                 "admission",
                 decision="admitted",
-                route=route,
+                route=row["route"],
                 priority=row["priority"],
                 version_set=row["version_set"],
             )
         else:
-            trace.add("admission", decision="refused", code=refusal.code, detail=refusal.detail)
+            trace.add(
+                "admission", decision="refused", code=refusal.code, detail=row["output"]["detail"]
+            )
             trace.add("stop", reason=row["stop_reason"], status=row["status"])
         stored, created = self.store.insert_run(row, trace.drain())
-        if created and refusal is None:
+        if not created:  # an identical request (or a conflicting one) won the race
+            return self._same_request(req, [stored])
+        if refusal is None:
             first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
             self.schedule(Ops().enqueue(first).dispatch(1))
         view = self._view(stored)
-        if created and pressure is not None:
+        if pressure is not None:
             view.estimated_wait_s = pressure.estimated_wait_s
-        if created and refusal is not None:
+        if refusal is not None:
             view.retry_after_s = refusal.retry_after_s
         return view
+
+    def _same_request(self, req: admission.AdmissionRequest, held: list[dict[str, Any]]) -> RunView:
+        """The admitted run a repeated request id / idempotency key names, if the payload is
+        the same; ``AdmissionRefused`` (``idempotency_conflict``) otherwise."""
+        if len(held) > 1:
+            by_key = next(r for r in held if r["idempotency_key"] == req.idempotency_key)
+            by_id = next(r for r in held if r is not by_key)
+            raise admission_conflict(
+                f"request_id {req.request_id!r} names run {by_id['run_id']} but "
+                f"idempotency_key {req.idempotency_key!r} names run {by_key['run_id']}",
+                None,
+                ("request_id", "idempotency_key"),
+            )
+        run = held[0]
+        differ = admission.differing_fields(run.get("request_digest"), req.digest)
+        if differ:
+            if req.idempotency_key is not None and run["idempotency_key"] == req.idempotency_key:
+                via = f"idempotency_key {req.idempotency_key!r}"
+            else:
+                via = f"request_id {req.request_id!r}"
+            stored = isinstance(run.get("request_digest"), dict)
+            raise admission_conflict(
+                f"{via} is held by run {run['run_id']} whose request differs in "
+                f"{', '.join(differ)}"
+                + ("" if stored else " (stored without a request digest; cannot compare)"),
+                run["run_id"],
+                tuple(differ),
+            )
+        return self._view(run)
 
     def backpressure(self, tenant: str, route: str) -> admission.Backpressure:
         tenant_queued, route_queued = self.scheduler.depth(tenant, route)
@@ -348,10 +408,30 @@ class RuntimeService:
         priority: str | None,
         refusal: admission.Refusal | None,
     ) -> dict[str, Any]:
+        """The row ``submit`` stores for this request (for tools and tests that store a run
+        directly); ``AdmissionRefused`` for a malformed identity, like ``submit``."""
+        req = admission.prepare(
+            tenant=tenant,
+            route=route,
+            goal=goal,
+            input=run_input,
+            actor=actor,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+        )
+        return self._row_for(req, refusal)
+
+    def _row_for(
+        self, req: admission.AdmissionRequest, refusal: admission.Refusal | None
+    ) -> dict[str, Any]:
+        """The run row of a prepared request. Nothing is cut silently: identities were
+        checked whole; a refused run keeps a long goal cut and an oversized or invalid
+        input withheld, with their sizes and digests in its output."""
         now = utcnow()
-        route_cfg = self.config.routes.get(route)
+        route_cfg = self.config.routes.get(req.route)
         if route_cfg is not None:
-            vs = self.version_set(route).model_dump()
+            vs = self.version_set(req.route).model_dump()
             bp_version = self.config.budget_policies[route_cfg.budget_policy].version
         else:
             vs = {
@@ -363,16 +443,40 @@ class RuntimeService:
                 "harness": self.config.harness_version,
             }
             bp_version = "-"
-        keep_input = refusal is None or refusal.code not in ("input_too_large", "invalid_input")
+        goal, goal_note = admission.goal_to_store(req.goal)
+        keep = route_cfg.max_input_bytes if route_cfg else admission.KEEP_REFUSED_INPUT_BYTES
+        if refusal is not None:
+            keep = min(keep, admission.KEEP_REFUSED_INPUT_BYTES)
+        run_input, input_note = admission.input_to_store(req, keep)
+        if refusal is None and (goal_note is not None or input_note is not None):
+            raise AgentRuntimeError(  # admission.decide admits neither; never store a cut run
+                f"admitted request cannot be stored whole: goal {goal_note}, input {input_note}"
+            )
+        priority = (
+            req.priority
+            if isinstance(req.priority, str) and req.priority in admission.PRIORITIES
+            else (route_cfg.priority if route_cfg else "normal")
+        )
+        output: dict[str, Any] | None = None
+        if refusal is not None:
+            output = {
+                "refused": refusal.code,
+                "detail": admission.bounded(refusal.detail),
+                "retry_after_s": refusal.retry_after_s,
+            }
+            if goal_note is not None:
+                output["goal"] = goal_note
+            if input_note is not None:
+                output["input"] = input_note
         status = RunStatus.QUEUED if refusal is None else RunStatus.REFUSED
         return {
             "run_id": uuid.uuid4().hex,
             "trace_id": uuid.uuid4().hex,
-            "request_id": (request_id or uuid.uuid4().hex)[:200],
-            "actor_id": str(actor)[:200],
-            "tenant_id": str(tenant)[:100],
-            "route": str(route)[:100],
-            "goal": goal if isinstance(goal, str) else str(goal),
+            "request_id": req.request_id or uuid.uuid4().hex,
+            "actor_id": req.actor,
+            "tenant_id": req.tenant,
+            "route": req.route,
+            "goal": goal,
             "autonomy_level": route_cfg.autonomy_level if route_cfg else "advisory",
             "risk_class": route_cfg.risk_class if route_cfg else "high",
             "execution_mode": route_cfg.execution_mode if route_cfg else "async_job",
@@ -382,19 +486,13 @@ class RuntimeService:
             "policy_version": self.config.policy.version,
             "workflow_step": "queued" if refusal is None else "refused",
             "allowed_tools": list(route_cfg.allowed_tools) if route_cfg else [],
-            "idempotency_key": idempotency_key,
+            "idempotency_key": req.idempotency_key,
             "stop_reason": None if refusal is None else stop_reasons.make("refused", refusal.code),
-            "priority": priority or (route_cfg.priority if route_cfg else "normal"),
-            "input": run_input if keep_input and isinstance(run_input, dict) else None,
-            "output": (
-                {
-                    "refused": refusal.code,
-                    "detail": refusal.detail,
-                    "retry_after_s": refusal.retry_after_s,
-                }
-                if refusal
-                else None
-            ),
+            "priority": priority,
+            "input": run_input,
+            "output": output,
+            "admitted": refusal is None,
+            "request_digest": req.digest,
             "created_at": now,
             "updated_at": now,
             "finished_at": now if refusal else None,
@@ -413,7 +511,7 @@ class RuntimeService:
         }
 
     def get(self, run_id: str, tenant: str | None = None) -> RunView:
-        return self._view(self.store.get_run(run_id, tenant))
+        return self._view(self.store.read_run(run_id, tenant))
 
     def wait(self, run_id: str, timeout: float = 30.0, tenant: str | None = None) -> RunView:
         """Block until the run is terminal or waiting; ``WaitTimeout`` after ``timeout``."""
@@ -450,24 +548,49 @@ class RuntimeService:
         route: str | None = None,
         limit: int = 50,
     ) -> list[RunView]:
+        """Newest first, at most ``limit`` (1..MAX_LIST_LIMIT). A row this version cannot
+        read is listed with marked values (``RunView.unreadable_fields``), never dropped and
+        never an error; ``status="unknown"`` lists exactly those with an unknown status."""
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_LIST_LIMIT
+        ):
+            raise InvalidRequest(("limit",), f"limit must be an integer 1..{MAX_LIST_LIMIT}")
         return [self._view(r) for r in self.store.list_runs(tenant, status, route, limit)]
 
     def cancel(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
-        """Cancel a run; a step in flight stops at its next boundary and cannot checkpoint."""
-        self.redis.set(self.keys.run_cancelled(run_id), actor, ex=7 * 86400)
-        run = self.store.get_run(run_id, tenant)
+        """Cancel a run. Checked before anything is written (``store.run_for_write``): an
+        unknown run or another tenant's is ``RunNotFound``, a finished one
+        ``InvalidTransition``, and neither writes anything, in SQL or Redis. Then the run
+        is cancelled in SQL (a conditional update, tenant-scoped), and only after that the
+        Redis flag is set that stops a step in flight at its next boundary (a step past it
+        cannot checkpoint: its conditional update finds the run cancelled)."""
+        problem = admission.identity_problem("actor", actor)
+        if problem is None and len(actor) > MAX_CANCEL_ACTOR_CHARS:
+            problem = f"actor is {len(actor)} characters; at most {MAX_CANCEL_ACTOR_CHARS}"
+        if problem is not None:
+            raise InvalidRequest(("actor",), problem)
+        run = self.store.run_for_write(run_id, tenant, RunStatus.CANCELLED)
         trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], None)
         reason = stop_reasons.make("cancelled", actor)
         trace.add("stop", reason=reason, status="cancelled", actor=actor)
-        return self._view(
-            self.store.transition(
-                run_id,
-                RunStatus.CANCELLED,
-                stop_reason=reason,
-                events=trace.drain(),
-                tenant_id=tenant,
-            )
+        row = self.store.transition(
+            run_id,
+            RunStatus.CANCELLED,
+            stop_reason=reason,
+            events=trace.drain(),
+            tenant_id=run["tenant_id"],
         )
+        try:
+            self.redis.set(self.keys.run_cancelled(run_id), actor, ex=7 * 86400)
+        except redis.RedisError:
+            # SQL is the truth: the run is cancelled and no step of it can checkpoint; the
+            # flag only stops a step in flight sooner
+            log.warning(
+                "run %s cancelled; could not set its Redis cancel flag", run_id, exc_info=True
+            )
+        return self._view(row)
 
     # --- scheduling and workers ----------------------------------------------------------
     def schedule(self, ops: Ops) -> Outcome:
@@ -508,40 +631,18 @@ class RuntimeService:
 
     # --- helpers -----------------------------------------------------------------------
     def _view(self, row: dict[str, Any]) -> RunView:
-        return RunView(
-            run_id=row["run_id"],
-            trace_id=row["trace_id"],
-            request_id=row["request_id"],
-            actor_id=row["actor_id"],
-            tenant_id=row["tenant_id"],
-            route=row["route"],
-            goal=row["goal"],
-            autonomy_level=row["autonomy_level"],
-            risk_class=row["risk_class"],
-            execution_mode=row["execution_mode"],
-            status=RunStatus(row["status"]),
-            version_set=VersionSet.model_validate(row["version_set"]),
-            budget_policy_version=row["budget_policy_version"],
-            policy_version=row["policy_version"],
-            workflow_step=row["workflow_step"],
-            allowed_tools=row["allowed_tools"],
-            idempotency_key=row["idempotency_key"],
-            approval_id=row["approval_id"],
-            checkpoint_ref=row["checkpoint_ref"],
-            stop_reason=row["stop_reason"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            priority=row["priority"],
-            steps=row["next_step"],
-            output=row["output"],
-            input=row["input"],
-        )
+        """Never raises for what a stored row holds (see ``runtime.run_views``)."""
+        return run_view(row)
 
     def close(self) -> None:
         self.store.engine.dispose()
         self.redis.close()
+
+
+def admission_conflict(
+    detail: str, run_id: str | None, fields: tuple[str, ...]
+) -> AdmissionRefused:
+    return AdmissionRefused("idempotency_conflict", detail, run_id=run_id, fields=fields)
 
 
 def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:

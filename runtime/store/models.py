@@ -8,7 +8,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    text,
+    true,
+)
 from sqlmodel import Field, SQLModel
 
 #: SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT
@@ -19,11 +30,23 @@ def _json() -> Any:
     return Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
+def _admitted_only(name: str, *columns: str) -> Index:
+    """Unique over admitted runs only: a stored refusal never occupies a request id or an
+    idempotency key (a retry is decided afresh), an admitted run always does."""
+    return Index(
+        name,
+        *columns,
+        unique=True,
+        sqlite_where=text("admitted = 1"),
+        postgresql_where=text("admitted"),
+    )
+
+
 class RunRow(SQLModel, table=True):
     __tablename__ = "runs"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "request_id", name="uq_runs_tenant_request"),
-        UniqueConstraint("tenant_id", "idempotency_key", name="uq_runs_tenant_idem"),
+        _admitted_only("uq_runs_admitted_request", "tenant_id", "request_id"),
+        _admitted_only("uq_runs_admitted_idem", "tenant_id", "idempotency_key"),
         Index("ix_runs_tenant_status", "tenant_id", "status"),
         Index("ix_runs_route_status", "route", "status"),
         # the reconciler's scan for runs that stopped moving
@@ -66,6 +89,15 @@ class RunRow(SQLModel, table=True):
     pending_proposal: dict[str, Any] | None = _json()
     #: bumped on every update; a writer holding an old version loses
     version: int = 1
+    #: False for a request admission refused: it keeps its request id for the record but
+    #: does not hold it (see the partial unique indexes)
+    admitted: bool = Field(
+        default=True,
+        sa_column=Column(Boolean, nullable=False, default=True, server_default=true()),
+    )
+    #: SHA-256 per payload field (admission.DIGEST_FIELDS) of the request that made the
+    #: run: a repeated request id or idempotency key must carry the same payload
+    request_digest: dict[str, str] | None = _json()
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

@@ -4,20 +4,35 @@ Hot-path writes use SQLAlchemy Core (no ORM unit of work): a step costs one read
 or two write transactions. Every status change is ``UPDATE ... WHERE status IN (allowed)
 AND next_step = :expected``; a writer that matches no row lost to another and gets
 ``StaleWrite``.
+
+Operations on a run that a caller names (cancel; approvals, dead-letter retries, pause to
+come) follow one pattern: ``run_for_write(run_id, tenant, to_status)`` loads the run scoped
+by tenant and checks the transition - ``RunNotFound`` for a missing run or another
+tenant's, ``InvalidTransition`` for one that cannot move - and only then does the
+operation write: first the conditional SQL update (``transition``, tenant-scoped too), and
+Redis only after it committed. A refused operation writes nothing anywhere.
+
+Reads that feed views (``read_run``, ``list_runs``, ``find_admitted``) are tolerant: on
+SQLite, where a hand-edited cell can hold anything, JSON and timestamp columns are read as
+text and decoded here, so one corrupt cell becomes an ``Unreadable`` value in its row
+rather than an error for every reader.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import JSON, Engine, Text, func, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Select
 from sqlmodel import SQLModel
+from sqlmodel.sql.sqltypes import UTCDateTime
 
 from runtime.contract import RunStatus
 from runtime.errors import InvalidTransition, RunNotFound, StaleWrite
@@ -56,6 +71,17 @@ class Checkpoint:
     effect_update: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored cell that does not decode (corrupt JSON, a malformed timestamp)."""
+
+    raw: str
+
+
+#: the statuses the runtime writes (``list_runs(status="unknown")`` finds the others)
+KNOWN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.UNKNOWN)
+
+
 @dataclass
 class EffectClaim:
     """Result of claiming a side effect's idempotency key before executing it."""
@@ -85,10 +111,9 @@ class RunStore:
     def insert_run(
         self, row: dict[str, Any], events: Sequence[dict[str, Any]]
     ) -> tuple[dict[str, Any], bool]:
-        """Insert a run; if its request id or idempotency key exists, return that run instead.
-
-        Returns ``(run, created)``.
-        """
+        """Insert a run with its trace events, in one transaction. If an admitted run holds
+        its request id or idempotency key (the unique indexes decide a race), nothing is
+        written and that run is returned instead: ``(run, created)``."""
         try:
             with self._write() as conn:
                 conn.execute(insert(runs_t), [row])
@@ -96,43 +121,58 @@ class RunStore:
                     conn.execute(insert(events_t), list(events))
             return row, True
         except IntegrityError:
-            existing = self.find_duplicate(
+            if not row.get("admitted", True):
+                raise  # a refusal holds no unique key: this is another kind of conflict
+            existing = self.find_admitted(
                 row["tenant_id"], row["request_id"], row.get("idempotency_key")
             )
-            if existing is None:
+            if not existing:
                 raise
-            return existing, False
+            return existing[0], False
+
+    def find_admitted(
+        self, tenant_id: str, request_id: str | None, idempotency_key: str | None
+    ) -> list[dict[str, Any]]:
+        """The admitted runs of ``tenant_id`` holding this request id or idempotency key
+        (none, one, or two different runs), in one indexed read. Refusals hold neither."""
+        match = []
+        if request_id:
+            match.append(runs_t.c.request_id == request_id)
+        if idempotency_key:
+            match.append(runs_t.c.idempotency_key == idempotency_key)
+        if not match:
+            return []
+        query = (
+            self._tolerant_select()
+            .where(runs_t.c.tenant_id == tenant_id, runs_t.c.admitted == True, or_(*match))  # noqa: E712
+            .limit(2)
+        )
+        return self._read(query)
 
     def find_duplicate(
         self, tenant_id: str, request_id: str | None, idempotency_key: str | None
     ) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            if idempotency_key:
-                hit = (
-                    conn.execute(
-                        select(runs_t).where(
-                            runs_t.c.tenant_id == tenant_id,
-                            runs_t.c.idempotency_key == idempotency_key,
-                        )
-                    )
-                    .mappings()
-                    .first()
-                )
-                if hit:
-                    return dict(hit)
-            if request_id:
-                hit = (
-                    conn.execute(
-                        select(runs_t).where(
-                            runs_t.c.tenant_id == tenant_id, runs_t.c.request_id == request_id
-                        )
-                    )
-                    .mappings()
-                    .first()
-                )
-                if hit:
-                    return dict(hit)
-        return None
+        """The admitted run holding the idempotency key, else the request id (or None)."""
+        hits = self.find_admitted(tenant_id, request_id, idempotency_key)
+        for hit in hits:
+            if idempotency_key and hit["idempotency_key"] == idempotency_key:
+                return hit
+        return hits[0] if hits else None
+
+    # --- writes a caller names a run for ------------------------------------------------
+    def run_for_write(
+        self, run_id: str, tenant_id: str | None, to_status: RunStatus | None = None
+    ) -> dict[str, Any]:
+        """The run an operation is about to change, checked before anything is written:
+        ``RunNotFound`` if there is none or it belongs to another tenant (``tenant_id``
+        None: operator scope, any tenant), ``InvalidTransition`` if it cannot move to
+        ``to_status``. Writes nothing; the write that follows is conditional anyway."""
+        run = self.get_run(run_id, tenant_id)
+        if to_status is not None and run["status"] not in {
+            s.value for s in ALLOWED_FROM[to_status]
+        }:
+            raise InvalidTransition(run_id, str(run["status"]), to_status.value)
+        return run
 
     # --- reads -----------------------------------------------------------------------
     def get_run(self, run_id: str, tenant_id: str | None = None) -> dict[str, Any]:
@@ -145,6 +185,16 @@ class RunStore:
             raise RunNotFound(run_id)
         return dict(row)
 
+    def read_run(self, run_id: str, tenant_id: str | None = None) -> dict[str, Any]:
+        """``get_run`` for views: a corrupt cell is an ``Unreadable`` value, not an error."""
+        query = self._tolerant_select().where(runs_t.c.run_id == run_id)
+        if tenant_id is not None:
+            query = query.where(runs_t.c.tenant_id == tenant_id)
+        rows = self._read(query)
+        if not rows:
+            raise RunNotFound(run_id)
+        return rows[0]
+
     def list_runs(
         self,
         tenant_id: str | None = None,
@@ -152,15 +202,38 @@ class RunStore:
         route: str | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        query = select(runs_t).order_by(runs_t.c.created_at.desc()).limit(limit)
+        """Newest first. ``status="unknown"``: runs whose stored status this version does
+        not know. Tolerant like ``read_run``: one bad row never fails the list."""
+        query = self._tolerant_select().order_by(runs_t.c.created_at.desc()).limit(limit)
         if tenant_id:
             query = query.where(runs_t.c.tenant_id == tenant_id)
-        if status:
+        if status == RunStatus.UNKNOWN.value:
+            query = query.where(runs_t.c.status.not_in(KNOWN_STATUSES))
+        elif status:
             query = query.where(runs_t.c.status == status)
         if route:
             query = query.where(runs_t.c.route == route)
+        return self._read(query)
+
+    def _tolerant_select(self) -> Select[Any]:
+        if self.engine.dialect.name != "sqlite":
+            return select(runs_t)  # PostgreSQL enforces its column types on write
+        return select(
+            *[
+                type_coerce(c, Text).label(c.name) if isinstance(c.type, JSON | UTCDateTime) else c
+                for c in runs_t.c
+            ]
+        )
+
+    def _read(self, query: Select[Any]) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        if self.engine.dialect.name == "sqlite":
+            for row in rows:
+                for c in runs_t.c:
+                    if isinstance(c.type, JSON | UTCDateTime):
+                        row[c.name] = _decode(row[c.name], json_column=isinstance(c.type, JSON))
+        return rows
 
     def count_by(
         self, column: str, tenant_id: str | None = None, run_ids: Sequence[str] | None = None
@@ -509,21 +582,22 @@ class RunStore:
             RunStatus.CANCELLED,
         ):
             values["finished_at"] = now
-        where = [runs_t.c.run_id == run_id, runs_t.c.status.in_(allowed)]
+        scope = [runs_t.c.run_id == run_id]
         if tenant_id is not None:
-            where.append(runs_t.c.tenant_id == tenant_id)
+            scope.append(runs_t.c.tenant_id == tenant_id)
         with self._write() as conn:
-            result = conn.execute(update(runs_t).where(*where).values(**values))
+            result = conn.execute(
+                update(runs_t).where(*scope, runs_t.c.status.in_(allowed)).values(**values)
+            )
             if result.rowcount != 1:
-                current = conn.execute(
-                    select(runs_t.c.status).where(runs_t.c.run_id == run_id)
-                ).scalar()
+                # scoped like the update: another tenant's run is not found, whatever it is
+                current = conn.execute(select(runs_t.c.status).where(*scope)).scalar()
                 if current is None:
                     raise RunNotFound(run_id)
                 raise InvalidTransition(run_id, str(current), to_status.value)
             if events:
                 conn.execute(insert(events_t), list(events))
-        return self.get_run(run_id)
+        return self.read_run(run_id)
 
     def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -531,6 +605,19 @@ class RunStore:
                 select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
             )
             return {str(r): str(s) for r, s in rows}
+
+
+def _decode(value: Any, *, json_column: bool) -> Any:
+    """A JSON or timestamp cell SQLite returned as text; ``Unreadable`` if it is corrupt."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if json_column:
+            return json.loads(value)
+        parsed = datetime.fromisoformat(value)
+    except ValueError:  # JSONDecodeError too
+        return Unreadable(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def as_datetime(value: Any) -> datetime | None:
