@@ -115,7 +115,7 @@ def test_submit_wait_json_prints_the_finished_contract(cli_env: Deployment) -> N
     assert run["actorId"] == "alice" and run["requestId"] == "cli-req-1"
     assert run["output"] == {"text": "all good"} and run["steps"] == 2
     # a repeated request id returns the same run, never a second one
-    again = as_json(cli(*args, "--request-id", "cli-req-1", "--json"))
+    again = as_json(cli(*args, "--actor", "alice", "--request-id", "cli-req-1", "--json"))
     assert again["runId"] == run["runId"]
 
 
