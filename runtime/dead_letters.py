@@ -342,10 +342,12 @@ class DeadLetters:
             return None
         if not entry["run_id"] or entry["step_no"] is None:
             return "a poison message names no step to resume; purge it"
-        try:
-            run = self.svc.store.get_run(entry["run_id"])
+        if not entry["tenant_id"]:
+            return "the entry names no tenant; purge it"
+        try:  # scoped by the entry's tenant: an entry never reaches another tenant's run
+            run = self.svc.store.get_run(entry["run_id"], entry["tenant_id"])
         except AgentRuntimeError:
-            return "its run no longer exists"
+            return f"its run no longer exists for tenant {entry['tenant_id']!r}"
         if run["status"] != "failed" or not str(run["stop_reason"]).startswith("dead_lettered:"):
             return f"its run is {run['status']} ({run['stop_reason']})"
         if run["next_step"] != entry["step_no"]:
@@ -354,7 +356,7 @@ class DeadLetters:
 
     def _resume(self, entry: dict[str, Any], due_ms: int, actor: str) -> bool:
         svc = self.svc
-        run = svc.store.get_run(entry["run_id"])
+        run = svc.store.get_run(entry["run_id"], entry["tenant_id"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], entry["step_no"])
         trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
         if not self.store.reopen_run(run["run_id"], entry["step_no"], trace.drain()):
@@ -378,7 +380,7 @@ class DeadLetters:
         effect_id = (entry["message"] or {}).get("effect_id")
         if effect_id is None or entry["run_id"] is None:
             return "the entry names no side effect"
-        run = self.svc.store.get_run(entry["run_id"])
+        run = self.svc.store.get_run(entry["run_id"], entry["tenant_id"] or "")
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], entry["step_no"])
         trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
         if not self.svc.store.set_effect_status(

@@ -28,6 +28,7 @@ from runtime.cli import render
 from runtime.contract import RunStatus, RunView
 from runtime.errors import AdmissionRefused, InvalidRequest, InvalidTransition, RunNotFound
 from runtime.service import RuntimeService
+from runtime.store.dead_letters import DeadLetterFilter
 from runtime.store.runs import events_t, runs_t
 from tests.support import Deployment, wait_for
 
@@ -646,3 +647,31 @@ def test_submit_admits_refuses_or_raises_admission_refused(
     stored = svc.get(view.run_id)
     assert stored.unreadable_fields is None
     assert stored.request_id == (request_id or stored.request_id)
+
+
+# --- dead-letter retries stay within the entry's tenant -------------------------------
+
+
+def test_a_dead_letter_entry_never_resumes_another_tenants_run(
+    fresh_deployment_on: Deployment,
+) -> None:
+    svc = fresh_deployment_on.svc  # no worker: the run waits in its queue
+    run = fresh_deployment_on.submit_script([REPLY], tenant="t1")
+    entry_id = svc.dead_letters.dead_letter_step(
+        run.run_id, 0, "exhausted", error_type="Boom", error="boom"
+    )
+    assert entry_id is not None
+    # Given an entry filed under tenant t2 that names t1's dead-lettered run
+    forged = dict(svc.dead_letters.show(entry_id), id=uuid.uuid4().hex, tenant_id="t2")
+    svc.dead_letters.store.insert(forged)
+
+    # When an operator scoped to t2 retries t2's entries
+    outcome = svc.dead_letters.retry(DeadLetterFilter(tenant="t2"), "ops-t2")
+
+    # Then the entry is skipped and t1's run stays where it was
+    assert outcome.retried == [] and "tenant 't2'" in outcome.skipped[forged["id"]]
+    assert svc.get(run.run_id).stop_reason == "dead_lettered:exhausted"
+    assert svc.dead_letters.show(forged["id"])["status"] == "open"
+    # while t1's own entry resumes it
+    assert svc.dead_letters.retry(DeadLetterFilter(tenant="t1"), "ops").retried == [entry_id]
+    assert svc.get(run.run_id).status == "queued"
