@@ -27,10 +27,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Text, func, insert, or_, select, type_coerce, update
+from sqlalchemy import (
+    JSON,
+    Engine,
+    Text,
+    func,
+    insert,
+    select,
+    true,
+    type_coerce,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Executable, Select
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import UTCDateTime
 
@@ -134,20 +145,26 @@ class RunStore:
         self, tenant_id: str, request_id: str | None, idempotency_key: str | None
     ) -> list[dict[str, Any]]:
         """The admitted runs of ``tenant_id`` holding this request id or idempotency key
-        (none, one, or two different runs), in one indexed read. Refusals hold neither."""
-        match = []
-        if request_id:
-            match.append(runs_t.c.request_id == request_id)
-        if idempotency_key:
-            match.append(runs_t.c.idempotency_key == idempotency_key)
-        if not match:
+        (none, one, or two different runs): one read, each half of it a unique-index
+        lookup. Refusals hold neither."""
+        lookups = []
+        for column, value in (
+            (runs_t.c.request_id, request_id),
+            (runs_t.c.idempotency_key, idempotency_key),
+        ):
+            if value:
+                lookups.append(
+                    self._tolerant_select().where(
+                        runs_t.c.tenant_id == tenant_id,
+                        runs_t.c.admitted == true(),
+                        column == value,
+                    )
+                )
+        if not lookups:
             return []
-        query = (
-            self._tolerant_select()
-            .where(runs_t.c.tenant_id == tenant_id, runs_t.c.admitted == True, or_(*match))  # noqa: E712
-            .limit(2)
-        )
-        return self._read(query)
+        rows = self._read(lookups[0] if len(lookups) == 1 else union_all(*lookups))
+        unique = {r["run_id"]: r for r in rows}  # one run may hold both
+        return list(unique.values())
 
     def find_duplicate(
         self, tenant_id: str, request_id: str | None, idempotency_key: str | None
@@ -225,7 +242,7 @@ class RunStore:
             ]
         )
 
-    def _read(self, query: Select[Any]) -> list[dict[str, Any]]:
+    def _read(self, query: Executable) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         if self.engine.dialect.name == "sqlite":
