@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     func,
     insert,
+    inspect,
     select,
     true,
     type_coerce,
@@ -46,7 +47,7 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from runtime.contract import RunStatus
-from runtime.errors import InvalidTransition, RunNotFound, StaleWrite
+from runtime.errors import InvalidTransition, RunNotFound, SettingsError, StaleWrite
 from runtime.states import ALLOWED_FROM
 from runtime.store.db import utcnow
 from runtime.store.models import (
@@ -111,7 +112,16 @@ class RunStore:
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
+        """Create missing tables, then refuse a ``runs`` table of an older layout (there
+        are no migrations yet): ``SettingsError`` saying what to change."""
         SQLModel.metadata.create_all(self.engine)
+        problems = schema_problems(self.engine)
+        if problems:
+            raise SettingsError(
+                "the database's runs table predates this version: "
+                + "; ".join(problems)
+                + ". Migrate it (see README, 'Schema changes') or start from an empty database"
+            )
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -622,6 +632,28 @@ class RunStore:
                 select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
             )
             return {str(r): str(s) for r, s in rows}
+
+
+def schema_problems(engine: Engine) -> list[str]:
+    """What an existing ``runs`` table lacks: admission's columns, and the unique keys
+    over admitted runs only (an older table makes refusals hold their request ids)."""
+    inspector = inspect(engine)
+    columns = {c["name"] for c in inspector.get_columns("runs")}
+    problems = [
+        f"column {name} is missing"
+        for name in ("admitted", "request_digest")
+        if name not in columns
+    ]
+    old = {str(c["name"]) for c in inspector.get_unique_constraints("runs")} & {
+        "uq_runs_tenant_request",
+        "uq_runs_tenant_idem",
+    }
+    problems += [f"unique constraint {name} must go" for name in sorted(old)]
+    indexes = {str(i["name"]) for i in inspector.get_indexes("runs")}
+    for name in ("uq_runs_admitted_request", "uq_runs_admitted_idem"):
+        if name not in indexes:
+            problems.append(f"partial unique index {name} is missing")
+    return problems
 
 
 def _decode(value: Any, *, json_column: bool) -> Any:
