@@ -31,7 +31,7 @@ from typing import Any
 
 from runtime.bounds import BoundsError, check_json
 from runtime.config import RuntimeConfig
-from runtime.errors import AdmissionRefused
+from runtime.errors import AdmissionRefused, AgentRuntimeError
 
 PRIORITIES = ("critical", "high", "normal", "low")
 #: tenant and route names (as the config spells them)
@@ -322,6 +322,48 @@ def goal_refusal(goal: Any) -> Refusal | None:
 
 
 # --- what a refused run keeps ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredContent:
+    """What a run stores of its request's content."""
+
+    goal: str
+    input: Any
+    #: the valid priority asked for (None: the route's)
+    priority: str | None
+    #: a refusal's record (None for an admitted run)
+    output: dict[str, Any] | None
+
+
+def stored_content(req: AdmissionRequest, refusal: Refusal | None, limit: int) -> StoredContent:
+    """Nothing is cut silently: identities were checked whole, an admitted request is
+    stored whole; a refused one keeps a long goal cut and an oversized (over ``limit`` or
+    ``KEEP_REFUSED_INPUT_BYTES``) or invalid input withheld, their sizes and SHA-256 in its
+    output next to the reason code and detail."""
+    if refusal is not None:
+        limit = min(limit, KEEP_REFUSED_INPUT_BYTES)
+    goal, goal_note = goal_to_store(req.goal)
+    run_input, input_note = input_to_store(req, limit)
+    if refusal is None and (goal_note is not None or input_note is not None):
+        raise AgentRuntimeError(  # decide() admits neither; never store an admitted run cut
+            f"admitted request cannot be stored whole: goal {goal_note}, input {input_note}"
+        )
+    priority = (
+        req.priority if isinstance(req.priority, str) and req.priority in PRIORITIES else None
+    )
+    output: dict[str, Any] | None = None
+    if refusal is not None:
+        output = {
+            "refused": refusal.code,
+            "detail": bounded(refusal.detail),
+            "retry_after_s": refusal.retry_after_s,
+        }
+        if goal_note is not None:
+            output["goal"] = goal_note
+        if input_note is not None:
+            output["input"] = input_note
+    return StoredContent(goal, run_input, priority, output)
 
 
 def goal_to_store(goal: Any) -> tuple[str, dict[str, Any] | None]:

@@ -317,39 +317,9 @@ class RuntimeService:
         held = self.store.find_admitted(req.tenant, req.request_id, req.idempotency_key)
         if held:
             return self._same_request(req, held)
-        route_cfg = self.config.routes.get(req.route)
-        refusal = admission.decide(
-            self.config,
-            req,
-            route_stopped=route_cfg is not None and self.route_stopped(req.route),
-        )
-        if refusal is None and route_cfg is not None:
-            problems = self.proposer_for(route_cfg.proposer).input_problems(req.input)
-            if problems:
-                refusal = admission.Refusal("invalid_input", admission.bounded("; ".join(problems)))
-        pressure = None
-        if refusal is None and (
-            self.config.routes[req.route].max_queued is not None
-            or self.config.tenants[req.tenant].max_queued is not None
-        ):  # only limited routes and tenants pay the extra round trips
-            pressure = self.backpressure(req.tenant, req.route)
-            refusal = admission.queue_full(self.config, req.tenant, req.route, pressure)
+        refusal, pressure = self._decide(req)
         row = self._row_for(req, refusal)
-        trace = TraceBuffer(row["run_id"], row["tenant_id"], row["trace_id"], None)
-        if refusal is None:
-            trace.add(
-                "admission",
-                decision="admitted",
-                route=row["route"],
-                priority=row["priority"],
-                version_set=row["version_set"],
-            )
-        else:
-            trace.add(
-                "admission", decision="refused", code=refusal.code, detail=row["output"]["detail"]
-            )
-            trace.add("stop", reason=row["stop_reason"], status=row["status"])
-        stored, created = self.store.insert_run(row, trace.drain())
+        stored, created = self.store.insert_run(row, admission_events(row, refusal))
         if not created:  # an identical request (or a conflicting one) won the race
             return self._same_request(req, [stored])
         if refusal is None:
@@ -361,6 +331,24 @@ class RuntimeService:
         if refusal is not None:
             view.retry_after_s = refusal.retry_after_s
         return view
+
+    def _decide(
+        self, req: admission.AdmissionRequest
+    ) -> tuple[admission.Refusal | None, admission.Backpressure | None]:
+        """Admission's refusal (or None), then the proposer's input checks, then the queue
+        limits (only limited routes and tenants pay those round trips)."""
+        route_cfg = self.config.routes.get(req.route)
+        stopped = route_cfg is not None and self.route_stopped(req.route)
+        refusal = admission.decide(self.config, req, route_stopped=stopped)
+        if refusal is not None or route_cfg is None:
+            return refusal, None
+        problems = self.proposer_for(route_cfg.proposer).input_problems(req.input)
+        if problems:
+            return admission.Refusal("invalid_input", admission.bounded("; ".join(problems))), None
+        if route_cfg.max_queued is None and self.config.tenants[req.tenant].max_queued is None:
+            return None, None
+        pressure = self.backpressure(req.tenant, req.route)
+        return admission.queue_full(self.config, req.tenant, req.route, pressure), pressure
 
     def _same_request(self, req: admission.AdmissionRequest, held: list[dict[str, Any]]) -> RunView:
         """The admitted run a repeated request id / idempotency key names, if the payload is
@@ -422,52 +410,30 @@ class RuntimeService:
         )
         return self._row_for(req, refusal)
 
+    def _recorded_versions(self, route: str) -> tuple[dict[str, Any], str]:
+        """(version set, budget policy version) a new run records; ``-`` for what an
+        unknown route has none of."""
+        route_cfg = self.config.routes.get(route)
+        if route_cfg is not None:
+            budget_policy = self.config.budget_policies[route_cfg.budget_policy]
+            return self.version_set(route).model_dump(), budget_policy.version
+        unknown = {"model": "-", "prompt": "-", "tool_schema": "-", "retriever": None}
+        return {
+            **unknown,
+            "policy": self.config.policy.version,
+            "harness": self.config.harness_version,
+        }, "-"
+
     def _row_for(
         self, req: admission.AdmissionRequest, refusal: admission.Refusal | None
     ) -> dict[str, Any]:
-        """The run row of a prepared request. Nothing is cut silently: identities were
-        checked whole; a refused run keeps a long goal cut and an oversized or invalid
-        input withheld, with their sizes and digests in its output."""
+        """The run row of a prepared request (what it stores of the request:
+        ``admission.stored_content``)."""
         now = utcnow()
         route_cfg = self.config.routes.get(req.route)
-        if route_cfg is not None:
-            vs = self.version_set(req.route).model_dump()
-            bp_version = self.config.budget_policies[route_cfg.budget_policy].version
-        else:
-            vs = {
-                "model": "-",
-                "prompt": "-",
-                "policy": self.config.policy.version,
-                "tool_schema": "-",
-                "retriever": None,
-                "harness": self.config.harness_version,
-            }
-            bp_version = "-"
-        goal, goal_note = admission.goal_to_store(req.goal)
+        vs, bp_version = self._recorded_versions(req.route)
         keep = route_cfg.max_input_bytes if route_cfg else admission.KEEP_REFUSED_INPUT_BYTES
-        if refusal is not None:
-            keep = min(keep, admission.KEEP_REFUSED_INPUT_BYTES)
-        run_input, input_note = admission.input_to_store(req, keep)
-        if refusal is None and (goal_note is not None or input_note is not None):
-            raise AgentRuntimeError(  # admission.decide admits neither; never store a cut run
-                f"admitted request cannot be stored whole: goal {goal_note}, input {input_note}"
-            )
-        priority = (
-            req.priority
-            if isinstance(req.priority, str) and req.priority in admission.PRIORITIES
-            else (route_cfg.priority if route_cfg else "normal")
-        )
-        output: dict[str, Any] | None = None
-        if refusal is not None:
-            output = {
-                "refused": refusal.code,
-                "detail": admission.bounded(refusal.detail),
-                "retry_after_s": refusal.retry_after_s,
-            }
-            if goal_note is not None:
-                output["goal"] = goal_note
-            if input_note is not None:
-                output["input"] = input_note
+        content = admission.stored_content(req, refusal, keep)
         status = RunStatus.QUEUED if refusal is None else RunStatus.REFUSED
         return {
             "run_id": uuid.uuid4().hex,
@@ -476,7 +442,7 @@ class RuntimeService:
             "actor_id": req.actor,
             "tenant_id": req.tenant,
             "route": req.route,
-            "goal": goal,
+            "goal": content.goal,
             "autonomy_level": route_cfg.autonomy_level if route_cfg else "advisory",
             "risk_class": route_cfg.risk_class if route_cfg else "high",
             "execution_mode": route_cfg.execution_mode if route_cfg else "async_job",
@@ -488,9 +454,9 @@ class RuntimeService:
             "allowed_tools": list(route_cfg.allowed_tools) if route_cfg else [],
             "idempotency_key": req.idempotency_key,
             "stop_reason": None if refusal is None else stop_reasons.make("refused", refusal.code),
-            "priority": priority,
-            "input": run_input,
-            "output": output,
+            "priority": (content.priority or (route_cfg.priority if route_cfg else "normal")),
+            "input": content.input,
+            "output": content.output,
             "admitted": refusal is None,
             "request_digest": req.digest,
             "created_at": now,
@@ -527,7 +493,7 @@ class RuntimeService:
             delay = min(delay * 1.5, 0.5)
 
     def trace(self, run_id: str, tenant: str | None = None) -> list[TraceEvent]:
-        self.store.get_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
+        self.store.read_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
         return [
             TraceEvent(
                 run_id=e["run_id"],
@@ -637,6 +603,24 @@ class RuntimeService:
     def close(self) -> None:
         self.store.engine.dispose()
         self.redis.close()
+
+
+def admission_events(row: dict[str, Any], refusal: admission.Refusal | None) -> list[Any]:
+    """The trace events a new run is stored with."""
+    trace = TraceBuffer(row["run_id"], row["tenant_id"], row["trace_id"], None)
+    if refusal is None:
+        trace.add(
+            "admission",
+            decision="admitted",
+            route=row["route"],
+            priority=row["priority"],
+            version_set=row["version_set"],
+        )
+    else:
+        detail = row["output"]["detail"]
+        trace.add("admission", decision="refused", code=refusal.code, detail=detail)
+        trace.add("stop", reason=row["stop_reason"], status=row["status"])
+    return trace.drain()
 
 
 def admission_conflict(
