@@ -37,6 +37,7 @@ from runtime.proposers.base import Proposer, ToolDescription
 from runtime.proposers.openai_compat import OpenAIProposer
 from runtime.proposers.scripted import ScriptedProposer
 from runtime.recovery import Recovery
+from runtime.rule_check import rule_tool_problems
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
@@ -545,17 +546,20 @@ class RuntimeService:
 
 
 def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
-    """Import ``tool_modules`` and check the manifest against what they register."""
-    try:
-        registry = ToolRegistry.from_modules(config.tool_modules)
-    except AgentRuntimeError as exc:
-        raise ConfigError(source, [f"tool_modules: {exc}"]) from exc
+    """Import ``tool_modules`` and check the file against what they register: the manifest
+    (every tool declared is registered) and the policy rules (arguments, side effects).
+    With ``load_config``, this is every check start-up makes; ``agentrt config check``
+    runs the same two. Raises ``ConfigError`` listing every problem."""
+    module_problems: list[str] = []
+    registry = ToolRegistry.from_modules(config.tool_modules, module_problems)
+    problems = [f"tool_modules: {p}" for p in module_problems]
     modules = ", ".join(config.tool_modules) or "none"
-    problems = [
+    problems += [
         f"tools.{name}: no tool module registers it (tool_modules: {modules})"
         for name in config.tools
         if registry.get(name) is None
     ]
+    problems += rule_tool_problems(config, registry)
     if problems:
         raise ConfigError(source, problems)
     return registry
