@@ -357,31 +357,43 @@ class Comparison(_Strict):
         return kinds
 
 
-def comparison_problems(raw: dict[str, Any], cmp: Comparison) -> list[str]:
-    """Why a comparison from the file can never hold, or holds for everything it meets:
-    ``raw`` is its mapping in the file (an explicit ``null`` is not in the model)."""
+#: a problem under a key: (sub-key or "", message), e.g. ("eq", "null is no condition")
+Problem = tuple[str, str]
+
+
+def keyed(key: str, problems: Iterable[Problem]) -> list[str]:
+    """``key.sub: message`` lines (``key: message`` for an empty sub-key)."""
+    return [f"{key}.{sub}: {msg}" if sub else f"{key}: {msg}" for sub, msg in problems]
+
+
+def comparison_problems(raw: dict[str, Any], cmp: Comparison) -> list[Problem]:
+    """Why a comparison from the file can never hold, or is no condition at all: ``raw``
+    is its mapping in the file (an explicit ``null`` is not in the model)."""
     if not raw:
-        return [f"no condition (give one of {', '.join(_OPERATORS)})"]
+        return [("", f"no condition (give one of {', '.join(_OPERATORS)})")]
     nulls = [op for op in _OPERATORS if op in raw and raw[op] is None]
     if nulls:
-        return [f"{nulls[0]}: null is no condition (it means unset); compare with a value"]
-    problems = [f"{op}: an empty list {'matches nothing' if op == 'in' else 'excludes nothing'}"
-                for op in ("in", "not_in") if raw.get(op) == []]  # fmt: skip
+        return [(nulls[0], "null is no condition (it means unset); compare with a value")]
+    problems: list[Problem] = [
+        (op, f"an empty list {'matches nothing' if op == 'in' else 'excludes nothing'}")
+        for op in ("in", "not_in")
+        if raw.get(op) == []
+    ]
     if cmp.contains == "":
-        problems.append("contains: the empty string is in every string (a string check)")
+        problems.append(("contains", "the empty string is in every string: no condition"))
     kinds = cmp.kinds()
     if kinds is not None and not kinds:
         ops = ", ".join(cmp.operators())
-        problems.append(f"{ops} can never hold together (they need different value types)")
+        problems.append(("", f"{ops} can never hold together (they need different types)"))
         return problems
     low = max((v for v in (cmp.gt, cmp.gte) if v is not None), default=None)
     high = min((v for v in (cmp.lt, cmp.lte) if v is not None), default=None)
     if low is not None and high is not None:
         strict = (cmp.gt is not None and cmp.gt == low) or (cmp.lt is not None and cmp.lt == high)
         if low > high or (low == high and strict):
-            problems.append(f"no number is above {low:g} and below {high:g}: never matches")
+            problems.append(("", f"no number is above {low:g} and below {high:g}: never matches"))
     if cmp.eq is not None and not matches_comparison(cmp.eq, cmp, skip_eq=True):
-        problems.append(f"eq {cmp.eq!r} contradicts the other conditions: never matches")
+        problems.append(("eq", f"{cmp.eq!r} contradicts the other conditions: never matches"))
     return problems
 
 
@@ -610,7 +622,7 @@ def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[
             cmp = Comparison.model_validate(raw)
         except ValidationError:
             continue  # the file's validation names these
-        problems += [f"{key}.args.{name}: {p}" for p in comparison_problems(raw, cmp)]
+        problems += keyed(f"{key}.args.{name}", comparison_problems(raw, cmp))
     return problems
 
 

@@ -14,6 +14,7 @@ can hold together). What needs the tool modules is checked here, once they are i
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +23,13 @@ from pydantic import BaseModel
 from runtime.config import (
     Comparison,
     JsonKind,
+    Problem,
     RuleMatch,
     RuntimeConfig,
     equal_values,
     globs_match,
     json_kind,
+    keyed,
 )
 from runtime.tools.registry import ToolRegistry, ToolSpec
 
@@ -159,56 +162,53 @@ def _match_problems(
     if not tools:  # nothing to compare with (reported above, or no tool of that class yet)
         return problems
     for name, cmp in (match.args or {}).items():
-        problems += [f"{key}.args.{name}: {p}" for p in arg_problems(name, cmp, tools)]
+        problems += keyed(f"{key}.args.{name}", arg_problems(name, cmp, tools))
     return problems
 
 
-def arg_problems(name: str, cmp: Comparison, tools: list[ToolSpec]) -> list[str]:
+def arg_problems(name: str, cmp: Comparison, tools: list[ToolSpec]) -> list[Problem]:
     """Why ``cmp`` on argument ``name`` of ``tools`` never matches (or always holds)."""
     having = [t for t in tools if name in arg_shapes(t.input_model)]
     if not having:
         if len(tools) == 1:
             fields = ", ".join(sorted(arg_shapes(tools[0].input_model))) or "none"
-            return [f"tool {tools[0].name} has no argument {name!r} (arguments: {fields})"]
+            return [("", f"tool {tools[0].name} has no argument {name!r} (arguments: {fields})")]
         names = ", ".join(t.name for t in tools)
-        return [f"none of the tools this rule matches ({names}) has an argument {name!r}"]
+        return [("", f"none of the tools this rule matches ({names}) has an argument {name!r}")]
     shape = _union([arg_shapes(t.input_model)[name] for t in having])
     subject = f"argument {name!r} of {', '.join(t.name for t in having)} is {shape.describe()}"
-    problems: list[str] = []
+    problems: list[Problem] = []
     for op, needs in (("gt", "number"), ("gte", "number"), ("lt", "number"), ("lte", "number"),
                       ("contains", "string")):  # fmt: skip
         if getattr(cmp, op) is not None and shape.kinds is not None and needs not in shape.kinds:
-            problems.append(f"{op}: {subject}; {op} needs a {needs}: never matches")
+            problems.append((op, f"{subject}; {op} needs a {needs}: never matches"))
     if problems:
         return problems
     problems += _bound_problems(cmp, shape, subject)
     if cmp.eq is not None and not shape.can_equal(cmp.eq):
-        problems.append(f"eq: {cmp.eq!r} can never equal it ({subject}): never matches")
+        problems.append(("eq", f"{cmp.eq!r} can never be equal: {subject}: never matches"))
     if cmp.ne is not None and not shape.can_equal(cmp.ne):
-        problems.append(f"ne: {cmp.ne!r} can never equal it ({subject}): always holds")
-    for op, outcome in (("in_", "never matches"), ("not_in", "always holds")):
-        values = getattr(cmp, op)
-        dead = [v for v in values or () if not shape.can_equal(v)]
+        problems.append(("ne", f"{cmp.ne!r} can never be equal: {subject}: always holds"))
+    for op, outcome in (("in", "never matches"), ("not_in", "always holds")):
+        values = getattr(cmp, "in_" if op == "in" else op) or []
+        dead = [v for v in values if not shape.can_equal(v)]
         if dead:
-            label = op.rstrip("_")
-            problems.append(
-                f"{label}: {', '.join(repr(v) for v in dead)} can never equal it ({subject})"
-                + (f": {outcome}" if len(dead) == len(values) else "")
-            )
+            whole = f": {outcome}" if len(dead) == len(values) else ""
+            listed = ", ".join(repr(v) for v in dead)
+            problems.append((op, f"{listed} can never be equal: {subject}{whole}"))
     return problems
 
 
-def _bound_problems(cmp: Comparison, shape: ArgShape, subject: str) -> list[str]:
+def _bound_problems(cmp: Comparison, shape: ArgShape, subject: str) -> list[Problem]:
     """Bounds beyond the field's own: ``gt: 20000`` on a field capped at 10000."""
-    problems = []
-    if shape.high is not None:
-        if cmp.gt is not None and cmp.gt >= shape.high:
-            problems.append(f"gt: {cmp.gt:g}: {subject}: never matches")
-        if cmp.gte is not None and cmp.gte > shape.high:
-            problems.append(f"gte: {cmp.gte:g}: {subject}: never matches")
-    if shape.low is not None:
-        if cmp.lt is not None and cmp.lt <= shape.low:
-            problems.append(f"lt: {cmp.lt:g}: {subject}: never matches")
-        if cmp.lte is not None and cmp.lte < shape.low:
-            problems.append(f"lte: {cmp.lte:g}: {subject}: never matches")
-    return problems
+    reach = (
+        ("gt", cmp.gt, shape.high, operator.ge),
+        ("gte", cmp.gte, shape.high, operator.gt),
+        ("lt", cmp.lt, shape.low, operator.le),
+        ("lte", cmp.lte, shape.low, operator.lt),
+    )
+    return [
+        (op, f"{bound:g} is out of reach: {subject}: never matches")
+        for op, bound, edge, beyond in reach
+        if bound is not None and edge is not None and beyond(bound, edge)
+    ]

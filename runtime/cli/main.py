@@ -557,7 +557,7 @@ def config_check(
     except ConfigError as exc:
         if json_out:
             emit_json({"ok": False, "path": str(path), "problems": exc.problems})
-        err.print(f"[red bold]invalid config[/] {escape(str(path))}:")
+        err.print(f"[red bold]invalid config[/] {escape(str(path))}:", soft_wrap=True)
         for problem in exc.problems:
             err.print(f"  - {escape(problem)}", soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
@@ -569,7 +569,7 @@ def config_check(
             summary["probes"] = [asdict(p) for p in probes]
         emit_json(summary)
     else:
-        out.print(f"[green bold]ok[/] {escape(str(path))}")
+        out.print(f"[green bold]ok[/] {escape(str(path))}", soft_wrap=True)
         out.print(_config_table(config))
         if probes is not None:
             _print_probes(probes)
