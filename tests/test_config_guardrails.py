@@ -104,7 +104,11 @@ def rule_index(data: dict[str, Any], rule_id: str) -> int:
 # --- the shipped files are what will run --------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [SHIPPED, TEST_CONFIG], ids=["shipped", "tests"])
+@pytest.mark.parametrize(
+    "path",
+    [SHIPPED, TEST_CONFIG, ROOT / "bench" / "config.yaml", ROOT / "bench" / "fairness.yaml"],
+    ids=["shipped", "tests", "bench", "bench-fairness"],
+)
 def test_shipped_files_pass_every_check(path: Path) -> None:
     load_registry(load_config(path), str(path))
     result = check(str(path))
