@@ -22,14 +22,23 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
 from runtime.bounds import MAX_INT64
 from runtime.cli.main import app
-from runtime.config import BudgetLimits, RuntimeConfig, load_config
+from runtime.config import (
+    BudgetLimits,
+    Comparison,
+    RuntimeConfig,
+    load_config,
+    matches_comparison,
+)
 from runtime.config_loader import MAX_CONFIG_BYTES, MAX_YAML_DEPTH
 from runtime.errors import ConfigError
+from runtime.policy import _compare
 from runtime.service import RuntimeService, load_registry
 from runtime.settings import Settings
 from tests.fake_openai import FakeOpenAI
@@ -725,3 +734,43 @@ def test_probe_does_not_run_on_an_invalid_file(tmp_path: Path) -> None:
         assert result.exit_code == 1
         assert server.requests == []
     assert "models.local.timeout_s: Input should be greater than 0" in result.stderr
+
+
+# --- the checks judge conditions exactly as the policy engine evaluates them -------------------
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(-3, 3, allow_nan=False).map(lambda f: round(f, 1)),
+    st.sampled_from(["", "a", "ab", "1"]),
+)
+_BOUND = st.one_of(st.integers(-3, 3), st.sampled_from([-1.5, 0.5, 2.5]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    eq=_SCALARS,
+    ne=_SCALARS,
+    in_=st.none() | st.lists(_SCALARS, max_size=3),
+    not_in=st.none() | st.lists(_SCALARS, max_size=3),
+    gt=st.none() | _BOUND,
+    lte=st.none() | _BOUND,
+    contains=st.none() | st.sampled_from(["a", "1"]),
+    value=_SCALARS,
+)
+def test_config_matching_agrees_with_the_policy_engine(
+    eq: Any,
+    ne: Any,
+    in_: list[Any] | None,
+    not_in: list[Any] | None,
+    gt: float | None,
+    lte: float | None,
+    contains: str | None,
+    value: Any,
+) -> None:
+    fields = {"eq": eq, "ne": ne, "in": in_, "not_in": not_in, "gt": gt, "lte": lte}
+    cmp = Comparison.model_validate(
+        {k: v for k, v in {**fields, "contains": contains}.items() if v is not None}
+    )
+    assert matches_comparison(value, cmp) is _compare(value, cmp)
