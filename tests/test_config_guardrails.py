@@ -774,3 +774,21 @@ def test_config_matching_agrees_with_the_policy_engine(
         {k: v for k, v in {**fields, "contains": contains}.items() if v is not None}
     )
     assert matches_comparison(value, cmp) is _compare(value, cmp)
+
+
+def test_a_step_longer_than_the_brokers_visibility_timeout_fails_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # workers refuse it at start-up (tasks.app.celery_config); so does config check
+    data = shipped_data()
+    data["routes"]["ops.counter"]["step_timeout_s"] = 3600
+    path = write(tmp_path, data)
+    monkeypatch.setenv("AGENTRT_VISIBILITY_TIMEOUT_S", "3600")
+    [problem] = check_problems(path)
+    assert problem == (
+        "routes.ops.counter.step_timeout_s: workers refuse to start: 3600s plus the hard-limit "
+        "grace, lease margin and deferral need AGENTRT_VISIBILITY_TIMEOUT_S above 3665 (it is "
+        "3600)"
+    )
+    monkeypatch.setenv("AGENTRT_VISIBILITY_TIMEOUT_S", "3666")
+    assert check(str(path)).exit_code == 0

@@ -545,15 +545,18 @@ def config_check(
 
     Parses the file (no duplicate keys, no aliases, every number bounded), imports its
     tool_modules, checks the tool manifest and every policy rule against the tools they
-    register. Prints every problem (each names its key or line) and exits 1 if there is
-    any. With --probe, also checks that each OpenAI-compatible model endpoint answers."""
+    register, and the longest step against AGENTRT_VISIBILITY_TIMEOUT_S. Prints every
+    problem (each names its key or line) and exits 1 if there is any. With --probe, also
+    checks that each OpenAI-compatible model endpoint answers."""
     default = Settings.model_fields["config"].default
     path = path or Path(os.environ.get("AGENTRT_CONFIG") or default)
     try:
-        # the two calls RuntimeService.from_settings and the workers make at start-up
+        # what RuntimeService.from_settings and the workers run at start-up
         config = load_config(path)
         with _cwd_on_path():
             load_registry(config, str(path))
+        if problems := _visibility_problems(config):
+            raise ConfigError(str(path), problems)
     except ConfigError as exc:
         if json_out:
             emit_json({"ok": False, "path": str(path), "problems": exc.problems})
@@ -579,6 +582,25 @@ def config_check(
         raise typer.Exit(EXIT_ERROR)
 
 
+def _visibility_problems(config: RuntimeConfig) -> list[str]:
+    """Workers refuse a file whose longest step outlives the broker's visibility timeout
+    (a running step would be handed to a second worker): say so here too."""
+    try:
+        settings = Settings()
+    except ValidationError:
+        return []  # unusable settings are reported by the commands that use them
+    # tasks/ is the package that imports Celery; load it only when needed
+    needed: float = importlib.import_module("tasks.app").min_visibility_timeout(config)
+    if settings.visibility_timeout_s > needed or not config.routes:
+        return []
+    name, route = max(config.routes.items(), key=lambda item: item[1].step_timeout_s)
+    return [
+        f"routes.{name}.step_timeout_s: workers refuse to start: {route.step_timeout_s:g}s "
+        f"plus the hard-limit grace, lease margin and deferral need "
+        f"AGENTRT_VISIBILITY_TIMEOUT_S above {needed:g} (it is {settings.visibility_timeout_s})"
+    ]
+
+
 @contextlib.contextmanager
 def _cwd_on_path() -> Iterator[None]:
     """Import tool modules as a worker does: ``python -m celery`` puts the working
@@ -599,9 +621,7 @@ def _print_probes(probes: list[ProbeResult]) -> None:
     if not probes:
         out.print("probe: no model of kind openai")
     for p in probes:
-        mark = "[green]ok[/]" if p.ok else f"[red]{escape(p.detail)}[/]"
-        if p.ok and p.detail != "ok":
-            mark = f"[green]{escape(p.detail)}[/]"
+        mark = f"[{'green' if p.ok else 'red'}]{escape(p.detail)}[/]"
         out.print(f"probe {escape(p.model)} {escape(p.url)}: {mark}", soft_wrap=True)
 
 
