@@ -1,7 +1,12 @@
 """The deployment file (``config/runtime.yaml``): tenants, routes, tools, budgets, policy.
 
 Validated at start-up; every problem names its key, e.g.
-``routes.support.triage.max_steps: Input should be greater than 0``.
+``routes.support.triage.max_steps: Input should be greater than 0``. Three passes, each
+reporting all of its problems: ``runtime.config_loader`` reads the YAML (no duplicate keys,
+no aliases: problems name lines), these models check every value (strict types, finite and
+bounded numbers) and every reference (``cross_reference_problems``: names that exist,
+rule conditions that can hold), then ``runtime.service.load_registry`` checks the manifest
+and the rules against the tools the ``tool_modules`` register (``runtime.rule_check``).
 """
 
 from __future__ import annotations

@@ -75,21 +75,21 @@ def _num(value: float | None, missing: str) -> str:
 
 
 def _union(shapes: list[ArgShape]) -> ArgShape:
+    """What an argument can be when it may come from any of several tools."""
     if any(s.kinds is None for s in shapes):
         return ArgShape()
     kinds = frozenset().union(*(s.kinds or () for s in shapes))
-    values = (
-        tuple(v for s in shapes for v in s.values or ())
-        if all(s.values is not None for s in shapes)
-        else None
-    )
-    lows, highs = [s.low for s in shapes], [s.high for s in shapes]
-    numeric_only = kinds == {"number"}
+    values = None
+    if all(s.values is not None for s in shapes):
+        values = tuple(v for s in shapes for v in s.values or ())
+    lows = [s.low for s in shapes if s.low is not None]
+    highs = [s.high for s in shapes if s.high is not None]
+    numeric = kinds == {"number"}
     return ArgShape(
         kinds,
         values,
-        min(lows) if numeric_only and None not in lows else None,  # type: ignore[type-var]
-        max(highs) if numeric_only and None not in highs else None,  # type: ignore[type-var]
+        min(lows) if numeric and len(lows) == len(shapes) else None,
+        max(highs) if numeric and len(highs) == len(shapes) else None,
     )
 
 
