@@ -792,3 +792,13 @@ def test_a_step_longer_than_the_brokers_visibility_timeout_fails_the_check(
     )
     monkeypatch.setenv("AGENTRT_VISIBILITY_TIMEOUT_S", "3666")
     assert check(str(path)).exit_code == 0
+
+
+def test_probe_never_prints_credentials_from_the_url(tmp_path: Path) -> None:
+    with ModelsServer() as server:
+        url = f"http://probe-user:s3cret@127.0.0.1:{server.port}/v1"
+        path = probe_config(tmp_path, {"local": openai_model(url)})
+        result = check(str(path), "--probe")
+    assert result.exit_code == 0, result.output
+    assert f"probe local http://127.0.0.1:{server.port}/v1/models: ok" in result.stdout
+    assert "s3cret" not in result.output
