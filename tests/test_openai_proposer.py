@@ -294,13 +294,18 @@ def test_malformed_replies_raise_proposer_error(server: FakeOpenAI, body: Any) -
     assert info.value.code in ("model_bad_reply", "model_empty")
 
 
-def test_odd_usage_numbers_are_clamped_not_fatal(server: FakeOpenAI) -> None:
+def test_odd_usage_numbers_are_unknown_usage_not_fatal(server: FakeOpenAI) -> None:
+    # a count that is not a count is neither coerced ("7" -> 7) nor clamped to zero: the
+    # usage is unknown, and the step charges its worst case (fail closed)
     k = key()
     reply = fake_openai.text("fine")
     reply.body["usage"] = {"prompt_tokens": -5, "completion_tokens": "7"}
     server.add(reply, key=k)
     result = proposer(server).propose(working_set(k))
-    assert (result.usage.input_tokens, result.usage.output_tokens) == (0, 7)
+    assert result.raw == {"type": "reply", "text": "fine"}
+    assert result.usage.unknown
+    assert result.usage.reported == {"input_tokens": -5, "output_tokens": "7"}
+    assert result.usage.within(4000).total_tokens == 4000
 
 
 def test_unreachable_endpoint_raises_proposer_error() -> None:
