@@ -114,8 +114,14 @@ def shown(raw: Any, registry: ToolRegistry) -> Any:
         return {"unshown": "too_large", "bytes": size}
     if not isinstance(raw, dict):
         return {"raw": redact(raw)}
-    if raw.get("type") == "tool_calls" and isinstance(raw.get("calls"), list):
-        return {**raw, "calls": [redact_call(c, registry) for c in raw["calls"]]}
+    return _redact_proposal(raw, registry)
+
+
+def _redact_proposal(raw: Any, registry: ToolRegistry) -> Any:
+    if isinstance(raw, dict) and raw.get("type") == "tool_calls":
+        calls = raw.get("calls")
+        if isinstance(calls, list):
+            return {**redact(raw), "calls": [redact_call(c, registry) for c in calls]}
     return redact_call(raw, registry)
 
 
@@ -137,6 +143,19 @@ def redact_call(call: Any, registry: ToolRegistry) -> Any:
             shown_text = args[:MAX_SHOWN_TEXT] if exc.code == "not_json" else {"unshown": exc.code}
             return {**redact(call), "args": redact(shown_text)}
     return {**redact({k: v for k, v in call.items() if k != "args"}), "args": redact(args, secret)}
+
+
+def shown_input(run_input: Any, registry: ToolRegistry) -> Any:
+    """A run's input as views show it: the scripted calls in it with their tools' secret
+    arguments redacted, and secret-looking keys redacted. (The store keeps the input as the
+    caller sent it: the scripted proposer replays it.)"""
+    if not isinstance(run_input, dict):
+        return run_input
+    script = run_input.get("script")
+    rest = redact({k: v for k, v in run_input.items() if k != "script"})
+    if not isinstance(script, list):
+        return rest if script is None else {**rest, "script": redact(script)}
+    return {**rest, "script": [_redact_proposal(item, registry) for item in script]}
 
 
 def secret_values(spec: ToolSpec | None, args: Any) -> list[str]:

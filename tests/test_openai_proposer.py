@@ -16,6 +16,7 @@ from runtime.demo.tools import kb_search
 from runtime.errors import ProposerError
 from runtime.proposers.base import ToolDescription, WorkingSet
 from runtime.proposers.openai_compat import OpenAIProposer, function_name
+from runtime.store.dead_letters import DeadLetterFilter
 from tests import fake_openai
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.support import Deployment
@@ -461,3 +462,63 @@ def test_model_endpoint_failure_fails_the_run(chat: Deployment, server: FakeOpen
     run_id = submit(chat, k)
     done = chat.svc.wait(run_id, timeout=30)
     assert done.status == "failed" and done.stop_reason == "failed:model_error"
+
+
+# --- hostile replies: numbers, several calls, nesting -------------------------------------
+
+
+def test_an_absurd_usage_report_is_charged_at_the_reservation(
+    chat: Deployment, server: FakeOpenAI
+) -> None:
+    k = key()
+    server.add(fake_openai.text("ok", prompt_tokens=10**30, completion_tokens=2**63), key=k)
+    run_id = submit(chat, k)
+    done = chat.svc.wait(run_id, timeout=30)
+    # the checkpoint went through: the run ended normally, charged its reservation (1000)
+    assert done.status == "succeeded", done.stop_reason
+    [step] = chat.svc.store.steps(run_id)
+    assert step["input_tokens"] + step["output_tokens"] == 1000
+    assert chat.svc.store.spend(run_id=run_id)["tokens"] == 1000
+    unknown = next(e for e in chat.svc.trace(run_id) if e.kind == "usage_unknown")
+    assert unknown.data["charged"] == 1000
+
+
+def test_a_reply_with_fifty_calls_is_refused_and_records_every_call(
+    chat: Deployment, server: FakeOpenAI
+) -> None:
+    k = key()
+    many = fake_openai.tool_call("kb__search", {"query": "q0"}, call_id="c0")
+    message = many.body["choices"][0]["message"]
+    message["tool_calls"] = [
+        {"id": f"c{i}", "type": "function",
+         "function": {"name": "kb__search", "arguments": json.dumps({"query": f"q{i}"})}}
+        for i in range(50)
+    ]  # fmt: skip
+    server.add(many, fake_openai.text("answered without tools"), key=k)
+    run_id = submit(chat, k)
+    done = chat.svc.wait(run_id, timeout=30)
+    # the first reply was refused (fed back: the route allows one invalid proposal), none of
+    # its calls ran, and every one of them is on record
+    assert done.status == "succeeded", done.stop_reason
+    first = chat.svc.store.steps(run_id)[0]
+    assert first["outcome"] == "refused:multiple_tool_calls"
+    events = chat.svc.trace(run_id)
+    assert not any(e.kind == "tool_start" for e in events)
+    proposal = next(e for e in events if e.kind == "proposal")
+    assert [c["args"]["query"] for c in proposal.data["proposal"]["calls"]] == [
+        f"q{i}" for i in range(50)
+    ]
+
+
+def test_arguments_nested_thousands_deep_are_refused_with_a_reason(
+    chat: Deployment, server: FakeOpenAI
+) -> None:
+    k = key()
+    deep = '{"query": ' + "[" * 5000 + "]" * 5000 + "}"
+    server.add(fake_openai.tool_call("kb__search", deep, call_id="d1"), fake_openai.text("ok"),
+               key=k)  # fmt: skip
+    run_id = submit(chat, k)
+    done = chat.svc.wait(run_id, timeout=30)
+    assert done.status == "succeeded", done.stop_reason
+    assert chat.svc.store.steps(run_id)[0]["outcome"] == "refused:too_deep"
+    assert chat.svc.dead_letters.find(DeadLetterFilter(run_id=run_id)) == []
