@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import redis
 
-from runtime import admission, stop_reasons
+from runtime import admission, proposals, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
 from runtime.compensation import Compensations
 from runtime.config import RetryPolicy, RuntimeConfig, load_config
@@ -537,7 +537,7 @@ class RuntimeService:
             priority=row["priority"],
             steps=row["next_step"],
             output=row["output"],
-            input=row["input"],
+            input=proposals.shown_input(row["input"], self.registry),
         )
 
     def close(self) -> None:
