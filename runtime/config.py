@@ -1,19 +1,42 @@
 """The deployment file (``config/runtime.yaml``): tenants, routes, tools, budgets, policy.
 
 Validated at start-up; every problem names its key, e.g.
-``routes.support.triage.max_steps: Input should be greater than 0``.
+``routes.support.triage.max_steps: Input should be greater than 0``. Three passes, each
+reporting all of its problems: ``runtime.config_loader`` reads the YAML (no duplicate keys,
+no aliases: problems name lines), these models check every value (strict types, finite and
+bounded numbers) and every reference (``cross_reference_problems``: names that exist,
+rule conditions that can hold), then ``runtime.service.load_registry`` checks the manifest
+and the rules against the tools the ``tool_modules`` register (``runtime.rule_check``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from runtime.contract import AutonomyLevel, ExecutionMode, PriorityClass, RiskClass
+from runtime.bounds import MAX_INT64, BoundsError, check_json
+from runtime.config_loader import read_yaml
+from runtime.contract import (
+    AutonomyLevel,
+    ExecutionMode,
+    PriorityClass,
+    RiskClass,
+    SideEffectClass,
+)
 from runtime.errors import ConfigError
 
 #: ledger dimensions and their integer units
@@ -27,19 +50,59 @@ DIMENSIONS: tuple[str, ...] = (
 )
 
 
+# --- bounds: every number in the file is finite and small enough that its ledger units
+# (micro-USD, milliseconds, tokens) fit a 64-bit counter with room to add up -----------------
+
+#: seconds in a day; durations are capped in days
+DAY_S = 86_400.0
+#: largest amount of money anywhere in the file (1e12 micro-USD)
+MAX_USD = 1_000_000.0
+#: largest token count (a budget); per step, ``MAX_STEP_TOKENS``
+MAX_TOKENS = 10**12
+MAX_STEP_TOKENS = 10**7
+#: largest count of calls, retries, queued steps, rate-limit units
+MAX_COUNT = 10**9
+#: largest concurrency: leases, caps, bulkheads
+MAX_CONCURRENCY = 10**6
+#: a model price, USD per million tokens
+MAX_USD_PER_MTOK = 10_000.0
+#: the longest budgeted wall clock (a day's budget of a busy route may add up to months)
+MAX_WALL_CLOCK_S = 366 * DAY_S
+#: the longest string value (system prompts included)
+MAX_STR = 64 * 1024
+
+assert MAX_USD * 1_000_000 * 1000 < MAX_INT64  # a thousand maximal charges still fit
+assert MAX_WALL_CLOCK_S * 1000 * 1000 < MAX_INT64
+assert MAX_TOKENS * 1000 < MAX_INT64
+assert MAX_STEP_TOKENS * MAX_USD_PER_MTOK * 1000 < MAX_INT64
+
+#: a version recorded on every run
+Version = Annotated[str, Field(min_length=1, max_length=200)]
+#: a dotted Python module name
+ModuleName = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=200),
+]
+#: a glob in a policy rule's match
+Glob = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML boolean is not a number, a string is not a number; no NaN, no infinity
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, str_max_length=MAX_STR
+    )
 
 
 class BudgetLimits(_Strict):
     """Limits per dimension; a missing dimension is unlimited."""
 
-    tokens: int | None = Field(default=None, ge=0)
-    model_calls: int | None = Field(default=None, ge=0)
-    tool_calls: int | None = Field(default=None, ge=0)
-    retries: int | None = Field(default=None, ge=0)
-    wall_clock_s: float | None = Field(default=None, ge=0)
-    cost_usd: float | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    model_calls: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    tool_calls: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    retries: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    wall_clock_s: float | None = Field(default=None, ge=0, le=MAX_WALL_CLOCK_S)
+    cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
 
     def ledger_limits(self) -> dict[str, int]:
         """Limits in ledger units; -1 means unlimited."""
@@ -58,18 +121,18 @@ class BudgetLimits(_Strict):
 
 
 class BudgetPolicy(_Strict):
-    version: str
+    version: Version
     per_run: BudgetLimits = BudgetLimits()
     #: worst case reserved for one model call; also the proposer's max output tokens
-    tokens_per_step: int = Field(default=4000, gt=0)
+    tokens_per_step: int = Field(default=4000, gt=0, le=MAX_STEP_TOKENS)
 
 
 class RateLimit(_Strict):
     """GCRA: ``limit`` per ``period_s``, spaced evenly; ``burst`` may pass at once."""
 
-    limit: int = Field(gt=0)
-    period_s: float = Field(default=60.0, gt=0)
-    burst: int = Field(default=1, ge=1)
+    limit: int = Field(gt=0, le=MAX_COUNT)
+    period_s: float = Field(default=60.0, ge=0.001, le=DAY_S)
+    burst: int = Field(default=1, ge=1, le=MAX_COUNT)
 
 
 class RetryPolicy(_Strict):
@@ -78,49 +141,52 @@ class RetryPolicy(_Strict):
     #: calls in all, the first included (1 = never retry)
     max_attempts: int = Field(default=3, ge=1, le=100)
     #: delay before the second attempt; doubled each time, capped by backoff_max_s
-    backoff_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
+    backoff_s: float = Field(default=0.5, ge=0, le=DAY_S)
+    backoff_max_s: float = Field(default=30.0, ge=0, le=DAY_S)
     #: +/- this fraction of random jitter on every delay
     jitter: float = Field(default=0.2, ge=0, le=1)
     #: error codes that are never retried (the tool's ToolExecutionError code, or
     #: tool_timeout, invalid_output, model_error, model_bad_reply, ...)
-    non_retryable: list[str] = Field(default_factory=list)
+    non_retryable: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list
+    )
 
 
 class Breaker(_Strict):
     """A circuit breaker shared by every worker: ``failures`` in ``window_s`` open it for
     ``open_s``; then one probe call decides whether it closes."""
 
-    failures: int = Field(default=5, ge=1)
-    window_s: float = Field(default=60.0, gt=0)
-    open_s: float = Field(default=30.0, gt=0)
+    failures: int = Field(default=5, ge=1, le=MAX_CONCURRENCY)
+    window_s: float = Field(default=60.0, ge=0.001, le=DAY_S)
+    open_s: float = Field(default=30.0, ge=0.001, le=DAY_S)
 
 
 class TenantConfig(_Strict):
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=200)
     #: share of dispatch decisions relative to other tenants (weighted fair queuing)
     weight: int = Field(default=1, ge=1, le=1000)
     daily_budget: BudgetLimits = BudgetLimits()
     #: steps of this tenant executing at once, across routes (None = no cap)
-    max_concurrency: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0, le=MAX_CONCURRENCY)
     #: queued steps of this tenant before admission pushes back (None = no limit)
-    max_queued: int | None = Field(default=None, gt=0)
+    max_queued: int | None = Field(default=None, gt=0, le=MAX_COUNT)
     enabled: bool = True
 
 
 class ModelConfig(_Strict):
     kind: Literal["scripted", "openai"]
     #: the model version recorded on every run (the version set's ``model``)
-    version: str
+    version: Version
     #: provider model name (openai kind)
-    model: str | None = None
-    base_url: str | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    #: the OpenAI-compatible server (None: the SDK's default, OPENAI_BASE_URL or OpenAI)
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2000)
     #: name of the environment variable holding the API key (never the key itself)
-    api_key_env: str | None = None
-    input_usd_per_mtok: float = Field(default=0.0, ge=0)
-    output_usd_per_mtok: float = Field(default=0.0, ge=0)
-    timeout_s: float = Field(default=60.0, gt=0)
-    temperature: float | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    input_usd_per_mtok: float = Field(default=0.0, ge=0, le=MAX_USD_PER_MTOK)
+    output_usd_per_mtok: float = Field(default=0.0, ge=0, le=MAX_USD_PER_MTOK)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    temperature: float | None = Field(default=None, ge=0, le=2)
     #: global (all workers) limits on calls to this model
     requests_rate: RateLimit | None = None
     tokens_rate: RateLimit | None = None
@@ -134,35 +200,35 @@ class ModelConfig(_Strict):
 
 
 class RouteConfig(_Strict):
-    task_class: str
+    task_class: str = Field(min_length=1, max_length=200)
     risk_class: RiskClass
     autonomy_level: AutonomyLevel
     execution_mode: ExecutionMode = "async_job"
     #: a key of ``models``
     proposer: str
-    prompt_version: str = "v1"
-    retriever_version: str | None = None
+    prompt_version: Version = "v1"
+    retriever_version: Version | None = None
     system_prompt: str = "You are a careful assistant. Use the tools you are given."
     allowed_tools: list[str] = Field(default_factory=list)
     #: a key of ``budget_policies``
     budget_policy: str
     daily_budget: BudgetLimits = BudgetLimits()
     max_steps: int = Field(default=10, gt=0, le=1000)
-    concurrency_limit: int = Field(default=10, gt=0)
+    concurrency_limit: int = Field(default=10, gt=0, le=MAX_CONCURRENCY)
     priority: PriorityClass = "normal"
     #: tenants allowed on this route; ["*"] = all
     tenants: list[str] = Field(default_factory=lambda: ["*"])
     step_timeout_s: float = Field(default=60.0, gt=0, le=3600)
-    run_timeout_s: float = Field(default=3600.0, gt=0)
-    max_input_bytes: int = Field(default=64 * 1024, gt=0)
+    run_timeout_s: float = Field(default=3600.0, gt=0, le=30 * DAY_S)
+    max_input_bytes: int = Field(default=64 * 1024, gt=0, le=16 * 1024 * 1024)
     #: invalid proposals fed back to the model before the run is refused
-    max_invalid_proposals: int = Field(default=0, ge=0)
+    max_invalid_proposals: int = Field(default=0, ge=0, le=1000)
     #: failed tool calls fed back to the model before the run fails
-    max_tool_errors: int = Field(default=0, ge=0)
+    max_tool_errors: int = Field(default=0, ge=0, le=1000)
     #: times a step waits for a busy lock before the run fails with failed:lock_timeout
-    lock_wait_attempts: int = Field(default=20, ge=0)
+    lock_wait_attempts: int = Field(default=20, ge=0, le=10_000)
     #: queued steps of this route before admission pushes back (None = no limit)
-    max_queued: int | None = Field(default=None, gt=0)
+    max_queued: int | None = Field(default=None, gt=0, le=MAX_COUNT)
     #: over max_queued: "refuse" (refused:queue_full + retry-after) or "queue" (with an ETA)
     on_queue_full: Literal["refuse", "queue"] = "refuse"
     #: a key of ``retry_policies`` for the route's model calls and tools without their own
@@ -175,11 +241,11 @@ class RouteConfig(_Strict):
 
 
 class ToolManifestEntry(_Strict):
-    version: str = "1"
-    timeout_s: float | None = Field(default=None, gt=0)
-    cost_usd: float = Field(default=0.0, ge=0)
+    version: Version = "1"
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    cost_usd: float = Field(default=0.0, ge=0, le=MAX_USD)
     #: bulkhead: calls of this tool executing at once, across workers (None = no limit)
-    max_concurrency: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0, le=MAX_CONCURRENCY)
     #: global rate limit on calls of this tool
     rate_limit: RateLimit | None = None
     #: a key of ``retry_policies``; without one, the route's policy applies
@@ -188,17 +254,21 @@ class ToolManifestEntry(_Strict):
     enabled: bool = True
 
 
+#: seconds per priority class (ageing offsets, longest waits): at most a day each
+PrioritySeconds = dict[str, Annotated[float, Field(ge=0, le=DAY_S)]]
+
+
 def _priority_map(default: dict[str, float]) -> Any:
     return Field(default_factory=lambda: dict(default))
 
 
 class SchedulingConfig(_Strict):
     #: within a tenant, a step's place is its enqueue time plus this offset: ageing
-    priority_offsets_s: dict[str, float] = _priority_map(
+    priority_offsets_s: PrioritySeconds = _priority_map(
         {"critical": 0.0, "high": 5.0, "normal": 20.0, "low": 60.0}
     )
     #: across tenants, a step waiting longer than this is dispatched first
-    max_wait_s: dict[str, float] = _priority_map(
+    max_wait_s: PrioritySeconds = _priority_map(
         {"critical": 5.0, "high": 30.0, "normal": 60.0, "low": 120.0}
     )
     #: items of a tenant examined when its first ones wait for a full route
@@ -225,58 +295,184 @@ class SchedulingConfig(_Strict):
                     + (f" (missing {sorted(missing)})" if missing else "")
                     + (f" (unknown {sorted(extra)})" if extra else "")
                 )
-            if any(v < 0 for v in value.values()):
-                raise ValueError(f"{name} values must be >= 0")
         return self
 
 
+#: the JSON kinds a comparison can meet (an integer and a float compare as numbers)
+JsonKind = Literal["string", "number", "boolean", "null", "array", "object"]
+_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains")
+
+
+def json_kind(value: Any) -> JsonKind:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
 class Comparison(_Strict):
+    """Conditions on one argument; all must hold. Values are JSON (no NaN, 64-bit ints).
+
+    The model takes what the policy engine can evaluate; what a deployment file may say
+    is checked by ``comparison_problems`` (no empty or contradictory conditions)."""
+
     eq: Any = None
     ne: Any = None
     gt: float | None = None
     gte: float | None = None
     lt: float | None = None
     lte: float | None = None
-    in_: list[Any] | None = Field(default=None, alias="in")
-    not_in: list[Any] | None = None
+    in_: list[Any] | None = Field(default=None, alias="in", max_length=1000)
+    not_in: list[Any] | None = Field(default=None, max_length=1000)
     contains: str | None = None
+
+    @field_validator("eq", "ne", "in_", "not_in")
+    @classmethod
+    def _plain_json(cls, value: Any) -> Any:
+        try:
+            check_json(value, max_depth=8)
+        except BoundsError as exc:
+            where = f"item {exc.path.strip('[]')}: " if exc.path else ""
+            raise ValueError(f"{where}{exc.detail}") from None
+        return value
+
+    def operators(self) -> list[str]:
+        """The conditions given, by their names in the file (``in``, not ``in_``)."""
+        return [op for op in _OPERATORS if getattr(self, "in_" if op == "in" else op) is not None]
+
+    def kinds(self) -> set[JsonKind] | None:
+        """The JSON kinds an argument may have for every condition to hold (None = any)."""
+        kinds: set[JsonKind] | None = None
+        narrowing: list[set[JsonKind]] = []
+        if self.eq is not None:
+            narrowing.append({json_kind(self.eq)})
+        if self.in_ is not None:
+            narrowing.append({json_kind(v) for v in self.in_})
+        if any(v is not None for v in (self.gt, self.gte, self.lt, self.lte)):
+            narrowing.append({"number"})
+        if self.contains is not None:
+            narrowing.append({"string"})
+        for allowed in narrowing:
+            kinds = allowed if kinds is None else kinds & allowed
+        return kinds
+
+
+#: a problem under a key: (sub-key or "", message), e.g. ("eq", "null is no condition")
+Problem = tuple[str, str]
+
+
+def keyed(key: str, problems: Iterable[Problem]) -> list[str]:
+    """``key.sub: message`` lines (``key: message`` for an empty sub-key)."""
+    return [f"{key}.{sub}: {msg}" if sub else f"{key}: {msg}" for sub, msg in problems]
+
+
+def comparison_problems(raw: dict[str, Any], cmp: Comparison) -> list[Problem]:
+    """Why a comparison from the file can never hold, or is no condition at all: ``raw``
+    is its mapping in the file (an explicit ``null`` is not in the model)."""
+    if not raw:
+        return [("", f"no condition (give one of {', '.join(_OPERATORS)})")]
+    nulls = [op for op in _OPERATORS if op in raw and raw[op] is None]
+    if nulls:
+        return [(nulls[0], "null is no condition (it means unset); compare with a value")]
+    problems: list[Problem] = [
+        (op, f"an empty list {'matches nothing' if op == 'in' else 'excludes nothing'}")
+        for op in ("in", "not_in")
+        if raw.get(op) == []
+    ]
+    if cmp.contains == "":
+        problems.append(("contains", "the empty string is in every string: no condition"))
+    kinds = cmp.kinds()
+    if kinds is not None and not kinds:
+        ops = ", ".join(cmp.operators())
+        problems.append(("", f"{ops} can never hold together (they need different types)"))
+        return problems
+    low = max((v for v in (cmp.gt, cmp.gte) if v is not None), default=None)
+    high = min((v for v in (cmp.lt, cmp.lte) if v is not None), default=None)
+    if low is not None and high is not None:
+        strict = (cmp.gt is not None and cmp.gt == low) or (cmp.lt is not None and cmp.lt == high)
+        if low > high or (low == high and strict):
+            problems.append(("", f"no number is above {low:g} and below {high:g}: never matches"))
+    if cmp.eq is not None and not matches_comparison(cmp.eq, cmp, skip_eq=True):
+        problems.append(("eq", f"{cmp.eq!r} contradicts the other conditions: never matches"))
+    return problems
+
+
+def equal_values(a: Any, b: Any) -> bool:
+    """``==`` as the policy engine compares: a bool only equals a bool."""
+    return isinstance(a, bool) == isinstance(b, bool) and bool(a == b)
+
+
+def matches_comparison(value: Any, cmp: Comparison, *, skip_eq: bool = False) -> bool:
+    """Would ``value`` meet every condition of ``cmp`` (as ``runtime.policy`` compares)?"""
+    if not skip_eq and cmp.eq is not None and not equal_values(value, cmp.eq):
+        return False
+    if cmp.ne is not None and equal_values(value, cmp.ne):
+        return False
+    if cmp.in_ is not None and not any(equal_values(value, v) for v in cmp.in_):
+        return False
+    if cmp.not_in is not None and any(equal_values(value, v) for v in cmp.not_in):
+        return False
+    if cmp.contains is not None and not (isinstance(value, str) and cmp.contains in value):
+        return False
+    if all(b is None for b in (cmp.gt, cmp.gte, cmp.lt, cmp.lte)):
+        return True
+    return json_kind(value) == "number" and all(
+        (
+            cmp.gt is None or value > cmp.gt,
+            cmp.gte is None or value >= cmp.gte,
+            cmp.lt is None or value < cmp.lt,
+            cmp.lte is None or value <= cmp.lte,
+        )
+    )
+
+
+def _globs() -> Any:
+    return Field(default=None, max_length=1000)
 
 
 class RuleMatch(_Strict):
-    tool: list[str] | None = None
-    side_effect: list[str] | None = None
-    tenant: list[str] | None = None
-    route: list[str] | None = None
-    risk_class: list[str] | None = None
-    autonomy_level: list[str] | None = None
-    args: dict[str, Comparison] | None = None
+    """Globs (``fnmatch``); a missing key matches anything, an empty list nothing (the
+    deployment file may not say that: see ``cross_reference_problems``)."""
+
+    tool: list[Glob] | None = _globs()
+    side_effect: list[Glob] | None = _globs()
+    tenant: list[Glob] | None = _globs()
+    route: list[Glob] | None = _globs()
+    risk_class: list[Glob] | None = _globs()
+    autonomy_level: list[Glob] | None = _globs()
+    args: dict[str, Comparison] | None = Field(default=None, max_length=100)
 
 
 class PolicyRule(_Strict):
-    id: str = Field(pattern=r"^[a-z0-9_.\-]+$")
+    id: str = Field(pattern=r"^[a-z0-9_.\-]+$", max_length=100)
     effect: Literal["allow", "deny", "require_approval", "escalate"]
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=200)
     match: RuleMatch = RuleMatch()
 
 
 class PolicyConfig(_Strict):
-    version: str
+    version: Version
     default: Literal["allow", "deny"] = "allow"
-    rules: list[PolicyRule] = Field(default_factory=list)
+    rules: list[PolicyRule] = Field(default_factory=list, max_length=10_000)
 
 
 class DeadLetterConfig(_Strict):
     #: days a retried or purged entry is kept; open entries stay until purged
-    retention_days: float = Field(default=30.0, gt=0)
+    retention_days: float = Field(default=30.0, gt=0, le=3650)
     #: bulk retries are sent at most this fast
-    retry_rate_per_s: float = Field(default=20.0, gt=0)
+    retry_rate_per_s: float = Field(default=20.0, ge=0.01, le=10_000)
 
 
 class RuntimeConfig(_Strict):
     #: release of this file; part of the harness version
-    version: str
-    harness_version: str = "agentrt-0.1"
-    tool_modules: list[str] = Field(default_factory=list)
+    version: Version
+    harness_version: Version = "agentrt-0.1"
+    tool_modules: list[ModuleName] = Field(default_factory=list, max_length=100)
     models: dict[str, ModelConfig]
     tenants: dict[str, TenantConfig]
     budget_policies: dict[str, BudgetPolicy]
@@ -287,12 +483,18 @@ class RuntimeConfig(_Strict):
     retry_policies: dict[str, RetryPolicy] = Field(default_factory=dict)
     dead_letters: DeadLetterConfig = DeadLetterConfig()
 
-    @model_validator(mode="after")
-    def _cross_references(self) -> RuntimeConfig:
-        problems = cross_reference_problems(self.model_dump(by_alias=True))
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_references(
+        cls, data: Any, handler: ModelWrapValidatorHandler[RuntimeConfig]
+    ) -> RuntimeConfig:
+        config = handler(data)
+        # on what the file says (an explicit null, an empty list), not on the model
+        raw = data if isinstance(data, dict) else config.model_dump(by_alias=True)
+        problems = cross_reference_problems(raw)
         if problems:
-            raise ValueError("; ".join(problems))
-        return self
+            raise ValueError("\n".join(problems))
+        return config
 
     def max_step_timeout_s(self) -> float:
         return max((r.step_timeout_s for r in self.routes.values()), default=60.0)
@@ -310,18 +512,41 @@ class RuntimeConfig(_Strict):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+#: what each key of a rule's ``match`` names, and where those names are defined
+_RULE_VOCABULARY: dict[str, tuple[str, str]] = {
+    "tool": ("tool declared under 'tools'", "tools"),
+    "tenant": ("tenant", "tenants"),
+    "route": ("route", "routes"),
+    "side_effect": ("side-effect class", ""),
+    "risk_class": ("risk class", ""),
+    "autonomy_level": ("autonomy level", ""),
+}
+_CLASSES: dict[str, tuple[str, ...]] = {
+    "side_effect": typing.get_args(SideEffectClass),
+    "risk_class": typing.get_args(RiskClass),
+    "autonomy_level": typing.get_args(AutonomyLevel),
+}
 
 
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _listed(names: Iterable[str], limit: int = 20) -> str:
+    ordered = sorted(names)
+    more = f", ... ({len(ordered) - limit} more)" if len(ordered) > limit else ""
+    return (", ".join(ordered[:limit]) + more) or "none"
+
+
+def globs_match(patterns: list[str] | None, name: str) -> bool:
+    """A rule's glob list against one name, as ``runtime.policy`` matches (None = any)."""
+    return patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def cross_reference_problems(data: dict[str, Any]) -> list[str]:
     """Names that point nowhere. Works on the raw mapping too, so a file with field errors
     still gets its broken references reported in the same pass."""
-    models, policies = _mapping(data.get("models")), _mapping(data.get("budget_policies"))
-    tools, tenants = _mapping(data.get("tools")), _mapping(data.get("tenants"))
-    retries = _mapping(data.get("retry_policies"))
+    tools, retries = _mapping(data.get("tools")), _mapping(data.get("retry_policies"))
     problems: list[str] = []
     for name, tool in tools.items():
         retry = _mapping(tool).get("retry_policy")
@@ -334,32 +559,7 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
                     f"{section}.{name}: names may use letters, digits, '_', '.' and '-' only"
                 )
     for name, route in _mapping(data.get("routes")).items():
-        route = _mapping(route)
-        proposer, policy = route.get("proposer"), route.get("budget_policy")
-        if isinstance(proposer, str) and proposer not in models:
-            problems.append(
-                f"routes.{name}.proposer: unknown model {proposer!r} "
-                f"(defined: {', '.join(sorted(models)) or 'none'})"
-            )
-        if isinstance(policy, str) and policy not in policies:
-            problems.append(
-                f"routes.{name}.budget_policy: unknown budget policy {policy!r} "
-                f"(defined: {', '.join(sorted(policies)) or 'none'})"
-            )
-        retry = route.get("retry_policy")
-        if isinstance(retry, str) and retry not in retries:
-            problems.append(f"routes.{name}.retry_policy: unknown retry policy {retry!r}")
-        for fallback in route.get("fallback_proposers") or []:
-            if isinstance(fallback, str) and fallback not in models:
-                problems.append(f"routes.{name}.fallback_proposers: unknown model {fallback!r}")
-        for tool in route.get("allowed_tools") or []:
-            if isinstance(tool, str) and tool not in tools:
-                problems.append(
-                    f"routes.{name}.allowed_tools: tool {tool!r} is not declared under 'tools'"
-                )
-        for tenant in route.get("tenants") or []:
-            if isinstance(tenant, str) and tenant != "*" and tenant not in tenants:
-                problems.append(f"routes.{name}.tenants: unknown tenant {tenant!r}")
+        problems += _route_problems(f"routes.{name}", _mapping(route), data)
     seen: set[str] = set()
     rules = _mapping(data.get("policy")).get("rules") or []
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -368,6 +568,66 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
             problems.append(f"policy.rules.{i}.id: duplicate rule id {rule_id!r}")
         if isinstance(rule_id, str):
             seen.add(rule_id)
+        problems += _rule_reference_problems(f"policy.rules.{i}.match", rule, data)
+    return problems
+
+
+def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    models, policies = _mapping(data.get("models")), _mapping(data.get("budget_policies"))
+    tools, tenants = _mapping(data.get("tools")), _mapping(data.get("tenants"))
+    problems: list[str] = []
+    proposer, policy = route.get("proposer"), route.get("budget_policy")
+    if isinstance(proposer, str) and proposer not in models:
+        problems.append(f"{key}.proposer: unknown model {proposer!r} (defined: {_listed(models)})")
+    if isinstance(policy, str) and policy not in policies:
+        problems.append(
+            f"{key}.budget_policy: unknown budget policy {policy!r} (defined: {_listed(policies)})"
+        )
+    retry = route.get("retry_policy")
+    if isinstance(retry, str) and retry not in _mapping(data.get("retry_policies")):
+        problems.append(f"{key}.retry_policy: unknown retry policy {retry!r}")
+    for fallback in _list(route.get("fallback_proposers")):
+        if isinstance(fallback, str) and fallback not in models:
+            problems.append(f"{key}.fallback_proposers: unknown model {fallback!r}")
+    for tool in _list(route.get("allowed_tools")):
+        if isinstance(tool, str) and tool not in tools:
+            problems.append(f"{key}.allowed_tools: tool {tool!r} is not declared under 'tools'")
+    for tenant in _list(route.get("tenants")):
+        if isinstance(tenant, str) and tenant != "*" and tenant not in tenants:
+            problems.append(f"{key}.tenants: unknown tenant {tenant!r}")
+    return problems
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[str]:
+    """Every glob of a rule's ``match`` must match something that exists, and every
+    argument condition must be able to hold: a rule naming a tool, tenant, route or class
+    that does not exist, or comparing in a way nothing can meet, never matches, silently.
+    (Arguments against the tools' input models: ``runtime.rule_check``.)"""
+    match = _mapping(_mapping(rule).get("match"))
+    problems: list[str] = []
+    for field, (what, section) in _RULE_VOCABULARY.items():
+        names = [n for n in _mapping(data.get(section)) if isinstance(n, str)]
+        known = names if section else list(_CLASSES[field])
+        if match.get(field) == []:
+            problems.append(f"{key}.{field}: an empty list matches nothing (leave it out)")
+        for pattern in _list(match.get(field)):
+            if isinstance(pattern, str) and not any(fnmatch.fnmatchcase(n, pattern) for n in known):
+                listing = "defined" if section else "one of"
+                problems.append(
+                    f"{key}.{field}: {pattern!r} matches no {what} ({listing}: {_listed(known)})"
+                )
+    for name, raw in _mapping(match.get("args")).items():
+        if not isinstance(raw, dict):
+            continue
+        try:
+            cmp = Comparison.model_validate(raw)
+        except ValidationError:
+            continue  # the file's validation names these
+        problems += keyed(f"{key}.args.{name}", comparison_problems(raw, cmp))
     return problems
 
 
@@ -380,8 +640,8 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
             msg = msg[len("Value error, ") :]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
-        if err["type"] == "value_error" and "; " in msg and not loc:
-            problems.extend(msg.split("; "))
+        if err["type"] == "value_error" and "\n" in msg and not loc:
+            problems.extend(msg.split("\n"))
             continue
         problems.append(f"{loc}: {msg}" if loc else msg)
     return problems
@@ -401,14 +661,8 @@ def parse_config(data: Any, source: str = "<config>") -> RuntimeConfig:
 
 
 def load_config(path: Path | str) -> RuntimeConfig:
+    """Read, parse and validate the deployment file (``runtime.config_loader`` refuses
+    duplicate keys, aliases and the like). The checks that need the tool modules follow in
+    ``runtime.service.load_registry``: start-up and ``agentrt config check`` call both."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(str(path), ["file not found (set AGENTRT_CONFIG to its path)"])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(path), [f"{where}YAML syntax error: {problem}"]) from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(path), str(path))

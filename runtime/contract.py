@@ -7,6 +7,7 @@ them as JSON (camelCase, as the seed writes them), the store maps them to rows.
 from __future__ import annotations
 
 import enum
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -115,13 +116,67 @@ class RunView(RuntimeRun):
 # --- proposals: what a model (or a script) may propose; untrusted input -----------------
 
 
+#: the most tokens one model call may report; anything else is not a count
+MAX_REPORTED_TOKENS = 10**9
+
+
 class Usage(_Camel):
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
+    """Tokens one model call used, as its proposer reported them (untrusted)."""
+
+    input_tokens: int = Field(default=0, ge=0, le=MAX_REPORTED_TOKENS, strict=True)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_REPORTED_TOKENS, strict=True)
+    #: the report was missing or was not a pair of counts: the step charges its worst case
+    unknown: bool = False
+    #: what was reported, kept for the trace when it could not be used as is
+    reported: dict[str, Any] | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def from_report(cls, input_tokens: Any, output_tokens: Any) -> Usage:
+        """Usage from counts a proposer read off a reply or a script. A count that is not
+        an integer in ``[0, MAX_REPORTED_TOKENS]`` (a bool, a string, 10**30, -5) makes the
+        usage unknown, never zero: the step then charges the worst case it reserved."""
+        counts = (input_tokens, output_tokens)
+        if all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_REPORTED_TOKENS
+            for c in counts
+        ):
+            return cls(input_tokens=input_tokens, output_tokens=output_tokens)
+        return cls(
+            unknown=True,
+            reported={"input_tokens": _shown(input_tokens), "output_tokens": _shown(output_tokens)},
+        )
+
+    def within(self, reserved_tokens: int) -> Usage:
+        """This usage bounded by what the step reserved: an unknown usage is charged as the
+        whole reservation (output tokens, the dearer kind), a larger one is scaled down."""
+        if self.unknown:
+            return Usage(output_tokens=reserved_tokens, unknown=True, reported=self.reported)
+        total = self.total_tokens
+        if total <= reserved_tokens:
+            return self
+        inp = self.input_tokens * reserved_tokens // total
+        return Usage(
+            input_tokens=inp,
+            output_tokens=reserved_tokens - inp,
+            reported={"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+        )
+
+
+def _shown(value: Any) -> Any:
+    """A reported value as it may be stored in a trace: small, JSON."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= 2**53 else f"int of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return value[:40]
+    return type(value).__name__
 
 
 class ToolCallProposal(_Camel):
@@ -129,7 +184,7 @@ class ToolCallProposal(_Camel):
     type: Literal["tool_call"] = "tool_call"
     tool: str = Field(min_length=1, max_length=200)
     args: dict[str, Any] = Field(default_factory=dict)
-    call_id: str | None = None
+    call_id: str | None = Field(default=None, max_length=200)
 
 
 class ReplyProposal(_Camel):
@@ -141,7 +196,7 @@ class ReplyProposal(_Camel):
 class StopProposal(_Camel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["stop"] = "stop"
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=500)
 
 
 Proposal = Annotated[ToolCallProposal | ReplyProposal | StopProposal, Field(discriminator="type")]

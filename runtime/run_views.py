@@ -4,11 +4,13 @@ Reads must never break on one bad row: a status or priority written by another v
 by hand, a corrupt JSON cell (``store.runs.Unreadable``), a field of the wrong type. Each
 field that does not validate is shown as a marked value (status and priority ``unknown``,
 the most restrictive autonomy level and risk class, ``?`` for a string, the epoch for a
-timestamp) and its raw value is kept, bounded, in ``unreadable_fields``.
+timestamp) and its raw value is kept, bounded, in ``unreadable_fields`` - except the
+input's, which may hold secrets: for it only the kind of problem is kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,7 +60,15 @@ def _fallback(field: str) -> Any:
     return RunView.model_fields[field].get_default(call_default_factory=True)
 
 
-def _raw(value: Any) -> str:
+#: fields whose raw value is never echoed (they may hold secrets)
+_WITHHELD = frozenset({"input"})
+
+
+def _raw(field: str, value: Any) -> str:
+    if field in _WITHHELD:
+        if isinstance(value, Unreadable):
+            return f"not JSON ({len(value.raw)} characters, not shown)"
+        return f"not a JSON object ({type(value).__name__}, not shown)"
     if isinstance(value, Unreadable):
         return bounded(value.raw, MAX_RAW_CHARS)
     if isinstance(value, str):
@@ -66,16 +76,24 @@ def _raw(value: Any) -> str:
     return shown(value)
 
 
-def run_view(row: dict[str, Any]) -> RunView:
-    """The view of a stored run; never raises for what the row holds."""
+def run_view(row: dict[str, Any], shown_input: Callable[[Any], Any] | None = None) -> RunView:
+    """The view of a stored run; never raises for what the row holds. ``shown_input``
+    turns the stored input into what a view may show (e.g. with secrets redacted); if it
+    fails, the input is not shown at all."""
     values = {field: row.get(column) for field, column in _COLUMNS.items()}
     unreadable: dict[str, str] = {}
     if values["status"] == UNKNOWN_VALUE:  # the marker itself, stored: not a status
         unreadable["status"] = UNKNOWN_VALUE
     for field, value in values.items():
         if isinstance(value, Unreadable):
-            unreadable[field] = _raw(value)
+            unreadable[field] = _raw(field, value)
             values[field] = _fallback(field)
+    if shown_input is not None and isinstance(values["input"], dict):
+        try:
+            values["input"] = shown_input(values["input"])
+        except Exception as exc:  # fail closed: an input that cannot be redacted is not shown
+            unreadable["input"] = f"could not be shown ({type(exc).__name__})"
+            values["input"] = None
     for _ in range(2):
         try:
             return RunView.model_validate({**values, "unreadable_fields": unreadable or None})
@@ -84,7 +102,7 @@ def run_view(row: dict[str, Any]) -> RunView:
             if not bad:
                 break
             for field in bad:
-                unreadable[field] = _raw(values[field])
+                unreadable[field] = _raw(field, values[field])
                 values[field] = _fallback(field)
     # unreachable with the fallbacks above; still, a read never fails on a row
     unreadable["row"] = "unreadable"

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import redis
 
-from runtime import admission, stop_reasons
+from runtime import admission, proposals, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
 from runtime.compensation import Compensations
 from runtime.config import RetryPolicy, RuntimeConfig, load_config
@@ -43,6 +43,7 @@ from runtime.proposers.base import Proposer, ToolDescription
 from runtime.proposers.openai_compat import OpenAIProposer
 from runtime.proposers.scripted import ScriptedProposer
 from runtime.recovery import Recovery
+from runtime.rule_check import rule_tool_problems
 from runtime.run_views import run_view
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
@@ -597,8 +598,9 @@ class RuntimeService:
 
     # --- helpers -----------------------------------------------------------------------
     def _view(self, row: dict[str, Any]) -> RunView:
-        """Never raises for what a stored row holds (see ``runtime.run_views``)."""
-        return run_view(row)
+        """Never raises for what a stored row holds (see ``runtime.run_views``); the input
+        is shown with secrets redacted (``proposals.shown_input``)."""
+        return run_view(row, lambda value: proposals.shown_input(value, self.registry))
 
     def close(self) -> None:
         self.store.engine.dispose()
@@ -630,17 +632,20 @@ def admission_conflict(
 
 
 def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
-    """Import ``tool_modules`` and check the manifest against what they register."""
-    try:
-        registry = ToolRegistry.from_modules(config.tool_modules)
-    except AgentRuntimeError as exc:
-        raise ConfigError(source, [f"tool_modules: {exc}"]) from exc
+    """Import ``tool_modules`` and check the file against what they register: the manifest
+    (every tool declared is registered) and the policy rules (arguments, side effects).
+    With ``load_config``, this is every check start-up makes; ``agentrt config check``
+    runs the same two. Raises ``ConfigError`` listing every problem."""
+    module_problems: list[str] = []
+    registry = ToolRegistry.from_modules(config.tool_modules, module_problems)
+    problems = [f"tool_modules: {p}" for p in module_problems]
     modules = ", ".join(config.tool_modules) or "none"
-    problems = [
+    problems += [
         f"tools.{name}: no tool module registers it (tool_modules: {modules})"
         for name in config.tools
         if registry.get(name) is None
     ]
+    problems += rule_tool_problems(config, registry)
     if problems:
         raise ConfigError(source, problems)
     return registry

@@ -24,14 +24,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel
 
-from runtime import scripts, stop_reasons
+from runtime import proposals, scripts, stop_reasons
 from runtime.budgets.ledger import Scope, today
 from runtime.config import Breaker, ModelConfig, RetryPolicy, RouteConfig
 from runtime.contract import (
     TERMINAL_STATUSES,
-    Proposal,
     ProposalResult,
     ReplyProposal,
     RunStatus,
@@ -51,16 +50,15 @@ from runtime.store.runs import Checkpoint
 from runtime.tools.context import ToolContext
 from runtime.tools.executor import ToolOutcome, execute
 from runtime.tools.registry import ToolSpec
-from runtime.tracing import TraceBuffer, redact
+from runtime.tracing import REDACTED, TraceBuffer, redact, secret_name
 
 if TYPE_CHECKING:
     from runtime.service import RuntimeService
 
 log = logging.getLogger("agentrt.steps")
 
-_PROPOSAL = TypeAdapter(Proposal)
 #: keys a pending proposal carries for the runtime, stripped before validation
-_PENDING_META = ("call_key", "origin_step")
+_PENDING_META = ("call_key", "origin_step", "secret_args")
 #: seconds a tool lock (or bulkhead place) outlives the tool's timeout
 LEASE_MARGIN_S = 15.0
 
@@ -102,6 +100,10 @@ class _Step:
     model_name: str = ""
     #: idempotency key of the call being retried (kept across attempts of one call)
     call_key: str | None = None
+    #: the secret arguments of a call kept for a later step: stored apart from the run row
+    pending_secrets: dict[str, Any] | None = None
+    #: the text of secret argument values, scrubbed from errors
+    secrets: list[str] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -331,6 +333,19 @@ class StepRunner:
             st.call_key = pending.get("call_key")
             raw: Any = {k: v for k, v in pending.items() if k not in _PENDING_META}
             st.trace.add("proposal_resumed", tool=pending.get("tool"), call_key=st.call_key)
+            if pending.get("secret_args"):
+                secrets = self.svc.store.pending_secrets(st.run_id)
+                if secrets is None or set(secrets) != set(pending["secret_args"]):
+                    # fail closed: never run the call with its secrets missing or redacted
+                    st.trace.add("pending_secrets_lost", tool=pending.get("tool"))
+                    return _Move(
+                        RunStatus.FAILED,
+                        "failed",
+                        "pending_secrets_lost",
+                        stop_reason=stop_reasons.make("failed", "pending_secrets_lost"),
+                        run_updates={"pending_proposal": None},
+                    )
+                raw = {**raw, "args": {**raw.get("args", {}), **secrets}}
         else:
             try:
                 result = self._propose(st)
@@ -436,8 +451,19 @@ class StepRunner:
         )
 
     def _pending(self, st: _Step, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-        """A tool call kept for a later step (its retry key goes with it)."""
-        pending: dict[str, Any] = {"type": "tool_call", "tool": tool, "args": args}
+        """A tool call kept for a later step (its retry key goes with it). Its secret
+        arguments are kept apart (``pending_secrets``), never in the run row."""
+        spec = self.svc.registry.get(tool)
+        declared = spec.secret_args if spec else frozenset()
+        secret = sorted(n for n in args if n in declared or secret_name(n))
+        pending: dict[str, Any] = {
+            "type": "tool_call",
+            "tool": tool,
+            "args": {k: REDACTED if k in secret else v for k, v in args.items()},
+        }
+        if secret:
+            pending["secret_args"] = secret
+            st.pending_secrets = {n: args[n] for n in secret}
         if st.call_key:
             pending["call_key"] = st.call_key
         return pending
@@ -544,25 +570,34 @@ class StepRunner:
         proposer = self.svc.proposer_for(st.model_name)
         st.used_proposer = True
         result = proposer.propose(self._working_set(st))
-        st.usage = result.usage
+        reserved = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+        # a reported usage is untrusted: bounded by what the step reserved, so settling can
+        # never overspend and the checkpoint can never overflow a column
+        st.usage = result.usage.within(reserved)
         st.model_version = result.model_version
         st.trace.add(
             "proposal",
-            proposal=result.raw
-            if isinstance(result.raw, dict)
-            else {"raw": repr(result.raw)[:500]},
-            usage=result.usage.model_dump(),
+            proposal=proposals.shown(result.raw, self.svc.registry),
+            usage=st.usage.model_dump(include={"input_tokens", "output_tokens"}),
             model_version=result.model_version,
             latency_ms=result.latency_ms,
         )
+        if st.usage.reported is not None:
+            st.trace.add(
+                "usage_unknown" if st.usage.unknown else "usage_clamped",
+                reported=st.usage.reported,
+                charged=st.usage.total_tokens,
+                reserved=reserved,
+            )
         return result
 
     # --- validate and act ------------------------------------------------------------
     def _validate_and_act(self, st: _Step, raw: Any) -> _Move:
-        try:
-            proposal = _PROPOSAL.validate_python(raw)
-        except ValidationError as exc:
-            return self._refuse(st, "malformed", _short_errors(exc), raw)
+        proposal = proposals.parse(raw)
+        if isinstance(proposal, proposals.Refused):
+            return self._refuse(
+                st, proposal.code, proposal.errors, proposals.shown(raw, self.svc.registry)
+            )
         st.proposal = proposal.model_dump(by_alias=True)
         if isinstance(proposal, ReplyProposal):
             st.trace.add("validation", ok=True, type="reply")
@@ -590,21 +625,23 @@ class StepRunner:
         spec = svc.registry.get(proposal.tool)
         registered = spec is not None and proposal.tool in svc.config.tools
         args_model: BaseModel | None = None
+        # what is stored or shown of the call never carries its secret arguments
+        st.proposal = proposals.redact_call(st.proposal, svc.registry)
+        st.secrets = proposals.secret_values(spec, proposal.args)
         if spec is not None and registered:
-            try:
-                # validated before policy: policy rules see only well-formed, defaulted args
-                args_model = spec.input_model.model_validate(proposal.args)
-            except ValidationError as exc:
+            # validated before policy: policy rules see only well-formed, defaulted args
+            checked = proposals.validate_args(spec, proposal)
+            if isinstance(checked, proposals.Refused):
                 st.trace.add(
                     "validation",
                     ok=False,
-                    code="invalid_args",
+                    code=checked.code,
                     tool=proposal.tool,
-                    errors=_short_errors(exc),
+                    errors=checked.errors,
+                    detail=checked.detail,
                 )
-                return self._refuse(
-                    st, "invalid_args", _short_errors(exc), st.proposal, validated=True
-                )
+                return self._refuse(st, checked.code, checked.errors, st.proposal, validated=True)
+            args_model = checked
         args = args_model.model_dump(mode="json") if args_model is not None else proposal.args
         safe_args = redact(args, spec.secret_args if spec else frozenset())
         decision = svc.policy.decide(
@@ -639,7 +676,7 @@ class StepRunner:
                 f"{kind}:{decision.label}",
                 stop_reason=stop_reasons.make(kind, decision.label),
                 run_updates={
-                    "pending_proposal": {"type": "tool_call", "tool": proposal.tool, "args": args},
+                    "pending_proposal": self._pending(st, proposal.tool, args),
                     "approval_id": uuid.uuid4().hex,
                     "workflow_step": f"awaiting:{proposal.tool}",
                 },
@@ -804,6 +841,8 @@ class StepRunner:
         )
         st.trace.add("tool_start", tool=spec.name, idempotency_key=key, timeout_s=timeout_s)
         outcome = execute(spec, args_model, ctx, timeout_s)
+        # a tool may echo its arguments in an error: its secret ones never reach a record
+        outcome.error = proposals.scrub(outcome.error, st.secrets)
         st.tool_executed = True
         st.tool_cost_micro = svc.tool_cost_micro(spec.name)
         st.trace.add(
@@ -1027,6 +1066,9 @@ class StepRunner:
             spend=self._spend_row(st, actual) if actual is not None else None,
             decisions=st.decisions,
             effect_update=st.effect_update,
+            pending_secrets=st.pending_secrets,
+            clear_pending_secrets="pending_proposal" in updates
+            and bool((st.run["pending_proposal"] or {}).get("secret_args")),
         )
         try:
             svc.store.checkpoint(cp)
@@ -1036,6 +1078,13 @@ class StepRunner:
                 svc.ledger.release(st.run_id, st.step_no)
             svc.leases.release(lease)
             return StepResult("stale_write")
+        except Exception:
+            # the checkpoint failed for a reason nobody could know before (the database went
+            # away): a side effect that ran must still have its outcome on record, or a
+            # retry could not tell that it ran
+            if st.effect_update is not None:
+                self._record_effect_outcome(st.effect_update)
+            raise
 
         # one round trip: settle the budget, release the run lease, free the step's slot,
         # queue the next step and dispatch what may run now; then publish it
@@ -1069,6 +1118,16 @@ class StepRunner:
             return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)
         return StepResult(move.outcome)
 
+    def _record_effect_outcome(self, effect_update: dict[str, Any]) -> None:
+        try:
+            self.svc.store.record_effect_outcome(effect_update)
+        except Exception:
+            log.exception(
+                "side effect %s: its outcome could not be recorded either; a retry treats it "
+                "as unknown (same idempotency key, or an operator for an irreversible tool)",
+                effect_update["idempotency_key"],
+            )
+
     def _spend_row(self, st: _Step, actual: dict[str, int]) -> dict[str, Any]:
         return {
             "run_id": st.run_id,
@@ -1097,13 +1156,6 @@ def _retrying(st: _Step) -> bool:
 def item_of(run: dict[str, Any], step_no: int) -> Item:
     """The scheduler item of a run's step."""
     return Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
-
-
-def _short_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
-        for e in exc.errors()[:10]
-    ]
 
 
 #: exception class names (as Celery reports them) -> the failure class in ``failed:<class>``

@@ -57,6 +57,11 @@ def _secret_name(name: str) -> bool:
     return any(n in _SECRET_NAMES or n.endswith(_SECRET_SUFFIXES) for n in (low, snake))
 
 
+def secret_name(name: str) -> bool:
+    """Does a key name look like it holds a secret (``password``, ``apiKey``, ``x_token``)?"""
+    return _secret_name(name)
+
+
 def _is_secret_name(name: str, extra: frozenset[str]) -> bool:
     if extra and (name in extra or name.lower() in {e.lower() for e in extra}):
         return True

@@ -121,6 +121,8 @@ def create_app(
 ) -> AgentrtCelery:
     settings = settings or Settings()
     config = load_config(settings.config)
+    # every start-up check (tool modules, manifest, rules) before a worker takes a task
+    load_registry(config, str(settings.config))
     endpoints = endpoints or resolve_endpoints(settings)
     app = AgentrtCelery("agentrt", set_as_current=False)
     app.conf.update(celery_config(settings, config, endpoints))

@@ -16,6 +16,7 @@ from runtime.demo.tools import kb_search
 from runtime.errors import ProposerError
 from runtime.proposers.base import ToolDescription, WorkingSet
 from runtime.proposers.openai_compat import OpenAIProposer, function_name
+from runtime.store.dead_letters import DeadLetterFilter
 from tests import fake_openai
 from tests.fake_openai import FakeOpenAI, FakeResponse
 from tests.support import Deployment
@@ -294,13 +295,18 @@ def test_malformed_replies_raise_proposer_error(server: FakeOpenAI, body: Any) -
     assert info.value.code in ("model_bad_reply", "model_empty")
 
 
-def test_odd_usage_numbers_are_clamped_not_fatal(server: FakeOpenAI) -> None:
+def test_odd_usage_numbers_are_unknown_usage_not_fatal(server: FakeOpenAI) -> None:
+    # a count that is not a count is neither coerced ("7" -> 7) nor clamped to zero: the
+    # usage is unknown, and the step charges its worst case (fail closed)
     k = key()
     reply = fake_openai.text("fine")
     reply.body["usage"] = {"prompt_tokens": -5, "completion_tokens": "7"}
     server.add(reply, key=k)
     result = proposer(server).propose(working_set(k))
-    assert (result.usage.input_tokens, result.usage.output_tokens) == (0, 7)
+    assert result.raw == {"type": "reply", "text": "fine"}
+    assert result.usage.unknown
+    assert result.usage.reported == {"input_tokens": -5, "output_tokens": "7"}
+    assert result.usage.within(4000).total_tokens == 4000
 
 
 def test_unreachable_endpoint_raises_proposer_error() -> None:
@@ -456,3 +462,63 @@ def test_model_endpoint_failure_fails_the_run(chat: Deployment, server: FakeOpen
     run_id = submit(chat, k)
     done = chat.svc.wait(run_id, timeout=30)
     assert done.status == "failed" and done.stop_reason == "failed:model_error"
+
+
+# --- hostile replies: numbers, several calls, nesting -------------------------------------
+
+
+def test_an_absurd_usage_report_is_charged_at_the_reservation(
+    chat: Deployment, server: FakeOpenAI
+) -> None:
+    k = key()
+    server.add(fake_openai.text("ok", prompt_tokens=10**30, completion_tokens=2**63), key=k)
+    run_id = submit(chat, k)
+    done = chat.svc.wait(run_id, timeout=30)
+    # the checkpoint went through: the run ended normally, charged its reservation (1000)
+    assert done.status == "succeeded", done.stop_reason
+    [step] = chat.svc.store.steps(run_id)
+    assert step["input_tokens"] + step["output_tokens"] == 1000
+    assert chat.svc.store.spend(run_id=run_id)["tokens"] == 1000
+    unknown = next(e for e in chat.svc.trace(run_id) if e.kind == "usage_unknown")
+    assert unknown.data["charged"] == 1000
+
+
+def test_a_reply_with_fifty_calls_is_refused_and_records_every_call(
+    chat: Deployment, server: FakeOpenAI
+) -> None:
+    k = key()
+    many = fake_openai.tool_call("kb__search", {"query": "q0"}, call_id="c0")
+    message = many.body["choices"][0]["message"]
+    message["tool_calls"] = [
+        {"id": f"c{i}", "type": "function",
+         "function": {"name": "kb__search", "arguments": json.dumps({"query": f"q{i}"})}}
+        for i in range(50)
+    ]  # fmt: skip
+    server.add(many, fake_openai.text("answered without tools"), key=k)
+    run_id = submit(chat, k)
+    done = chat.svc.wait(run_id, timeout=30)
+    # the first reply was refused (fed back: the route allows one invalid proposal), none of
+    # its calls ran, and every one of them is on record
+    assert done.status == "succeeded", done.stop_reason
+    first = chat.svc.store.steps(run_id)[0]
+    assert first["outcome"] == "refused:multiple_tool_calls"
+    events = chat.svc.trace(run_id)
+    assert not any(e.kind == "tool_start" for e in events)
+    proposal = next(e for e in events if e.kind == "proposal")
+    assert [c["args"]["query"] for c in proposal.data["proposal"]["calls"]] == [
+        f"q{i}" for i in range(50)
+    ]
+
+
+def test_arguments_nested_thousands_deep_are_refused_with_a_reason(
+    chat: Deployment, server: FakeOpenAI
+) -> None:
+    k = key()
+    deep = '{"query": ' + "[" * 5000 + "]" * 5000 + "}"
+    server.add(fake_openai.tool_call("kb__search", deep, call_id="d1"), fake_openai.text("ok"),
+               key=k)  # fmt: skip
+    run_id = submit(chat, k)
+    done = chat.svc.wait(run_id, timeout=30)
+    assert done.status == "succeeded", done.stop_reason
+    assert chat.svc.store.steps(run_id)[0]["outcome"] == "refused:too_deep"
+    assert chat.svc.dead_letters.find(DeadLetterFilter(run_id=run_id)) == []

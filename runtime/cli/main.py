@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
@@ -37,6 +38,7 @@ from runtime.config import RuntimeConfig, load_config
 from runtime.contract import RunStatus, RunView
 from runtime.errors import AgentRuntimeError, ConfigError, InvalidTransition
 from runtime.keys import Keys
+from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
 from runtime.scheduling import view as scheduler_view
 from runtime.service import RuntimeService, WaitTimeout, load_registry, resolve_endpoints
 from runtime.settings import Settings
@@ -525,29 +527,102 @@ def config_check(
         Path | None,
         typer.Argument(help="The file (default: AGENTRT_CONFIG or config/runtime.yaml)."),
     ] = None,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Also ask each model of kind openai whether its endpoint answers "
+            "(GET {base_url}/models); exit 1 if one does not.",
+        ),
+    ] = False,
+    probe_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds each --probe waits for an answer.", min=0.1, max=60),
+    ] = DEFAULT_PROBE_TIMEOUT_S,
     json_out: JsonOpt = False,
 ) -> None:
-    """Validate a deployment file.
+    """Validate a deployment file: every check start-up makes.
 
-    Also imports its tool_modules and checks the tool manifest against them. Prints every
-    problem (each names its key) and exits 1 if there is any."""
+    Parses the file (no duplicate keys, no aliases, every number bounded), imports its
+    tool_modules, checks the tool manifest and every policy rule against the tools they
+    register, and the longest step against AGENTRT_VISIBILITY_TIMEOUT_S. Prints every
+    problem (each names its key or line) and exits 1 if there is any. With --probe, also
+    checks that each OpenAI-compatible model endpoint answers."""
     default = Settings.model_fields["config"].default
     path = path or Path(os.environ.get("AGENTRT_CONFIG") or default)
     try:
+        # what RuntimeService.from_settings and the workers run at start-up
         config = load_config(path)
-        load_registry(config, str(path))
+        with _cwd_on_path():
+            load_registry(config, str(path))
+        if problems := _visibility_problems(config):
+            raise ConfigError(str(path), problems)
     except ConfigError as exc:
         if json_out:
             emit_json({"ok": False, "path": str(path), "problems": exc.problems})
-        err.print(f"[red bold]invalid config[/] {escape(str(path))}:")
+        err.print(f"[red bold]invalid config[/] {escape(str(path))}:", soft_wrap=True)
         for problem in exc.problems:
             err.print(f"  - {escape(problem)}", soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
+    probes = probe_models(config, probe_timeout) if probe else None
+    answered = probes is None or all(p.ok for p in probes)
     if json_out:
-        emit_json({"ok": True, "path": str(path), **_config_summary(config)})
-        return
-    out.print(f"[green bold]ok[/] {escape(str(path))}")
-    out.print(_config_table(config))
+        summary = {"ok": answered, "path": str(path), **_config_summary(config)}
+        if probes is not None:
+            summary["probes"] = [asdict(p) for p in probes]
+        emit_json(summary)
+    else:
+        out.print(f"[green bold]ok[/] {escape(str(path))}", soft_wrap=True)
+        out.print(_config_table(config))
+        if probes is not None:
+            _print_probes(probes)
+    if not answered:
+        failed = sum(not p.ok for p in probes or ())
+        err.print(f"[red bold]{failed} model endpoint(s) did not answer[/]")
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _visibility_problems(config: RuntimeConfig) -> list[str]:
+    """Workers refuse a file whose longest step outlives the broker's visibility timeout
+    (a running step would be handed to a second worker): say so here too."""
+    try:
+        settings = Settings()
+    except ValidationError:
+        return []  # unusable settings are reported by the commands that use them
+    # tasks/ is the package that imports Celery; load it only when needed
+    needed: float = importlib.import_module("tasks.app").min_visibility_timeout(config)
+    if settings.visibility_timeout_s > needed or not config.routes:
+        return []
+    name, route = max(config.routes.items(), key=lambda item: item[1].step_timeout_s)
+    return [
+        f"routes.{name}.step_timeout_s: workers refuse to start: {route.step_timeout_s:g}s "
+        f"plus the hard-limit grace, lease margin and deferral need "
+        f"AGENTRT_VISIBILITY_TIMEOUT_S above {needed:g} (it is {settings.visibility_timeout_s})"
+    ]
+
+
+@contextlib.contextmanager
+def _cwd_on_path() -> Iterator[None]:
+    """Import tool modules as a worker does: ``python -m celery`` puts the working
+    directory first on ``sys.path``; this console script does not."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _print_probes(probes: list[ProbeResult]) -> None:
+    """One line per model: ``probe <model> <url>: ok | HTTP 404 | connection error...``"""
+    if not probes:
+        out.print("probe: no model of kind openai")
+    for p in probes:
+        mark = f"[{'green' if p.ok else 'red'}]{escape(p.detail)}[/]"
+        out.print(f"probe {escape(p.model)} {escape(p.url)}: {mark}", soft_wrap=True)
 
 
 def _config_summary(config: RuntimeConfig) -> dict[str, Any]:

@@ -8,6 +8,7 @@ become a proposal the runtime refuses, never a crash here).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,12 +17,16 @@ from typing import Any
 
 import openai
 
+from runtime.bounds import BoundsError, parse_json
 from runtime.config import ModelConfig
 from runtime.contract import ProposalResult, Usage
 from runtime.errors import ProposerError
+from runtime.proposals import MAX_ARGS_BYTES
 from runtime.proposers.base import ToolDescription, WorkingSet
 
 _FN_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+#: a model version a reply may name (it is stored on every step)
+_VERSION = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,200}")
 
 
 def function_name(tool: str) -> str:
@@ -142,29 +147,53 @@ class OpenAIProposer:
         if not getattr(response, "choices", None):
             raise ProposerError("model returned no choices", code="model_empty")
         message = response.choices[0].message
-        usage = Usage(
-            input_tokens=max(0, int(getattr(response.usage, "prompt_tokens", 0) or 0)),
-            output_tokens=max(0, int(getattr(response.usage, "completion_tokens", 0) or 0)),
+        reported = getattr(response, "usage", None)
+        # no usage in the reply is not "free": the step charges its worst case
+        usage = (
+            Usage(unknown=True, reported={"usage": None})
+            if reported is None
+            else Usage.from_report(
+                getattr(reported, "prompt_tokens", None),
+                getattr(reported, "completion_tokens", None),
+            )
         )
-        version = response.model or self.config.version
         raw: dict[str, Any]
-        if message.tool_calls:
-            call = message.tool_calls[0]
-            fn = getattr(call, "function", None)
-            name = getattr(fn, "name", "") or ""
-            arguments = getattr(fn, "arguments", "") or "{}"
-            try:
-                args: Any = json.loads(arguments)
-            except json.JSONDecodeError:
-                args = arguments  # not JSON: the runtime refuses it as invalid_args
-            raw = {
-                "type": "tool_call",
-                "tool": by_fn.get(name, name),
-                "args": args,
-                "call_id": call.id,
-            }
+        calls = list(message.tool_calls or [])
+        if len(calls) > 1:
+            # several calls in one reply: the runtime decides what to do with them (it refuses
+            # them with a reason code), so every one is handed over, none dropped here
+            raw = {"type": "tool_calls", "calls": [self._call(c, by_fn) for c in calls]}
+        elif calls:
+            raw = self._call(calls[0], by_fn)
         elif message.content:
             raw = {"type": "reply", "text": message.content}
         else:
             raw = {"type": "stop", "reason": "empty_reply"}
-        return ProposalResult(raw=raw, usage=usage, model_version=version, latency_ms=latency_ms)
+        return ProposalResult(
+            raw=raw,
+            usage=usage,
+            model_version=self._version(getattr(response, "model", None)),
+            latency_ms=latency_ms,
+        )
+
+    def _call(self, call: Any, by_fn: dict[str, str]) -> dict[str, Any]:
+        """One tool call as a raw proposal. Arguments that are not bounded JSON stay the text
+        the model wrote: the runtime refuses them with a reason code (and shows the model
+        its own text), never a crash here."""
+        fn = getattr(call, "function", None)
+        name = getattr(fn, "name", "") or ""
+        arguments: Any = getattr(fn, "arguments", "") or "{}"
+        with contextlib.suppress(BoundsError):
+            arguments = parse_json(arguments, label="args", max_bytes=MAX_ARGS_BYTES)
+        return {
+            "type": "tool_call",
+            "tool": by_fn.get(name, name),
+            "args": arguments,
+            "call_id": getattr(call, "id", None),
+        }
+
+    def _version(self, reported: Any) -> str:
+        """The model version the reply names, if it is a sane one; else the configured one."""
+        if isinstance(reported, str) and _VERSION.fullmatch(reported):
+            return reported
+        return self.config.version

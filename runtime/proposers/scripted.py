@@ -46,8 +46,18 @@ class ScriptedProposer:
         raw: Any = item
         if isinstance(item, dict):
             raw = {k: v for k, v in item.items() if k != "usage"}
-            try:
-                usage = Usage.model_validate(item.get("usage") or {})
-            except ValueError:
-                usage = Usage()
+            usage = _usage(item.get("usage"))
         return ProposalResult(raw=raw, usage=usage, model_version=self.model_version)
+
+
+def _usage(report: Any) -> Usage:
+    """A script item's ``usage`` (snake or camel case); no report means none was used, a
+    report that is not a pair of counts is unknown (charged at the worst case)."""
+    if report is None:
+        return Usage()
+    if not isinstance(report, dict):
+        return Usage.from_report(report, report)
+    return Usage.from_report(
+        report.get("input_tokens", report.get("inputTokens", 0)),
+        report.get("output_tokens", report.get("outputTokens", 0)),
+    )

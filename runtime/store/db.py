@@ -31,6 +31,9 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # a statement's parameters (arguments, inputs, secrets kept for a pending call) never
+    # appear in an error message, and so never in a log line or a dead-letter entry
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_engine(
             url,

@@ -30,6 +30,10 @@ def _json() -> Any:
     return Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
+def _bigint() -> Any:
+    return Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
 def _admitted_only(name: str, *columns: str) -> Index:
     """Unique over admitted runs only: a stored refusal never occupies a request id or an
     idempotency key (a retry is decided afresh), an admitted run always does."""
@@ -118,8 +122,8 @@ class StepRow(SQLModel, table=True):
     proposal: dict[str, Any] | None = _json()
     outcome: str = Field(max_length=200)
     observation: Any = _json()
-    input_tokens: int = 0
-    output_tokens: int = 0
+    input_tokens: int = _bigint()
+    output_tokens: int = _bigint()
     model_version: str | None = Field(default=None, max_length=200)
     started_at: datetime
     finished_at: datetime
@@ -190,6 +194,19 @@ class SideEffectRow(SQLModel, table=True):
     compensation_started_at: datetime | None = None
 
 
+class PendingSecretRow(SQLModel, table=True):
+    """The secret arguments of a call a run keeps for a later step (a lock wait, a retry, an
+    approval). Kept apart from the run row, the trace and every view; deleted with the
+    pending call."""
+
+    __tablename__ = "pending_secrets"
+
+    run_id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    args: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    at: datetime
+
+
 class SpendRow(SQLModel, table=True):
     __tablename__ = "spend_records"
     __table_args__ = (
@@ -204,14 +221,15 @@ class SpendRow(SQLModel, table=True):
     step_no: int
     #: UTC day the ledger charged (YYYY-MM-DD)
     day: str = Field(max_length=10)
-    tokens: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    model_calls: int = 0
-    tool_calls: int = 0
-    retries: int = 0
-    wall_clock_ms: int = 0
-    cost_micro_usd: int = 0
+    # 64-bit: a day's or a run's sums are bounded by the ledger's 64-bit counters
+    tokens: int = _bigint()
+    input_tokens: int = _bigint()
+    output_tokens: int = _bigint()
+    model_calls: int = _bigint()
+    tool_calls: int = _bigint()
+    retries: int = _bigint()
+    wall_clock_ms: int = _bigint()
+    cost_micro_usd: int = _bigint()
     at: datetime
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     JSON,
     Engine,
     Text,
+    delete,
     func,
     insert,
     inspect,
@@ -51,6 +52,7 @@ from runtime.errors import InvalidTransition, RunNotFound, SettingsError, StaleW
 from runtime.states import ALLOWED_FROM
 from runtime.store.db import utcnow
 from runtime.store.models import (
+    PendingSecretRow,
     PolicyDecisionRow,
     RunRow,
     SideEffectRow,
@@ -65,6 +67,7 @@ events_t = TraceEventRow.__table__  # type: ignore[attr-defined]
 decisions_t = PolicyDecisionRow.__table__  # type: ignore[attr-defined]
 effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
 spend_t = SpendRow.__table__  # type: ignore[attr-defined]
+secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -81,6 +84,10 @@ class Checkpoint:
     spend: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     effect_update: dict[str, Any] | None = None
+    #: secret arguments of the call the run keeps pending (stored apart from the run row)
+    pending_secrets: dict[str, Any] | None = None
+    #: the run's earlier pending call had secrets: delete them
+    clear_pending_secrets: bool = False
 
 
 @dataclass(frozen=True)
@@ -570,16 +577,45 @@ class RunStore:
                 if cp.decisions:
                     conn.execute(insert(decisions_t), cp.decisions)
                 if cp.effect_update:
-                    key = cp.effect_update["idempotency_key"]
+                    self._update_effect(conn, cp.effect_update)
+                if cp.clear_pending_secrets or cp.pending_secrets:
+                    conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
+                if cp.pending_secrets:
                     conn.execute(
-                        update(effects_t)
-                        .where(effects_t.c.idempotency_key == key)
-                        .values(
-                            **{k: v for k, v in cp.effect_update.items() if k != "idempotency_key"}
-                        )
+                        insert(secrets_t),
+                        [
+                            {
+                                "run_id": cp.run_id,
+                                "tenant_id": cp.step["tenant_id"],
+                                "args": cp.pending_secrets,
+                                "at": utcnow(),
+                            }
+                        ],
                     )
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
+
+    @staticmethod
+    def _update_effect(conn: Connection, effect_update: dict[str, Any]) -> None:
+        conn.execute(
+            update(effects_t)
+            .where(effects_t.c.idempotency_key == effect_update["idempotency_key"])
+            .values(**{k: v for k, v in effect_update.items() if k != "idempotency_key"})
+        )
+
+    def record_effect_outcome(self, effect_update: dict[str, Any]) -> None:
+        """Record a side effect's outcome on its own, when the step's checkpoint failed: a
+        retry then replays it instead of calling the tool again blindly."""
+        with self._write() as conn:
+            self._update_effect(conn, effect_update)
+
+    def pending_secrets(self, run_id: str) -> dict[str, Any] | None:
+        """The secret arguments of the run's pending call (None if none are stored)."""
+        with self.engine.connect() as conn:
+            values = conn.execute(
+                select(secrets_t.c.args).where(secrets_t.c.run_id == run_id)
+            ).scalar()
+        return dict(values) if isinstance(values, dict) else None
 
     def transition(
         self,

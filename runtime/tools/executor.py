@@ -8,6 +8,7 @@ thread and is abandoned at the deadline; its outcome is then unknown and recorde
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from runtime.bounds import BoundsError, check_json, json_size
 from runtime.errors import ToolExecutionError, ToolTimeout
 from runtime.tools.context import ToolContext
 from runtime.tools.registry import ToolSpec
@@ -58,12 +60,37 @@ def _alarm(timeout_s: float) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(remaining, 0.001), outer_interval)
 
 
+#: a tool result larger than this (as JSON) is not stored: the call counts as invalid_output
+MAX_RESULT_BYTES = 1024 * 1024
+#: an error code a tool raises becomes part of a stop reason: short and plain
+_CODE = re.compile(r"[a-z0-9_.\-]{1,60}")
+
+
+class _Unstorable(Exception):
+    pass
+
+
 def _to_jsonable(spec: ToolSpec, value: Any) -> Any:
     if spec.output_model is not None and not isinstance(value, spec.output_model):
         value = spec.output_model.model_validate(value)
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        value = value.model_dump(mode="json")
+    # the result is stored with the step: what cannot be stored is known now, before the
+    # checkpoint, not after it fails
+    try:
+        check_json(value, label="result")
+        size = json_size(value)
+    except BoundsError as exc:
+        raise _Unstorable(
+            f"{spec.name} returned a result that is not storable JSON: {exc}"
+        ) from None
+    if size > MAX_RESULT_BYTES:
+        raise _Unstorable(f"{spec.name} returned {size} bytes; at most {MAX_RESULT_BYTES} are kept")
     return value
+
+
+def _code(code: Any) -> str:
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else "tool_error"
 
 
 def execute(spec: ToolSpec, args: BaseModel, ctx: ToolContext, timeout_s: float) -> ToolOutcome:
@@ -85,15 +112,17 @@ def execute(spec: ToolSpec, args: BaseModel, ctx: ToolContext, timeout_s: float)
     except ToolTimeout as exc:
         return done(ok=False, error_code="tool_timeout", error=str(exc), outcome_unknown=True)
     except ToolExecutionError as exc:
-        return done(ok=False, error_code=exc.code, error=str(exc))
+        return done(ok=False, error_code=_code(exc.code), error=str(exc)[:5000])
     except ValidationError as exc:
         return done(
             ok=False,
             error_code="invalid_output",
-            error=f"{spec.name} returned invalid output: {exc}",
+            error=f"{spec.name} returned invalid output: {exc}"[:5000],
         )
+    except _Unstorable as exc:
+        return done(ok=False, error_code="invalid_output", error=str(exc)[:5000])
     except Exception as exc:
-        return done(ok=False, error_code="tool_error", error=f"{type(exc).__name__}: {exc}")
+        return done(ok=False, error_code="tool_error", error=f"{type(exc).__name__}: {exc}"[:5000])
 
 
 def _run_on_thread(spec: ToolSpec, args: BaseModel, ctx: ToolContext, timeout_s: float) -> Any:

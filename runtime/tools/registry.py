@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import string
 import typing
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ ToolFn = Callable[[Any, Any], Any]
 CompensateFn = Callable[[Any, Any, Any], Any]
 
 _SIDE_EFFECTS = ("read", "write", "external", "irreversible")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 @dataclass
@@ -158,18 +160,45 @@ class ToolRegistry:
         self._specs[spec.name] = spec
 
     @classmethod
-    def from_modules(cls, modules: Iterable[str]) -> ToolRegistry:
+    def from_modules(
+        cls, modules: Iterable[str], problems: list[str] | None = None
+    ) -> ToolRegistry:
+        """Import each module and register the tools it defines (``@tool`` values at its
+        top level). A module must be named by a dotted identifier, import cleanly and
+        define at least one tool: anything else is a mistake in ``tool_modules``.
+
+        Without ``problems``, the first mistake raises ``ToolDefinitionError``; with it,
+        every mistake is appended there and the other modules still load."""
         registry = cls()
+
+        def fail(message: str) -> None:
+            if problems is None:
+                raise ToolDefinitionError(message)
+            problems.append(message)
+
         for module_name in modules:
+            if not isinstance(module_name, str) or not _MODULE_NAME.match(module_name):
+                fail(f"{module_name!r} is not a module name (dotted identifiers: myapp.tools)")
+                continue
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
-                raise ToolDefinitionError(
-                    f"tool module {module_name!r} cannot be imported: {exc}"
-                ) from exc
-            for value in vars(module).values():
-                if isinstance(value, ToolSpec):
-                    registry.register(value)
+                fail(f"tool module {module_name!r} cannot be imported: {exc}")
+                continue
+            except ToolDefinitionError as exc:
+                fail(f"tool module {module_name!r}: {exc}")
+                continue
+            except Exception as exc:  # the module's own code failed while importing
+                fail(f"tool module {module_name!r} failed to import: {type(exc).__name__}: {exc}")
+                continue
+            specs = [v for v in vars(module).values() if isinstance(v, ToolSpec)]
+            if not specs:
+                fail(f"module {module_name!r} registers no tools (no @tool at its top level)")
+            for spec in specs:
+                try:
+                    registry.register(spec)
+                except ToolDefinitionError as exc:
+                    fail(f"tool module {module_name!r}: {exc}")
         return registry
 
     def get(self, name: str) -> ToolSpec | None:
