@@ -319,6 +319,25 @@ def test_a_refusal_does_not_hold_its_request_id(deployment: Deployment) -> None:
     assert svc.get(refused.run_id).stop_reason == "refused:route_stopped"
 
 
+def test_after_queue_full_the_retry_it_was_told_to_make_is_admitted(
+    fresh_deployment_on: Deployment,
+) -> None:
+    dep = fresh_deployment_on  # no worker yet: tenant tq's queue (max_queued 3) fills up
+    backlog = [dep.submit_script([REPLY], tenant="tq") for _ in range(3)]
+    assert {r.status for r in backlog} == {RunStatus.QUEUED}
+    request_id = rid()
+    refused = dep.submit_script([REPLY], tenant="tq", request_id=request_id)
+    assert refused.stop_reason == "refused:queue_full" and refused.retry_after_s
+    # When the queue drains and the caller retries with the same request id
+    dep.start_worker(concurrency=1)
+    dep.wait_all([r.run_id for r in backlog], timeout=60)
+    retry = dep.submit_script([REPLY], tenant="tq", request_id=request_id)
+    # Then the retry is a new, admitted run that runs (not the stored refusal)
+    assert retry.run_id != refused.run_id and retry.status == RunStatus.QUEUED
+    assert dep.svc.wait(retry.run_id, timeout=30).status == "succeeded"
+    assert dep.svc.get(refused.run_id).stop_reason == "refused:queue_full"
+
+
 def test_a_refused_unknown_route_then_the_right_route_is_admitted(
     deployment: Deployment,
 ) -> None:
