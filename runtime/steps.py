@@ -61,6 +61,8 @@ log = logging.getLogger("agentrt.steps")
 _PENDING_META = ("call_key", "origin_step", "secret_args")
 #: seconds a tool lock (or bulkhead place) outlives the tool's timeout
 LEASE_MARGIN_S = 15.0
+#: the run row's workflow_step column
+WORKFLOW_STEP_CHARS = 200
 
 
 @dataclass
@@ -1039,6 +1041,9 @@ class StepRunner:
         if move.status in TERMINAL_STATUSES:
             updates["finished_at"] = now
             updates["workflow_step"] = updates.get("workflow_step") or "finished"
+        if len(updates.get("workflow_step") or "") > WORKFLOW_STEP_CHARS:
+            # a lock name is rendered from the model's arguments: shown, not an identity
+            updates["workflow_step"] = updates["workflow_step"][: WORKFLOW_STEP_CHARS - 3] + "..."
         if st.run["started_at"] is None:
             updates["started_at"] = st.started_at
         updates["checkpoint_ref"] = f"step:{st.step_no}"
