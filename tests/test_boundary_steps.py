@@ -254,3 +254,24 @@ def test_a_call_that_waited_for_its_lock_runs_with_its_real_secret(
     assert pins_seen(deployment, vault) == ["1111", "2222"]
     assert deployment.svc.store.pending_secrets(second.run_id) is None
     assert "2222" not in stored_text(deployment, second.run_id)
+
+
+# --- a bad row never breaks the runtime -------------------------------------------------------
+
+
+def test_a_hand_edited_priority_never_breaks_recovery_or_scheduling(
+    fresh_deployment: Deployment,
+) -> None:
+    dep = fresh_deployment
+    # Given a queued run whose priority someone edited by hand to a value no version wrote
+    run = dep.submit_script([REPLY], route="r.boundary")
+    with dep.svc.store.engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET priority = 'urgent' WHERE run_id = :r"),
+                     {"r": run.run_id})  # fmt: skip
+    # When an operator runs recovery (which queues every live run again from SQL)
+    report = dep.svc.recovery.recover("ops:test", inflight_wait_s=0)
+    assert run.run_id in report.runs
+    # Then the run is scheduled (last, as the lowest priority) and a worker finishes it
+    dep.start_worker(concurrency=1)
+    done = dep.wait_all([run.run_id], timeout=60)[run.run_id]
+    assert done.status == "succeeded", done.stop_reason

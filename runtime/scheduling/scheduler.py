@@ -52,7 +52,9 @@ class Item:
     priority: str = "normal"
 
     def encode(self) -> str:
-        prio = PRIORITY_INDEX[self.priority]
+        # a priority no version of the runtime wrote (a row edited by hand) never breaks
+        # scheduling: such a step goes last
+        prio = PRIORITY_INDEX.get(self.priority, PRIORITY_INDEX["low"])
         return f"{self.run_id}|{self.step_no}|{self.tenant}|{self.route}|{prio}"
 
     @classmethod
