@@ -63,6 +63,38 @@ def probe_bulk(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
     return _probe(args, ctx)
 
 
+# take the next number of the key's global start order and record who took it
+_ORDER = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('RPUSH', KEYS[2], n .. '|' .. ARGV[1])
+return n
+"""
+
+
+class GateArgs(BaseModel):
+    key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
+
+
+@tool("probe.gate", side_effect="read", timeout_s=20)
+def probe_gate(args: GateArgs, ctx: ToolContext) -> ProbeResult:
+    """Number each call in one global start order (an INCR, so the order does not depend
+    on clocks or speed) and record ``<number>|<run id>``; then, while the gate key
+    ``probe:<key>:allow`` holds a number smaller than this call's, wait (counted in
+    ``probe:<key>:held``) until the test raises or deletes it. See tests/support.py
+    (``Gate``)."""
+    base = ctx.keys.demo(f"probe:{args.key}")
+    n = int(ctx.redis.eval(_ORDER, 2, f"{base}:seq", f"{base}:order", ctx.run_id))
+    allow = ctx.redis.get(f"{base}:allow")
+    if allow is not None and n > int(allow):
+        ctx.redis.incr(f"{base}:held")
+        try:
+            while (allow := ctx.redis.get(f"{base}:allow")) is not None and n > int(allow):
+                time.sleep(0.01)
+        finally:
+            ctx.redis.decr(f"{base}:held")
+    return ProbeResult(active=n)
+
+
 class FlakyArgs(BaseModel):
     key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
     by: int = Field(default=1, ge=1, le=1000)

@@ -6,6 +6,7 @@ tests check what actually executed at once, not the scheduler's own counters.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, Gate, redis_now, wait_for, wait_until
 
 
 def probe(key: str, ms: int = 100, tool: str = "probe.work") -> dict[str, Any]:
@@ -36,6 +37,11 @@ def first_step_wait(dep: Deployment, run_id: str) -> float:
     run = dep.svc.get(run_id)
     assert run.started_at is not None
     return (run.started_at - run.created_at).total_seconds()
+
+
+def inflight(dep: Deployment) -> int:
+    """Steps holding a slot: dispatched to Celery and not yet checkpointed."""
+    return len(dep.svc.scheduler.snapshot()["inflight"])
 
 
 @pytest.mark.slow
@@ -116,26 +122,48 @@ def test_low_priority_is_not_starved_by_sustained_high_priority(
 
 @pytest.mark.slow
 def test_small_tenant_is_not_stuck_behind_a_flooding_tenant(fresh_deployment: Deployment) -> None:
+    """Counts, not seconds: how many flood steps start between a newcomer's submit and its
+    first step. A scheduler that served the overdue flood first would start the whole
+    backlog (> 100 steps) in between, whatever the machine's speed."""
     dep = fresh_deployment
-    script = [REPLY]
-    # Given tenant t1 with a large backlog queued before any worker runs
-    flood = [dep.submit_script(script, tenant="t1", route="r.open") for _ in range(1200)]
-    flooded_at = time.monotonic()
-    dep.start_worker(concurrency=2)
-    wait_for(lambda: dep.svc.store.count_by("status", tenant_id="t1").get("succeeded", 0) >= 50,
-             timeout=60, message="the flood to be draining")  # fmt: skip
-    # past max_wait (5 s in the test config) every queued step of the flood is overdue:
-    # ageing must not let the flood go before a newcomer of the same priority
-    time.sleep(max(0.0, 6.0 - (time.monotonic() - flooded_at)))
-    # When tenant t2 submits a few runs
+    sched = dep.svc.config.scheduling
+    gate = Gate(dep)
+    script = [gate.step(), REPLY]
+    flood_size, drained_first, procs = 150, 20, 2
+    # Given tenant t1 with a backlog queued while no worker runs (nothing is dispatched)
+    flood = [dep.submit_script(script, tenant="t1", route="r.open") for _ in range(flood_size)]
+    flood_ids = {r.run_id for r in flood}
+    # that is older than max_wait (5 s in the test config): every queued step of the flood
+    # is overdue, and ageing must still not let it go before a newcomer of the same priority
+    wait_until(dep.svc.redis, redis_now(dep.svc.redis) + sched.max_wait_s["normal"] + 0.5,
+               "every flood step to be past its max wait")  # fmt: skip
+    # and that has been draining: the first calls pass, then the gate holds every process
+    gate.close_after(drained_first)
+    dep.start_worker(concurrency=procs)
+    capacity = procs + math.ceil(procs * sched.dispatch_headroom)  # steps in flight at most
+    wait_for(lambda: gate.held() == procs and inflight(dep) == capacity, timeout=60,
+             message="the flood to fill every process and the in-flight window")  # fmt: skip
+    before = gate.started()
+    assert before == drained_first + procs
+    # When tenant t2 submits a few runs, and the gate opens
     small = [dep.submit_script(script, tenant="t2", route="r.open") for _ in range(5)]
-    dep.wait_all([r.run_id for r in small], timeout=60)
-    # Then they start within a bounded wait, while most of the flood is still queued
-    waits = [first_step_wait(dep, r.run_id) for r in small]
-    left = dep.svc.store.count_by("status", tenant_id="t1").get("queued", 0)
-    assert left > 500, f"the flood drained too fast to show anything ({left} left)"
-    assert max(waits) < 1.5, waits
-    dep.wait_all([r.run_id for r in flood], timeout=120)
+    gate.open()
+    done = dep.wait_all([r.run_id for r in small], timeout=60)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    # Then flood steps started between their submit and their first steps: at most the
+    # dispatched ones not yet started (capacity - procs), then one flood step per newcomer
+    # step (equal weights: WFQ alternates), plus one for the order in which two pool
+    # processes reach the tool
+    order = gate.order()
+    flood_numbers = sorted(n for run_id, n in order.items() if run_id in flood_ids)
+    firsts = sorted(order[r.run_id] for r in small)
+    between = [sum(1 for n in flood_numbers if before < n < first) for first in firsts]
+    assert all(b <= capacity - procs + i + 2 for i, b in enumerate(between)), (between, capacity)
+    # while most of the flood was still queued: it could have gone first
+    assert flood_size - sum(1 for n in flood_numbers if n < firsts[-1]) > flood_size // 2
+    flooded = dep.wait_all([r.run_id for r in flood], timeout=180)
+    assert {v.status for v in flooded.values()} == {"succeeded"}
+    assert gate.started() == flood_size + len(small)
 
 
 @pytest.mark.slow
