@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -79,21 +79,49 @@ def test_tool_bulkhead_and_tenant_cap(fresh_deployment: Deployment) -> None:
     assert waits
 
 
+@dataclass
+class Queued:
+    """A submitted run and the Redis clock read just before and just after its submit: the
+    scheduler queued it (and aged it from) a moment in between."""
+
+    run_id: str
+    before: float
+    after: float
+
+
+def submit_timed(dep: Deployment, script: list[Any], **kw: Any) -> Queued:
+    before = redis_now(dep.svc.redis)
+    run = dep.submit_script(script, **kw)
+    return Queued(run.run_id, before, redis_now(dep.svc.redis))
+
+
 @pytest.mark.slow
 def test_priority_order_within_a_tenant_and_ageing(fresh_deployment: Deployment) -> None:
     dep = fresh_deployment
-    key = f"prio{uuid.uuid4().hex[:6]}"
+    gate = Gate(dep)  # numbers the runs' first steps in the order they start
+    offsets = dep.svc.config.scheduling.priority_offsets_s
+    lead = offsets["low"] - offsets["high"]  # 1.5 s in the test config
     # Given low-priority runs queued first and high-priority runs right after, no worker yet
-    low = [dep.submit_script([probe(key, 50), REPLY], route="r.open", priority="low")
+    low = [submit_timed(dep, [gate.step(), REPLY], route="r.open", priority="low")
            for _ in range(4)]  # fmt: skip
-    high = [dep.submit_script([probe(key, 50), REPLY], route="r.open", priority="high")
+    high = [submit_timed(dep, [gate.step(), REPLY], route="r.open", priority="high")
             for _ in range(4)]  # fmt: skip
     # When one single-process worker drains them
     dep.start_worker(concurrency=1)
     done = dep.wait_all([r.run_id for r in low + high], timeout=60)
-    # Then every high run started before any low run
-    started = {rid: v.started_at for rid, v in done.items()}
-    assert max(started[r.run_id] for r in high) < min(started[r.run_id] for r in low)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    # Then a high run started before every low run queued less than `lead` before it, and
+    # (ageing) after every low run queued more than `lead` before it. Which pairs are
+    # decided depends on how fast the submits were, never the outcome: on any machine
+    # the high runs submitted right after the lows must overtake at least the last one
+    order = gate.order()
+    started = sorted([*low, *high], key=lambda r: order[r.run_id])
+    seen = "".join("L" if r in low else "H" for r in started)
+    overtakes = [(h, lo) for h in high for lo in low if h.after < lo.before + lead]
+    aged = [(h, lo) for h in high for lo in low if h.before > lo.after + lead]
+    assert overtakes, f"no high run was queued within {lead} s of a low one"
+    assert all(order[h.run_id] < order[lo.run_id] for h, lo in overtakes), seen
+    assert all(order[lo.run_id] < order[h.run_id] for h, lo in aged), seen
 
 
 @pytest.mark.slow
@@ -101,23 +129,28 @@ def test_low_priority_is_not_starved_by_sustained_high_priority(
     fresh_deployment: Deployment,
 ) -> None:
     dep = fresh_deployment
+    gate = Gate(dep)
+    offsets = dep.svc.config.scheduling.priority_offsets_s
+    lead = offsets["low"] - offsets["high"]  # 1.5 s in the test config
+    script = [gate.step(), REPLY]
+    # Given a stream of high-priority work queued before and after a low-priority run,
+    # the later part more than `lead` after it (a wait on the low run's age, not on speed);
+    # no worker yet, so the scheduler decides the whole order
+    earlier = [submit_timed(dep, script, route="r.open", priority="high") for _ in range(3)]
+    low = submit_timed(dep, script, route="r.open", priority="low")
+    wait_until(dep.svc.redis, low.after + lead + 0.2, "the low run to age past the offset")
+    later = [submit_timed(dep, script, route="r.open", priority="high") for _ in range(6)]
+    # When one single-process worker drains them
     dep.start_worker(concurrency=1)
-    key = f"age{uuid.uuid4().hex[:6]}"
-    # a steady stream of high-priority work, more than the worker can keep up with
-    high = [dep.submit_script([probe(key, 150), REPLY], route="r.open", priority="high")
-            for _ in range(6)]  # fmt: skip
-    low = dep.submit_script([probe(key, 10), REPLY], route="r.open", priority="low")
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and dep.svc.get(low.run_id).started_at is None:
-        high.append(dep.submit_script([probe(key, 150), REPLY], route="r.open", priority="high"))
-        time.sleep(0.1)
-    # ageing: low's offset over high is 1.5 s in the test config; it starts well before the
-    # stream of newer high-priority runs ends
-    wait_for(lambda: dep.svc.get(low.run_id).started_at, timeout=10, message="the low run to start")
-    assert first_step_wait(dep, low.run_id) < 4.0
-    still_queued = [r for r in high if dep.svc.get(r.run_id).started_at is None]
-    assert still_queued, "the high-priority stream must still have been running"
-    dep.wait_all([r.run_id for r in [*high, low]], timeout=90)
+    runs = [*earlier, low, *later]
+    done = dep.wait_all([r.run_id for r in runs], timeout=90)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    # Then the low run goes after the high runs queued before it and before every one
+    # queued more than `lead` after it: with strict priority (no ageing) it would start
+    # last, after the whole stream
+    order = gate.order()
+    started = "".join("L" if r is low else "H" for r in sorted(runs, key=lambda r: order[r.run_id]))
+    assert started == "H" * len(earlier) + "L" + "H" * len(later), started
 
 
 @pytest.mark.slow
