@@ -7,14 +7,14 @@ tests check what actually executed at once, not the scheduler's own counters.
 from __future__ import annotations
 
 import math
-import statistics
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import TEST_CONFIG
 from tests.support import Deployment, Gate, redis_now, wait_for, wait_until
@@ -34,12 +34,6 @@ def probe_max(dep: Deployment, key: str) -> int:
 def probe_starts(dep: Deployment, key: str) -> list[float]:
     raw = dep.svc.redis.lrange(dep.svc.keys.demo(f"probe:{key}:starts"), 0, -1)
     return sorted(float(x) for x in raw)
-
-
-def first_step_wait(dep: Deployment, run_id: str) -> float:
-    run = dep.svc.get(run_id)
-    assert run.started_at is not None
-    return (run.started_at - run.created_at).total_seconds()
 
 
 def inflight(dep: Deployment) -> int:
@@ -238,18 +232,51 @@ def test_model_rate_limit_defers_steps_without_holding_slots(fresh_deployment: D
     assert min(spans) >= 0.45, spans  # 10/s: 5 intervals of 100 ms
 
 
+def private_deployment(
+    redis_url: str,
+    tmp_path: Path,
+    change: Callable[[dict[str, Any]], None] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Deployment:
+    """Like ``fresh_deployment``, with a changed copy of the test config or environment."""
+    config = TEST_CONFIG
+    if change is not None:
+        data = yaml.safe_load(TEST_CONFIG.read_text())
+        change(data)
+        config = tmp_path / "runtime.yaml"
+        config.write_text(yaml.safe_dump(data))
+    return Deployment.create(
+        name=f"f{uuid.uuid4().hex[:6]}",
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
+        config=config,
+        home=tmp_path,
+        extra_env=extra_env,
+    )
+
+
 @pytest.fixture
 def no_redelivery_deployment(redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
     """``fresh_deployment`` whose broker hands an unacked message back only after an hour:
     within a test, a dead worker's steps can come back only through the runtime."""
-    dep = Deployment.create(
-        name=f"f{uuid.uuid4().hex[:6]}",
-        redis_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
-        config=TEST_CONFIG,
-        home=tmp_path,
-        extra_env={"AGENTRT_VISIBILITY_TIMEOUT_S": "3600"},
+    dep = private_deployment(
+        redis_url, tmp_path, extra_env={"AGENTRT_VISIBILITY_TIMEOUT_S": "3600"}
     )
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+@pytest.fixture
+def slow_rate_deployment(redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    """``fresh_deployment`` whose ``probe.rated`` allows one call a minute: every call but
+    the first waits most of a minute, longer than any test looks."""
+
+    def one_a_minute(data: dict[str, Any]) -> None:
+        data["tools"]["probe.rated"]["rate_limit"] = {"limit": 1, "period_s": 60}
+
+    dep = private_deployment(redis_url, tmp_path, change=one_a_minute)
     try:
         yield dep
     finally:
@@ -305,19 +332,39 @@ def test_backpressure_refuses_with_retry_after(fresh_deployment: Deployment) -> 
 
 
 @pytest.mark.slow
-def test_waiting_steps_hold_no_slot(fresh_deployment: Deployment) -> None:
-    dep = fresh_deployment
+def test_waiting_steps_hold_no_slot(slow_rate_deployment: Deployment) -> None:
+    dep = slow_rate_deployment
     dep.start_worker(concurrency=2)
     key = f"w{uuid.uuid4().hex[:6]}"
-    # Given route r.limited (2 slots) and runs that wait on a rate limit (probe.rated: 5/s)
-    waiting = [dep.submit_script([probe(key, 10, "probe.rated")] * 3 + [REPLY], route="r.limited")
+    # Given route r.limited (2 slots) and three runs calling probe.rated (one call a
+    # minute): one call gets through, the other two steps must wait most of a minute
+    waiting = [dep.submit_script([probe(key, 10, "probe.rated"), REPLY], route="r.limited")
                for _ in range(3)]  # fmt: skip
     # When another run of the same route comes while they wait
     other = dep.submit_script([REPLY], route="r.limited")
-    done = dep.wait_all([r.run_id for r in [*waiting, other]], timeout=60)
-    # Then it finishes before the rate-limited ones: waiting steps gave their slots back
-    assert done[other.run_id].finished_at < max(done[r.run_id].finished_at for r in waiting)
-    assert statistics.mean(first_step_wait(dep, r.run_id) for r in waiting) < 5
+    ids = [r.run_id for r in waiting]
+
+    def two_waiting_none_in_flight() -> bool:
+        snap = dep.svc.scheduler.snapshot()
+        done = dep.svc.store.statuses([other.run_id, *ids])
+        return (
+            done[other.run_id] == "succeeded"
+            and [done[i] for i in ids].count("succeeded") == 1
+            and snap["delayed"] == 2
+            and snap["inflight"] == []
+        )
+
+    # Then it finishes while two steps wait, and the waiting steps hold no slot: if they
+    # kept their slots, both of the route's slots would be taken until the wait ended
+    wait_for(two_waiting_none_in_flight, timeout=45,
+             message="the other run to finish while two steps wait without a slot")  # fmt: skip
+    stalled = [i for i in ids if dep.svc.store.statuses([i])[i] != "succeeded"]
+    assert all(any(e.kind == "rate_limited" for e in dep.svc.trace(run_id)) for run_id in stalled)
+    assert probe_max(dep, key) == 1 and len(probe_starts(dep, key)) == 1
+    # and no slot had to come back through lease expiry (which frees even a held slot)
+    assert "expired: queued again" not in dep.workers[0].log()
+    for run_id in stalled:  # rather than wait a minute for them
+        dep.svc.cancel(run_id, actor="tester")
 
 
 def test_token_rate_limit_takes_worst_case_and_gives_back_the_rest(redis_url: str) -> None:
