@@ -20,8 +20,13 @@ from tests.conftest import TEST_CONFIG
 from tests.support import Deployment, Gate, redis_now, wait_for, wait_until
 
 
-def probe(key: str, ms: int = 100, tool: str = "probe.work") -> dict[str, Any]:
-    return {"type": "tool_call", "tool": tool, "args": {"key": key, "ms": ms}}
+def probe(
+    key: str, ms: int = 100, tool: str = "probe.work", gate: str | None = None
+) -> dict[str, Any]:
+    args: dict[str, Any] = {"key": key, "ms": ms}
+    if gate is not None:
+        args["gate"] = gate
+    return {"type": "tool_call", "tool": tool, "args": args}
 
 
 REPLY = {"type": "reply", "text": "ok"}
@@ -61,19 +66,31 @@ def test_tool_bulkhead_and_tenant_cap(fresh_deployment: Deployment) -> None:
     dep = fresh_deployment
     dep.start_worker(concurrency=4)
     bulk, capped = f"bulk{uuid.uuid4().hex[:6]}", f"cap{uuid.uuid4().hex[:6]}"
+    gate = Gate(dep)
+    gate.close_after(0)  # every probe below waits inside its limit until the gate opens
     # probe.bulk has max_concurrency 1 across every route and tenant
-    runs = [dep.submit_script([probe(bulk, 200, "probe.bulk"), REPLY], route="r.open",
+    runs = [dep.submit_script([probe(bulk, 200, "probe.bulk", gate.key), REPLY], route="r.open",
                               tenant=t) for t in ("t1", "t2", "t3", "t1")]  # fmt: skip
     # tenant "tcap" may run one step at a time, on a route that would allow 50
-    runs += [dep.submit_script([probe(capped, 200), REPLY], route="r.open", tenant="tcap")
-             for _ in range(4)]  # fmt: skip
+    runs += [dep.submit_script([probe(capped, 200, gate=gate.key), REPLY], route="r.open",
+                               tenant="tcap") for _ in range(4)]  # fmt: skip
+
+    def bulkhead_waits() -> list[Any]:
+        return [e for r in runs[:4] for e in dep.svc.trace(r.run_id) if e.kind == "bulkhead_full"]
+
+    # While one bulk call and one capped step are held inside, the other bulk calls are
+    # deferred by the bulkhead (without holding a route slot) and the other capped runs
+    # are not started at all: neither depends on how fast the calls come
+    wait_for(lambda: gate.held() == 2 and bulkhead_waits(), timeout=60,
+             message="one call of each held, a bulk call deferred")  # fmt: skip
+    statuses = dep.svc.store.statuses([r.run_id for r in runs[4:]])
+    assert sorted(statuses.values()) == ["queued", "queued", "queued", "running"], statuses
+    gate.open()
     done = dep.wait_all([r.run_id for r in runs], timeout=90)
     assert {v.status for v in done.values()} == {"succeeded"}
     assert probe_max(dep, bulk) == 1
     assert probe_max(dep, capped) == 1
-    # the bulkhead made calls wait without holding a route slot (deferred steps)
-    waits = [e for r in runs[:4] for e in dep.svc.trace(r.run_id) if e.kind == "bulkhead_full"]
-    assert waits
+    assert len(probe_starts(dep, bulk)) == len(probe_starts(dep, capped)) == 4
 
 
 @dataclass
