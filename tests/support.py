@@ -298,6 +298,7 @@ class Gate:
         """Run id -> the number of its first call (a redelivered call keeps the first)."""
         numbers: dict[str, int] = {}
         for raw in self.dep.svc.tool_redis.lrange(self._k("order"), 0, -1):
-            n, run_id = raw.decode().split("|", 1)
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            n, run_id = text.split("|", 1)
             numbers.setdefault(run_id, int(n))
         return numbers
