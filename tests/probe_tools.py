@@ -25,9 +25,38 @@ return n
 """
 
 
+# take the next number of the key's global start order and record who took it
+_ORDER = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('RPUSH', KEYS[2], n .. '|' .. ARGV[1])
+return n
+"""
+
+
+def _pass_gate(key: str, ctx: ToolContext) -> int:
+    """Number this call in the gate's global start order (an INCR, so the order depends on
+    neither clocks nor speed) and record ``<number>|<run id>``; then, while the gate key
+    ``probe:<key>:allow`` holds a number smaller than this call's, wait (counted in
+    ``probe:<key>:held``) until the test raises or deletes it. The test's side is
+    ``Gate`` in tests/support.py."""
+    base = ctx.keys.demo(f"probe:{key}")
+    n = int(ctx.redis.eval(_ORDER, 2, f"{base}:seq", f"{base}:order", ctx.run_id))
+    allow = ctx.redis.get(f"{base}:allow")
+    if allow is not None and n > int(allow):
+        ctx.redis.incr(f"{base}:held")
+        try:
+            while (allow := ctx.redis.get(f"{base}:allow")) is not None and n > int(allow):
+                time.sleep(0.01)
+        finally:
+            ctx.redis.decr(f"{base}:held")
+    return n
+
+
 class ProbeArgs(BaseModel):
     key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
     ms: int = Field(default=100, ge=0, le=10_000)
+    #: a gate (``probe.gate``'s key) to pass once counted in, before working ``ms``
+    gate: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,60}$")
 
 
 class ProbeResult(BaseModel):
@@ -39,6 +68,8 @@ def _probe(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
     active = int(ctx.redis.eval(_ENTER, 3, f"{base}:active", f"{base}:max", f"{base}:starts",
                                 f"{time.time():.6f}"))  # fmt: skip
     try:
+        if args.gate is not None:
+            _pass_gate(args.gate, ctx)
         time.sleep(args.ms / 1000)
     finally:
         ctx.redis.decr(f"{base}:active")
@@ -61,6 +92,16 @@ def probe_rated(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
 def probe_bulk(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
     """Like probe.work; the config gives it a bulkhead."""
     return _probe(args, ctx)
+
+
+class GateArgs(BaseModel):
+    key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
+
+
+@tool("probe.gate", side_effect="read", timeout_s=20)
+def probe_gate(args: GateArgs, ctx: ToolContext) -> ProbeResult:
+    """Pass the gate ``key`` (see ``_pass_gate``): a global start order, and a hold."""
+    return ProbeResult(active=_pass_gate(args.key, ctx))
 
 
 class FlakyArgs(BaseModel):

@@ -246,3 +246,59 @@ class Deployment:
     def counter(self, key: str) -> int:
         raw = self.svc.tool_redis.get(self.svc.keys.demo(f"counter:{key}"))
         return int(raw or 0)
+
+
+def redis_now(client: Any) -> float:
+    """The Redis server's clock, in seconds: the clock the scheduler's scripts age by."""
+    sec, usec = client.time()
+    return float(sec) + float(usec) / 1e6
+
+
+def wait_until(client: Any, at: float, message: str) -> None:
+    """Until the Redis clock passes ``at``: a wait on a condition about age (a step's
+    enqueue time plus its max wait, say), not an assumption about speed."""
+    wait_for(lambda: redis_now(client) > at, timeout=max(0.0, at - redis_now(client)) + 30,
+             interval=0.05, message=message)  # fmt: skip
+
+
+@dataclass
+class Gate:
+    """The test's side of ``probe.gate`` (tests/probe_tools.py).
+
+    Every call of ``probe.gate`` with this key takes the next number of one global start
+    order (a Redis INCR), so tests compare the order in which steps started, whatever the
+    machine's speed. ``close_after(n)`` lets the first ``n`` calls through and holds the
+    rest inside the tool (holding their pool processes) until ``open()``."""
+
+    dep: Deployment
+    key: str = field(default_factory=lambda: f"g{uuid.uuid4().hex[:8]}")
+
+    def _k(self, name: str) -> str:
+        return self.dep.svc.keys.demo(f"probe:{self.key}:{name}")
+
+    def step(self) -> dict[str, Any]:
+        """A scripted proposal calling the gate."""
+        return {"type": "tool_call", "tool": "probe.gate", "args": {"key": self.key}}
+
+    def close_after(self, calls: int) -> None:
+        self.dep.svc.tool_redis.set(self._k("allow"), calls)
+
+    def open(self) -> None:
+        self.dep.svc.tool_redis.delete(self._k("allow"))
+
+    def started(self) -> int:
+        """Calls started so far (the last number taken)."""
+        return int(self.dep.svc.tool_redis.get(self._k("seq")) or 0)
+
+    def held(self) -> int:
+        """Calls waiting at the closed gate now."""
+        return int(self.dep.svc.tool_redis.get(self._k("held")) or 0)
+
+    def order(self) -> dict[str, int]:
+        """Run id -> the number of its first call (a redelivered call keeps the first)."""
+        numbers: dict[str, int] = {}
+        for raw in self.dep.svc.tool_redis.lrange(self._k("order"), 0, -1):
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            n, run_id = text.split("|", 1)
+            numbers.setdefault(run_id, int(n))
+        return numbers

@@ -122,26 +122,31 @@ def test_locks_have_independent_counters(leases: LeaseManager) -> None:
 
 
 def test_renew_extends_a_lease(leases: LeaseManager) -> None:
-    got = leases.acquire_lock("renew-me", new_owner(), 1_000)
+    # (a 20 s lease: the renewal comes long before it could expire, however slow the call)
+    got = leases.acquire_lock("renew-me", new_owner(), 20_000)
     assert isinstance(got, Lease)
-    assert leases.renew(got, 60_000) is True
-    assert leases.redis.pttl(got.key) > 30_000
+    assert leases.renew(got, 600_000) is True
+    assert leases.redis.pttl(got.key) > 300_000
     busy = leases.acquire_lock("renew-me", new_owner(), 1_000)
-    assert isinstance(busy, Busy) and busy.retry_after_ms > 30_000
+    assert isinstance(busy, Busy) and busy.retry_after_ms > 300_000
 
 
 def test_an_expired_lease_frees_the_lock(leases: LeaseManager) -> None:
-    # Given a holder that stalls past its 150 ms lease
+    # Given a holder whose lease keeps B out
     a, b = new_owner(), new_owner()
-    stale = leases.acquire_lock("short", a, 150)
+    stale = leases.acquire_lock("short", a, 60_000)
     assert isinstance(stale, Lease)
     assert isinstance(leases.acquire_lock("short", b, 10_000), Busy)
 
-    # When the lease expires, B gets it with a newer token
-    got_b = wait_for(lambda: _lease_or_none(leases, "short", b), timeout=5, message="expiry")
+    # When it stalls past its lease (Redis expires the key: here in a millisecond, rather
+    # than a test betting that its next call comes before a short lease runs out)
+    leases.redis.pexpire(stale.key, 1)
+
+    # Then B gets it with a newer token
+    got_b = wait_for(lambda: _lease_or_none(leases, "short", b), timeout=10, message="expiry")
     assert got_b.fencing_token > stale.fencing_token
 
-    # Then the stalled holder can neither renew nor release B's lease
+    # and the stalled holder can neither renew nor release B's lease
     assert leases.renew(stale, 10_000) is False
     assert leases.release(stale) is False
     assert leases.redis.get(got_b.key) == b.encode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +19,16 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from runtime.cli.main import app
-from tests.support import ROOT, Deployment, wait_for
+from tests.support import ROOT, Deployment, Gate, wait_for
 
 REPLY = {"type": "reply", "text": "ok"}
 
 
-def probe(ms: int, tool: str = "probe.work") -> dict[str, Any]:
-    key = f"q{uuid.uuid4().hex[:8]}"
-    return {"type": "tool_call", "tool": tool, "args": {"key": key, "ms": ms}}
+def probe(ms: int, tool: str = "probe.work", gate: Gate | None = None) -> dict[str, Any]:
+    args: dict[str, Any] = {"key": f"q{uuid.uuid4().hex[:8]}", "ms": ms}
+    if gate is not None:
+        args["gate"] = gate.key
+    return {"type": "tool_call", "tool": tool, "args": args}
 
 
 def cli(*args: str) -> Result:
@@ -85,7 +88,7 @@ def test_depth_per_tenant_and_priority_then_drained_by_a_worker(fresh_env: Deplo
 
     # When a worker (2 processes) reports in and drains the queues
     dep.start_worker(concurrency=2)
-    done = dep.wait_all([r.run_id for r in runs], timeout=20)
+    done = dep.wait_all([r.run_id for r in runs], timeout=60)
     assert {v.status.value for v in done.values()} == {"succeeded"}
 
     # Then its capacity shows and nothing is queued or in flight
@@ -94,7 +97,7 @@ def test_depth_per_tenant_and_priority_then_drained_by_a_worker(fresh_env: Deplo
         capacity = view["capacity"]
         return view if capacity["processes"] == 2 and capacity["inFlight"] == 0 else None
 
-    view = wait_for(drained, timeout=10, message="the worker's capacity and an empty scheduler")
+    view = wait_for(drained, timeout=30, message="the worker's capacity and an empty scheduler")
     assert view["queued"] == 0 and view["tenants"] == [] and view["parked"] == []
     assert view["capacity"]["dispatchLimit"] == 4  # 2 processes + 100% headroom
     (worker,) = view["capacity"]["workers"]
@@ -106,10 +109,14 @@ def test_in_flight_against_route_limit_tenant_cap_bulkhead_and_leases(
 ) -> None:
     dep = fresh_env
     dep.start_worker(concurrency=3)
+    # every probe stays in its call until the gate opens: the view below is read while the
+    # state holds still, not within a window the machine's speed decides
+    gate = Gate(dep)
+    gate.close_after(0)
     # r.limited allows 2 steps at once; tenant tcap 1; tool probe.bulk 1 call at once
-    runs = [dep.submit_script([probe(1500), REPLY], route="r.limited") for _ in range(3)]
+    runs = [dep.submit_script([probe(10, gate=gate), REPLY], route="r.limited") for _ in range(3)]
     runs += [
-        dep.submit_script([probe(1500, "probe.bulk"), REPLY], route="r.open", tenant="tcap")
+        dep.submit_script([probe(10, "probe.bulk", gate), REPLY], route="r.open", tenant="tcap")
         for _ in range(2)
     ]
 
@@ -123,11 +130,12 @@ def test_in_flight_against_route_limit_tenant_cap_bulkhead_and_leases(
             and tenants.get("t1", {}).get("parked") == "route:r.limited"
             and tenants.get("tcap", {}).get("parked") == "tenant_cap"
             and holders == 1
+            and gate.held() == 3
         ):
             return view
         return None
 
-    view = wait_for(busy, timeout=10, message="a full route, a capped tenant, a full bulkhead")
+    view = wait_for(busy, timeout=30, message="a full route, a capped tenant, a full bulkhead")
     limited = by(view["routes"], "route")["r.limited"]
     assert limited == {
         "route": "r.limited",
@@ -166,7 +174,8 @@ def test_in_flight_against_route_limit_tenant_cap_bulkhead_and_leases(
     assert "leases (3 of 3, soonest expiry first)" in out
     assert "probe.bulk" in out and "r.limited" in out
 
-    done = dep.wait_all([r.run_id for r in runs], timeout=20)
+    gate.open()
+    done = dep.wait_all([r.run_id for r in runs], timeout=60)
     assert {v.status.value for v in done.values()} == {"succeeded"}
     view = queues()
     assert view["capacity"]["inFlight"] == 0 and view["parked"] == [] and view["queued"] == 0
@@ -208,6 +217,7 @@ def test_rate_limiters_show_when_they_throttle(rated_env: Deployment) -> None:
     assert idle["tool:probe.rated"]["limit"] == 1 and idle["tool:probe.rated"]["periodS"] == 60
 
     dep.start_worker(concurrency=2)
+    began = time.monotonic()  # before any limiter is taken from
     # two runs call the rated tool, two use the rated model: one of each gets through
     tool_runs = [dep.submit_script([probe(10, "probe.rated"), REPLY], route="r.open")
                  for _ in range(2)]  # fmt: skip
@@ -228,16 +238,19 @@ def test_rate_limiters_show_when_they_throttle(rated_env: Deployment) -> None:
             return view
         return None
 
-    view = wait_for(throttled, timeout=15, message="both limiters throttling, 2 steps delayed")
+    view = wait_for(throttled, timeout=30, message="both limiters throttling, 2 steps delayed")
+    # the limiters were taken from since `began`: their schedules were set at most this
+    # long ago (however long the machine took), plus clock granularity
+    since_ms = (time.monotonic() - began) * 1000 + 50
     rates = by(view["rateLimits"], "name")
     for name in ("tool:probe.rated", "model:scripted-rated:requests"):
-        # one call a minute: the schedule runs most of a minute ahead
-        assert 50_000 < rates[name]["aheadMs"] <= 60_000
+        # one call a minute: the schedule runs a minute ahead of the call that got through
+        assert 60_000 - since_ms <= rates[name]["aheadMs"] <= 60_000
         assert rates[name]["retryAfterMs"] == rates[name]["aheadMs"]  # burst 1: no tolerance
         assert rates[name]["available"] == 0
     # 500 tokens at 1000/min put the token schedule up to 30 s ahead, within its burst
     tokens = rates["model:scripted-rated:tokens"]
-    assert 0 < tokens["aheadMs"] <= 30_000 and not tokens["throttling"]
+    assert 30_000 - since_ms <= tokens["aheadMs"] <= 30_000 and not tokens["throttling"]
     assert 500 <= tokens["available"] < 1000  # a step's 1000-token reservation must wait
     # the deferred steps wait as delayed items, counted in their tenants' queues
     tenants = by(view["tenants"], "tenant")
@@ -247,7 +260,7 @@ def test_rate_limiters_show_when_they_throttle(rated_env: Deployment) -> None:
     ids = [r.run_id for r in tool_runs + model_runs]
     wait_for(
         lambda: list(dep.svc.store.statuses(ids).values()).count("succeeded") == 2,
-        timeout=10,
+        timeout=30,
         message="the run of each limiter that got through to finish",
     )
 

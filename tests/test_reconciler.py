@@ -159,7 +159,8 @@ def test_one_round_per_interval_across_reconcilers(
     try:
         lost = store_unscheduled(svc)
         age(svc, [lost], 120)
-        reconcilers = [Reconciler(s, grace_s=60, interval_s=1.0) for s in (svc, other_svc)]
+        # an interval longer than any test step takes: "within the interval" is not a race
+        reconcilers = [Reconciler(s, grace_s=60, interval_s=60.0) for s in (svc, other_svc)]
         barrier = threading.Barrier(len(reconcilers))
         reports: list[ReconcileReport] = []
 
@@ -180,12 +181,15 @@ def test_one_round_per_interval_across_reconcilers(
         assert skipped == ReconcileReport(held_lock=False)
         assert [z for r in reports for z in r.zombies] == [lost.run_id]
         assert len(reconciled(svc, lost.run_id)) == 1
-        # and the lock is kept for the interval, then anyone may take the next round
+        # and the lock is kept for the interval, expiring by itself at its end (its ttl is
+        # the interval's), then anyone may take the next round
         assert reconcilers[0].reconcile().held_lock is False
         assert reconcilers[1].reconcile().held_lock is False
+        assert 0 < svc.redis.pttl(svc.keys.reconciler_lock()) <= 60_000
+        svc.redis.pexpire(svc.keys.reconciler_lock(), 1)  # the interval passes
         wait_for(
             lambda: reconcilers[1].reconcile().held_lock,
-            timeout=5,
+            timeout=10,
             message="the next interval's round",
         )
     finally:

@@ -240,7 +240,8 @@ def test_an_open_tool_breaker_makes_the_call_wait_then_probe(
     key = f"g{uuid.uuid4().hex[:8]}"
     svc.tool_redis.set(svc.keys.demo(f"fail:{key}"), "1")
     call = {"type": "tool_call", "tool": "probe.guarded", "args": {"key": key}}
-    # Given a tool whose breaker opens after 2 failures (for 1 s)
+    # Given a tool whose breaker opens after 2 failures (for 5 s: the third attempt comes
+    # well within that: it finds the breaker open without racing a 1 s window)
     run = dep.submit_script([call, REPLY], route="r.retry")
     done = svc.wait(run.run_id, timeout=30)
     assert done.stop_reason == "dead_lettered:exhausted"

@@ -156,7 +156,9 @@ def test_tool_timeout_is_enforced(deployment: Deployment) -> None:
     done = deployment.svc.wait(run.run_id, timeout=30)
     assert done.stop_reason == "failed:tool_timeout"
     end = next(e for e in deployment.svc.trace(run.run_id) if e.kind == "tool_end")
-    assert end.data["duration_ms"] < 4000
+    # the call was cut at its timeout, not waited out: it ended before the tool's own 5 s
+    # of work could have (a comparison of two sleeps, not of the machine's speed)
+    assert 1900 <= end.data["duration_ms"] < 5000
 
 
 def test_policy_rules_deny_and_require_approval(deployment: Deployment) -> None:
