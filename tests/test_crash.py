@@ -56,15 +56,15 @@ def test_killed_pool_processes_redeliver_steps_without_repeating_effects(
     run_ids = [r.run_id for r in runs]
 
     # When every pool process is SIGKILLed while steps are mid-call, three times over
+    def kill_mid_call() -> list[int]:
+        # (the pool processes killed last round must have been replaced first); checked and
+        # killed in one go, so a pool process replaced in between is not a failure
+        if not (started_effects(dep, run_ids) and all(w.children() for w in dep.workers)):
+            return []
+        return [pid for w in dep.workers for pid in w.kill_children()]
+
     for _ in range(3):
-        # (the pool processes killed last round must have been replaced first)
-        wait_for(
-            lambda: started_effects(dep, run_ids) and all(w.children() for w in dep.workers),
-            timeout=30,
-            message="a step mid-call",
-        )
-        killed = [pid for w in dep.workers for pid in w.kill_children()]
-        assert killed
+        assert wait_for(kill_mid_call, timeout=30, message="a step mid-call to kill")
 
     # Then every run completes and each increment happened exactly once
     done = dep.wait_all(run_ids, timeout=120)
