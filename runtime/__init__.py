@@ -6,14 +6,44 @@ Layers (imports point down only):
     service        runtime.service   - the composition root
     concerns       admission, policy, budgets, locks, tools, proposers, steps, store, tracing
     leaves         contract, errors, keys, settings, config, stop_reasons, states
+
+The names below are imported on first use (PEP 562): ``import runtime.store`` must not
+load the whole service (the step loop, the scheduler, the tools) with it, so a read-only
+command stays cheap. ``from runtime import Runtime`` works as before.
 """
 
-from runtime.contract import RunStatus, RuntimeRun, RunView, TraceEvent, VersionSet
-from runtime.errors import AdmissionRefused, AgentRuntimeError, ConfigError, RunNotFound
-from runtime.service import Runtime, RuntimeService, WaitTimeout
-from runtime.settings import Settings
-from runtime.tools.context import ToolContext
-from runtime.tools.registry import ToolSpec, tool
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.contract import RunStatus, RuntimeRun, RunView, TraceEvent, VersionSet
+    from runtime.errors import AdmissionRefused, AgentRuntimeError, ConfigError, RunNotFound
+    from runtime.service import Runtime, RuntimeService, WaitTimeout
+    from runtime.settings import Settings
+    from runtime.tools.context import ToolContext
+    from runtime.tools.registry import ToolSpec, tool
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "RunStatus": "runtime.contract",
+    "RuntimeRun": "runtime.contract",
+    "RunView": "runtime.contract",
+    "TraceEvent": "runtime.contract",
+    "VersionSet": "runtime.contract",
+    "AdmissionRefused": "runtime.errors",
+    "AgentRuntimeError": "runtime.errors",
+    "ConfigError": "runtime.errors",
+    "RunNotFound": "runtime.errors",
+    "Runtime": "runtime.service",
+    "RuntimeService": "runtime.service",
+    "WaitTimeout": "runtime.service",
+    "Settings": "runtime.settings",
+    "ToolContext": "runtime.tools.context",
+    "ToolSpec": "runtime.tools.registry",
+    "tool": "runtime.tools.registry",
+}
 
 __all__ = [
     "AdmissionRefused",
@@ -33,3 +63,16 @@ __all__ = [
     "WaitTimeout",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

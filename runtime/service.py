@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import redis
 
-from runtime import admission, proposals, stop_reasons
+from runtime import admission, proposals, proposers, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
 from runtime.compensation import Compensations
 from runtime.config import RetryPolicy, RuntimeConfig, load_config
@@ -40,8 +40,6 @@ from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
 from runtime.proposers.base import Proposer, ToolDescription
-from runtime.proposers.openai_compat import OpenAIProposer
-from runtime.proposers.scripted import ScriptedProposer
 from runtime.recovery import Recovery
 from runtime.rule_check import rule_tool_problems
 from runtime.run_views import run_view
@@ -194,12 +192,8 @@ class RuntimeService:
     def proposer_for(self, model_name: str) -> Proposer:
         proposer = self._proposers.get(model_name)
         if proposer is None:
-            model = self.config.models[model_name]
-            proposer = (
-                ScriptedProposer(model.version)
-                if model.kind == "scripted"
-                else OpenAIProposer(model)
-            )
+            # model clients (the openai SDK) are imported on first use, not with the service
+            proposer = proposers.build(self.config.models[model_name])
             self._proposers[model_name] = proposer
         return proposer
 
