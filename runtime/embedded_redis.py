@@ -131,15 +131,24 @@ def start_server(
     raise SettingsError(f"embedded redis-server on port {port} did not answer within 15s")
 
 
-def ensure_embedded(home: Path) -> EmbeddedRedis:
-    """Reuse the embedded server another process started, or start one and own it."""
-    workdir = home / "redis"
-    state_file = workdir / "server.json"
+def running_embedded(home: Path) -> EmbeddedRedis | None:
+    """The embedded server another process started under ``home``, if it still runs."""
+    state_file = home / "redis" / "server.json"
     if state_file.exists():
         with contextlib.suppress(ValueError, KeyError, OSError):
             state = json.loads(state_file.read_text())
             if _pid_alive(int(state["pid"])) and _ping(state["url"]):
                 return EmbeddedRedis(url=state["url"], pid=int(state["pid"]), owned=False)
+    return None
+
+
+def ensure_embedded(home: Path) -> EmbeddedRedis:
+    """Reuse the embedded server another process started, or start one and own it."""
+    running = running_embedded(home)
+    if running is not None:
+        return running
+    workdir = home / "redis"
+    state_file = workdir / "server.json"
     server = start_server(workdir, persistent=True)
     state_file.write_text(json.dumps({"url": server.url, "pid": server.pid}))
 

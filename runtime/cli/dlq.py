@@ -6,38 +6,50 @@ parses filters, refuses bulk operations nobody asked for (no id and no filter ne
 (``--json``). Exit codes as for the rest of ``agentrt``: 1 error (unknown id, unreachable
 Redis/database), 2 bad arguments or a refused operation.
 
-The plumbing (service construction, error rendering, JSON output) is ``runtime.cli.main``'s;
-it is imported when a command runs, since ``main`` imports this module to register it.
+The plumbing (service construction, error rendering, JSON output) is ``runtime.cli.common``.
+``list``, ``show``, ``stats`` and ``audit`` read SQL only (``runtime.cli.reads``); ``retry``
+and ``purge`` build the whole service.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import getpass
 import json
-import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from runtime.cli import render
-from runtime.dead_letters import STEP_QUEUE
+from runtime.cli import params, render
+from runtime.cli.common import (
+    EXIT_ERROR,
+    EXIT_REFUSED,
+    emit_json,
+    err,
+    fail,
+    out,
+    reader,
+    service,
+)
+from runtime.cli.params import parse_rate, parse_when
+from runtime.cli.reads import STEP_QUEUE, Counter
+from runtime.cli.render import block, cell, line
 from runtime.errors import AgentRuntimeError
 from runtime.store.dead_letters import DeadLetterFilter
+from runtime.store.runs import RunStore
 
 if TYPE_CHECKING:
     from runtime.service import RuntimeService
 
-EXIT_ERROR = 1
-EXIT_REFUSED = 2
+__all__ = ["STEP_QUEUE", "app", "parse_rate", "parse_when"]
+
 #: entries listed by name under a retry/purge report; the rest are counted
 SHOWN = 50
 #: a confirmed purge is pinned to the ids it showed up to this many (else to the time)
@@ -51,9 +63,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 
 class DlClass(enum.StrEnum):
@@ -71,29 +80,6 @@ class Status(enum.StrEnum):
     all = "all"
 
 
-# --- plumbing (runtime.cli.main's, imported late: main imports this module) ---------------
-
-
-@contextlib.contextmanager
-def _service() -> Iterator[RuntimeService]:
-    from runtime.cli.main import service
-
-    with service() as svc:
-        yield svc
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    from runtime.cli.main import fail
-
-    fail(message, code)
-
-
-def _emit_json(data: Any) -> None:
-    from runtime.cli.main import emit_json
-
-    emit_json(data)
-
-
 def default_actor() -> str:
     try:
         user = getpass.getuser()
@@ -105,40 +91,6 @@ def default_actor() -> str:
 def _interactive() -> bool:
     """Whether a person can answer a confirmation (tests replace this)."""
     return sys.stdin.isatty()
-
-
-# --- parsing -----------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_when(value: str, now: datetime | None = None) -> datetime:
-    """An ISO-8601 time (naive means UTC) or a duration back from now: 90s, 30m, 2h, 7d,
-    1w, 1h30m. Returns an aware UTC datetime."""
-    text = value.strip()
-    compact = text.replace(" ", "").lower()
-    if compact and _DURATION_PART.sub("", compact) == "":
-        seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is neither an ISO-8601 time (e.g. 2025-01-31T12:00:00Z) "
-            "nor a duration back from now (e.g. 30m, 2h, 7d)"
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def parse_rate(value: str) -> float:
-    """``N``, ``N/s``, ``N/m`` or ``N/h``: retries sent per second."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h|hour))?\s*", value)
-    rate = float(match.group(1)) if match else 0.0
-    if not match or rate <= 0:
-        raise typer.BadParameter(f"{value!r} is not a positive rate such as 5/s, 300/m or 10")
-    per = {"m": 60, "min": 60, "h": 3600, "hour": 3600}.get(match.group(2) or "s", 1)
-    return rate / per
 
 
 # --- shared options ----------------------------------------------------------------------
@@ -191,7 +143,15 @@ DryRunOpt = Annotated[
 ]
 BulkLimitOpt = Annotated[
     int | None,
-    typer.Option("--limit", min=1, help="At most this many entries, newest first (default all)."),
+    typer.Option(
+        "--limit",
+        min=1,
+        max=params.MAX_BULK,
+        help="At most this many entries, newest first (default all).",
+    ),
+]
+ListLimitOpt = Annotated[
+    int, typer.Option("--limit", min=1, max=params.MAX_LIST, help="At most this many.")
 ]
 
 
@@ -227,7 +187,7 @@ class _Selection:
 
     def to_filter(self, status: str | None) -> DeadLetterFilter:
         if self.since is not None and self.until is not None and self.since >= self.until:
-            _fail(
+            fail(
                 f"--since ({_when(self.since)}) must be before --until ({_when(self.until)})",
                 EXIT_REFUSED,
             )
@@ -263,7 +223,7 @@ def _selection(
 def _require_scope(sel: _Selection, all_: bool, verb: str) -> None:
     """No id and no filter means every open entry: only with --all."""
     if not sel.narrowed and not all_:
-        _fail(
+        fail(
             f"refusing to {verb} every open dead letter: name entry ids, narrow with "
             "--queue/--tenant/--run/--route/--class/--error-type/--since/--until, or pass --all",
             EXIT_REFUSED,
@@ -280,7 +240,7 @@ def _check_ids(svc: RuntimeService, ids: Sequence[str]) -> dict[str, dict[str, A
     }
     missing = [i for i in ids if i not in found]
     if missing:
-        _fail(f"no dead letter with id {', '.join(repr(i) for i in missing)}; nothing changed")
+        fail(f"no dead letter with id {', '.join(repr(i) for i in missing)}; nothing changed")
     return found
 
 
@@ -300,16 +260,16 @@ def dlq_list(
     status: Annotated[
         Status, typer.Option("--status", help="Entries in this status.")
     ] = Status.open,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 50,
+    limit: ListLimitOpt = 50,
     json_out: JsonOpt = False,
 ) -> None:
     """List dead letters, most recent failure first."""
     sel = _selection(None, queue, tenant, route, dl_class, error_type, since, until, run)
     f = sel.to_filter(None if status is Status.all else status.value)
-    with _service() as svc:
-        entries = svc.dead_letters.find(f, limit)
+    with reader() as reads:
+        entries = reads.dead_letters.find(f, limit)
     if json_out:
-        _emit_json([entry_json(e) for e in entries])
+        emit_json([entry_json(e) for e in entries])
     elif not entries:
         which = "" if status is Status.all else f"{status.value} "
         out.print(f"[dim]no {which}dead letters match[/]")
@@ -328,20 +288,20 @@ def dlq_show(
     json_out: JsonOpt = False,
 ) -> None:
     """Everything about one dead letter: run, step, versions, message, error, attempts."""
-    with _service() as svc:
-        entry = svc.dead_letters.show(entry_id.strip())
-        run = _run_state(svc, entry.get("run_id"))
+    with reader() as reads:
+        entry = reads.dead_letter(entry_id.strip())
+        run = _run_state(reads.store, entry.get("run_id"))
     if json_out:
-        _emit_json({**entry_json(entry, full=True), "run": run})
+        emit_json({**entry_json(entry, full=True), "run": run})
     else:
         out.print(entry_details(entry, run))
 
 
-def _run_state(svc: RuntimeService, run_id: str | None) -> dict[str, Any] | None:
+def _run_state(store: RunStore, run_id: str | None) -> dict[str, Any] | None:
     if not run_id:
         return None
     try:
-        run = svc.store.get_run(run_id)
+        run = store.get_run(run_id)
     except AgentRuntimeError:
         return {"runId": run_id, "exists": False}
     return {
@@ -375,7 +335,8 @@ def dlq_retry(
             "--rate",
             parser=parse_rate,
             metavar="N/s",
-            help="Send bulk retries at most this fast (default dead_letters.retry_rate_per_s).",
+            help="Send bulk retries at most this fast, 1/h to 10000/s "
+            "(default dead_letters.retry_rate_per_s).",
         ),
     ] = None,
     limit: BulkLimitOpt = None,
@@ -391,7 +352,7 @@ def dlq_retry(
     _require_scope(sel, all_, "retry")
     # named ids are matched in any status, so a retried or purged one is reported, not lost
     f = sel.to_filter(None if sel.ids else "open")
-    with _service() as svc:
+    with service() as svc:
         named = _check_ids(svc, sel.ids)
         entries = {e["id"]: e for e in svc.dead_letters.find(f, limit)} | named
         outcome = svc.dead_letters.retry(
@@ -399,7 +360,7 @@ def dlq_retry(
         )
         used_rate = rate or svc.config.dead_letters.retry_rate_per_s
     if json_out:
-        _emit_json(
+        emit_json(
             {
                 "matched": outcome.matched,
                 "retried": outcome.retried,
@@ -422,35 +383,37 @@ def dlq_retry(
         head += f", at most {used_rate:g}/s (about {(n - 1) / used_rate:.1f}s in all)"
     out.print(Text(head, style="bold"))
     verb = "would resume" if dry_run else "resumes"
-    for line in _listed(outcome.retried, lambda i: _retried_line(entries.get(i), i, verb)):
-        out.print(line, soft_wrap=True)
+    for text in _listed(outcome.retried, lambda i: _retried_line(entries.get(i), i, verb)):
+        out.print(text, soft_wrap=True)
     if outcome.skipped:
         out.print(Text(f"skipped {len(outcome.skipped)}:", style="bold yellow"))
-        for line in _listed(
+        for text in _listed(
             list(outcome.skipped),
             lambda i: _reason_line(entries.get(i), i, outcome.skipped[i]),
         ):
-            out.print(line, soft_wrap=True)
+            out.print(text, soft_wrap=True)
 
 
 def _retried_line(entry: dict[str, Any] | None, entry_id: str, verb: str) -> Text:
     if entry is None:
-        return Text(f"  {entry_id}")
+        return Text(f"  {line(entry_id)}")
     where = (
         f"compensation of run {entry['run_id']} runs again"
         if entry["dl_class"] == "compensation"
         else f"run {entry['run_id']} {verb} at step {entry['step_no']}"
     )
-    return Text.assemble("  ", entry_id, "  ", (entry["dl_class"], "bold"), f"  {where}")
+    return Text.assemble(
+        "  ", line(entry_id), "  ", (line(entry["dl_class"]), "bold"), f"  {line(where)}"
+    )
 
 
 def _reason_line(entry: dict[str, Any] | None, entry_id: str, reason: str) -> Text:
-    kind = entry["dl_class"] if entry else "?"
-    return Text.assemble("  ", entry_id, "  ", (kind, "bold"), "  ", (reason, "yellow"))
+    kind = line(entry["dl_class"]) if entry else "?"
+    return Text.assemble("  ", line(entry_id), "  ", (kind, "bold"), "  ", (line(reason), "yellow"))
 
 
-def _listed(ids: Sequence[str], line: Callable[[str], Text]) -> list[Text]:
-    lines = [line(i) for i in ids[:SHOWN]]
+def _listed(ids: Sequence[str], make: Callable[[str], Text]) -> list[Text]:
+    lines = [make(i) for i in ids[:SHOWN]]
     if len(ids) > SHOWN:
         lines.append(Text(f"  ... and {len(ids) - SHOWN} more (--json lists all)", style="dim"))
     return lines
@@ -486,7 +449,7 @@ def dlq_purge(
     _require_scope(sel, all_, "purge")
     f = sel.to_filter(None if sel.ids else "open")
     who = actor or default_actor()
-    with _service() as svc:
+    with service() as svc:
         named = _check_ids(svc, sel.ids)
         started = datetime.now(UTC)
         preview = svc.dead_letters.purge(f, who, dry_run=True, limit=limit)
@@ -498,13 +461,13 @@ def dlq_purge(
         n = len(preview.purged)
         if not yes:
             if not _interactive():
-                _fail(
+                fail(
                     f"refusing to purge {n} dead letter{'s' if n != 1 else ''} without "
                     "confirmation: stdin is not a terminal; pass --yes (or --dry-run to look)",
                     EXIT_REFUSED,
                 )
-            for line in _listed(preview.purged, lambda i: _entry_line(entries.get(i), i)):
-                err.print(line, soft_wrap=True)
+            for text in _listed(preview.purged, lambda i: _entry_line(entries.get(i), i)):
+                err.print(text, soft_wrap=True)
             if not typer.confirm(
                 f"Purge {n} open dead letter{'s' if n != 1 else ''}?", default=False, err=True
             ):
@@ -542,7 +505,7 @@ def _purge_report(
     json_out: bool,
 ) -> None:
     if json_out:
-        _emit_json({"matched": matched, "purged": purged, "skipped": not_open, "dryRun": dry_run})
+        emit_json({"matched": matched, "purged": purged, "skipped": not_open, "dryRun": dry_run})
         return
     if not purged and not not_open:
         out.print("[dim]no open dead letters match; nothing purged[/]")
@@ -554,24 +517,24 @@ def _purge_report(
         else f"purged {n} of {matched} matching"
     ) + f" dead letter{'' if matched == 1 else 's'}"
     out.print(Text(head, style="bold"))
-    for line in _listed(purged, lambda i: _entry_line(entries.get(i), i)):
-        out.print(line, soft_wrap=True)
+    for text in _listed(purged, lambda i: _entry_line(entries.get(i), i)):
+        out.print(text, soft_wrap=True)
     if not_open:
         out.print(Text(f"skipped {len(not_open)}:", style="bold yellow"))
-        for line in _listed(list(not_open), lambda i: _reason_line(entries.get(i), i, not_open[i])):
-            out.print(line, soft_wrap=True)
+        for text in _listed(list(not_open), lambda i: _reason_line(entries.get(i), i, not_open[i])):
+            out.print(text, soft_wrap=True)
 
 
 def _entry_line(entry: dict[str, Any] | None, entry_id: str) -> Text:
     if entry is None:
-        return Text(f"  {entry_id}")
+        return Text(f"  {line(entry_id)}")
     where = f"run {entry['run_id']} step {entry['step_no']}" if entry["run_id"] else "no run"
     return Text.assemble(
         "  ",
-        entry_id,
+        line(entry_id),
         "  ",
-        (entry["dl_class"], "bold"),
-        f"  {entry['queue']} · {entry['error_type']} · {where}",
+        (line(entry["dl_class"]), "bold"),
+        line(f"  {entry['queue']} · {entry['error_type']} · {where}"),
     )
 
 
@@ -584,21 +547,17 @@ def dlq_stats(json_out: JsonOpt = False) -> None:
 
     Flower cannot show a queue no worker consumes: this (or the counter
     `<namespace>:dlq:<queue>:open`, or XLEN of the stream `<namespace>:dlq:<queue>`) is
-    the dead-letter depth."""
-    with _service() as svc:
-        stats = svc.dead_letters.stats()
-        queues = sorted(stats["counters"])
-        keys = {
-            q: {"counter": svc.keys.dlq_open(q), "stream": svc.keys.dlq_stream(q)} for q in queues
-        }
-        lengths = {q: int(svc.redis.xlen(keys[q]["stream"])) for q in queues}
-    sql_open: dict[str, int] = {}
-    for row in stats["queues"]:
-        sql_open[row["queue"]] = sql_open.get(row["queue"], 0) + int(row["open"])
+    the dead-letter depth. The counts come from SQL; the counters are read when a Redis
+    is running (this never starts one)."""
+    with reader() as reads:
+        rows = sorted(reads.dead_letters.stats(), key=lambda r: (r["queue"], r["class"]))
+        queues = sorted({r["queue"] for r in rows} | {STEP_QUEUE})
+        counters = reads.counters(queues)
+    total = sum(int(r["open"]) for r in rows)
     if json_out:
-        _emit_json(
+        emit_json(
             {
-                "open": stats["open"],
+                "open": total,
                 "queues": [
                     {
                         "queue": r["queue"],
@@ -607,59 +566,67 @@ def dlq_stats(json_out: JsonOpt = False) -> None:
                         "oldest": _iso(r["oldest"]),
                         "newest": _iso(r["newest"]),
                     }
-                    for r in sorted(stats["queues"], key=lambda r: (r["queue"], r["class"]))
+                    for r in rows
                 ],
-                "counters": {
+                # null: not read (the note says why)
+                "counters": None
+                if isinstance(counters, str)
+                else {
                     q: {
-                        "open": stats["counters"][q],
-                        "key": keys[q]["counter"],
-                        "stream": keys[q]["stream"],
-                        "streamLength": lengths[q],
+                        "open": c.open,
+                        "key": c.key,
+                        "stream": c.stream,
+                        "streamLength": c.stream_length,
                     }
-                    for q in queues
+                    for q, c in counters.items()
                 },
+                "countersNote": counters if isinstance(counters, str) else None,
             }
         )
         return
-    out.print(stats_view(stats, sql_open, keys, lengths))
+    out.print(stats_view(rows, counters))
 
 
-def stats_view(
-    stats: dict[str, Any],
-    sql_open: dict[str, int],
-    keys: dict[str, dict[str, str]],
-    lengths: dict[str, int],
-) -> RenderableType:
-    total = int(stats["open"])
+def stats_view(rows: list[dict[str, Any]], counters: dict[str, Counter] | str) -> RenderableType:
+    """The open count, a table per queue and class (ages first: at 80 columns the times
+    are cut, the counts never), and the Redis counters set against SQL."""
+    total = sum(int(r["open"]) for r in rows)
     parts: list[RenderableType] = [
         Text.assemble(("open dead letters ", "bold"), (str(total), "bold red" if total else ""))
     ]
-    if stats["queues"]:
-        table = Table(show_edge=False)
-        for name in ("queue", "class", "open", "oldest failure", "newest failure"):
-            table.add_column(name, no_wrap=True, justify="right" if name == "open" else "left")
-        for r in sorted(stats["queues"], key=lambda r: (r["queue"], r["class"])):
+    if rows:
+        table = render.FitTable(show_edge=False)
+        render.text_column(table, "queue")
+        render.text_column(table, "class")
+        render.number_column(table, "open")
+        render.text_column(table, "oldest failure")
+        render.text_column(table, "newest failure")
+        for r in rows:
             table.add_row(
-                r["queue"],
-                r["class"],
+                cell(r["queue"]),
+                cell(r["class"]),
                 str(r["open"]),
-                _when_age(r["oldest"]),
-                _when_age(r["newest"]),
+                _age_when(r["oldest"]),
+                _age_when(r["newest"]),
             )
         parts.append(table)
+    sql_open: dict[str, int] = {}
+    for r in rows:
+        sql_open[r["queue"]] = sql_open.get(r["queue"], 0) + int(r["open"])
     lines = [Text("Redis (for alerting)", style="bold")]
-    for queue in sorted(keys):
-        counted = int(stats["counters"][queue])
-        line = Text.assemble(
-            f"  {keys[queue]['counter']} = ",
-            (str(counted), "bold"),
-            f" · stream {keys[queue]['stream']} XLEN {lengths[queue]}",
+    if isinstance(counters, str):
+        lines.append(Text(f"  counters not read: {line(counters)}", style="dim"))
+    for queue, c in sorted(counters.items()) if not isinstance(counters, str) else ():
+        text = Text.assemble(
+            f"  {line(c.key)} = ",
+            (str(c.open), "bold"),
+            f" · stream {line(c.stream)} XLEN {c.stream_length}",
         )
-        if counted != sql_open.get(queue, 0):
-            line.append(
+        if c.open != sql_open.get(queue, 0):
+            text.append(
                 f" · counter differs from the {sql_open.get(queue, 0)} open in SQL", "yellow"
             )
-        lines.append(line)
+        lines.append(text)
     parts.append(Group(*lines))
     return Group(*parts)
 
@@ -669,14 +636,14 @@ def stats_view(
 
 @app.command("audit")
 def dlq_audit(
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 50,
+    limit: ListLimitOpt = 50,
     json_out: JsonOpt = False,
 ) -> None:
     """The operator audit log, newest first: who did what, when, to how many."""
-    with _service() as svc:
-        rows = svc.dead_letters.store.audit_log(limit)
+    with reader() as reads:
+        rows = reads.dead_letters.audit_log(limit)
     if json_out:
-        _emit_json([audit_json(r) for r in rows])
+        emit_json([audit_json(r) for r in rows])
     elif not rows:
         out.print("[dim]the audit log is empty[/]")
     else:
@@ -697,17 +664,22 @@ def audit_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def audit_table(rows: list[dict[str, Any]]) -> Table:
+    """The time, action and count stay whole; actor, filter and detail wrap in a narrow
+    terminal (Rich narrows wrapping columns before anything else)."""
     table = Table(show_edge=False)
     for name in ("at", "actor", "action", "count", "filter", "detail"):
-        table.add_column(name, no_wrap=name in ("at", "action", "count"))
+        if name == "count":
+            render.number_column(table, name)
+        else:
+            table.add_column(name, no_wrap=name in ("at", "action"))
     for r in rows:
         table.add_row(
             _when(r["at"]),
-            r["actor"],
-            r["action"],
+            cell(r["actor"]),
+            cell(r["action"]),
             str(r["count"]),
-            _filter_text(r["filter"]),
-            _detail_text(r["detail"]),
+            cell(_filter_text(r["filter"])),
+            cell(_detail_text(r["detail"])),
         )
     return table
 
@@ -798,19 +770,20 @@ _DL_STYLE = {
 
 
 def _cells(e: dict[str, Any], with_status: bool) -> list[str]:
+    """The row of one entry, every value on one line and sanitized."""
     cells = [
-        e["id"],
-        e["dl_class"],
-        e["queue"],
-        e["tenant_id"] or "-",
-        e["route"] or "-",
-        e["run_id"] or "-",
+        line(e["id"]),
+        line(e["dl_class"]),
+        line(e["queue"]),
+        line(e["tenant_id"] or "-"),
+        line(e["route"] or "-"),
+        line(e["run_id"] or "-"),
         "-" if e["step_no"] is None else str(e["step_no"]),
-        e["error_type"],
+        line(e["error_type"]),
         str(e["attempt_count"]),
         f"{render.age(e['last_failed_at'])} ago",
     ]
-    return [*cells, e["status"]] if with_status else cells
+    return [*cells, line(e["status"])] if with_status else cells
 
 
 def entries_view(entries: list[dict[str, Any]], width: int, with_status: bool) -> RenderableType:
@@ -824,19 +797,19 @@ def entries_view(entries: list[dict[str, Any]], width: int, with_status: bool) -
             numeric = name in ("step", "attempts")
             table.add_column(name, no_wrap=True, justify="right" if numeric else "left")
         for cells in rows:
-            styled: list[str | Text] = list(cells)
-            styled[1] = Text(cells[1], style=_DL_STYLE.get(cells[1], ""))
+            styled = [Text(c) for c in cells]
+            styled[1].stylize(_DL_STYLE.get(cells[1], ""))
             table.add_row(*styled)
         return table
     lines: list[RenderableType] = []
     for e, cells in zip(entries, rows, strict=True):
-        status = f"  {e['status']}" if with_status else ""
+        status = f"  {cells[10]}" if with_status else ""
         lines.append(
             Text.assemble(
-                (e["id"], "bold"),
+                (cells[0], "bold"),
                 "  ",
-                (e["dl_class"], _DL_STYLE.get(e["dl_class"], "")),
-                f"  {e['error_type']}{status}",
+                (cells[1], _DL_STYLE.get(e["dl_class"], "")),
+                f"  {cells[7]}{status}",
             )
         )
         run = f"run {cells[5]} step {cells[6]}" if e["run_id"] else "no run"
@@ -854,24 +827,28 @@ def entry_details(entry: dict[str, Any], run: dict[str, Any] | None) -> Renderab
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
-    status = Text(entry["status"], style="bold red" if entry["status"] == "open" else "green")
+    status = Text(line(entry["status"]), style="bold red" if entry["status"] == "open" else "green")
     if entry["resolved_at"] is not None:
-        status.append(f" by {entry['resolved_by']} at {_when(entry['resolved_at'])}", "")
+        status.append(f" by {line(entry['resolved_by'])} at {_when(entry['resolved_at'])}", "")
     if entry["retry_count"]:
         status.append(f" · retried {entry['retry_count']}x", "")
     vs = entry["version_set"] or {}
     rows: list[tuple[str, str | Text]] = [
-        ("dead letter", entry["id"]),
+        ("dead letter", line(entry["id"])),
         ("status", status),
-        ("class", Text(entry["dl_class"], style=_DL_STYLE.get(entry["dl_class"], ""))),
-        ("queue", entry["queue"]),
-        ("task", f"{entry['task_name'] or '-'} · id {entry['task_id'] or '-'}"),
+        ("class", Text(line(entry["dl_class"]), style=_DL_STYLE.get(entry["dl_class"], ""))),
+        ("queue", line(entry["queue"])),
+        ("task", line(f"{entry['task_name'] or '-'} · id {entry['task_id'] or '-'}")),
         ("run", _run_text(entry, run)),
-        ("tenant / route", f"{entry['tenant_id'] or '-'} / {entry['route'] or '-'}"),
+        ("tenant / route", line(f"{entry['tenant_id'] or '-'} / {entry['route'] or '-'}")),
         ("step", "-" if entry["step_no"] is None else str(entry["step_no"])),
-        ("trace", entry["trace_id"] or "-"),
-        ("versions", _versions_text(vs)),
-        ("error", Text.assemble((entry["error_type"], "bold red"), f" {_error(entry)}")),
+        ("trace", line(entry["trace_id"] or "-")),
+        ("versions", line(_versions_text(vs))),
+        # an exception's message may have lines of its own
+        (
+            "error",
+            Text.assemble((line(entry["error_type"]), "bold red"), f" {block(_error(entry))}"),
+        ),
         ("attempts", str(entry["attempt_count"])),
         ("first failure", _when_age(entry["first_failed_at"])),
         ("last failure", _when_age(entry["last_failed_at"])),
@@ -883,9 +860,9 @@ def entry_details(entry: dict[str, Any], run: dict[str, Any] | None) -> Renderab
         parts.append(_attempts_table(entry["attempts"]))
     parts.append(Text("original message", style="bold"))
     message = entry["message"]
-    parts.append(Text(json.dumps(message, indent=2, default=str) if message is not None else "-"))
+    parts.append(Text(_dump(message) if message is not None else "-"))
     parts.append(Text("traceback", style="bold"))
-    parts.append(Text(entry["traceback"] or "-", style="dim"))
+    parts.append(Text(block(entry["traceback"] or "-"), style="dim"))
     if entry["status"] == "open":
         resumable = entry["dl_class"] == "compensation" or (
             entry["run_id"] is not None and entry["step_no"] is not None
@@ -899,18 +876,32 @@ def _error(entry: dict[str, Any]) -> str:
     return str(entry["error_message"] or "")
 
 
+def _dump(message: Any) -> str:
+    """A stored message as indented JSON (control characters escaped by ``json.dumps``);
+    one nested past what JSON printing handles is shown cut instead of failing."""
+    try:
+        return json.dumps(message, indent=2, default=str)
+    except (ValueError, RecursionError):
+        return render.compact(message, 2000)
+
+
 def _when_age(value: datetime) -> str:
     return f"{_when(value)} ({render.age(value)} ago)"
+
+
+def _age_when(value: datetime) -> str:
+    """The age first: in a narrow table the time is what gets cut."""
+    return f"{render.age(value)} ago · {_when(value)}"
 
 
 def _run_text(entry: dict[str, Any], run: dict[str, Any] | None) -> str | Text:
     if run is None:
         return "-"
     if not run["exists"]:
-        return Text(f"{run['runId']} (no longer exists)", style="yellow")
-    text = Text(f"{run['runId']} · now ")
+        return Text(f"{line(run['runId'])} (no longer exists)", style="yellow")
+    text = Text(f"{line(run['runId'])} · now ")
     text.append_text(render.status_text(run["status"]))
-    text.append(f" · {run['stopReason'] or '-'} · next step {run['nextStep']}")
+    text.append(f" · {line(run['stopReason'] or '-')} · next step {run['nextStep']}")
     return text
 
 
@@ -921,18 +912,22 @@ def _versions_text(vs: dict[str, Any]) -> str:
 
 
 def _attempts_table(attempts: list[dict[str, Any]]) -> Table:
+    """Numbers and times stay whole; the text columns wrap in a narrow terminal."""
     table = Table(title="attempt history", title_justify="left", show_edge=False)
     for name in ("#", "at", "step", "kind", "error type", "error", "worker"):
-        table.add_column(name, no_wrap=name in ("#", "at", "step"))
+        if name in ("#", "step"):
+            render.number_column(table, name)
+        else:
+            table.add_column(name, no_wrap=name == "at")
     for n, a in enumerate(attempts, 1):
         table.add_row(
             str(n),
-            _when(a.get("at")),
-            str(a.get("step_no", "-")),
-            str(a.get("kind") or "-"),
-            str(a.get("error_type") or "-"),
-            render.compact(a.get("error") or "", 120),
-            str(a.get("worker") or "-"),
+            cell(_when(a.get("at"))),
+            cell(a.get("step_no", "-")),
+            cell(a.get("kind") or "-"),
+            cell(a.get("error_type") or "-"),
+            cell(render.compact(a.get("error") or "", 120)),
+            cell(a.get("worker") or "-"),
         )
     return table
 

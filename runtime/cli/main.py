@@ -4,6 +4,14 @@ Rich output for people, ``--json`` for scripts. Exit codes: 0 ok; 1 error (bad c
 unknown run, unreachable Redis/database, demo failure); 2 refused at admission or bad
 arguments (e.g. ``--input`` that is not a JSON object); 3 ``--wait`` timed out.
 Settings come from ``AGENTRT_*`` variables, as for workers and web apps.
+
+Every error is one line on stderr. ``main`` is the last resort: an exception nobody
+expected becomes ``error: internal error (<type>): <message>`` with the traceback in
+``<AGENTRT_HOME>/cli-errors.log`` (``AGENTRT_DEBUG=1`` prints it).
+
+Read-only commands (``runs list/show``, ``trace``, ``dlq list/show/stats/audit``) read SQL
+only (``runtime.cli.reads``). What only other commands need - the service with its Redis,
+the scheduler, Celery, model clients - is imported when such a command runs.
 """
 
 from __future__ import annotations
@@ -12,40 +20,49 @@ import contextlib
 import enum
 import getpass
 import importlib
-import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import redis
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from runtime import stop_reasons
-from runtime.cli import queues as queues_render
-from runtime.cli import render
+from runtime.bounds import BoundsError, parse_json
+from runtime.cli import params, render
+from runtime.cli.common import (
+    EXIT_ERROR,
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    JsonOpt,
+    emit_json,
+    err,
+    errors,
+    fail,
+    load_settings,
+    out,
+    reader,
+    service,
+)
 from runtime.cli.dlq import app as dlq_app
 from runtime.config import RuntimeConfig, load_config
 from runtime.contract import RunStatus, RunView
-from runtime.errors import AgentRuntimeError, ConfigError, InvalidTransition
-from runtime.keys import Keys
+from runtime.errors import ConfigError, InvalidTransition
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
-from runtime.scheduling import view as scheduler_view
-from runtime.service import RuntimeService, WaitTimeout, load_registry, resolve_endpoints
 from runtime.settings import Settings
 
-EXIT_ERROR = 1
-EXIT_REFUSED = 2
-EXIT_TIMEOUT = 3
+if TYPE_CHECKING:
+    from runtime.service import RuntimeService
+    from runtime.tools.registry import ToolRegistry
 
 app = typer.Typer(
     name="agentrt",
@@ -62,11 +79,20 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
 app.add_typer(dlq_app, name="dlq")
 
-# consoles resolve sys.stdout/sys.stderr when printing, so test runners can capture them
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+#: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
+DEBUG_ENV = "AGENTRT_DEBUG"
+#: the largest ``--input`` read (admission then applies the route's ``max_input_bytes``)
+MAX_INPUT_BYTES = 16 * 1024 * 1024
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+WaitSecondsOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        parser=params.seconds(0, params.MAX_WAIT_S),
+        metavar="SECONDS",
+        help=f"Seconds --wait waits (0 to {params.MAX_WAIT_S}).",
+    ),
+]
 TenantScope = Annotated[
     str | None, typer.Option("--tenant", help="Only find the run within this tenant.")
 ]
@@ -85,77 +111,55 @@ class Pool(enum.StrEnum):
     solo = "solo"
 
 
-# --- plumbing --------------------------------------------------------------------------
+# --- plumbing (runtime.cli.common) -------------------------------------------------
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err.print(f"[red bold]error:[/] {escape(message)}")
-    raise typer.Exit(code)
+def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
+    """``runtime.service.load_registry``, imported when a command needs the tools."""
+    from runtime.service import load_registry as load
 
-
-def emit_json(data: Any) -> None:
-    # plain write, not Rich: no wrapping or highlighting in machine output
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = [
-            f"AGENTRT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        ]
-        fail("invalid settings:\n  " + "\n  ".join(problems))
-
-
-@contextlib.contextmanager
-def errors() -> Iterator[None]:
-    """Expected failures become one red line and exit 1, not a traceback."""
-    try:
-        yield
-    except AgentRuntimeError as exc:
-        fail(str(exc))
-    except redis.RedisError as exc:
-        fail(f"Redis: {exc} (check AGENTRT_REDIS_URL)")
-    except SQLAlchemyError as exc:
-        fail(f"database: {exc.__class__.__name__}: {exc} (check AGENTRT_DATABASE_URL)")
-
-
-@contextlib.contextmanager
-def service() -> Iterator[RuntimeService]:
-    settings = load_settings()
-    with errors():
-        svc = RuntimeService.from_settings(settings)
-    try:
-        with errors():
-            yield svc
-    finally:
-        svc.close()
+    return load(config, source)
 
 
 def parse_input(raw: str | None) -> dict[str, Any]:
-    """``--input``: a JSON object given inline, as ``@path``, or ``@-`` for stdin."""
+    """``--input``: a JSON object given inline, as ``@path``, or ``@-`` for stdin.
+
+    Bounded like any input that crosses the boundary (``runtime.bounds``): size, nesting
+    depth, no NaN; a problem is one line naming where it is, exit 2."""
     if raw is None:
         return {}
-    label, text = "--input", raw
+    flag, data = "--input", raw.encode("utf-8", "surrogateescape")
     if raw.startswith("@"):
         path = raw[1:]
-        label = f"--input {raw}"
+        flag = f"--input {raw}"
         try:
-            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            if path == "-":
+                data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+            else:
+                with open(path, "rb") as f:
+                    data = f.read(MAX_INPUT_BYTES + 1)
         except OSError as exc:
             fail(f"--input: cannot read {path}: {exc.strerror}", EXIT_REFUSED)
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        fail(
-            f"{label} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            EXIT_REFUSED,
-        )
+        text = data.decode("utf-8")
+        value = parse_json(text, label="input", max_bytes=MAX_INPUT_BYTES)
+    except UnicodeDecodeError as exc:
+        fail(f"{flag} is not UTF-8 text (byte {exc.start})", EXIT_REFUSED)
+    except BoundsError as exc:
+        fail(_bounds_message(flag, exc), EXIT_REFUSED)
     if not isinstance(value, dict):
-        fail(f"{label} must be a JSON object, got {type(value).__name__}", EXIT_REFUSED)
+        fail(f"{flag} must be a JSON object, got {type(value).__name__}", EXIT_REFUSED)
     return value
+
+
+def _bounds_message(flag: str, exc: BoundsError) -> str:
+    """``--input is nested deeper than 32 levels``, ``--input: input.a[3]: integer outside
+    64 bits``: one line, the path cut short (it can be as deep as the limit)."""
+    whole = exc.path in ("", "input")
+    if exc.code in ("too_deep", "too_large") or (whole and exc.detail.startswith("not valid")):
+        return f"{flag} is {exc.detail}"
+    where = exc.path if len(exc.path) <= 60 else exc.path[:57] + "..."
+    return f"{flag}: {exc.detail}" if whole else f"{flag}: {where}: {exc.detail}"
 
 
 def default_actor() -> str:
@@ -187,7 +191,7 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the run ends or waits for a human.")
     ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.", min=0)] = 60.0,
+    timeout: WaitSecondsOpt = 60.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Submit a run (optionally wait for its outcome).
@@ -211,7 +215,9 @@ def submit(
         if not json_out:
             out.print(
                 f"run [bold]{view.run_id}[/] {render.status_text(view.status.value).markup} · "
-                f"{escape(view.tenant_id)} / {escape(view.route)} · trace {view.trace_id}"
+                f"{render.markup(view.tenant_id)} / {render.markup(view.route)} · "
+                f"trace {view.trace_id}",
+                soft_wrap=True,
             )
         if wait:
             view = _wait(svc, view, timeout, json_out)
@@ -230,13 +236,16 @@ def _report_refusal(view: RunView, json_out: bool) -> NoReturn:
     if json_out:
         emit_json(render.run_json(view))
     err.print(
-        f"[magenta bold]admission refused the run:[/] {escape(view.stop_reason or '')} - "
-        f"{escape(detail)} [dim](stored as run {view.run_id})[/]"
+        f"[magenta bold]admission refused the run:[/] {render.markup(view.stop_reason or '')} - "
+        f"{render.markup(detail)} [dim](stored as run {view.run_id})[/]",
+        soft_wrap=True,
     )
     raise typer.Exit(EXIT_REFUSED)
 
 
 def _wait(svc: RuntimeService, view: RunView, timeout: float, json_out: bool) -> RunView:
+    from runtime.service import WaitTimeout
+
     try:
         if json_out:
             return svc.wait(view.run_id, timeout)
@@ -246,7 +255,8 @@ def _wait(svc: RuntimeService, view: RunView, timeout: float, json_out: bool) ->
         if json_out:
             emit_json(render.run_json(svc.get(view.run_id)))
         err.print(
-            f"[yellow bold]timeout:[/] {escape(str(exc))}; is a worker running? (agentrt worker)"
+            f"[yellow bold]timeout:[/] {render.markup(exc)}; is a worker running? (agentrt worker)",
+            soft_wrap=True,
         )
         raise typer.Exit(EXIT_TIMEOUT) from None
 
@@ -257,7 +267,7 @@ def _print_outcome(view: RunView) -> None:
         duration = f" · {(view.finished_at - view.started_at).total_seconds():.2f}s"
     out.print(
         f"{render.status_text(view.status.value).markup} · stop reason "
-        f"[bold]{escape(view.stop_reason or '-')}[/] · {view.steps} steps{duration}"
+        f"[bold]{render.markup(view.stop_reason or '-')}[/] · {view.steps} steps{duration}"
     )
     if view.output is not None:
         out.print(f"output: {escape(render.compact(view.output, 400))}")
@@ -272,12 +282,14 @@ def runs_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
     status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
     route: Annotated[str | None, typer.Option(help="Only this route.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 20,
+    limit: Annotated[
+        int, typer.Option(help="At most this many, newest first.", min=1, max=params.MAX_LIST)
+    ] = 20,
     json_out: JsonOpt = False,
 ) -> None:
-    """List runs, newest first."""
-    with service() as svc:
-        views = svc.list_runs(tenant, status.value if status else None, route, limit)
+    """List runs, newest first (reads SQL only)."""
+    with reader() as reads:
+        views = reads.runs(tenant, status.value if status else None, route, limit)
     if json_out:
         emit_json([render.run_json(v) for v in views])
     elif not views:
@@ -296,12 +308,12 @@ def runs_show(
 
     The whole RuntimeRun contract (camelCase with --json), a summary of every step, the
     stored policy decisions and side-effect records, and the settled spend."""
-    with service() as svc:
-        view = svc.get(run_id, tenant)
-        steps = svc.store.steps(run_id, tenant)
-        spend = svc.store.spend(run_id=run_id)
-        effects = svc.store.side_effects(run_id=run_id)
-        decisions = svc.store.policy_decisions(run_id)
+    with reader() as reads:
+        view = reads.run(run_id, tenant)
+        steps = reads.store.steps(run_id, tenant)
+        spend = reads.store.spend(run_id=run_id)
+        effects = reads.store.side_effects(run_id=run_id)
+        decisions = reads.store.policy_decisions(run_id)
     if json_out:
         emit_json(
             {
@@ -336,7 +348,7 @@ def runs_cancel(
     else:
         out.print(
             f"run {view.run_id} {render.status_text(view.status.value).markup} "
-            f"· {escape(view.stop_reason or '')}"
+            f"· {render.markup(view.stop_reason or '')}"
         )
 
 
@@ -350,16 +362,17 @@ def trace(
 
     Admission, proposals, validation, policy decisions, budget reserve/settle, locks,
     tool calls, checkpoints and the stop, each with the time since the first event."""
-    with service() as svc:
-        view = svc.get(run_id, tenant)
-        events = svc.trace(run_id, tenant)
+    with reader() as reads:
+        view = reads.run(run_id, tenant)
+        events = reads.trace(run_id, tenant)
     if json_out:
         emit_json(render.trace_json(events))
         return
     out.print(
-        f"run [bold]{view.run_id}[/] · {escape(view.tenant_id)} / {escape(view.route)} · "
-        f"{render.status_text(view.status.value).markup} · "
-        f"{escape(view.stop_reason or '-')} · trace {view.trace_id}"
+        f"run [bold]{view.run_id}[/] · {render.markup(view.tenant_id)} / "
+        f"{render.markup(view.route)} · {render.status_text(view.status.value).markup} · "
+        f"{render.markup(view.stop_reason or '-')} · trace {view.trace_id}",
+        soft_wrap=True,
     )
     for line in render.trace_lines(events):
         out.print(line, soft_wrap=True)
@@ -374,7 +387,9 @@ def queues(
         str | None,
         typer.Option(help="Only this tenant's queues and leases (routes and limits are shared)."),
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many leases listed.", min=0)] = 20,
+    limit: Annotated[
+        int, typer.Option(help="At most this many leases listed.", min=0, max=params.MAX_LIST)
+    ] = 20,
     json_out: JsonOpt = False,
 ) -> None:
     """The scheduler, as the dispatcher sees it.
@@ -384,6 +399,13 @@ def queues(
     cap; parked tenants; slot leases (soonest expiry first); tool bulkheads; and every
     rate limiter (how far its schedule runs ahead, whether it throttles). Read-only: only
     Redis is read, in two round trips."""
+    import redis
+
+    from runtime.cli import queues as queues_render
+    from runtime.keys import Keys
+    from runtime.scheduling import view as scheduler_view
+    from runtime.service import resolve_endpoints
+
     settings = load_settings()
     with errors():
         config = load_config(settings.config)
@@ -396,7 +418,7 @@ def queues(
     if tenant is not None and tenant not in config.tenants:
         row = view.tenants[0]
         if not (row.queued or row.in_flight or row.parked):  # a typo, not a retired tenant
-            fail(f"unknown tenant {tenant!r} (not in {settings.config})", EXIT_REFUSED)
+            fail(f"unknown tenant {params.shown(tenant)} (not in {settings.config})", EXIT_REFUSED)
     if json_out:
         emit_json(queues_render.queues_json(view))
     else:
@@ -412,9 +434,10 @@ def recover(
         float | None,
         typer.Option(
             "--inflight-wait",
-            help="Seconds to wait for steps in flight when Redis lost its data "
-            "(default: the longest step's hard time limit).",
-            min=0,
+            parser=params.seconds(0, params.MAX_LONG_WAIT_S),
+            metavar="SECONDS",
+            help="Seconds to wait for steps in flight when Redis lost its data, 0 to "
+            f"{params.MAX_LONG_WAIT_S} (default: the longest step's hard time limit).",
         ),
     ] = None,
     dry_run: Annotated[
@@ -464,18 +487,26 @@ def _preflight(settings: Settings) -> RuntimeConfig:
     return config
 
 
-def _exec(argv: list[str]) -> NoReturn:
-    """Become the process: signals (Ctrl-C, SIGTERM from a supervisor) reach Celery itself."""
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
+    """Become the process: signals (Ctrl-C, SIGTERM from a supervisor) reach Celery itself.
+    Its command line is ``argv``: nothing secret goes there (``env`` is for that)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, os.environ if env is None else env)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-c", help="Pool processes (default: CPUs).")
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            max=params.MAX_CONCURRENCY,
+            help="Pool processes (default: CPUs).",
+        ),
     ] = None,
     pool: Annotated[Pool, typer.Option("--pool", "-P", help="Worker pool.")] = Pool.prefork,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
@@ -498,10 +529,29 @@ def worker(
     _exec(argv)
 
 
+#: Flower reads its options from FLOWER_<OPTION> variables: this one keeps the password
+#: out of every command line (``ps`` shows those to every user)
+FLOWER_AUTH_ENV = "FLOWER_BASIC_AUTH"
+
+
 @app.command()
 def flower(
-    port: Annotated[int, typer.Option(help="Port Flower listens on.")] = 5555,
+    port: Annotated[
+        int,
+        typer.Option(help="Port Flower listens on.", min=params.MIN_PORT, max=params.MAX_PORT),
+    ] = 5555,
     address: Annotated[str, typer.Option(help="Address Flower binds.")] = "127.0.0.1",
+    basic_auth: Annotated[
+        str | None,
+        typer.Option(
+            "--basic-auth",
+            metavar="USER:PASS[,USER2:PASS2]",
+            show_default=False,
+            help="HTTP basic auth for Flower's UI and API (its /api/* answers 401 without "
+            "it). Handed to Flower in its environment, never on its command line; set "
+            f"{FLOWER_AUTH_ENV} instead to keep it off this command line too.",
+        ),
+    ] = None,
 ) -> None:
     """Start Flower on this deployment's broker.
 
@@ -509,13 +559,41 @@ def flower(
     send task events unless AGENTRT_TASK_EVENTS is false."""
     from runtime.demo.workload import flower_argv
 
+    env = dict(os.environ)
+    if basic_auth is not None:
+        env[FLOWER_AUTH_ENV] = basic_auth
+    users = _basic_auth_users(env.get(FLOWER_AUTH_ENV))
     settings = load_settings()
     _preflight(settings)
     host = "127.0.0.1" if address in ("0.0.0.0", "") else address
     out.print(f"Flower: [bold]http://{host}:{port}[/] · namespace {settings.namespace}")
+    if users:
+        out.print(f"basic auth: {render.markup(', '.join(users))}")
+    else:
+        err.print("[dim]no --basic-auth: Flower's /api/* answers 401 (the web UI is open)[/]")
     if not settings.task_events:
         err.print("[yellow]AGENTRT_TASK_EVENTS is false: workers send no task events[/]")
-    _exec(flower_argv(port, address))
+    _exec(flower_argv(port, address), env)
+
+
+def _basic_auth_users(value: str | None) -> list[str]:
+    """The user names of ``user:pass[,user2:pass2]``; a malformed value exits 2, and the
+    message never repeats it (it holds passwords)."""
+    if value is None:
+        return []
+    users = []
+    entries = value.split(",")
+    for n, entry in enumerate(entries, 1):
+        user, colon, password = entry.partition(":")
+        if not (colon and user.strip() and password):
+            which = f"entry {n} of {len(entries)}" if len(entries) > 1 else "the value"
+            fail(
+                f"--basic-auth (or {FLOWER_AUTH_ENV}): {which} is not USER:PASS (a user and "
+                "a password, both non-empty; entries separated by commas)",
+                EXIT_REFUSED,
+            )
+        users.append(user)
+    return users
 
 
 # --- config ----------------------------------------------------------------------------
@@ -675,15 +753,27 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
 @app.command()
 def demo(
     workers: Annotated[int, typer.Option(help="Worker processes to start.", min=1, max=8)] = 2,
-    concurrency: Annotated[int, typer.Option(help="Pool size of each worker.", min=1)] = 2,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the runs.")] = 120.0,
+    concurrency: Annotated[
+        int, typer.Option(help="Pool size of each worker.", min=1, max=params.MAX_DEMO_POOL)
+    ] = 2,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            parser=params.seconds(1, params.MAX_LONG_WAIT_S),
+            metavar="SECONDS",
+            help=f"Seconds to wait for the runs (1 to {params.MAX_LONG_WAIT_S}).",
+        ),
+    ] = 120.0,
     flower_on: Annotated[
         bool,
         typer.Option(
             "--flower", help="Also start Flower; keep it and the workers up until Ctrl-C."
         ),
     ] = False,
-    port: Annotated[int, typer.Option(help="Flower's port with --flower.")] = 5555,
+    port: Annotated[
+        int,
+        typer.Option(help="Flower's port with --flower.", min=params.MIN_PORT, max=params.MAX_PORT),
+    ] = 5555,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the demo workload on real workers and print a summary (make demo).
@@ -711,8 +801,79 @@ def demo(
         signal.signal(signal.SIGTERM, previous)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The ``agentrt`` entry point: every way out is an exit code and at most one line.
+
+    Usage errors (a bad option value, an unknown command) print ``error: ...`` and exit 2;
+    anything nobody expected prints ``error: internal error (<type>): <message>`` and exits
+    1, with the traceback in the CLI's error log (or on stderr with ``AGENTRT_DEBUG=1``)."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors, Typer's own
+        sys.exit(_usage_error(exc))
+    except typer.Abort:  # e.g. a confirmation answered no
+        err.print("aborted")
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:
+        sys.exit(_internal_error(exc))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    code = int(getattr(exc, "exit_code", EXIT_REFUSED))
+    if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed: that is the answer
+        return code
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    hint = ""
+    if ctx is not None:  # the program name is whatever ran us (a path, "-m"): say agentrt
+        hint = " ".join(["agentrt", *str(ctx.command_path).split()[1:], "--help"])
+        hint = f" (see {hint})"
+    err.print(f"[red bold]error:[/] {render.markup(message)}{escape(hint)}", soft_wrap=True)
+    return code
+
+
+def _internal_error(exc: BaseException) -> int:
+    """One line for a bug (ours or a library's); the traceback goes to a log file."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        traceback.print_exception(exc)
+        where = "traceback above"
+    else:
+        log = _log_traceback(exc)
+        where = f"details in {log}" if log else f"rerun with {DEBUG_ENV}=1 for the traceback"
+    message = render.line(str(exc)) or "-"
+    if len(message) > 300:
+        message = message[:299] + "…"
+    err.print(
+        f"[red bold]error:[/] internal error ({escape(type(exc).__name__)}): "
+        f"{escape(message)}; {escape(where)}",
+        soft_wrap=True,
+    )
+    return EXIT_ERROR
+
+
+#: the error log is started afresh beyond this size
+ERROR_LOG_MAX_BYTES = 1024 * 1024
+
+
+def _log_traceback(exc: BaseException) -> Path | None:
+    """Append the traceback to ``<AGENTRT_HOME>/cli-errors.log``; None if that fails.
+
+    Only the command's name is logged, not its arguments (they may hold an input or a
+    password); the traceback shows code, not local values."""
+    home = Path(os.environ.get("AGENTRT_HOME") or Settings.model_fields["home"].default)
+    log = home / "cli-errors.log"
+    command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        mode = "w" if log.exists() and log.stat().st_size > ERROR_LOG_MAX_BYTES else "a"
+        with log.open(mode, encoding="utf-8") as f:
+            f.write(f"--- {datetime.now(UTC).isoformat()} pid {os.getpid()} agentrt {command}\n")
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return log
 
 
 if __name__ == "__main__":

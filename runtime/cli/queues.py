@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from runtime.cli.render import FitTable, cell, line, number_column, text_column
 from runtime.scheduling.scheduler import PRIORITIES
 from runtime.scheduling.view import QueuesView, RateLimitState, TenantQueues
 
@@ -121,12 +121,12 @@ def queues_view(view: QueuesView) -> RenderableType:
 
 
 def _summary(view: QueuesView) -> Text:
-    workers = ", ".join(f"{w.name} ({w.processes})" for w in view.workers) or "none"
-    scope = f" · tenant {view.tenant}" if view.tenant else ""
+    workers = line(", ".join(f"{w.name} ({w.processes})" for w in view.workers) or "none")
+    scope = f" · tenant {line(view.tenant)}" if view.tenant else ""
     capacity_style = "bold" if view.capacity else "bold red"
     return Text.assemble(
         ("namespace ", "bold"),
-        f"{view.namespace}{scope}\n",
+        f"{line(view.namespace)}{scope}\n",
         ("capacity ", "bold"),
         (f"{view.capacity} processes", capacity_style),
         f" · {len(view.workers)} worker{'' if len(view.workers) == 1 else 's'}: {workers}\n",
@@ -148,7 +148,7 @@ def _parked_text(where: str | None) -> Text:
         return Text("-", style="dim")
     if where == "tenant_cap":
         return Text("tenant cap", style="yellow")
-    return Text(f"route {where.removeprefix('route:')}", style="yellow")
+    return Text(f"route {line(where.removeprefix('route:'))}", style="yellow")
 
 
 #: column headers of the priority classes, short enough for an 80-column terminal
@@ -158,14 +158,14 @@ _PRIORITY_HEADERS = {"critical": "crit", "high": "high", "normal": "norm", "low"
 def _tenants_table(view: QueuesView) -> Table:
     """Queued steps (ready + delayed) per tenant and priority; the ready count is in the
     JSON (queued - delayed)."""
-    table = Table(title="queued per tenant x priority", title_justify="left", show_edge=False)
-    table.add_column("tenant", no_wrap=True)
+    table = FitTable(title="queued per tenant x priority", title_justify="left", show_edge=False)
+    text_column(table, "tenant")
     for name in (*(_PRIORITY_HEADERS[p] for p in PRIORITIES), "delayed", "in flight"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("parked", no_wrap=True)
+        number_column(table, name)
+    text_column(table, "parked")
     for t in view.tenants:
         table.add_row(
-            escape(t.tenant),
+            cell(t.tenant),
             *(_count(t.by_priority[p]) for p in PRIORITIES),
             _count(t.delayed),
             _cap(t.in_flight, t.max_concurrency),
@@ -179,25 +179,30 @@ def _count(n: int) -> Text:
 
 
 def _routes_table(view: QueuesView) -> Table:
-    table = Table(title="routes", title_justify="left", show_edge=False)
-    for name in ("route", "in flight", "queued", "parked tenants"):
-        table.add_column(name, no_wrap=True, justify="right" if name == "queued" else "left")
+    table = FitTable(title="routes", title_justify="left", show_edge=False)
+    text_column(table, "route")
+    number_column(table, "in flight")
+    number_column(table, "queued")
+    text_column(table, "parked tenants")
     for r in view.routes:
         queued = f"{r.queued}" + (f" / {r.max_queued}" if r.max_queued else "")
         table.add_row(
-            escape(r.route),
+            cell(r.route),
             _cap(r.in_flight, r.limit),
             Text(queued, style="" if r.queued else "dim"),
-            escape(", ".join(r.parked_tenants)) or Text("-", style="dim"),
+            cell(", ".join(r.parked_tenants)) if r.parked_tenants else Text("-", style="dim"),
         )
     return table
 
 
 def _leases_table(view: QueuesView) -> Table:
     title = f"leases ({len(view.leases)} of {view.leases_total}, soonest expiry first)"
-    table = Table(title=title, title_justify="left", show_edge=False)
-    for name in ("run id", "step", "tenant", "route", "expires"):
-        table.add_column(name, no_wrap=True, justify="right" if name == "step" else "left")
+    table = FitTable(title=title, title_justify="left", show_edge=False)
+    table.add_column("run id", no_wrap=True)  # ids are never cut
+    number_column(table, "step")
+    text_column(table, "tenant")
+    text_column(table, "route")
+    number_column(table, "expires")
     for lease in view.leases:
         expires = (
             Text(f"{lease.expires_in_s:.1f}s")
@@ -205,31 +210,32 @@ def _leases_table(view: QueuesView) -> Table:
             else Text("lapsed", style="red")
         )
         table.add_row(
-            lease.item.run_id,
+            cell(lease.item.run_id),
             str(lease.item.step_no),
-            escape(lease.item.tenant),
-            escape(lease.item.route),
+            cell(lease.item.tenant),
+            cell(lease.item.route),
             expires,
         )
     return table
 
 
 def _bulkheads_table(view: QueuesView) -> Table:
-    table = Table(title="tool bulkheads", title_justify="left", show_edge=False)
-    table.add_column("tool", no_wrap=True)
-    table.add_column("holders", no_wrap=True)
+    table = FitTable(title="tool bulkheads", title_justify="left", show_edge=False)
+    text_column(table, "tool")
+    number_column(table, "holders")
     for b in view.bulkheads:
-        table.add_row(escape(b.tool), _cap(len(b.holders), b.max_concurrency))
+        table.add_row(cell(b.tool), _cap(len(b.holders), b.max_concurrency))
     return table
 
 
 def _rates_table(view: QueuesView) -> Table:
     """Each limiter: how far its schedule runs ahead of now, the units (requests or tokens)
     one take may have now, and, when even one unit would be refused, the wait."""
-    table = Table(title="rate limits", title_justify="left", show_edge=False)
-    for name in ("limiter", "rate", "burst", "ahead", "free", "state"):
-        left = name in ("limiter", "rate", "state")
-        table.add_column(name, no_wrap=True, justify="left" if left else "right")
+    table = FitTable(title="rate limits", title_justify="left", show_edge=False)
+    text_column(table, "limiter")
+    for name in ("rate", "burst", "ahead", "free"):
+        number_column(table, name)
+    table.add_column("state", no_wrap=True)
     for r in view.rate_limits:
         if r.throttling:
             state = Text(f"wait {r.retry_after_ms / 1000:.1f}s", style="bold yellow")
@@ -238,7 +244,7 @@ def _rates_table(view: QueuesView) -> Table:
         else:
             state = Text("idle", style="dim")
         table.add_row(
-            escape(r.name),
+            cell(r.name),
             f"{r.limit.limit}/{r.limit.period_s:g}s",
             str(r.limit.burst),
             f"{r.ahead_ms / 1000:.1f}s",

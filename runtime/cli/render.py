@@ -1,18 +1,115 @@
-"""How the CLI shows runs and traces: JSON shapes for scripts, Rich renderables for people."""
+"""How the CLI shows runs and traces: JSON shapes for scripts, Rich renderables for people.
+
+Every value the CLI shows a person comes from someone else (a goal, a tool's error, a
+poison message) and may carry terminal escape sequences. ``clean`` is the one sanitizer;
+``line`` (one-line fields: table cells, trace lines, errors) and ``block`` (multi-line
+fields) apply it where values are rendered, and ``SafeConsole``, the console every command
+prints with, applies it again to everything it writes, so nothing a value carries reaches
+the terminal whatever renders it. ``--json`` output is left exact (``json.dumps`` escapes
+control characters).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.segment import Segment
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
 from runtime.contract import RunView, TraceEvent
+
+# --- sanitizing --------------------------------------------------------------------------
+
+#: escape sequences, removed whole: CSI (7- and 8-bit), OSC/DCS/SOS/PM/APC up to their
+#: terminator (or the end), and the short ESC forms (ESC c, ESC ( B, ...)
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|\Z)"
+    r"|\x1b[ -/]*[0-~]",
+    re.DOTALL,
+)
+#: what is left after that: C0 controls (but newline and tab), DEL, C1 controls, and the
+#: bidi embedding/override/isolate characters that reorder what a terminal shows
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NEWLINE_OR_TAB = re.compile(r"[\t\n]+")
+
+
+def clean(value: object, *, multiline: bool = False) -> str:
+    """``value`` as text that is safe on a terminal: escape sequences and control and bidi
+    characters removed; newlines and tabs kept only if ``multiline`` (else each run of them
+    becomes one space)."""
+    text = value if isinstance(value, str) else str(value)
+    if _UNSAFE.search(text):
+        text = _CONTROL.sub("", _ESCAPE.sub("", text))
+    if not multiline and ("\n" in text or "\t" in text):
+        text = _NEWLINE_OR_TAB.sub(" ", text)
+    return text
+
+
+def line(value: object) -> str:
+    """A one-line field (a table cell, a trace line, an error): sanitized, on one line."""
+    return clean(value)
+
+
+def block(value: object) -> str:
+    """A multi-line field (a goal, a traceback): sanitized, newlines and tabs kept."""
+    return clean(value, multiline=True)
+
+
+def markup(value: object) -> str:
+    """A one-line value to put inside Rich markup: sanitized and markup-escaped."""
+    return escape(line(value))
+
+
+class SafeConsole(Console):
+    """A Console that never writes a control character or escape sequence from a value.
+
+    Strings are sanitized before Rich parses them, and every segment again before it is
+    written; Rich's own styles and cursor controls are not touched."""
+
+    def render_str(
+        self,
+        text: str,
+        *,
+        style: str | Style = "",
+        justify: Literal["default", "left", "center", "right", "full"] | None = None,
+        overflow: Literal["fold", "crop", "ellipsis", "ignore"] | None = None,
+        emoji: bool | None = None,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        highlighter: Callable[[str | Text], Text] | None = None,
+    ) -> Text:
+        return super().render_str(
+            block(text),
+            style=style,
+            justify=justify,
+            overflow=overflow,
+            emoji=emoji,
+            markup=markup,
+            highlight=highlight,
+            highlighter=highlighter,
+        )
+
+    def render(
+        self, renderable: RenderableType, options: ConsoleOptions | None = None
+    ) -> Iterable[Segment]:
+        for segment in super().render(renderable, options):
+            if segment.control is None and _UNSAFE.search(segment.text):
+                yield Segment(block(segment.text), segment.style)
+            else:
+                yield segment
+
 
 STATUS_STYLE = {
     "queued": "blue",
@@ -34,6 +131,62 @@ _KIND_STYLE = {
     "budget_exhausted": "red",
     "lock_busy": "magenta",
 }
+
+
+# --- tables that fit the terminal --------------------------------------------------------
+
+#: a text column is never cut below this many cells (or its header)
+MIN_TEXT_WIDTH = 6
+
+
+class FitTable(Table):
+    """A table that fits the width it is rendered at by cutting its text columns.
+
+    Rich, when a table of ``no_wrap`` columns is too wide, shrinks every column evenly,
+    numbers included, until a count column disappears. Here the text columns
+    (``text_column``) give way first, widest first, each cut with an ellipsis down to
+    ``MIN_TEXT_WIDTH``; number columns (``number_column``) keep their width."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        _fit(self, console, options)
+        yield from super().__rich_console__(console, options)
+
+
+def number_column(table: Table, name: str, **kw: Any) -> None:
+    """Numbers are never wrapped, cut or squeezed: at least as wide as the header."""
+    table.add_column(name, justify="right", no_wrap=True, min_width=len(name), **kw)
+
+
+def text_column(table: Table, name: str, **kw: Any) -> None:
+    """Text that gives way in a narrow terminal: one line, cut with an ellipsis."""
+    table.add_column(name, no_wrap=True, overflow="ellipsis", **kw)
+
+
+def _fit(table: Table, console: Console, options: ConsoleOptions) -> None:
+    wide = options.update_width(1 << 16)
+    for column in table.columns:
+        if column.overflow == "ellipsis":
+            column.max_width = None  # a table rendered again starts from its natural widths
+    excess = Measurement.get(console, wide, table).maximum - options.max_width
+    if excess <= 0:
+        return
+    widths: dict[int, int] = {}
+    floors: dict[int, int] = {}
+    for i, column in enumerate(table.columns):
+        if column.overflow != "ellipsis":
+            continue
+        cells = [column.header, *column.cells]
+        widths[i] = max(Measurement.get(console, wide, c).maximum for c in cells)
+        floors[i] = min(widths[i], max(MIN_TEXT_WIDTH, cell_len(str(column.header))))
+    while excess > 0:
+        shrinkable = [i for i in widths if widths[i] > floors[i]]
+        if not shrinkable:
+            break  # only numbers and short text left: Rich does the rest
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    for i, width in widths.items():
+        table.columns[i].max_width = width
 
 
 # --- JSON shapes -----------------------------------------------------------------------
@@ -130,16 +283,17 @@ def runs_view(views: list[RunView], width: int) -> RenderableType:
     for v in views:
         lines.append(
             Text.assemble(
-                (v.run_id, "bold"),
+                (line(v.run_id), "bold"),
                 "  ",
                 status_text(v.status.value),
                 "  ",
-                v.stop_reason or "-",
+                line(v.stop_reason or "-"),
             )
         )
         lines.append(
             Text(
-                f"    {v.tenant_id} / {v.route} · {v.steps} steps · {age(v.created_at)} ago",
+                f"    {line(v.tenant_id)} / {line(v.route)} · {v.steps} steps · "
+                f"{age(v.created_at)} ago",
                 style="dim",
             )
         )
@@ -147,8 +301,15 @@ def runs_view(views: list[RunView], width: int) -> RenderableType:
 
 
 def _row_cells(v: RunView) -> tuple[str, ...]:
-    reason = v.stop_reason or "-"
-    return (v.run_id, v.tenant_id, v.route, v.status.value, reason, str(v.steps), age(v.created_at))
+    return (
+        line(v.run_id),
+        line(v.tenant_id),
+        line(v.route),
+        v.status.value,
+        line(v.stop_reason or "-"),
+        str(v.steps),
+        age(v.created_at),
+    )
 
 
 def _table_width(views: list[RunView]) -> int:
@@ -163,14 +324,15 @@ def runs_table(views: list[RunView]) -> Table:
     for name in ("run id", "tenant", "route", "status", "stop reason", "steps", "age"):
         table.add_column(name, no_wrap=True, justify="right" if name == "steps" else "left")
     for v in views:
+        run_id, tenant, route, status, reason, steps, created = _row_cells(v)
         table.add_row(
-            v.run_id,
-            escape(v.tenant_id),
-            escape(v.route),
-            status_text(v.status.value),
-            escape(v.stop_reason or "-"),
-            str(v.steps),
-            age(v.created_at),
+            Text(run_id),
+            Text(tenant),
+            Text(route),
+            status_text(status),
+            Text(reason),
+            steps,
+            created,
         )
     return table
 
@@ -231,22 +393,29 @@ def _contract_grid(v: RunView) -> Table:
         ("finished", _iso(v.finished_at) if v.finished_at else "-"),
     ]
     for key, value in rows:
-        grid.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+        if isinstance(value, Text):
+            grid.add_row(key, value)
+        else:  # the goal may have lines of its own; every other field is one line
+            grid.add_row(key, Text(block(value) if key == "goal" else line(value)))
     return grid
 
 
 def _steps_table(steps: list[dict[str, Any]]) -> Table:
-    table = Table(title="steps", title_justify="left", show_edge=False)
+    table = FitTable(title="steps", title_justify="left", show_edge=False)
     for name in ("#", "kind", "tool", "outcome", "tokens", "ms"):
-        table.add_column(name, justify="right" if name in ("#", "tokens", "ms") else "left")
+        if name in ("#", "tokens", "ms"):
+            _number_column(table, name)
+        else:
+            _text_column(table, name)
     for s in steps:
-        tool = (s.get("proposal") or {}).get("tool") or "-"
+        proposal = s.get("proposal")
+        tool = (proposal.get("tool") if isinstance(proposal, dict) else None) or "-"
         tokens = s["input_tokens"] + s["output_tokens"]
         table.add_row(
             str(s["step_no"]),
-            s["kind"],
-            escape(str(tool)),
-            escape(s["outcome"]),
+            cell(s["kind"]),
+            cell(tool),
+            cell(s["outcome"]),
             str(tokens),
             str(s["duration_ms"]),
         )
@@ -254,35 +423,52 @@ def _steps_table(steps: list[dict[str, Any]]) -> Table:
 
 
 def _decisions_table(decisions: list[dict[str, Any]]) -> Table:
-    table = Table(title="policy decisions", title_justify="left", show_edge=False)
-    for name in ("#", "tool", "decision", "rule", "policy"):
-        table.add_column(name)
+    table = FitTable(title="policy decisions", title_justify="left", show_edge=False)
+    _number_column(table, "#")
+    for name in ("tool", "decision", "rule", "policy"):
+        _text_column(table, name)
     for d in decisions:
         table.add_row(
             str(d["step_no"]),
-            escape(d["tool"]),
-            d["decision"],
-            escape(d["rule_id"] or "default"),
-            d["policy_version"],
+            cell(d["tool"]),
+            cell(d["decision"]),
+            cell(d["rule_id"] or "default"),
+            cell(d["policy_version"]),
         )
     return table
 
 
 def _effects_table(effects: list[dict[str, Any]]) -> Table:
-    table = Table(title="side effects", title_justify="left", show_edge=False)
+    table = FitTable(title="side effects", title_justify="left", show_edge=False)
     for name in ("#", "tool", "class", "status", "idempotency key", "fence", "attempts"):
-        table.add_column(name)
+        if name in ("#", "fence", "attempts"):
+            _number_column(table, name)
+        else:
+            _text_column(table, name)
     for e in effects:
         table.add_row(
             str(e["step_no"]),
-            escape(e["tool"]),
-            e["side_effect_class"],
-            e["status"],
-            e["idempotency_key"],
+            cell(e["tool"]),
+            cell(e["side_effect_class"]),
+            cell(e["status"]),
+            cell(e["idempotency_key"]),
             str(e["fencing_token"] if e["fencing_token"] is not None else "-"),
             str(e["attempts"]),
         )
     return table
+
+
+def _number_column(table: Table, name: str) -> None:
+    number_column(table, name)
+
+
+def _text_column(table: Table, name: str) -> None:
+    text_column(table, name)
+
+
+def cell(value: object) -> Text:
+    """A table cell from a value: one line, sanitized, not parsed as markup."""
+    return Text(line(value))
 
 
 # --- the trace timeline ----------------------------------------------------------------
@@ -298,9 +484,9 @@ def trace_lines(events: list[TraceEvent]) -> list[Text]:
             Text.assemble(
                 (f"+{_offset(start, e.at):.3f}s ", "dim"),
                 f"{step:<7} ",
-                (f"{e.kind:<16}", _KIND_STYLE.get(e.kind, "")),
+                (f"{line(e.kind):<16}", _KIND_STYLE.get(e.kind, "")),
                 " ",
-                describe(e.kind, e.data),
+                line(describe(e.kind, e.data)),
             )
         )
     return lines
@@ -378,7 +564,15 @@ _DESCRIBERS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 
 def compact(value: Any, limit: int) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=False)
+    """``value`` on one line, sanitized, cut to ``limit`` characters."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=str, sort_keys=False)
+        except (ValueError, RecursionError):  # a cycle, or nested deeper than JSON goes
+            text = repr(value)
+    text = line(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

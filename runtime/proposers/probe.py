@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import openai
-
-from runtime.config import ModelConfig, RuntimeConfig
+if TYPE_CHECKING:
+    from runtime.config import ModelConfig, RuntimeConfig
 
 #: seconds a probe waits for an answer
 DEFAULT_PROBE_TIMEOUT_S = 3.0
@@ -45,6 +45,8 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 def probe_model(name: str, model: ModelConfig, timeout_s: float) -> ProbeResult:
     """Ask one model's endpoint for its model list; never raises for a network problem."""
+    import openai  # only here: every agentrt command imports this module, few probe
+
     api_key = os.environ.get(model.api_key_env or "", "") or "not-needed"
     client = openai.OpenAI(
         base_url=model.base_url, api_key=api_key, timeout=timeout_s, max_retries=0

@@ -1,0 +1,123 @@
+"""The CLI's plumbing, shared by every command group: consoles, one-line errors, JSON
+output, settings, and the two ways a command reaches a deployment - ``reader`` (SQL only,
+for read-only commands) and ``service`` (the whole runtime, for commands that change
+something or need Redis).
+
+Exit codes: 0 ok; 1 error; 2 refused at admission or bad arguments; 3 ``--wait`` timed out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from runtime.cli import render
+from runtime.cli.reads import Reads
+from runtime.errors import AgentRuntimeError, ConfigError
+from runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from runtime.service import RuntimeService
+
+EXIT_ERROR = 1
+EXIT_REFUSED = 2
+EXIT_TIMEOUT = 3
+
+# consoles resolve sys.stdout/sys.stderr when printing, so test runners can capture them;
+# they strip escape sequences and control characters from whatever they print
+out = render.SafeConsole(highlight=False)
+err = render.SafeConsole(stderr=True, highlight=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print ``error: <message>`` as one line (sanitized) and exit with ``code``."""
+    err.print(f"[red bold]error:[/] {render.markup(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    # plain write, not Rich: no wrapping or highlighting in machine output; json.dumps
+    # escapes control characters, so a value cannot reach the terminal raw from here
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"AGENTRT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        fail("invalid settings: " + "; ".join(problems))
+
+
+def describe_failure(exc: BaseException) -> str | None:
+    """The one line for an expected failure (ours, Redis's, the database's), else None.
+
+    A library that was never imported raised nothing, so its error class is looked up in
+    ``sys.modules`` rather than imported here (that would cost a read-only command)."""
+    if isinstance(exc, ConfigError):
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        first = exc.problems[0] if exc.problems else "invalid"
+        return f"invalid config {exc.path}: {first}{more}; see agentrt config check {exc.path}"
+    if isinstance(exc, AgentRuntimeError):
+        return str(exc)
+    redis_module = sys.modules.get("redis")
+    if redis_module is not None and isinstance(exc, redis_module.RedisError):
+        return f"Redis: {exc} (check AGENTRT_REDIS_URL)"
+    sql_errors = sys.modules.get("sqlalchemy.exc")
+    if sql_errors is not None and isinstance(exc, sql_errors.SQLAlchemyError):
+        # SQLAlchemy's text adds the statement and a link on lines of their own
+        cause = getattr(exc, "orig", None) or exc
+        first = (str(cause).strip().splitlines() or [""])[0]
+        return f"database: {type(cause).__name__}: {first} (check AGENTRT_DATABASE_URL)"
+    return None
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Expected failures become one red line and exit 1, not a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        message = describe_failure(exc)
+        if message is None:
+            raise
+        fail(message)
+
+
+@contextlib.contextmanager
+def service() -> Iterator[RuntimeService]:
+    """The whole runtime (Redis, scheduler, tools): for commands that change something."""
+    from runtime.service import RuntimeService
+
+    settings = load_settings()
+    with errors():
+        svc = RuntimeService.from_settings(settings)
+    try:
+        with errors():
+            yield svc
+    finally:
+        svc.close()
+
+
+@contextlib.contextmanager
+def reader() -> Iterator[Reads]:
+    """The SQL store alone: for read-only commands (no Redis, no model clients)."""
+    settings = load_settings()
+    with errors():
+        reads = Reads(settings)
+    try:
+        with errors():
+            yield reads
+    finally:
+        reads.close()
