@@ -140,6 +140,11 @@ def parse_input(raw: str | None) -> dict[str, Any]:
                     data = f.read(MAX_INPUT_BYTES + 1)
         except OSError as exc:
             fail(f"--input: cannot read {path}: {exc.strerror}", EXIT_REFUSED)
+    if len(data) > MAX_INPUT_BYTES:  # before decoding: the cut may split a character
+        fail(
+            f"{flag} is over {MAX_INPUT_BYTES} bytes; at most {MAX_INPUT_BYTES} accepted",
+            EXIT_REFUSED,
+        )
     try:
         text = data.decode("utf-8")
         value = parse_json(text, label="input", max_bytes=MAX_INPUT_BYTES)
@@ -807,15 +812,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
     Usage errors (a bad option value, an unknown command) print ``error: ...`` and exit 2;
     anything nobody expected prints ``error: internal error (<type>): <message>`` and exits
     1, with the traceback in the CLI's error log (or on stderr with ``AGENTRT_DEBUG=1``)."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, prog_name="agentrt", standalone_mode=False)
     except typer.TyperException as exc:  # click's usage errors, Typer's own
         sys.exit(_usage_error(exc))
     except typer.Abort:  # e.g. a confirmation answered no
         err.print("aborted")
         sys.exit(EXIT_ERROR)
     except Exception as exc:
-        sys.exit(_internal_error(exc))
+        sys.exit(_internal_error(exc, args))
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -826,21 +832,18 @@ def _usage_error(exc: typer.TyperException) -> int:
     format_message = getattr(exc, "format_message", None)
     message = format_message() if callable(format_message) else str(exc)
     ctx = getattr(exc, "ctx", None)
-    hint = ""
-    if ctx is not None:  # the program name is whatever ran us (a path, "-m"): say agentrt
-        hint = " ".join(["agentrt", *str(ctx.command_path).split()[1:], "--help"])
-        hint = f" (see {hint})"
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
     err.print(f"[red bold]error:[/] {render.markup(message)}{escape(hint)}", soft_wrap=True)
     return code
 
 
-def _internal_error(exc: BaseException) -> int:
+def _internal_error(exc: BaseException, args: list[str]) -> int:
     """One line for a bug (ours or a library's); the traceback goes to a log file."""
     if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         traceback.print_exception(exc)
         where = "traceback above"
     else:
-        log = _log_traceback(exc)
+        log = _log_traceback(exc, args)
         where = f"details in {log}" if log else f"rerun with {DEBUG_ENV}=1 for the traceback"
     message = render.line(str(exc)) or "-"
     if len(message) > 300:
@@ -857,14 +860,19 @@ def _internal_error(exc: BaseException) -> int:
 ERROR_LOG_MAX_BYTES = 1024 * 1024
 
 
-def _log_traceback(exc: BaseException) -> Path | None:
+def _log_traceback(exc: BaseException, args: list[str]) -> Path | None:
     """Append the traceback to ``<AGENTRT_HOME>/cli-errors.log``; None if that fails.
 
     Only the command's name is logged, not its arguments (they may hold an input or a
     password); the traceback shows code, not local values."""
     home = Path(os.environ.get("AGENTRT_HOME") or Settings.model_fields["home"].default)
     log = home / "cli-errors.log"
-    command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+    words = []
+    for arg in args[:2]:
+        if arg.startswith("-"):
+            break
+        words.append(render.line(arg)[:40])
+    command = " ".join(words)
     try:
         home.mkdir(parents=True, exist_ok=True)
         mode = "w" if log.exists() and log.stat().st_size > ERROR_LOG_MAX_BYTES else "a"

@@ -147,6 +147,11 @@ class FitTable(Table):
     (``text_column``) give way first, widest first, each cut with an ellipsis down to
     ``MIN_TEXT_WIDTH``; number columns (``number_column``) keep their width."""
 
+    def __init__(self, *headers: Any, **kw: Any) -> None:
+        super().__init__(*headers, **kw)
+        #: indexes of the columns that may be cut
+        self.shrinkable: set[int] = set()
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         _fit(self, console, options)
         yield from super().__rich_console__(console, options)
@@ -158,23 +163,24 @@ def number_column(table: Table, name: str, **kw: Any) -> None:
 
 
 def text_column(table: Table, name: str, **kw: Any) -> None:
-    """Text that gives way in a narrow terminal: one line, cut with an ellipsis."""
+    """Text that gives way in a narrow terminal (in a ``FitTable``): one line, cut with an
+    ellipsis."""
     table.add_column(name, no_wrap=True, overflow="ellipsis", **kw)
+    if isinstance(table, FitTable):
+        table.shrinkable.add(len(table.columns) - 1)
 
 
-def _fit(table: Table, console: Console, options: ConsoleOptions) -> None:
+def _fit(table: FitTable, console: Console, options: ConsoleOptions) -> None:
     wide = options.update_width(1 << 16)
-    for column in table.columns:
-        if column.overflow == "ellipsis":
-            column.max_width = None  # a table rendered again starts from its natural widths
+    for i in table.shrinkable:  # a table rendered again starts from its natural widths
+        table.columns[i].max_width = None
     excess = Measurement.get(console, wide, table).maximum - options.max_width
     if excess <= 0:
         return
     widths: dict[int, int] = {}
     floors: dict[int, int] = {}
-    for i, column in enumerate(table.columns):
-        if column.overflow != "ellipsis":
-            continue
+    for i in sorted(table.shrinkable):
+        column = table.columns[i]
         cells = [column.header, *column.cells]
         widths[i] = max(Measurement.get(console, wide, c).maximum for c in cells)
         floors[i] = min(widths[i], max(MIN_TEXT_WIDTH, cell_len(str(column.header))))
