@@ -54,13 +54,13 @@ from runtime.cli.common import (
     service,
 )
 from runtime.cli.dlq import app as dlq_app
-from runtime.config import RuntimeConfig, load_config
 from runtime.contract import RunStatus, RunView
 from runtime.errors import ConfigError, InvalidTransition
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
 from runtime.settings import Settings
 
 if TYPE_CHECKING:
+    from runtime.config import RuntimeConfig
     from runtime.service import RuntimeService
     from runtime.tools.registry import ToolRegistry
 
@@ -112,6 +112,14 @@ class Pool(enum.StrEnum):
 
 
 # --- plumbing (runtime.cli.common) -------------------------------------------------
+
+
+def load_config(path: Path) -> RuntimeConfig:
+    """``runtime.config.load_config``, imported when a command needs the deployment file
+    (read-only commands do not)."""
+    from runtime.config import load_config as load
+
+    return load(path)
 
 
 def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
