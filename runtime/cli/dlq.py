@@ -113,7 +113,8 @@ SinceOpt = Annotated[
         "--since",
         parser=parse_when,
         metavar="WHEN",
-        help="Last failure at or after WHEN: ISO-8601 (UTC if no offset) or 30m, 2h, 7d ago.",
+        help="Last failure at or after WHEN: ISO-8601 (UTC if no offset; 1970 to 9999) or "
+        "30m, 2h, 7d ago (at most 3650d).",
     ),
 ]
 UntilOpt = Annotated[

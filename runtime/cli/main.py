@@ -111,7 +111,7 @@ class Pool(enum.StrEnum):
     solo = "solo"
 
 
-# --- plumbing (runtime.cli.common) -------------------------------------------------
+# --- loading what only some commands need ------------------------------------------------
 
 
 def load_config(path: Path) -> RuntimeConfig:
