@@ -27,11 +27,13 @@ import json
 import re
 import reprlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.bounds import BoundsError, check_json
-from runtime.config import RuntimeConfig
 from runtime.errors import AdmissionRefused, AgentRuntimeError
+
+if TYPE_CHECKING:  # views import this module for ``bounded``/``shown``: no YAML loader for them
+    from runtime.config import RuntimeConfig
 
 PRIORITIES = ("critical", "high", "normal", "low")
 #: tenant and route names (as the config spells them)

@@ -302,7 +302,9 @@ def runs_list(
 ) -> None:
     """List runs, newest first (reads SQL only)."""
     with reader() as reads:
-        views = reads.runs(tenant, status.value if status else None, route, limit)
+        views = reads.runs(
+            tenant, status.value if status else None, route, limit, with_input=json_out
+        )
     if json_out:
         emit_json([render.run_json(v) for v in views])
     elif not views:
@@ -322,7 +324,7 @@ def runs_show(
     The whole RuntimeRun contract (camelCase with --json), a summary of every step, the
     stored policy decisions and side-effect records, and the settled spend."""
     with reader() as reads:
-        view = reads.run(run_id, tenant)
+        view = reads.run(run_id, tenant, with_input=json_out)
         steps = reads.store.steps(run_id, tenant)
         spend = reads.store.spend(run_id=run_id)
         effects = reads.store.side_effects(run_id=run_id)

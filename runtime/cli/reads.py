@@ -10,10 +10,12 @@ runs); it never starts one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.contract import RunView, TraceEvent
+from runtime.run_views import run_view
 from runtime.settings import Settings
 from runtime.store.db import default_sqlite_url, make_engine
 from runtime.store.dead_letters import DeadLetterStore
@@ -24,10 +26,9 @@ from runtime.store.runs import RunStore
 STEP_QUEUE = "agentrt.steps"
 
 
-def run_view(row: dict[str, Any]) -> RunView:
-    """A stored run as the contract (what ``RuntimeService.get`` returns for it)."""
-    fields = {name: row[name] for name in RunView.model_fields if name in row}
-    return RunView.model_validate({**fields, "steps": row["next_step"]})
+def _no_input(value: Any) -> None:
+    """Views for people do not show the input: leave it out rather than redact it."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,12 @@ class Counter:
 
 
 class Reads:
-    """The SQL store of a deployment, read-only (schema created if the database is new)."""
+    """The SQL store of a deployment, read-only (schema created if the database is new).
+
+    Run views are built as the service builds them (``runtime.run_views``). Their input is
+    left out unless ``with_input`` (``--json``): showing it means redacting the secret
+    arguments of the tools it calls, so only then are the deployment file and its tool
+    modules loaded; if they cannot be, the input is not shown (fail closed)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -49,20 +55,29 @@ class Reads:
         self.store = RunStore(make_engine(url))
         self.store.create_schema()
         self.dead_letters = DeadLetterStore(self.store)
+        self._shown_input: Callable[[Any], Any] | None = None
 
     def close(self) -> None:
         self.store.engine.dispose()
 
     # --- runs ----------------------------------------------------------------------------
-    def run(self, run_id: str, tenant: str | None = None) -> RunView:
-        return run_view(self.store.get_run(run_id, tenant))
+    def run(self, run_id: str, tenant: str | None = None, *, with_input: bool = False) -> RunView:
+        return self._view(self.store.read_run(run_id, tenant), with_input)
 
     def runs(
-        self, tenant: str | None, status: str | None, route: str | None, limit: int
+        self,
+        tenant: str | None,
+        status: str | None,
+        route: str | None,
+        limit: int,
+        *,
+        with_input: bool = False,
     ) -> list[RunView]:
-        return [run_view(r) for r in self.store.list_runs(tenant, status, route, limit)]
+        rows = self.store.list_runs(tenant, status, route, limit)
+        return [self._view(r, with_input) for r in rows]
 
     def trace(self, run_id: str, tenant: str | None = None) -> list[TraceEvent]:
+        self.store.read_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
         return [
             TraceEvent(
                 run_id=e["run_id"],
@@ -75,6 +90,29 @@ class Reads:
             )
             for i, e in enumerate(self.store.trace(run_id, tenant))
         ]
+
+    def _view(self, row: dict[str, Any], with_input: bool) -> RunView:
+        return run_view(row, self._input_redactor() if with_input else _no_input)
+
+    def _input_redactor(self) -> Callable[[Any], Any]:
+        if self._shown_input is None:
+            from runtime import proposals
+            from runtime.config import load_config
+            from runtime.tools.registry import ToolRegistry
+
+            try:
+                config = load_config(self.settings.config)
+                registry = ToolRegistry.from_modules(config.tool_modules)
+            except Exception as exc:  # the view says "could not be shown (<type>)"
+                problem = exc
+
+                def withheld(value: Any) -> Any:
+                    raise problem
+
+                self._shown_input = withheld
+            else:
+                self._shown_input = lambda value: proposals.shown_input(value, registry)
+        return self._shown_input
 
     # --- dead letters ----------------------------------------------------------------------
     def dead_letter(self, entry_id: str) -> dict[str, Any]:
