@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,19 @@ def test_submit_wait_json_prints_the_finished_contract(cli_env: Deployment) -> N
     # a repeated request id returns the same run, never a second one
     again = as_json(cli(*args, "--actor", "alice", "--request-id", "cli-req-1", "--json"))
     assert again["runId"] == run["runId"]
+
+
+def test_a_request_id_reused_with_another_goal_exits_2_naming_the_field(
+    cli_env: Deployment,
+) -> None:
+    request_id = f"cli-conflict-{uuid.uuid4().hex[:8]}"
+    args = submit_args("t1", "r.basic", [reply()])
+    assert cli(*args, "--actor", "alice", "--request-id", request_id).exit_code == 0
+    other = [a if a != "cli test" else "another goal" for a in args]
+    result = cli(*other, "--actor", "alice", "--request-id", request_id)
+    assert result.exit_code == 2, result.output
+    assert "refused:idempotency_conflict" in result.stderr and "goal" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_submit_for_people_prints_status_and_stop_reason(cli_env: Deployment) -> None:

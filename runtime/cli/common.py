@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from runtime.cli import render
 from runtime.cli.reads import Reads
-from runtime.errors import AgentRuntimeError, ConfigError
+from runtime.errors import AdmissionRefused, AgentRuntimeError, ConfigError, InvalidRequest
 from runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,14 +85,16 @@ def describe_failure(exc: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def errors() -> Iterator[None]:
-    """Expected failures become one red line and exit 1, not a traceback."""
+    """Expected failures become one red line, not a traceback: exit 2 for a request the
+    runtime refused (a conflicting request id, a malformed field), else exit 1."""
     try:
         yield
     except Exception as exc:
         message = describe_failure(exc)
         if message is None:
             raise
-        fail(message)
+        refused = isinstance(exc, AdmissionRefused | InvalidRequest)
+        fail(message, EXIT_REFUSED if refused else EXIT_ERROR)
 
 
 @contextlib.contextmanager
