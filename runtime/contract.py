@@ -150,18 +150,23 @@ class Usage(_Camel):
             reported={"input_tokens": _shown(input_tokens), "output_tokens": _shown(output_tokens)},
         )
 
-    def within(self, reserved_tokens: int) -> Usage:
-        """This usage bounded by what the step reserved: an unknown usage is charged as the
-        whole reservation (output tokens, the dearer kind), a larger one is scaled down."""
+    def within(self, reserved_input: int, reserved_output: int) -> Usage:
+        """This usage bounded by what the step reserved: the prompt's bound for input
+        tokens, the granted output cap for output tokens. An unknown usage is charged as the
+        whole reservation; a larger count is cut to its part of it (so its cost, priced per
+        part, is never above the reserved cost either)."""
         if self.unknown:
-            return Usage(output_tokens=reserved_tokens, unknown=True, reported=self.reported)
-        total = self.total_tokens
-        if total <= reserved_tokens:
+            return Usage(
+                input_tokens=reserved_input,
+                output_tokens=reserved_output,
+                unknown=True,
+                reported=self.reported,
+            )
+        if self.input_tokens <= reserved_input and self.output_tokens <= reserved_output:
             return self
-        inp = self.input_tokens * reserved_tokens // total
         return Usage(
-            input_tokens=inp,
-            output_tokens=reserved_tokens - inp,
+            input_tokens=min(self.input_tokens, reserved_input),
+            output_tokens=min(self.output_tokens, reserved_output),
             reported={"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
         )
 
@@ -209,6 +214,8 @@ class ProposalResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     model_version: str
     latency_ms: int = 0
+    #: the model stopped at its output cap (``finish_reason: length``): the text is cut
+    truncated: bool = False
 
 
 class TraceEvent(_Camel):

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from runtime import proposals, scripts, stop_reasons
-from runtime.budgets.ledger import Scope, today
+from runtime.budgets.ledger import OutputAllowance, Scope, today
+from runtime.budgets.tokens import MIN_OUTPUT_TOKENS, model_cost_micro, nano_per_token
 from runtime.config import Breaker, ModelConfig, RetryPolicy, RouteConfig
 from runtime.contract import (
     TERMINAL_STATUSES,
@@ -41,7 +42,7 @@ from runtime.contract import (
 from runtime.errors import BudgetExhausted, ProposerError, StaleWrite
 from runtime.locks.leases import Busy, Lease, new_owner
 from runtime.policy import Decision, PolicyContext
-from runtime.proposers.base import WorkingSet
+from runtime.proposers.base import Prompt, WorkingSet
 from runtime.scheduling import limits
 from runtime.scheduling.limits import Take
 from runtime.scheduling.scheduler import Item, Ops, now_ms
@@ -86,10 +87,27 @@ class _Step:
     started: float = field(default_factory=time.monotonic)
     started_at: Any = field(default_factory=utcnow)
     reserved: bool = False
+    #: what the step's hold holds per dimension, as far as this copy knows: settling is
+    #: bounded by it ("never overspent" in every dimension)
+    hold: dict[str, int] = field(default_factory=dict)
+    #: the scopes the hold reserved in (a tool call's reservation is added to the same)
+    scopes: list[Scope] = field(default_factory=list)
+    #: the model call's reservation: the prompt's bound and the granted output cap
+    prompt_tokens: int = 0
+    granted_output: int = 0
+    #: tokens taken from the model's global token rate limit, given back after the call
+    rate_tokens: int = 0
+    #: tool executions the hold covers, and whether this copy's own execution is one
+    hold_tools: int = 0
+    own_tool_reserved: bool = False
     used_proposer: bool = False
     usage: Usage = field(default_factory=Usage)
     model_version: str | None = None
     tool_executed: bool = False
+    #: executions of this step's tool call to charge: this copy's, and those of earlier
+    #: copies of the step that died before settling (charged as retries)
+    tool_executions: int = 0
+    #: cost of one execution of the step's tool (micro-USD)
     tool_cost_micro: int = 0
     proposal: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -305,31 +323,35 @@ class StepRunner:
 
     def _advance(self, st: _Step) -> _Move:
         pending = st.run["pending_proposal"]
-        if pending is None:
-            blocked = self._choose_model(st)
-            if blocked is not None:
-                return blocked
-            wait_s = self._take_model_rate(st)
-            if wait_s > 0:
-                st.trace.add("rate_limited", limiter=f"model:{st.model_name}", retry_after_s=wait_s)
-                return _Move(
-                    RunStatus.RUNNING,
-                    "deferred",
-                    "rate_limited:model",
-                    observation={"rate_limited": st.model_name},
-                    run_updates={"workflow_step": "waiting_rate_limit"},
-                    countdown_s=wait_s,
-                )
+        ws: WorkingSet | None = None
+        prompt: Prompt | None = None
         try:
-            self._reserve(st, with_model_call=pending is None)
+            if pending is None:
+                blocked = self._choose_model(st)
+                if blocked is not None:
+                    return blocked
+                # the prompt is built and bounded first: its tokens are part of the worst
+                # case the rate limit and the budget reserve
+                ws = self._working_set(st)
+                prompt = self.svc.proposer_for(st.model_name).prepare(ws)
+                wait_s = self._take_model_rate(st, prompt.tokens)
+                if wait_s > 0:
+                    st.trace.add(
+                        "rate_limited", limiter=f"model:{st.model_name}", retry_after_s=wait_s
+                    )
+                    return _Move(
+                        RunStatus.RUNNING,
+                        "deferred",
+                        "rate_limited:model",
+                        observation={"rate_limited": st.model_name},
+                        run_updates={"workflow_step": "waiting_rate_limit"},
+                        countdown_s=wait_s,
+                    )
+            self._reserve(st, prompt, pending)
         except BudgetExhausted as exc:
-            st.trace.add("budget_exhausted", scope=exc.scope, dimension=exc.dimension)
-            return _Move(
-                RunStatus.FAILED,
-                "stopped",
-                f"budget_exhausted:{exc.dimension}",
-                stop_reason=stop_reasons.make("budget_exhausted", exc.dimension),
-            )
+            # refused before any model call: what was taken from the rate limit goes back
+            self._give_back_tokens(st)
+            return self._exhausted(st, exc)
         if pending is not None:
             # retry bookkeeping travels with the proposal but is not part of it
             st.call_key = pending.get("call_key")
@@ -349,8 +371,9 @@ class StepRunner:
                     )
                 raw = {**raw, "args": {**raw.get("args", {}), **secrets}}
         else:
+            assert ws is not None and prompt is not None
             try:
-                result = self._propose(st)
+                result = self._propose(st, ws, prompt)
             except ProposerError as exc:
                 st.trace.add("proposer_error", code=exc.code, error=str(exc), model=st.model_name)
                 self._record_breaker(
@@ -471,25 +494,35 @@ class StepRunner:
         return pending
 
     # --- global rate limits ----------------------------------------------------------
-    def _take_model_rate(self, st: _Step) -> float:
-        """Take one request and the step's worst-case tokens from the model's limiters."""
+    def _take_model_rate(self, st: _Step, prompt_tokens: int) -> float:
+        """Take one request and the call's worst-case tokens (its prompt's bound plus the
+        output cap) from the model's global limiters."""
         model = self._model(st)
         takes = []
         if model.requests_rate:
             takes.append(Take(limits.model_requests(st.model_name), model.requests_rate))
+        tokens = 0
         if model.tokens_rate:
-            tokens = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+            cap = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+            tokens = prompt_tokens + cap
             takes.append(Take(limits.model_tokens(st.model_name), model.tokens_rate, tokens))
-        return self.svc.limiter.take(takes)
+        wait_s = self.svc.limiter.take(takes)
+        if wait_s <= 0:
+            st.rate_tokens = tokens
+        return wait_s
 
     def _give_back_tokens(self, st: _Step) -> None:
+        """Give the model's token limiter what the call did not use (all of it when the
+        step stopped before calling)."""
+        if not st.rate_tokens:
+            return
         model = self._model(st)
+        taken, st.rate_tokens = st.rate_tokens, 0
         if model.tokens_rate:
-            reserved = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
             self.svc.limiter.give_back(
                 limits.model_tokens(st.model_name),
                 model.tokens_rate,
-                reserved - st.usage.total_tokens,
+                taken - (st.usage.total_tokens if st.used_proposer else 0),
             )
 
     # --- budget ----------------------------------------------------------------------
@@ -510,44 +543,150 @@ class StepRunner:
         )
         return scopes
 
-    def _reserve(self, st: _Step, *, with_model_call: bool) -> None:
+    def _hold_ttl_ms(self) -> int:
+        return int((self.svc.config.lease_ttl_s() + LEASE_MARGIN_S) * 1000)
+
+    def _reserve(self, st: _Step, prompt: Prompt | None, pending: dict[str, Any] | None) -> None:
+        """Reserve the step's worst case before anything runs. A model call: its prompt's
+        bound plus as many output tokens as every scope still holds, up to the policy's
+        ``tokens_per_step`` (the grant becomes the call's ``max_tokens``), and their cost.
+        A resumed tool call: one tool call and its cost. A tool call the model proposes is
+        reserved when proposed (``_reserve_tool``), so a step that only replies needs no
+        tool-call budget."""
         svc = self.svc
-        policy = svc.config.budget_policies[st.route.budget_policy]
-        model = self._model(st)
-        tokens = policy.tokens_per_step if with_model_call else 0
-        price = max(model.input_usd_per_mtok, model.output_usd_per_mtok)
-        tool_cost = max((svc.tool_cost_micro(t) for t in st.route.allowed_tools), default=0)
         amounts = {
-            "tokens": tokens,
-            "model_calls": 1 if with_model_call else 0,
-            "tool_calls": 1 if st.route.allowed_tools else 0,
-            "retries": 1 if _retrying(st) else 0,
+            "tokens": 0,
+            "model_calls": 0,
+            "tool_calls": 0,
+            "retries": _retries_reserved(st),
             "wall_clock_ms": int(st.route.step_timeout_s * 1000),
-            "cost_micro_usd": round(tokens * price) + tool_cost,
+            "cost_micro_usd": 0,
         }
-        hold_ttl_ms = int((svc.config.lease_ttl_s() + LEASE_MARGIN_S) * 1000)
+        output: OutputAllowance | None = None
+        tools = 0
+        if prompt is not None:
+            model = self._model(st)
+            cap = svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+            amounts["tokens"] = prompt.tokens
+            amounts["model_calls"] = 1
+            output = OutputAllowance(
+                cap=cap,
+                minimum=min(MIN_OUTPUT_TOKENS, cap),
+                cost_base_nano=prompt.tokens * nano_per_token(model.input_usd_per_mtok),
+                cost_per_token_nano=nano_per_token(model.output_usd_per_mtok),
+            )
+        elif pending is not None:
+            st.tool_cost_micro = svc.tool_cost_micro(str(pending.get("tool")))
+            amounts["tool_calls"] = 1
+            amounts["cost_micro_usd"] = st.tool_cost_micro
+            tools = 1
+        st.scopes = self._scopes(st)
         reservation = svc.ledger.reserve(
-            st.run_id, st.step_no, self._scopes(st), amounts, hold_ttl_ms
+            st.run_id,
+            st.step_no,
+            st.scopes,
+            amounts,
+            self._hold_ttl_ms(),
+            output=output,
+            tool_executions=tools,
         )
         st.reserved = True
-        st.trace.add("budget_reserve", amounts=amounts, state=reservation.state)
+        st.hold = dict(reservation.amounts)
+        st.hold_tools = reservation.tool_executions
+        st.own_tool_reserved = tools > 0 and reservation.state == "new"
+        if output is not None and prompt is not None:
+            held = st.hold.get("tokens", 0)
+            if reservation.granted_output is not None:
+                st.granted_output = reservation.granted_output
+            else:  # a hold made without a model call's grant (by an older version)
+                st.granted_output = min(held - min(prompt.tokens, held), output.cap)
+            # a re-run holds what its first copy reserved: the prompt part is the rest
+            st.prompt_tokens = held - st.granted_output
+            if st.granted_output < 1:
+                raise BudgetExhausted(f"run:{st.run_id}", "tokens")
+        st.trace.add(
+            "budget_reserve",
+            amounts=st.hold,
+            state=reservation.state,
+            prompt_tokens=st.prompt_tokens if prompt is not None else None,
+            max_output_tokens=st.granted_output if prompt is not None else None,
+        )
+
+    def _reserve_tool(self, st: _Step, spec: ToolSpec) -> _Move | None:
+        """Add the proposed tool call (and its cost) to the step's hold before it runs;
+        ``budget_exhausted:<dimension>`` if it does not fit, with nothing executed. A copy
+        of the step run again after its worker died reserves its execution as a retry."""
+        st.tool_cost_micro = self.svc.tool_cost_micro(spec.name)
+        if st.own_tool_reserved:
+            return None
+        return self._add_executions(st, 1)
+
+    def _add_executions(self, st: _Step, count: int) -> _Move | None:
+        cost = st.tool_cost_micro
+        try:
+            before, added = self.svc.ledger.extend(
+                st.run_id,
+                st.step_no,
+                st.scopes,
+                {"tool_calls": 1, "cost_micro_usd": cost},
+                {"retries": 1, "cost_micro_usd": cost},
+                self._hold_ttl_ms(),
+                count,
+            )
+        except BudgetExhausted as exc:
+            move = self._exhausted(st, exc)
+            move.run_updates["pending_proposal"] = None
+            return move
+        st.reserved = True
+        st.hold_tools = before + count
+        st.own_tool_reserved = True
+        for dim, amount in added.items():
+            st.hold[dim] = st.hold.get(dim, 0) + amount
+        st.trace.add("budget_reserve_tool", amounts=added, executions=st.hold_tools)
+        return None
+
+    def _exhausted(self, st: _Step, exc: BudgetExhausted) -> _Move:
+        st.trace.add("budget_exhausted", scope=exc.scope, dimension=exc.dimension)
+        return _Move(
+            RunStatus.FAILED,
+            "stopped",
+            f"budget_exhausted:{exc.dimension}",
+            stop_reason=stop_reasons.make("budget_exhausted", exc.dimension),
+        )
 
     def _actual_spend(self, st: _Step) -> dict[str, int]:
+        """What the step spent, bounded by what its hold holds (traced if cut)."""
         model = self._model(st)
-        cost = st.tool_cost_micro
+        executions = st.tool_executions
+        cost = executions * st.tool_cost_micro
         if st.used_proposer:
-            cost += round(
-                st.usage.input_tokens * model.input_usd_per_mtok
-                + st.usage.output_tokens * model.output_usd_per_mtok
+            cost += model_cost_micro(
+                st.usage.input_tokens,
+                st.usage.output_tokens,
+                nano_per_token(model.input_usd_per_mtok),
+                nano_per_token(model.output_usd_per_mtok),
             )
-        return {
+        redelivered = 1 if st.attempt > 0 else 0
+        actual = {
             "tokens": st.usage.total_tokens,
             "model_calls": 1 if st.used_proposer else 0,
-            "tool_calls": 1 if st.tool_executed else 0,
-            "retries": 1 if _retrying(st) else 0,
+            "tool_calls": 1 if executions else 0,
+            # a retried call, plus each execution beyond the first (copies of the step that
+            # died after running the tool); a redelivered step counts one at least
+            "retries": _policy_retry(st) + max(redelivered, executions - 1),
             "wall_clock_ms": int((time.monotonic() - st.started) * 1000),
             "cost_micro_usd": cost,
         }
+        over = {d: v for d, v in actual.items() if v > st.hold.get(d, 0)}
+        if over:
+            st.trace.add(
+                "spend_clamped",
+                spent={d: actual[d] for d in over},
+                reserved={d: st.hold.get(d, 0) for d in over},
+            )
+            for dim in over:
+                actual[dim] = st.hold.get(dim, 0)
+        return actual
 
     # --- propose ---------------------------------------------------------------------
     def _working_set(self, st: _Step) -> WorkingSet:
@@ -568,14 +707,15 @@ class StepRunner:
             history_loader=lambda: svc.store.steps(st.run_id),
         )
 
-    def _propose(self, st: _Step) -> ProposalResult:
+    def _propose(self, st: _Step, ws: WorkingSet, prompt: Prompt) -> ProposalResult:
         proposer = self.svc.proposer_for(st.model_name)
         st.used_proposer = True
-        result = proposer.propose(self._working_set(st))
-        reserved = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
-        # a reported usage is untrusted: bounded by what the step reserved, so settling can
-        # never overspend and the checkpoint can never overflow a column
-        st.usage = result.usage.within(reserved)
+        ws.max_output_tokens = st.granted_output
+        result = proposer.call(ws, prompt, st.granted_output)
+        # a reported usage is untrusted: bounded by what the step reserved (the prompt's
+        # bound, the granted output), so settling never overspends in tokens or cost and
+        # the checkpoint can never overflow a column
+        st.usage = result.usage.within(st.prompt_tokens, st.granted_output)
         st.model_version = result.model_version
         st.trace.add(
             "proposal",
@@ -589,8 +729,10 @@ class StepRunner:
                 "usage_unknown" if st.usage.unknown else "usage_clamped",
                 reported=st.usage.reported,
                 charged=st.usage.total_tokens,
-                reserved=reserved,
+                reserved={"input_tokens": st.prompt_tokens, "output_tokens": st.granted_output},
             )
+        if result.truncated:
+            st.trace.add("output_truncated", max_output_tokens=st.granted_output)
         return result
 
     # --- validate and act ------------------------------------------------------------
@@ -725,6 +867,9 @@ class StepRunner:
         timeout_s = svc.tool_timeout(spec, st.run["route"])
         entry = svc.config.tools[spec.name]
         call_id = f"{st.run_id}:{st.step_no}"
+        refused = self._reserve_tool(st, spec)
+        if refused is not None:
+            return refused
         if entry.breaker:
             verdict = svc.breakers.allow(f"tool:{spec.name}", entry.breaker, call_id)
             if not verdict.allowed:
@@ -759,6 +904,8 @@ class StepRunner:
         finally:
             if entry.max_concurrency:
                 svc.limiter.leave_bulkhead(spec.name, call_id)
+        if isinstance(outcome, _Move):  # its re-execution's budget was refused
+            return outcome
         if entry.breaker:
             self._record_breaker(st, f"tool:{spec.name}", entry.breaker, ok=outcome.ok)
         return self._after_tool(st, spec, outcome, args)
@@ -795,7 +942,7 @@ class StepRunner:
         args: dict[str, Any],
         lock: Lease | None,
         timeout_s: float,
-    ) -> ToolOutcome:
+    ) -> ToolOutcome | _Move:
         svc = self.svc
         # a retried call keeps the key of its first attempt: the tool (and any external
         # system it passes the key to) sees one call, tried again
@@ -804,8 +951,12 @@ class StepRunner:
         # with the claim on its idempotency key
         decisions, st.decisions = st.decisions, []
         events = st.trace.drain()
+        replay: ToolOutcome | None = None
         if spec.side_effect == "read":
             svc.store.store_decisions(decisions, events)
+            # no record of earlier attempts: every execution the hold covers besides this
+            # one may have run (a copy of the step that died); charged, fail closed
+            earlier = max(st.hold_tools - 1, 0)
         else:
             claim = svc.store.claim_effect(
                 {
@@ -826,10 +977,21 @@ class StepRunner:
                 retry=st.call_key is not None,
                 retry_unknown=spec.retry_unknown,
             )
+            earlier = self._earlier_executions(st, claim)
             if not claim.fresh:
                 replay = self._replay(st, spec, claim.status, claim.result, claim.error, key)
-                if replay is not None:
-                    return replay
+        refused = self._charge_executions(st, earlier, runs_now=replay is None)
+        if refused is not None:
+            if spec.side_effect != "read":
+                st.effect_update = {
+                    "idempotency_key": key,
+                    "status": "unknown",
+                    "finished_at": utcnow(),
+                    "error": "an earlier attempt died mid-call; not repeated: no budget left",
+                }
+            return refused
+        if replay is not None:
+            return replay
         ctx = ToolContext(
             run_id=st.run_id,
             tenant_id=st.tenant_id,
@@ -846,7 +1008,6 @@ class StepRunner:
         # a tool may echo its arguments in an error: its secret ones never reach a record
         outcome.error = proposals.scrub(outcome.error, st.secrets)
         st.tool_executed = True
-        st.tool_cost_micro = svc.tool_cost_micro(spec.name)
         st.trace.add(
             "tool_end",
             tool=spec.name,
@@ -893,6 +1054,32 @@ class StepRunner:
             error_code="side_effect_unknown",
             error="an earlier attempt died mid-call; an irreversible call is not repeated",
         )
+
+    def _earlier_executions(self, st: _Step, claim: Any) -> int:
+        """Executions of this call by earlier copies of this step, which died before
+        settling (so nothing charged them): the claims on its idempotency key before this
+        one. A key kept from an earlier step (a retried call) was also claimed by steps
+        that settled: bounded then by the executions the hold covers."""
+        prior = int(claim.attempts) - (1 if claim.status == "started" else 0)
+        if claim.fresh:
+            prior = 0
+        if st.call_key is not None:
+            prior = min(prior, max(st.hold_tools - 1, 0))
+        return max(prior, 0)
+
+    def _charge_executions(self, st: _Step, earlier: int, *, runs_now: bool) -> _Move | None:
+        """Count the executions this step is charged for; reserve any the hold does not
+        cover yet (its earlier copy's hold was reaped) before the tool runs again. If that
+        is refused, the tool does not run again and the run stops on the budget."""
+        st.tool_executions = earlier + (1 if runs_now else 0)
+        missing = st.tool_executions - st.hold_tools
+        if missing <= 0:
+            return None
+        refused = self._add_executions(st, missing)
+        if refused is not None and runs_now:
+            st.tool_executions = earlier
+            return refused
+        return None  # a replay is charged within what the hold covers
 
     def _after_tool(
         self, st: _Step, spec: ToolSpec, outcome: ToolOutcome, args: dict[str, Any]
@@ -1153,9 +1340,14 @@ def backoff_s(policy: RetryPolicy, failures: int) -> float:
     return float(max(0.0, base * (1 + random.uniform(-policy.jitter, policy.jitter))))
 
 
-def _retrying(st: _Step) -> bool:
-    """A redelivered step or a retried call: charged to the ``retries`` dimension."""
-    return st.attempt > 0 or int(st.run.get("attempt") or 0) > 0
+def _policy_retry(st: _Step) -> int:
+    """1 if the step retries a call that failed (the route's retry policy), else 0."""
+    return 1 if int(st.run.get("attempt") or 0) > 0 else 0
+
+
+def _retries_reserved(st: _Step) -> int:
+    """A retried call, and a redelivered step: each reserves one ``retries`` unit."""
+    return _policy_retry(st) + (1 if st.attempt > 0 else 0)
 
 
 def item_of(run: dict[str, Any], step_no: int) -> Item:

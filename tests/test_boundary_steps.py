@@ -93,15 +93,28 @@ def test_reported_usage_is_bounded_by_the_reservation(deployment: Deployment) ->
     effects = deployment.svc.store.side_effects(run_id=done.run_id)
     assert [e["status"] for e in effects] == ["succeeded"] * 3
     assert deployment.svc.dead_letters.find(DeadLetterFilter(run_id=done.run_id)) == []
-    # and what was charged is the reservation where the report was unknown or larger
+    # and what was charged is the reservation where the report was unknown or larger: the
+    # prompt's bound as input tokens, the granted output cap (tokens_per_step) as output
     steps = deployment.svc.store.steps(done.run_id)
-    assert [s["input_tokens"] + s["output_tokens"] for s in steps] == [1000, 1000, 1000, 15]
-    assert deployment.svc.store.spend(run_id=done.run_id)["tokens"] == 3015
-    kinds = [e.kind for e in deployment.svc.trace(done.run_id)]
+    trace = deployment.svc.trace(done.run_id)
+    reserved = [
+        (e.data["prompt_tokens"], e.data["max_output_tokens"])
+        for e in trace
+        if e.kind == "budget_reserve"
+    ]
+    assert [r[1] for r in reserved] == [1000] * 4
+    charged = [(s["input_tokens"], s["output_tokens"]) for s in steps]
+    assert charged == [reserved[0], (reserved[1][0], 1000), reserved[2], (10, 5)]
+    assert deployment.svc.store.spend(run_id=done.run_id)["tokens"] == sum(map(sum, charged))
+    kinds = [e.kind for e in trace]
     assert kinds.count("usage_unknown") == 2 and kinds.count("usage_clamped") == 1
-    clamped = next(e for e in deployment.svc.trace(done.run_id) if e.kind == "usage_clamped")
+    clamped = next(e for e in trace if e.kind == "usage_clamped")
     assert clamped.data["reported"] == {"input_tokens": 3000, "output_tokens": 3000}
-    assert clamped.data["charged"] == 1000
+    assert clamped.data["charged"] == sum(reserved[1])
+    assert clamped.data["reserved"] == {
+        "input_tokens": reserved[1][0],
+        "output_tokens": 1000,
+    }
 
 
 # --- an outcome that could not be checkpointed -----------------------------------------------

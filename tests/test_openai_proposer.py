@@ -306,7 +306,11 @@ def test_odd_usage_numbers_are_unknown_usage_not_fatal(server: FakeOpenAI) -> No
     assert result.raw == {"type": "reply", "text": "fine"}
     assert result.usage.unknown
     assert result.usage.reported == {"input_tokens": -5, "output_tokens": "7"}
-    assert result.usage.within(4000).total_tokens == 4000
+    # charged as the whole reservation: the prompt's bound and the granted output
+    assert result.usage.within(700, 4000).model_dump(include={"input_tokens", "output_tokens"}) == {
+        "input_tokens": 700,
+        "output_tokens": 4000,
+    }
 
 
 def test_unreachable_endpoint_raises_proposer_error() -> None:
@@ -474,13 +478,18 @@ def test_an_absurd_usage_report_is_charged_at_the_reservation(
     server.add(fake_openai.text("ok", prompt_tokens=10**30, completion_tokens=2**63), key=k)
     run_id = submit(chat, k)
     done = chat.svc.wait(run_id, timeout=30)
-    # the checkpoint went through: the run ended normally, charged its reservation (1000)
+    # the checkpoint went through: the run ended normally, charged its reservation (the
+    # prompt's bound as input, the granted output cap of 1000)
     assert done.status == "succeeded", done.stop_reason
     [step] = chat.svc.store.steps(run_id)
-    assert step["input_tokens"] + step["output_tokens"] == 1000
-    assert chat.svc.store.spend(run_id=run_id)["tokens"] == 1000
+    reserve = next(e for e in chat.svc.trace(run_id) if e.kind == "budget_reserve")
+    prompt = reserve.data["prompt_tokens"]
+    assert reserve.data["max_output_tokens"] == 1000
+    assert (step["input_tokens"], step["output_tokens"]) == (prompt, 1000)
+    assert chat.svc.store.spend(run_id=run_id)["tokens"] == prompt + 1000
+    assert reserve.data["amounts"]["tokens"] == prompt + 1000
     unknown = next(e for e in chat.svc.trace(run_id) if e.kind == "usage_unknown")
-    assert unknown.data["charged"] == 1000
+    assert unknown.data["charged"] == prompt + 1000
 
 
 def test_a_reply_with_fifty_calls_is_refused_and_records_every_call(

@@ -5,6 +5,12 @@ cost_micro_usd. A step reserves its worst case in every scope (run, tenant per d
 per day) in one Lua call: all scopes or none. Reservations count against limits, so
 concurrent steps cannot together overspend. Settling replaces the reservation by what was
 actually spent; SQL spend records hold the same numbers and can rebuild the ledger.
+
+A model call's worst case is its prompt plus its output cap. The prompt is counted before
+the call; the output cap is an ``OutputAllowance``: the script grants
+``min(cap, what the tightest scope can still hold)`` output tokens (and their cost) in the
+same call, and the step passes the grant to the model as its ``max_tokens``. A tool call is
+reserved when one is proposed (``extend``), added to the same hold.
 """
 
 from __future__ import annotations
@@ -37,12 +43,33 @@ class Scope:
 
 
 @dataclass(frozen=True)
+class OutputAllowance:
+    """The flexible part of a model call's reservation: between ``minimum`` and ``cap``
+    output tokens, as many as every scope can still hold, priced at
+    ``cost_per_token_nano`` on top of ``cost_base_nano`` (the prompt's input cost)."""
+
+    cap: int
+    minimum: int
+    cost_base_nano: int
+    cost_per_token_nano: int
+
+
+@dataclass(frozen=True)
 class Reservation:
     run_id: str
     step: int
+    #: what the hold holds, per dimension (for an existing hold: all of it, as recorded)
     amounts: dict[str, int]
     #: "new" or "existing" (a redelivered step found its own hold)
     state: str
+    #: output tokens granted to the model call (None: the hold has no model call)
+    granted_output: int | None = None
+    #: tool executions the hold covers
+    tool_executions: int = 0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class BudgetLedger:
@@ -51,6 +78,7 @@ class BudgetLedger:
         self.keys = keys
         self._reserve = scripts.register(client, scripts.lua("runtime.budgets", "reserve.lua"))
         self._settle = scripts.register(client, scripts.lua("runtime.budgets", "settle.lua"))
+        self._extend = scripts.register(client, scripts.lua("runtime.budgets", "extend.lua"))
 
     # --- scopes ----------------------------------------------------------------------
     def run_scope(self, run_id: str, limits: dict[str, int]) -> Scope:
@@ -81,23 +109,91 @@ class BudgetLedger:
         scopes: list[Scope],
         amounts: dict[str, int],
         hold_ttl_ms: int,
+        *,
+        output: OutputAllowance | None = None,
+        tool_executions: int = 0,
     ) -> Reservation:
         """Reserve ``amounts`` in every scope or raise ``BudgetExhausted`` naming the first
-        scope and dimension that would go over. Idempotent for (run, step)."""
+        scope and dimension that would go over. Idempotent for (run, step): a second call
+        finds the hold (state "existing") and does not reserve again.
+
+        With ``output``, ``amounts["tokens"]`` and ``amounts["cost_micro_usd"]`` are the
+        fixed part; the script adds the granted output tokens and their cost (returned as
+        ``granted_output`` and in ``amounts``) or refuses on ``tokens`` or
+        ``cost_micro_usd`` when not even ``output.minimum`` fits. ``tool_executions``: the
+        tool calls these amounts include (a resumed call), counted by the hold."""
         dims = list(DIMENSIONS)
         argv: list[Any] = [hold_ttl_ms, len(dims), *dims, *(int(amounts.get(d, 0)) for d in dims)]
         for scope in scopes:
             argv.extend(int(scope.limits.get(d, -1)) for d in dims)
         argv.extend(scope.ttl_s for scope in scopes)
+        if output is not None or tool_executions:
+            if output is None:
+                argv.extend([-1, 0, 0, 0])
+            else:
+                argv.extend(
+                    [
+                        output.cap,
+                        output.minimum,
+                        output.cost_base_nano,
+                        output.cost_per_token_nano,
+                    ]
+                )
+            argv.append(tool_executions)
         keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
         keys.extend(scope.key for scope in scopes)
         result = self._reserve(keys=keys, args=argv)
-        if int(result[0]) == 1:
-            state = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
-            return Reservation(run_id, step, dict(amounts), state)
-        scope = scopes[int(result[1])]
-        dim = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
-        raise BudgetExhausted(scope.name, dim)
+        if int(result[0]) != 1:
+            raise BudgetExhausted(scopes[int(result[1])].name, _text(result[2]))
+        state = _text(result[1])
+        if state == "existing":
+            return self.hold(run_id, step) or Reservation(run_id, step, {}, state)
+        reserved = dict(amounts)
+        granted: int | None = None
+        if output is not None:
+            granted = int(result[2])
+            reserved["tokens"] = int(result[3])
+            reserved["cost_micro_usd"] = int(result[4])
+        return Reservation(run_id, step, reserved, state, granted, tool_executions)
+
+    def hold(self, run_id: str, step: int) -> Reservation | None:
+        """The open hold of a step as recorded (state "existing"), or None."""
+        raw = self.redis.hgetall(self.keys.budget_hold(run_id, step))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        amounts = {d: int(fields.get(f"a:{d}", "0")) for d in DIMENSIONS}
+        granted = int(fields["g"]) if "g" in fields and int(fields["g"]) >= 0 else None
+        return Reservation(run_id, step, amounts, "existing", granted, int(fields.get("x", "0")))
+
+    def extend(
+        self,
+        run_id: str,
+        step: int,
+        scopes: list[Scope],
+        first: dict[str, int],
+        again: dict[str, int],
+        hold_ttl_ms: int,
+        count: int = 1,
+    ) -> tuple[int, dict[str, int]]:
+        """Add ``count`` tool executions to the step's hold, in every scope or none (else
+        ``BudgetExhausted``): the hold's first execution reserves ``first``, each later one
+        ``again``. Returns (executions the hold covered before, amounts added)."""
+        dims = list(DIMENSIONS)
+        argv: list[Any] = [hold_ttl_ms, len(dims), *dims]
+        argv.extend(int(first.get(d, 0)) for d in dims)
+        argv.extend(int(again.get(d, 0)) for d in dims)
+        for scope in scopes:
+            argv.extend(int(scope.limits.get(d, -1)) for d in dims)
+        argv.extend(scope.ttl_s for scope in scopes)
+        argv.append(count)
+        keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
+        keys.extend(scope.key for scope in scopes)
+        result = self._extend(keys=keys, args=argv)
+        if int(result[0]) != 1:
+            raise BudgetExhausted(scopes[int(result[1])].name, _text(result[2]))
+        added = {d: int(v) for d, v in zip(dims, result[2:], strict=True)}
+        return int(result[1]), added
 
     def settle(self, run_id: str, step: int, actuals: dict[str, int]) -> bool:
         """Replace the step's reservation by ``actuals``. False if nothing was open."""

@@ -22,16 +22,19 @@ from runtime.config import ModelConfig
 from runtime.contract import ProposalResult, Usage
 from runtime.errors import ProposerError
 from runtime.proposals import MAX_ARGS_BYTES
-from runtime.proposers.base import ToolDescription, WorkingSet
+from runtime.proposers.base import (
+    Prompt,
+    WorkingSet,
+    bounded_prompt,
+    function_name,
+    opening_messages,
+    tool_payloads,
+)
 
-_FN_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+__all__ = ["OpenAIProposer", "function_name"]
+
 #: a model version a reply may name (it is stored on every step)
 _VERSION = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,200}")
-
-
-def function_name(tool: str) -> str:
-    """OpenAI function names allow [a-zA-Z0-9_-]; tool names use dots (``kb.search``)."""
-    return _FN_NAME.sub("_", tool.replace(".", "__"))
 
 
 class OpenAIProposer:
@@ -47,28 +50,8 @@ class OpenAIProposer:
     def input_problems(self, run_input: dict[str, Any]) -> list[str]:
         return []
 
-    def _tools(self, tools: list[ToolDescription]) -> list[dict[str, Any]]:
-        return [
-            {
-                "type": "function",
-                "function": {
-                    "name": function_name(t.name),
-                    "description": t.description or t.name,
-                    "parameters": t.parameters,
-                },
-            }
-            for t in tools
-        ]
-
     def _messages(self, ws: WorkingSet) -> list[dict[str, Any]]:
-        user = ws.goal
-        context = {k: v for k, v in ws.input.items() if k != "script"}
-        if context:
-            user += "\n\nInput:\n" + json.dumps(context, default=str)
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": ws.system_prompt},
-            {"role": "user", "content": user},
-        ]
+        messages = opening_messages(ws)
         for step in ws.history_loader():
             if step.get("kind") == "deferred":
                 continue  # a lock wait: the step that resumed the call carries it
@@ -114,15 +97,23 @@ class OpenAIProposer:
                 )
         return messages
 
+    def prepare(self, ws: WorkingSet) -> Prompt:
+        """The request's messages (history included) and tools, its prompt bounded."""
+        return bounded_prompt(self._messages(ws), tool_payloads(ws.tools))
+
     def propose(self, ws: WorkingSet) -> ProposalResult:
+        return self.call(ws, self.prepare(ws), ws.max_output_tokens)
+
+    def call(self, ws: WorkingSet, prompt: Prompt, max_output_tokens: int) -> ProposalResult:
         by_fn = {function_name(t.name): t.name for t in ws.tools}
         params: dict[str, Any] = {
             "model": self.config.model,
-            "messages": self._messages(ws),
-            "max_tokens": ws.max_output_tokens,
+            "messages": prompt.messages,
+            # what the step's reservation granted: never more output than the budget holds
+            "max_tokens": max_output_tokens,
         }
-        if ws.tools:
-            params["tools"] = self._tools(ws.tools)
+        if prompt.tools:
+            params["tools"] = prompt.tools
         if self.config.temperature is not None:
             params["temperature"] = self.config.temperature
         started = time.monotonic()
@@ -174,6 +165,7 @@ class OpenAIProposer:
             usage=usage,
             model_version=self._version(getattr(response, "model", None)),
             latency_ms=latency_ms,
+            truncated=getattr(response.choices[0], "finish_reason", None) == "length",
         )
 
     def _call(self, call: Any, by_fn: dict[str, str]) -> dict[str, Any]:

@@ -9,6 +9,12 @@
 Items are handed to the runtime as they are - malformed ones included - because the runtime
 validates every proposal as untrusted input. When the script runs out, it proposes stop.
 Used for tests, demos and replaying recorded incidents.
+
+Its prompt is what an OpenAI-compatible model would be sent for the same working set
+without the history (the system prompt, the goal with the input less the script, the tool
+schemas), bounded the same way, so a step reserves the same whichever proposer a route
+uses. An item's ``usage`` is what the step is charged (the model's report, replayed),
+bounded like any report by the prompt bound and the granted output.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.contract import ProposalResult, Usage
-from runtime.proposers.base import WorkingSet
+from runtime.proposers.base import (
+    Prompt,
+    WorkingSet,
+    bounded_prompt,
+    opening_messages,
+    tool_payloads,
+)
 
 MAX_SCRIPT_ITEMS = 1000
 
@@ -35,7 +47,13 @@ class ScriptedProposer:
             return [f"input.script: at most {MAX_SCRIPT_ITEMS} items"]
         return []
 
+    def prepare(self, ws: WorkingSet) -> Prompt:
+        return bounded_prompt(opening_messages(ws), tool_payloads(ws.tools))
+
     def propose(self, ws: WorkingSet) -> ProposalResult:
+        return self.call(ws, self.prepare(ws), ws.max_output_tokens)
+
+    def call(self, ws: WorkingSet, prompt: Prompt, max_output_tokens: int) -> ProposalResult:
         script = ws.input.get("script") or []
         if ws.turn >= len(script):
             return ProposalResult(

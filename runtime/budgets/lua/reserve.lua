@@ -18,37 +18,94 @@ if redis.call('EXISTS', hold) == 1 then
   redis.call('ZADD', KEYS[2], expires, hold)
   return {1, 'existing'}
 end
+-- A new hold (below). ARGV may go on, after the scope ttls, with the model call's output
+-- allowance: output cap (-1 = none), minimum output, fixed cost (nano-USD), cost per output
+-- token (nano-USD), then the tool executions the hold covers (field x). With an allowance,
+-- the tokens and cost amounts are the fixed part (the prompt's tokens; the cost without the
+-- model's output); the script adds g = min(cap, what every scope can still hold) output
+-- tokens and their cost (rounded up to micro-USD), or refuses if g < the minimum. The hold
+-- records g and x (a re-run reads them from the hold). A new hold returns
+-- {1, "new", g (-1 without allowance), tokens amount, cost amount}.
 local ttl_ms = tonumber(ARGV[1])
 local nd = tonumber(ARGV[2])
 local nscopes = #KEYS - 2
 local dims, amounts = {}, {}
+local tokens_d, cost_d = 0, 0
 for d = 1, nd do
   dims[d] = ARGV[2 + d]
   amounts[d] = tonumber(ARGV[2 + nd + d])
+  if dims[d] == 'tokens' then tokens_d = d elseif dims[d] == 'cost_micro_usd' then cost_d = d end
 end
 local limit_base = 2 + 2 * nd
 local ttl_base = limit_base + nscopes * nd
+-- optional, after the scope ttls: the model call's output allowance (see the header)
+local out_base = ttl_base + nscopes
+local out_cap = tonumber(ARGV[out_base + 1] or '-1')
+local tools = tonumber(ARGV[out_base + 5] or '0')
+local function limit_of(s, d)
+  return tonumber(ARGV[limit_base + (s - 1) * nd + d])
+end
+-- one HMGET per scope for the dimensions this reservation is limited on
+local values = {}
 for s = 1, nscopes do
-  local scope = KEYS[2 + s]
-  -- one HMGET per scope for the dimensions this reservation is limited on
   local fields, checked = {}, {}
   for d = 1, nd do
-    local limit = tonumber(ARGV[limit_base + (s - 1) * nd + d])
-    if amounts[d] > 0 and limit >= 0 then
+    local flexible = out_cap >= 0 and (d == tokens_d or d == cost_d)
+    if (amounts[d] > 0 or flexible) and limit_of(s, d) >= 0 then
       table.insert(fields, 'u:' .. dims[d])
       table.insert(fields, 'r:' .. dims[d])
-      table.insert(checked, {d, limit})
+      table.insert(checked, d)
     end
   end
+  local taken = {}
   if #fields > 0 then
-    local values = redis.call('HMGET', scope, unpack(fields))
-    for i, entry in ipairs(checked) do
-      local d, limit = entry[1], entry[2]
-      local used = tonumber(values[2 * i - 1] or '0')
-      local reserved = tonumber(values[2 * i] or '0')
-      if used + reserved + amounts[d] > limit then
-        return {0, s - 1, dims[d], used, reserved, limit}
+    local raw = redis.call('HMGET', KEYS[2 + s], unpack(fields))
+    for i, d in ipairs(checked) do
+      taken[d] = {tonumber(raw[2 * i - 1] or '0'), tonumber(raw[2 * i] or '0')}
+    end
+  end
+  values[s] = taken
+end
+local grant = -1
+if out_cap >= 0 then
+  -- the output cap, lowered to what every scope can still hold after the fixed part (the
+  -- prompt's tokens, its input cost); below the minimum the call is not made at all
+  local out_min = tonumber(ARGV[out_base + 2])
+  local base_nano = tonumber(ARGV[out_base + 3])
+  local per_nano = tonumber(ARGV[out_base + 4])
+  grant = out_cap
+  for s = 1, nscopes do
+    local t = values[s][tokens_d]
+    if t then
+      local room = limit_of(s, tokens_d) - t[1] - t[2] - amounts[tokens_d]
+      if room < grant then grant = room end
+      if grant < out_min then
+        return {0, s - 1, 'tokens', t[1], t[2], limit_of(s, tokens_d)}
       end
+    end
+    local c = values[s][cost_d]
+    if c and (base_nano > 0 or per_nano > 0) then
+      local room_nano = (limit_of(s, cost_d) - c[1] - c[2] - amounts[cost_d]) * 1000 - base_nano
+      local fit = grant
+      if room_nano < 0 then
+        fit = -1
+      elseif per_nano > 0 then
+        fit = math.floor(room_nano / per_nano)
+      end
+      if fit < grant then grant = fit end
+      if grant < out_min then
+        return {0, s - 1, 'cost_micro_usd', c[1], c[2], limit_of(s, cost_d)}
+      end
+    end
+  end
+  amounts[tokens_d] = amounts[tokens_d] + grant
+  amounts[cost_d] = amounts[cost_d] + math.ceil((base_nano + grant * per_nano) / 1000)
+end
+for s = 1, nscopes do
+  for d = 1, nd do
+    local v = values[s][d]
+    if v and amounts[d] > 0 and v[1] + v[2] + amounts[d] > limit_of(s, d) then
+      return {0, s - 1, dims[d], v[1], v[2], limit_of(s, d)}
     end
   end
 end
@@ -65,11 +122,15 @@ for s = 1, nscopes do
 end
 local t = redis.call('TIME')
 local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl_ms
-local fields = {'scopes', table.concat(scope_list, '\n'), 'expires', expires}
+local fields = {'scopes', table.concat(scope_list, '\n'), 'expires', expires, 'x', tools}
+if out_cap >= 0 then
+  table.insert(fields, 'g')
+  table.insert(fields, grant)
+end
 for d = 1, nd do
   table.insert(fields, 'a:' .. dims[d])
   table.insert(fields, amounts[d])
 end
 redis.call('HSET', hold, unpack(fields))
 redis.call('ZADD', KEYS[2], expires, hold)
-return {1, 'new'}
+return {1, 'new', grant, amounts[tokens_d], amounts[cost_d]}
