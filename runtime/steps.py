@@ -327,26 +327,10 @@ class StepRunner:
         prompt: Prompt | None = None
         try:
             if pending is None:
-                blocked = self._choose_model(st)
-                if blocked is not None:
-                    return blocked
-                # the prompt is built and bounded first: its tokens are part of the worst
-                # case the rate limit and the budget reserve
-                ws = self._working_set(st)
-                prompt = self.svc.proposer_for(st.model_name).prepare(ws)
-                wait_s = self._take_model_rate(st, prompt.tokens)
-                if wait_s > 0:
-                    st.trace.add(
-                        "rate_limited", limiter=f"model:{st.model_name}", retry_after_s=wait_s
-                    )
-                    return _Move(
-                        RunStatus.RUNNING,
-                        "deferred",
-                        "rate_limited:model",
-                        observation={"rate_limited": st.model_name},
-                        run_updates={"workflow_step": "waiting_rate_limit"},
-                        countdown_s=wait_s,
-                    )
+                prepared = self._prepare_call(st)
+                if isinstance(prepared, _Move):
+                    return prepared
+                ws, prompt = prepared
             self._reserve(st, prompt, pending)
         except BudgetExhausted as exc:
             # refused before any model call: what was taken from the rate limit goes back
@@ -390,6 +374,27 @@ class StepRunner:
             self._record_breaker(st, f"model:{st.model_name}", self._model(st).breaker, ok=True)
             raw = result.raw
         return self._validate_and_act(st, raw)
+
+    def _prepare_call(self, st: _Step) -> tuple[WorkingSet, Prompt] | _Move:
+        """Choose the model, build and bound the prompt, take the model's rate limits.
+        The prompt comes first: its tokens are part of the worst case both limit."""
+        blocked = self._choose_model(st)
+        if blocked is not None:
+            return blocked
+        ws = self._working_set(st)
+        prompt = self.svc.proposer_for(st.model_name).prepare(ws)
+        wait_s = self._take_model_rate(st, prompt.tokens)
+        if wait_s > 0:
+            st.trace.add("rate_limited", limiter=f"model:{st.model_name}", retry_after_s=wait_s)
+            return _Move(
+                RunStatus.RUNNING,
+                "deferred",
+                "rate_limited:model",
+                observation={"rate_limited": st.model_name},
+                run_updates={"workflow_step": "waiting_rate_limit"},
+                countdown_s=wait_s,
+            )
+        return ws, prompt
 
     # --- circuit breakers and retries ------------------------------------------------
     def _model(self, st: _Step) -> ModelConfig:
