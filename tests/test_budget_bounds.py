@@ -438,6 +438,35 @@ def test_long_prompts_in_parallel_never_overspend_tokens_or_cost(
     assert dep.svc.store.spend(tenant_id="tight")["model_calls"] >= 4
 
 
+@pytest.mark.parametrize("doc,reported", [(DOC_2500, 2500), (DOC_20000, 20_000)])
+def test_the_issue_scenario_settles_within_the_tenant_limit(
+    dep: Deployment, doc: str, reported: int
+) -> None:
+    # Given tenant "tb" (20,000 tokens a day) and 20 runs whose model reports 2,500-token
+    # (or 20,000-token) prompts: before issue 9 they settled 20,800 (or 80,400) tokens
+    step = {"input_tokens": reported, "output_tokens": 200}
+    script = [search(step), search(step), reply(step)]
+    runs = [
+        dep.svc.submit("tb", "r.long", "Summarise.", {"doc": doc, "script": script}, actor="t")
+        for _ in range(20)
+    ]
+    done = dep.wait_all([r.run_id for r in runs], timeout=120)
+    # Then the day's settled tokens stay within the limit, in the ledger and in SQL
+    spend = dep.svc.store.spend(tenant_id="tb")
+    assert spend["tokens"] <= 20_000, spend
+    balance = dep.svc.ledger.balance(dep.svc.ledger.tenant_day_scope("tb", {}, today()).key)
+    assert balance["tokens"] == {"used": spend["tokens"], "reserved": 0}
+    assert {v.stop_reason for v in done.values()} <= {"completed", "budget_exhausted:tokens"}
+    if reported == 20_000:  # its prompt alone does not fit: never sent
+        assert all(dep.svc.store.spend(run_id=r.run_id)["model_calls"] == 0 for r in runs)
+    else:  # the reservation covered the real prompt: charged as reported, nothing cut
+        charged = [s for r in runs for s in dep.svc.store.steps(r.run_id) if s["input_tokens"]]
+        assert charged and {(s["input_tokens"], s["output_tokens"]) for s in charged} == {
+            (2500, 200)
+        }
+        assert not any(events(dep, r.run_id, "usage_clamped") for r in runs)
+
+
 def test_max_tokens_is_what_the_run_has_left_after_the_prompt(
     dep: Deployment, server: FakeOpenAI
 ) -> None:
