@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from runtime import proposals, scripts, stop_reasons
 from runtime.budgets.ledger import OutputAllowance, Scope, today
+from runtime.budgets.step import StepBudget
 from runtime.budgets.tokens import MIN_OUTPUT_TOKENS, model_cost_micro, nano_per_token
 from runtime.config import Breaker, ModelConfig, RetryPolicy, RouteConfig
 from runtime.contract import (
@@ -86,29 +87,15 @@ class _Step:
     trace: TraceBuffer
     started: float = field(default_factory=time.monotonic)
     started_at: Any = field(default_factory=utcnow)
-    reserved: bool = False
-    #: what the step's hold holds per dimension, as far as this copy knows: settling is
-    #: bounded by it ("never overspent" in every dimension)
-    hold: dict[str, int] = field(default_factory=dict)
-    #: the scopes the hold reserved in (a tool call's reservation is added to the same)
-    scopes: list[Scope] = field(default_factory=list)
-    #: the model call's reservation: the prompt's bound and the granted output cap
-    prompt_tokens: int = 0
-    granted_output: int = 0
+    #: the step's hold in the ledger: what it holds, what the step is charged (set by
+    #: ``_execute``; settling is bounded by it: never overspent, in every dimension)
+    budget: StepBudget = field(init=False)
     #: tokens taken from the model's global token rate limit, given back after the call
     rate_tokens: int = 0
-    #: tool executions the hold covers, and whether this copy's own execution is one
-    hold_tools: int = 0
-    own_tool_reserved: bool = False
     used_proposer: bool = False
     usage: Usage = field(default_factory=Usage)
     model_version: str | None = None
     tool_executed: bool = False
-    #: executions of this step's tool call to charge: this copy's, and those of earlier
-    #: copies of the step that died before settling (charged as retries)
-    tool_executions: int = 0
-    #: cost of one execution of the step's tool (micro-USD)
-    tool_cost_micro: int = 0
     proposal: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     effect_update: dict[str, Any] | None = None
@@ -291,6 +278,7 @@ class StepRunner:
         st = _Step(
             run, route, step_no, attempt, trace, controls=controls, model_name=route.proposer
         )
+        st.budget = StepBudget(svc.ledger, st.run_id, step_no, self._hold_ttl_ms())
         trace.add("step_started", attempt=attempt)
         move = self._guards(st) or self._advance(st)
         return self._finish(st, move, lease)
@@ -558,7 +546,7 @@ class StepRunner:
         A resumed tool call: one tool call and its cost. A tool call the model proposes is
         reserved when proposed (``_reserve_tool``), so a step that only replies needs no
         tool-call budget."""
-        svc = self.svc
+        svc, budget = self.svc, st.budget
         amounts = {
             "tokens": 0,
             "model_calls": 0,
@@ -581,74 +569,34 @@ class StepRunner:
                 cost_per_token_nano=nano_per_token(model.output_usd_per_mtok),
             )
         elif pending is not None:
-            st.tool_cost_micro = svc.tool_cost_micro(str(pending.get("tool")))
+            budget.tool_cost_micro = svc.tool_cost_micro(str(pending.get("tool")))
             amounts["tool_calls"] = 1
-            amounts["cost_micro_usd"] = st.tool_cost_micro
+            amounts["cost_micro_usd"] = budget.tool_cost_micro
             tools = 1
-        st.scopes = self._scopes(st)
-        reservation = svc.ledger.reserve(
-            st.run_id,
-            st.step_no,
-            st.scopes,
-            amounts,
-            self._hold_ttl_ms(),
-            output=output,
-            tool_executions=tools,
-        )
-        st.reserved = True
-        st.hold = dict(reservation.amounts)
-        st.hold_tools = reservation.tool_executions
-        st.own_tool_reserved = tools > 0 and reservation.state == "new"
-        if output is not None and prompt is not None:
-            held = st.hold.get("tokens", 0)
-            if reservation.granted_output is not None:
-                st.granted_output = reservation.granted_output
-            else:  # a hold made without a model call's grant (by an older version)
-                st.granted_output = min(held - min(prompt.tokens, held), output.cap)
-            # a re-run holds what its first copy reserved: the prompt part is the rest
-            st.prompt_tokens = held - st.granted_output
-            if st.granted_output < 1:
-                raise BudgetExhausted(f"run:{st.run_id}", "tokens")
+        reservation = budget.reserve(self._scopes(st), amounts, output, tools)
         st.trace.add(
             "budget_reserve",
-            amounts=st.hold,
+            amounts=budget.hold,
             state=reservation.state,
-            prompt_tokens=st.prompt_tokens if prompt is not None else None,
-            max_output_tokens=st.granted_output if prompt is not None else None,
+            prompt_tokens=budget.prompt_tokens if output else None,
+            max_output_tokens=budget.granted_output if output else None,
         )
 
     def _reserve_tool(self, st: _Step, spec: ToolSpec) -> _Move | None:
         """Add the proposed tool call (and its cost) to the step's hold before it runs;
-        ``budget_exhausted:<dimension>`` if it does not fit, with nothing executed. A copy
-        of the step run again after its worker died reserves its execution as a retry."""
-        st.tool_cost_micro = self.svc.tool_cost_micro(spec.name)
-        if st.own_tool_reserved:
-            return None
-        return self._add_executions(st, 1)
-
-    def _add_executions(self, st: _Step, count: int) -> _Move | None:
-        cost = st.tool_cost_micro
+        ``budget_exhausted:<dimension>`` if it does not fit, with nothing executed."""
         try:
-            before, added = self.svc.ledger.extend(
-                st.run_id,
-                st.step_no,
-                st.scopes,
-                {"tool_calls": 1, "cost_micro_usd": cost},
-                {"retries": 1, "cost_micro_usd": cost},
-                self._hold_ttl_ms(),
-                count,
-            )
+            added = st.budget.reserve_tool(self.svc.tool_cost_micro(spec.name))
         except BudgetExhausted as exc:
-            move = self._exhausted(st, exc)
-            move.run_updates["pending_proposal"] = None
-            return move
-        st.reserved = True
-        st.hold_tools = before + count
-        st.own_tool_reserved = True
-        for dim, amount in added.items():
-            st.hold[dim] = st.hold.get(dim, 0) + amount
-        st.trace.add("budget_reserve_tool", amounts=added, executions=st.hold_tools)
+            return self._tool_exhausted(st, exc)
+        if added is not None:
+            st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
         return None
+
+    def _tool_exhausted(self, st: _Step, exc: BudgetExhausted) -> _Move:
+        move = self._exhausted(st, exc)
+        move.run_updates["pending_proposal"] = None
+        return move
 
     def _exhausted(self, st: _Step, exc: BudgetExhausted) -> _Move:
         st.trace.add("budget_exhausted", scope=exc.scope, dimension=exc.dimension)
@@ -661,9 +609,9 @@ class StepRunner:
 
     def _actual_spend(self, st: _Step) -> dict[str, int]:
         """What the step spent, bounded by what its hold holds (traced if cut)."""
-        model = self._model(st)
-        executions = st.tool_executions
-        cost = executions * st.tool_cost_micro
+        model, budget = self._model(st), st.budget
+        executions = budget.tool_executions
+        cost = executions * budget.tool_cost_micro
         if st.used_proposer:
             cost += model_cost_micro(
                 st.usage.input_tokens,
@@ -672,25 +620,24 @@ class StepRunner:
                 nano_per_token(model.output_usd_per_mtok),
             )
         redelivered = 1 if st.attempt > 0 else 0
-        actual = {
-            "tokens": st.usage.total_tokens,
-            "model_calls": 1 if st.used_proposer else 0,
-            "tool_calls": 1 if executions else 0,
-            # a retried call, plus each execution beyond the first (copies of the step that
-            # died after running the tool); a redelivered step counts one at least
-            "retries": _policy_retry(st) + max(redelivered, executions - 1),
-            "wall_clock_ms": int((time.monotonic() - st.started) * 1000),
-            "cost_micro_usd": cost,
-        }
-        over = {d: v for d, v in actual.items() if v > st.hold.get(d, 0)}
+        actual, over = budget.bounded(
+            {
+                "tokens": st.usage.total_tokens,
+                "model_calls": 1 if st.used_proposer else 0,
+                "tool_calls": 1 if executions else 0,
+                # a retried call, plus each execution beyond the first (copies of the step
+                # that died after running the tool); a redelivered step counts one at least
+                "retries": _policy_retry(st) + max(redelivered, executions - 1),
+                "wall_clock_ms": int((time.monotonic() - st.started) * 1000),
+                "cost_micro_usd": cost,
+            }
+        )
         if over:
             st.trace.add(
                 "spend_clamped",
-                spent={d: actual[d] for d in over},
-                reserved={d: st.hold.get(d, 0) for d in over},
+                spent=over,
+                reserved={d: budget.hold.get(d, 0) for d in over},
             )
-            for dim in over:
-                actual[dim] = st.hold.get(dim, 0)
         return actual
 
     # --- propose ---------------------------------------------------------------------
@@ -715,12 +662,13 @@ class StepRunner:
     def _propose(self, st: _Step, ws: WorkingSet, prompt: Prompt) -> ProposalResult:
         proposer = self.svc.proposer_for(st.model_name)
         st.used_proposer = True
-        ws.max_output_tokens = st.granted_output
-        result = proposer.call(ws, prompt, st.granted_output)
+        prompt_tokens, granted = st.budget.prompt_tokens, st.budget.granted_output
+        ws.max_output_tokens = granted
+        result = proposer.call(ws, prompt, granted)
         # a reported usage is untrusted: bounded by what the step reserved (the prompt's
         # bound, the granted output), so settling never overspends in tokens or cost and
         # the checkpoint can never overflow a column
-        st.usage = result.usage.within(st.prompt_tokens, st.granted_output)
+        st.usage = result.usage.within(prompt_tokens, granted)
         st.model_version = result.model_version
         st.trace.add(
             "proposal",
@@ -734,10 +682,10 @@ class StepRunner:
                 "usage_unknown" if st.usage.unknown else "usage_clamped",
                 reported=st.usage.reported,
                 charged=st.usage.total_tokens,
-                reserved={"input_tokens": st.prompt_tokens, "output_tokens": st.granted_output},
+                reserved={"input_tokens": prompt_tokens, "output_tokens": granted},
             )
         if result.truncated:
-            st.trace.add("output_truncated", max_output_tokens=st.granted_output)
+            st.trace.add("output_truncated", max_output_tokens=granted)
         return result
 
     # --- validate and act ------------------------------------------------------------
@@ -952,48 +900,9 @@ class StepRunner:
         # a retried call keeps the key of its first attempt: the tool (and any external
         # system it passes the key to) sees one call, tried again
         key = st.call_key or f"{st.run_id}:{st.step_no}:0"
-        # the allow decision is committed before the tool runs; for a side effect, together
-        # with the claim on its idempotency key
-        decisions, st.decisions = st.decisions, []
-        events = st.trace.drain()
-        replay: ToolOutcome | None = None
-        if spec.side_effect == "read":
-            svc.store.store_decisions(decisions, events)
-            # no record of earlier attempts: every execution the hold covers besides this
-            # one may have run (a copy of the step that died); charged, fail closed
-            earlier = max(st.hold_tools - 1, 0)
-        else:
-            claim = svc.store.claim_effect(
-                {
-                    "idempotency_key": key,
-                    "run_id": st.run_id,
-                    "tenant_id": st.tenant_id,
-                    "step_no": st.step_no,
-                    "tool": spec.name,
-                    "side_effect_class": spec.side_effect,
-                    "status": "started",
-                    "args_digest": args_digest(args),
-                    "args": redact(args, spec.secret_args),
-                    "fencing_token": lock.fencing_token if lock else None,
-                    "started_at": utcnow(),
-                },
-                decisions,
-                events,
-                retry=st.call_key is not None,
-                retry_unknown=spec.retry_unknown,
-            )
-            earlier = self._earlier_executions(st, claim)
-            if not claim.fresh:
-                replay = self._replay(st, spec, claim.status, claim.result, claim.error, key)
-        refused = self._charge_executions(st, earlier, runs_now=replay is None)
+        earlier, replay = self._claim(st, spec, args, lock, key)
+        refused = self._charge_executions(st, spec, key, earlier, runs_now=replay is None)
         if refused is not None:
-            if spec.side_effect != "read":
-                st.effect_update = {
-                    "idempotency_key": key,
-                    "status": "unknown",
-                    "finished_at": utcnow(),
-                    "error": "an earlier attempt died mid-call; not repeated: no budget left",
-                }
             return refused
         if replay is not None:
             return replay
@@ -1033,6 +942,44 @@ class StepRunner:
             }
         return outcome
 
+    def _claim(
+        self, st: _Step, spec: ToolSpec, args: dict[str, Any], lock: Lease | None, key: str
+    ) -> tuple[int, ToolOutcome | None]:
+        """Commit the allow decision before the tool runs; for a side effect, together with
+        the claim on its idempotency key. Returns the executions of this call by earlier
+        copies of the step (uncharged), and a recorded outcome to replay, if any."""
+        svc = self.svc
+        decisions, st.decisions = st.decisions, []
+        events = st.trace.drain()
+        if spec.side_effect == "read":
+            svc.store.store_decisions(decisions, events)
+            # no record of earlier attempts: every execution the hold covers besides this
+            # one may have run (a copy of the step that died); charged, fail closed
+            return max(st.budget.hold_tools - 1, 0), None
+        claim = svc.store.claim_effect(
+            {
+                "idempotency_key": key,
+                "run_id": st.run_id,
+                "tenant_id": st.tenant_id,
+                "step_no": st.step_no,
+                "tool": spec.name,
+                "side_effect_class": spec.side_effect,
+                "status": "started",
+                "args_digest": args_digest(args),
+                "args": redact(args, spec.secret_args),
+                "fencing_token": lock.fencing_token if lock else None,
+                "started_at": utcnow(),
+            },
+            decisions,
+            events,
+            retry=st.call_key is not None,
+            retry_unknown=spec.retry_unknown,
+        )
+        earlier = self._earlier_executions(st, claim)
+        if claim.fresh:
+            return earlier, None
+        return earlier, self._replay(st, spec, claim.status, claim.result, claim.error, key)
+
     def _replay(
         self, st: _Step, spec: ToolSpec, status: str, result: Any, error: str | None, key: str
     ) -> ToolOutcome | None:
@@ -1069,22 +1016,29 @@ class StepRunner:
         if claim.fresh:
             prior = 0
         if st.call_key is not None:
-            prior = min(prior, max(st.hold_tools - 1, 0))
+            prior = min(prior, max(st.budget.hold_tools - 1, 0))
         return max(prior, 0)
 
-    def _charge_executions(self, st: _Step, earlier: int, *, runs_now: bool) -> _Move | None:
+    def _charge_executions(
+        self, st: _Step, spec: ToolSpec, key: str, earlier: int, *, runs_now: bool
+    ) -> _Move | None:
         """Count the executions this step is charged for; reserve any the hold does not
-        cover yet (its earlier copy's hold was reaped) before the tool runs again. If that
-        is refused, the tool does not run again and the run stops on the budget."""
-        st.tool_executions = earlier + (1 if runs_now else 0)
-        missing = st.tool_executions - st.hold_tools
-        if missing <= 0:
-            return None
-        refused = self._add_executions(st, missing)
-        if refused is not None and runs_now:
-            st.tool_executions = earlier
-            return refused
-        return None  # a replay is charged within what the hold covers
+        cover yet before the tool runs again. If that is refused, the tool does not run
+        again and the run stops on the budget."""
+        try:
+            added = st.budget.count_executions(earlier, runs_now=runs_now)
+        except BudgetExhausted as exc:
+            if spec.side_effect != "read":
+                st.effect_update = {
+                    "idempotency_key": key,
+                    "status": "unknown",
+                    "finished_at": utcnow(),
+                    "error": "an earlier attempt died mid-call; not repeated: no budget left",
+                }
+            return self._tool_exhausted(st, exc)
+        if added is not None:
+            st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
+        return None
 
     def _after_tool(
         self, st: _Step, spec: ToolSpec, outcome: ToolOutcome, args: dict[str, Any]
@@ -1214,7 +1168,7 @@ class StepRunner:
     # --- checkpoint, settle, next ----------------------------------------------------
     def _finish(self, st: _Step, move: _Move, lease: Lease) -> StepResult:
         svc = self.svc
-        actual = self._actual_spend(st) if st.reserved else None
+        actual = self._actual_spend(st) if st.budget.reserved else None
         if move.stop_reason:
             st.trace.add("stop", reason=move.stop_reason, status=move.status.value)
         st.trace.add("checkpoint", step=st.step_no, outcome=move.outcome, status=move.status.value)
@@ -1271,7 +1225,7 @@ class StepRunner:
             svc.store.checkpoint(cp)
         except StaleWrite as exc:
             log.info("step %s/%s lost to another copy: %s", st.run_id, st.step_no, exc)
-            if st.reserved:
+            if st.budget.reserved:
                 svc.ledger.release(st.run_id, st.step_no)
             svc.leases.release(lease)
             return StepResult("stale_write")
