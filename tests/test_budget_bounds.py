@@ -597,9 +597,10 @@ def test_executions_repeated_after_a_crash_are_charged_as_retries(
         def victim() -> tuple[int, str, str] | None:
             pool = {pid for w in d.workers for pid in w.children()}
             for base in bases:
-                for pid, step in r.hgetall(f"{base}:inside").items():
-                    if int(pid) in pool and kills.get(step.decode(), 0) < 2:
-                        return int(pid), step.decode(), base
+                for pid, raw in r.hgetall(f"{base}:inside").items():
+                    step = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    if int(pid) in pool and kills.get(step, 0) < 2:
+                        return int(pid), step, base
             return None
 
         for _ in range(8):
