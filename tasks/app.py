@@ -129,8 +129,9 @@ def create_app(
     app.agentrt_settings = settings
     app.agentrt_config = config
     app.agentrt_endpoints = endpoints
-    from tasks import poison, pump, steps
+    from tasks import broker_faults, poison, pump, steps
 
+    broker_faults.guard_closed_connections()
     steps.register(app)
     pump.register(app)
     poison.register(app)
