@@ -155,6 +155,33 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+#: pools whose tasks run on threads or greenlets: a call that outlives its timeout cannot be
+#: stopped there, so it would keep running after its slot, lock and bulkhead place are given
+#: back (a bulkhead of 1 let 3 calls run at once)
+UNSTOPPABLE_POOLS = {"thread": "threads", "gevent": "gevent", "eventlet": "eventlet"}
+
+
+def unstoppable_pool(pool_cls: Any) -> str | None:
+    """The pool's name if its tasks cannot be interrupted, else None."""
+    module = str(getattr(pool_cls, "__module__", pool_cls) or "")
+    return UNSTOPPABLE_POOLS.get(module.rsplit(".", 1)[-1])
+
+
+@signals.worker_init.connect
+def _refuse_unstoppable_pools(sender: Any = None, **_: Any) -> None:
+    if not isinstance(getattr(sender, "app", None), AgentrtCelery):
+        return
+    name = unstoppable_pool(getattr(sender, "pool_cls", None))
+    if name is not None:
+        log.critical(
+            "the %s pool cannot stop a tool call that outlives its timeout (the call would go "
+            "on after its slot, lock and bulkhead place were given back): run the worker with "
+            "-P prefork (default) or -P solo",
+            name,
+        )
+        raise SystemExit(2)
+
+
 @signals.worker_init.connect
 def _create_schema(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)

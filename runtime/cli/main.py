@@ -106,8 +106,9 @@ class Priority(enum.StrEnum):
 
 
 class Pool(enum.StrEnum):
+    # no threads, gevent or eventlet: a tool call that outlives its timeout cannot be
+    # stopped on them (the worker refuses them too, whoever starts it)
     prefork = "prefork"
-    threads = "threads"
     solo = "solo"
 
 
