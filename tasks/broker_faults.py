@@ -39,4 +39,4 @@ def guard_closed_connections() -> None:
         return original(self, asynchronous)
 
     _connparams.agentrt_guarded = True  # type: ignore[attr-defined]
-    transport.Channel._connparams = _connparams
+    transport.Channel._connparams = _connparams  # type: ignore[method-assign]
