@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from runtime import scripts
 from runtime.errors import StateUnknown  # noqa: F401  (re-exported: the state's one error)
 from runtime.keys import Keys
 from runtime.store.deployment import DeploymentStore
@@ -58,31 +59,47 @@ class KnownGeneration:
 
 
 class StateMarkers:
-    """The two markers in Redis (scheduler and ledger), written together."""
+    """The two markers in Redis (scheduler and ledger): written together by recovery (or
+    the first start) for the server run they are written on, read through a script that
+    also checks that run (``lua/state_marker.lua``)."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
+        self._check = scripts.register(
+            client, scripts.lua("runtime.scheduling", "state_check.lua", state_guard=True)
+        )
+        self._mark = scripts.register(client, scripts.lua("runtime.scheduling", "state_mark.lua"))
+
+    def check_in(self, pipe: Any) -> None:
+        """Queue a read of the scheduler marker's generation (0: unknown) on a pipeline run
+        by ``scripts.run_pipeline``."""
+        scripts.queue(pipe, self._check, [self.keys.sched_state()], [])
 
     def read(self) -> tuple[int, int]:
-        """(scheduler marker, ledger marker); 0 where missing."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(self.keys.sched_state(), "gen")
-        pipe.hget(self.keys.ledger_state(), "gen")
-        sched, ledger = pipe.execute()
+        """(scheduler, ledger) marker generations; 0 where the state is unknown."""
+
+        def build(pipe: Any) -> None:
+            scripts.queue(pipe, self._check, [self.keys.sched_state()], [])
+            scripts.queue(pipe, self._check, [self.keys.ledger_state()], [])
+
+        sched, ledger = scripts.run_pipeline(self.redis, build)
         return int(sched or 0), int(ledger or 0)
 
     def known(self, generation: int) -> bool:
-        """Both markers present and at least ``generation`` (what SQL says)."""
-        sched, ledger = self.read()
-        return min(sched, ledger) > 0 and min(sched, ledger) >= generation
+        """Both markers present, of this server run, and at least ``generation``."""
+        lowest = min(self.read())
+        return lowest > 0 and lowest >= generation
 
     def mark_ledger_in(self, pipe: Any, generation: int) -> None:
-        """Queue the ledger marker on a pipeline (recovery writes it with the rebuild)."""
-        pipe.hset(self.keys.ledger_state(), mapping={"gen": generation})
+        """Queue the ledger marker on a (transactional) pipeline: recovery writes it in the
+        transaction that rebuilt the ledger."""
+        # EVAL with the source: a restarted server may not have the script loaded yet
+        pipe.eval(self._mark.script, 1, self.keys.ledger_state(), generation)
 
     def mark(self, generation: int) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        self.mark_ledger_in(pipe, generation)
-        pipe.hset(self.keys.sched_state(), mapping={"gen": generation})
-        pipe.execute()
+        def build(pipe: Any) -> None:
+            scripts.queue(pipe, self._mark, [self.keys.ledger_state()], [generation])
+            scripts.queue(pipe, self._mark, [self.keys.sched_state()], [generation])
+
+        scripts.run_pipeline(self.redis, build)

@@ -163,7 +163,7 @@ class StepRunner:
             if control_keys:
                 pipe.mget(control_keys)
             # is Redis's state the one SQL knows, and which config does the deployment enforce
-            pipe.hget(svc.keys.sched_state(), "gen")
+            svc.markers.check_in(pipe)
             pipe.hget(svc.keys.published_config(), "digest")
 
         lease, extra = svc.leases.acquire_run_with(item.run_id, new_owner(), lease_ttl_ms, also)

@@ -53,7 +53,9 @@ class BudgetLedger:
         self.keys = keys
         #: the state generation this process knows from SQL (see runtime.state)
         self.generation = generation
-        self._reserve = scripts.register(client, scripts.lua("runtime.budgets", "reserve.lua"))
+        self._reserve = scripts.register(
+            client, scripts.lua("runtime.budgets", "reserve.lua", state_guard=True)
+        )
         self._settle = scripts.register(client, scripts.lua("runtime.budgets", "settle.lua"))
 
     # --- scopes ----------------------------------------------------------------------

@@ -140,7 +140,9 @@ class Scheduler:
         self.prefix = keys.sched()
         #: the state generation this process knows from SQL (see runtime.state)
         self.generation = generation
-        self.script = scripts.register(client, scripts.lua("runtime.scheduling", "sched.lua"))
+        self.script = scripts.register(
+            client, scripts.lua("runtime.scheduling", "sched.lua", state_guard=True)
+        )
 
     # --- configuration ---------------------------------------------------------------
     def publish_config(self, version: str, digest: str) -> None:
@@ -185,10 +187,6 @@ class Scheduler:
         return _text(raw[0]), _text(raw[1])
 
     # --- state (see runtime.state) -----------------------------------------------------
-    def state_generation(self) -> int:
-        """The generation in Redis's scheduler marker (0: missing)."""
-        return int(self.redis.hget(self.keys.sched_state(), "gen") or 0)
-
     def reset_state(self) -> int:
         """Forget every queue, slot and index (recovery, before queueing runs from SQL
         again): an old snapshot's in-flight entries would hold slots nobody uses. Keeps the

@@ -10,10 +10,10 @@
 --                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s),
 --                then the state generation the caller knows from SQL
 -- returns {1, "new"|"existing"} or {0, scope_index (0-based), dimension, used, reserved, limit}
---         or {-1, "state_unknown"}: the ledger was not built from SQL since Redis lost its
---         data (marker missing) or was restored from an old snapshot (marker older): nothing
---         is reserved until recovery rebuilt it (fail closed)
-local marker_gen = tonumber(redis.call('HGET', KEYS[#KEYS], 'gen') or '0')
+--         or {-1, "state_unknown"}: the ledger was not built from SQL on this server run
+--         (Redis lost its data, or restarted from whatever it had saved) or SQL knows a newer
+--         state: nothing is reserved until recovery rebuilt it (fail closed)
+local marker_gen = state_gen(KEYS[#KEYS])  -- state_marker.lua, prepended
 if marker_gen == 0 or marker_gen < tonumber(ARGV[#ARGV]) then
   return {-1, 'state_unknown'}
 end

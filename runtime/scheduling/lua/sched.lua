@@ -16,9 +16,10 @@
 --   U                  unpark every parked tenant (after new limits were published)
 -- returns {dispatched items, expired items, state known (1) or not (0)}
 --
--- Fail closed: the state marker $P:state (field gen, written when recovery or the first
--- start built this state from SQL) must exist and be at least ARGV[2]. If it is missing
--- (Redis lost its data) or older (restored from an old snapshot), the state is unknown:
+-- Fail closed: the state marker $P:state (written when recovery or the first start built
+-- this state from SQL) must exist, belong to this server run and be at least ARGV[2]. If it
+-- is missing (Redis lost its data), from another run (Redis restarted, from a snapshot or
+-- not) or older (SQL knows a newer state), the state is unknown:
 -- only heartbeats are recorded; nothing is queued, dispatched, expired or released, and
 -- the caller learns it (0) so that recovery runs. A route or tenant missing from the
 -- published limits is never unlimited: its steps wait until limits are published.
@@ -37,7 +38,7 @@
 --              $P:conf, $P:rlimit, $P:rttl, $P:weight, $P:tcap hashes (from config);
 --              $P:workers hash worker -> "n|expiry"; $P:capacity live process count
 local P = ARGV[1]
-local known_gen = tonumber(redis.call('HGET', P .. ':state', 'gen') or '0')
+local known_gen = state_gen(P .. ':state')  -- state_marker.lua, prepended
 local state_known = known_gen > 0 and known_gen >= tonumber(ARGV[2] or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
