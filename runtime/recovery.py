@@ -123,9 +123,8 @@ class Recovery:
             redeclare = getattr(svc.publisher, "redeclare", None)
             if callable(redeclare):
                 redeclare()
-            live = self._live_runs()
             if inflight_wait_s is None:
-                inflight_wait_s = svc.config.max_hard_limit_s() if live else 0.0
+                inflight_wait_s = svc.config.max_hard_limit_s() if self.may_be_in_flight() else 0.0
             if inflight_wait_s > 0:
                 log.info(
                     "waiting %.0fs for steps in flight when Redis lost its data", inflight_wait_s
@@ -285,6 +284,11 @@ class Recovery:
         return 30 * 86400 if ":run:" in scope else SCOPE_DAYS * 86400
 
     # --- runs ------------------------------------------------------------------------
+    def may_be_in_flight(self) -> bool:
+        """Could a step be executing now? Not without a queued or running run, and not in a
+        deployment whose Redis state was never built (no step can have been dispatched)."""
+        return self.svc.generation.refresh() > 0 and self.live_runs() > 0
+
     def live_runs(self) -> int:
         """Queued or running runs in SQL (a step of one may be in flight)."""
         query = select(func.count()).where(

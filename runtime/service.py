@@ -220,15 +220,16 @@ class RuntimeService:
 
     def apply_config(self, actor: str) -> deployment.ConfigChange:
         """Make this process's config the deployment's (record it in SQL, publish its limits)
-        and build Redis's state from SQL if nothing has yet and nothing needs waiting for
-        (a new deployment). After a loss with runs in flight, workers rebuild it (after the
-        in-flight wait), or ``agentrt recover`` does."""
+        and build Redis's state from SQL when no step can be in flight (a new deployment,
+        runs submitted before any worker started). After a loss with steps possibly in
+        flight, workers rebuild it after the in-flight wait, or ``agentrt recover`` does."""
         change = deployment.apply(
             self.scheduler, self.deployments, source=str(self.settings.config), actor=actor
         )
         self.drift = None
-        if not self.markers.known(self.generation.refresh()) and not self.recovery.live_runs():
-            self.recovery.ensure(actor)
+        recovery = self.recovery
+        if not self.markers.known(self.generation.refresh()) and not recovery.may_be_in_flight():
+            recovery.ensure(actor)
         return change
 
     @property

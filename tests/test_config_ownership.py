@@ -208,3 +208,33 @@ def test_running_workers_follow_a_newly_applied_config_at_the_next_step(
     # by the same worker, without a restart
     assert worker.proc.poll() is None
     assert "now enforces config test-no-probe" in worker.log()
+
+
+@pytest.mark.slow
+def test_runs_submitted_before_the_first_worker_start_without_waiting(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # Given a new deployment nobody applied a config to, and runs submitted before any
+    # worker ever started (they are stored in SQL; the state does not exist yet)
+    dep = Deployment.create(
+        name=f"n{uuid.uuid4().hex[:6]}",
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
+        config=write_config(tmp_path / "file.yaml"),
+        home=tmp_path,
+        apply_config=False,
+    )
+    try:
+        runs = [dep.submit_script([{"type": "reply", "text": "hi"}]) for _ in range(3)]
+        assert {r.status.value for r in runs} == {"queued"}
+        assert dep.svc.deployments.applied() is None
+        # When the first worker starts, it applies its file and builds the state at once: no
+        # step can have been in flight in a deployment that never had a state
+        worker = dep.start_worker(concurrency=1)
+        done = dep.wait_all([r.run_id for r in runs], timeout=60)
+        assert {v.status.value for v in done.values()} == {"succeeded"}
+        assert "for steps in flight" not in worker.log()
+        applied = dep.svc.deployments.applied()
+        assert applied is not None and applied.actor.startswith("worker:")
+    finally:
+        dep.close()
