@@ -38,7 +38,7 @@ from runtime.contract import (
     ToolCallProposal,
     Usage,
 )
-from runtime.errors import BudgetExhausted, ProposerError, StaleWrite
+from runtime.errors import BudgetExhausted, ProposerError, StaleWrite, StateUnknown
 from runtime.locks.leases import Busy, Lease, new_owner
 from runtime.policy import Decision, PolicyContext
 from runtime.proposers.base import WorkingSet
@@ -193,7 +193,13 @@ class StepRunner:
                 return self._already_done(run, item.step_no)
             if run["route"] != item.route:
                 controls = None
-            result = self._execute(run, item.step_no, attempt, lease, controls)
+            try:
+                result = self._execute(run, item.step_no, attempt, lease, controls)
+            except StateUnknown as exc:
+                # Redis lost its state after this step started (its reservation found the
+                # ledger unknown): nothing ran; recovery queues the step again from SQL
+                log.warning("step %s/%s not run: %s", item.run_id, item.step_no, exc)
+                return StepResult("state_unknown")
             released = True  # _finish releases before publishing the next step
             return result
         finally:
