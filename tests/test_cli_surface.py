@@ -436,10 +436,14 @@ def test_invalid_settings_and_config_are_one_line(
     monkeypatch.setenv("AGENTRT_HOME", str(tmp_path))
     monkeypatch.setenv("AGENTRT_VISIBILITY_TIMEOUT_S", "soon")
     monkeypatch.setenv("AGENTRT_WORKER_LOST_RETRIES", "many")
-    code, _, err = run_main("runs", "list")
+    code, _, err = run_main("runs", "list", "--json")
     line = one_line(err)
     assert code == 1
     assert "AGENTRT_VISIBILITY_TIMEOUT_S" in line and "AGENTRT_WORKER_LOST_RETRIES" in line
+    # the views for people read only the database settings: they still answer
+    code, out, err = run_main("runs", "list")
+    assert (code, err) == (0, "") and "no runs match" in out
+    assert not any(tmp_path.iterdir())  # and create nothing
     monkeypatch.delenv("AGENTRT_VISIBILITY_TIMEOUT_S")
     monkeypatch.delenv("AGENTRT_WORKER_LOST_RETRIES")
 
