@@ -214,7 +214,8 @@ class PlainRun:
     priority: str
     steps: int
     output: Any
-    #: the fields shown as their fallback (what is stored there could not be read)
+    #: the fields shown as their fallback (what is stored there could not be read); the
+    #: input is not one of them, read or not
     unreadable: tuple[str, ...] = ()
 
 
@@ -231,7 +232,7 @@ def plain_run(row: dict[str, Any]) -> PlainRun:
             harness=versions["harness"],
             retriever=versions.get("retriever"),
         ),
-        unreadable=tuple(read.problems),
+        unreadable=tuple(name for name in read.problems if name != "input"),
     )
 
 
