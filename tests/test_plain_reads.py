@@ -560,3 +560,22 @@ def test_timestamps_are_utc_whatever_the_session_time_zone(pg_base_url: str) -> 
         engine.dispose()
     assert event["at"] == datetime(2030, 1, 1, 12, tzinfo=UTC)
     assert event["at"].utcoffset() == timedelta(0)
+
+
+def test_a_url_the_plain_reads_leave_to_the_store_is_read_through_it(
+    fresh_deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = fresh_deployment
+    run = dep.submit_script([REPLY], goal="through the store")
+    for name, value in dep.env.items():
+        monkeypatch.setenv(name, value)
+    url = dep.env["AGENTRT_DATABASE_URL"] + "?timeout=5"
+    assert PlainReads.open(url) is None
+    monkeypatch.setenv("AGENTRT_DATABASE_URL", url)
+    for args, expected in [
+        (["runs", "list"], run.run_id),
+        (["runs", "show", run.run_id], "through the store"),
+        (["trace", run.run_id], "admission"),
+    ]:
+        code, out, err = run_main(*args)
+        assert code == 0 and expected in out, err

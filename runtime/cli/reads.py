@@ -124,8 +124,7 @@ class Reads:
 
         self.store.read_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
         return [
-            TraceEvent(**trace_fields(e, i))
-            for i, e in enumerate(self.store.trace(run_id, tenant))
+            TraceEvent(**trace_fields(e, i)) for i, e in enumerate(self.store.trace(run_id, tenant))
         ]
 
     def details(

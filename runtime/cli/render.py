@@ -371,9 +371,7 @@ def age(value: datetime, now: datetime | None = None) -> str:
     return f"{max(0, int(seconds))}s"
 
 
-def runs_view(
-    views: Sequence[RunLike], width: int, now: datetime | None = None
-) -> RenderableType:
+def runs_view(views: Sequence[RunLike], width: int, now: datetime | None = None) -> RenderableType:
     """A table when it fits the terminal, else two lines per run: ids are never cut."""
     now = now or datetime.now(UTC)
     if _table_width(views, now) <= width:
