@@ -38,6 +38,9 @@ class RunStatus(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+#: the statuses the runtime writes (a run listed with status ``unknown`` holds none of them)
+KNOWN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.UNKNOWN)
+
 TERMINAL_STATUSES = frozenset(
     {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REFUSED, RunStatus.CANCELLED}
 )

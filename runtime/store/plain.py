@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
 from runtime.errors import RunNotFound
-from runtime.statuses import RunStatus
+from runtime.statuses import KNOWN_STATUSES, RunStatus
 from runtime.store.cells import decode, in_utc
 
 
@@ -113,8 +113,6 @@ SPEND_DIMENSIONS = (
     "wall_clock_ms",
     "cost_micro_usd",
 )
-#: the statuses the runtime writes (``RunStore.KNOWN_STATUSES``)
-KNOWN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.UNKNOWN)
 
 # --- database URLs, read as SQLAlchemy reads them ---------------------------------------------
 
@@ -220,7 +218,7 @@ class PlainReads:
                 return cls(None, "sqlite", {})  # not created yet: no runs, and none made
             import sqlite3
 
-            # mode=rw: never creates the file; as read-only as the file itself when it is
+            # mode=rw never creates the file (and opens a write-protected one read-only)
             conn: Any = sqlite3.connect(
                 f"file:{quote(where.path)}?mode=rw",
                 uri=True,

@@ -50,6 +50,7 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 from runtime.contract import RunStatus
 from runtime.errors import InvalidTransition, RunNotFound, SettingsError, StaleWrite
 from runtime.states import ALLOWED_FROM
+from runtime.statuses import KNOWN_STATUSES
 from runtime.store.cells import Unreadable as Unreadable
 from runtime.store.cells import decode
 from runtime.store.db import utcnow
@@ -90,10 +91,6 @@ class Checkpoint:
     pending_secrets: dict[str, Any] | None = None
     #: the run's earlier pending call had secrets: delete them
     clear_pending_secrets: bool = False
-
-
-#: the statuses the runtime writes (``list_runs(status="unknown")`` finds the others)
-KNOWN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.UNKNOWN)
 
 
 @dataclass
