@@ -10,8 +10,11 @@ expected becomes ``error: internal error (<type>): <message>`` with the tracebac
 ``<AGENTRT_HOME>/cli-errors.log`` (``AGENTRT_DEBUG=1`` prints it).
 
 Read-only commands (``runs list/show``, ``trace``, ``dlq list/show/stats/audit``) read SQL
-only (``runtime.cli.reads``). What only other commands need - the service with its Redis,
-the scheduler, Celery, model clients - is imported when such a command runs.
+only (``runtime.cli.reads``); what ``runs list/show`` and ``trace`` show people is read on
+the DB-API driver, without SQLAlchemy, pydantic or the settings class. What only other
+commands need - the service with its Redis, the scheduler, Celery, model clients, the
+settings - is imported when such a command runs: this module and what it imports at its top
+stay light (a test checks which modules ``runs list`` loads).
 """
 
 from __future__ import annotations
@@ -32,11 +35,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from runtime import stop_reasons
+from runtime import locations, stop_reasons
 from runtime.bounds import BoundsError, parse_json
 from runtime.cli import params, render
 from runtime.cli.common import (
@@ -50,18 +52,20 @@ from runtime.cli.common import (
     fail,
     load_settings,
     out,
+    people_reader,
     reader,
     service,
 )
 from runtime.cli.dlq import app as dlq_app
-from runtime.contract import RunStatus, RunView
 from runtime.errors import ConfigError, InvalidTransition
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
-from runtime.settings import Settings
+from runtime.statuses import RunStatus
 
 if TYPE_CHECKING:
     from runtime.config import RuntimeConfig
+    from runtime.contract import RunView
     from runtime.service import RuntimeService
+    from runtime.settings import Settings
     from runtime.tools.registry import ToolRegistry
 
 app = typer.Typer(
@@ -302,16 +306,18 @@ def runs_list(
     json_out: JsonOpt = False,
 ) -> None:
     """List runs, newest first (reads SQL only)."""
-    with reader() as reads:
-        views = reads.runs(
-            tenant, status.value if status else None, route, limit, with_input=json_out
-        )
+    wanted = status.value if status else None
     if json_out:
+        with reader() as reads:
+            views = reads.runs(tenant, wanted, route, limit, with_input=True)
         emit_json([render.run_json(v) for v in views])
-    elif not views:
+        return
+    with people_reader() as people:
+        runs = people.runs(tenant, wanted, route, limit)
+    if not runs:
         out.print("[dim]no runs match[/]")
     else:
-        out.print(render.runs_view(views, out.width))
+        out.print(render.runs_view(runs, out.width))
 
 
 @runs_app.command("show")
@@ -324,24 +330,26 @@ def runs_show(
 
     The whole RuntimeRun contract (camelCase with --json), a summary of every step, the
     stored policy decisions and side-effect records, and the settled spend."""
-    with reader() as reads:
-        view = reads.run(run_id, tenant, with_input=json_out)
-        steps = reads.store.steps(run_id, tenant)
-        spend = reads.store.spend(run_id=run_id)
-        effects = reads.store.side_effects(run_id=run_id)
-        decisions = reads.store.policy_decisions(run_id)
     if json_out:
+        with reader() as reads:
+            shown = reads.details(run_id, tenant, with_input=True)
         emit_json(
             {
-                "run": render.run_json(view),
-                "steps": [render.step_json(s) for s in steps],
-                "policyDecisions": [render.decision_json(d) for d in decisions],
-                "sideEffects": [render.effect_json(e) for e in effects],
-                "spend": render.spend_json(spend),
+                "run": render.run_json(shown.run),
+                "steps": [render.step_json(s) for s in shown.steps],
+                "policyDecisions": [render.decision_json(d) for d in shown.decisions],
+                "sideEffects": [render.effect_json(e) for e in shown.effects],
+                "spend": render.spend_json(shown.spend),
             }
         )
-    else:
-        out.print(render.run_details(view, steps, spend, effects, decisions))
+        return
+    with people_reader() as people:
+        details = people.details(run_id, tenant)
+    out.print(
+        render.run_details(
+            details.run, details.steps, details.spend, details.effects, details.decisions
+        )
+    )
 
 
 @runs_app.command("cancel")
@@ -378,12 +386,13 @@ def trace(
 
     Admission, proposals, validation, policy decisions, budget reserve/settle, locks,
     tool calls, checkpoints and the stop, each with the time since the first event."""
-    with reader() as reads:
-        view = reads.run(run_id, tenant)
-        events = reads.trace(run_id, tenant)
     if json_out:
-        emit_json(render.trace_json(events))
+        with reader() as reads:
+            emit_json(render.trace_json(reads.trace(run_id, tenant)))
         return
+    with people_reader() as people:
+        view = people.run(run_id, tenant)
+        events = people.trace(run_id, tenant)
     out.print(
         f"run [bold]{view.run_id}[/] · {render.markup(view.tenant_id)} / "
         f"{render.markup(view.route)} · {render.status_text(view.status.value).markup} · "
@@ -662,8 +671,7 @@ def config_check(
     register, and the longest step against AGENTRT_VISIBILITY_TIMEOUT_S. Prints every
     problem (each names its key or line) and exits 1 if there is any. With --probe, also
     checks that each OpenAI-compatible model endpoint answers."""
-    default = Settings.model_fields["config"].default
-    path = path or Path(os.environ.get("AGENTRT_CONFIG") or default)
+    path = path or Path(locations.setting(os.environ, "config") or locations.DEFAULT_CONFIG)
     try:
         # what RuntimeService.from_settings and the workers run at start-up
         config = load_config(path)
@@ -756,6 +764,10 @@ def config_apply(
 def _visibility_problems(config: RuntimeConfig) -> list[str]:
     """Workers refuse a file whose longest step outlives the broker's visibility timeout
     (a running step would be handed to a second worker): say so here too."""
+    from pydantic import ValidationError
+
+    from runtime.settings import Settings
+
     try:
         settings = Settings()
     except ValidationError:
@@ -953,7 +965,7 @@ def _log_traceback(exc: BaseException, args: list[str]) -> Path | None:
 
     Only the command's name is logged, not its arguments (they may hold an input or a
     password); the traceback shows code, not local values."""
-    home = Path(os.environ.get("AGENTRT_HOME") or Settings.model_fields["home"].default)
+    home = locations.home(os.environ)
     log = home / "cli-errors.log"
     words = []
     for arg in args[:2]:
