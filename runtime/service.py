@@ -142,7 +142,9 @@ class RuntimeService:
         check_redis_policy(self.redis, settings.allow_evicting_redis)
         self.store = RunStore(make_engine(endpoints.database_url))
         self.ledger = BudgetLedger(self.redis, self.keys)
-        self.leases = LeaseManager(self.redis, self.keys)
+        self.leases = LeaseManager(
+            self.redis, self.keys, int(config.scheduling.worker_dead_after_s * 1000)
+        )
         self.policy = PolicyEngine(config.policy)
         self.scheduler = Scheduler(self.redis, self.keys, config)
         self.scheduler.sync_config()
