@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kombu import Connection
+from kombu import Connection  # type: ignore[attr-defined]
 
 from runtime.locks.identity import new_instance_id, owner_instance
 from runtime.scheduling.scheduler import (
@@ -105,6 +105,10 @@ def locked(name: str, ms: int = 150, hold: bool = False) -> dict[str, Any]:
     return {"type": "tool_call", "tool": "owners.locked", "args": args}
 
 
+def text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def demo(dep: Deployment, name: str) -> str:
     return dep.svc.keys.demo(name)
 
@@ -112,14 +116,14 @@ def demo(dep: Deployment, name: str) -> str:
 def executions(dep: Deployment, key: str) -> dict[str, int]:
     """Step ("run:step") -> how many times the tool started for it."""
     raw = dep.svc.tool_redis.hgetall(demo(dep, f"owners:{key}:runs"))
-    return {k.decode(): int(v) for k, v in raw.items()}
+    return {text(k): int(v) for k, v in raw.items()}
 
 
 def starts(dep: Deployment, key: str) -> list[tuple[float, str]]:
     raw = dep.svc.tool_redis.lrange(demo(dep, f"owners:{key}:starts"), 0, -1)
     out = []
     for entry in raw:
-        at, step = entry.decode().split("|", 1)
+        at, step = text(entry).split("|", 1)
         out.append((float(at), step))
     return out
 
@@ -343,7 +347,8 @@ def test_a_killed_workers_running_steps_are_handed_back_and_old_messages_dropped
     assert dep.svc.redis.hlen(f"{prefix}unacked") == 2
     before = len(step_outcomes(survivor))
     options = {"global_keyprefix": prefix, "visibility_timeout": 0}
-    with Connection(dep.svc.endpoints.broker_url, transport_options=options) as conn:
+    broker = Connection(dep.svc.endpoints.broker_url, transport_options=options)  # type: ignore[no-untyped-call]
+    with broker as conn:
         conn.default_channel.qos.restore_visible(num=100, interval=1)
     wait_for(lambda: dep.svc.redis.hlen(f"{prefix}unacked") == 0
              and len(step_outcomes(survivor)) >= before + 2, timeout=60,
@@ -448,11 +453,11 @@ def start_namespaced_worker(dep: Deployment, concurrency: int, node: str) -> Nam
 
 
 def holders(dep: Deployment, name: str) -> set[str]:
-    return {m.decode() for m in dep.svc.tool_redis.smembers(demo(dep, f"owners:{name}:holders"))}
+    return {text(m) for m in dep.svc.tool_redis.smembers(demo(dep, f"owners:{name}:holders"))}
 
 
 def entries(dep: Deployment, name: str) -> list[str]:
-    return [e.decode() for e in dep.svc.tool_redis.lrange(demo(dep, f"owners:{name}:log"), 0, -1)]
+    return [text(e) for e in dep.svc.tool_redis.lrange(demo(dep, f"owners:{name}:log"), 0, -1)]
 
 
 @needs_unshare
@@ -500,7 +505,7 @@ def test_a_lock_of_a_killed_worker_is_taken_over_only_after_its_heartbeat_expire
     (dead_token,) = holders(dep, name)
     holder = dep.svc.redis.get(dep.svc.keys.lock(f"res:{name}"))
     assert holder is not None
-    dead_instance = owner_instance(holder.decode())
+    dead_instance = owner_instance(text(holder))
     assert dead_instance is not None and alive(dep, dead_instance)
     # and another worker, same node and host name, other PID namespace, waiting for it
     survivor = start_namespaced_worker(dep, 2, "same@samehost")

@@ -111,8 +111,6 @@ class Liveness:
         self._children: Callable[[], set[int] | None] | None = None
         #: monotonic time a refresh that succeeded was sent (the key lives past it + ttl)
         self.confirmed_at = 0.0
-        #: instances this process declared dead (its exited children), for logs and tests
-        self.declared_dead: list[str] = []
         #: pid -> instance of the children seen in the last vouching round
         self._seen_children: dict[str, str] = {}
 
@@ -187,11 +185,6 @@ class Liveness:
             except Exception:  # a Redis hiccup: the next round tries again
                 log.warning("heartbeat failed", exc_info=True)
 
-    def confirmed_within_ttl(self) -> bool:
-        """True while this process's key is certainly alive: the last refresh that
-        succeeded was sent less than a ttl ago (Redis applied it no earlier)."""
-        return time.monotonic() - self.confirmed_at < self.ttl_ms / 1000
-
     def stop(self) -> None:
         self._stop.set()
 
@@ -250,7 +243,6 @@ class Liveness:
             pipe.execute()
         for instance in dead:
             log.warning("pool process instance %s exited: declared dead", instance)
-        self.declared_dead += dead
         return dead
 
 
