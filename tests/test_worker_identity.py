@@ -467,12 +467,13 @@ def test_one_holder_per_lock_across_pid_namespaces_with_one_host_name(
 ) -> None:
     dep: Deployment = make_deployment()
     # Given two workers with one node name and host name, each in its own PID namespace:
-    # their pool processes have the same pids (2, 3, ...), and each one's pids mean
-    # nothing (or another process) in the other's namespace
-    first = start_namespaced_worker(dep, 3, "same@samehost")
+    # their processes have the same small pids, and the larger pool's pids name nothing in
+    # the smaller one's namespace (a pid check there finds them "dead": with owners named
+    # host|pid, as before, this test saw two holders at once)
+    first = start_namespaced_worker(dep, 6, "same@samehost")
     second = start_namespaced_worker(dep, 1, "same@samehost")
     # (counted apart: the capacity they report is keyed by instance, not by node name)
-    wait_for(lambda: dep.svc.scheduler.capacity() == 4, timeout=30, message="capacity 4")
+    wait_for(lambda: dep.svc.scheduler.capacity() == 7, timeout=30, message="capacity 7")
 
     # When many runs contend for one lock
     name = f"x{uuid.uuid4().hex[:6]}"
