@@ -344,7 +344,9 @@ def test_a_killed_workers_running_steps_are_handed_back_and_old_messages_dropped
     # When the dead worker's old messages come back from the broker (as after the
     # visibility timeout: kombu's own restore, run here with a timeout of 0)
     prefix = dep.svc.keys.broker_prefix()
-    assert dep.svc.redis.hlen(f"{prefix}unacked") == 2
+    # (the survivor acks its last step just after the run's checkpoint)
+    wait_for(lambda: dep.svc.redis.hlen(f"{prefix}unacked") == 2, timeout=30,
+             message="only the dead worker's two messages unacked")  # fmt: skip
     before = len(step_outcomes(survivor))
     options = {"global_keyprefix": prefix, "visibility_timeout": 0}
     broker = Connection(dep.svc.endpoints.broker_url, transport_options=options)  # type: ignore[no-untyped-call]
