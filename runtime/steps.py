@@ -190,6 +190,10 @@ class StepRunner:
             # the slot named a live copy that has since let the run lease go (a duplicate
             # that dropped itself, or a copy that stopped): the lease holder owns the step
             svc.scheduler.start(item, running_ttl_ms, owner, "force")
+        if lease.taken_over and attempt == 0:
+            # the copy before this one died holding the run lease: whatever message brought
+            # this one (a hand-back publishes a fresh one), it is a retry
+            attempt = 1
         controls = svc.parse_controls(extra[-1], tools) if control_keys else None
         released = False
         try:

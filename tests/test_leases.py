@@ -225,13 +225,14 @@ def test_a_run_lease_of_a_dead_instance_is_taken_over(leases: LeaseManager) -> N
     ghost = new_instance_id()
     leases.redis.set(leases.keys.instance_alive(ghost), "test", px=60_000)
     held = leases.acquire_run("run-ghost", f"{ghost}|abc", 600_000)
-    assert isinstance(held, Lease)
+    assert isinstance(held, Lease) and not held.taken_over
     assert isinstance(leases.acquire_run("run-ghost", leases.owner(), 60_000), Busy)
     # When its heartbeat is gone
     leases.redis.delete(leases.keys.instance_alive(ghost))
-    # Then the run lease is taken over, and its fencing token grows
+    # Then the run lease is taken over (the step knows: it is a retry), its token grows
     got = leases.acquire_run("run-ghost", leases.owner(), 60_000)
     assert isinstance(got, Lease) and got.fencing_token > held.fencing_token
+    assert got.taken_over
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,8 @@ from runtime.keys import Keys
 log = logging.getLogger("agentrt.identity")
 
 INSTANCE_PATTERN = re.compile(r"^i-[0-9a-f]{24}$")
+#: how often a worker's main process looks at its pool processes
+VOUCH_EVERY_S = 0.2
 
 
 def new_instance_id() -> str:
@@ -150,8 +152,8 @@ class Liveness:
         self._registered = instance
 
     def beat(self) -> bool:
-        """Refresh this process's heartbeat (and vouch for its children, if it has a pool).
-        False if the key was gone: the instance lapsed, and a new id replaces it."""
+        """Refresh this process's heartbeat. False if the key was gone: the instance
+        lapsed, and a new id replaces it."""
         with self._lock:
             instance = self._registered
             if instance is None:
@@ -173,15 +175,22 @@ class Liveness:
                     _ids.instance,
                 )
                 self._register(_ids.instance)
-        if self._children is not None:
-            self.vouch_for_children(self._children())
         return alive
 
     def _loop(self) -> None:
         stop = self._stop
-        while not stop.wait(self.interval_s):
+        next_beat = time.monotonic() + self.interval_s
+        # a worker looks at its pool more often than it beats: a pool process that exited
+        # is declared dead before Celery re-sends its step (then the new copy takes over)
+        while not stop.wait(min(self.interval_s, VOUCH_EVERY_S) if self._children else
+                            self.interval_s):  # fmt: skip
             try:
-                self.beat()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval_s
+                    self.beat()
+                children = self._children
+                if children is not None:
+                    self.vouch_for_children(children())
             except Exception:  # a Redis hiccup: the next round tries again
                 log.warning("heartbeat failed", exc_info=True)
 

@@ -41,6 +41,8 @@ class Lease:
     key: str
     owner: str
     fencing_token: int
+    #: taken over from an owner known dead (whatever it was doing did not finish)
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class LeaseManager:
         if self.liveness.known_dead(owner_instance(holder)):
             stolen = self._steal(keys=[key, fence_key], args=[holder, owner, ttl_ms])
             if int(stolen[0]) == 1:
-                return Lease(key, owner, int(stolen[1]))
+                return Lease(key, owner, int(stolen[1]), taken_over=True)
         return Busy(key, holder, max(int(res[2]), 1))
 
     def acquire_run_with(
