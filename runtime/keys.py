@@ -39,9 +39,25 @@ class Keys:
         """ZSET of open holds scored by their expiry (ms), for the reaper."""
         return f"{self.namespace}:{{ledger}}:holds"
 
+    def ledger_state(self) -> str:
+        """The ledger's state marker (hash, field ``gen``): see runtime.state."""
+        return f"{self.namespace}:{{ledger}}:state"
+
     # --- scheduling (every key under one {sched} hash tag; see runtime.scheduling) -----
     def sched(self) -> str:
         return f"{self.namespace}:{{sched}}"
+
+    def sched_state(self) -> str:
+        """The scheduler's state marker (hash, field ``gen``): see runtime.state."""
+        return f"{self.namespace}:{{sched}}:state"
+
+    def published_config(self) -> str:
+        """Hash: ``version`` and ``digest`` of the config whose limits are published."""
+        return f"{self.namespace}:{{sched}}:config"
+
+    def recovery_lock(self) -> str:
+        """Held by the process rebuilding Redis state from SQL (one at a time)."""
+        return f"{self.namespace}:{{sched}}:recovering"
 
     def rate_limit(self, name: str) -> str:
         return f"{self.namespace}:{{sched}}:rl:{name}"

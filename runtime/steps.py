@@ -174,6 +174,9 @@ class StepRunner:
                 svc.scheduler.start_in(pipe, item, running_ttl_ms, owner)
             if control_keys:
                 pipe.mget(control_keys)
+            # is Redis's state the one SQL knows, and which config does the deployment enforce
+            svc.markers.check_in(pipe)
+            pipe.hget(svc.keys.published_config(), "digest")
 
         lease, extra = svc.leases.acquire_run_with(item.run_id, owner, lease_ttl_ms, also)
         slot = int(extra[0]) if hinted else None
@@ -186,6 +189,12 @@ class StepRunner:
                 "step %s/%s: run lease held by %s; dropped", item.run_id, item.step_no, lease.holder
             )
             return StepResult("duplicate_dropped")
+        halt = self._deployment_halt(item, extra[-2], extra[-1])
+        if halt is not None:
+            # (the slot keeps naming this instance: the step runs again here, or is handed
+            # back if this process dies first)
+            svc.leases.release(lease)
+            return halt
         if slot == STARTED_OWNED_ELSEWHERE:
             # the slot named a live copy that has since let the run lease go (a duplicate
             # that dropped itself, or a copy that stopped): the lease holder owns the step
@@ -194,7 +203,7 @@ class StepRunner:
             # the copy before this one died holding the run lease: whatever message brought
             # this one (a hand-back publishes a fresh one), it is a retry
             attempt = 1
-        controls = svc.parse_controls(extra[-1], tools) if control_keys else None
+        controls = svc.parse_controls(extra[-3], tools) if control_keys else None
         released = False
         try:
             # the first step starts the run (queued -> running) in the same statement
@@ -215,6 +224,32 @@ class StepRunner:
         finally:
             if not released:
                 svc.leases.release(lease)
+
+    def _deployment_halt(self, item: Item, marker: Any, digest: Any) -> StepResult | None:
+        """Stop before anything happens when this step must not run here now:
+
+        * ``state_unknown``: Redis lost its state (or holds an old snapshot): nothing is
+          executed until recovery rebuilt it; recovery queues the step again from SQL.
+        * ``config_changed``: the deployment enforces another config than this process
+          loaded (a new one was applied): the caller switches to it and runs the step again.
+        """
+        svc = self.svc
+        generation = int(marker or 0)
+        svc.generation.saw(generation)
+        if generation == 0 or generation < svc.generation.value() or digest is None:
+            log.warning(
+                "step %s/%s not run: the runtime's Redis state is unknown (marker %s, SQL %s); "
+                "it runs again once recovery has rebuilt the state",
+                item.run_id,
+                item.step_no,
+                generation,
+                svc.generation.value(),
+            )
+            return StepResult("state_unknown")
+        published = digest.decode() if isinstance(digest, bytes) else str(digest)
+        if published != svc.config_digest:
+            return StepResult("config_changed")
+        return None
 
     def _already_done(self, run: dict[str, Any], step_no: int) -> StepResult:
         """A duplicate or redelivered step: settle what its first copy left, free its slot,

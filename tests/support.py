@@ -150,6 +150,8 @@ class Deployment:
         }
         settings = Settings(**{k[len("AGENTRT_") :].lower(): v for k, v in env.items()})
         svc = RuntimeService.from_settings(settings)
+        # the deployment's config has one owner: the test applies it, as an operator would
+        svc.apply_config("test")
         return cls(name=name, settings=settings, env=env, home=home, svc=svc)
 
     # --- workers ---------------------------------------------------------------------

@@ -546,3 +546,21 @@ def test_a_lock_of_a_killed_worker_is_taken_over_only_after_its_heartbeat_expire
     print(f"\nSIGKILL -> heartbeat gone {gone_at - killed_at:.2f} s -> lock taken over "
           f"{first_after - killed_at:.2f} s (worker_dead_after_s {DEAD_AFTER_S:g})")  # fmt: skip
     assert "handed back" in survivor.log()  # the long run's step came back by heartbeat
+
+
+def test_recovery_forgets_owners_but_never_a_live_instance(svc: RuntimeService) -> None:
+    # Given a running step and its owner's heartbeat
+    item = dispatched(svc)
+    owner = f"{ghost(svc)}|n"
+    instance = owner_instance(owner)
+    assert instance is not None
+    svc.scheduler.start(item, 60_000, owner, "own")
+    children = svc.keys.instance_children(new_instance_id())
+    svc.redis.hset(children, "123", instance)
+    # When recovery resets the scheduler's state (slots and queues rebuilt from SQL)
+    svc.scheduler.reset_state()
+    # Then who ran what is forgotten with the slots, but the heartbeats stay: deleting one
+    # would declare a live process dead and hand its locks to others
+    assert svc.scheduler.owner_of(item) is None
+    assert svc.redis.scard(f"{svc.keys.sched()}:owners") == 0
+    assert svc.redis.exists(svc.keys.instance_alive(instance), children) == 2

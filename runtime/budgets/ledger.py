@@ -18,7 +18,7 @@ import redis
 
 from runtime import scripts
 from runtime.config import DIMENSIONS
-from runtime.errors import BudgetExhausted
+from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
 
 
@@ -46,10 +46,16 @@ class Reservation:
 
 
 class BudgetLedger:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, generation: Callable[[], int] = lambda: 0
+    ) -> None:
         self.redis = client
         self.keys = keys
-        self._reserve = scripts.register(client, scripts.lua("runtime.budgets", "reserve.lua"))
+        #: the state generation this process knows from SQL (see runtime.state)
+        self.generation = generation
+        self._reserve = scripts.register(
+            client, scripts.lua("runtime.budgets", "reserve.lua", state_guard=True)
+        )
         self._settle = scripts.register(client, scripts.lua("runtime.budgets", "settle.lua"))
 
     # --- scopes ----------------------------------------------------------------------
@@ -89,9 +95,13 @@ class BudgetLedger:
         for scope in scopes:
             argv.extend(int(scope.limits.get(d, -1)) for d in dims)
         argv.extend(scope.ttl_s for scope in scopes)
+        argv.append(self.generation())
         keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
         keys.extend(scope.key for scope in scopes)
+        keys.append(self.keys.ledger_state())
         result = self._reserve(keys=keys, args=argv)
+        if int(result[0]) == -1:
+            raise StateUnknown("budget ledger")
         if int(result[0]) == 1:
             state = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
             return Reservation(run_id, step, dict(amounts), state)

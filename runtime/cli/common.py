@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
 from runtime.cli import render
 from runtime.cli.reads import Reads
@@ -105,6 +106,13 @@ def service() -> Iterator[RuntimeService]:
     settings = load_settings()
     with errors():
         svc = RuntimeService.from_settings(settings)
+    if svc.drift is not None:
+        drift = escape(svc.drift.describe(str(settings.config)))
+        err.print(
+            f"[yellow bold]warning:[/] config drift: {drift}; enforcing the applied config "
+            "(agentrt config apply to change it)",
+            soft_wrap=True,
+        )
     try:
         with errors():
             yield svc

@@ -106,8 +106,9 @@ class Priority(enum.StrEnum):
 
 
 class Pool(enum.StrEnum):
+    # no threads, gevent or eventlet: a tool call that outlives its timeout cannot be
+    # stopped on them (the worker refuses them too, whoever starts it)
     prefork = "prefork"
-    threads = "threads"
     solo = "solo"
 
 
@@ -475,8 +476,14 @@ def recover(
                 fail("recover pauses dispatching and rewrites the ledger: pass --yes", EXIT_REFUSED)
             typer.confirm("Rebuild the runtime's Redis state from SQL now?", abort=True)
         report = svc.recovery.recover(who, inflight_wait_s=inflight_wait, dry_run=dry_run)
+        workers = 0 if dry_run else svc.scheduler.capacity()
+    if not dry_run and workers == 0:
+        err.print(
+            "[yellow bold]warning:[/] no worker is alive to take the runs queued again: "
+            "start one (agentrt worker); nothing runs until a worker does"
+        )
     if json_out:
-        emit_json({**report.as_dict(), "runs": report.runs})
+        emit_json({**report.as_dict(), "runs": report.runs, "live_worker_processes": workers})
         return
     verb = "would queue again" if dry_run else "queued again"
     out.print(f"runs {verb}: {report.runs_requeued}")
@@ -528,12 +535,23 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option("--hostname", "-n", help="Node name (default <ns>-<pid>@%h).")
     ] = None,
+    apply_config: Annotated[
+        bool,
+        typer.Option(
+            "--apply-config",
+            help="Make this worker's deployment file the one the whole deployment enforces "
+            "(as agentrt config apply does). Without it, a worker whose file differs from "
+            "the applied config refuses to start.",
+        ),
+    ] = False,
 ) -> None:
     """Run a Celery worker for the step queue.
 
     Execs `celery -A tasks.app worker` in these settings, so signals reach Celery
-    directly; arguments after `--` go to Celery."""
+    directly; arguments after `--` go to Celery. The first worker of a deployment applies
+    its file; later workers must have the same config (or --apply-config)."""
     from runtime.demo.workload import worker_argv
+    from tasks.app import APPLY_CONFIG_ENV
 
     settings = load_settings()
     _preflight(settings)
@@ -541,7 +559,10 @@ def worker(
     node = hostname or f"{settings.namespace}-{os.getpid()}@%h"
     argv = [*worker_argv(concurrency, pool.value, loglevel, node), *ctx.args]
     err.print(f"[dim]namespace {settings.namespace} · {' '.join(argv[1:])}[/]")
-    _exec(argv)
+    env = {k: v for k, v in os.environ.items() if k != APPLY_CONFIG_ENV}
+    if apply_config:
+        env[APPLY_CONFIG_ENV] = "1"
+    _exec(argv, env)
 
 
 #: Flower reads its options from FLOWER_<OPTION> variables: this one keeps the password
@@ -673,6 +694,63 @@ def config_check(
         failed = sum(not p.ok for p in probes or ())
         err.print(f"[red bold]{failed} model endpoint(s) did not answer[/]")
         raise typer.Exit(EXIT_ERROR)
+
+
+@config_app.command("apply")
+def config_apply(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="The file (default: AGENTRT_CONFIG or config/runtime.yaml)."),
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who applies it (audit).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make a deployment file the one every process enforces.
+
+    Runs every check `config check` runs, records the file in SQL (with its version and
+    digest) and publishes its limits to Redis. Running workers switch to it at their next
+    step; a worker started later with another file refuses to start (unless
+    --apply-config); web apps and CLI commands with another file warn and enforce this one.
+    Only this command and `agentrt worker --apply-config` publish the limits."""
+    from runtime.service import RuntimeService
+
+    settings = load_settings()
+    if path is not None:
+        settings = settings.model_copy(update={"config": path})
+    who = actor or default_actor()
+    with errors():
+        config = load_config(settings.config)
+        if problems := _visibility_problems(config):
+            raise ConfigError(str(settings.config), problems)
+        with _cwd_on_path():
+            svc = RuntimeService.from_settings(settings, enforce_applied=False)
+    try:
+        with errors():
+            change = svc.apply_config(who)
+    finally:
+        svc.close()
+    summary = {
+        "version": change.version,
+        "digest": change.digest,
+        "changed": change.changed,
+        "previous": None
+        if change.previous is None
+        else {"version": change.previous.version, "digest": change.previous.digest},
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    if not change.changed:
+        out.print(f"already applied: version {escape(change.version)} ({change.digest[:12]})")
+        return
+    was = (
+        f" (was {escape(change.previous.version)}, {change.previous.digest[:12]})"
+        if change.previous
+        else ""
+    )
+    out.print(
+        f"[green bold]applied[/] version {escape(change.version)} ({change.digest[:12]}){was}"
+    )
 
 
 def _visibility_problems(config: RuntimeConfig) -> list[str]:

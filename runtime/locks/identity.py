@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -95,16 +96,40 @@ class Liveness:
 
     ``instance()`` registers the process (its first heartbeat is written before the id is
     handed out, so no owner record ever names an instance without a key) and starts the
-    refresh thread; after a fork the child does the same under its own id."""
+    refresh thread; after a fork the child does the same under its own id. One per process
+    and deployment (``shared``): a process that replaces its service (a newly applied
+    config) keeps its heartbeat thread, its own Redis connection and what it vouches for."""
+
+    _shared: dict[tuple[Any, ...], Liveness] = {}
+    _shared_pid = 0
+
+    @classmethod
+    def shared(cls, client: redis.Redis, keys: Keys, dead_after_ms: int) -> Liveness:
+        """This process's Liveness for the deployment (namespace) on ``client``'s server,
+        with a connection pool of its own; a new ttl applies from the next refresh."""
+        if cls._shared_pid != os.getpid():
+            cls._shared, cls._shared_pid = {}, os.getpid()
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        where = tuple(kwargs.get(k) for k in ("host", "port", "path", "db", "username"))
+        key = (keys.namespace, pool.connection_class, *where)
+        found = cls._shared.get(key)
+        if found is None:
+            own = redis.Redis(
+                connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
+                                                     **kwargs)
+            )  # fmt: skip
+            found = cls._shared[key] = cls(own, keys, dead_after_ms)
+        else:
+            found.set_ttl(dead_after_ms)
+        return found
 
     def __init__(self, client: redis.Redis, keys: Keys, dead_after_ms: int) -> None:
-        if dead_after_ms < 1000:
-            raise ValueError("dead_after_ms must be at least 1000")
         self.redis = client
         self.keys = keys
-        self.ttl_ms = int(dead_after_ms)
-        #: refreshes come 8 times per ttl: a live process misses 7 in a row before it is dead
-        self.interval_s = min(max(self.ttl_ms / 8000, 0.05), 2.0)
+        self.ttl_ms = 0
+        self.interval_s = 0.0
+        self.set_ttl(dead_after_ms)
         self._lock = threading.Lock()
         self._pid = 0
         self._registered: str | None = None
@@ -115,6 +140,13 @@ class Liveness:
         self.confirmed_at = 0.0
         #: pid -> instance of the children seen in the last vouching round
         self._seen_children: dict[str, str] = {}
+
+    def set_ttl(self, dead_after_ms: int) -> None:
+        if dead_after_ms < 1000:
+            raise ValueError("dead_after_ms must be at least 1000")
+        self.ttl_ms = int(dead_after_ms)
+        #: refreshes come 8 times per ttl: a live process misses 7 in a row before it is dead
+        self.interval_s = min(max(self.ttl_ms / 8000, 0.05), 2.0)
 
     # --- this process ------------------------------------------------------------------
     def instance(self) -> str:
@@ -130,6 +162,7 @@ class Liveness:
             if self._registered != _ids.instance:
                 self._register(_ids.instance)
             if self._thread is None or not self._thread.is_alive():
+                self._stop = threading.Event()
                 self._thread = threading.Thread(
                     target=self._loop, name="agentrt-heartbeat", daemon=True
                 )

@@ -58,7 +58,7 @@ class LeaseManager:
     ) -> None:
         self.redis = client
         self.keys = keys
-        self.liveness = Liveness(client, keys, dead_after_ms)
+        self.liveness = Liveness.shared(client, keys, dead_after_ms)
         self._acquire = scripts.register(client, scripts.lua("runtime.locks", "acquire.lua"))
         self._release = scripts.register(client, scripts.lua("runtime.locks", "release.lua"))
         self._steal = scripts.register(client, scripts.lua("runtime.locks", "steal.lua"))

@@ -1,13 +1,22 @@
 -- reserve.lua: reserve amounts in every scope of a step, all or nothing; idempotent per hold.
 -- KEYS[1]      = $ns:{ledger}:hold:$run:$step   hash: a:<dim> = reserved amount, scopes, expires
 -- KEYS[2]      = $ns:{ledger}:holds             zset: hold key -> expiry (ms), for the reaper
--- KEYS[3..]    = scope hashes ($ns:{ledger}:run:$id, tenant:$t:$day, route:$r:$day)
+-- KEYS[3..n-1] = scope hashes ($ns:{ledger}:run:$id, tenant:$t:$day, route:$r:$day)
 --                fields u:<dim> (settled spend) and r:<dim> (open reservations)
+-- KEYS[n]      = $ns:{ledger}:state   the ledger's state marker (field gen)
 -- ARGV[1]      = hold ttl (ms)
 -- ARGV[2]      = number of dimensions D
 -- ARGV[3..]    = D dimension names, then D amounts,
---                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s)
+--                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s),
+--                then the state generation the caller knows from SQL
 -- returns {1, "new"|"existing"} or {0, scope_index (0-based), dimension, used, reserved, limit}
+--         or {-1, "state_unknown"}: the ledger was not built from SQL on this server run
+--         (Redis lost its data, or restarted from whatever it had saved) or SQL knows a newer
+--         state: nothing is reserved until recovery rebuilt it (fail closed)
+local marker_gen = state_gen(KEYS[#KEYS])  -- state_marker.lua, prepended
+if marker_gen == 0 or marker_gen < tonumber(ARGV[#ARGV]) then
+  return {-1, 'state_unknown'}
+end
 local hold = KEYS[1]
 if redis.call('EXISTS', hold) == 1 then
   -- a re-run of the step (its first worker died) owns the hold now: give it a full ttl,
@@ -20,7 +29,7 @@ if redis.call('EXISTS', hold) == 1 then
 end
 local ttl_ms = tonumber(ARGV[1])
 local nd = tonumber(ARGV[2])
-local nscopes = #KEYS - 2
+local nscopes = #KEYS - 3
 local dims, amounts = {}, {}
 for d = 1, nd do
   dims[d] = ARGV[2 + d]

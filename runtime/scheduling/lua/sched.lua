@@ -2,7 +2,8 @@
 --
 -- KEYS[1] = $P:inflight  (declared for routing; every key below shares the {sched} tag)
 -- ARGV[1] = $P, the key prefix "$ns:{sched}"
--- ARGV[2..] = operations, each an opcode and its arguments:
+-- ARGV[2] = the Redis state generation the caller knows from SQL (0: any)
+-- ARGV[3..] = operations, each an opcode and its arguments:
 --   E item [base_ms]   enqueue a ready item (idempotent: skipped if queued/in flight/delayed)
 --   D item due_ms      delay an item until due_ms (e.g. a rate-limited step)
 --   C item             complete: the item no longer holds its slots
@@ -14,8 +15,18 @@
 --                      instance's heartbeat is gone (at most once per every_ms across all
 --                      callers); then expire up to max slot leases: free and re-queue
 --   H worker n ttl_ms  worker heartbeat: n processes, forget it after ttl_ms
--- returns {dispatched items, expired items, handed-back items, dead instances}
+--   U                  unpark every parked tenant (after new limits were published)
+-- returns {dispatched items, expired items, state known (1) or not (0), handed-back items,
+--          dead instances}
 --   (a handed-back item keeps its slots and is in the dispatched list: publish it again)
+--
+-- Fail closed: the state marker $P:state (written when recovery or the first start built
+-- this state from SQL) must exist, belong to this server run and be at least ARGV[2]. If it
+-- is missing (Redis lost its data), from another run (Redis restarted, from a snapshot or
+-- not) or older (SQL knows a newer state), the state is unknown:
+-- only heartbeats are recorded; nothing is queued, dispatched, expired, handed back or
+-- released, and the caller learns it (0) so that recovery runs. A route or tenant missing
+-- from the published limits is never unlimited: its steps wait until limits are published.
 --
 -- Items are "run|step|tenant|route|prio" (prio 0 critical .. 3 low).
 -- Per tenant:  $P:q:<tenant>      zset item -> enqueue_ms + offset[prio] (ageing order)
@@ -35,6 +46,8 @@
 --              $P:owned:<instance> set of items; $P:owners set of instances owning items;
 --              $P:alive:<instance> the instance's heartbeat (runtime.locks.identity)
 local P = ARGV[1]
+local known_gen = state_gen(P .. ':state')  -- state_marker.lua, prepended
+local state_known = known_gen > 0 and known_gen >= tonumber(ARGV[2] or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -243,6 +256,12 @@ local function heartbeat(worker, n, ttl)
   redis.call('SET', P .. ':capacity', total, 'PX', ttl)
 end
 
+local function unpark_all()
+  local raw = redis.call('HKEYS', P .. ':parked')
+  for _, tenant in ipairs(raw) do reindex(tenant) end
+  return #raw
+end
+
 local function pick()
   -- weighted fair queuing within the best (highest-priority) band that has a tenant
   local best, best_band = nil, nil
@@ -280,21 +299,22 @@ local function dispatch(max, out)
     budget = budget - 1
     local tenant = pick()
     if not tenant then break end
-    local cap = tonumber(redis.call('HGET', P .. ':tcap', tenant) or '-1')
+    -- published for every tenant (-1: no cap); a tenant missing from it is unknown: wait
+    local cap = tonumber(redis.call('HGET', P .. ':tcap', tenant) or '0')
     if cap >= 0 and redis.call('ZCARD', P .. ':inf:t:' .. tenant) >= cap then
       park(tenant, 't')
     else
       -- usually the head can go: look deeper only when it waits for a full route
       local items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, 0)
       local _, _, _, head_route = parse(items[1])
-      local head_limit = tonumber(redis.call('HGET', P .. ':rlimit', head_route) or '-1')
+      local head_limit = tonumber(redis.call('HGET', P .. ':rlimit', head_route) or '0')
       if head_limit >= 0 and redis.call('ZCARD', P .. ':inf:r:' .. head_route) >= head_limit then
         items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, lookahead - 1)
       end
       local chosen, chosen_route, chosen_prio, blocked_route
       for _, item in ipairs(items) do
         local _, _, _, route, prio = parse(item)
-        local lim = tonumber(redis.call('HGET', P .. ':rlimit', route) or '-1')
+        local lim = tonumber(redis.call('HGET', P .. ':rlimit', route) or '0')
         if lim < 0 or redis.call('ZCARD', P .. ':inf:r:' .. route) < lim then
           chosen, chosen_route, chosen_prio = item, route, prio
           break
@@ -324,10 +344,16 @@ local function dispatch(max, out)
 end
 
 local dispatched, expired, handed, dead = {}, {}, {}, {}
-local i = 2
+local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
-  if op == 'E' then
+  if not state_known and op ~= 'H' then
+    -- skip the op and its arguments: the state it would change is unknown
+    local widths = {E = 3, D = 3, C = 2, Z = 2, R = 3, X = 2, P = 2, L = 3, U = 1}
+    local width = widths[op]
+    if not width then return redis.error_reply('unknown scheduler op ' .. tostring(op)) end
+    i = i + width
+  elseif op == 'E' then
     local base = tonumber(ARGV[i + 2])
     if not base or base <= 0 then base = now end
     enqueue(ARGV[i + 1], base)
@@ -357,8 +383,11 @@ while i <= #ARGV do
   elseif op == 'H' then
     heartbeat(ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
     i = i + 4
+  elseif op == 'U' then
+    unpark_all()
+    i = i + 1
   else
     return redis.error_reply('unknown scheduler op ' .. tostring(op))
   end
 end
-return {dispatched, expired, handed, dead}
+return {dispatched, expired, state_known and 1 or 0, handed, dead}
