@@ -284,6 +284,9 @@ class SchedulingConfig(_Strict):
     lease_margin_s: float = Field(default=15.0, gt=0, le=600)
     #: a dispatched step may wait this long in Celery before its slots count as lost
     queue_allowance_s: float = Field(default=60.0, gt=0, le=3600)
+    #: a process instance whose heartbeat is this old is dead: its running steps are handed
+    #: back and its locks and run leases may be taken over (refreshed every 1/8 of it)
+    worker_dead_after_s: float = Field(default=8.0, ge=2.0, le=300.0)
 
     @model_validator(mode="after")
     def _all_priorities(self) -> SchedulingConfig:

@@ -9,6 +9,8 @@ share a Redis Cluster hash tag (the part in braces):
   running one ledger Redis per region/cell; a slot handles ~50k reservations/s.
 * a tool lock and its fencing counter: ``{lock:<name>}``.
 * a run's step lease: ``{run:<id>}``.
+* process instances' heartbeats share ``{sched}``, so the scheduler script can see which
+  owners of running steps are dead (``runtime.locks.identity``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ class Keys:
 
     def bulkhead(self, tool: str) -> str:
         return f"{self.namespace}:{{sched}}:bulkhead:{tool}"
+
+    # --- process instances (heartbeats; under {sched}: sched.lua reads them) ------------
+    def instance_alive(self, instance: str) -> str:
+        """A live instance's heartbeat (a string with a ttl); gone means dead."""
+        return f"{self.namespace}:{{sched}}:alive:{instance}"
+
+    def instance_children(self, token: str) -> str:
+        """Hash pid -> instance of a worker's pool processes, which the worker vouches for."""
+        return f"{self.namespace}:{{sched}}:children:{token}"
 
     # --- locks and leases ------------------------------------------------------------
     def lock(self, name: str) -> str:

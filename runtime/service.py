@@ -149,7 +149,9 @@ class RuntimeService:
         self.generation = KnownGeneration(self.deployments)
         self.markers = StateMarkers(self.redis, self.keys)
         self.ledger = BudgetLedger(self.redis, self.keys, self.generation.value)
-        self.leases = LeaseManager(self.redis, self.keys)
+        self.leases = LeaseManager(
+            self.redis, self.keys, int(config.scheduling.worker_dead_after_s * 1000)
+        )
         self.policy = PolicyEngine(config.policy)
         # the published limits have one owner (apply_config); building a service never
         # publishes them

@@ -4,6 +4,12 @@ Every ``PUMP_INTERVAL_S`` it reports the worker's capacity (pool processes), pro
 delayed steps whose time came, expires slot leases of dead workers and dispatches what may
 run now. Step completions and submissions dispatch too; the pump covers time passing.
 
+The worker's identity is its main process's instance id (``runtime.locks.identity``): the
+capacity it reports is keyed by it, so two workers started with one node name (containers
+sharing a host name) are counted apart. The main process also vouches for its pool
+processes' heartbeats: they stay alive while their pids do, and one that exited is declared
+dead at once, so the steps and locks it held are taken over without waiting for its ttl.
+
 Every ``RECONCILE_INTERVAL_S`` it also offers a reconciler round (``runtime.reconciler``):
 expired budget holds, runs whose step was lost, dead-letter retention. A Redis lock makes
 that one round per interval across all workers, whichever worker gets it.
@@ -76,6 +82,10 @@ class Pump:
                 for item in outcome.expired:
                     log.warning("slot lease of %s step %s expired: queued again", item.run_id,
                                 item.step_no)  # fmt: skip
+                dead = " ".join(outcome.dead_instances)
+                for item in outcome.handed_back:
+                    log.warning("step %s/%s handed back: its owner instance is dead (%s)",
+                                item.run_id, item.step_no, dead)  # fmt: skip
             except Exception:  # keep pumping through Redis hiccups; each round is atomic
                 log.exception("scheduler pump round failed")
             if not known and time.monotonic() >= next_recovery:
@@ -123,7 +133,10 @@ def register(app: AgentrtCelery) -> None:
         if getattr(sender, "app", None) is not app:
             return
         processes = int(getattr(sender.controller, "concurrency", 0) or 1)
-        pump = Pump(app, str(sender.hostname), processes)
+        liveness = app.runtime_service().leases.liveness
+        pool = getattr(sender.controller, "pool", None)
+        liveness.vouch_for(lambda: pool_pids(pool))
+        pump = Pump(app, f"{sender.hostname}#{liveness.instance()}", processes)
         pumps[pump.worker] = pump
         pump.start()
 
@@ -132,3 +145,15 @@ def register(app: AgentrtCelery) -> None:
         for pump in list(pumps.values()):
             pump.stop()
         pumps.clear()
+
+
+def pool_pids(pool: Any) -> set[int] | None:
+    """The pids of a prefork pool's processes (Celery's own ``pool.info``); None when the
+    pool has no processes of its own or cannot tell (stopping)."""
+    try:
+        procs = pool.info.get("processes") if pool is not None else None
+    except Exception:
+        return None
+    if not isinstance(procs, list):
+        return None
+    return {p for p in procs if isinstance(p, int)}

@@ -15,7 +15,11 @@ a flooding tenant's backlog.
 * Fairness is per tenant (stride scheduling with the tenant's ``weight``), so spreading
   work over many routes or keys buys a tenant nothing.
 * Slots are leases: a step holds its route's and tenant's slot until it checkpoints, defers
-  or waits; a dead worker's slots expire and its steps are queued again.
+  or waits. A step that started records its owner (the process instance holding its run
+  lease, ``lua/start.lua``); when that instance's heartbeat expires (its worker died), the
+  step is handed back within about ``worker_dead_after_s``: it keeps its slot and is
+  published again. A step dispatched but never started has no owner: its slot lease
+  expires and it is queued again.
 
 All scheduler keys share the ``{sched}`` hash tag, so every script runs in one Redis
 Cluster slot. To scale past one Redis, run one scheduler cell per Redis (keys are
@@ -28,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -38,6 +42,10 @@ from runtime.config import RuntimeConfig
 from runtime.keys import Keys
 
 PRIORITIES = ("critical", "high", "normal", "low")
+#: how often (at most, across all workers' pumps) running steps' owners are checked
+HANDBACK_EVERY_MS = 1000
+#: ``start.lua`` results
+STARTED_NOT_IN_FLIGHT, STARTED_OWNED, STARTED_OWNED_ELSEWHERE = 0, 1, 2
 PRIORITY_INDEX = {p: i for i, p in enumerate(PRIORITIES)}
 
 
@@ -99,8 +107,10 @@ class Ops:
         self.args += ["P", max_items]
         return self
 
-    def expire(self, max_items: int = 100) -> Ops:
-        self.args += ["L", max_items]
+    def expire(self, max_items: int = 100, handback_every_ms: int = HANDBACK_EVERY_MS) -> Ops:
+        """Hand back running steps whose owner instance is dead (looked at once per
+        ``handback_every_ms`` across all workers), then expire slot leases."""
+        self.args += ["L", max_items, handback_every_ms]
         return self
 
     def heartbeat(self, worker: str, processes: int, ttl_ms: int) -> Ops:
@@ -115,11 +125,17 @@ class Ops:
 
 @dataclass
 class Outcome:
+    #: items to publish: dispatched now, or handed back from a dead instance
     dispatched: list[Item]
+    #: items whose slot lease expired: queued again
     expired: list[Item]
     #: False: Redis's scheduling state is unknown (lost, or an old snapshot); nothing but
     #: heartbeats was done, and recovery must run (see runtime.state)
     state_known: bool = True
+    #: items whose owner instance died: published again with their slots (in ``dispatched``)
+    handed_back: list[Item] = field(default_factory=list)
+    #: the dead instances they were taken from
+    dead_instances: list[str] = field(default_factory=list)
 
 
 def now_ms() -> int:
@@ -143,6 +159,7 @@ class Scheduler:
         self.script = scripts.register(
             client, scripts.lua("runtime.scheduling", "sched.lua", state_guard=True)
         )
+        self._start = scripts.register(client, scripts.lua("runtime.scheduling", "start.lua"))
 
     # --- configuration ---------------------------------------------------------------
     def publish_config(self, version: str, digest: str) -> None:
@@ -190,16 +207,18 @@ class Scheduler:
     def reset_state(self) -> int:
         """Forget every queue, slot and index (recovery, before queueing runs from SQL
         again): an old snapshot's in-flight entries would hold slots nobody uses. Keeps the
-        published config, worker heartbeats and the recovery's own keys."""
+        published config, worker heartbeats, process instances' heartbeats (deleting one
+        would declare a live process dead) and the recovery's own keys."""
         keep = {
             f"{self.prefix}:{name}"
             for name in ("conf", "rlimit", "rttl", "weight", "tcap", "workers", "capacity",
                          "paused", "recovering", "config", "state")
         }  # fmt: skip
+        alive = (f"{self.prefix}:alive:", f"{self.prefix}:children:")
         doomed = [
             k
             for k in (_text(raw) for raw in self.redis.scan_iter(f"{self.prefix}:*", count=1000))
-            if k not in keep
+            if k not in keep and not k.startswith(alive)
         ]
         for start in range(0, len(doomed), 500):
             self.redis.delete(*doomed[start : start + 500])
@@ -222,24 +241,35 @@ class Scheduler:
         argv = [self.prefix, self.generation(), *ops.args]
         scripts.queue(pipe, self.script, [f"{self.prefix}:inflight"], argv)
 
-    def renew_in(self, pipe: Any, item: Item, ttl_ms: int) -> None:
-        """Queue a renewal of an item's slot leases (plain ZADD XX: no script needed)."""
-        expiry = now_ms() + ttl_ms
-        member = item.encode()
-        for key in (
-            f"{self.prefix}:inflight",
-            f"{self.prefix}:inf:r:{item.route}",
-            f"{self.prefix}:inf:t:{item.tenant}",
-        ):
-            pipe.zadd(key, {member: expiry}, xx=True)
+    def start_in(self, pipe: Any, item: Item, ttl_ms: int, owner: str, mode: str = "own") -> None:
+        """Queue ``start.lua``: the step starts under ``owner`` (``<instance>|<nonce>``):
+        renew its slot leases to ``ttl_ms`` and record the owner (mode ``own``; ``force``
+        once the caller holds the run lease; ``disown`` when it did not get it). The
+        result is one of ``STARTED_*``."""
+        p = self.prefix
+        scripts.queue(pipe, self._start, [f"{p}:inflight"], [p, item.encode(), ttl_ms, owner, mode])
+
+    def start(self, item: Item, ttl_ms: int, owner: str, mode: str) -> int:
+        results = scripts.run_pipeline(
+            self.redis, lambda pipe: self.start_in(pipe, item, ttl_ms, owner, mode)
+        )
+        return int(results[0])
+
+    def owner_of(self, item: Item) -> str | None:
+        raw = self.redis.hget(f"{self.prefix}:owner", item.encode())
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     @staticmethod
     def outcome(raw: Sequence[Any]) -> Outcome:
-        dispatched, expired, known = raw
+        dispatched, expired, known = raw[0], raw[1], raw[2]
+        handed = raw[3] if len(raw) > 3 else []
+        dead = raw[4] if len(raw) > 4 else []
         return Outcome(
             [Item.decode(i) for i in dispatched],
             [Item.decode(i) for i in expired],
             state_known=bool(int(known)),
+            handed_back=[Item.decode(i) for i in handed],
+            dead_instances=[d.decode() if isinstance(d, bytes) else str(d) for d in dead],
         )
 
     def run(self, ops: Ops) -> Outcome:

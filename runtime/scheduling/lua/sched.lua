@@ -11,18 +11,22 @@
 --   R item ttl_ms      renew the item's slot leases
 --   X max              dispatch up to max items (weighted fair queuing across tenants)
 --   P max              promote up to max due delayed items to their ready queues
---   L max              expire up to max slot leases (dead workers): free and re-queue
+--   L max every_ms     dead workers: hand back up to max running steps whose owner
+--                      instance's heartbeat is gone (at most once per every_ms across all
+--                      callers); then expire up to max slot leases: free and re-queue
 --   H worker n ttl_ms  worker heartbeat: n processes, forget it after ttl_ms
 --   U                  unpark every parked tenant (after new limits were published)
--- returns {dispatched items, expired items, state known (1) or not (0)}
+-- returns {dispatched items, expired items, state known (1) or not (0), handed-back items,
+--          dead instances}
+--   (a handed-back item keeps its slots and is in the dispatched list: publish it again)
 --
 -- Fail closed: the state marker $P:state (written when recovery or the first start built
 -- this state from SQL) must exist, belong to this server run and be at least ARGV[2]. If it
 -- is missing (Redis lost its data), from another run (Redis restarted, from a snapshot or
 -- not) or older (SQL knows a newer state), the state is unknown:
--- only heartbeats are recorded; nothing is queued, dispatched, expired or released, and
--- the caller learns it (0) so that recovery runs. A route or tenant missing from the
--- published limits is never unlimited: its steps wait until limits are published.
+-- only heartbeats are recorded; nothing is queued, dispatched, expired, handed back or
+-- released, and the caller learns it (0) so that recovery runs. A route or tenant missing
+-- from the published limits is never unlimited: its steps wait until limits are published.
 --
 -- Items are "run|step|tenant|route|prio" (prio 0 critical .. 3 low).
 -- Per tenant:  $P:q:<tenant>      zset item -> enqueue_ms + offset[prio] (ageing order)
@@ -37,6 +41,10 @@
 -- Others:      $P:delayed zset item -> due; $P:depth:t / :r / :tp hashes of queued counts;
 --              $P:conf, $P:rlimit, $P:rttl, $P:weight, $P:tcap hashes (from config);
 --              $P:workers hash worker -> "n|expiry"; $P:capacity live process count
+-- Owners:      $P:owner (hash) item -> "<instance>|<nonce>" of the copy running it (start.lua
+--              records it when the step starts; a dispatched step not yet started has none)
+--              $P:owned:<instance> set of items; $P:owners set of instances owning items;
+--              $P:alive:<instance> the instance's heartbeat (runtime.locks.identity)
 local P = ARGV[1]
 local known_gen = state_gen(P .. ':state')  -- state_marker.lua, prepended
 local state_known = known_gen > 0 and known_gen >= tonumber(ARGV[2] or '0')
@@ -118,9 +126,26 @@ local function enqueue(item, base)
   return added
 end
 
+local function instance_of(owner) return string.match(owner, '^(.*)|[^|]*$') end
+
+-- forget which instance runs the item (see start.lua)
+local function disown(item)
+  local owner = redis.call('HGET', P .. ':owner', item)
+  if not owner then return end
+  redis.call('HDEL', P .. ':owner', item)
+  local inst = instance_of(owner)
+  if inst then
+    redis.call('SREM', P .. ':owned:' .. inst, item)
+    if redis.call('SCARD', P .. ':owned:' .. inst) == 0 then
+      redis.call('SREM', P .. ':owners', inst)
+    end
+  end
+end
+
 local function release(item)
   local _, _, tenant, route, prio = parse(item)
   if not prio then return 0 end
+  disown(item)
   local removed = redis.call('ZREM', P .. ':inflight', item)
   redis.call('ZREM', P .. ':inf:r:' .. route, item)
   redis.call('ZREM', P .. ':inf:t:' .. tenant, item)
@@ -180,6 +205,39 @@ local function expire(max, out)
     release(item)
     enqueue(item, now)
     table.insert(out, item)
+  end
+end
+
+-- steps whose owner instance is dead (its heartbeat key gone; an expired heartbeat is never
+-- re-created, so dead stays dead): they keep their slots, get the dispatch lease again and
+-- go back out as new messages. Their old messages come back from Celery only after the
+-- visibility timeout, and the step loop drops them (the step is done, or its run lease is
+-- held by the live copy). A step dispatched but not started has no owner: its slot lease
+-- expires as before.
+local function handback(max, every, out, handed, dead)
+  if redis.call('EXISTS', P .. ':paused') == 1 then return end
+  if every > 0 and not redis.call('SET', P .. ':handback', '1', 'NX', 'PX', every) then
+    return
+  end
+  local n = 0
+  for _, inst in ipairs(redis.call('SMEMBERS', P .. ':owners')) do
+    if redis.call('EXISTS', P .. ':alive:' .. inst) == 0 then
+      table.insert(dead, inst)
+      for _, item in ipairs(redis.call('SMEMBERS', P .. ':owned:' .. inst)) do
+        if n >= max then return end
+        disown(item)
+        if redis.call('ZSCORE', P .. ':inflight', item) then
+          local _, _, tenant, route = parse(item)
+          local ttl = tonumber(redis.call('HGET', P .. ':rttl', route) or c('ttl', 120000))
+          redis.call('ZADD', P .. ':inflight', 'XX', now + ttl, item)
+          redis.call('ZADD', P .. ':inf:r:' .. route, 'XX', now + ttl, item)
+          redis.call('ZADD', P .. ':inf:t:' .. tenant, 'XX', now + ttl, item)
+          table.insert(out, item)
+          table.insert(handed, item)
+          n = n + 1
+        end
+      end
+    end
   end
 end
 
@@ -285,13 +343,13 @@ local function dispatch(max, out)
   end
 end
 
-local dispatched, expired = {}, {}
+local dispatched, expired, handed, dead = {}, {}, {}, {}
 local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
   if not state_known and op ~= 'H' then
     -- skip the op and its arguments: the state it would change is unknown
-    local widths = {E = 3, D = 3, C = 2, Z = 2, R = 3, X = 2, P = 2, L = 2, U = 1}
+    local widths = {E = 3, D = 3, C = 2, Z = 2, R = 3, X = 2, P = 2, L = 3, U = 1}
     local width = widths[op]
     if not width then return redis.error_reply('unknown scheduler op ' .. tostring(op)) end
     i = i + width
@@ -319,8 +377,9 @@ while i <= #ARGV do
     promote(tonumber(ARGV[i + 1]))
     i = i + 2
   elseif op == 'L' then
+    handback(tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), dispatched, handed, dead)
     expire(tonumber(ARGV[i + 1]), expired)
-    i = i + 2
+    i = i + 3
   elseif op == 'H' then
     heartbeat(ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
     i = i + 4
@@ -331,4 +390,4 @@ while i <= #ARGV do
     return redis.error_reply('unknown scheduler op ' .. tostring(op))
   end
 end
-return {dispatched, expired, state_known and 1 or 0}
+return {dispatched, expired, state_known and 1 or 0, handed, dead}
