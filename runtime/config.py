@@ -12,6 +12,8 @@ and the rules against the tools the ``tool_modules`` register (``runtime.rule_ch
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import re
 import typing
 from collections.abc import Iterable
@@ -282,6 +284,9 @@ class SchedulingConfig(_Strict):
     lease_margin_s: float = Field(default=15.0, gt=0, le=600)
     #: a dispatched step may wait this long in Celery before its slots count as lost
     queue_allowance_s: float = Field(default=60.0, gt=0, le=3600)
+    #: a process instance whose heartbeat is this old is dead: its running steps are handed
+    #: back and its locks and run leases may be taken over (refreshed every 1/8 of it)
+    worker_dead_after_s: float = Field(default=8.0, ge=2.0, le=300.0)
 
     @model_validator(mode="after")
     def _all_priorities(self) -> SchedulingConfig:
@@ -666,3 +671,18 @@ def load_config(path: Path | str) -> RuntimeConfig:
     ``runtime.service.load_registry``: start-up and ``agentrt config check`` call both."""
     path = Path(path)
     return parse_config(read_yaml(path), str(path))
+
+
+def config_document(config: RuntimeConfig) -> dict[str, Any]:
+    """The validated config as JSON (what ``config apply`` stores and processes load)."""
+    # None is "unset" in the file (a rule refuses an explicit null): left out, it reads back
+    # as the same default
+    document: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return document
+
+
+def config_digest(config: RuntimeConfig) -> str:
+    """SHA-256 of the validated config as canonical JSON: two files that mean the same
+    deployment (defaults spelled out or not, keys in another order) have one digest."""
+    raw = json.dumps(config_document(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()

@@ -6,7 +6,6 @@ them as JSON (camelCase, as the seed writes them), the store maps them to rows.
 
 from __future__ import annotations
 
-import enum
 import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -14,36 +13,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-AutonomyLevel = Literal[
-    "advisory", "drafts_for_review", "executes_after_approval", "bounded_autonomous"
-]
-RiskClass = Literal["low", "medium", "high"]
-ExecutionMode = Literal["sync", "async_job", "durable_workflow", "event_triggered"]
-SideEffectClass = Literal["read", "write", "external", "irreversible"]
-PriorityClass = Literal["critical", "high", "normal", "low"]
-
-
-class RunStatus(enum.StrEnum):
-    #: admitted and stored; its first step is queued
-    QUEUED = "queued"
-    #: a step has started
-    RUNNING = "running"
-    #: paused: needs approval, escalated, or waiting on an operator
-    WAITING = "waiting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    #: admission or the runtime refused the work
-    REFUSED = "refused"
-    CANCELLED = "cancelled"
-    #: read-only marker, never stored by the runtime: the stored status is not one this
-    #: version knows (written by hand or by another version); the view's
-    #: ``unreadable_fields`` holds the raw value
-    UNKNOWN = "unknown"
-
-
-TERMINAL_STATUSES = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REFUSED, RunStatus.CANCELLED}
-)
+# statuses and the other closed value sets of a run are plain Python of their own
+# (importable without pydantic); re-exported here
+from runtime.statuses import TERMINAL_STATUSES as TERMINAL_STATUSES
+from runtime.statuses import UNKNOWN_VALUE as UNKNOWN_VALUE
+from runtime.statuses import AutonomyLevel as AutonomyLevel
+from runtime.statuses import ExecutionMode as ExecutionMode
+from runtime.statuses import PriorityClass as PriorityClass
+from runtime.statuses import RiskClass as RiskClass
+from runtime.statuses import RunStatus as RunStatus
+from runtime.statuses import SideEffectClass as SideEffectClass
 
 
 class _Camel(BaseModel):
@@ -86,10 +65,6 @@ class RuntimeRun(_Camel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-
-
-#: a stored value this version cannot read is shown as this (and kept raw, see RunView)
-UNKNOWN_VALUE = "unknown"
 
 
 class RunView(RuntimeRun):

@@ -19,6 +19,7 @@
     - BudgetExhausted          (scope, dimension)
   x LockBusy                   (name, retry_after_s)
   x ServiceUnavailable         Redis or the database cannot be reached
+  x StateUnknown               (what): Redis lost its state; nothing runs until recovery
 """
 
 from __future__ import annotations
@@ -141,3 +142,15 @@ class LockBusy(AgentRuntimeError):
 
 class ServiceUnavailable(AgentRuntimeError):
     pass
+
+
+class StateUnknown(AgentRuntimeError):
+    """Redis lost its state (or holds an old one): nothing may run until it is rebuilt."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what}: the runtime's Redis state is unknown (lost, or restored from an old "
+            "snapshot); waiting for recovery to rebuild it from SQL (automatic in workers; "
+            "or run `agentrt recover`)"
+        )

@@ -9,6 +9,8 @@ share a Redis Cluster hash tag (the part in braces):
   running one ledger Redis per region/cell; a slot handles ~50k reservations/s.
 * a tool lock and its fencing counter: ``{lock:<name>}``.
 * a run's step lease: ``{run:<id>}``.
+* process instances' heartbeats share ``{sched}``, so the scheduler script can see which
+  owners of running steps are dead (``runtime.locks.identity``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,25 @@ class Keys:
         """ZSET of open holds scored by their expiry (ms), for the reaper."""
         return f"{self.namespace}:{{ledger}}:holds"
 
+    def ledger_state(self) -> str:
+        """The ledger's state marker (hash, field ``gen``): see runtime.state."""
+        return f"{self.namespace}:{{ledger}}:state"
+
     # --- scheduling (every key under one {sched} hash tag; see runtime.scheduling) -----
     def sched(self) -> str:
         return f"{self.namespace}:{{sched}}"
+
+    def sched_state(self) -> str:
+        """The scheduler's state marker (hash, field ``gen``): see runtime.state."""
+        return f"{self.namespace}:{{sched}}:state"
+
+    def published_config(self) -> str:
+        """Hash: ``version`` and ``digest`` of the config whose limits are published."""
+        return f"{self.namespace}:{{sched}}:config"
+
+    def recovery_lock(self) -> str:
+        """Held by the process rebuilding Redis state from SQL (one at a time)."""
+        return f"{self.namespace}:{{sched}}:recovering"
 
     def rate_limit(self, name: str) -> str:
         return f"{self.namespace}:{{sched}}:rl:{name}"
@@ -49,6 +67,15 @@ class Keys:
 
     def bulkhead(self, tool: str) -> str:
         return f"{self.namespace}:{{sched}}:bulkhead:{tool}"
+
+    # --- process instances (heartbeats; under {sched}: sched.lua reads them) ------------
+    def instance_alive(self, instance: str) -> str:
+        """A live instance's heartbeat (a string with a ttl); gone means dead."""
+        return f"{self.namespace}:{{sched}}:alive:{instance}"
+
+    def instance_children(self, token: str) -> str:
+        """Hash pid -> instance of a worker's pool processes, which the worker vouches for."""
+        return f"{self.namespace}:{{sched}}:children:{token}"
 
     # --- locks and leases ------------------------------------------------------------
     def lock(self, name: str) -> str:

@@ -1,19 +1,24 @@
 """``agentrt recover``: rebuild Redis state from SQL after Redis lost its data.
 
 SQL is the source of truth; Redis holds what can be derived from it. After a flush, a
-failover to an empty replica or a restore from an old snapshot, recovery:
+failover to an empty replica or a restore from an old snapshot, the state markers tell
+(``runtime.state``): until recovery has run, nothing reserves, dispatches or executes.
+Workers run recovery by themselves (``ensure``: the first to see the state unknown takes a
+lock and rebuilds; the others wait), and ``agentrt recover`` runs it by hand. Recovery:
 
 1. pauses dispatching (a key the dispatch script checks) so nothing new starts;
-2. re-publishes the deployment's scheduling config and re-declares the broker queue (kombu
-   would silently drop publishes to a queue whose binding was lost);
+2. re-publishes the applied config's scheduling limits (from SQL) and re-declares the
+   broker queue (kombu would silently drop publishes to a queue whose binding was lost);
 3. waits for steps that were in flight when Redis lost its data (their hard time limit
-   bounds them; ``inflight_wait_s``), so their spend is in SQL before it is read;
-4. rebuilds every ledger scope with spend in the scopes' lifetime from the SQL spend
-   records: ``u:<dim>`` = settled spend, ``r:<dim>`` = the holds still open. It reads SQL and
-   writes Redis under WATCH on the holds index, so a reserve or settle in between makes it
-   read again;
-5. queues the current step of every queued or running run again (idempotent: a step already
-   queued, delayed or in flight is left alone);
+   bounds them; ``inflight_wait_s``), so their spend is in SQL before it is read; with no
+   queued or running run in SQL nothing can be in flight, and it does not wait;
+4. records a new state generation in SQL, then rebuilds every ledger scope with spend in
+   the scopes' lifetime from the SQL spend records (``u:<dim>`` = settled spend,
+   ``r:<dim>`` = the holds still open) and writes the ledger's marker in the same
+   transaction. It reads SQL and writes Redis under WATCH on the holds index, so a reserve
+   or settle in between makes it read again;
+5. forgets every queue and slot Redis held (an old snapshot's would be stale), writes the
+   scheduler's marker and queues the current step of every queued or running run again;
 6. resumes dispatching and writes an audit record.
 
 Leases and locks need no rebuilding: a lost lease is a free lease, and every side effect is
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy import func, select
 
+from runtime import deployment
 from runtime.config import DIMENSIONS
 from runtime.contract import RunStatus
 from runtime.errors import AgentRuntimeError
@@ -67,6 +73,8 @@ class RecoveryReport:
     ledger_attempts: int = 0
     waited_s: float = 0.0
     dry_run: bool = False
+    #: the state generation recovery built
+    generation: int = 0
     runs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -77,6 +85,7 @@ class RecoveryReport:
             "ledger_attempts": self.ledger_attempts,
             "waited_s": round(self.waited_s, 1),
             "dry_run": self.dry_run,
+            "generation": self.generation,
         }
 
 
@@ -97,28 +106,66 @@ class Recovery:
             report.runs = [r["run_id"] for r in self._live_runs()]
             report.runs_requeued = len(report.runs)
             return report
+        gap = deployment.drift(svc.config, svc.deployments)
+        if gap is not None:
+            raise RecoveryError(
+                "this process runs another config than the deployment: "
+                + gap.describe(str(svc.settings.config))
+                + "; recover with the applied config (unset AGENTRT_CONFIG's override, or "
+                "apply this one first with agentrt config apply)"
+            )
         paused = f"{svc.keys.sched()}:paused"
         svc.redis.set(paused, actor, px=PAUSE_TTL_MS)
         try:
-            svc.scheduler.sync_config()
+            deployment.apply(
+                svc.scheduler, svc.deployments, source=str(svc.settings.config), actor=actor
+            )
             redeclare = getattr(svc.publisher, "redeclare", None)
             if callable(redeclare):
                 redeclare()
-            wait = svc.config.max_hard_limit_s() if inflight_wait_s is None else inflight_wait_s
-            if wait > 0:
-                log.info("waiting %.0fs for steps in flight when Redis lost its data", wait)
-                time.sleep(wait)
-                report.waited_s = wait
-            self._rebuild_ledger(report)
+            if inflight_wait_s is None:
+                inflight_wait_s = svc.config.max_hard_limit_s() if self.may_be_in_flight() else 0.0
+            if inflight_wait_s > 0:
+                log.info(
+                    "waiting %.0fs for steps in flight when Redis lost its data", inflight_wait_s
+                )
+                time.sleep(inflight_wait_s)
+                report.waited_s = inflight_wait_s
+            generation = svc.deployments.new_generation(actor, "recover")
+            self._rebuild_ledger(report, generation)
+            svc.scheduler.reset_state()
+            svc.markers.mark(generation)
+            svc.generation.refresh()
+            report.generation = generation
             report.runs = self._requeue(report)
         finally:
             svc.redis.delete(paused)
         svc.schedule(Ops().promote().dispatch(100))
-        DeadLetterStore(svc.store).audit(actor, "recover", {}, report.runs, report.as_dict())
+        first_start = report.generation == 1 and not report.runs and not report.ledger_scopes
+        if not first_start:  # a new deployment's first state is no operator event
+            DeadLetterStore(svc.store).audit(actor, "recover", {}, report.runs, report.as_dict())
         return report
 
     # --- ledger ----------------------------------------------------------------------
-    def _rebuild_ledger(self, report: RecoveryReport) -> None:
+    def ensure(self, actor: str, *, lock_ttl_s: float | None = None) -> bool:
+        """Rebuild Redis's state from SQL if it is unknown (see ``runtime.state``), unless
+        another process is doing it. Returns whether the state is known afterwards."""
+        svc = self.svc
+        if svc.markers.known(svc.generation.refresh()):
+            return True
+        lock = svc.keys.recovery_lock()
+        ttl_s = lock_ttl_s or svc.config.max_hard_limit_s() + 300
+        if not svc.redis.set(lock, actor, nx=True, px=int(ttl_s * 1000)):
+            return False
+        try:
+            log.warning("the runtime's Redis state is unknown: %s rebuilds it from SQL", actor)
+            report = self.recover(actor)
+            log.warning("state rebuilt from SQL: %s", report.as_dict())
+            return True
+        finally:
+            svc.redis.delete(lock)
+
+    def _rebuild_ledger(self, report: RecoveryReport, generation: int) -> None:
         svc = self.svc
         index = svc.keys.budget_holds_index()
         for attempt in range(1, 51):
@@ -143,6 +190,8 @@ class Recovery:
                         pipe.delete(scope)
                         pipe.hset(scope, mapping=fields)  # type: ignore[arg-type]
                         pipe.expire(scope, self._scope_ttl_s(scope))
+                    # the ledger is known again in the same transaction that rebuilt it
+                    svc.markers.mark_ledger_in(pipe, generation)
                     pipe.execute()
                     report.ledger_scopes = len(scopes)
                     report.open_holds = len(holds)
@@ -235,6 +284,19 @@ class Recovery:
         return 30 * 86400 if ":run:" in scope else SCOPE_DAYS * 86400
 
     # --- runs ------------------------------------------------------------------------
+    def may_be_in_flight(self) -> bool:
+        """Could a step be executing now? Not without a queued or running run, and not in a
+        deployment whose Redis state was never built (no step can have been dispatched)."""
+        return self.svc.generation.refresh() > 0 and self.live_runs() > 0
+
+    def live_runs(self) -> int:
+        """Queued or running runs in SQL (a step of one may be in flight)."""
+        query = select(func.count()).where(
+            runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
+        )
+        with self.svc.store.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def _live_runs(self) -> list[dict[str, Any]]:
         """Every queued or running run, oldest first, with what its step's item needs."""
         query = (

@@ -22,9 +22,14 @@ from redis.exceptions import NoScriptError, ResponseError
 _REGISTERED: dict[str, Script] = {}
 
 
-def lua(package: str, name: str) -> str:
-    """The source of ``<package>/lua/<name>`` (scripts ship inside the package)."""
-    return resources.files(package).joinpath("lua", name).read_text()
+def lua(package: str, name: str, *, state_guard: bool = False) -> str:
+    """The source of ``<package>/lua/<name>`` (scripts ship inside the package). With
+    ``state_guard``, the state-marker prelude (``state_gen``, runtime.state) comes first."""
+    source = resources.files(package).joinpath("lua", name).read_text()
+    if state_guard:
+        prelude = resources.files("runtime.scheduling").joinpath("lua", "state_marker.lua")
+        source = prelude.read_text() + "\n" + source
+    return source
 
 
 def register(client: redis.Redis, source: str) -> Script:

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import redis
 
-from runtime import admission, proposals, proposers, stop_reasons
+from runtime import admission, deployment, proposals, proposers, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
 from runtime.compensation import Compensations
-from runtime.config import RetryPolicy, RuntimeConfig, load_config
+from runtime.config import RetryPolicy, RuntimeConfig, config_digest, load_config
 from runtime.contract import TERMINAL_STATUSES, RunStatus, RunView, TraceEvent, VersionSet
 from runtime.dead_letters import DeadLetters
 from runtime.embedded_redis import EmbeddedRedis, ensure_embedded
@@ -47,8 +47,10 @@ from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
 from runtime.settings import Settings
+from runtime.state import KnownGeneration, StateMarkers
 from runtime.steps import StepResult, StepRunner
 from runtime.store.db import default_sqlite_url, make_engine, utcnow
+from runtime.store.deployment import DeploymentStore
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry, ToolSpec
 from runtime.tracing import TraceBuffer
@@ -141,11 +143,23 @@ class RuntimeService:
         )
         check_redis_policy(self.redis, settings.allow_evicting_redis)
         self.store = RunStore(make_engine(endpoints.database_url))
-        self.ledger = BudgetLedger(self.redis, self.keys)
-        self.leases = LeaseManager(self.redis, self.keys)
+        self.deployments = DeploymentStore(self.store.engine, settings.namespace)
+        #: whether Redis's state can be trusted (runtime.state): the scheduler and the ledger
+        #: refuse to work on a state older than the generation SQL knows
+        self.generation = KnownGeneration(self.deployments)
+        self.markers = StateMarkers(self.redis, self.keys)
+        self.ledger = BudgetLedger(self.redis, self.keys, self.generation.value)
+        self.leases = LeaseManager(
+            self.redis, self.keys, int(config.scheduling.worker_dead_after_s * 1000)
+        )
         self.policy = PolicyEngine(config.policy)
-        self.scheduler = Scheduler(self.redis, self.keys, config)
-        self.scheduler.sync_config()
+        # the published limits have one owner (apply_config); building a service never
+        # publishes them
+        self.scheduler = Scheduler(self.redis, self.keys, config, self.generation.value)
+        #: set when this process's own file differs from the applied config it enforces
+        self.drift: deployment.Drift | None = None
+        #: what the published config's digest must be for this process to run steps
+        self.config_digest = config_digest(config)
         self.limiter = Limiter(self.redis, self.keys)
         self.breakers = Breakers(self.redis, self.keys)
         self.steps = StepRunner(self)
@@ -165,21 +179,60 @@ class RuntimeService:
         publisher: StepPublisher | None = None,
         publisher_factory: Callable[[RuntimeService], StepPublisher] | None = None,
         create_schema: bool = True,
+        enforce_applied: bool = True,
     ) -> RuntimeService:
+        """The service for ``settings``. It enforces the deployment's applied config: if
+        this process's own file differs, it says so (``drift``, a warning) and loads the
+        applied one - unless ``enforce_applied`` is False (the process is about to apply
+        its file: ``agentrt config apply``, the demo)."""
         settings = settings or Settings()
         config = load_config(settings.config)
         registry = load_registry(config, str(settings.config))
+        endpoints = resolve_endpoints(settings)
         svc = cls(
             settings,
             config,
-            endpoints=resolve_endpoints(settings),
+            endpoints=endpoints,
             registry=registry,
             publisher=publisher,
             publisher_factory=publisher_factory,
         )
         if create_schema:
             svc.store.create_schema()
+        gap = deployment.drift(config, svc.deployments)
+        if gap is None or not enforce_applied:
+            svc.drift = gap
+            return svc
+        # every process enforces the applied config; this one's file says otherwise
+        log.warning(
+            "config drift: %s; enforcing the applied one", gap.describe(str(settings.config))
+        )
+        svc.close()
+        applied = deployment.load_applied(gap.applied)
+        svc = cls(
+            settings,
+            applied,
+            endpoints=endpoints,
+            registry=load_registry(applied, f"applied config {gap.applied.version}"),
+            publisher=publisher,
+            publisher_factory=publisher_factory,
+        )
+        svc.drift = gap
         return svc
+
+    def apply_config(self, actor: str) -> deployment.ConfigChange:
+        """Make this process's config the deployment's (record it in SQL, publish its limits)
+        and build Redis's state from SQL when no step can be in flight (a new deployment,
+        runs submitted before any worker started). After a loss with steps possibly in
+        flight, workers rebuild it after the in-flight wait, or ``agentrt recover`` does."""
+        change = deployment.apply(
+            self.scheduler, self.deployments, source=str(self.settings.config), actor=actor
+        )
+        self.drift = None
+        recovery = self.recovery
+        if not self.markers.known(self.generation.refresh()) and not recovery.may_be_in_flight():
+            recovery.ensure(actor)
+        return change
 
     @property
     def publisher(self) -> StepPublisher:

@@ -1,7 +1,9 @@
 """Process settings from ``AGENTRT_*`` environment variables.
 
 Built once in an entry point (CLI, Celery app, web app) and passed down; nothing under
-``runtime/`` reads the environment by itself.
+``runtime/`` reads the environment by itself. The defaults of where state lives are
+``runtime.locations``'s (the CLI's views for people read those settings without
+pydantic-settings).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.locations import DEFAULT_CONFIG, DEFAULT_HOME, ENV_PREFIX
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTRT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     #: Redis for coordination (ledger, leases, locks). Unset: start an embedded server.
     redis_url: str | None = None
@@ -25,9 +29,9 @@ class Settings(BaseSettings):
     #: SQLAlchemy URL of the source of truth. Unset: SQLite (WAL) under ``home``.
     database_url: str | None = None
     #: the deployment file: tenants, routes, tools, budgets, policy.
-    config: Path = Path("config/runtime.yaml")
+    config: Path = DEFAULT_CONFIG
     #: where embedded state lives (SQLite file, embedded Redis data and pid file).
-    home: Path = Path(".agentrt")
+    home: Path = DEFAULT_HOME
     #: prefix of every Redis key (and of the Celery broker keys).
     namespace: str = "agentrt"
     #: Celery visibility timeout; must exceed the longest step (checked at start-up).

@@ -7,7 +7,10 @@
   may checkpoint next; the checkpoint is a compare-and-set on it, so of two copies of one
   step only one commits and the other stops quietly.
 * A run's steps hold a Redis lease while they execute, so a redelivered copy waits for a
-  live one instead of racing it (and takes over at once from a dead process on this host).
+  live one instead of racing it, and takes over only from an owner known dead (its process
+  instance's heartbeat is gone: ``runtime.locks.identity``). The step records that owner
+  on its scheduler slot when it starts, so a dead worker's steps are handed back within
+  ``scheduling.worker_dead_after_s``.
 * Side effects are claimed in SQL (idempotency key ``run:step:call``) together with their
   allow decision before the tool runs; a redelivered step reuses a recorded result instead
   of calling the tool again.
@@ -40,13 +43,19 @@ from runtime.contract import (
     ToolCallProposal,
     Usage,
 )
-from runtime.errors import BudgetExhausted, ProposerError, StaleWrite
-from runtime.locks.leases import Busy, Lease, new_owner
+from runtime.errors import BudgetExhausted, ProposerError, StaleWrite, StateUnknown
+from runtime.locks.leases import Busy, Lease
 from runtime.policy import Decision, PolicyContext
 from runtime.proposers.base import Prompt, WorkingSet
 from runtime.scheduling import limits
 from runtime.scheduling.limits import Take
-from runtime.scheduling.scheduler import Item, Ops, now_ms
+from runtime.scheduling.scheduler import (
+    STARTED_OWNED,
+    STARTED_OWNED_ELSEWHERE,
+    Item,
+    Ops,
+    now_ms,
+)
 from runtime.store.db import utcnow
 from runtime.store.runs import Checkpoint
 from runtime.tools.context import ToolContext
@@ -155,28 +164,51 @@ class StepRunner:
     def run(self, item: Item, attempt: int = 0) -> StepResult:
         """Run one step. ``item`` names it as the scheduler dispatched it (run, step,
         tenant, route, priority), so the run lease, the kill switches and the renewal of
-        the step's slot lease go out in one round trip."""
+        the step's slot lease (recording this process instance as its owner) go out in one
+        round trip."""
         svc = self.svc
         lease_ttl_ms = int(svc.config.lease_ttl_s() * 1000)
         hinted = svc.config.routes.get(item.route)
         tools = hinted.allowed_tools if hinted else []
         control_keys = svc.control_keys(item.run_id, item.route, tools) if hinted else []
+        owner = svc.leases.owner()
+        running_ttl_ms = svc.scheduler.running_ttl_ms(item.route) if hinted else 0
 
         def also(pipe: Any) -> None:
             if hinted:
-                svc.scheduler.renew_in(pipe, item, svc.scheduler.running_ttl_ms(item.route))
+                svc.scheduler.start_in(pipe, item, running_ttl_ms, owner)
             if control_keys:
                 pipe.mget(control_keys)
+            # is Redis's state the one SQL knows, and which config does the deployment enforce
+            svc.markers.check_in(pipe)
+            pipe.hget(svc.keys.published_config(), "digest")
 
-        lease, extra = svc.leases.acquire_run_with(item.run_id, new_owner(), lease_ttl_ms, also)
+        lease, extra = svc.leases.acquire_run_with(item.run_id, owner, lease_ttl_ms, also)
+        slot = int(extra[0]) if hinted else None
         if isinstance(lease, Busy):
-            # a live copy of this step runs elsewhere; if that holder is dead, its slot
-            # lease expires and the scheduler dispatches the step again
+            # a live copy of this step runs elsewhere (a holder known dead would have been
+            # taken over): it owns the step's slot, not this copy
+            if slot == STARTED_OWNED:
+                svc.scheduler.start(item, running_ttl_ms, owner, "disown")
             log.info(
                 "step %s/%s: run lease held by %s; dropped", item.run_id, item.step_no, lease.holder
             )
             return StepResult("duplicate_dropped")
-        controls = svc.parse_controls(extra[-1], tools) if control_keys else None
+        halt = self._deployment_halt(item, extra[-2], extra[-1])
+        if halt is not None:
+            # (the slot keeps naming this instance: the step runs again here, or is handed
+            # back if this process dies first)
+            svc.leases.release(lease)
+            return halt
+        if slot == STARTED_OWNED_ELSEWHERE:
+            # the slot named a live copy that has since let the run lease go (a duplicate
+            # that dropped itself, or a copy that stopped): the lease holder owns the step
+            svc.scheduler.start(item, running_ttl_ms, owner, "force")
+        if lease.taken_over and attempt == 0:
+            # the copy before this one died holding the run lease: whatever message brought
+            # this one (a hand-back publishes a fresh one), it is a retry
+            attempt = 1
+        controls = svc.parse_controls(extra[-3], tools) if control_keys else None
         released = False
         try:
             # the first step starts the run (queued -> running) in the same statement
@@ -191,12 +223,44 @@ class StepRunner:
                 return self._already_done(run, item.step_no)
             if run["route"] != item.route:
                 controls = None
-            result = self._execute(run, item.step_no, attempt, lease, controls)
+            try:
+                result = self._execute(run, item.step_no, attempt, lease, controls)
+            except StateUnknown as exc:
+                # Redis lost its state after this step started (its reservation found the
+                # ledger unknown): nothing ran; recovery queues the step again from SQL
+                log.warning("step %s/%s not run: %s", item.run_id, item.step_no, exc)
+                return StepResult("state_unknown")
             released = True  # _finish releases before publishing the next step
             return result
         finally:
             if not released:
                 svc.leases.release(lease)
+
+    def _deployment_halt(self, item: Item, marker: Any, digest: Any) -> StepResult | None:
+        """Stop before anything happens when this step must not run here now:
+
+        * ``state_unknown``: Redis lost its state (or holds an old snapshot): nothing is
+          executed until recovery rebuilt it; recovery queues the step again from SQL.
+        * ``config_changed``: the deployment enforces another config than this process
+          loaded (a new one was applied): the caller switches to it and runs the step again.
+        """
+        svc = self.svc
+        generation = int(marker or 0)
+        svc.generation.saw(generation)
+        if generation == 0 or generation < svc.generation.value() or digest is None:
+            log.warning(
+                "step %s/%s not run: the runtime's Redis state is unknown (marker %s, SQL %s); "
+                "it runs again once recovery has rebuilt the state",
+                item.run_id,
+                item.step_no,
+                generation,
+                svc.generation.value(),
+            )
+            return StepResult("state_unknown")
+        published = digest.decode() if isinstance(digest, bytes) else str(digest)
+        if published != svc.config_digest:
+            return StepResult("config_changed")
+        return None
 
     def _already_done(self, run: dict[str, Any], step_no: int) -> StepResult:
         """A duplicate or redelivered step: settle what its first copy left, free its slot,
@@ -324,6 +388,9 @@ class StepRunner:
             # refused before any model call: what was taken from the rate limit goes back
             self._give_back_tokens(st)
             return self._exhausted(st, exc)
+        except StateUnknown:
+            self._give_back_tokens(st)
+            raise
         if pending is not None:
             # retry bookkeeping travels with the proposal but is not part of it
             st.call_key = pending.get("call_key")
@@ -843,7 +910,7 @@ class StepRunner:
         try:
             if lock_name:
                 got = svc.leases.acquire_lock(
-                    lock_name, f"{call_id}|{new_owner()}", int((timeout_s + LEASE_MARGIN_S) * 1000)
+                    lock_name, svc.leases.owner(call_id), int((timeout_s + LEASE_MARGIN_S) * 1000)
                 )
                 if isinstance(got, Busy):
                     return self._lock_busy(st, lock_name, got, args, proposal)

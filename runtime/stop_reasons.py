@@ -24,7 +24,7 @@ approval_expired              failed       nobody decided in time
 
 from __future__ import annotations
 
-from runtime.contract import RunStatus
+from runtime.statuses import RunStatus
 
 _STATUS_BY_KIND: dict[str, RunStatus] = {
     "completed": RunStatus.SUCCEEDED,

@@ -23,6 +23,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue  # type: ignore[attr-defined]
 
+from runtime import deployment
 from runtime.config import RuntimeConfig, load_config
 from runtime.errors import SettingsError
 from runtime.keys import Keys
@@ -115,6 +116,26 @@ class AgentrtCelery(Celery):  # type: ignore[misc]
             )
         return self._agentrt_service
 
+    def reload_runtime(self) -> RuntimeService:
+        """Switch this process to the config the deployment enforces now (one was applied
+        while it ran); the next steps run under it. Raises ConfigError if this process
+        cannot load it (a tool module it names is missing here)."""
+        current = self.runtime_service()
+        applied = current.deployments.applied()
+        if applied is None or applied.digest == current.config_digest:
+            return current
+        config = deployment.load_applied(applied)
+        load_registry(config, f"applied config {applied.version}")
+        log.warning(
+            "the deployment now enforces config %s (%s): switching to it",
+            applied.version,
+            applied.digest[:12],
+        )
+        self.agentrt_config = config
+        current.close()
+        self._agentrt_service = None
+        return self.runtime_service()
+
 
 def create_app(
     settings: Settings | None = None, endpoints: Endpoints | None = None
@@ -129,8 +150,9 @@ def create_app(
     app.agentrt_settings = settings
     app.agentrt_config = config
     app.agentrt_endpoints = endpoints
-    from tasks import poison, pump, steps
+    from tasks import broker_faults, poison, pump, steps
 
+    broker_faults.guard_closed_connections()
     steps.register(app)
     pump.register(app)
     poison.register(app)
@@ -154,12 +176,66 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+#: pools whose tasks run on threads or greenlets: a call that outlives its timeout cannot be
+#: stopped there, so it would keep running after its slot, lock and bulkhead place are given
+#: back (a bulkhead of 1 let 3 calls run at once)
+UNSTOPPABLE_POOLS = {"thread": "threads", "gevent": "gevent", "eventlet": "eventlet"}
+
+
+def unstoppable_pool(pool_cls: Any) -> str | None:
+    """The pool's name if its tasks cannot be interrupted, else None."""
+    module = str(getattr(pool_cls, "__module__", pool_cls) or "")
+    return UNSTOPPABLE_POOLS.get(module.rsplit(".", 1)[-1])
+
+
 @signals.worker_init.connect
-def _create_schema(sender: Any = None, **_: Any) -> None:
+def _refuse_unstoppable_pools(sender: Any = None, **_: Any) -> None:
+    if not isinstance(getattr(sender, "app", None), AgentrtCelery):
+        return
+    name = unstoppable_pool(getattr(sender, "pool_cls", None))
+    if name is not None:
+        log.critical(
+            "the %s pool cannot stop a tool call that outlives its timeout (the call would go "
+            "on after its slot, lock and bulkhead place were given back): run the worker with "
+            "-P prefork (default) or -P solo",
+            name,
+        )
+        raise SystemExit(2)
+
+
+#: set (to 1) by ``agentrt worker --apply-config``: this worker's file becomes the deployment's
+APPLY_CONFIG_ENV = "AGENTRT_APPLY_CONFIG"
+
+
+@signals.worker_init.connect
+def _prepare_deployment(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
-    if isinstance(app, AgentrtCelery):
-        # once, in the main process before forking; children open their own engines
-        svc = app.runtime_service()
+    if not isinstance(app, AgentrtCelery):
+        return
+    # once, in the main process before forking; children open their own engines
+    svc = app.runtime_service()
+    try:
         svc.store.create_schema()
+        worker = str(getattr(sender, "hostname", None) or "worker")
+        gap = deployment.drift(app.agentrt_config, svc.deployments)
+        if gap is not None and os.environ.get(APPLY_CONFIG_ENV) != "1":
+            log.critical(
+                "config drift: %s. A worker enforces the deployment's config only: deploy the "
+                "applied file here, or start this worker with --apply-config to make this file "
+                "the deployment's (agentrt config apply does the same without a worker)",
+                gap.describe(str(app.agentrt_settings.config)),
+            )
+            raise SystemExit(2)
+        # the first worker of a deployment applies its file; later ones confirm the same
+        # config (and build Redis's state from SQL if there is nothing to wait for)
+        change = svc.apply_config(f"worker:{worker}")
+        if change.changed:
+            log.warning(
+                "applied config %s (%s) to the deployment%s",
+                change.version,
+                change.digest[:12],
+                f" (was {change.previous.version})" if change.previous else "",
+            )
+    finally:
         svc.close()
         app._agentrt_service = None

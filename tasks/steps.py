@@ -97,6 +97,9 @@ def register(app: AgentrtCelery) -> None:
         item = Item(msg.run_id, msg.step, msg.tenant, msg.route, msg.priority)
         try:
             result = svc.run_step(item, attempt)
+            if result.outcome == "config_changed":
+                # a new config was applied: run the step under it, as every worker will
+                result = app.reload_runtime().run_step(item, attempt)
         except RunNotFound as exc:
             return poison(self, "unknown_run", str(exc), kwargs)
         except TRANSIENT as exc:

@@ -67,6 +67,8 @@ def _probe(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
     base = ctx.keys.demo(f"probe:{args.key}")
     active = int(ctx.redis.eval(_ENTER, 3, f"{base}:active", f"{base}:max", f"{base}:starts",
                                 f"{time.time():.6f}"))  # fmt: skip
+    # distinct calls (a call executed again after a crash is the same call)
+    ctx.redis.sadd(f"{base}:calls", ctx.idempotency_key)
     try:
         if args.gate is not None:
             _pass_gate(args.gate, ctx)

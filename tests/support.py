@@ -134,6 +134,7 @@ class Deployment:
         config: Path,
         home: Path,
         extra_env: dict[str, str] | None = None,
+        apply_config: bool = True,
     ) -> Deployment:
         namespace = f"t{name}{uuid.uuid4().hex[:6]}"
         env = {
@@ -150,6 +151,9 @@ class Deployment:
         }
         settings = Settings(**{k[len("AGENTRT_") :].lower(): v for k, v in env.items()})
         svc = RuntimeService.from_settings(settings)
+        if apply_config:
+            # the deployment's config has one owner: the test applies it, as an operator would
+            svc.apply_config("test")
         return cls(name=name, settings=settings, env=env, home=home, svc=svc)
 
     # --- workers ---------------------------------------------------------------------

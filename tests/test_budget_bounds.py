@@ -33,8 +33,9 @@ from runtime.budgets.tokens import (
 )
 from runtime.config import DIMENSIONS
 from runtime.contract import RunView, Usage
-from runtime.errors import BudgetExhausted
+from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
+from runtime.state import StateMarkers
 from tests import fake_openai
 from tests.fake_openai import FakeOpenAI
 from tests.support import Deployment, pg_schema_url, wait_for
@@ -238,8 +239,11 @@ def test_usage_is_bounded_per_part_by_the_reservation() -> None:
 
 @pytest.fixture
 def ledger(redis_url: str) -> Iterator[BudgetLedger]:
+    """A ledger whose state was built (as recovery or the first start does)."""
     client = redis.Redis.from_url(redis_url)
-    yield BudgetLedger(client, Keys(f"tb{uuid.uuid4().hex[:8]}"))
+    keys = Keys(f"tb{uuid.uuid4().hex[:8]}")
+    StateMarkers(client, keys).mark(1)
+    yield BudgetLedger(client, keys, lambda: 1)
     client.close()
 
 
@@ -326,6 +330,17 @@ def test_a_tool_call_is_added_to_the_hold_first_as_a_call_then_as_retries(
     with pytest.raises(BudgetExhausted) as info:
         ledger.extend("r4", 1, [run], first, again, 60_000)
     assert info.value.dimension == "tool_calls"
+
+
+def test_a_tool_call_is_not_reserved_on_a_ledger_whose_state_is_unknown(
+    ledger: BudgetLedger,
+) -> None:
+    run = ledger.run_scope("r5", limits())
+    ledger.reserve("r5", 0, [run], {"model_calls": 1}, 60_000)
+    ledger.redis.delete(ledger.keys.ledger_state())  # Redis lost its state meanwhile
+    with pytest.raises(StateUnknown):
+        ledger.extend("r5", 0, [run], {"tool_calls": 1}, {"retries": 1}, 60_000)
+    assert ledger.balance(run.key)["tool_calls"] == {"used": 0, "reserved": 0}
 
 
 # --- end to end: long prompts, tight budgets, four worker processes ---------------------------

@@ -187,6 +187,85 @@ def test_read_only_commands_start_no_redis_and_load_no_model_client(
     )
 
 
+#: what the views for people (``runs list/show``, ``trace`` without --json) must not load:
+#: the SQL toolkit, the settings class, our pydantic models, Redis, Celery, model clients -
+#: and, on SQLite, the PostgreSQL driver
+NOT_FOR_PEOPLE = (
+    *NOT_FOR_READS,
+    "sqlalchemy",
+    "sqlmodel",
+    "pydantic_settings",
+    "redis",
+    "psycopg",
+    "runtime.contract",
+    "runtime.settings",
+    "runtime.run_views",
+    "runtime.config",
+    "runtime.store.runs",
+    "runtime.store.models",
+)
+
+
+def import_tree(importtime_stderr: str) -> list[tuple[int, str]]:
+    """``-X importtime``'s rows as (depth, module), in its order: each module is listed
+    after what it imported, one level deeper."""
+    rows = []
+    for row in importtime_stderr.splitlines():
+        if row.startswith("import time:") and "|" in row:
+            column = row.rsplit("|", 1)[1]
+            name = column.strip()
+            if name != "imported package":
+                rows.append(((len(column) - len(column.lstrip()) - 1) // 2, name))
+    return rows
+
+
+def first_importer(tree: list[tuple[int, str]], module: str) -> str | None:
+    """The top-level import under which ``module`` was first loaded (None if never)."""
+    for i, (_, name) in enumerate(tree):
+        if name == module:
+            return next((n for d, n in tree[i:] if d == 0), None)
+    return None
+
+
+def test_the_views_for_people_load_no_sql_toolkit_models_or_settings(
+    fresh_deployment: Deployment, tmp_path: Path
+) -> None:
+    """``runs list``, ``runs show`` and ``trace`` for people read SQLite with ``sqlite3``:
+    no SQLAlchemy or SQLModel, no pydantic-settings, none of our pydantic models. Typer
+    itself validates option values with pydantic (its ``typer._adapters``): pydantic may be
+    loaded by it, by nothing else."""
+    dep = fresh_deployment
+    run = dep.submit_script([REPLY], goal="read me")
+    home = tmp_path / "fresh-home"
+    env = python_env(AGENTRT_DATABASE_URL=dep.env["AGENTRT_DATABASE_URL"], AGENTRT_HOME=str(home))
+    commands = {
+        "runs list": run.run_id,
+        "runs list --tenant t1 --status queued --route r.basic --limit 5": run.run_id,
+        "runs list --status unknown": "no runs match",
+        f"runs show {run.run_id}": "read me",
+        f"runs show {run.run_id} --tenant t1": "read me",
+        f"trace {run.run_id}": "admission",
+    }
+    for command, expected in commands.items():
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "runtime.cli.main", *command.split()],
+            cwd=ROOT,
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+        assert expected in proc.stdout, f"{command}: {proc.stdout}"
+        tree = import_tree(proc.stderr)
+        modules = {name for _, name in tree}
+        assert {"runtime.store.plain", "sqlite3"} <= modules  # the listing is there
+        unwanted = {m for m in modules for n in NOT_FOR_PEOPLE if m == n or m.startswith(n + ".")}
+        assert not unwanted, f"{command} imported {sorted(unwanted)[:8]}"
+        assert first_importer(tree, "pydantic") in (None, "typer._adapters"), command
+        assert not home.exists(), f"{command} made {home}"
+
+
 def test_a_write_command_still_gets_redis(env: Deployment) -> None:
     """``runs cancel`` (and queues, dlq retry/purge, recover) keep the whole service."""
     run = env.submit_script([REPLY])
@@ -436,10 +515,14 @@ def test_invalid_settings_and_config_are_one_line(
     monkeypatch.setenv("AGENTRT_HOME", str(tmp_path))
     monkeypatch.setenv("AGENTRT_VISIBILITY_TIMEOUT_S", "soon")
     monkeypatch.setenv("AGENTRT_WORKER_LOST_RETRIES", "many")
-    code, _, err = run_main("runs", "list")
+    code, _, err = run_main("runs", "list", "--json")
     line = one_line(err)
     assert code == 1
     assert "AGENTRT_VISIBILITY_TIMEOUT_S" in line and "AGENTRT_WORKER_LOST_RETRIES" in line
+    # the views for people read only the database settings: they still answer
+    code, out, err = run_main("runs", "list")
+    assert (code, err) == (0, "") and "no runs match" in out
+    assert not any(tmp_path.iterdir())  # and create nothing
     monkeypatch.delenv("AGENTRT_VISIBILITY_TIMEOUT_S")
     monkeypatch.delenv("AGENTRT_WORKER_LOST_RETRIES")
 

@@ -16,8 +16,9 @@ import redis
 
 from runtime.budgets.ledger import BudgetLedger, Scope
 from runtime.config import DIMENSIONS
-from runtime.errors import BudgetExhausted
+from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
+from runtime.state import StateMarkers
 
 
 def unlimited(**limits: int) -> dict[str, int]:
@@ -31,9 +32,15 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     c.close()
 
 
+def known_ledger(client: redis.Redis, keys: Keys) -> BudgetLedger:
+    """A ledger whose state was built (as recovery or the first start does: runtime.state)."""
+    StateMarkers(client, keys).mark(1)
+    return BudgetLedger(client, keys, lambda: 1)
+
+
 @pytest.fixture
 def ledger(client: redis.Redis) -> BudgetLedger:
-    return BudgetLedger(client, Keys(f"tl{uuid.uuid4().hex[:10]}"))
+    return known_ledger(client, Keys(f"tl{uuid.uuid4().hex[:10]}"))
 
 
 def used(ledger: BudgetLedger, scope: Scope, dim: str = "tokens") -> int:
@@ -245,9 +252,28 @@ def test_the_reaper_settles_to_what_sql_recorded(ledger: BudgetLedger) -> None:
     assert ledger.balance(run.key)["tokens"] == {"used": 120, "reserved": 0}
 
 
+def test_an_unknown_state_reserves_nothing(client: redis.Redis) -> None:
+    # Given a ledger Redis that lost its data: no state marker, every scope empty
+    keys = Keys(f"tlu{uuid.uuid4().hex[:8]}")
+    lost = BudgetLedger(client, keys, lambda: 3)
+    run = lost.run_scope("r", unlimited(tokens=10))
+    # When a step reserves, Then nothing is reserved: the empty ledger is unknown, not free
+    with pytest.raises(StateUnknown):
+        lost.reserve("r", 0, [run], {"tokens": 5}, 60_000)
+    assert lost.balance(run.key)["tokens"] == {"used": 0, "reserved": 0}
+    assert not client.exists(keys.budget_hold("r", 0))
+    # Given a Redis restored from an old snapshot: a marker older than SQL's generation
+    StateMarkers(client, keys).mark(2)
+    with pytest.raises(StateUnknown):
+        lost.reserve("r", 0, [run], {"tokens": 5}, 60_000)
+    # Once recovery built generation 3, reservations go through again
+    StateMarkers(client, keys).mark(3)
+    assert lost.reserve("r", 0, [run], {"tokens": 5}, 60_000).state == "new"
+
+
 def test_namespaces_are_isolated(client: redis.Redis) -> None:
-    a = BudgetLedger(client, Keys(f"tla{uuid.uuid4().hex[:8]}"))
-    b = BudgetLedger(client, Keys(f"tlb{uuid.uuid4().hex[:8]}"))
+    a = known_ledger(client, Keys(f"tla{uuid.uuid4().hex[:8]}"))
+    b = known_ledger(client, Keys(f"tlb{uuid.uuid4().hex[:8]}"))
     a.reserve("r", 0, [a.run_scope("r", unlimited(tokens=10))], {"tokens": 10}, 60_000)
     b.reserve("r", 0, [b.run_scope("r", unlimited(tokens=10))], {"tokens": 10}, 60_000)
     assert a.release_expired(now_ms=2**62) == 1 and b.release_expired(now_ms=2**62) == 1
@@ -268,7 +294,7 @@ def _reserve_many(
 ) -> list[tuple[str, int, int]]:
     """Reserve ATTEMPTS steps against the shared tenant scope; return the granted ones."""
     client = redis.Redis.from_url(redis_url)
-    ledger = BudgetLedger(client, Keys(namespace))
+    ledger = known_ledger(client, Keys(namespace))
     tenant = ledger.tenant_day_scope("shared", unlimited(tokens=LIMIT), day="2026-01-01")
     run_id = f"run-{worker}"
     run = ledger.run_scope(run_id, unlimited())
@@ -310,7 +336,7 @@ def test_concurrent_threads_and_processes_never_overspend(
 ) -> None:
     # Given 4 processes x 4 threads and 8 threads here, asking for ~4x the tenant's tokens
     namespace = f"tlc{uuid.uuid4().hex[:8]}"
-    ledger = BudgetLedger(client, Keys(namespace))
+    ledger = known_ledger(client, Keys(namespace))
     tenant = ledger.tenant_day_scope("shared", unlimited(tokens=LIMIT), day="2026-01-01")
     mp = multiprocessing.get_context("spawn")
     go = mp.Event()

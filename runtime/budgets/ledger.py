@@ -24,7 +24,7 @@ import redis
 
 from runtime import scripts
 from runtime.config import DIMENSIONS
-from runtime.errors import BudgetExhausted
+from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
 
 
@@ -73,12 +73,20 @@ def _text(value: Any) -> str:
 
 
 class BudgetLedger:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, generation: Callable[[], int] = lambda: 0
+    ) -> None:
         self.redis = client
         self.keys = keys
-        self._reserve = scripts.register(client, scripts.lua("runtime.budgets", "reserve.lua"))
+        #: the state generation this process knows from SQL (see runtime.state)
+        self.generation = generation
+        self._reserve = scripts.register(
+            client, scripts.lua("runtime.budgets", "reserve.lua", state_guard=True)
+        )
         self._settle = scripts.register(client, scripts.lua("runtime.budgets", "settle.lua"))
-        self._extend = scripts.register(client, scripts.lua("runtime.budgets", "extend.lua"))
+        self._extend = scripts.register(
+            client, scripts.lua("runtime.budgets", "extend.lua", state_guard=True)
+        )
 
     # --- scopes ----------------------------------------------------------------------
     def run_scope(self, run_id: str, limits: dict[str, int]) -> Scope:
@@ -127,22 +135,22 @@ class BudgetLedger:
         for scope in scopes:
             argv.extend(int(scope.limits.get(d, -1)) for d in dims)
         argv.extend(scope.ttl_s for scope in scopes)
-        if output is not None or tool_executions:
-            if output is None:
-                argv.extend([-1, 0, 0, 0])
-            else:
-                argv.extend(
-                    [
-                        output.cap,
-                        output.minimum,
-                        output.cost_base_nano,
-                        output.cost_per_token_nano,
-                    ]
-                )
-            argv.append(tool_executions)
+        # the output allowance (or none: -1) and the tool executions, always sent: the
+        # state generation comes last
+        if output is None:
+            argv.extend([-1, 0, 0, 0])
+        else:
+            argv.extend(
+                [output.cap, output.minimum, output.cost_base_nano, output.cost_per_token_nano]
+            )
+        argv.append(tool_executions)
+        argv.append(self.generation())
         keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
         keys.extend(scope.key for scope in scopes)
+        keys.append(self.keys.ledger_state())
         result = self._reserve(keys=keys, args=argv)
+        if int(result[0]) == -1:
+            raise StateUnknown("budget ledger")
         if int(result[0]) != 1:
             raise BudgetExhausted(scopes[int(result[1])].name, _text(result[2]))
         state = _text(result[1])
@@ -187,9 +195,13 @@ class BudgetLedger:
             argv.extend(int(scope.limits.get(d, -1)) for d in dims)
         argv.extend(scope.ttl_s for scope in scopes)
         argv.append(count)
+        argv.append(self.generation())
         keys = [self.keys.budget_hold(run_id, step), self.keys.budget_holds_index()]
         keys.extend(scope.key for scope in scopes)
+        keys.append(self.keys.ledger_state())
         result = self._extend(keys=keys, args=argv)
+        if int(result[0]) == -1:
+            raise StateUnknown("budget ledger")
         if int(result[0]) != 1:
             raise BudgetExhausted(scopes[int(result[1])].name, _text(result[2]))
         added = {d: int(v) for d, v in zip(dims, result[2:], strict=True)}

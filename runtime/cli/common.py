@@ -1,7 +1,12 @@
 """The CLI's plumbing, shared by every command group: consoles, one-line errors, JSON
-output, settings, and the two ways a command reaches a deployment - ``reader`` (SQL only,
-for read-only commands) and ``service`` (the whole runtime, for commands that change
-something or need Redis).
+output, settings, and the ways a command reaches a deployment - ``people_reader`` (the
+views for people of ``runs list/show`` and ``trace``: SQL on the DB-API driver),
+``reader`` (the SQL store, for the other read-only commands and ``--json``) and
+``service`` (the whole runtime, for commands that change something or need Redis).
+
+Every command imports this module, so it imports nothing heavy at its top: pydantic,
+pydantic-settings, SQLAlchemy, Redis and the service are imported by the commands that
+use them.
 
 Exit codes: 0 ok; 1 error; 2 refused at admission or bad arguments; 3 ``--wait`` timed out.
 """
@@ -10,20 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
+from rich.markup import escape
 
+from runtime import locations
 from runtime.cli import render
-from runtime.cli.reads import Reads
 from runtime.errors import AdmissionRefused, AgentRuntimeError, ConfigError, InvalidRequest
-from runtime.settings import Settings
 
 if TYPE_CHECKING:
+    from runtime.cli.reads import Reads, RunReads
+    from runtime.cli.render import RunLike, TraceLike
     from runtime.service import RuntimeService
+    from runtime.settings import Settings
 
 EXIT_ERROR = 1
 EXIT_REFUSED = 2
@@ -50,6 +58,10 @@ def emit_json(data: Any) -> None:
 
 
 def load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    from runtime.settings import Settings
+
     try:
         return Settings()
     except ValidationError as exc:
@@ -75,9 +87,15 @@ def describe_failure(exc: BaseException) -> str | None:
     if redis_module is not None and isinstance(exc, redis_module.RedisError):
         return f"Redis: {exc} (check AGENTRT_REDIS_URL)"
     sql_errors = sys.modules.get("sqlalchemy.exc")
+    cause: BaseException | None = None
     if sql_errors is not None and isinstance(exc, sql_errors.SQLAlchemyError):
         # SQLAlchemy's text adds the statement and a link on lines of their own
         cause = getattr(exc, "orig", None) or exc
+    for driver in ("sqlite3", "psycopg"):  # the DB-API drivers the views for people use
+        module = sys.modules.get(driver)
+        if module is not None and isinstance(exc, module.Error):
+            cause = exc
+    if cause is not None:
         first = (str(cause).strip().splitlines() or [""])[0]
         return f"database: {type(cause).__name__}: {first} (check AGENTRT_DATABASE_URL)"
     return None
@@ -105,6 +123,13 @@ def service() -> Iterator[RuntimeService]:
     settings = load_settings()
     with errors():
         svc = RuntimeService.from_settings(settings)
+    if svc.drift is not None:
+        drift = escape(svc.drift.describe(str(settings.config)))
+        err.print(
+            f"[yellow bold]warning:[/] config drift: {drift}; enforcing the applied config "
+            "(agentrt config apply to change it)",
+            soft_wrap=True,
+        )
     try:
         with errors():
             yield svc
@@ -115,6 +140,8 @@ def service() -> Iterator[RuntimeService]:
 @contextlib.contextmanager
 def reader() -> Iterator[Reads]:
     """The SQL store alone: for read-only commands (no Redis, no model clients)."""
+    from runtime.cli.reads import Reads
+
     settings = load_settings()
     with errors():
         reads = Reads(settings)
@@ -123,3 +150,25 @@ def reader() -> Iterator[Reads]:
             yield reads
     finally:
         reads.close()
+
+
+@contextlib.contextmanager
+def people_reader() -> Iterator[RunReads[RunLike, TraceLike]]:
+    """What ``runs list/show`` and ``trace`` show people: read on the DB-API driver, with
+    only the database settings read (``runtime.locations``, as ``Settings`` reads them) -
+    or through the store (``reader``) when the plain reads cannot stand in for it."""
+    from runtime.cli.reads import PlainViews
+    from runtime.store.plain import PlainReads
+
+    with errors():
+        plain = PlainReads.open(locations.database_url(os.environ))
+    if plain is None:
+        with reader() as reads:
+            yield reads
+        return
+    views = PlainViews(plain)
+    try:
+        with errors():
+            yield views
+    finally:
+        views.close()

@@ -42,11 +42,11 @@ from runtime.cli.params import parse_rate, parse_when
 from runtime.cli.reads import STEP_QUEUE, Counter
 from runtime.cli.render import block, cell, line
 from runtime.errors import AgentRuntimeError
-from runtime.store.dead_letters import DeadLetterFilter
-from runtime.store.runs import RunStore
 
 if TYPE_CHECKING:
     from runtime.service import RuntimeService
+    from runtime.store.dead_letters import DeadLetterFilter
+    from runtime.store.runs import RunStore
 
 __all__ = ["STEP_QUEUE", "app", "parse_rate", "parse_when"]
 
@@ -187,6 +187,8 @@ class _Selection:
         )
 
     def to_filter(self, status: str | None) -> DeadLetterFilter:
+        from runtime.store.dead_letters import DeadLetterFilter
+
         if self.since is not None and self.until is not None and self.since >= self.until:
             fail(
                 f"--since ({_when(self.since)}) must be before --until ({_when(self.until)})",
@@ -233,6 +235,8 @@ def _require_scope(sel: _Selection, all_: bool, verb: str) -> None:
 
 def _check_ids(svc: RuntimeService, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The named entries (any status); an unknown id fails before anything changes."""
+    from runtime.store.dead_letters import DeadLetterFilter
+
     if not ids:
         return {}
     found = {

@@ -10,8 +10,11 @@ expected becomes ``error: internal error (<type>): <message>`` with the tracebac
 ``<AGENTRT_HOME>/cli-errors.log`` (``AGENTRT_DEBUG=1`` prints it).
 
 Read-only commands (``runs list/show``, ``trace``, ``dlq list/show/stats/audit``) read SQL
-only (``runtime.cli.reads``). What only other commands need - the service with its Redis,
-the scheduler, Celery, model clients - is imported when such a command runs.
+only (``runtime.cli.reads``); what ``runs list/show`` and ``trace`` show people is read on
+the DB-API driver, without SQLAlchemy, pydantic or the settings class. What only other
+commands need - the service with its Redis, the scheduler, Celery, model clients, the
+settings - is imported when such a command runs: this module and what it imports at its top
+stay light (a test checks which modules ``runs list`` loads).
 """
 
 from __future__ import annotations
@@ -32,11 +35,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from runtime import stop_reasons
+from runtime import locations, stop_reasons
 from runtime.bounds import BoundsError, parse_json
 from runtime.cli import params, render
 from runtime.cli.common import (
@@ -50,18 +52,20 @@ from runtime.cli.common import (
     fail,
     load_settings,
     out,
+    people_reader,
     reader,
     service,
 )
 from runtime.cli.dlq import app as dlq_app
-from runtime.contract import RunStatus, RunView
 from runtime.errors import ConfigError, InvalidTransition
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
-from runtime.settings import Settings
+from runtime.statuses import RunStatus
 
 if TYPE_CHECKING:
     from runtime.config import RuntimeConfig
+    from runtime.contract import RunView
     from runtime.service import RuntimeService
+    from runtime.settings import Settings
     from runtime.tools.registry import ToolRegistry
 
 app = typer.Typer(
@@ -106,8 +110,9 @@ class Priority(enum.StrEnum):
 
 
 class Pool(enum.StrEnum):
+    # no threads, gevent or eventlet: a tool call that outlives its timeout cannot be
+    # stopped on them (the worker refuses them too, whoever starts it)
     prefork = "prefork"
-    threads = "threads"
     solo = "solo"
 
 
@@ -301,16 +306,18 @@ def runs_list(
     json_out: JsonOpt = False,
 ) -> None:
     """List runs, newest first (reads SQL only)."""
-    with reader() as reads:
-        views = reads.runs(
-            tenant, status.value if status else None, route, limit, with_input=json_out
-        )
+    wanted = status.value if status else None
     if json_out:
+        with reader() as reads:
+            views = reads.runs(tenant, wanted, route, limit, with_input=True)
         emit_json([render.run_json(v) for v in views])
-    elif not views:
+        return
+    with people_reader() as people:
+        runs = people.runs(tenant, wanted, route, limit)
+    if not runs:
         out.print("[dim]no runs match[/]")
     else:
-        out.print(render.runs_view(views, out.width))
+        out.print(render.runs_view(runs, out.width))
 
 
 @runs_app.command("show")
@@ -323,24 +330,26 @@ def runs_show(
 
     The whole RuntimeRun contract (camelCase with --json), a summary of every step, the
     stored policy decisions and side-effect records, and the settled spend."""
-    with reader() as reads:
-        view = reads.run(run_id, tenant, with_input=json_out)
-        steps = reads.store.steps(run_id, tenant)
-        spend = reads.store.spend(run_id=run_id)
-        effects = reads.store.side_effects(run_id=run_id)
-        decisions = reads.store.policy_decisions(run_id)
     if json_out:
+        with reader() as reads:
+            shown = reads.details(run_id, tenant, with_input=True)
         emit_json(
             {
-                "run": render.run_json(view),
-                "steps": [render.step_json(s) for s in steps],
-                "policyDecisions": [render.decision_json(d) for d in decisions],
-                "sideEffects": [render.effect_json(e) for e in effects],
-                "spend": render.spend_json(spend),
+                "run": render.run_json(shown.run),
+                "steps": [render.step_json(s) for s in shown.steps],
+                "policyDecisions": [render.decision_json(d) for d in shown.decisions],
+                "sideEffects": [render.effect_json(e) for e in shown.effects],
+                "spend": render.spend_json(shown.spend),
             }
         )
-    else:
-        out.print(render.run_details(view, steps, spend, effects, decisions))
+        return
+    with people_reader() as people:
+        details = people.details(run_id, tenant)
+    out.print(
+        render.run_details(
+            details.run, details.steps, details.spend, details.effects, details.decisions
+        )
+    )
 
 
 @runs_app.command("cancel")
@@ -377,12 +386,13 @@ def trace(
 
     Admission, proposals, validation, policy decisions, budget reserve/settle, locks,
     tool calls, checkpoints and the stop, each with the time since the first event."""
-    with reader() as reads:
-        view = reads.run(run_id, tenant)
-        events = reads.trace(run_id, tenant)
     if json_out:
-        emit_json(render.trace_json(events))
+        with reader() as reads:
+            emit_json(render.trace_json(reads.trace(run_id, tenant)))
         return
+    with people_reader() as people:
+        view = people.run(run_id, tenant)
+        events = people.trace(run_id, tenant)
     out.print(
         f"run [bold]{view.run_id}[/] · {render.markup(view.tenant_id)} / "
         f"{render.markup(view.route)} · {render.status_text(view.status.value).markup} · "
@@ -475,8 +485,14 @@ def recover(
                 fail("recover pauses dispatching and rewrites the ledger: pass --yes", EXIT_REFUSED)
             typer.confirm("Rebuild the runtime's Redis state from SQL now?", abort=True)
         report = svc.recovery.recover(who, inflight_wait_s=inflight_wait, dry_run=dry_run)
+        workers = 0 if dry_run else svc.scheduler.capacity()
+    if not dry_run and workers == 0:
+        err.print(
+            "[yellow bold]warning:[/] no worker is alive to take the runs queued again: "
+            "start one (agentrt worker); nothing runs until a worker does"
+        )
     if json_out:
-        emit_json({**report.as_dict(), "runs": report.runs})
+        emit_json({**report.as_dict(), "runs": report.runs, "live_worker_processes": workers})
         return
     verb = "would queue again" if dry_run else "queued again"
     out.print(f"runs {verb}: {report.runs_requeued}")
@@ -528,12 +544,23 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option("--hostname", "-n", help="Node name (default <ns>-<pid>@%h).")
     ] = None,
+    apply_config: Annotated[
+        bool,
+        typer.Option(
+            "--apply-config",
+            help="Make this worker's deployment file the one the whole deployment enforces "
+            "(as agentrt config apply does). Without it, a worker whose file differs from "
+            "the applied config refuses to start.",
+        ),
+    ] = False,
 ) -> None:
     """Run a Celery worker for the step queue.
 
     Execs `celery -A tasks.app worker` in these settings, so signals reach Celery
-    directly; arguments after `--` go to Celery."""
+    directly; arguments after `--` go to Celery. The first worker of a deployment applies
+    its file; later workers must have the same config (or --apply-config)."""
     from runtime.demo.workload import worker_argv
+    from tasks.app import APPLY_CONFIG_ENV
 
     settings = load_settings()
     _preflight(settings)
@@ -541,7 +568,10 @@ def worker(
     node = hostname or f"{settings.namespace}-{os.getpid()}@%h"
     argv = [*worker_argv(concurrency, pool.value, loglevel, node), *ctx.args]
     err.print(f"[dim]namespace {settings.namespace} · {' '.join(argv[1:])}[/]")
-    _exec(argv)
+    env = {k: v for k, v in os.environ.items() if k != APPLY_CONFIG_ENV}
+    if apply_config:
+        env[APPLY_CONFIG_ENV] = "1"
+    _exec(argv, env)
 
 
 #: Flower reads its options from FLOWER_<OPTION> variables: this one keeps the password
@@ -641,8 +671,7 @@ def config_check(
     register, and the longest step against AGENTRT_VISIBILITY_TIMEOUT_S. Prints every
     problem (each names its key or line) and exits 1 if there is any. With --probe, also
     checks that each OpenAI-compatible model endpoint answers."""
-    default = Settings.model_fields["config"].default
-    path = path or Path(os.environ.get("AGENTRT_CONFIG") or default)
+    path = path or Path(locations.setting(os.environ, "config") or locations.DEFAULT_CONFIG)
     try:
         # what RuntimeService.from_settings and the workers run at start-up
         config = load_config(path)
@@ -675,9 +704,70 @@ def config_check(
         raise typer.Exit(EXIT_ERROR)
 
 
+@config_app.command("apply")
+def config_apply(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="The file (default: AGENTRT_CONFIG or config/runtime.yaml)."),
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who applies it (audit).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make a deployment file the one every process enforces.
+
+    Runs every check `config check` runs, records the file in SQL (with its version and
+    digest) and publishes its limits to Redis. Running workers switch to it at their next
+    step; a worker started later with another file refuses to start (unless
+    --apply-config); web apps and CLI commands with another file warn and enforce this one.
+    Only this command and `agentrt worker --apply-config` publish the limits."""
+    from runtime.service import RuntimeService
+
+    settings = load_settings()
+    if path is not None:
+        settings = settings.model_copy(update={"config": path})
+    who = actor or default_actor()
+    with errors():
+        config = load_config(settings.config)
+        if problems := _visibility_problems(config):
+            raise ConfigError(str(settings.config), problems)
+        with _cwd_on_path():
+            svc = RuntimeService.from_settings(settings, enforce_applied=False)
+    try:
+        with errors():
+            change = svc.apply_config(who)
+    finally:
+        svc.close()
+    summary = {
+        "version": change.version,
+        "digest": change.digest,
+        "changed": change.changed,
+        "previous": None
+        if change.previous is None
+        else {"version": change.previous.version, "digest": change.previous.digest},
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    if not change.changed:
+        out.print(f"already applied: version {escape(change.version)} ({change.digest[:12]})")
+        return
+    was = (
+        f" (was {escape(change.previous.version)}, {change.previous.digest[:12]})"
+        if change.previous
+        else ""
+    )
+    out.print(
+        f"[green bold]applied[/] version {escape(change.version)} ({change.digest[:12]}){was}"
+    )
+
+
 def _visibility_problems(config: RuntimeConfig) -> list[str]:
     """Workers refuse a file whose longest step outlives the broker's visibility timeout
     (a running step would be handed to a second worker): say so here too."""
+    from pydantic import ValidationError
+
+    from runtime.settings import Settings
+
     try:
         settings = Settings()
     except ValidationError:
@@ -875,7 +965,7 @@ def _log_traceback(exc: BaseException, args: list[str]) -> Path | None:
 
     Only the command's name is logged, not its arguments (they may hold an input or a
     password); the traceback shows code, not local values."""
-    home = Path(os.environ.get("AGENTRT_HOME") or Settings.model_fields["home"].default)
+    home = locations.home(os.environ)
     log = home / "cli-errors.log"
     words = []
     for arg in args[:2]:

@@ -6,20 +6,29 @@ scheduler config published, no tool modules or model clients imported. The one e
 is ``dlq stats``, which shows the Redis counters for alerting next to the SQL counts when a
 Redis is at hand (``AGENTRT_REDIS_URL``, or an embedded server some other process already
 runs); it never starts one.
+
+Two readers: ``Reads``, the SQL store (SQLAlchemy) and the pydantic views, for ``--json``
+and the dead letters; and ``PlainViews``, for what ``runs list``, ``runs show`` and ``trace``
+show people: the same rows read on the DB-API driver (``runtime.store.plain``), shown by the
+same field rule (``runtime.run_rows``), with neither SQLAlchemy, pydantic nor the settings
+class imported. This module imports neither at its top either: every command imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from runtime.contract import RunView, TraceEvent
-from runtime.run_views import run_view
-from runtime.settings import Settings
-from runtime.store.db import default_sqlite_url, make_engine
-from runtime.store.dead_letters import DeadLetterStore
-from runtime.store.runs import RunStore
+from runtime.run_rows import VIEW_COLUMNS, PlainRun, TraceLine, plain_run, trace_lines
+
+if TYPE_CHECKING:
+    from runtime.cli.render import RunLike, TraceLike
+    from runtime.contract import RunView, TraceEvent
+    from runtime.settings import Settings
+    from runtime.store.dead_letters import DeadLetterStore
+    from runtime.store.plain import PlainReads
+    from runtime.store.runs import RunStore
 
 #: the step queue (``tasks.app.STEP_QUEUE``, ``runtime.dead_letters.STEP_QUEUE``), named
 #: here so that showing dead letters does not import the step loop
@@ -41,6 +50,35 @@ class Counter:
     stream_length: int
 
 
+R = TypeVar("R", bound="RunLike", covariant=True)
+T = TypeVar("T", bound="TraceLike", covariant=True)
+
+
+@dataclass(frozen=True)
+class Details(Generic[R]):
+    """What ``runs show`` shows of a run."""
+
+    run: R
+    steps: list[dict[str, Any]]
+    spend: dict[str, int]
+    effects: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+
+
+class RunReads(Protocol[R, T]):
+    """What the views for people read; ``Reads`` and ``PlainViews`` both do."""
+
+    def run(self, run_id: str, tenant: str | None = None) -> R: ...
+
+    def runs(
+        self, tenant: str | None, status: str | None, route: str | None, limit: int
+    ) -> Sequence[R]: ...
+
+    def trace(self, run_id: str, tenant: str | None = None) -> Sequence[T]: ...
+
+    def details(self, run_id: str, tenant: str | None = None) -> Details[R]: ...
+
+
 class Reads:
     """The SQL store of a deployment, read-only (schema created if the database is new).
 
@@ -50,11 +88,15 @@ class Reads:
     modules loaded; if they cannot be, the input is not shown (fail closed)."""
 
     def __init__(self, settings: Settings) -> None:
+        from runtime.store.db import default_sqlite_url, make_engine
+        from runtime.store.dead_letters import DeadLetterStore
+        from runtime.store.runs import RunStore
+
         self.settings = settings
         url = settings.database_url or default_sqlite_url(settings.home)
-        self.store = RunStore(make_engine(url))
+        self.store: RunStore = RunStore(make_engine(url))
         self.store.create_schema()
-        self.dead_letters = DeadLetterStore(self.store)
+        self.dead_letters: DeadLetterStore = DeadLetterStore(self.store)
         self._shown_input: Callable[[Any], Any] | None = None
 
     def close(self) -> None:
@@ -77,21 +119,28 @@ class Reads:
         return [self._view(r, with_input) for r in rows]
 
     def trace(self, run_id: str, tenant: str | None = None) -> list[TraceEvent]:
+        from runtime.contract import TraceEvent
+        from runtime.run_rows import trace_fields
+
         self.store.read_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
         return [
-            TraceEvent(
-                run_id=e["run_id"],
-                trace_id=e["trace_id"],
-                step=e["step_no"],
-                seq=i,
-                at=e["at"],
-                kind=e["kind"],
-                data=e["data"] or {},
-            )
-            for i, e in enumerate(self.store.trace(run_id, tenant))
+            TraceEvent(**trace_fields(e, i)) for i, e in enumerate(self.store.trace(run_id, tenant))
         ]
 
+    def details(
+        self, run_id: str, tenant: str | None = None, *, with_input: bool = False
+    ) -> Details[RunView]:
+        return Details(
+            self.run(run_id, tenant, with_input=with_input),
+            self.store.steps(run_id, tenant),
+            self.store.spend(run_id=run_id),
+            self.store.side_effects(run_id=run_id),
+            self.store.policy_decisions(run_id),
+        )
+
     def _view(self, row: dict[str, Any], with_input: bool) -> RunView:
+        from runtime.run_views import run_view
+
         return run_view(row, self._input_redactor() if with_input else _no_input)
 
     def _input_redactor(self) -> Callable[[Any], Any]:
@@ -161,3 +210,36 @@ class Reads:
 
         server = running_embedded(self.settings.home)
         return server.url if server else None
+
+
+class PlainViews:
+    """What ``runs list``, ``runs show`` and ``trace`` show people, read on the DB-API
+    driver: ``Reads``'s rows and values without SQLAlchemy or pydantic (tested)."""
+
+    def __init__(self, reads: PlainReads) -> None:
+        self.reads = reads
+
+    def close(self) -> None:
+        self.reads.close()
+
+    def run(self, run_id: str, tenant: str | None = None) -> PlainRun:
+        return plain_run(self.reads.read_run(run_id, tenant, VIEW_COLUMNS))
+
+    def runs(
+        self, tenant: str | None, status: str | None, route: str | None, limit: int
+    ) -> list[PlainRun]:
+        rows = self.reads.list_runs(tenant, status, route, limit, VIEW_COLUMNS)
+        return [plain_run(r) for r in rows]
+
+    def trace(self, run_id: str, tenant: str | None = None) -> list[TraceLine]:
+        self.reads.read_run(run_id, tenant, ("run_id",))  # RunNotFound before an empty list
+        return trace_lines(self.reads.trace(run_id, tenant))
+
+    def details(self, run_id: str, tenant: str | None = None) -> Details[PlainRun]:
+        return Details(
+            self.run(run_id, tenant),
+            self.reads.steps(run_id, tenant),
+            self.reads.spend(run_id),
+            self.reads.side_effects(run_id),
+            self.reads.policy_decisions(run_id),
+        )

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -26,7 +26,97 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from runtime.contract import RunView, TraceEvent
+from runtime.statuses import RunStatus
+
+if TYPE_CHECKING:
+    from runtime.contract import RunView, TraceEvent
+
+# --- what is rendered ----------------------------------------------------------------------
+
+
+class VersionsLike(Protocol):
+    @property
+    def model(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def tool_schema(self) -> str: ...
+    @property
+    def retriever(self) -> str | None: ...
+    @property
+    def harness(self) -> str: ...
+
+
+class RunLike(Protocol):
+    """A run as the views for people read it: a ``RunView`` (the contract) or a
+    ``run_rows.PlainRun`` (the same fields, read without pydantic)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def actor_id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def route(self) -> str: ...
+    @property
+    def goal(self) -> str: ...
+    @property
+    def autonomy_level(self) -> str: ...
+    @property
+    def risk_class(self) -> str: ...
+    @property
+    def execution_mode(self) -> str: ...
+    @property
+    def status(self) -> RunStatus: ...
+    @property
+    def version_set(self) -> VersionsLike: ...
+    @property
+    def budget_policy_version(self) -> str: ...
+    @property
+    def workflow_step(self) -> str | None: ...
+    @property
+    def allowed_tools(self) -> list[str]: ...
+    @property
+    def idempotency_key(self) -> str | None: ...
+    @property
+    def approval_id(self) -> str | None: ...
+    @property
+    def checkpoint_ref(self) -> str | None: ...
+    @property
+    def stop_reason(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def output(self) -> Any: ...
+
+
+class TraceLike(Protocol):
+    """A trace event: a ``TraceEvent`` or a ``run_rows.TraceLine``."""
+
+    @property
+    def step(self) -> int | None: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
 
 # --- sanitizing --------------------------------------------------------------------------
 
@@ -281,10 +371,11 @@ def age(value: datetime, now: datetime | None = None) -> str:
     return f"{max(0, int(seconds))}s"
 
 
-def runs_view(views: list[RunView], width: int) -> RenderableType:
+def runs_view(views: Sequence[RunLike], width: int, now: datetime | None = None) -> RenderableType:
     """A table when it fits the terminal, else two lines per run: ids are never cut."""
-    if _table_width(views) <= width:
-        return runs_table(views)
+    now = now or datetime.now(UTC)
+    if _table_width(views, now) <= width:
+        return runs_table(views, now)
     lines = []
     for v in views:
         lines.append(
@@ -299,14 +390,14 @@ def runs_view(views: list[RunView], width: int) -> RenderableType:
         lines.append(
             Text(
                 f"    {line(v.tenant_id)} / {line(v.route)} · {v.steps} steps · "
-                f"{age(v.created_at)} ago",
+                f"{age(v.created_at, now)} ago",
                 style="dim",
             )
         )
     return Group(*lines)
 
 
-def _row_cells(v: RunView) -> tuple[str, ...]:
+def _row_cells(v: RunLike, now: datetime | None = None) -> tuple[str, ...]:
     return (
         line(v.run_id),
         line(v.tenant_id),
@@ -314,23 +405,23 @@ def _row_cells(v: RunView) -> tuple[str, ...]:
         v.status.value,
         line(v.stop_reason or "-"),
         str(v.steps),
-        age(v.created_at),
+        age(v.created_at, now),
     )
 
 
-def _table_width(views: list[RunView]) -> int:
-    cells = [_row_cells(v) for v in views]
+def _table_width(views: Sequence[RunLike], now: datetime | None = None) -> int:
+    cells = [_row_cells(v, now) for v in views]
     widest = [max(len(row[i]) for row in cells) for i in range(7)] if cells else [0] * 7
     # a separator and padding around each of the 7 columns; headers are at least 6 wide
     return sum(max(w, 6) for w in widest) + 3 * 7
 
 
-def runs_table(views: list[RunView]) -> Table:
+def runs_table(views: Sequence[RunLike], now: datetime | None = None) -> Table:
     table = Table(show_edge=False, pad_edge=False)
     for name in ("run id", "tenant", "route", "status", "stop reason", "steps", "age"):
         table.add_column(name, no_wrap=True, justify="right" if name == "steps" else "left")
     for v in views:
-        run_id, tenant, route, status, reason, steps, created = _row_cells(v)
+        run_id, tenant, route, status, reason, steps, created = _row_cells(v, now)
         table.add_row(
             Text(run_id),
             Text(tenant),
@@ -344,7 +435,7 @@ def runs_table(views: list[RunView]) -> Table:
 
 
 def run_details(
-    view: RunView,
+    view: RunLike,
     steps: list[dict[str, Any]],
     spend: dict[str, int],
     effects: list[dict[str, Any]],
@@ -371,7 +462,7 @@ def run_details(
     return Group(*parts)
 
 
-def _contract_grid(v: RunView) -> Table:
+def _contract_grid(v: RunLike) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -480,7 +571,7 @@ def cell(value: object) -> Text:
 # --- the trace timeline ----------------------------------------------------------------
 
 
-def trace_lines(events: list[TraceEvent]) -> list[Text]:
+def trace_lines(events: Sequence[TraceLike]) -> list[Text]:
     """One line per event: ``+0.012s  step 1  policy_decision  allow kb.search (default_allow)``."""
     start = events[0].at if events else None
     lines = []

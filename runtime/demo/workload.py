@@ -452,7 +452,9 @@ def _run_in_namespace(
     on_report: Callable[[DemoReport], None] | None,
 ) -> DemoReport:
     started = time.monotonic()
-    svc = RuntimeService.from_settings(settings)  # creates the schema before workers start
+    # creates the schema before workers start; the demo's file is the deployment's config
+    svc = RuntimeService.from_settings(settings, enforce_applied=False)
+    svc.apply_config("demo")
     env = settings_env(settings)
     log_dir = settings.home / "logs"
     ns = settings.namespace

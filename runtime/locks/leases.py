@@ -5,16 +5,23 @@ gets a fencing token from a counter that only grows. A holder that stalled past 
 may still act, so protected resources compare tokens and refuse older ones (see the demo
 ``tickets.update`` tool).
 
-Owners are ``host|pid|nonce``: when the holder is a dead process on this same host (a
-SIGKILLed pool child whose step Celery re-sent at once) the lease is taken over right away
-instead of after its ttl.
+Owners are ``[<prefix>|]<instance>|<nonce>``: the instance id of the process
+(``runtime.locks.identity``), never a host name and pid. A lease is taken over before its
+ttl only from an owner **known dead** (its instance's heartbeat key is gone), e.g. a
+SIGKILLed pool process whose step Celery re-sent at once (its parent declares it dead) or a
+worker whose heartbeat expired.
+
+The check and the takeover are two steps, because the heartbeat key (``{sched}`` slot) and
+the lease (``{lock:<name>}`` / ``{run:<id>}`` slot) cannot be read by one script in Redis
+Cluster: the heartbeat is checked here, then ``steal.lua`` replaces the lease only if it
+still names the owner that was seen dead. Between the two the owner cannot come back
+(heartbeats are refreshed with PEXPIRE, which never re-creates an expired key: a dead
+instance stays dead), and if the lease changed hands meanwhile the steal does nothing.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,36 +30,10 @@ import redis
 
 from runtime import scripts
 from runtime.keys import Keys
+from runtime.locks.identity import Liveness, owner_instance
 
-_HOST = socket.gethostname()
-
-
-def new_owner() -> str:
-    return f"{_HOST}|{os.getpid()}|{uuid.uuid4().hex[:12]}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True only when we can prove it: same host, and no process with that pid.
-
-    The owner ends in ``host|pid|nonce``; anything before is a caller's prefix (tool locks
-    are held by ``<run>:<step>|host|pid|nonce``)."""
-    parts = owner.split("|")
-    if len(parts) < 3:
-        return False
-    host, pid_s = parts[-3], parts[-2]
-    try:
-        pid = int(pid_s)
-    except ValueError:
-        return False
-    if host != _HOST or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+#: heartbeat ttl when the caller gives none (``scheduling.worker_dead_after_s``)
+DEFAULT_DEAD_AFTER_MS = 8000
 
 
 @dataclass(frozen=True)
@@ -60,6 +41,8 @@ class Lease:
     key: str
     owner: str
     fencing_token: int
+    #: taken over from an owner known dead (whatever it was doing did not finish)
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,13 +53,23 @@ class Busy:
 
 
 class LeaseManager:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, dead_after_ms: int = DEFAULT_DEAD_AFTER_MS
+    ) -> None:
         self.redis = client
         self.keys = keys
+        self.liveness = Liveness.shared(client, keys, dead_after_ms)
         self._acquire = scripts.register(client, scripts.lua("runtime.locks", "acquire.lua"))
         self._release = scripts.register(client, scripts.lua("runtime.locks", "release.lua"))
         self._steal = scripts.register(client, scripts.lua("runtime.locks", "steal.lua"))
         self._renew = scripts.register(client, scripts.lua("runtime.locks", "renew.lua"))
+
+    def owner(self, prefix: str = "") -> str:
+        """A new owner name for one acquisition by this process: ``[<prefix>|]<instance>|
+        <nonce>``. The instance is registered (its heartbeat written) before it is used."""
+        instance = self.liveness.instance()
+        nonce = secrets.token_hex(6)
+        return f"{prefix}|{instance}|{nonce}" if prefix else f"{instance}|{nonce}"
 
     def _take(self, key: str, fence_key: str, owner: str, ttl_ms: int) -> Lease | Busy:
         res = self._acquire(keys=[key, fence_key], args=[owner, ttl_ms])
@@ -88,10 +81,10 @@ class LeaseManager:
         if int(res[0]) == 1:
             return Lease(key, owner, int(res[1]))
         holder = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
-        if owner_is_dead(holder):
+        if self.liveness.known_dead(owner_instance(holder)):
             stolen = self._steal(keys=[key, fence_key], args=[holder, owner, ttl_ms])
             if int(stolen[0]) == 1:
-                return Lease(key, owner, int(stolen[1]))
+                return Lease(key, owner, int(stolen[1]), taken_over=True)
         return Busy(key, holder, max(int(res[2]), 1))
 
     def acquire_run_with(

@@ -15,7 +15,11 @@ a flooding tenant's backlog.
 * Fairness is per tenant (stride scheduling with the tenant's ``weight``), so spreading
   work over many routes or keys buys a tenant nothing.
 * Slots are leases: a step holds its route's and tenant's slot until it checkpoints, defers
-  or waits; a dead worker's slots expire and its steps are queued again.
+  or waits. A step that started records its owner (the process instance holding its run
+  lease, ``lua/start.lua``); when that instance's heartbeat expires (its worker died), the
+  step is handed back within about ``worker_dead_after_s``: it keeps its slot and is
+  published again. A step dispatched but never started has no owner: its slot lease
+  expires and it is queued again.
 
 All scheduler keys share the ``{sched}`` hash tag, so every script runs in one Redis
 Cluster slot. To scale past one Redis, run one scheduler cell per Redis (keys are
@@ -27,8 +31,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -38,6 +42,10 @@ from runtime.config import RuntimeConfig
 from runtime.keys import Keys
 
 PRIORITIES = ("critical", "high", "normal", "low")
+#: how often (at most, across all workers' pumps) running steps' owners are checked
+HANDBACK_EVERY_MS = 1000
+#: ``start.lua`` results
+STARTED_NOT_IN_FLIGHT, STARTED_OWNED, STARTED_OWNED_ELSEWHERE = 0, 1, 2
 PRIORITY_INDEX = {p: i for i, p in enumerate(PRIORITIES)}
 
 
@@ -99,19 +107,35 @@ class Ops:
         self.args += ["P", max_items]
         return self
 
-    def expire(self, max_items: int = 100) -> Ops:
-        self.args += ["L", max_items]
+    def expire(self, max_items: int = 100, handback_every_ms: int = HANDBACK_EVERY_MS) -> Ops:
+        """Hand back running steps whose owner instance is dead (looked at once per
+        ``handback_every_ms`` across all workers), then expire slot leases."""
+        self.args += ["L", max_items, handback_every_ms]
         return self
 
     def heartbeat(self, worker: str, processes: int, ttl_ms: int) -> Ops:
         self.args += ["H", worker, processes, ttl_ms]
         return self
 
+    def unpark(self) -> Ops:
+        """Let every parked tenant try again (new limits were published)."""
+        self.args += ["U"]
+        return self
+
 
 @dataclass
 class Outcome:
+    #: items to publish: dispatched now, or handed back from a dead instance
     dispatched: list[Item]
+    #: items whose slot lease expired: queued again
     expired: list[Item]
+    #: False: Redis's scheduling state is unknown (lost, or an old snapshot); nothing but
+    #: heartbeats was done, and recovery must run (see runtime.state)
+    state_known: bool = True
+    #: items whose owner instance died: published again with their slots (in ``dispatched``)
+    handed_back: list[Item] = field(default_factory=list)
+    #: the dead instances they were taken from
+    dead_instances: list[str] = field(default_factory=list)
 
 
 def now_ms() -> int:
@@ -119,17 +143,31 @@ def now_ms() -> int:
 
 
 class Scheduler:
-    def __init__(self, client: redis.Redis, keys: Keys, config: RuntimeConfig) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        config: RuntimeConfig,
+        generation: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.config = config
         self.prefix = keys.sched()
-        self.script = scripts.register(client, scripts.lua("runtime.scheduling", "sched.lua"))
+        #: the state generation this process knows from SQL (see runtime.state)
+        self.generation = generation
+        self.script = scripts.register(
+            client, scripts.lua("runtime.scheduling", "sched.lua", state_guard=True)
+        )
+        self._start = scripts.register(client, scripts.lua("runtime.scheduling", "start.lua"))
 
     # --- configuration ---------------------------------------------------------------
-    def sync_config(self) -> None:
+    def publish_config(self, version: str, digest: str) -> None:
         """Publish the deployment's limits to Redis, where the dispatch script reads them.
-        Every process does it at start-up: the latest config wins."""
+        Only the config's owner does this (``agentrt config apply``, a worker started with
+        ``--apply-config``, recovery from the applied config in SQL); every route and
+        tenant gets an entry, because a missing one is read as "unknown: wait", never as
+        "unlimited"."""
         sched = self.config.scheduling
         conf: dict[str, float] = {
             "lookahead": sched.lookahead,
@@ -145,7 +183,7 @@ class Scheduler:
             "rlimit": {name: r.concurrency_limit for name, r in routes.items()},
             "rttl": {name: self.lease_ttl_ms(name) for name in routes},
             "weight": {name: t.weight for name, t in tenants.items()},
-            "tcap": {n: t.max_concurrency for n, t in tenants.items() if t.max_concurrency},
+            "tcap": {n: t.max_concurrency or -1 for n, t in tenants.items()},
         }
         pipe = self.redis.pipeline(transaction=True)
         for name, mapping in tables.items():
@@ -153,7 +191,38 @@ class Scheduler:
             pipe.delete(key)
             if mapping:
                 pipe.hset(key, mapping=cast(Any, mapping))
+        pipe.hset(self.keys.published_config(), mapping={"version": version, "digest": digest})
         pipe.execute()
+        # tenants parked on a route or cap that had no entry may go now
+        self.run(Ops().unpark().dispatch(10))
+
+    def published(self) -> tuple[str, str] | None:
+        """(version, digest) of the published config, or None if none is."""
+        raw = self.redis.hmget(self.keys.published_config(), ["version", "digest"])
+        if raw[0] is None or raw[1] is None:
+            return None
+        return _text(raw[0]), _text(raw[1])
+
+    # --- state (see runtime.state) -----------------------------------------------------
+    def reset_state(self) -> int:
+        """Forget every queue, slot and index (recovery, before queueing runs from SQL
+        again): an old snapshot's in-flight entries would hold slots nobody uses. Keeps the
+        published config, worker heartbeats, process instances' heartbeats (deleting one
+        would declare a live process dead) and the recovery's own keys."""
+        keep = {
+            f"{self.prefix}:{name}"
+            for name in ("conf", "rlimit", "rttl", "weight", "tcap", "workers", "capacity",
+                         "paused", "recovering", "config", "state")
+        }  # fmt: skip
+        alive = (f"{self.prefix}:alive:", f"{self.prefix}:children:")
+        doomed = [
+            k
+            for k in (_text(raw) for raw in self.redis.scan_iter(f"{self.prefix}:*", count=1000))
+            if k not in keep and not k.startswith(alive)
+        ]
+        for start in range(0, len(doomed), 500):
+            self.redis.delete(*doomed[start : start + 500])
+        return len(doomed)
 
     def lease_ttl_ms(self, route: str) -> int:
         """Slot lease from dispatch: queue allowance + the step's hard limit + margin."""
@@ -169,23 +238,39 @@ class Scheduler:
     # --- operations ------------------------------------------------------------------
     def queue_in(self, pipe: Any, ops: Ops) -> None:
         """Queue ``ops`` on a pipeline run by ``scripts.run_pipeline``."""
-        scripts.queue(pipe, self.script, [f"{self.prefix}:inflight"], [self.prefix, *ops.args])
+        argv = [self.prefix, self.generation(), *ops.args]
+        scripts.queue(pipe, self.script, [f"{self.prefix}:inflight"], argv)
 
-    def renew_in(self, pipe: Any, item: Item, ttl_ms: int) -> None:
-        """Queue a renewal of an item's slot leases (plain ZADD XX: no script needed)."""
-        expiry = now_ms() + ttl_ms
-        member = item.encode()
-        for key in (
-            f"{self.prefix}:inflight",
-            f"{self.prefix}:inf:r:{item.route}",
-            f"{self.prefix}:inf:t:{item.tenant}",
-        ):
-            pipe.zadd(key, {member: expiry}, xx=True)
+    def start_in(self, pipe: Any, item: Item, ttl_ms: int, owner: str, mode: str = "own") -> None:
+        """Queue ``start.lua``: the step starts under ``owner`` (``<instance>|<nonce>``):
+        renew its slot leases to ``ttl_ms`` and record the owner (mode ``own``; ``force``
+        once the caller holds the run lease; ``disown`` when it did not get it). The
+        result is one of ``STARTED_*``."""
+        p = self.prefix
+        scripts.queue(pipe, self._start, [f"{p}:inflight"], [p, item.encode(), ttl_ms, owner, mode])
+
+    def start(self, item: Item, ttl_ms: int, owner: str, mode: str) -> int:
+        results = scripts.run_pipeline(
+            self.redis, lambda pipe: self.start_in(pipe, item, ttl_ms, owner, mode)
+        )
+        return int(results[0])
+
+    def owner_of(self, item: Item) -> str | None:
+        raw = self.redis.hget(f"{self.prefix}:owner", item.encode())
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     @staticmethod
     def outcome(raw: Sequence[Any]) -> Outcome:
-        dispatched, expired = raw
-        return Outcome([Item.decode(i) for i in dispatched], [Item.decode(i) for i in expired])
+        dispatched, expired, known = raw[0], raw[1], raw[2]
+        handed = raw[3] if len(raw) > 3 else []
+        dead = raw[4] if len(raw) > 4 else []
+        return Outcome(
+            [Item.decode(i) for i in dispatched],
+            [Item.decode(i) for i in expired],
+            state_known=bool(int(known)),
+            handed_back=[Item.decode(i) for i in handed],
+            dead_instances=[d.decode() if isinstance(d, bytes) else str(d) for d in dead],
+        )
 
     def run(self, ops: Ops) -> Outcome:
         results = scripts.run_pipeline(self.redis, lambda pipe: self.queue_in(pipe, ops))
@@ -254,6 +339,10 @@ class Scheduler:
             "parked": _decode_map(parked),
             "now_ms": now_ms(),
         }
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _decode_map(raw: dict[Any, Any]) -> dict[str, str]:

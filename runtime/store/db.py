@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 
+from runtime.locations import sqlite_url
+
 
 def utcnow() -> datetime:
     """Aware UTC; the columns are ``timestamp with time zone`` (SQLModel's UTCDateTime)."""
@@ -22,8 +24,9 @@ def utcnow() -> datetime:
 
 
 def default_sqlite_url(home: Path) -> str:
+    """``runtime.locations.sqlite_url``, with its directory made (for a writer)."""
     home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(home / 'agentrt.db').resolve()}"
+    return sqlite_url(home)
 
 
 def is_sqlite(url: str) -> bool:

@@ -307,3 +307,44 @@ class AuditRow(SQLModel, table=True):
     count: int = 0
     ids: list[str] | None = _json()
     detail: dict[str, Any] | None = _json()
+
+
+class AppliedConfigRow(SQLModel, table=True):
+    """A deployment file applied with ``agentrt config apply`` (or by the first worker).
+
+    The newest row is what every process enforces; Redis holds a published copy of its
+    scheduling tables and digest, rebuilt from here after Redis loses its data."""
+
+    __tablename__ = "applied_configs"
+    __table_args__ = (Index("ix_applied_configs_ns", "namespace", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: the deployment (``AGENTRT_NAMESPACE``): deployments may share a database
+    namespace: str = Field(max_length=100)
+    #: SHA-256 of the validated config (canonical JSON): what processes compare
+    digest: str = Field(max_length=64, index=True)
+    #: the file's own ``version``
+    version: str = Field(max_length=100)
+    document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    source: str = Field(max_length=500)
+    actor: str = Field(max_length=200)
+    applied_at: datetime
+
+
+class StateGenerationRow(SQLModel, table=True):
+    """Each time the runtime's Redis state was built from SQL (first start, recovery).
+
+    Redis carries the current generation in its state markers; a marker that is missing
+    (Redis lost its data) or older than this table's newest row (Redis restored from an old
+    snapshot) means Redis's state is unknown, and nothing reserves, dispatches or executes
+    until recovery has rebuilt it."""
+
+    __tablename__ = "state_generations"
+    __table_args__ = (Index("ix_state_generations_ns", "namespace", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: the deployment (``AGENTRT_NAMESPACE``) whose Redis state this generation built
+    namespace: str = Field(max_length=100)
+    actor: str = Field(max_length=200)
+    reason: str = Field(max_length=200)
+    at: datetime

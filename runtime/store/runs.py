@@ -15,16 +15,16 @@ Redis only after it committed. A refused operation writes nothing anywhere.
 Reads that feed views (``read_run``, ``list_runs``, ``find_admitted``) are tolerant: on
 SQLite, where a hand-edited cell can hold anything, JSON and timestamp columns are read as
 text and decoded here, so one corrupt cell becomes an ``Unreadable`` value in its row
-rather than an error for every reader.
+rather than an error for every reader (``runtime.store.cells``, which the CLI's DB-API
+reads share).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -50,6 +50,9 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 from runtime.contract import RunStatus
 from runtime.errors import InvalidTransition, RunNotFound, SettingsError, StaleWrite
 from runtime.states import ALLOWED_FROM
+from runtime.statuses import KNOWN_STATUSES
+from runtime.store.cells import Unreadable as Unreadable
+from runtime.store.cells import decode
 from runtime.store.db import utcnow
 from runtime.store.models import (
     PendingSecretRow,
@@ -88,17 +91,6 @@ class Checkpoint:
     pending_secrets: dict[str, Any] | None = None
     #: the run's earlier pending call had secrets: delete them
     clear_pending_secrets: bool = False
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """A stored cell that does not decode (corrupt JSON, a malformed timestamp)."""
-
-    raw: str
-
-
-#: the statuses the runtime writes (``list_runs(status="unknown")`` finds the others)
-KNOWN_STATUSES = tuple(s.value for s in RunStatus if s is not RunStatus.UNKNOWN)
 
 
 @dataclass
@@ -266,7 +258,7 @@ class RunStore:
             for row in rows:
                 for c in runs_t.c:
                     if isinstance(c.type, JSON | UTCDateTime):
-                        row[c.name] = _decode(row[c.name], json_column=isinstance(c.type, JSON))
+                        row[c.name] = decode(row[c.name], json_column=isinstance(c.type, JSON))
         return rows
 
     def count_by(
@@ -690,19 +682,6 @@ def schema_problems(engine: Engine) -> list[str]:
         if name not in indexes:
             problems.append(f"partial unique index {name} is missing")
     return problems
-
-
-def _decode(value: Any, *, json_column: bool) -> Any:
-    """A JSON or timestamp cell SQLite returned as text; ``Unreadable`` if it is corrupt."""
-    if not isinstance(value, str):
-        return value
-    try:
-        if json_column:
-            return json.loads(value)
-        parsed = datetime.fromisoformat(value)
-    except ValueError:  # JSONDecodeError too
-        return Unreadable(value)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def as_datetime(value: Any) -> datetime | None:

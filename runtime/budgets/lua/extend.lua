@@ -6,19 +6,26 @@
 -- "again" amounts (a retry), so each execution the tools may see is reserved.
 -- KEYS[1]      = $ns:{ledger}:hold:$run:$step   (as written by reserve.lua)
 -- KEYS[2]      = $ns:{ledger}:holds             zset: hold key -> expiry (ms), for the reaper
--- KEYS[3..]    = the step's scope hashes, in reserve.lua's order; when the hold exists its
+-- KEYS[3..n-1] = the step's scope hashes, in reserve.lua's order; when the hold exists its
 --                own scope list is used (same slot; a re-run on the next day adds to the
 --                scopes its hold reserved in), with KEYS' limits by position
+-- KEYS[n]      = $ns:{ledger}:state   the ledger's state marker (field gen), as reserve.lua
 -- ARGV[1]      = hold ttl (ms), used when the hold has to be created (it was reaped)
 -- ARGV[2]      = number of dimensions D
 -- ARGV[3..]    = D dimension names, D "first" amounts, D "again" amounts,
 --                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s),
---                then the number of executions to cover (n >= 1)
+--                then the number of executions to cover (n >= 1),
+--                then the state generation the caller knows from SQL
 -- returns {1, executions covered before, D amounts added}
 --      or {0, scope_index (0-based), dimension, used, reserved, limit}
+--      or {-1, "state_unknown"}: as reserve.lua, nothing is reserved (fail closed)
+local marker_gen = state_gen(KEYS[#KEYS])  -- state_marker.lua, prepended
+if marker_gen == 0 or marker_gen < tonumber(ARGV[#ARGV]) then
+  return {-1, 'state_unknown'}
+end
 local hold = KEYS[1]
 local nd = tonumber(ARGV[2])
-local nscopes = #KEYS - 2
+local nscopes = #KEYS - 3
 local limit_base = 2 + 3 * nd
 local ttl_base = limit_base + nscopes * nd
 local count = tonumber(ARGV[ttl_base + nscopes + 1])

@@ -1,13 +1,22 @@
 -- reserve.lua: reserve amounts in every scope of a step, all or nothing; idempotent per hold.
 -- KEYS[1]      = $ns:{ledger}:hold:$run:$step   hash: a:<dim> = reserved amount, scopes, expires
 -- KEYS[2]      = $ns:{ledger}:holds             zset: hold key -> expiry (ms), for the reaper
--- KEYS[3..]    = scope hashes ($ns:{ledger}:run:$id, tenant:$t:$day, route:$r:$day)
+-- KEYS[3..n-1] = scope hashes ($ns:{ledger}:run:$id, tenant:$t:$day, route:$r:$day)
 --                fields u:<dim> (settled spend) and r:<dim> (open reservations)
+-- KEYS[n]      = $ns:{ledger}:state   the ledger's state marker (field gen)
 -- ARGV[1]      = hold ttl (ms)
 -- ARGV[2]      = number of dimensions D
 -- ARGV[3..]    = D dimension names, then D amounts,
---                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s)
+--                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s),
+--                then the state generation the caller knows from SQL
 -- returns {1, "new"|"existing"} or {0, scope_index (0-based), dimension, used, reserved, limit}
+--         or {-1, "state_unknown"}: the ledger was not built from SQL on this server run
+--         (Redis lost its data, or restarted from whatever it had saved) or SQL knows a newer
+--         state: nothing is reserved until recovery rebuilt it (fail closed)
+local marker_gen = state_gen(KEYS[#KEYS])  -- state_marker.lua, prepended
+if marker_gen == 0 or marker_gen < tonumber(ARGV[#ARGV]) then
+  return {-1, 'state_unknown'}
+end
 local hold = KEYS[1]
 if redis.call('EXISTS', hold) == 1 then
   -- a re-run of the step (its first worker died) owns the hold now: give it a full ttl,
@@ -18,9 +27,10 @@ if redis.call('EXISTS', hold) == 1 then
   redis.call('ZADD', KEYS[2], expires, hold)
   return {1, 'existing'}
 end
--- A new hold (below). ARGV may go on, after the scope ttls, with the model call's output
--- allowance: output cap (-1 = none), minimum output, fixed cost (nano-USD), cost per output
--- token (nano-USD), then the tool executions the hold covers (field x). With an allowance,
+-- A new hold (below). Between the scope ttls and the state generation, ARGV holds the model
+-- call's output allowance: output cap (-1 = none), minimum output, fixed cost (nano-USD),
+-- cost per output token (nano-USD), then the tool executions the hold covers (field x),
+-- five values the ledger always sends (older callers sent none: read as none). With an allowance,
 -- the tokens and cost amounts are the fixed part (the prompt's tokens; the cost without the
 -- model's output); the script adds g = min(cap, what every scope can still hold) output
 -- tokens and their cost (rounded up to micro-USD), or refuses if g < the minimum. The hold
@@ -28,7 +38,7 @@ end
 -- {1, "new", g (-1 without allowance), tokens amount, cost amount}.
 local ttl_ms = tonumber(ARGV[1])
 local nd = tonumber(ARGV[2])
-local nscopes = #KEYS - 2
+local nscopes = #KEYS - 3
 local dims, amounts = {}, {}
 local tokens_d, cost_d = 0, 0
 for d = 1, nd do
@@ -38,10 +48,13 @@ for d = 1, nd do
 end
 local limit_base = 2 + 2 * nd
 local ttl_base = limit_base + nscopes * nd
--- optional, after the scope ttls: the model call's output allowance (see the header)
+-- after the scope ttls: the model call's output allowance (see above); the generation is last
 local out_base = ttl_base + nscopes
-local out_cap = tonumber(ARGV[out_base + 1] or '-1')
-local tools = tonumber(ARGV[out_base + 5] or '0')
+local out_cap, tools = -1, 0
+if #ARGV >= out_base + 6 then
+  out_cap = tonumber(ARGV[out_base + 1])
+  tools = tonumber(ARGV[out_base + 5])
+end
 local function limit_of(s, d)
   return tonumber(ARGV[limit_base + (s - 1) * nd + d])
 end

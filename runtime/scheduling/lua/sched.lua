@@ -2,7 +2,8 @@
 --
 -- KEYS[1] = $P:inflight  (declared for routing; every key below shares the {sched} tag)
 -- ARGV[1] = $P, the key prefix "$ns:{sched}"
--- ARGV[2..] = operations, each an opcode and its arguments:
+-- ARGV[2] = the Redis state generation the caller knows from SQL (0: any)
+-- ARGV[3..] = operations, each an opcode and its arguments:
 --   E item [base_ms]   enqueue a ready item (idempotent: skipped if queued/in flight/delayed)
 --   D item due_ms      delay an item until due_ms (e.g. a rate-limited step)
 --   C item             complete: the item no longer holds its slots
@@ -10,9 +11,22 @@
 --   R item ttl_ms      renew the item's slot leases
 --   X max              dispatch up to max items (weighted fair queuing across tenants)
 --   P max              promote up to max due delayed items to their ready queues
---   L max              expire up to max slot leases (dead workers): free and re-queue
+--   L max every_ms     dead workers: hand back up to max running steps whose owner
+--                      instance's heartbeat is gone (at most once per every_ms across all
+--                      callers); then expire up to max slot leases: free and re-queue
 --   H worker n ttl_ms  worker heartbeat: n processes, forget it after ttl_ms
--- returns {dispatched items, expired items}
+--   U                  unpark every parked tenant (after new limits were published)
+-- returns {dispatched items, expired items, state known (1) or not (0), handed-back items,
+--          dead instances}
+--   (a handed-back item keeps its slots and is in the dispatched list: publish it again)
+--
+-- Fail closed: the state marker $P:state (written when recovery or the first start built
+-- this state from SQL) must exist, belong to this server run and be at least ARGV[2]. If it
+-- is missing (Redis lost its data), from another run (Redis restarted, from a snapshot or
+-- not) or older (SQL knows a newer state), the state is unknown:
+-- only heartbeats are recorded; nothing is queued, dispatched, expired, handed back or
+-- released, and the caller learns it (0) so that recovery runs. A route or tenant missing
+-- from the published limits is never unlimited: its steps wait until limits are published.
 --
 -- Items are "run|step|tenant|route|prio" (prio 0 critical .. 3 low).
 -- Per tenant:  $P:q:<tenant>      zset item -> enqueue_ms + offset[prio] (ageing order)
@@ -27,7 +41,13 @@
 -- Others:      $P:delayed zset item -> due; $P:depth:t / :r / :tp hashes of queued counts;
 --              $P:conf, $P:rlimit, $P:rttl, $P:weight, $P:tcap hashes (from config);
 --              $P:workers hash worker -> "n|expiry"; $P:capacity live process count
+-- Owners:      $P:owner (hash) item -> "<instance>|<nonce>" of the copy running it (start.lua
+--              records it when the step starts; a dispatched step not yet started has none)
+--              $P:owned:<instance> set of items; $P:owners set of instances owning items;
+--              $P:alive:<instance> the instance's heartbeat (runtime.locks.identity)
 local P = ARGV[1]
+local known_gen = state_gen(P .. ':state')  -- state_marker.lua, prepended
+local state_known = known_gen > 0 and known_gen >= tonumber(ARGV[2] or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -106,9 +126,26 @@ local function enqueue(item, base)
   return added
 end
 
+local function instance_of(owner) return string.match(owner, '^(.*)|[^|]*$') end
+
+-- forget which instance runs the item (see start.lua)
+local function disown(item)
+  local owner = redis.call('HGET', P .. ':owner', item)
+  if not owner then return end
+  redis.call('HDEL', P .. ':owner', item)
+  local inst = instance_of(owner)
+  if inst then
+    redis.call('SREM', P .. ':owned:' .. inst, item)
+    if redis.call('SCARD', P .. ':owned:' .. inst) == 0 then
+      redis.call('SREM', P .. ':owners', inst)
+    end
+  end
+end
+
 local function release(item)
   local _, _, tenant, route, prio = parse(item)
   if not prio then return 0 end
+  disown(item)
   local removed = redis.call('ZREM', P .. ':inflight', item)
   redis.call('ZREM', P .. ':inf:r:' .. route, item)
   redis.call('ZREM', P .. ':inf:t:' .. tenant, item)
@@ -171,6 +208,39 @@ local function expire(max, out)
   end
 end
 
+-- steps whose owner instance is dead (its heartbeat key gone; an expired heartbeat is never
+-- re-created, so dead stays dead): they keep their slots, get the dispatch lease again and
+-- go back out as new messages. Their old messages come back from Celery only after the
+-- visibility timeout, and the step loop drops them (the step is done, or its run lease is
+-- held by the live copy). A step dispatched but not started has no owner: its slot lease
+-- expires as before.
+local function handback(max, every, out, handed, dead)
+  if redis.call('EXISTS', P .. ':paused') == 1 then return end
+  if every > 0 and not redis.call('SET', P .. ':handback', '1', 'NX', 'PX', every) then
+    return
+  end
+  local n = 0
+  for _, inst in ipairs(redis.call('SMEMBERS', P .. ':owners')) do
+    if redis.call('EXISTS', P .. ':alive:' .. inst) == 0 then
+      table.insert(dead, inst)
+      for _, item in ipairs(redis.call('SMEMBERS', P .. ':owned:' .. inst)) do
+        if n >= max then return end
+        disown(item)
+        if redis.call('ZSCORE', P .. ':inflight', item) then
+          local _, _, tenant, route = parse(item)
+          local ttl = tonumber(redis.call('HGET', P .. ':rttl', route) or c('ttl', 120000))
+          redis.call('ZADD', P .. ':inflight', 'XX', now + ttl, item)
+          redis.call('ZADD', P .. ':inf:r:' .. route, 'XX', now + ttl, item)
+          redis.call('ZADD', P .. ':inf:t:' .. tenant, 'XX', now + ttl, item)
+          table.insert(out, item)
+          table.insert(handed, item)
+          n = n + 1
+        end
+      end
+    end
+  end
+end
+
 local function heartbeat(worker, n, ttl)
   redis.call('HSET', P .. ':workers', worker, n .. '|' .. (now + ttl))
   local total = 0
@@ -184,6 +254,12 @@ local function heartbeat(worker, n, ttl)
     end
   end
   redis.call('SET', P .. ':capacity', total, 'PX', ttl)
+end
+
+local function unpark_all()
+  local raw = redis.call('HKEYS', P .. ':parked')
+  for _, tenant in ipairs(raw) do reindex(tenant) end
+  return #raw
 end
 
 local function pick()
@@ -223,21 +299,22 @@ local function dispatch(max, out)
     budget = budget - 1
     local tenant = pick()
     if not tenant then break end
-    local cap = tonumber(redis.call('HGET', P .. ':tcap', tenant) or '-1')
+    -- published for every tenant (-1: no cap); a tenant missing from it is unknown: wait
+    local cap = tonumber(redis.call('HGET', P .. ':tcap', tenant) or '0')
     if cap >= 0 and redis.call('ZCARD', P .. ':inf:t:' .. tenant) >= cap then
       park(tenant, 't')
     else
       -- usually the head can go: look deeper only when it waits for a full route
       local items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, 0)
       local _, _, _, head_route = parse(items[1])
-      local head_limit = tonumber(redis.call('HGET', P .. ':rlimit', head_route) or '-1')
+      local head_limit = tonumber(redis.call('HGET', P .. ':rlimit', head_route) or '0')
       if head_limit >= 0 and redis.call('ZCARD', P .. ':inf:r:' .. head_route) >= head_limit then
         items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, lookahead - 1)
       end
       local chosen, chosen_route, chosen_prio, blocked_route
       for _, item in ipairs(items) do
         local _, _, _, route, prio = parse(item)
-        local lim = tonumber(redis.call('HGET', P .. ':rlimit', route) or '-1')
+        local lim = tonumber(redis.call('HGET', P .. ':rlimit', route) or '0')
         if lim < 0 or redis.call('ZCARD', P .. ':inf:r:' .. route) < lim then
           chosen, chosen_route, chosen_prio = item, route, prio
           break
@@ -266,11 +343,17 @@ local function dispatch(max, out)
   end
 end
 
-local dispatched, expired = {}, {}
-local i = 2
+local dispatched, expired, handed, dead = {}, {}, {}, {}
+local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
-  if op == 'E' then
+  if not state_known and op ~= 'H' then
+    -- skip the op and its arguments: the state it would change is unknown
+    local widths = {E = 3, D = 3, C = 2, Z = 2, R = 3, X = 2, P = 2, L = 3, U = 1}
+    local width = widths[op]
+    if not width then return redis.error_reply('unknown scheduler op ' .. tostring(op)) end
+    i = i + width
+  elseif op == 'E' then
     local base = tonumber(ARGV[i + 2])
     if not base or base <= 0 then base = now end
     enqueue(ARGV[i + 1], base)
@@ -294,13 +377,17 @@ while i <= #ARGV do
     promote(tonumber(ARGV[i + 1]))
     i = i + 2
   elseif op == 'L' then
+    handback(tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), dispatched, handed, dead)
     expire(tonumber(ARGV[i + 1]), expired)
-    i = i + 2
+    i = i + 3
   elseif op == 'H' then
     heartbeat(ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
     i = i + 4
+  elseif op == 'U' then
+    unpark_all()
+    i = i + 1
   else
     return redis.error_reply('unknown scheduler op ' .. tostring(op))
   end
 end
-return {dispatched, expired}
+return {dispatched, expired, state_known and 1 or 0, handed, dead}
