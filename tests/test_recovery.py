@@ -143,3 +143,23 @@ def test_runs_finish_after_redis_data_loss_and_recover(split_deployment: Deploym
     assert sum(any(e.kind == "recovered" for e in svc.trace(r)) for r in run_ids) == len(
         report["runs"]
     )
+
+
+def test_recover_warns_when_no_worker_is_alive_to_take_the_runs(
+    split_deployment: Deployment,
+) -> None:
+    dep = split_deployment
+    run = dep.submit_script([{"type": "reply", "text": "ok"}])
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.cli.main", "recover", "--yes", "--inflight-wait", "0",
+         "--json"],
+        env={**os.environ, **dep.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert run.run_id in report["runs"] and report["live_worker_processes"] == 0
+    assert "no worker is alive to take the runs queued again" in proc.stderr
