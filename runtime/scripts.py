@@ -45,8 +45,21 @@ def queue(pipe: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-def run_pipeline(client: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
-    """Build a non-transactional pipeline with ``build(pipe)`` and run it in one round trip."""
+class ScriptsLost(redis.ConnectionError):
+    """Redis lost its scripts while a batch ran, and some of the batch's scripts had run: it
+    cannot be replayed. A connection error: callers retry the whole operation (a step task
+    does, and a step that already checkpointed finds it done)."""
+
+
+def run_pipeline(
+    client: redis.Redis, build: Callable[[Any], None], *, idempotent: bool = False
+) -> list[Any]:
+    """Build a non-transactional pipeline with ``build(pipe)`` and run it in one round trip.
+
+    After a NOSCRIPT the scripts are loaded again and the batch is sent once more, if none
+    of its scripts ran, or if the caller says the batch may run twice (``idempotent``: its
+    scripts give the same outcome when repeated, e.g. a lease taken again by its owner).
+    Otherwise ``ScriptsLost``."""
     for attempt in (0, 1):
         pipe = client.pipeline(transaction=False)
         try:
@@ -62,8 +75,8 @@ def run_pipeline(client: redis.Redis, build: Callable[[Any], None]) -> list[Any]
                     raise result
             return results
         ran = [c[0] == "EVALSHA" and not m for c, m in zip(commands, missing, strict=True)]
-        if attempt or any(ran):
-            raise RuntimeError("Redis lost some scripts mid-batch; the batch cannot be replayed")
+        if attempt or (any(ran) and not idempotent):
+            raise ScriptsLost("Redis lost its scripts mid-batch (a restart or SCRIPT FLUSH)")
         for script in _REGISTERED.values():
             client.script_load(script.script)
     raise AssertionError("unreachable")

@@ -564,7 +564,9 @@ class StepRunner:
         tokens = 0
         if model.tokens_rate:
             cap = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
-            tokens = prompt_tokens + cap
+            # the limiter takes at most its burst (a larger take could never pass): record
+            # what it really took, or giving back "taken - used" would give back too much
+            tokens = min(prompt_tokens + cap, model.tokens_rate.burst)
             takes.append(Take(limits.model_tokens(st.model_name), model.tokens_rate, tokens))
         wait_s = self.svc.limiter.take(takes)
         if wait_s <= 0:

@@ -248,10 +248,20 @@ def test_rate_limiters_show_when_they_throttle(rated_env: Deployment) -> None:
         assert 60_000 - since_ms <= rates[name]["aheadMs"] <= 60_000
         assert rates[name]["retryAfterMs"] == rates[name]["aheadMs"]  # burst 1: no tolerance
         assert rates[name]["available"] == 0
-    # 500 tokens at 1000/min put the token schedule up to 30 s ahead, within its burst
+    # the run that got through was charged its usage (the reported 400 + 100, each part
+    # bounded by what the step reserved: its prompt bound and its output grant); at
+    # 1000/min its tokens put the schedule up to 60 ms per token ahead, within the burst
+    # (the other run's step was deferred before its model call: it used no tokens)
+    charged = sum(
+        step["input_tokens"] + step["output_tokens"]
+        for run in model_runs
+        for step in dep.svc.store.steps(run.run_id)
+    )
+    assert 0 < charged <= 500
     tokens = rates["model:scripted-rated:tokens"]
-    assert 30_000 - since_ms <= tokens["aheadMs"] <= 30_000 and not tokens["throttling"]
-    assert 500 <= tokens["available"] < 1000  # a step's 1000-token reservation must wait
+    ahead = charged * 60
+    assert ahead - since_ms <= tokens["aheadMs"] <= ahead and not tokens["throttling"]
+    assert 1000 - charged <= tokens["available"] < 1000  # a step's worst case must wait
     # the deferred steps wait as delayed items, counted in their tenants' queues
     tenants = by(view["tenants"], "tenant")
     assert tenants["t1"]["delayed"] == 1 and tenants["t2"]["delayed"] == 1

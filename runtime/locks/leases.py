@@ -98,7 +98,9 @@ class LeaseManager:
             scripts.queue(pipe, self._acquire, [key, key + ":fence"], [owner, ttl_ms])
             also(pipe)
 
-        results = scripts.run_pipeline(self.redis, build)
+        # idempotent: the owner may take its lease again, and ``also`` must only renew or
+        # read (a step's first round trip)
+        results = scripts.run_pipeline(self.redis, build, idempotent=True)
         return self._interpret(results[0], key, key + ":fence", owner, ttl_ms), results[1:]
 
     def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> Lease | Busy:
