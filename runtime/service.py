@@ -634,7 +634,34 @@ class RuntimeService:
         ops = Ops()
         if worker:
             ops.heartbeat(worker, processes, HEARTBEAT_TTL_MS)
-        return self.schedule(ops.promote(max_items).expire(max_items).dispatch(max_items))
+        outcome = self.scheduler.run(ops.promote(max_items).expire(max_items).dispatch(max_items))
+        lost = self._lost_too_often(outcome.handed_back)
+        self.publish([item for item in outcome.dispatched if item not in lost])
+        for item, deaths in lost.items():
+            # a step that keeps killing the process running it (a crash in a tool, an OOM)
+            # waits for an operator, as Celery's bounded retry-on-worker-lost does
+            self.dead_letters.dead_letter_step(
+                item.run_id,
+                item.step_no,
+                "worker_lost",
+                error_type="WorkerLostError",
+                error=f"the process running this step died {deaths} times",
+            )
+        return outcome
+
+    def _lost_too_often(self, handed_back: list[Item]) -> dict[Item, int]:
+        """Handed-back steps whose owner died more often than AGENTRT_WORKER_LOST_RETRIES."""
+        if not handed_back:
+            return {}
+        counts = self.redis.hmget(
+            f"{self.keys.sched()}:deaths", [item.encode() for item in handed_back]
+        )
+        limit = self.settings.worker_lost_retries
+        return {
+            item: int(n)
+            for item, n in zip(handed_back, counts, strict=True)
+            if n is not None and int(n) > limit
+        }
 
     @property
     def recovery(self) -> Recovery:

@@ -235,10 +235,12 @@ def test_run_budget_exhaustion_stops_the_run(deployment: Deployment) -> None:
 
 def test_lock_contention_waits_then_proceeds(deployment: Deployment) -> None:
     # two runs update the same ticket; the second waits for the lock and gets a newer fence
+    # (the first holds the lock long enough for the second to meet it on any machine: it is
+    # submitted once the first holds it, and a step needs far less than 6 s to start)
     slow = {
         "type": "tool_call",
         "tool": "tickets.update",
-        "args": {"ticket_id": "T-lock", "status": "pending", "hold_ms": 800},
+        "args": {"ticket_id": "T-lock", "status": "pending", "hold_ms": 6000},
     }
     fast = {
         "type": "tool_call",

@@ -146,6 +146,7 @@ local function release(item)
   local _, _, tenant, route, prio = parse(item)
   if not prio then return 0 end
   disown(item)
+  redis.call('HDEL', P .. ':deaths', item)
   local removed = redis.call('ZREM', P .. ':inflight', item)
   redis.call('ZREM', P .. ':inf:r:' .. route, item)
   redis.call('ZREM', P .. ':inf:t:' .. tenant, item)
@@ -232,6 +233,9 @@ local function handback(max, every, out, handed, dead)
           redis.call('ZADD', P .. ':inflight', 'XX', now + ttl, item)
           redis.call('ZADD', P .. ':inf:r:' .. route, 'XX', now + ttl, item)
           redis.call('ZADD', P .. ':inf:t:' .. tenant, 'XX', now + ttl, item)
+          -- how often this step's owner died running it (the caller dead-letters a step
+          -- that keeps killing its workers, instead of handing it back forever)
+          redis.call('HINCRBY', P .. ':deaths', item, 1)
           table.insert(out, item)
           table.insert(handed, item)
           n = n + 1
