@@ -42,6 +42,7 @@ from runtime.policy import PolicyEngine
 from runtime.proposers.base import Proposer, ToolDescription
 from runtime.recovery import Recovery
 from runtime.rule_check import rule_tool_problems
+from runtime.run_rows import trace_fields
 from runtime.run_views import run_view
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
@@ -542,17 +543,9 @@ class RuntimeService:
 
     def trace(self, run_id: str, tenant: str | None = None) -> list[TraceEvent]:
         self.store.read_run(run_id, tenant)  # RunNotFound (or wrong tenant) before an empty list
+        # a stored event that does not read back (edited by hand) is shown, never raised
         return [
-            TraceEvent(
-                run_id=e["run_id"],
-                trace_id=e["trace_id"],
-                step=e["step_no"],
-                seq=i,
-                at=e["at"],
-                kind=e["kind"],
-                data=e["data"] or {},
-            )
-            for i, e in enumerate(self.store.trace(run_id, tenant))
+            TraceEvent(**trace_fields(e, i)) for i, e in enumerate(self.store.trace(run_id, tenant))
         ]
 
     def list_runs(

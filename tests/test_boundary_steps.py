@@ -8,6 +8,9 @@ should not be, nothing lost, nothing secret shown.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -15,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from runtime.store.dead_letters import DeadLetterFilter
-from tests.support import Deployment, wait_for
+from tests.support import ROOT, Deployment, wait_for
 
 REPLY = {"type": "reply", "text": "done"}
 
@@ -288,3 +291,30 @@ def test_a_hand_edited_priority_never_breaks_recovery_or_scheduling(
     dep.start_worker(concurrency=1)
     done = dep.wait_all([run.run_id], timeout=60)[run.run_id]
     assert done.status == "succeeded", done.stop_reason
+
+
+def test_a_corrupt_trace_event_never_breaks_reading_the_trace(
+    fresh_deployment: Deployment,
+) -> None:
+    dep = fresh_deployment
+    run = dep.submit_script([REPLY], route="r.boundary")
+    # Given an event row someone edited by hand: its data is no JSON, its time no time
+    with dep.svc.store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE trace_events SET data = '{not json', at = 'yesterday' WHERE run_id = :r"),
+            {"r": run.run_id},
+        )
+    # When the trace is read (the Python API, and the CLI's --json)
+    events = dep.svc.trace(run.run_id)
+    # Then it is shown, marked, and nothing raises
+    assert events and events[0].data == {"unreadable": "{not json"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "runtime.cli.main", "trace", run.run_id, "--json"],
+        cwd=ROOT,
+        env={**os.environ, **dep.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "unreadable" in shown.stdout

@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Engine,
+    Table,
     Text,
     delete,
     func,
@@ -241,22 +242,22 @@ class RunStore:
             query = query.where(runs_t.c.route == route)
         return self._read(query)
 
-    def _tolerant_select(self) -> Select[Any]:
+    def _tolerant_select(self, table: Table = runs_t) -> Select[Any]:
         if self.engine.dialect.name != "sqlite":
-            return select(runs_t)  # PostgreSQL enforces its column types on write
+            return select(table)  # PostgreSQL enforces its column types on write
         return select(
             *[
                 type_coerce(c, Text).label(c.name) if isinstance(c.type, JSON | UTCDateTime) else c
-                for c in runs_t.c
+                for c in table.c
             ]
         )
 
-    def _read(self, query: Executable) -> list[dict[str, Any]]:
+    def _read(self, query: Executable, table: Table = runs_t) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         if self.engine.dialect.name == "sqlite":
             for row in rows:
-                for c in runs_t.c:
+                for c in table.c:
                     if isinstance(c.type, JSON | UTCDateTime):
                         row[c.name] = decode(row[c.name], json_column=isinstance(c.type, JSON))
         return rows
@@ -281,11 +282,16 @@ class RunStore:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def trace(self, run_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
-        query = select(events_t).where(events_t.c.run_id == run_id).order_by(events_t.c.id)
+        """A run's events in order. Tolerant like ``read_run``: a corrupt cell is an
+        ``Unreadable`` value (``run_rows.trace_fields`` shows it), never an error."""
+        query = (
+            self._tolerant_select(events_t)
+            .where(events_t.c.run_id == run_id)
+            .order_by(events_t.c.id)
+        )
         if tenant_id is not None:
             query = query.where(events_t.c.tenant_id == tenant_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return self._read(query, events_t)
 
     def policy_decisions(self, run_id: str) -> list[dict[str, Any]]:
         query = select(decisions_t).where(decisions_t.c.run_id == run_id).order_by(decisions_t.c.id)
