@@ -59,6 +59,7 @@ from runtime.keys import Keys  # noqa: E402
 from runtime.scheduling.scheduler import Item, Ops, Scheduler  # noqa: E402
 from runtime.service import RuntimeService, resolve_endpoints  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
+from runtime.state import StateMarkers  # noqa: E402
 from runtime.store.runs import runs_t  # noqa: E402
 
 FAIR_CONFIG = ROOT / "bench" / "fairness.yaml"
@@ -133,6 +134,7 @@ class Fair:
 def agentrt_fair(bench: core.Bench, opts: argparse.Namespace, backlog: int, index: int) -> Fair:
     settings, env = deployment(bench, f"fa{backlog}x{index}", opts.config)
     svc = RuntimeService.from_settings(settings)
+    svc.apply_config("bench")
     bench.services.append(svc)
     run_input = {"script": core.script(opts.tool_calls)}
     steps_per_run = opts.tool_calls + 1
@@ -257,12 +259,17 @@ class DispatchRig:
         bench.namespaces.append(namespace)
         self.client = bench.client
         self.tenants = tenants
-        self.sched = Scheduler(self.client, Keys(namespace), config)
-        self.sched.sync_config()
+        keys = Keys(namespace)
+        self.sched = Scheduler(self.client, keys, config)
+        StateMarkers(self.client, keys).mark(1)  # a state built from SQL (runtime.state)
+        self.sched.publish_config(config.version, "bench")
         # far above anything in flight: only the decision itself is measured
         self.client.set(f"{self.sched.prefix}:capacity", 10**9)
         self.seq = 0
         names = [f"t{i:05d}" for i in range(tenants)]
+        # the rig's tenants are not in the file: publish them without a cap (a tenant with
+        # no published entry waits, it is never unlimited)
+        self.client.hset(f"{self.sched.prefix}:tcap", mapping=dict.fromkeys(names, -1))
         self._apply_items([], [self._new(t) for _ in range(per_tenant) for t in names])
 
     def _new(self, tenant: str) -> Item:

@@ -57,6 +57,7 @@ from runtime.embedded_redis import EmbeddedRedis, start_server  # noqa: E402
 from runtime.keys import Keys  # noqa: E402
 from runtime.service import RuntimeService, resolve_endpoints  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
+from runtime.state import StateMarkers  # noqa: E402
 from runtime.store.runs import runs_t, steps_t  # noqa: E402
 
 BENCH_CONFIG = ROOT / "bench" / "config.yaml"
@@ -467,6 +468,7 @@ def runtime_phase(bench: Bench, index: int) -> Drain:
     args = bench.args
     settings, env = bench.deployment(f"r{index}")
     svc = RuntimeService.from_settings(settings)
+    svc.apply_config("bench")  # the deployment's config, as an operator applies it
     bench.services.append(svc)
     steps_per_run = args.tool_calls + 1
     run_ids, submit_rate = submit_runs(svc, args.runs, args.tool_calls)
@@ -500,7 +502,10 @@ def ledger_bench(bench: Bench) -> dict[str, Any]:
     namespace = f"bench{bench.token}ledger"
     bench.namespaces.append(namespace)
     client = redis.Redis.from_url(bench.redis_url)
-    ledger = BudgetLedger(client, Keys(namespace))
+    keys = Keys(namespace)
+    # a ledger whose state was built from SQL (runtime.state): recovery writes this marker
+    StateMarkers(client, keys).mark(1)
+    ledger = BudgetLedger(client, keys, lambda: 1)
     route = config.routes[ROUTE]
     policy = config.budget_policies[route.budget_policy]
     tenant = config.tenants[TENANT]
@@ -571,6 +576,7 @@ def census(bench: Bench, kind: str, n: int, profile: bool) -> dict[str, Any]:
     svc: RuntimeService | None = None
     if kind == "runtime":
         svc = RuntimeService.from_settings(settings)
+        svc.apply_config("bench")
         bench.services.append(svc)
         submit_runs(svc, n, bench.args.tool_calls)
         total = n * (bench.args.tool_calls + 1)
