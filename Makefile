@@ -38,6 +38,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check runtime tasks tests bench
 	$(BIN)/ruff format --check runtime tasks tests bench
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format runtime tasks tests bench
