@@ -43,9 +43,13 @@ def _imports(tree: ast.AST, me: str, is_package: bool, known: set[str]) -> set[s
             found.update(subs)
             if len(subs) < len(node.names):  # some names are attributes of the module itself
                 found.add(mod)
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
-            if node.args and isinstance(node.args[0], ast.Constant):
-                found.add(str(node.args[0].value))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            found.add(str(node.args[0].value))
     # importing a.b.c also runs a and a.b, but only their __init__: that is an edge only
     # when the package's __init__ imports back, which the walk of that __init__ finds
     return {m for m in found if m in known and m != me}
