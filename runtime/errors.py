@@ -3,6 +3,7 @@
 * AgentRuntimeError
   x ConfigError                (path, problems): a config file is missing or invalid
   x SettingsError              an environment setting is unusable (e.g. an evicting Redis)
+    - SchemaOutOfDate          (revision, head): the database's schema is older than the code
   x AdmissionRefused           (code, detail, fields): submit() refused a request it could not
                                store (a malformed identity, an idempotency conflict)
   x InvalidRequest             (fields, detail): an argument of an operation is malformed
@@ -39,6 +40,17 @@ class ConfigError(AgentRuntimeError):
 
 class SettingsError(AgentRuntimeError):
     pass
+
+
+class SchemaOutOfDate(SettingsError):
+    """The database's schema is older than this code needs (or predates migrations):
+    ``agentrt db upgrade`` brings it to ``head``. ``revision`` is where it is (None: no
+    version recorded)."""
+
+    def __init__(self, revision: str | None, head: str, detail: str) -> None:
+        self.revision = revision
+        self.head = head
+        super().__init__(detail)
 
 
 class AdmissionRefused(AgentRuntimeError):

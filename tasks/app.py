@@ -215,7 +215,12 @@ def _prepare_deployment(sender: Any = None, **_: Any) -> None:
     # once, in the main process before forking; children open their own engines
     svc = app.runtime_service()
     try:
-        svc.store.create_schema()
+        try:
+            svc.store.create_schema()
+        except SettingsError as exc:  # an older schema (SchemaOutOfDate), an unknown one
+            # a worker_init receiver's Exception is only logged by Celery: exit instead
+            log.critical("%s", exc)
+            raise SystemExit(2) from exc
         worker = str(getattr(sender, "hostname", None) or "worker")
         gap = deployment.drift(app.agentrt_config, svc.deployments)
         if gap is not None and os.environ.get(APPLY_CONFIG_ENV) != "1":
