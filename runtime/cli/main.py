@@ -56,6 +56,7 @@ from runtime.cli.common import (
     reader,
     service,
 )
+from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
 from runtime.errors import ConfigError, InvalidTransition
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
@@ -82,6 +83,7 @@ config_app = typer.Typer(help="Work with the deployment file.", no_args_is_help=
 app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(db_app, name="db")
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"

@@ -23,10 +23,9 @@ def _s(length: int) -> sa.String:
     return sa.String(length=length)
 
 
-def tables(metadata: sa.MetaData) -> list[sa.Table]:
-    """The baseline's tables, as commit 98a37a2 declared them."""
+def _runs(metadata: sa.MetaData) -> sa.Table:
     col = sa.Column
-    runs = sa.Table(
+    return sa.Table(
         "runs",
         metadata,
         col("run_id", _s(40), primary_key=True),
@@ -72,7 +71,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         sa.Index("ix_runs_status_updated", "status", "updated_at"),
         sa.Index("ix_runs_status", "status"),
     )
-    steps = sa.Table(
+
+
+def _steps(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "steps",
         metadata,
         col("id", sa.Integer(), primary_key=True),
@@ -92,7 +95,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         sa.UniqueConstraint("run_id", "step_no", name="uq_steps_run_step"),
         sa.Index("ix_steps_run_id", "run_id"),
     )
-    trace_events = sa.Table(
+
+
+def _trace_events(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "trace_events",
         metadata,
         col("id", _BIGINT_PK, primary_key=True, autoincrement=True),
@@ -105,7 +112,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         col("data", sa.JSON(), nullable=True),
         sa.Index("ix_trace_run_seq", "run_id", "id"),
     )
-    policy_decisions = sa.Table(
+
+
+def _policy_decisions(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "policy_decisions",
         metadata,
         col("id", sa.Integer(), primary_key=True),
@@ -123,7 +134,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         sa.UniqueConstraint("run_id", "step_no", "call_index", name="uq_policy_run_step_call"),
         sa.Index("ix_policy_tenant_decision", "tenant_id", "decision"),
     )
-    side_effects = sa.Table(
+
+
+def _side_effects(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "side_effects",
         metadata,
         col("id", sa.Integer(), primary_key=True),
@@ -145,7 +160,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         col("compensation_started_at", _TIME, nullable=True),
         sa.Index("ix_side_effects_run_id", "run_id"),
     )
-    spend_records = sa.Table(
+
+
+def _spend_records(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "spend_records",
         metadata,
         col("id", sa.Integer(), primary_key=True),
@@ -171,7 +190,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         sa.UniqueConstraint("run_id", "step_no", name="uq_spend_run_step"),
         sa.Index("ix_spend_tenant_day", "tenant_id", "day"),
     )
-    dead_letters = sa.Table(
+
+
+def _dead_letters(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "dead_letters",
         metadata,
         col("id", _s(40), primary_key=True),
@@ -202,7 +225,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         sa.Index("ix_dl_tenant_status", "tenant_id", "status"),
         sa.Index("ix_dl_run", "run_id"),
     )
-    step_failures = sa.Table(
+
+
+def _step_failures(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "step_failures",
         metadata,
         col("id", sa.Integer(), primary_key=True),
@@ -217,7 +244,11 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         col("at", _TIME, nullable=False),
         sa.Index("ix_failures_run_step", "run_id", "step_no"),
     )
-    operator_audit = sa.Table(
+
+
+def _operator_audit(metadata: sa.MetaData) -> sa.Table:
+    col = sa.Column
+    return sa.Table(
         "operator_audit",
         metadata,
         col("id", sa.Integer(), primary_key=True),
@@ -229,17 +260,24 @@ def tables(metadata: sa.MetaData) -> list[sa.Table]:
         col("ids", sa.JSON(), nullable=True),
         col("detail", sa.JSON(), nullable=True),
     )
-    return [
-        runs,
-        steps,
-        trace_events,
-        policy_decisions,
-        side_effects,
-        spend_records,
-        dead_letters,
-        step_failures,
-        operator_audit,
-    ]
+
+
+_TABLES = (
+    _runs,
+    _steps,
+    _trace_events,
+    _policy_decisions,
+    _side_effects,
+    _spend_records,
+    _dead_letters,
+    _step_failures,
+    _operator_audit,
+)
+
+
+def tables(metadata: sa.MetaData) -> list[sa.Table]:
+    """The baseline's tables, as commit 98a37a2 declared them."""
+    return [table(metadata) for table in _TABLES]
 
 
 def missing(inspector: sa.Inspector) -> list[str]:
