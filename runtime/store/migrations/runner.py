@@ -97,7 +97,8 @@ class SchemaState:
                 f"matches revision {self.recognised}, older than this agentrt's {self.head}: "
                 f"run `{UPGRADE_COMMAND}`",
             )
-        shown = "; ".join(self.missing[:4]) + (" ..." if len(self.missing) > 4 else "")
+        more = len(self.missing) - 4
+        shown = "; ".join(self.missing[:4]) + (f"; and {more} more" if more > 0 else "")
         return SchemaOutOfDate(
             None,
             self.head,

@@ -286,10 +286,11 @@ def missing(inspector: sa.Inspector) -> list[str]:
     The ``runs(status, updated_at)`` index is left to revision 0002, which adds it where
     an older ``create_all`` never did."""
     present = set(inspector.get_table_names())
-    problems: list[str] = []
-    for table in tables(sa.MetaData()):
+    baseline = tables(sa.MetaData())
+    # whole tables first: they say the most about how old the database is
+    problems = [f"table {t.name} is missing" for t in baseline if t.name not in present]
+    for table in baseline:
         if table.name not in present:
-            problems.append(f"table {table.name} is missing")
             continue
         columns = {c["name"] for c in inspector.get_columns(table.name)}
         problems += [
