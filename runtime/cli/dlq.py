@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import getpass
 import json
-import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,10 +25,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from runtime.cli import params, render
+from runtime.cli import common, params, render
 from runtime.cli.common import (
     EXIT_ERROR,
     EXIT_REFUSED,
+    JsonOpt,
+    default_actor,
     emit_json,
     err,
     fail,
@@ -80,22 +80,8 @@ class Status(enum.StrEnum):
     all = "all"
 
 
-def default_actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no USER/LOGNAME and no passwd entry (e.g. a bare container)
-        user = "unknown"
-    return f"cli:{user}"
-
-
-def _interactive() -> bool:
-    """Whether a person can answer a confirmation (tests replace this)."""
-    return sys.stdin.isatty()
-
-
 # --- shared options ----------------------------------------------------------------------
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 QueueOpt = Annotated[
     str | None, typer.Option("--queue", help=f"Only this queue (e.g. {STEP_QUEUE}).")
 ]
@@ -465,7 +451,7 @@ def dlq_purge(
             return
         n = len(preview.purged)
         if not yes:
-            if not _interactive():
+            if not common.interactive():
                 fail(
                     f"refusing to purge {n} dead letter{'s' if n != 1 else ''} without "
                     "confirmation: stdin is not a terminal; pass --yes (or --dry-run to look)",

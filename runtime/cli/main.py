@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import getpass
 import importlib
 import os
 import signal
@@ -46,14 +45,20 @@ from runtime.cli.common import (
     EXIT_REFUSED,
     EXIT_TIMEOUT,
     JsonOpt,
+    build_service,
+    default_actor,
     emit_json,
     err,
     errors,
     fail,
+    interactive,
+    load_config,
+    load_registry,
     load_settings,
     out,
     people_reader,
     reader,
+    redis_url,
     service,
 )
 from runtime.cli.dlq import app as dlq_app
@@ -66,7 +71,6 @@ if TYPE_CHECKING:
     from runtime.contract import RunView
     from runtime.service import RuntimeService
     from runtime.settings import Settings
-    from runtime.tools.registry import ToolRegistry
 
 app = typer.Typer(
     name="agentrt",
@@ -116,22 +120,7 @@ class Pool(enum.StrEnum):
     solo = "solo"
 
 
-# --- loading what only some commands need ------------------------------------------------
-
-
-def load_config(path: Path) -> RuntimeConfig:
-    """``runtime.config.load_config``, imported when a command needs the deployment file
-    (read-only commands do not)."""
-    from runtime.config import load_config as load
-
-    return load(path)
-
-
-def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
-    """``runtime.service.load_registry``, imported when a command needs the tools."""
-    from runtime.service import load_registry as load
-
-    return load(config, source)
+# --- input ---------------------------------------------------------------------------------
 
 
 def parse_input(raw: str | None) -> dict[str, Any]:
@@ -178,10 +167,6 @@ def _bounds_message(flag: str, exc: BoundsError) -> str:
         return f"{flag} is {exc.detail}"
     where = exc.path if len(exc.path) <= 60 else exc.path[:57] + "..."
     return f"{flag}: {exc.detail}" if whole else f"{flag}: {where}: {exc.detail}"
-
-
-def default_actor() -> str:
-    return f"cli:{os.environ.get('USER') or os.environ.get('USERNAME') or 'unknown'}"
 
 
 # --- submit ----------------------------------------------------------------------------
@@ -429,12 +414,11 @@ def queues(
     from runtime.cli import queues as queues_render
     from runtime.keys import Keys
     from runtime.scheduling import view as scheduler_view
-    from runtime.service import resolve_endpoints
 
     settings = load_settings()
     with errors():
         config = load_config(settings.config)
-        client = redis.Redis.from_url(resolve_endpoints(settings).redis_url)
+        client = redis.Redis.from_url(redis_url(settings))
     try:
         with errors():
             view = scheduler_view.read(client, Keys(settings.namespace), config, tenant, limit)
@@ -478,10 +462,10 @@ def recover(
     steps that were in flight, rebuilds every ledger balance from the SQL spend records,
     queues the current step of every queued or running run again, resumes dispatching and
     writes an audit record. Safe to run twice: nothing runs twice (idempotency records)."""
-    who = actor or f"cli:{getpass.getuser()}"
+    who = actor or default_actor()
     with service() as svc:
         if not dry_run and not yes:
-            if not sys.stdin.isatty():
+            if not interactive():
                 fail("recover pauses dispatching and rewrites the ledger: pass --yes", EXIT_REFUSED)
             typer.confirm("Rebuild the runtime's Redis state from SQL now?", abort=True)
         report = svc.recovery.recover(who, inflight_wait_s=inflight_wait, dry_run=dry_run)
@@ -720,8 +704,6 @@ def config_apply(
     step; a worker started later with another file refuses to start (unless
     --apply-config); web apps and CLI commands with another file warn and enforce this one.
     Only this command and `agentrt worker --apply-config` publish the limits."""
-    from runtime.service import RuntimeService
-
     settings = load_settings()
     if path is not None:
         settings = settings.model_copy(update={"config": path})
@@ -731,7 +713,7 @@ def config_apply(
         if problems := _visibility_problems(config):
             raise ConfigError(str(settings.config), problems)
         with _cwd_on_path():
-            svc = RuntimeService.from_settings(settings, enforce_applied=False)
+            svc = build_service(settings, enforce_applied=False)
     try:
         with errors():
             change = svc.apply_config(who)
