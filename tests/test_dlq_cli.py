@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from runtime.cli import common, dlq
+from runtime.cli import common, dlq, params
 from runtime.cli.main import app
 from runtime.dead_letters import CLASSES, STEP_QUEUE
 from tests.support import Deployment
@@ -176,13 +176,13 @@ def test_bad_filter_values_are_named(env: Deployment) -> None:
 
 def test_parse_when_and_rate() -> None:
     now = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
-    assert dlq.parse_when("30m", now) == now - timedelta(minutes=30)
-    assert dlq.parse_when("1h30m", now) == now - timedelta(minutes=90)
-    assert dlq.parse_when("7d", now) == now - timedelta(days=7)
-    assert dlq.parse_when("2025-01-31T10:00:00+02:00") == datetime(2025, 1, 31, 8, tzinfo=UTC)
-    assert dlq.parse_when("2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
-    assert dlq.parse_rate("5/s") == 5 and dlq.parse_rate("120/m") == 2
-    assert dlq.parse_rate("0.5") == 0.5
+    assert params.parse_when("30m", now) == now - timedelta(minutes=30)
+    assert params.parse_when("1h30m", now) == now - timedelta(minutes=90)
+    assert params.parse_when("7d", now) == now - timedelta(days=7)
+    assert params.parse_when("2025-01-31T10:00:00+02:00") == datetime(2025, 1, 31, 8, tzinfo=UTC)
+    assert params.parse_when("2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
+    assert params.parse_rate("5/s") == 5 and params.parse_rate("120/m") == 2
+    assert params.parse_rate("0.5") == 0.5
 
 
 # --- show ----------------------------------------------------------------------------
