@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from runtime import locations, stop_reasons
 from runtime.bounds import BoundsError, parse_json
-from runtime.cli import params, render
+from runtime.cli import config_views, params, render
 from runtime.cli.common import (
     EXIT_ERROR,
     EXIT_REFUSED,
@@ -63,7 +62,7 @@ from runtime.cli.common import (
 )
 from runtime.cli.dlq import app as dlq_app
 from runtime.errors import ConfigError, InvalidTransition
-from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
+from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
 
 if TYPE_CHECKING:
@@ -216,18 +215,14 @@ def submit(
         if _refused_at_admission(view):
             _report_refusal(view, json_out)
         if not json_out:
-            out.print(
-                f"run [bold]{view.run_id}[/] {render.status_text(view.status.value).markup} · "
-                f"{render.markup(view.tenant_id)} / {render.markup(view.route)} · "
-                f"trace {view.trace_id}",
-                soft_wrap=True,
-            )
+            out.print(render.submitted_line(view), soft_wrap=True)
         if wait:
             view = _wait(svc, view, timeout, json_out)
         if json_out:
             emit_json(render.run_json(view))
         elif wait:
-            _print_outcome(view)
+            for text in render.outcome_lines(view):
+                out.print(text)
 
 
 def _refused_at_admission(view: RunView) -> bool:
@@ -235,14 +230,9 @@ def _refused_at_admission(view: RunView) -> bool:
 
 
 def _report_refusal(view: RunView, json_out: bool) -> NoReturn:
-    detail = view.output.get("detail", "") if isinstance(view.output, dict) else ""
     if json_out:
         emit_json(render.run_json(view))
-    err.print(
-        f"[magenta bold]admission refused the run:[/] {render.markup(view.stop_reason or '')} - "
-        f"{render.markup(detail)} [dim](stored as run {view.run_id})[/]",
-        soft_wrap=True,
-    )
+    err.print(render.refused_line(view), soft_wrap=True)
     raise typer.Exit(EXIT_REFUSED)
 
 
@@ -257,24 +247,8 @@ def _wait(svc: RuntimeService, view: RunView, timeout: float, json_out: bool) ->
     except WaitTimeout as exc:
         if json_out:
             emit_json(render.run_json(svc.get(view.run_id)))
-        err.print(
-            f"[yellow bold]timeout:[/] {render.markup(exc)}; is a worker running? (agentrt worker)",
-            soft_wrap=True,
-        )
+        err.print(render.wait_timeout_line(exc), soft_wrap=True)
         raise typer.Exit(EXIT_TIMEOUT) from None
-
-
-def _print_outcome(view: RunView) -> None:
-    duration = ""
-    if view.started_at and view.finished_at:
-        duration = f" · {(view.finished_at - view.started_at).total_seconds():.2f}s"
-    out.print(
-        f"{render.status_text(view.status.value).markup} · stop reason "
-        f"[bold]{render.markup(view.stop_reason or '-')}[/] · {view.steps} steps{duration}"
-    )
-    if view.output is not None:
-        out.print(f"output: {escape(render.compact(view.output, 400))}")
-    out.print(f"[dim]trace: agentrt trace {view.run_id}[/]")
 
 
 # --- runs ------------------------------------------------------------------------------
@@ -319,13 +293,7 @@ def runs_show(
         with reader() as reads:
             shown = reads.details(run_id, tenant, with_input=True)
         emit_json(
-            {
-                "run": render.run_json(shown.run),
-                "steps": [render.step_json(s) for s in shown.steps],
-                "policyDecisions": [render.decision_json(d) for d in shown.decisions],
-                "sideEffects": [render.effect_json(e) for e in shown.effects],
-                "spend": render.spend_json(shown.spend),
-            }
+            render.details_json(shown.run, shown.steps, shown.spend, shown.effects, shown.decisions)
         )
         return
     with people_reader() as people:
@@ -355,10 +323,7 @@ def runs_cancel(
     if json_out:
         emit_json(render.run_json(view))
     else:
-        out.print(
-            f"run {view.run_id} {render.status_text(view.status.value).markup} "
-            f"· {render.markup(view.stop_reason or '')}"
-        )
+        out.print(render.cancelled_line(view))
 
 
 @app.command()
@@ -378,12 +343,7 @@ def trace(
     with people_reader() as people:
         view = people.run(run_id, tenant)
         events = people.trace(run_id, tenant)
-    out.print(
-        f"run [bold]{view.run_id}[/] · {render.markup(view.tenant_id)} / "
-        f"{render.markup(view.route)} · {render.status_text(view.status.value).markup} · "
-        f"{render.markup(view.stop_reason or '-')} · trace {view.trace_id}",
-        soft_wrap=True,
-    )
+    out.print(render.trace_head(view), soft_wrap=True)
     for line in render.trace_lines(events):
         out.print(line, soft_wrap=True)
 
@@ -673,15 +633,18 @@ def config_check(
     probes = probe_models(config, probe_timeout) if probe else None
     answered = probes is None or all(p.ok for p in probes)
     if json_out:
-        summary = {"ok": answered, "path": str(path), **_config_summary(config)}
+        summary = {"ok": answered, "path": str(path), **config_views.config_summary(config)}
         if probes is not None:
             summary["probes"] = [asdict(p) for p in probes]
         emit_json(summary)
     else:
         out.print(f"[green bold]ok[/] {escape(str(path))}", soft_wrap=True)
-        out.print(_config_table(config))
+        out.print(config_views.config_table(config))
         if probes is not None:
-            _print_probes(probes)
+            if not probes:
+                out.print(config_views.no_probes_line())
+            for p in probes:
+                out.print(config_views.probe_line(p), soft_wrap=True)
     if not answered:
         failed = sum(not p.ok for p in probes or ())
         err.print(f"[red bold]{failed} model endpoint(s) did not answer[/]")
@@ -719,28 +682,10 @@ def config_apply(
             change = svc.apply_config(who)
     finally:
         svc.close()
-    summary = {
-        "version": change.version,
-        "digest": change.digest,
-        "changed": change.changed,
-        "previous": None
-        if change.previous is None
-        else {"version": change.previous.version, "digest": change.previous.digest},
-    }
     if json_out:
-        emit_json(summary)
-        return
-    if not change.changed:
-        out.print(f"already applied: version {escape(change.version)} ({change.digest[:12]})")
-        return
-    was = (
-        f" (was {escape(change.previous.version)}, {change.previous.digest[:12]})"
-        if change.previous
-        else ""
-    )
-    out.print(
-        f"[green bold]applied[/] version {escape(change.version)} ({change.digest[:12]}){was}"
-    )
+        emit_json(config_views.applied_json(change))
+    else:
+        out.print(config_views.applied_line(change))
 
 
 def _visibility_problems(config: RuntimeConfig) -> list[str]:
@@ -779,54 +724,6 @@ def _cwd_on_path() -> Iterator[None]:
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
-
-
-def _print_probes(probes: list[ProbeResult]) -> None:
-    """One line per model: ``probe <model> <url>: ok | HTTP 404 | connection error...``"""
-    if not probes:
-        out.print("probe: no model of kind openai")
-    for p in probes:
-        mark = f"[{'green' if p.ok else 'red'}]{escape(p.detail)}[/]"
-        out.print(f"probe {escape(p.model)} {escape(p.url)}: {mark}", soft_wrap=True)
-
-
-def _config_summary(config: RuntimeConfig) -> dict[str, Any]:
-    return {
-        "version": config.version,
-        "harnessVersion": config.harness_version,
-        "policyVersion": config.policy.version,
-        "policyRules": len(config.policy.rules),
-        "tenants": sorted(config.tenants),
-        "routes": list(config.routes),
-        "tools": sorted(config.tools),
-        "toolModules": config.tool_modules,
-        "models": sorted(config.models),
-        "budgetPolicies": {n: p.version for n, p in config.budget_policies.items()},
-    }
-
-
-def _config_table(config: RuntimeConfig) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    budgets = ", ".join(f"{n} ({p.version})" for n, p in config.budget_policies.items())
-    rows = [
-        ("version", f"{config.version} · harness {config.harness_version}"),
-        ("tenants", f"{len(config.tenants)}: {', '.join(sorted(config.tenants))}"),
-        ("routes", f"{len(config.routes)}: {', '.join(config.routes)}"),
-        ("tools", f"{len(config.tools)}: {', '.join(sorted(config.tools))}"),
-        ("tool modules", ", ".join(config.tool_modules) or "-"),
-        ("models", ", ".join(f"{n} ({m.version})" for n, m in config.models.items())),
-        ("budget policies", budgets),
-        (
-            "policy",
-            f"{config.policy.version}: {len(config.policy.rules)} rules, "
-            f"default {config.policy.default}",
-        ),
-    ]
-    for key, value in rows:
-        grid.add_row(key, escape(value))
-    return grid
 
 
 # --- demo ------------------------------------------------------------------------------
