@@ -141,6 +141,16 @@ def test_one_default_actor_for_every_command() -> None:
     assert callable(common.interactive)
 
 
+def test_interactive_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stdin, a closed one, or a pipe: nobody can answer a prompt (and nothing raises)."""
+    with open(os.devnull) as closed:
+        pass
+    with open(os.devnull) as not_a_terminal:
+        for stdin in (None, closed, not_a_terminal):
+            monkeypatch.setattr(sys, "stdin", stdin)
+            assert common.interactive() is False
+
+
 # --- the shape of runtime/cli ----------------------------------------------------------
 
 

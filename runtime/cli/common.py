@@ -116,8 +116,12 @@ def _printable(value: str | None) -> str:
 
 
 def interactive() -> bool:
-    """Whether a person can answer a confirmation (tests replace this)."""
-    return sys.stdin is not None and sys.stdin.isatty()
+    """Whether a person can answer a confirmation (tests replace this): not when stdin is
+    missing or closed (a container started without ``-i``), nor when it is not a terminal."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):  # closed
+        return False
 
 
 def load_settings() -> Settings:
