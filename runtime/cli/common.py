@@ -214,6 +214,16 @@ def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
     return load(config, source)
 
 
+def min_visibility_timeout(config: RuntimeConfig) -> float:
+    """The broker visibility timeout the workers need for ``config`` (its longest step plus
+    margins): ``tasks.app``'s rule, loaded only by the commands that check it (``tasks``
+    is the package that imports Celery)."""
+    import importlib
+
+    needed: float = importlib.import_module("tasks.app").min_visibility_timeout(config)
+    return needed
+
+
 @contextlib.contextmanager
 def service() -> Iterator[RuntimeService]:
     """The whole runtime (Redis, scheduler, tools): for commands that change something."""

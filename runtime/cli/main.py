@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import importlib
 import os
 import signal
 import sys
@@ -54,6 +53,7 @@ from runtime.cli.common import (
     load_config,
     load_registry,
     load_settings,
+    min_visibility_timeout,
     out,
     people_reader,
     reader,
@@ -452,8 +452,7 @@ def _preflight(settings: Settings) -> RuntimeConfig:
     with errors():
         config = load_config(settings.config)
         load_registry(config, str(settings.config))
-        # tasks/ is the package that imports Celery; load it only when needed
-        needed = importlib.import_module("tasks.app").min_visibility_timeout(config)
+        needed = min_visibility_timeout(config)
     if settings.visibility_timeout_s <= needed:
         fail(
             f"AGENTRT_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} must exceed "
@@ -699,8 +698,7 @@ def _visibility_problems(config: RuntimeConfig) -> list[str]:
         settings = Settings()
     except ValidationError:
         return []  # unusable settings are reported by the commands that use them
-    # tasks/ is the package that imports Celery; load it only when needed
-    needed: float = importlib.import_module("tasks.app").min_visibility_timeout(config)
+    needed = min_visibility_timeout(config)
     if settings.visibility_timeout_s > needed or not config.routes:
         return []
     name, route = max(config.routes.items(), key=lambda item: item[1].step_timeout_s)
