@@ -41,7 +41,7 @@ from sqlalchemy import func, select
 from runtime import deployment
 from runtime.config import DIMENSIONS
 from runtime.contract import RunStatus
-from runtime.errors import AgentRuntimeError
+from runtime.errors import RecoveryError
 from runtime.scheduling.scheduler import Ops
 from runtime.steps import item_of
 from runtime.store.db import utcnow
@@ -59,10 +59,6 @@ PAUSE_TTL_MS = 15 * 60 * 1000
 #: days of tenant/route scopes rebuilt (their keys live 3 days)
 SCOPE_DAYS = 3
 BATCH = 500
-
-
-class RecoveryError(AgentRuntimeError):
-    pass
 
 
 @dataclass

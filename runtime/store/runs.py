@@ -688,7 +688,3 @@ def schema_problems(engine: Engine) -> list[str]:
         if name not in indexes:
             problems.append(f"partial unique index {name} is missing")
     return problems
-
-
-def as_datetime(value: Any) -> datetime | None:
-    return value if isinstance(value, datetime) or value is None else datetime.fromisoformat(value)
