@@ -110,7 +110,7 @@ class Recovery:
                 + "; recover with the applied config (unset AGENTRT_CONFIG's override, or "
                 "apply this one first with agentrt config apply)"
             )
-        paused = f"{svc.keys.sched()}:paused"
+        paused = svc.keys.scheduler().paused
         svc.redis.set(paused, actor, px=PAUSE_TTL_MS)
         try:
             deployment.apply(

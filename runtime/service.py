@@ -640,7 +640,7 @@ class RuntimeService:
         if not handed_back:
             return {}
         counts = self.redis.hmget(
-            f"{self.keys.sched()}:deaths", [item.encode() for item in handed_back]
+            self.keys.scheduler().deaths, [item.encode() for item in handed_back]
         )
         limit = self.settings.worker_lost_retries
         return {
