@@ -47,6 +47,8 @@ HANDBACK_EVERY_MS = 1000
 #: ``start.lua`` results
 STARTED_NOT_IN_FLIGHT, STARTED_OWNED, STARTED_OWNED_ELSEWHERE = 0, 1, 2
 PRIORITY_INDEX = {p: i for i, p in enumerate(PRIORITIES)}
+#: weight of a new sample in a route's step-time moving average (``lua/step_time.lua``)
+STEP_TIME_ALPHA = 0.2
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,9 @@ class Scheduler:
             client, scripts.lua("runtime.scheduling", "sched.lua", state_guard=True)
         )
         self._start = scripts.register(client, scripts.lua("runtime.scheduling", "start.lua"))
+        self._step_time = scripts.register(
+            client, scripts.lua("runtime.scheduling", "step_time.lua")
+        )
 
     # --- configuration ---------------------------------------------------------------
     def publish_config(self, version: str, digest: str) -> None:
@@ -294,13 +299,21 @@ class Scheduler:
         """Rough wait for a new step: steps ahead / (route slots x recent step time)."""
         limit = self.config.routes[route].concurrency_limit
         slots = max(1, min(limit, self.capacity() or limit))
-        avg_ms = float(self.redis.hget(self.k.step_time, route) or 1000.0)
+        step_ms = self.step_time_ms(route)
+        avg_ms = 1000.0 if step_ms is None else step_ms  # nothing measured yet: 1 s a step
         return math.ceil((queued_ahead + 1) * avg_ms / slots) / 1000
 
+    def step_time_ms(self, route: str) -> float | None:
+        """The route's step-time moving average (ms); None before its first step."""
+        raw = self.redis.hget(self.k.step_time, route)
+        return None if raw is None else float(raw)
+
     def observe_step_time(self, pipe: Any, route: str, duration_ms: int) -> None:
-        """Feed the per-route step time estimate (an exponential moving average, in Lua-free
-        form: a racy blend is fine for an estimate)."""
-        pipe.hset(self.k.step_time, route, duration_ms)
+        """Queue on ``pipe`` the folding of one step's duration into its route's step time:
+        an exponentially weighted moving average (``STEP_TIME_ALPHA``; the first sample is
+        taken as it is), updated atomically so concurrent workers' samples all count."""
+        args = [route, duration_ms, STEP_TIME_ALPHA]
+        scripts.queue(pipe, self._step_time, [self.k.step_time], args)
 
     def known(self, queued: Sequence[Item]) -> list[bool]:
         """For each item, whether the scheduler holds it: in its tenant's ready queue,
