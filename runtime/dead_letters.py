@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import stop_reasons
 from runtime.errors import AgentRuntimeError
+from runtime.errors import DeadLetterNotFound as DeadLetterNotFound
 from runtime.scheduling.scheduler import Ops, now_ms
 from runtime.steps import item_of
 from runtime.store.db import utcnow
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
 CLASSES = ("exhausted", "poison", "worker_lost", "timeout", "compensation")
 #: the one Celery queue steps use (tasks.app.STEP_QUEUE); a dead-letter queue per queue
 STEP_QUEUE = "agentrt.steps"
-
-
-class DeadLetterNotFound(AgentRuntimeError):
-    def __init__(self, entry_id: str) -> None:
-        super().__init__(f"no dead letter with id {entry_id!r}")
 
 
 @dataclass

@@ -41,7 +41,7 @@ from sqlalchemy import func, select
 from runtime import deployment
 from runtime.config import DIMENSIONS
 from runtime.contract import RunStatus
-from runtime.errors import AgentRuntimeError
+from runtime.errors import RecoveryError
 from runtime.scheduling.scheduler import Ops
 from runtime.steps import item_of
 from runtime.store.db import utcnow
@@ -59,10 +59,6 @@ PAUSE_TTL_MS = 15 * 60 * 1000
 #: days of tenant/route scopes rebuilt (their keys live 3 days)
 SCOPE_DAYS = 3
 BATCH = 500
-
-
-class RecoveryError(AgentRuntimeError):
-    pass
 
 
 @dataclass
@@ -114,7 +110,7 @@ class Recovery:
                 + "; recover with the applied config (unset AGENTRT_CONFIG's override, or "
                 "apply this one first with agentrt config apply)"
             )
-        paused = f"{svc.keys.sched()}:paused"
+        paused = svc.keys.scheduler().paused
         svc.redis.set(paused, actor, px=PAUSE_TTL_MS)
         try:
             deployment.apply(

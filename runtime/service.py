@@ -31,11 +31,11 @@ from runtime.dead_letters import DeadLetters
 from runtime.embedded_redis import EmbeddedRedis, ensure_embedded
 from runtime.errors import (
     AdmissionRefused,
-    AgentRuntimeError,
     ConfigError,
     InvalidRequest,
     SettingsError,
 )
+from runtime.errors import WaitTimeout as WaitTimeout
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
@@ -72,13 +72,6 @@ class StepPublisher(Protocol):
     default; only steps the scheduler dispatched are published."""
 
     def publish(self, item: Item) -> None: ...
-
-
-class WaitTimeout(AgentRuntimeError):
-    def __init__(self, run_id: str, timeout: float, status: str) -> None:
-        self.run_id = run_id
-        self.status = status
-        super().__init__(f"run {run_id} still {status} after {timeout:g}s")
 
 
 @dataclass
@@ -647,7 +640,7 @@ class RuntimeService:
         if not handed_back:
             return {}
         counts = self.redis.hmget(
-            f"{self.keys.sched()}:deaths", [item.encode() for item in handed_back]
+            self.keys.scheduler().deaths, [item.encode() for item in handed_back]
         )
         limit = self.settings.worker_lost_retries
         return {

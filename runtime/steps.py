@@ -82,7 +82,6 @@ class StepResult:
 
     outcome: str
     next_step: int | None = None
-    countdown_s: float | None = None
 
 
 @dataclass
@@ -104,7 +103,6 @@ class _Step:
     used_proposer: bool = False
     usage: Usage = field(default_factory=Usage)
     model_version: str | None = None
-    tool_executed: bool = False
     proposal: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     effect_update: dict[str, Any] | None = None
@@ -278,9 +276,9 @@ class StepRunner:
         svc.schedule(ops.dispatch(2))
         return StepResult("duplicate_ensured_next" if resent else "duplicate_skipped")
 
-    def fail_step(self, run_id: str, step_no: int, error_class: str) -> bool:
-        """End a run whose step failed for good outside the loop (hard time limit, worker
-        lost too often, a bug). A no-op if the step was checkpointed meanwhile."""
+    def fail_step(self, run_id: str, step_no: int, failure_class: str) -> bool:
+        """End a run whose step cannot run (its route left the config) as
+        ``failed:<failure_class>``. A no-op if the step was checkpointed meanwhile."""
         svc = self.svc
         run = svc.store.get_run(run_id)
         if run["next_step"] != step_no or run["status"] not in (
@@ -289,10 +287,9 @@ class StepRunner:
         ):
             svc.schedule(Ops().complete(item_of(run, step_no)).dispatch(2))
             return False
-        cls = _FAILURE_CLASSES.get(error_class, "internal_error")
-        reason = stop_reasons.make("failed", cls)
+        reason = stop_reasons.make("failed", failure_class)
         trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], step_no)
-        trace.add("step_failed", error_class=error_class)
+        trace.add("step_failed", error_class=failure_class)
         trace.add("stop", reason=reason, status=RunStatus.FAILED.value)
         now = utcnow()
         cp = Checkpoint(
@@ -306,8 +303,8 @@ class StepRunner:
                 "step_no": step_no,
                 "kind": "failed",
                 "proposal": None,
-                "outcome": cls,
-                "observation": {"error_class": error_class},
+                "outcome": failure_class,
+                "observation": {"error_class": failure_class},
                 "started_at": now,
                 "finished_at": now,
                 "duration_ms": 0,
@@ -990,7 +987,6 @@ class StepRunner:
         outcome = execute(spec, args_model, ctx, timeout_s)
         # a tool may echo its arguments in an error: its secret ones never reach a record
         outcome.error = proposals.scrub(outcome.error, st.secrets)
-        st.tool_executed = True
         st.trace.add(
             "tool_end",
             tool=spec.name,
@@ -1335,7 +1331,7 @@ class StepRunner:
         if move.status == RunStatus.FAILED:
             svc.after_failure(st.run)
         if move.continues:
-            return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)
+            return StepResult(move.outcome, next_step=st.step_no + 1)
         return StepResult(move.outcome)
 
     def _record_effect_outcome(self, effect_update: dict[str, Any]) -> None:
@@ -1381,13 +1377,3 @@ def _retries_reserved(st: _Step) -> int:
 def item_of(run: dict[str, Any], step_no: int) -> Item:
     """The scheduler item of a run's step."""
     return Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
-
-
-#: exception class names (as Celery reports them) -> the failure class in ``failed:<class>``
-_FAILURE_CLASSES = {
-    "TimeLimitExceeded": "step_timeout",
-    "SoftTimeLimitExceeded": "step_timeout",
-    "WorkerLostError": "worker_lost",
-    "MaxRetriesExceededError": "retries_exhausted",
-    "route_removed": "route_removed",
-}

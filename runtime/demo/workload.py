@@ -59,7 +59,7 @@ from rich.table import Table
 
 from runtime import stop_reasons
 from runtime.config import RuntimeConfig, load_config
-from runtime.errors import AgentRuntimeError
+from runtime.errors import DemoError
 from runtime.service import WAIT_STATUSES, Endpoints, RuntimeService, resolve_endpoints
 from runtime.settings import Settings
 
@@ -73,10 +73,6 @@ COUNTER_KEY = "demo"
 _FINISHED = frozenset(s.value for s in WAIT_STATUSES)
 #: the repository's config, for runs from another directory (editable installs)
 _REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "runtime.yaml"
-
-
-class DemoError(AgentRuntimeError):
-    """The demo could not run (workers did not start, runs did not finish...)."""
 
 
 # --- the workload ----------------------------------------------------------------------

@@ -659,7 +659,3 @@ class RunStore:
                 select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
             )
             return {str(r): str(s) for r, s in rows}
-
-
-def as_datetime(value: Any) -> datetime | None:
-    return value if isinstance(value, datetime) or value is None else datetime.fromisoformat(value)
