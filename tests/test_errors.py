@@ -29,6 +29,8 @@ from runtime.errors import AgentRuntimeError
 found = {}
 for package in (runtime, tasks):
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name == "runtime.store.migrations.env":
+            continue  # alembic's env script runs only inside alembic (agentrt db upgrade)
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and issubclass(obj, BaseException):
