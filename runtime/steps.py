@@ -54,6 +54,7 @@ from runtime.scheduling.scheduler import (
     STARTED_OWNED_ELSEWHERE,
     Item,
     Ops,
+    item_of,
     now_ms,
 )
 from runtime.store.db import utcnow
@@ -1376,11 +1377,6 @@ def _policy_retry(st: _Step) -> int:
 def _retries_reserved(st: _Step) -> int:
     """A retried call, and a redelivered step: each reserves one ``retries`` unit."""
     return _policy_retry(st) + (1 if st.attempt > 0 else 0)
-
-
-def item_of(run: dict[str, Any], step_no: int) -> Item:
-    """The scheduler item of a run's step."""
-    return Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
 
 
 #: exception class names (as Celery reports them) -> the failure class in ``failed:<class>``
