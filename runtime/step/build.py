@@ -75,6 +75,34 @@ def build_runner(
         pending=pending,
         retries=retries,
     )
+    proposal = ProposalCheck(
+        config=config,
+        registry=registry,
+        policy=policy,
+        catalog=catalog,
+        pending=pending,
+        tool_call=tool_call,
+    )
+    model_call = ModelCall(
+        config=config,
+        catalog=catalog,
+        breakers=breakers,
+        limiter=limiter,
+        store=store,
+        registry=registry,
+        retries=retries,
+    )
+    checkpoint = Checkpointer(
+        store=store,
+        ledger=ledger,
+        leases=leases,
+        scheduler=scheduler,
+        redis=redis,
+        dispatch=dispatch,
+        dead_letters=dead_letters,
+        after_failure=after_failure,
+        budgeting=budgeting,
+    )
     return StepRunner(
         config=config,
         config_digest=config_digest,
@@ -89,34 +117,9 @@ def build_runner(
         controls=controls,
         dispatch=dispatch,
         guards=Guards(controls=controls),
-        model_call=ModelCall(
-            config=config,
-            catalog=catalog,
-            breakers=breakers,
-            limiter=limiter,
-            store=store,
-            registry=registry,
-            retries=retries,
-        ),
+        model_call=model_call,
         budgeting=budgeting,
         pending=pending,
-        proposal=ProposalCheck(
-            config=config,
-            registry=registry,
-            policy=policy,
-            catalog=catalog,
-            pending=pending,
-            tool_call=tool_call,
-        ),
-        checkpoint=Checkpointer(
-            store=store,
-            ledger=ledger,
-            leases=leases,
-            scheduler=scheduler,
-            redis=redis,
-            dispatch=dispatch,
-            dead_letters=dead_letters,
-            after_failure=after_failure,
-            budgeting=budgeting,
-        ),
+        proposal=proposal,
+        checkpoint=checkpoint,
     )
