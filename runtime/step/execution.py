@@ -64,7 +64,6 @@ class ToolExecution:
         outcome = execute(spec, args_model, ctx, timeout_s)
         # a tool may echo its arguments in an error: its secret ones never reach a record
         outcome.error = proposals.scrub(outcome.error, st.secrets)
-        st.tool_executed = True
         st.trace.add(
             "tool_end",
             tool=spec.name,

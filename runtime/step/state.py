@@ -70,7 +70,6 @@ class Step:
     used_proposer: bool = False
     usage: Usage = field(default_factory=Usage)
     model_version: str | None = None
-    tool_executed: bool = False
     proposal: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     effect_update: dict[str, Any] | None = None
