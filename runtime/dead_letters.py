@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 from runtime import stop_reasons
 from runtime.errors import AgentRuntimeError
 from runtime.errors import DeadLetterNotFound as DeadLetterNotFound
-from runtime.scheduling.scheduler import Ops, now_ms
-from runtime.steps import item_of
+from runtime.scheduling.scheduler import Ops, item_of, now_ms
 from runtime.store.db import utcnow
 from runtime.store.dead_letters import DeadLetterFilter, DeadLetterStore, retention_cutoff
 from runtime.tracing import TraceBuffer, redact

@@ -42,8 +42,7 @@ from runtime import deployment
 from runtime.config import DIMENSIONS
 from runtime.contract import RunStatus
 from runtime.errors import RecoveryError
-from runtime.scheduling.scheduler import Ops
-from runtime.steps import item_of
+from runtime.scheduling.scheduler import Ops, item_of
 from runtime.store.db import utcnow
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.runs import runs_t, spend_t

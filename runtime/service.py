@@ -49,7 +49,8 @@ from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
 from runtime.settings import Settings
 from runtime.state import KnownGeneration, StateMarkers
-from runtime.steps import StepResult, StepRunner
+from runtime.step.build import build_runner
+from runtime.step.state import StepResult
 from runtime.store.db import default_sqlite_url, make_engine, utcnow
 from runtime.store.deployment import DeploymentStore
 from runtime.store.runs import RunStore
@@ -156,9 +157,31 @@ class RuntimeService:
         self.config_digest = config_digest(config)
         self.limiter = Limiter(self.redis, self.keys)
         self.breakers = Breakers(self.redis, self.keys)
-        self.steps = StepRunner(self)
         self.dead_letters = DeadLetters(self)
         self.compensations = Compensations(self)
+        # catalog, controls and dispatch are this service's own methods for now
+        self.steps = build_runner(
+            config=config,
+            config_digest=self.config_digest,
+            registry=registry,
+            store=self.store,
+            redis=self.redis,
+            tool_redis=self.tool_redis,
+            keys=self.keys,
+            ledger=self.ledger,
+            leases=self.leases,
+            scheduler=self.scheduler,
+            limiter=self.limiter,
+            breakers=self.breakers,
+            policy=self.policy,
+            markers=self.markers,
+            generation=self.generation,
+            catalog=self,
+            controls=self,
+            dispatch=self,
+            dead_letters=self.dead_letters,
+            after_failure=self.after_failure,
+        )
         self._publisher = publisher
         self._publisher_factory = publisher_factory
         self._proposers: dict[str, Proposer] = {}

@@ -120,7 +120,7 @@ def python_env(**overrides: str) -> dict[str, str]:
 
 #: modules a read-only command must not load: model clients, the service and step loop,
 #: the scheduler, Celery
-NOT_FOR_READS = ("openai", "runtime.service", "runtime.steps", "runtime.scheduling", "celery")
+NOT_FOR_READS = ("openai", "runtime.service", "runtime.step", "runtime.scheduling", "celery")
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:

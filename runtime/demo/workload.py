@@ -62,6 +62,7 @@ from runtime.config import RuntimeConfig, load_config
 from runtime.errors import DemoError
 from runtime.service import WAIT_STATUSES, Endpoints, RuntimeService, resolve_endpoints
 from runtime.settings import Settings
+from runtime.step_record import StepKind, StepOutcome
 
 TENANTS = ("acme", "globex", "initech")
 TRIAGE, REFUNDS, COUNTER = "support.triage", "billing.refunds", "ops.counter"
@@ -598,8 +599,8 @@ def _collect(
             )
         )
         for step in svc.store.steps(run_id):
-            if step["kind"] == "tool_call" and step["proposal"]:
-                ok = step["outcome"] == "tool_succeeded"
+            if step["kind"] == StepKind.TOOL_CALL and step["proposal"]:
+                ok = step["outcome"] == StepOutcome.TOOL_SUCCEEDED
                 tool = str(step["proposal"].get("tool"))
                 tool_calls.setdefault(tool, Counter())["ok" if ok else "failed"] += 1
     counter = svc.tool_redis.get(svc.keys.demo(f"counter:{COUNTER_KEY}"))

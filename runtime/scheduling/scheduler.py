@@ -74,6 +74,11 @@ class Item:
         return cls(run_id, int(step), tenant, route, PRIORITIES[int(prio)])
 
 
+def item_of(run: dict[str, Any], step_no: int) -> Item:
+    """The scheduler item of a run's step (``run`` is a run row)."""
+    return Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
+
+
 class Ops:
     """A batch of scheduler operations, run atomically by one script call."""
 

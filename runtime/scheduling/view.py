@@ -150,7 +150,7 @@ class QueuesView:
 
 def rate_limiters(config: RuntimeConfig) -> list[tuple[str, str, str, RateLimit]]:
     """Every configured limiter as (name, kind, subject, limit). The names are the ones the
-    step runner takes from (``runtime/steps.py``)."""
+    step runner takes from (``runtime/step/``)."""
     out: list[tuple[str, str, str, RateLimit]] = []
     for model_name in sorted(config.models):
         model = config.models[model_name]
