@@ -154,3 +154,12 @@ class StateUnknown(AgentRuntimeError):
             "snapshot); waiting for recovery to rebuild it from SQL (automatic in workers; "
             "or run `agentrt recover`)"
         )
+
+
+class WaitTimeout(AgentRuntimeError):
+    """``wait`` gave up: the run was still neither terminal nor waiting."""
+
+    def __init__(self, run_id: str, timeout: float, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id} still {status} after {timeout:g}s")

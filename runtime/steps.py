@@ -43,6 +43,7 @@ from runtime.contract import (
     ToolCallProposal,
     Usage,
 )
+from runtime.dispatch import item_of
 from runtime.errors import BudgetExhausted, ProposerError, StaleWrite, StateUnknown
 from runtime.locks.leases import Busy, Lease
 from runtime.policy import Decision, PolicyContext
@@ -64,7 +65,24 @@ from runtime.tools.registry import ToolSpec
 from runtime.tracing import REDACTED, TraceBuffer, redact, secret_name
 
 if TYPE_CHECKING:
-    from runtime.service import RuntimeService
+    import redis
+
+    from runtime.budgets.ledger import BudgetLedger
+    from runtime.catalog import Catalog
+    from runtime.compensation import Compensations
+    from runtime.config import RuntimeConfig
+    from runtime.controls import Controls
+    from runtime.dead_letters import DeadLetters
+    from runtime.dispatch import Dispatch
+    from runtime.keys import Keys
+    from runtime.locks.leases import LeaseManager
+    from runtime.policy import PolicyEngine
+    from runtime.scheduling.breakers import Breakers
+    from runtime.scheduling.limits import Limiter
+    from runtime.scheduling.scheduler import Scheduler
+    from runtime.state import KnownGeneration, StateMarkers
+    from runtime.store.runs import RunStore
+    from runtime.tools.registry import ToolRegistry
 
 log = logging.getLogger("agentrt.steps")
 
@@ -157,8 +175,51 @@ def args_digest(args: Any) -> str:
 
 
 class StepRunner:
-    def __init__(self, svc: RuntimeService) -> None:
-        self.svc = svc
+    def __init__(
+        self,
+        *,
+        config: RuntimeConfig,
+        config_digest: str,
+        catalog: Catalog,
+        controls: Controls,
+        dispatch: Dispatch,
+        registry: ToolRegistry,
+        policy: PolicyEngine,
+        store: RunStore,
+        redis: redis.Redis,
+        tool_redis: redis.Redis,
+        keys: Keys,
+        ledger: BudgetLedger,
+        leases: LeaseManager,
+        scheduler: Scheduler,
+        limiter: Limiter,
+        breakers: Breakers,
+        markers: StateMarkers,
+        generation: KnownGeneration,
+        dead_letters: DeadLetters,
+        compensations: Compensations,
+    ) -> None:
+        self.config = config
+        #: the digest of ``config``: a step runs only while the deployment enforces it
+        self.config_digest = config_digest
+        self.catalog = catalog
+        self.controls = controls
+        self.dispatch = dispatch
+        self.registry = registry
+        self.policy = policy
+        self.store = store
+        self.redis = redis
+        self.tool_redis = tool_redis
+        self.keys = keys
+        self.ledger = ledger
+        self.leases = leases
+        self.scheduler = scheduler
+        self.limiter = limiter
+        self.breakers = breakers
+        self.markers = markers
+        self.generation = generation
+        self.dead_letters = dead_letters
+        self.compensations = compensations
 
     # --- entry -----------------------------------------------------------------------
     def run(self, item: Item, attempt: int = 0) -> StepResult:
@@ -166,30 +227,29 @@ class StepRunner:
         tenant, route, priority), so the run lease, the kill switches and the renewal of
         the step's slot lease (recording this process instance as its owner) go out in one
         round trip."""
-        svc = self.svc
-        lease_ttl_ms = int(svc.config.lease_ttl_s() * 1000)
-        hinted = svc.config.routes.get(item.route)
+        lease_ttl_ms = int(self.config.lease_ttl_s() * 1000)
+        hinted = self.config.routes.get(item.route)
         tools = hinted.allowed_tools if hinted else []
-        control_keys = svc.control_keys(item.run_id, item.route, tools) if hinted else []
-        owner = svc.leases.owner()
-        running_ttl_ms = svc.scheduler.running_ttl_ms(item.route) if hinted else 0
+        control_keys = self.controls.control_keys(item.run_id, item.route, tools) if hinted else []
+        owner = self.leases.owner()
+        running_ttl_ms = self.scheduler.running_ttl_ms(item.route) if hinted else 0
 
         def also(pipe: Any) -> None:
             if hinted:
-                svc.scheduler.start_in(pipe, item, running_ttl_ms, owner)
+                self.scheduler.start_in(pipe, item, running_ttl_ms, owner)
             if control_keys:
                 pipe.mget(control_keys)
             # is Redis's state the one SQL knows, and which config does the deployment enforce
-            svc.markers.check_in(pipe)
-            pipe.hget(svc.keys.published_config(), "digest")
+            self.markers.check_in(pipe)
+            pipe.hget(self.keys.published_config(), "digest")
 
-        lease, extra = svc.leases.acquire_run_with(item.run_id, owner, lease_ttl_ms, also)
+        lease, extra = self.leases.acquire_run_with(item.run_id, owner, lease_ttl_ms, also)
         slot = int(extra[0]) if hinted else None
         if isinstance(lease, Busy):
             # a live copy of this step runs elsewhere (a holder known dead would have been
             # taken over): it owns the step's slot, not this copy
             if slot == STARTED_OWNED:
-                svc.scheduler.start(item, running_ttl_ms, owner, "disown")
+                self.scheduler.start(item, running_ttl_ms, owner, "disown")
             log.info(
                 "step %s/%s: run lease held by %s; dropped", item.run_id, item.step_no, lease.holder
             )
@@ -198,27 +258,27 @@ class StepRunner:
         if halt is not None:
             # (the slot keeps naming this instance: the step runs again here, or is handed
             # back if this process dies first)
-            svc.leases.release(lease)
+            self.leases.release(lease)
             return halt
         if slot == STARTED_OWNED_ELSEWHERE:
             # the slot named a live copy that has since let the run lease go (a duplicate
             # that dropped itself, or a copy that stopped): the lease holder owns the step
-            svc.scheduler.start(item, running_ttl_ms, owner, "force")
+            self.scheduler.start(item, running_ttl_ms, owner, "force")
         if lease.taken_over and attempt == 0:
             # the copy before this one died holding the run lease: whatever message brought
             # this one (a hand-back publishes a fresh one), it is a retry
             attempt = 1
-        controls = svc.parse_controls(extra[-3], tools) if control_keys else None
+        controls = self.controls.parse_controls(extra[-3], tools) if control_keys else None
         released = False
         try:
             # the first step starts the run (queued -> running) in the same statement
-            started = svc.store.start_run(item.run_id) if item.step_no == 0 else None
-            run = started or svc.store.get_run(item.run_id)
+            started = self.store.start_run(item.run_id) if item.step_no == 0 else None
+            run = started or self.store.get_run(item.run_id)
             if run["next_step"] != item.step_no or run["status"] not in (
                 RunStatus.QUEUED.value,
                 RunStatus.RUNNING.value,
             ):
-                svc.leases.release(lease)
+                self.leases.release(lease)
                 released = True
                 return self._already_done(run, item.step_no)
             if run["route"] != item.route:
@@ -234,7 +294,7 @@ class StepRunner:
             return result
         finally:
             if not released:
-                svc.leases.release(lease)
+                self.leases.release(lease)
 
     def _deployment_halt(self, item: Item, marker: Any, digest: Any) -> StepResult | None:
         """Stop before anything happens when this step must not run here now:
@@ -244,50 +304,48 @@ class StepRunner:
         * ``config_changed``: the deployment enforces another config than this process
           loaded (a new one was applied): the caller switches to it and runs the step again.
         """
-        svc = self.svc
         generation = int(marker or 0)
-        svc.generation.saw(generation)
-        if generation == 0 or generation < svc.generation.value() or digest is None:
+        self.generation.saw(generation)
+        if generation == 0 or generation < self.generation.value() or digest is None:
             log.warning(
                 "step %s/%s not run: the runtime's Redis state is unknown (marker %s, SQL %s); "
                 "it runs again once recovery has rebuilt the state",
                 item.run_id,
                 item.step_no,
                 generation,
-                svc.generation.value(),
+                self.generation.value(),
             )
             return StepResult("state_unknown")
         published = digest.decode() if isinstance(digest, bytes) else str(digest)
-        if published != svc.config_digest:
+        if published != self.config_digest:
             return StepResult("config_changed")
         return None
 
     def _already_done(self, run: dict[str, Any], step_no: int) -> StepResult:
         """A duplicate or redelivered step: settle what its first copy left, free its slot,
         make sure the next step is queued, and do nothing else twice."""
-        svc = self.svc
-        if run["next_step"] > step_no and svc.redis.exists(
-            svc.keys.budget_hold(run["run_id"], step_no)
+        if run["next_step"] > step_no and self.redis.exists(
+            self.keys.budget_hold(run["run_id"], step_no)
         ):
             # the first copy checkpointed but died before settling: settle to what it recorded
-            svc.ledger.settle(run["run_id"], step_no, svc.store.step_spend(run["run_id"], step_no))
+            spent = self.store.step_spend(run["run_id"], step_no)
+            self.ledger.settle(run["run_id"], step_no, spent)
         ops = Ops().complete(item_of(run, step_no))
         resent = run["next_step"] == step_no + 1 and run["status"] == RunStatus.RUNNING.value
         if resent:  # idempotent: a step already queued, delayed or in flight is left alone
             ops.enqueue(item_of(run, step_no + 1))
-        svc.schedule(ops.dispatch(2))
+        self.dispatch.schedule(ops.dispatch(2))
         return StepResult("duplicate_ensured_next" if resent else "duplicate_skipped")
 
     def fail_step(self, run_id: str, step_no: int, error_class: str) -> bool:
         """End a run whose step failed for good outside the loop (hard time limit, worker
         lost too often, a bug). A no-op if the step was checkpointed meanwhile."""
-        svc = self.svc
-        run = svc.store.get_run(run_id)
+        run = self.store.get_run(run_id)
         if run["next_step"] != step_no or run["status"] not in (
             RunStatus.QUEUED.value,
             RunStatus.RUNNING.value,
         ):
-            svc.schedule(Ops().complete(item_of(run, step_no)).dispatch(2))
+            self.dispatch.schedule(Ops().complete(item_of(run, step_no)).dispatch(2))
             return False
         cls = _FAILURE_CLASSES.get(error_class, "internal_error")
         reason = stop_reasons.make("failed", cls)
@@ -315,12 +373,12 @@ class StepRunner:
             events=trace.drain(),
         )
         try:
-            svc.store.checkpoint(cp)
+            self.store.checkpoint(cp)
         except StaleWrite:
             return False
         finally:
-            svc.schedule(Ops().complete(item_of(run, step_no)).dispatch(2))
-        svc.ledger.release(run_id, step_no)
+            self.dispatch.schedule(Ops().complete(item_of(run, step_no)).dispatch(2))
+        self.ledger.release(run_id, step_no)
         return True
 
     # --- the loop body ---------------------------------------------------------------
@@ -332,25 +390,24 @@ class StepRunner:
         lease: Lease,
         controls: tuple[bool, bool, frozenset[str]] | None,
     ) -> StepResult:
-        svc = self.svc
-        route = svc.config.routes.get(run["route"])
+        route = self.config.routes.get(run["route"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
         if route is None:  # the config no longer has this route: end the run, don't guess
             self.fail_step(run["run_id"], step_no, "route_removed")
-            svc.leases.release(lease)
+            self.leases.release(lease)
             return StepResult("route_removed")
         st = _Step(
             run, route, step_no, attempt, trace, controls=controls, model_name=route.proposer
         )
-        st.budget = StepBudget(svc.ledger, st.run_id, step_no, self._hold_ttl_ms())
+        st.budget = StepBudget(self.ledger, st.run_id, step_no, self._hold_ttl_ms())
         trace.add("step_started", attempt=attempt)
         move = self._guards(st) or self._advance(st)
         return self._finish(st, move, lease)
 
     def _guards(self, st: _Step) -> _Move | None:
         """Stop conditions checked before anything is spent."""
-        svc, run, route = self.svc, st.run, st.route
-        cancelled, stopped, st.disabled_tools = st.controls or svc.live_controls(
+        run, route = st.run, st.route
+        cancelled, stopped, st.disabled_tools = st.controls or self.controls.live_controls(
             st.run_id, run["route"], route.allowed_tools
         )
         if cancelled:
@@ -397,7 +454,7 @@ class StepRunner:
             raw: Any = {k: v for k, v in pending.items() if k not in _PENDING_META}
             st.trace.add("proposal_resumed", tool=pending.get("tool"), call_key=st.call_key)
             if pending.get("secret_args"):
-                secrets = self.svc.store.pending_secrets(st.run_id)
+                secrets = self.store.pending_secrets(st.run_id)
                 if secrets is None or set(secrets) != set(pending["secret_args"]):
                     # fail closed: never run the call with its secrets missing or redacted
                     st.trace.add("pending_secrets_lost", tool=pending.get("tool"))
@@ -418,7 +475,7 @@ class StepRunner:
                 self._record_breaker(
                     st, f"model:{st.model_name}", self._model(st).breaker, ok=False
                 )
-                policy = self.svc.retry_policy(st.run["route"])
+                policy = self.catalog.retry_policy(st.run["route"])
                 if policy is not None and exc.code not in policy.non_retryable:
                     return self._retry_or_dead_letter(
                         st, "proposer", exc.code, str(exc), policy, pending=None
@@ -437,7 +494,7 @@ class StepRunner:
         if blocked is not None:
             return blocked
         ws = self._working_set(st)
-        prompt = self.svc.proposer_for(st.model_name).prepare(ws)
+        prompt = self.catalog.proposer_for(st.model_name).prepare(ws)
         wait_s = self._take_model_rate(st, prompt.tokens)
         if wait_s > 0:
             st.trace.add("rate_limited", limiter=f"model:{st.model_name}", retry_after_s=wait_s)
@@ -453,16 +510,15 @@ class StepRunner:
 
     # --- circuit breakers and retries ------------------------------------------------
     def _model(self, st: _Step) -> ModelConfig:
-        return self.svc.config.models[st.model_name]
+        return self.config.models[st.model_name]
 
     def _choose_model(self, st: _Step) -> _Move | None:
         """Ask the route's model unless its breaker is open; then its fallbacks in order.
         With every breaker open the step waits (holding no slot) for the first to close."""
-        svc = self.svc
         caller = f"{st.run_id}:{st.step_no}"
         waits: list[float] = []
         for name in [st.route.proposer, *st.route.fallback_proposers]:
-            verdict = svc.breakers.allow(f"model:{name}", svc.config.models[name].breaker, caller)
+            verdict = self.breakers.allow(f"model:{name}", self.config.models[name].breaker, caller)
             if verdict.allowed:
                 if name != st.route.proposer:
                     st.trace.add("fallback", model=name, instead_of=st.route.proposer)
@@ -487,7 +543,7 @@ class StepRunner:
     def _record_breaker(self, st: _Step, name: str, cfg: Breaker | None, *, ok: bool) -> None:
         if cfg is None:  # no breaker configured: no round trip
             return
-        state = self.svc.breakers.record(name, cfg, f"{st.run_id}:{st.step_no}", ok)
+        state = self.breakers.record(name, cfg, f"{st.run_id}:{st.step_no}", ok)
         if state == "open" and not ok:
             st.trace.add("breaker_opened", breaker=name)
 
@@ -516,7 +572,7 @@ class StepRunner:
                 run_updates={**updates, "workflow_step": "dead_lettered"},
                 dead_letter=("exhausted", code, error),
             )
-        self.svc.dead_letters.record_failure(st.run_id, st.step_no, f"{source}_error", code, error)
+        self.dead_letters.record_failure(st.run_id, st.step_no, f"{source}_error", code, error)
         delay = backoff_s(policy, failures)
         st.trace.add(
             "retry_scheduled",
@@ -538,7 +594,7 @@ class StepRunner:
     def _pending(self, st: _Step, tool: str, args: dict[str, Any]) -> dict[str, Any]:
         """A tool call kept for a later step (its retry key goes with it). Its secret
         arguments are kept apart (``pending_secrets``), never in the run row."""
-        spec = self.svc.registry.get(tool)
+        spec = self.registry.get(tool)
         declared = spec.secret_args if spec else frozenset()
         secret = sorted(n for n in args if n in declared or secret_name(n))
         pending: dict[str, Any] = {
@@ -563,12 +619,12 @@ class StepRunner:
             takes.append(Take(limits.model_requests(st.model_name), model.requests_rate))
         tokens = 0
         if model.tokens_rate:
-            cap = self.svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+            cap = self.config.budget_policies[st.route.budget_policy].tokens_per_step
             # the limiter takes at most its burst (a larger take could never pass): record
             # what it really took, or giving back "taken - used" would give back too much
             tokens = min(prompt_tokens + cap, model.tokens_rate.burst)
             takes.append(Take(limits.model_tokens(st.model_name), model.tokens_rate, tokens))
-        wait_s = self.svc.limiter.take(takes)
+        wait_s = self.limiter.take(takes)
         if wait_s <= 0:
             st.rate_tokens = tokens
         return wait_s
@@ -581,7 +637,7 @@ class StepRunner:
         model = self._model(st)
         taken, st.rate_tokens = st.rate_tokens, 0
         if model.tokens_rate:
-            self.svc.limiter.give_back(
+            self.limiter.give_back(
                 limits.model_tokens(st.model_name),
                 model.tokens_rate,
                 taken - (st.usage.total_tokens if st.used_proposer else 0),
@@ -589,24 +645,24 @@ class StepRunner:
 
     # --- budget ----------------------------------------------------------------------
     def _scopes(self, st: _Step) -> list[Scope]:
-        svc, run = self.svc, st.run
-        policy = svc.config.budget_policies[st.route.budget_policy]
-        tenant = svc.config.tenants.get(run["tenant_id"])
+        run = st.run
+        policy = self.config.budget_policies[st.route.budget_policy]
+        tenant = self.config.tenants.get(run["tenant_id"])
         day = today()
-        scopes = [svc.ledger.run_scope(st.run_id, policy.per_run.ledger_limits())]
+        scopes = [self.ledger.run_scope(st.run_id, policy.per_run.ledger_limits())]
         if tenant is not None:
             scopes.append(
-                svc.ledger.tenant_day_scope(
+                self.ledger.tenant_day_scope(
                     run["tenant_id"], tenant.daily_budget.ledger_limits(), day
                 )
             )
         scopes.append(
-            svc.ledger.route_day_scope(run["route"], st.route.daily_budget.ledger_limits(), day)
+            self.ledger.route_day_scope(run["route"], st.route.daily_budget.ledger_limits(), day)
         )
         return scopes
 
     def _hold_ttl_ms(self) -> int:
-        return int((self.svc.config.lease_ttl_s() + LEASE_MARGIN_S) * 1000)
+        return int((self.config.lease_ttl_s() + LEASE_MARGIN_S) * 1000)
 
     def _reserve(self, st: _Step, prompt: Prompt | None, pending: dict[str, Any] | None) -> None:
         """Reserve the step's worst case before anything runs. A model call: its prompt's
@@ -615,7 +671,7 @@ class StepRunner:
         A resumed tool call: one tool call and its cost. A tool call the model proposes is
         reserved when proposed (``_reserve_tool``), so a step that only replies needs no
         tool-call budget."""
-        svc, budget = self.svc, st.budget
+        budget = st.budget
         amounts = {
             "tokens": 0,
             "model_calls": 0,
@@ -628,7 +684,7 @@ class StepRunner:
         tools = 0
         if prompt is not None:
             model = self._model(st)
-            cap = svc.config.budget_policies[st.route.budget_policy].tokens_per_step
+            cap = self.config.budget_policies[st.route.budget_policy].tokens_per_step
             amounts["tokens"] = prompt.tokens
             amounts["model_calls"] = 1
             output = OutputAllowance(
@@ -638,7 +694,7 @@ class StepRunner:
                 cost_per_token_nano=nano_per_token(model.output_usd_per_mtok),
             )
         elif pending is not None:
-            budget.tool_cost_micro = svc.tool_cost_micro(str(pending.get("tool")))
+            budget.tool_cost_micro = self.catalog.tool_cost_micro(str(pending.get("tool")))
             amounts["tool_calls"] = 1
             amounts["cost_micro_usd"] = budget.tool_cost_micro
             tools = 1
@@ -655,7 +711,7 @@ class StepRunner:
         """Add the proposed tool call (and its cost) to the step's hold before it runs;
         ``budget_exhausted:<dimension>`` if it does not fit, with nothing executed."""
         try:
-            added = st.budget.reserve_tool(self.svc.tool_cost_micro(spec.name))
+            added = st.budget.reserve_tool(self.catalog.tool_cost_micro(spec.name))
         except BudgetExhausted as exc:
             return self._tool_exhausted(st, exc)
         if added is not None:
@@ -711,9 +767,9 @@ class StepRunner:
 
     # --- propose ---------------------------------------------------------------------
     def _working_set(self, st: _Step) -> WorkingSet:
-        svc, run, route = self.svc, st.run, st.route
-        tools = svc.tool_descriptions(run["route"], st.disabled_tools)
-        policy = svc.config.budget_policies[route.budget_policy]
+        run, route = st.run, st.route
+        tools = self.catalog.tool_descriptions(run["route"], st.disabled_tools)
+        policy = self.config.budget_policies[route.budget_policy]
         return WorkingSet(
             run_id=st.run_id,
             tenant_id=st.tenant_id,
@@ -725,11 +781,11 @@ class StepRunner:
             tools=tools,
             max_output_tokens=policy.tokens_per_step,
             steps_left=route.max_steps - run["turns"],
-            history_loader=lambda: svc.store.steps(st.run_id),
+            history_loader=lambda: self.store.steps(st.run_id),
         )
 
     def _propose(self, st: _Step, ws: WorkingSet, prompt: Prompt) -> ProposalResult:
-        proposer = self.svc.proposer_for(st.model_name)
+        proposer = self.catalog.proposer_for(st.model_name)
         st.used_proposer = True
         prompt_tokens, granted = st.budget.prompt_tokens, st.budget.granted_output
         ws.max_output_tokens = granted
@@ -741,7 +797,7 @@ class StepRunner:
         st.model_version = result.model_version
         st.trace.add(
             "proposal",
-            proposal=proposals.shown(result.raw, self.svc.registry),
+            proposal=proposals.shown(result.raw, self.registry),
             usage=st.usage.model_dump(include={"input_tokens", "output_tokens"}),
             model_version=result.model_version,
             latency_ms=result.latency_ms,
@@ -762,7 +818,7 @@ class StepRunner:
         proposal = proposals.parse(raw)
         if isinstance(proposal, proposals.Refused):
             return self._refuse(
-                st, proposal.code, proposal.errors, proposals.shown(raw, self.svc.registry)
+                st, proposal.code, proposal.errors, proposals.shown(raw, self.registry)
             )
         st.proposal = proposal.model_dump(by_alias=True)
         if isinstance(proposal, ReplyProposal):
@@ -787,12 +843,11 @@ class StepRunner:
         return self._tool_call(st, proposal)
 
     def _tool_call(self, st: _Step, proposal: ToolCallProposal) -> _Move:
-        svc = self.svc
-        spec = svc.registry.get(proposal.tool)
-        registered = spec is not None and proposal.tool in svc.config.tools
+        spec = self.registry.get(proposal.tool)
+        registered = spec is not None and proposal.tool in self.config.tools
         args_model: BaseModel | None = None
         # what is stored or shown of the call never carries its secret arguments
-        st.proposal = proposals.redact_call(st.proposal, svc.registry)
+        st.proposal = proposals.redact_call(st.proposal, self.registry)
         st.secrets = proposals.secret_values(spec, proposal.args)
         if spec is not None and registered:
             # validated before policy: policy rules see only well-formed, defaulted args
@@ -810,7 +865,7 @@ class StepRunner:
             args_model = checked
         args = args_model.model_dump(mode="json") if args_model is not None else proposal.args
         safe_args = redact(args, spec.secret_args if spec else frozenset())
-        decision = svc.policy.decide(
+        decision = self.policy.decide(
             PolicyContext(
                 tool=proposal.tool,
                 args=args,
@@ -821,7 +876,7 @@ class StepRunner:
                 autonomy_level=st.run["autonomy_level"],
                 allowed_tools=tuple(st.run["allowed_tools"]),
                 tool_registered=registered,
-                tool_enabled=svc.tool_enabled(proposal.tool, st.disabled_tools),
+                tool_enabled=self.catalog.tool_enabled(proposal.tool, st.disabled_tools),
             )
         )
         st.proposal = {**(st.proposal or {}), "args": safe_args}
@@ -883,36 +938,35 @@ class StepRunner:
         args: dict[str, Any],
         proposal: ToolCallProposal,
     ) -> _Move:
-        svc = self.svc
         lock: Lease | None = None
         lock_name = spec.lock_name(args_model)
-        timeout_s = svc.tool_timeout(spec, st.run["route"])
-        entry = svc.config.tools[spec.name]
+        timeout_s = self.catalog.tool_timeout(spec, st.run["route"])
+        entry = self.config.tools[spec.name]
         call_id = f"{st.run_id}:{st.step_no}"
         refused = self._reserve_tool(st, spec)
         if refused is not None:
             return refused
         if entry.breaker:
-            verdict = svc.breakers.allow(f"tool:{spec.name}", entry.breaker, call_id)
+            verdict = self.breakers.allow(f"tool:{spec.name}", entry.breaker, call_id)
             if not verdict.allowed:
                 return self._wait(
                     st, "breaker_open", f"tool:{spec.name}", verdict.retry_after_s, args, proposal
                 )
         if entry.rate_limit:
-            wait_s = svc.limiter.take([Take(limits.tool_calls(spec.name), entry.rate_limit)])
+            wait_s = self.limiter.take([Take(limits.tool_calls(spec.name), entry.rate_limit)])
             if wait_s > 0:
                 return self._wait(st, "rate_limited", f"tool:{spec.name}", wait_s, args, proposal)
         if entry.max_concurrency:
             ttl_ms = int((timeout_s + LEASE_MARGIN_S) * 1000)
-            wait_s = svc.limiter.enter_bulkhead(spec.name, call_id, entry.max_concurrency, ttl_ms)
+            wait_s = self.limiter.enter_bulkhead(spec.name, call_id, entry.max_concurrency, ttl_ms)
             if wait_s > 0:
                 return self._wait(
                     st, "bulkhead_full", f"tool:{spec.name}", min(wait_s, 0.2), args, proposal
                 )
         try:
             if lock_name:
-                got = svc.leases.acquire_lock(
-                    lock_name, svc.leases.owner(call_id), int((timeout_s + LEASE_MARGIN_S) * 1000)
+                got = self.leases.acquire_lock(
+                    lock_name, self.leases.owner(call_id), int((timeout_s + LEASE_MARGIN_S) * 1000)
                 )
                 if isinstance(got, Busy):
                     return self._lock_busy(st, lock_name, got, args, proposal)
@@ -922,10 +976,10 @@ class StepRunner:
                 outcome = self._claim_and_execute(st, spec, args_model, args, lock, timeout_s)
             finally:
                 if lock is not None:
-                    svc.leases.release(lock)
+                    self.leases.release(lock)
         finally:
             if entry.max_concurrency:
-                svc.limiter.leave_bulkhead(spec.name, call_id)
+                self.limiter.leave_bulkhead(spec.name, call_id)
         if isinstance(outcome, _Move):  # its re-execution's budget was refused
             return outcome
         if entry.breaker:
@@ -965,7 +1019,6 @@ class StepRunner:
         lock: Lease | None,
         timeout_s: float,
     ) -> ToolOutcome | _Move:
-        svc = self.svc
         # a retried call keeps the key of its first attempt: the tool (and any external
         # system it passes the key to) sees one call, tried again
         key = st.call_key or f"{st.run_id}:{st.step_no}:0"
@@ -983,8 +1036,8 @@ class StepRunner:
             call_index=0,
             idempotency_key=key,
             fencing_token=lock.fencing_token if lock else None,
-            redis=svc.tool_redis,
-            keys=svc.keys,
+            redis=self.tool_redis,
+            keys=self.keys,
         )
         st.trace.add("tool_start", tool=spec.name, idempotency_key=key, timeout_s=timeout_s)
         outcome = execute(spec, args_model, ctx, timeout_s)
@@ -1017,15 +1070,14 @@ class StepRunner:
         """Commit the allow decision before the tool runs; for a side effect, together with
         the claim on its idempotency key. Returns the executions of this call by earlier
         copies of the step (uncharged), and a recorded outcome to replay, if any."""
-        svc = self.svc
         decisions, st.decisions = st.decisions, []
         events = st.trace.drain()
         if spec.side_effect == "read":
-            svc.store.store_decisions(decisions, events)
+            self.store.store_decisions(decisions, events)
             # no record of earlier attempts: every execution the hold covers besides this
             # one may have run (a copy of the step that died); charged, fail closed
             return max(st.budget.hold_tools - 1, 0), None
-        claim = svc.store.claim_effect(
+        claim = self.store.claim_effect(
             {
                 "idempotency_key": key,
                 "run_id": st.run_id,
@@ -1134,7 +1186,7 @@ class StepRunner:
                 run_updates={"pending_proposal": None},
             )
         code = outcome.error_code or "tool_error"
-        policy = self.svc.retry_policy(st.run["route"], spec.name)
+        policy = self.catalog.retry_policy(st.run["route"], spec.name)
         retryable = not outcome.outcome_unknown or spec.retry_unknown
         if policy is not None and retryable and code not in policy.non_retryable:
             if st.call_key is None:
@@ -1236,7 +1288,6 @@ class StepRunner:
 
     # --- checkpoint, settle, next ----------------------------------------------------
     def _finish(self, st: _Step, move: _Move, lease: Lease) -> StepResult:
-        svc = self.svc
         actual = self._actual_spend(st) if st.budget.reserved else None
         if move.stop_reason:
             st.trace.add("stop", reason=move.stop_reason, status=move.status.value)
@@ -1291,12 +1342,12 @@ class StepRunner:
             and bool((st.run["pending_proposal"] or {}).get("secret_args")),
         )
         try:
-            svc.store.checkpoint(cp)
+            self.store.checkpoint(cp)
         except StaleWrite as exc:
             log.info("step %s/%s lost to another copy: %s", st.run_id, st.step_no, exc)
             if st.budget.reserved:
-                svc.ledger.release(st.run_id, st.step_no)
-            svc.leases.release(lease)
+                self.ledger.release(st.run_id, st.step_no)
+            self.leases.release(lease)
             return StepResult("stale_write")
         except Exception:
             # the checkpoint failed for a reason nobody could know before (the database went
@@ -1319,28 +1370,28 @@ class StepRunner:
 
         def settle_release_schedule(pipe: Any) -> None:
             if actual is not None:
-                svc.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
-            svc.leases.release_in(pipe, lease)
-            svc.scheduler.queue_in(pipe, ops)
-            svc.scheduler.observe_step_time(pipe, st.run["route"], cp.step["duration_ms"])
+                self.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
+            self.leases.release_in(pipe, lease)
+            self.scheduler.queue_in(pipe, ops)
+            self.scheduler.observe_step_time(pipe, st.run["route"], cp.step["duration_ms"])
 
-        results = scripts.run_pipeline(svc.redis, settle_release_schedule)
-        svc.publish(svc.scheduler.outcome(results[-2]).dispatched)
+        results = scripts.run_pipeline(self.redis, settle_release_schedule)
+        self.dispatch.publish(self.scheduler.outcome(results[-2]).dispatched)
         if move.dead_letter is not None:
             dl_class, error_type, error = move.dead_letter
-            svc.dead_letters.dead_letter_step(
+            self.dead_letters.dead_letter_step(
                 st.run_id, st.step_no + 1, dl_class, error_type=error_type, error=error
             )
             return StepResult(f"dead_lettered:{dl_class}")
         if move.status == RunStatus.FAILED:
-            svc.after_failure(st.run)
+            self.compensations.after_failure(st.run)
         if move.continues:
             return StepResult(move.outcome, next_step=st.step_no + 1, countdown_s=move.countdown_s)
         return StepResult(move.outcome)
 
     def _record_effect_outcome(self, effect_update: dict[str, Any]) -> None:
         try:
-            self.svc.store.record_effect_outcome(effect_update)
+            self.store.record_effect_outcome(effect_update)
         except Exception:
             log.exception(
                 "side effect %s: its outcome could not be recorded either; a retry treats it "
@@ -1376,11 +1427,6 @@ def _policy_retry(st: _Step) -> int:
 def _retries_reserved(st: _Step) -> int:
     """A retried call, and a redelivered step: each reserves one ``retries`` unit."""
     return _policy_retry(st) + (1 if st.attempt > 0 else 0)
-
-
-def item_of(run: dict[str, Any], step_no: int) -> Item:
-    """The scheduler item of a run's step."""
-    return Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
 
 
 #: exception class names (as Celery reports them) -> the failure class in ``failed:<class>``

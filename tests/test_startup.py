@@ -12,8 +12,8 @@ import redis
 
 from runtime.embedded_redis import start_server
 from runtime.errors import SettingsError
-from runtime.service import RuntimeService
 from runtime.settings import Settings
+from runtime.wiring import Runtime
 from tests.support import ROOT
 
 
@@ -54,11 +54,9 @@ def test_evicting_redis_is_refused(tmp_path: Path) -> None:
             config=ROOT / "tests" / "config" / "runtime.yaml",
         )
         with pytest.raises(SettingsError, match="maxmemory-policy='allkeys-lru'"):
-            RuntimeService.from_settings(settings)
+            Runtime.from_settings(settings)
         # an explicit, named opt-out exists for managed Redis that hides CONFIG
-        svc = RuntimeService.from_settings(
-            settings.model_copy(update={"allow_evicting_redis": True})
-        )
+        svc = Runtime.from_settings(settings.model_copy(update={"allow_evicting_redis": True}))
         svc.close()
     finally:
         server.stop()

@@ -118,11 +118,11 @@ def errors() -> Iterator[None]:
 @contextlib.contextmanager
 def service() -> Iterator[RuntimeService]:
     """The whole runtime (Redis, scheduler, tools): for commands that change something."""
-    from runtime.service import RuntimeService
+    from runtime.wiring import Runtime
 
     settings = load_settings()
     with errors():
-        svc = RuntimeService.from_settings(settings)
+        svc = Runtime.from_settings(settings)
     if svc.drift is not None:
         drift = escape(svc.drift.describe(str(settings.config)))
         err.print(

@@ -128,8 +128,8 @@ def load_config(path: Path) -> RuntimeConfig:
 
 
 def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
-    """``runtime.service.load_registry``, imported when a command needs the tools."""
-    from runtime.service import load_registry as load
+    """``runtime.wiring.load_registry``, imported when a command needs the tools."""
+    from runtime.wiring import load_registry as load
 
     return load(config, source)
 
@@ -262,7 +262,7 @@ def _report_refusal(view: RunView, json_out: bool) -> NoReturn:
 
 
 def _wait(svc: RuntimeService, view: RunView, timeout: float, json_out: bool) -> RunView:
-    from runtime.service import WaitTimeout
+    from runtime.errors import WaitTimeout
 
     try:
         if json_out:
@@ -429,7 +429,7 @@ def queues(
     from runtime.cli import queues as queues_render
     from runtime.keys import Keys
     from runtime.scheduling import view as scheduler_view
-    from runtime.service import resolve_endpoints
+    from runtime.wiring import resolve_endpoints
 
     settings = load_settings()
     with errors():
@@ -720,7 +720,7 @@ def config_apply(
     step; a worker started later with another file refuses to start (unless
     --apply-config); web apps and CLI commands with another file warn and enforce this one.
     Only this command and `agentrt worker --apply-config` publish the limits."""
-    from runtime.service import RuntimeService
+    from runtime.wiring import Runtime
 
     settings = load_settings()
     if path is not None:
@@ -731,7 +731,7 @@ def config_apply(
         if problems := _visibility_problems(config):
             raise ConfigError(str(settings.config), problems)
         with _cwd_on_path():
-            svc = RuntimeService.from_settings(settings, enforce_applied=False)
+            svc = Runtime.from_settings(settings, enforce_applied=False)
     try:
         with errors():
             change = svc.apply_config(who)
