@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -65,6 +66,7 @@ log = logging.getLogger("agentrt.service")
 
 #: builds the step publisher of a process (``AGENTRT_PUBLISHER`` names the default one)
 PublisherFactory = Callable[[Settings, Endpoints], StepPublisher]
+_Redis = redis.Redis
 
 
 # --- start-up checks -----------------------------------------------------------------
@@ -128,19 +130,27 @@ def step_messages(settings: Settings) -> StepMessages:
 
 
 # --- building ----------------------------------------------------------------------
-def build_service(
-    settings: Settings,
-    config: RuntimeConfig,
-    *,
-    endpoints: Endpoints,
-    registry: ToolRegistry,
-    publisher: StepPublisher | None = None,
-    publisher_factory: PublisherFactory | None = None,
-    cls: type[RuntimeService] = RuntimeService,
-) -> RuntimeService:
-    """Every component of one process for ``config``, and the façade over them. The
-    publisher is built on first use (by ``publisher_factory``, else the one
-    ``AGENTRT_PUBLISHER`` names) unless one is given."""
+@dataclass(frozen=True)
+class _Mechanisms:
+    """Connections and the mechanisms over them, shared by the flows of one process."""
+
+    keys: Keys
+    redis: _Redis
+    #: the tools' Redis (``ctx.redis``): their state and effect journals
+    tool_redis: _Redis
+    store: RunStore
+    deployments: DeploymentStore
+    generation: KnownGeneration
+    markers: StateMarkers
+    ledger: BudgetLedger
+    leases: LeaseManager
+    scheduler: Scheduler
+    limiter: Limiter
+    breakers: Breakers
+    dead_letter_store: DeadLetterStore
+
+
+def _mechanisms(settings: Settings, config: RuntimeConfig, endpoints: Endpoints) -> _Mechanisms:
     keys = Keys(settings.namespace)
     client = redis.Redis.from_url(endpoints.redis_url, health_check_interval=30)
     tool_redis = (
@@ -154,50 +164,108 @@ def build_service(
     # whether Redis's state can be trusted (runtime.state): the scheduler and the ledger
     # refuse to work on a state older than the generation SQL knows
     generation = KnownGeneration(deployments)
-    markers = StateMarkers(client, keys)
-    ledger = BudgetLedger(client, keys, generation.value)
-    leases = LeaseManager(client, keys, int(config.scheduling.worker_dead_after_s * 1000))
-    # the published limits have one owner (apply_config); building a service never
-    # publishes them
-    scheduler = Scheduler(client, keys, config, generation.value)
-    factory = publisher_factory or default_publisher_factory(settings)
-    dispatch = Dispatch(
-        scheduler=scheduler,
-        redis=client,
+    return _Mechanisms(
         keys=keys,
+        redis=client,
+        tool_redis=tool_redis,
+        store=store,
+        deployments=deployments,
+        generation=generation,
+        markers=StateMarkers(client, keys),
+        ledger=BudgetLedger(client, keys, generation.value),
+        leases=LeaseManager(client, keys, int(config.scheduling.worker_dead_after_s * 1000)),
+        # the published limits have one owner (apply_config); building a service never
+        # publishes them
+        scheduler=Scheduler(client, keys, config, generation.value),
+        limiter=Limiter(client, keys),
+        breakers=Breakers(client, keys),
+        dead_letter_store=DeadLetterStore(store),
+    )
+
+
+def _dispatch(
+    settings: Settings,
+    endpoints: Endpoints,
+    m: _Mechanisms,
+    publisher: StepPublisher | None,
+    publisher_factory: PublisherFactory | None,
+) -> Dispatch:
+    factory = publisher_factory or default_publisher_factory(settings)
+    return Dispatch(
+        scheduler=m.scheduler,
+        redis=m.redis,
+        keys=m.keys,
         worker_lost_retries=settings.worker_lost_retries,
         publisher=publisher,
         publisher_factory=lambda: factory(settings, endpoints),
     )
+
+
+def _failure_flows(
+    settings: Settings,
+    config: RuntimeConfig,
+    registry: ToolRegistry,
+    m: _Mechanisms,
+    dispatch: Dispatch,
+) -> tuple[Compensations, DeadLetters]:
     messages = step_messages(settings)
-    dead_letter_store = DeadLetterStore(store)
-    entries = DeadLetterEntries(store=dead_letter_store, redis=client, keys=keys, messages=messages)
+    entries = DeadLetterEntries(
+        store=m.dead_letter_store, redis=m.redis, keys=m.keys, messages=messages
+    )
     compensations = Compensations(
         config=config,
-        store=store,
+        store=m.store,
         registry=registry,
-        tool_redis=tool_redis,
-        keys=keys,
+        tool_redis=m.tool_redis,
+        keys=m.keys,
         entries=entries,
     )
     dead_letters = DeadLetters(
-        runs=store,
+        runs=m.store,
         entries=entries,
         config=config,
-        redis=client,
-        keys=keys,
-        ledger=ledger,
+        redis=m.redis,
+        keys=m.keys,
+        ledger=m.ledger,
         dispatch=dispatch,
         compensations=compensations,
         messages=messages,
     )
-    catalog = Catalog(config=config, registry=registry)
-    controls = Controls(redis=client, keys=keys)
-    policy = PolicyEngine(config.policy)
-    limiter = Limiter(client, keys)
-    breakers = Breakers(client, keys)
-    digest = config_digest(config)
-    steps = StepRunner(
+    return compensations, dead_letters
+
+
+def _recovery(
+    settings: Settings, config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch
+) -> Recovery:
+    return Recovery(
+        config=config,
+        config_source=str(settings.config),
+        redis=m.redis,
+        keys=m.keys,
+        scheduler=m.scheduler,
+        dispatch=dispatch,
+        deployments=m.deployments,
+        markers=m.markers,
+        generation=m.generation,
+        runs=m.store,
+        reads=RecoveryReads(m.store.engine),
+        audit=m.dead_letter_store,
+    )
+
+
+def _step_runner(
+    config: RuntimeConfig,
+    digest: str,
+    registry: ToolRegistry,
+    m: _Mechanisms,
+    catalog: Catalog,
+    controls: Controls,
+    policy: PolicyEngine,
+    dispatch: Dispatch,
+    failures: tuple[Compensations, DeadLetters],
+) -> StepRunner:
+    compensations, dead_letters = failures
+    return StepRunner(
         config=config,
         config_digest=digest,
         catalog=catalog,
@@ -205,60 +273,70 @@ def build_service(
         dispatch=dispatch,
         registry=registry,
         policy=policy,
-        store=store,
-        redis=client,
-        tool_redis=tool_redis,
-        keys=keys,
-        ledger=ledger,
-        leases=leases,
-        scheduler=scheduler,
-        limiter=limiter,
-        breakers=breakers,
-        markers=markers,
-        generation=generation,
+        store=m.store,
+        redis=m.redis,
+        tool_redis=m.tool_redis,
+        keys=m.keys,
+        ledger=m.ledger,
+        leases=m.leases,
+        scheduler=m.scheduler,
+        limiter=m.limiter,
+        breakers=m.breakers,
+        markers=m.markers,
+        generation=m.generation,
         dead_letters=dead_letters,
         compensations=compensations,
     )
-    recovery = Recovery(
-        config=config,
-        config_source=str(settings.config),
-        redis=client,
-        keys=keys,
-        scheduler=scheduler,
-        dispatch=dispatch,
-        deployments=deployments,
-        markers=markers,
-        generation=generation,
-        runs=store,
-        reads=RecoveryReads(store.engine),
-        audit=dead_letter_store,
-    )
+
+
+def build_service(
+    settings: Settings,
+    config: RuntimeConfig,
+    *,
+    endpoints: Endpoints,
+    registry: ToolRegistry,
+    publisher: StepPublisher | None = None,
+    publisher_factory: PublisherFactory | None = None,
+    cls: type[RuntimeService] = RuntimeService,
+) -> RuntimeService:
+    """Every component of one process for ``config``, and the façade over them. The
+    publisher is built on first use (by ``publisher_factory``, else the one
+    ``AGENTRT_PUBLISHER`` names) unless one is given."""
+    m = _mechanisms(settings, config, endpoints)
+    dispatch = _dispatch(settings, endpoints, m, publisher, publisher_factory)
+    failures = _failure_flows(settings, config, registry, m, dispatch)
+    compensations, dead_letters = failures
+    catalog = Catalog(config=config, registry=registry)
+    controls = Controls(redis=m.redis, keys=m.keys)
+    policy = PolicyEngine(config.policy)
+    digest = config_digest(config)
+    steps = _step_runner(config, digest, registry, m, catalog, controls, policy, dispatch, failures)
     return cls(
         settings=settings,
         config=config,
         config_digest=digest,
         endpoints=endpoints,
         registry=registry,
-        keys=keys,
-        redis=client,
-        tool_redis=tool_redis,
-        store=store,
-        deployments=deployments,
-        generation=generation,
-        markers=markers,
-        ledger=ledger,
-        leases=leases,
+        keys=m.keys,
+        redis=m.redis,
+        tool_redis=m.tool_redis,
+        store=m.store,
+        deployments=m.deployments,
+        generation=m.generation,
+        markers=m.markers,
+        ledger=m.ledger,
+        leases=m.leases,
         policy=policy,
-        scheduler=scheduler,
-        limiter=limiter,
-        breakers=breakers,
+        scheduler=m.scheduler,
+        limiter=m.limiter,
+        breakers=m.breakers,
         catalog=catalog,
         controls=controls,
         dispatch=dispatch,
         steps=steps,
         dead_letters=dead_letters,
         compensations=compensations,
-        recovery=recovery,
+        recovery=_recovery(settings, config, m, dispatch),
     )
 
 
