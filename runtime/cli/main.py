@@ -673,7 +673,7 @@ def config_check(
     checks that each OpenAI-compatible model endpoint answers."""
     path = path or Path(locations.setting(os.environ, "config") or locations.DEFAULT_CONFIG)
     try:
-        # what RuntimeService.from_settings and the workers run at start-up
+        # what Runtime.from_settings and the workers run at start-up
         config = load_config(path)
         with _cwd_on_path():
             load_registry(config, str(path))
