@@ -324,12 +324,12 @@ def test_model_clients_are_imported_on_first_use(fresh_deployment: Deployment) -
     script = """
 import sys
 import tasks.app
-from runtime.service import RuntimeService
 from runtime.settings import Settings
-svc = RuntimeService.from_settings(Settings())
-svc.proposer_for("scripted")
+from runtime.wiring import Runtime
+svc = Runtime.from_settings(Settings())
+svc.catalog.proposer_for("scripted")
 before = "openai" in sys.modules
-svc.proposer_for("fake-openai")
+svc.catalog.proposer_for("fake-openai")
 print(before, "openai" in sys.modules)
 svc.close()
 """

@@ -18,7 +18,8 @@ from typer.testing import CliRunner, Result
 
 from runtime.cli import common, dlq, params
 from runtime.cli.main import app
-from runtime.dead_letters import CLASSES, STEP_QUEUE
+from runtime.dead_letters import CLASSES
+from tasks.messages import STEP_QUEUE
 from tests.support import Deployment
 
 REPLY = {"type": "reply", "text": "ok"}

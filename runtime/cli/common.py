@@ -186,15 +186,15 @@ def errors() -> Iterator[None]:
 
 
 def build_service(settings: Settings, *, enforce_applied: bool = True) -> RuntimeService:
-    """``RuntimeService.from_settings``, imported when a command needs the whole runtime."""
-    from runtime.service import RuntimeService
+    """The runtime built by the composition root, imported when a command needs it whole."""
+    from runtime.wiring import Runtime
 
-    return RuntimeService.from_settings(settings, enforce_applied=enforce_applied)
+    return Runtime.from_settings(settings, enforce_applied=enforce_applied)
 
 
 def redis_url(settings: Settings) -> str:
     """The Redis the runtime uses for ``settings`` (the embedded one started if unset)."""
-    from runtime.service import resolve_endpoints
+    from runtime.wiring import resolve_endpoints
 
     return resolve_endpoints(settings).redis_url
 
@@ -208,8 +208,8 @@ def load_config(path: Path) -> RuntimeConfig:
 
 
 def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
-    """``runtime.service.load_registry``, imported when a command needs the tools."""
-    from runtime.service import load_registry as load
+    """``runtime.wiring.load_registry``, imported when a command needs the tools."""
+    from runtime.wiring import load_registry as load
 
     return load(config, source)
 

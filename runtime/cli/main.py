@@ -239,7 +239,7 @@ def _report_refusal(view: RunView, json_out: bool) -> NoReturn:
 
 
 def _wait(svc: RuntimeService, view: RunView, timeout: float, json_out: bool) -> RunView:
-    from runtime.service import WaitTimeout
+    from runtime.errors import WaitTimeout
 
     try:
         if json_out:
@@ -618,7 +618,7 @@ def config_check(
     checks that each OpenAI-compatible model endpoint answers."""
     path = path or Path(locations.setting(os.environ, "config") or locations.DEFAULT_CONFIG)
     try:
-        # what RuntimeService.from_settings and the workers run at start-up
+        # what Runtime.from_settings and the workers run at start-up
         config = load_config(path)
         with _cwd_on_path():
             load_registry(config, str(path))

@@ -60,9 +60,10 @@ from rich.table import Table
 from runtime import stop_reasons
 from runtime.config import RuntimeConfig, load_config
 from runtime.errors import DemoError
-from runtime.service import WAIT_STATUSES, Endpoints, RuntimeService, resolve_endpoints
+from runtime.service import WAIT_STATUSES, RuntimeService
 from runtime.settings import Settings
 from runtime.step_record import StepKind, StepOutcome
+from runtime.wiring import Endpoints, Runtime, resolve_endpoints
 
 TENANTS = ("acme", "globex", "initech")
 TRIAGE, REFUNDS, COUNTER = "support.triage", "billing.refunds", "ops.counter"
@@ -450,7 +451,7 @@ def _run_in_namespace(
 ) -> DemoReport:
     started = time.monotonic()
     # creates the schema before workers start; the demo's file is the deployment's config
-    svc = RuntimeService.from_settings(settings, enforce_applied=False)
+    svc = Runtime.from_settings(settings, enforce_applied=False)
     svc.apply_config("demo")
     env = settings_env(settings)
     log_dir = settings.home / "logs"
