@@ -14,8 +14,8 @@ import redis
 from celery import Celery, Task
 
 from runtime.config import load_config
-from runtime.service import Endpoints, resolve_endpoints
 from runtime.settings import Settings
+from runtime.wiring import Endpoints, resolve_endpoints
 from tasks.app import celery_config
 
 NOOP_TASK = "bench.noop"

@@ -57,10 +57,10 @@ from runtime.config import RuntimeConfig, load_config  # noqa: E402
 from runtime.embedded_redis import EmbeddedRedis, start_server  # noqa: E402
 from runtime.keys import Keys  # noqa: E402
 from runtime.scheduling.scheduler import Item, Ops, Scheduler  # noqa: E402
-from runtime.service import RuntimeService, resolve_endpoints  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from runtime.state import StateMarkers  # noqa: E402
 from runtime.store.runs import runs_t  # noqa: E402
+from runtime.wiring import Runtime, resolve_endpoints  # noqa: E402
 
 FAIR_CONFIG = ROOT / "bench" / "fairness.yaml"
 TENANT_A = "tenant_a"
@@ -133,7 +133,7 @@ class Fair:
 
 def agentrt_fair(bench: core.Bench, opts: argparse.Namespace, backlog: int, index: int) -> Fair:
     settings, env = deployment(bench, f"fa{backlog}x{index}", opts.config)
-    svc = RuntimeService.from_settings(settings)
+    svc = Runtime.from_settings(settings)
     svc.apply_config("bench")
     bench.services.append(svc)
     run_input = {"script": core.script(opts.tool_calls)}

@@ -17,8 +17,8 @@ from celery import Task
 
 from bench.bareapp import BareCelery
 from runtime.config import load_config
-from runtime.service import Endpoints, resolve_endpoints
 from runtime.settings import Settings
+from runtime.wiring import Endpoints, resolve_endpoints
 from tasks.app import celery_config
 
 FIFO_TASK = "bench.fifo"

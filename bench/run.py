@@ -55,10 +55,11 @@ from runtime.budgets.ledger import BudgetLedger, today  # noqa: E402
 from runtime.config import load_config  # noqa: E402
 from runtime.embedded_redis import EmbeddedRedis, start_server  # noqa: E402
 from runtime.keys import Keys  # noqa: E402
-from runtime.service import RuntimeService, resolve_endpoints  # noqa: E402
+from runtime.service import RuntimeService  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from runtime.state import StateMarkers  # noqa: E402
 from runtime.store.runs import runs_t, steps_t  # noqa: E402
+from runtime.wiring import Runtime, resolve_endpoints  # noqa: E402
 
 BENCH_CONFIG = ROOT / "bench" / "config.yaml"
 TENANT = "bench"
@@ -467,7 +468,7 @@ def verify_runs(svc: RuntimeService, run_ids: list[str], steps_per_run: int) -> 
 def runtime_phase(bench: Bench, index: int) -> Drain:
     args = bench.args
     settings, env = bench.deployment(f"r{index}")
-    svc = RuntimeService.from_settings(settings)
+    svc = Runtime.from_settings(settings)
     svc.apply_config("bench")  # the deployment's config, as an operator applies it
     bench.services.append(svc)
     steps_per_run = args.tool_calls + 1
@@ -575,7 +576,7 @@ def census(bench: Bench, kind: str, n: int, profile: bool) -> dict[str, Any]:
     prof = bench.workdir / f"{label}.prof"
     svc: RuntimeService | None = None
     if kind == "runtime":
-        svc = RuntimeService.from_settings(settings)
+        svc = Runtime.from_settings(settings)
         svc.apply_config("bench")
         bench.services.append(svc)
         submit_runs(svc, n, bench.args.tool_calls)

@@ -3,7 +3,8 @@
 Layers (imports point down only):
 
     entry points   tasks/ (Celery)  runtime.cli
-    service        runtime.service   - the composition root
+    composition    runtime.wiring    - builds every component (``Runtime.from_env()``)
+    facade         runtime.service   - the public API
     concerns       admission, policy, budgets, locks, tools, proposers, steps, store, tracing
     leaves         contract, errors, keys, settings, config, stop_reasons, states
 
@@ -19,11 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runtime.contract import RunStatus, RuntimeRun, RunView, TraceEvent, VersionSet
-    from runtime.errors import AdmissionRefused, AgentRuntimeError, ConfigError, RunNotFound
-    from runtime.service import Runtime, RuntimeService, WaitTimeout
+    from runtime.errors import (
+        AdmissionRefused,
+        AgentRuntimeError,
+        ConfigError,
+        RunNotFound,
+        WaitTimeout,
+    )
+    from runtime.service import RuntimeService
     from runtime.settings import Settings
     from runtime.tools.context import ToolContext
     from runtime.tools.registry import ToolSpec, tool
+    from runtime.wiring import Runtime
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -36,9 +44,9 @@ _EXPORTS = {
     "AgentRuntimeError": "runtime.errors",
     "ConfigError": "runtime.errors",
     "RunNotFound": "runtime.errors",
-    "Runtime": "runtime.service",
+    "Runtime": "runtime.wiring",
     "RuntimeService": "runtime.service",
-    "WaitTimeout": "runtime.service",
+    "WaitTimeout": "runtime.errors",
     "Settings": "runtime.settings",
     "ToolContext": "runtime.tools.context",
     "ToolSpec": "runtime.tools.registry",

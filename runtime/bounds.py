@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from runtime.errors import AgentRuntimeError
+from runtime.errors import BoundsError as BoundsError
 
 #: deepest nesting of objects and arrays accepted anywhere JSON enters
 MAX_JSON_DEPTH = 32
@@ -22,16 +22,6 @@ MAX_JSON_DEPTH = 32
 MAX_INT64 = 2**63 - 1
 #: largest integer any JSON value may carry (beyond it, other languages lose precision)
 MAX_JSON_INT = 2**63 - 1
-
-
-class BoundsError(AgentRuntimeError):
-    """A value is not bounded JSON. ``code`` is the reason code, ``path`` where it failed."""
-
-    def __init__(self, code: str, path: str, detail: str) -> None:
-        self.code = code
-        self.path = path
-        self.detail = detail
-        super().__init__(f"{path}: {detail}" if path else detail)
 
 
 def _join(path: str, key: str | int) -> str:
@@ -98,9 +88,3 @@ def parse_json(
         ) from None
     check_json(value, label=label, max_depth=max_depth)
     return value
-
-
-def bounded_int(value: int, *, low: int = 0, high: int = MAX_INT64) -> tuple[int, bool]:
-    """``value`` clamped to ``[low, high]`` and whether it had to be."""
-    clamped = min(max(value, low), high)
-    return clamped, clamped != value

@@ -13,14 +13,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import redis
+
+from runtime.config import RuntimeConfig
+from runtime.dead_letter_entries import DeadLetterEntries
+from runtime.keys import Keys
 from runtime.store.db import utcnow
+from runtime.store.runs import RunStore
 from runtime.tools.context import ToolContext
+from runtime.tools.registry import ToolRegistry
 from runtime.tracing import TraceBuffer
-
-if TYPE_CHECKING:
-    from runtime.service import RuntimeService
 
 log = logging.getLogger("agentrt.compensation")
 
@@ -34,23 +38,43 @@ class CompensationReport:
 
 
 class Compensations:
-    def __init__(self, svc: RuntimeService) -> None:
-        self.svc = svc
+    def __init__(
+        self,
+        *,
+        config: RuntimeConfig,
+        store: RunStore,
+        registry: ToolRegistry,
+        tool_redis: redis.Redis,
+        keys: Keys,
+        entries: DeadLetterEntries,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.tool_redis = tool_redis
+        self.keys = keys
+        self.entries = entries
+
+    def after_failure(self, run: dict[str, Any]) -> None:
+        """A run failed or was dead-lettered: compensate its side effects now, in this
+        process, if its route asks for it (the reconciler resumes one left unfinished)."""
+        route = self.config.routes.get(run["route"])
+        if route is not None and route.compensate_on_failure:
+            self.compensate(run["run_id"])
 
     def compensate(self, run_id: str) -> CompensationReport:
         """Undo the run's succeeded side effects, newest first. Idempotent: effects already
         undone (or taken by another worker) are skipped."""
-        svc = self.svc
-        run = svc.store.get_run(run_id)
+        run = self.store.get_run(run_id)
         report = CompensationReport()
-        effects = [e for e in svc.store.side_effects(run_id) if e["status"] == "succeeded"]
+        effects = [e for e in self.store.side_effects(run_id) if e["status"] == "succeeded"]
         effects.sort(
             key=lambda e: (e["finished_at"] is not None, e["finished_at"], e["id"]), reverse=True
         )
         for effect in effects:
             key = str(effect["idempotency_key"])
             trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], effect["step_no"])
-            spec = svc.registry.get(effect["tool"])
+            spec = self.registry.get(effect["tool"])
             if spec is None or spec.compensate is None:
                 report.skipped.append(key)
                 trace.add(
@@ -59,10 +83,10 @@ class Compensations:
                     idempotency_key=key,
                     reason="no compensator",
                 )
-                svc.store.add_events(trace.drain())
+                self.store.add_events(trace.drain())
                 continue
             trace.add("compensation_start", tool=spec.name, idempotency_key=key)
-            if not svc.store.set_effect_status(
+            if not self.store.set_effect_status(
                 effect["id"],
                 "succeeded",
                 "compensating",
@@ -78,8 +102,8 @@ class Compensations:
                 call_index=0,
                 idempotency_key=f"{key}:compensate",
                 fencing_token=None,
-                redis=svc.tool_redis,
-                keys=svc.keys,
+                redis=self.tool_redis,
+                keys=self.keys,
             )
             try:
                 args = spec.input_model.model_validate(effect["args"] or {})
@@ -93,17 +117,17 @@ class Compensations:
                     idempotency_key=key,
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                svc.store.set_effect_status(
+                self.store.set_effect_status(
                     effect["id"],
                     "compensating",
                     "compensation_failed",
                     trace.drain(),
                     error=str(exc)[:2000],
                 )
-                svc.dead_letters.compensation_failed(run, effect, exc)
+                self.entries.compensation_failed(run, effect, exc)
                 continue
             trace.add("compensated", tool=spec.name, idempotency_key=key)
-            svc.store.set_effect_status(effect["id"], "compensating", "compensated", trace.drain())
+            self.store.set_effect_status(effect["id"], "compensating", "compensated", trace.drain())
             report.compensated.append(key)
         return report
 
@@ -111,13 +135,12 @@ class Compensations:
         """Compensations whose worker died mid-way (``compensating`` since before
         ``before``) run again; compensators get the same idempotency key, so one that
         journals its writes (``ctx.redis_effect``) does not repeat them."""
-        svc = self.svc
         resumed: list[str] = []
-        for effect in svc.store.stuck_compensations(before):
-            run = svc.store.get_run(effect["run_id"])
+        for effect in self.store.stuck_compensations(before):
+            run = self.store.get_run(effect["run_id"])
             trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], effect["step_no"])
             trace.add("compensation_resumed", idempotency_key=effect["idempotency_key"])
-            if svc.store.set_effect_status(
+            if self.store.set_effect_status(
                 effect["id"], "compensating", "succeeded", trace.drain()
             ):
                 log.warning(
@@ -130,4 +153,4 @@ class Compensations:
 
     def retry_effect(self, effect: dict[str, Any]) -> bool:
         """An operator retries a failed compensation: make the effect eligible again."""
-        return self.svc.store.set_effect_status(effect["id"], "compensation_failed", "succeeded")
+        return self.store.set_effect_status(effect["id"], "compensation_failed", "succeeded")

@@ -5,7 +5,7 @@ Validated at start-up; every problem names its key, e.g.
 reporting all of its problems: ``runtime.config_loader`` reads the YAML (no duplicate keys,
 no aliases: problems name lines), these models check every value (strict types, finite and
 bounded numbers) and every reference (``cross_reference_problems``: names that exist,
-rule conditions that can hold), then ``runtime.service.load_registry`` checks the manifest
+rule conditions that can hold), then ``runtime.wiring.load_registry`` checks the manifest
 and the rules against the tools the ``tool_modules`` register (``runtime.rule_check``).
 """
 
@@ -668,7 +668,7 @@ def parse_config(data: Any, source: str = "<config>") -> RuntimeConfig:
 def load_config(path: Path | str) -> RuntimeConfig:
     """Read, parse and validate the deployment file (``runtime.config_loader`` refuses
     duplicate keys, aliases and the like). The checks that need the tool modules follow in
-    ``runtime.service.load_registry``: start-up and ``agentrt config check`` call both."""
+    ``runtime.wiring.load_registry``: start-up and ``agentrt config check`` call both."""
     path = Path(path)
     return parse_config(read_yaml(path), str(path))
 

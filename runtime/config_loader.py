@@ -26,7 +26,7 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from runtime.bounds import MAX_JSON_DEPTH
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, ConfigTooDeep
 
 #: the largest deployment file read (the shipped one is a few KiB)
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -43,11 +43,6 @@ _REFUSED_TAGS = {
     "tag:yaml.org,2002:omap": "uses !!omap, which the file does not support (use a mapping)",
     "tag:yaml.org,2002:pairs": "uses !!pairs, which the file does not support (use a mapping)",
 }
-
-
-class _TooDeep(Exception):
-    def __init__(self, mark: Mark) -> None:
-        self.mark = mark
 
 
 def _by_line(problem: tuple[int, str]) -> int:
@@ -94,7 +89,7 @@ class GuardedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                raise _TooDeep(event.start_mark)
+                raise ConfigTooDeep(event.start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -153,7 +148,7 @@ def parse_yaml(text: str, source: str) -> Any:
     loader = GuardedLoader(text)
     try:
         data = loader.get_single_data()
-    except _TooDeep as exc:
+    except ConfigTooDeep as exc:
         raise ConfigError(
             source, [f"{_line(exc.mark)}: nested deeper than {MAX_YAML_DEPTH} levels"]
         ) from None

@@ -17,30 +17,31 @@ queue no worker consumes, so use ``agentrt dlq stats`` (or the counter) for dept
 from __future__ import annotations
 
 import json
-import traceback as tb
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import redis
 
 from runtime import stop_reasons
+from runtime.budgets.ledger import BudgetLedger
+from runtime.compensation import Compensations
+from runtime.config import RuntimeConfig
+from runtime.dead_letter_entries import DeadLetterEntries, format_exception
+from runtime.dispatch import Dispatch
 from runtime.errors import AgentRuntimeError
-from runtime.scheduling.scheduler import Ops, now_ms
-from runtime.steps import item_of
+from runtime.errors import DeadLetterNotFound as DeadLetterNotFound
+from runtime.keys import Keys
+from runtime.ports import StepMessages
+from runtime.scheduling.scheduler import Ops, item_of, now_ms
 from runtime.store.db import utcnow
-from runtime.store.dead_letters import DeadLetterFilter, DeadLetterStore, retention_cutoff
+from runtime.store.dead_letters import DeadLetterFilter, retention_cutoff
+from runtime.store.runs import RunStore
 from runtime.tracing import TraceBuffer, redact
 
-if TYPE_CHECKING:
-    from runtime.service import RuntimeService
+__all__ = ["CLASSES", "DeadLetterNotFound", "DeadLetters", "format_exception"]
 
 CLASSES = ("exhausted", "poison", "worker_lost", "timeout", "compensation")
-#: the one Celery queue steps use (tasks.app.STEP_QUEUE); a dead-letter queue per queue
-STEP_QUEUE = "agentrt.steps"
-
-
-class DeadLetterNotFound(AgentRuntimeError):
-    def __init__(self, entry_id: str) -> None:
-        super().__init__(f"no dead letter with id {entry_id!r}")
 
 
 @dataclass
@@ -58,16 +59,30 @@ class PurgeOutcome:
     dry_run: bool
 
 
-def format_exception(exc: BaseException | None) -> str | None:
-    if exc is None:
-        return None
-    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))[-20_000:]
-
-
 class DeadLetters:
-    def __init__(self, svc: RuntimeService) -> None:
-        self.svc = svc
-        self.store = DeadLetterStore(svc.store)
+    def __init__(
+        self,
+        *,
+        runs: RunStore,
+        entries: DeadLetterEntries,
+        config: RuntimeConfig,
+        redis: redis.Redis,
+        keys: Keys,
+        ledger: BudgetLedger,
+        dispatch: Dispatch,
+        compensations: Compensations,
+        messages: StepMessages,
+    ) -> None:
+        self.runs = runs
+        self.entries = entries
+        self.store = entries.store
+        self.config = config
+        self.redis = redis
+        self.keys = keys
+        self.ledger = ledger
+        self.dispatch = dispatch
+        self.compensations = compensations
+        self.messages = messages
 
     # --- landing -----------------------------------------------------------------------
     def dead_letter_step(
@@ -82,12 +97,12 @@ class DeadLetters:
         message: dict[str, Any] | None = None,
         worker: str | None = None,
         task_id: str | None = None,
-        queue: str = STEP_QUEUE,
+        queue: str | None = None,
     ) -> str | None:
         """Stop the run at ``step_no`` as ``dead_lettered:<class>`` and keep an entry.
         Returns the entry id, or None if the step had moved on (nothing to dead-letter)."""
-        svc = self.svc
-        run = svc.store.get_run(run_id)
+        queue = queue or self.messages.queue
+        run = self.runs.get_run(run_id)
         item = item_of(run, step_no)
         now = utcnow()
         failure = {
@@ -109,8 +124,8 @@ class DeadLetters:
         entry = {
             "id": entry_id,
             "queue": queue,
-            "task_name": "agentrt.step",
-            "task_id": task_id or f"{run_id}-{step_no}",
+            "task_name": self.messages.step_task,
+            "task_id": task_id or self.messages.task_id(run_id, step_no),
             "run_id": run_id,
             "tenant_id": run["tenant_id"],
             "route": run["route"],
@@ -121,7 +136,7 @@ class DeadLetters:
             "error_type": error_type,
             "error_message": error,
             "traceback": traceback,
-            "message": redact(message) if message else self._message_of(run, step_no),
+            "message": redact(message) if message else self.messages.describe(run, step_no),
             "attempts": [_jsonable(h) for h in history],
             "attempt_count": len(history),
             "first_failed_at": min(h["at"] for h in history),
@@ -143,84 +158,20 @@ class DeadLetters:
         if not self.store.dead_letter_step(
             entry, stop_reason=reason, events=trace.drain(), failure=failure
         ):
-            svc.schedule(Ops().complete(item).dispatch(1))
+            self.dispatch.schedule(Ops().complete(item).dispatch(1))
             return None
-        svc.ledger.release(run_id, step_no)
+        self.ledger.release(run_id, step_no)
         # the step may be in flight (a worker dead-letters it) or still queued or delayed
         # (an operator or the reconciler does): it leaves the scheduler either way
-        svc.schedule(Ops().drop(item).dispatch(1))
-        self._signal(queue, entry_id, dl_class)
-        svc.after_failure(run)
+        self.dispatch.schedule(Ops().drop(item).dispatch(1))
+        self.entries.signal(queue, entry_id, dl_class)
+        self.compensations.after_failure(run)
         return entry_id
 
-    def poison(
-        self,
-        *,
-        queue: str,
-        error_type: str,
-        error: str,
-        message: dict[str, Any] | None,
-        task_name: str | None = None,
-        task_id: str | None = None,
-        run_id: str | None = None,
-        tenant_id: str | None = None,
-    ) -> str:
-        """A message that is no valid step: keep it, never run it."""
-        return self._keep(
-            queue=queue,
-            task_name=task_name,
-            task_id=task_id,
-            run_id=run_id,
-            tenant_id=tenant_id,
-            dl_class="poison",
-            error_type=error_type,
-            error_message=error[:5000],
-            message=redact(message) if message else None,
-        )
-
-    def compensation_failed(
-        self, run: dict[str, Any], effect: dict[str, Any], exc: BaseException
-    ) -> str:
-        """A compensator raised: keep an entry whose retry runs the compensation again."""
-        return self._keep(
-            queue=STEP_QUEUE,
-            task_name="agentrt.compensate",
-            task_id=f"{effect['idempotency_key']}:compensate",
-            run_id=run["run_id"],
-            tenant_id=run["tenant_id"],
-            route=run["route"],
-            step_no=effect["step_no"],
-            trace_id=run["trace_id"],
-            version_set=run["version_set"],
-            dl_class="compensation",
-            error_type=type(exc).__name__,
-            error_message=str(exc)[:5000],
-            traceback=format_exception(exc),
-            message={
-                "effect_id": effect["id"],
-                "tool": effect["tool"],
-                "idempotency_key": effect["idempotency_key"],
-            },
-        )
-
-    def _keep(self, **fields: Any) -> str:
-        """Store a one-failure entry that stops no run (poison, compensation) and signal it."""
-        now = utcnow()
-        entry_id = uuid.uuid4().hex
-        self.store.insert(
-            {
-                "id": entry_id,
-                "attempts": [],
-                "attempt_count": 1,
-                "first_failed_at": now,
-                "last_failed_at": now,
-                "status": "open",
-                "created_at": now,
-                **fields,
-            }
-        )
-        self._signal(fields["queue"], entry_id, fields["dl_class"])
-        return entry_id
+    def poison(self, **fields: Any) -> str:
+        """A message that is no valid step: keep it, never run it
+        (``DeadLetterEntries.poison``)."""
+        return self.entries.poison(**fields)
 
     def record_failure(
         self,
@@ -232,7 +183,7 @@ class DeadLetters:
         worker: str | None = None,
     ) -> None:
         """One failed attempt that will be tried again (attempt history)."""
-        run = self.svc.store.get_run(run_id)
+        run = self.runs.get_run(run_id)
         self.store.record_failure(
             {
                 "run_id": run_id,
@@ -260,8 +211,8 @@ class DeadLetters:
     def stats(self) -> dict[str, Any]:
         rows = self.store.stats()
         counters = {}
-        for queue in {r["queue"] for r in rows} | {STEP_QUEUE}:
-            counters[queue] = int(self.svc.redis.get(self.svc.keys.dlq_open(queue)) or 0)
+        for queue in {r["queue"] for r in rows} | {self.messages.queue}:
+            counters[queue] = int(self.redis.get(self.keys.dlq_open(queue)) or 0)
         return {"queues": rows, "open": sum(r["open"] for r in rows), "counters": counters}
 
     def retry(
@@ -278,7 +229,7 @@ class DeadLetters:
         entries = self.store.find(f, limit)
         retried: list[str] = []
         skipped: dict[str, str] = {}
-        rate = rate_per_s or self.svc.config.dead_letters.retry_rate_per_s
+        rate = rate_per_s or self.config.dead_letters.retry_rate_per_s
         start = now_ms()
         try:
             for entry in entries:
@@ -331,7 +282,7 @@ class DeadLetters:
 
     def apply_retention(self) -> int:
         return self.store.delete_resolved_before(
-            retention_cutoff(self.svc.config.dead_letters.retention_days)
+            retention_cutoff(self.config.dead_letters.retention_days)
         )
 
     # --- helpers ---------------------------------------------------------------------
@@ -345,7 +296,7 @@ class DeadLetters:
         if not entry["tenant_id"]:
             return "the entry names no tenant; purge it"
         try:  # scoped by the entry's tenant: an entry never reaches another tenant's run
-            run = self.svc.store.get_run(entry["run_id"], entry["tenant_id"])
+            run = self.runs.get_run(entry["run_id"], entry["tenant_id"])
         except AgentRuntimeError:
             return f"its run no longer exists for tenant {entry['tenant_id']!r}"
         if run["status"] != "failed" or not str(run["stop_reason"]).startswith("dead_lettered:"):
@@ -355,16 +306,15 @@ class DeadLetters:
         return None
 
     def _resume(self, entry: dict[str, Any], due_ms: int, actor: str) -> bool:
-        svc = self.svc
-        run = svc.store.get_run(entry["run_id"], entry["tenant_id"])
+        run = self.runs.get_run(entry["run_id"], entry["tenant_id"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], entry["step_no"])
         trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
         if not self.store.reopen_run(run["run_id"], entry["step_no"], trace.drain()):
             return False
         item = item_of(run, entry["step_no"])
-        svc.redis.delete(svc.keys.run_cancelled(run["run_id"]))
+        self.redis.delete(self.keys.run_cancelled(run["run_id"]))
         ops = Ops().delay(item, due_ms) if due_ms > now_ms() + 5 else Ops().enqueue(item)
-        svc.schedule(ops.dispatch(1))
+        self.dispatch.schedule(ops.dispatch(1))
         return True
 
     def _retry_one(self, entry: dict[str, Any], due_ms: int, actor: str) -> str | None:
@@ -380,43 +330,17 @@ class DeadLetters:
         effect_id = (entry["message"] or {}).get("effect_id")
         if effect_id is None or entry["run_id"] is None:
             return "the entry names no side effect"
-        run = self.svc.store.get_run(entry["run_id"], entry["tenant_id"] or "")
+        run = self.runs.get_run(entry["run_id"], entry["tenant_id"] or "")
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], entry["step_no"])
         trace.add("dead_letter_retried", entry_id=entry["id"], actor=actor)
-        if not self.svc.store.set_effect_status(
+        if not self.runs.set_effect_status(
             int(effect_id), "compensation_failed", "succeeded", trace.drain()
         ):
             return "the effect is no longer compensation_failed"
-        report = self.svc.compensations.compensate(entry["run_id"])
+        report = self.compensations.compensate(entry["run_id"])
         if report.failed:
             return "the compensation failed again (a new entry holds the error)"
         return None
-
-    def _message_of(self, run: dict[str, Any], step_no: int) -> dict[str, Any]:
-        """The step's message as the publisher sends it (for an operator to read)."""
-        return {
-            "task": "agentrt.step",
-            "id": f"{run['run_id']}-{step_no}",
-            "kwargs": {
-                "run_id": run["run_id"],
-                "step": step_no,
-                "tenant": run["tenant_id"],
-                "route": run["route"],
-                "priority": run["priority"],
-            },
-        }
-
-    def _signal(self, queue: str, entry_id: str, dl_class: str) -> None:
-        svc = self.svc
-        pipe = svc.redis.pipeline(transaction=False)
-        pipe.xadd(
-            svc.keys.dlq_stream(queue),
-            {"id": entry_id, "class": dl_class},
-            maxlen=10_000,
-            approximate=True,
-        )
-        pipe.incr(svc.keys.dlq_open(queue))
-        pipe.execute()
 
     def _adjust_open(self, entries: list[dict[str, Any]], resolved: list[str]) -> None:
         done = set(resolved)
@@ -425,7 +349,7 @@ class DeadLetters:
             if e["id"] in done:
                 per_queue[e["queue"]] = per_queue.get(e["queue"], 0) + 1
         for queue, n in per_queue.items():
-            self.svc.redis.decrby(self.svc.keys.dlq_open(queue), n)
+            self.redis.decrby(self.keys.dlq_open(queue), n)
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

@@ -1,28 +1,44 @@
-"""Every error the runtime raises, under one root.
+"""Every error the runtime raises, under one root, defined here and nowhere else
+(``tests/test_errors.py`` checks it). A module that used to define one re-exports it.
 
 * AgentRuntimeError
   x ConfigError                (path, problems): a config file is missing or invalid
+    - ConfigTooDeep            (mark): YAML nested too deep; config_loader turns it into
+                               a ConfigError naming the line
   x SettingsError              an environment setting is unusable (e.g. an evicting Redis)
+    - SchemaOutOfDate          (revision, head): the database's schema is older than the code
+  x BoundsError                (code, path, detail): a value is not bounded JSON
   x AdmissionRefused           (code, detail, fields): submit() refused a request it could not
                                store (a malformed identity, an idempotency conflict)
   x InvalidRequest             (fields, detail): an argument of an operation is malformed
   x RunNotFound                (run_id)
+  x WaitTimeout                (run_id, timeout, status): wait() gave up; the run goes on
+  x DeadLetterNotFound         (entry_id)
   x StaleWrite                 (run_id): a conditional update lost to another writer
   x InvalidTransition          (run_id, from_status, to_status)
   x ToolError
-    - ToolNotRegistered        (name)
     - ToolDefinitionError      a tool module declares a tool wrongly
-    - ToolExecutionError       (tool, cause): the tool raised; recorded, never re-raised raw
+    - ToolExecutionError       (message, code): raised by a tool for a clean, expected failure
     - ToolTimeout              (tool, timeout_s)
+    - ToolOutputNotStorable    a tool returned what a record cannot hold (not JSON, too big)
   x ProposerError              the proposer could not produce a proposal (HTTP error, bad reply)
   x BudgetError
     - BudgetExhausted          (scope, dimension)
-  x LockBusy                   (name, retry_after_s)
-  x ServiceUnavailable         Redis or the database cannot be reached
   x StateUnknown               (what): Redis lost its state; nothing runs until recovery
+  x RecoveryError              rebuilding Redis state from SQL cannot go on
+  x DemoError                  the demo could not run (workers did not start, ...)
+  x ScriptsLost                Redis lost its Lua scripts mid-batch    } also
+  x BrokerConnectionClosed     a broker channel outlived its connection } redis.ConnectionError
+
+``ScriptsLost`` and ``BrokerConnectionClosed`` are also ``redis.ConnectionError``: callers
+(the step task's retry, Celery's consumer) handle them as the connection errors they are.
+They are built on first use, so that importing this module never imports redis (read-only
+CLI commands must not load it).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 
 class AgentRuntimeError(Exception):
@@ -37,8 +53,38 @@ class ConfigError(AgentRuntimeError):
         super().__init__(f"invalid config {path}:\n{lines}")
 
 
+class ConfigTooDeep(ConfigError):
+    """A YAML document nests deeper than the loader allows (``mark``: where, a yaml Mark);
+    ``config_loader.parse_yaml`` reports it as a ConfigError on the file."""
+
+    def __init__(self, mark: Any) -> None:
+        self.mark = mark
+        Exception.__init__(self)
+
+
 class SettingsError(AgentRuntimeError):
     pass
+
+
+class SchemaOutOfDate(SettingsError):
+    """The database's schema is older than this code needs (or predates migrations):
+    ``agentrt db upgrade`` brings it to ``head``. ``revision`` is where it is (None: no
+    version recorded)."""
+
+    def __init__(self, revision: str | None, head: str, detail: str) -> None:
+        self.revision = revision
+        self.head = head
+        super().__init__(detail)
+
+
+class BoundsError(AgentRuntimeError):
+    """A value is not bounded JSON. ``code`` is the reason code, ``path`` where it failed."""
+
+    def __init__(self, code: str, path: str, detail: str) -> None:
+        self.code = code
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}" if path else detail)
 
 
 class AdmissionRefused(AgentRuntimeError):
@@ -72,6 +118,18 @@ class RunNotFound(AgentRuntimeError):
         super().__init__(f"no run with id {run_id!r}")
 
 
+class WaitTimeout(AgentRuntimeError):
+    def __init__(self, run_id: str, timeout: float, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id} still {status} after {timeout:g}s")
+
+
+class DeadLetterNotFound(AgentRuntimeError):
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(f"no dead letter with id {entry_id!r}")
+
+
 class StaleWrite(AgentRuntimeError):
     def __init__(self, run_id: str, detail: str = "") -> None:
         self.run_id = run_id
@@ -88,12 +146,6 @@ class InvalidTransition(AgentRuntimeError):
 
 class ToolError(AgentRuntimeError):
     pass
-
-
-class ToolNotRegistered(ToolError):
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(f"tool {name!r} is not registered")
 
 
 class ToolDefinitionError(ToolError):
@@ -116,6 +168,10 @@ class ToolTimeout(ToolError):
         super().__init__(f"tool {tool!r} exceeded its {timeout_s:g}s timeout")
 
 
+class ToolOutputNotStorable(ToolError):
+    """A tool returned a result that is not storable JSON, or more than a record keeps."""
+
+
 class ProposerError(AgentRuntimeError):
     def __init__(self, message: str, code: str = "proposer_error") -> None:
         self.code = code
@@ -133,17 +189,6 @@ class BudgetExhausted(BudgetError):
         super().__init__(f"budget exhausted: {dimension} in scope {scope}")
 
 
-class LockBusy(AgentRuntimeError):
-    def __init__(self, name: str, retry_after_s: float) -> None:
-        self.name = name
-        self.retry_after_s = retry_after_s
-        super().__init__(f"lock {name!r} is held by another run; retry in {retry_after_s:.2f}s")
-
-
-class ServiceUnavailable(AgentRuntimeError):
-    pass
-
-
 class StateUnknown(AgentRuntimeError):
     """Redis lost its state (or holds an old one): nothing may run until it is rebuilt."""
 
@@ -154,3 +199,46 @@ class StateUnknown(AgentRuntimeError):
             "snapshot); waiting for recovery to rebuild it from SQL (automatic in workers; "
             "or run `agentrt recover`)"
         )
+
+
+class RecoveryError(AgentRuntimeError):
+    pass
+
+
+class DemoError(AgentRuntimeError):
+    """The demo could not run (workers did not start, runs did not finish...)."""
+
+
+# --- errors that are also redis.ConnectionError ----------------------------------------
+if TYPE_CHECKING:
+    # what the classes built by _connection_errors are, for the type checker
+    from redis import ConnectionError as _RedisConnectionError
+
+    class ScriptsLost(AgentRuntimeError, _RedisConnectionError): ...
+
+    class BrokerConnectionClosed(AgentRuntimeError, _RedisConnectionError): ...
+
+
+_CONNECTION_ERRORS = ("ScriptsLost", "BrokerConnectionClosed")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _CONNECTION_ERRORS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _connection_errors()
+    return globals()[name]
+
+
+def _connection_errors() -> None:
+    """Define the errors whose second base is redis's (imports redis, once)."""
+    global ScriptsLost, BrokerConnectionClosed
+    import redis
+
+    class ScriptsLost(AgentRuntimeError, redis.ConnectionError):
+        """Redis lost its scripts while a batch ran, and some of the batch's scripts had
+        run: it cannot be replayed. A connection error: callers retry the whole operation
+        (a step task does, and a step that already checkpointed finds it done)."""
+
+    class BrokerConnectionClosed(AgentRuntimeError, redis.ConnectionError):
+        """A broker channel asked for a connection after its connection was released (the
+        broker restarted): a connection error, which Celery's consumer recovers from."""

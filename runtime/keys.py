@@ -11,11 +11,96 @@ share a Redis Cluster hash tag (the part in braces):
 * a run's step lease: ``{run:<id>}``.
 * process instances' heartbeats share ``{sched}``, so the scheduler script can see which
   owners of running steps are dead (``runtime.locks.identity``).
+
+Lua scripts get their keys through KEYS/ARGV. ``sched.lua`` and ``start.lua`` receive the
+scheduler's prefix (``SchedKeys.prefix``) and build the names below from it, plus names only
+they use (``band:<b>``, ``heads``, ``pass``, ``tband``, ``blocked:*``, ``inf:r:<route>``,
+``inf:t:<tenant>``, ``owned:<instance>``, ``owners``, ``handback``, ``vtime``): a name
+changed here must change there too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: the published limit tables ``sched.lua`` reads (hashes under the scheduler's prefix)
+LIMIT_TABLES = ("conf", "rlimit", "rttl", "weight", "tcap")
+
+
+@dataclass(frozen=True)
+class SchedKeys:
+    """The scheduler's keys (``runtime.scheduling``), all under its ``{sched}`` prefix."""
+
+    prefix: str
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    def pattern(self) -> str:
+        """SCAN pattern of every scheduler key."""
+        return self._key("*")
+
+    def table(self, name: str) -> str:
+        """A published limit table (one of ``LIMIT_TABLES``)."""
+        return self._key(name)
+
+    def ready(self, tenant: str) -> str:
+        """A tenant's ready queue: zset item -> enqueue time + priority offset."""
+        return self._key(f"q:{tenant}")
+
+    @property
+    def inflight(self) -> str:
+        """Zset item -> slot lease expiry (ms) of every dispatched step."""
+        return self._key("inflight")
+
+    @property
+    def delayed(self) -> str:
+        return self._key("delayed")
+
+    @property
+    def owner(self) -> str:
+        """Hash item -> the owner (``<instance>|<nonce>``) of the copy running it."""
+        return self._key("owner")
+
+    @property
+    def deaths(self) -> str:
+        """Hash item -> how often the instance running it died (hand-backs)."""
+        return self._key("deaths")
+
+    @property
+    def depth_tenant(self) -> str:
+        return self._key("depth:t")
+
+    @property
+    def depth_route(self) -> str:
+        return self._key("depth:r")
+
+    @property
+    def depth_tenant_priority(self) -> str:
+        """Hash ``<tenant>|<priority index>`` -> queued steps."""
+        return self._key("depth:tp")
+
+    @property
+    def workers(self) -> str:
+        return self._key("workers")
+
+    @property
+    def capacity(self) -> str:
+        return self._key("capacity")
+
+    @property
+    def parked(self) -> str:
+        return self._key("parked")
+
+    @property
+    def paused(self) -> str:
+        """Set while recovery rebuilds the queues: nothing is dispatched."""
+        return self._key("paused")
+
+    @property
+    def step_time(self) -> str:
+        """Hash route -> moving average of its step time (ms), for wait estimates."""
+        return self._key("avg_ms")
 
 
 @dataclass(frozen=True)
@@ -47,6 +132,9 @@ class Keys:
     def sched(self) -> str:
         return f"{self.namespace}:{{sched}}"
 
+    def scheduler(self) -> SchedKeys:
+        return SchedKeys(self.sched())
+
     def sched_state(self) -> str:
         """The scheduler's state marker (hash, field ``gen``): see runtime.state."""
         return f"{self.namespace}:{{sched}}:state"
@@ -64,6 +152,10 @@ class Keys:
 
     def breaker(self, name: str) -> str:
         return f"{self.namespace}:{{sched}}:breaker:{name}"
+
+    def breaker_failures(self, name: str) -> str:
+        """Zset of a breaker's recent failures (in its breaker's slot)."""
+        return f"{self.namespace}:{{sched}}:breaker:{name}:fails"
 
     def bulkhead(self, tool: str) -> str:
         return f"{self.namespace}:{{sched}}:bulkhead:{tool}"
@@ -86,6 +178,9 @@ class Keys:
 
     def run_lease(self, run_id: str) -> str:
         return f"{self.namespace}:{{run:{run_id}}}:lease"
+
+    def run_lease_fence(self, run_id: str) -> str:
+        return f"{self.namespace}:{{run:{run_id}}}:lease:fence"
 
     # --- idempotency -----------------------------------------------------------------
     def effect(self, idempotency_key: str) -> str:

@@ -25,18 +25,21 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import and_, insert, or_, select
+import redis
 
+from runtime.budgets.ledger import BudgetLedger
+from runtime.compensation import Compensations
 from runtime.contract import RunStatus
-from runtime.scheduling.scheduler import Item, Ops
+from runtime.dead_letters import DeadLetters
+from runtime.dispatch import Dispatch
+from runtime.keys import Keys
+from runtime.scheduling.scheduler import Item, Ops, Scheduler
 from runtime.store.db import utcnow
-from runtime.store.runs import events_t, runs_t
+from runtime.store.recovery_reads import ReconcilerReads
+from runtime.store.runs import RunStore
 from runtime.tracing import TraceBuffer
-
-if TYPE_CHECKING:
-    from runtime.service import RuntimeService
 
 log = logging.getLogger("agentrt.reconciler")
 
@@ -77,8 +80,17 @@ class _Candidate:
 class Reconciler:
     def __init__(
         self,
-        svc: RuntimeService,
         *,
+        redis: redis.Redis,
+        keys: Keys,
+        ledger: BudgetLedger,
+        scheduler: Scheduler,
+        dispatch: Dispatch,
+        runs: RunStore,
+        reads: ReconcilerReads,
+        compensations: Compensations,
+        dead_letters: DeadLetters,
+        lease_ttl_s: float,
         interval_s: float = DEFAULT_INTERVAL_S,
         grace_s: float | None = None,
         batch: int = DEFAULT_BATCH,
@@ -86,11 +98,19 @@ class Reconciler:
     ) -> None:
         if interval_s <= 0 or batch <= 0:
             raise ValueError("interval_s and batch must be positive")
-        self.svc = svc
+        self.redis = redis
+        self.keys = keys
+        self.ledger = ledger
+        self.scheduler = scheduler
+        self.dispatch = dispatch
+        self.runs = runs
+        self.reads = reads
+        self.compensations = compensations
+        self.dead_letters = dead_letters
         self.interval_s = interval_s
         #: a run not updated for this long may be a zombie; by default the step lease ttl,
         #: so a step that is still executing (it updates the run when it checkpoints) is not
-        self.grace_s = svc.config.lease_ttl_s() if grace_s is None else grace_s
+        self.grace_s = lease_ttl_s if grace_s is None else grace_s
         self.batch = batch
         self.retention_every_s = retention_every_s
         self.owner = f"reconciler|{uuid.uuid4().hex[:12]}"
@@ -107,9 +127,7 @@ class Reconciler:
         clock = now or utcnow()
         now_ms = None if now is None else int(now.timestamp() * 1000)
         try:
-            report.expired_holds = self.svc.ledger.release_expired(
-                now_ms, spent=self.svc.store.step_spend
-            )
+            report.expired_holds = self.ledger.release_expired(now_ms, spent=self.runs.step_spend)
             if report.expired_holds:
                 log.info("released %d expired budget holds", report.expired_holds)
         except Exception as exc:
@@ -120,21 +138,21 @@ class Reconciler:
             self._failed(report, "zombies", exc)
         try:
             before = clock - timedelta(seconds=self.grace_s)
-            report.compensations = self.svc.compensations.resume_stuck(before)
+            report.compensations = self.compensations.resume_stuck(before)
         except Exception as exc:
             self._failed(report, "compensations", exc)
         if self._retention_due(clock):
             self._last_retention = clock  # also on failure: try again in an hour, not 5 s
             try:
-                report.retention_deleted = self.svc.dead_letters.apply_retention()
+                report.retention_deleted = self.dead_letters.apply_retention()
             except Exception as exc:
                 self._failed(report, "retention", exc)
         return report
 
     def _acquire(self) -> bool:
         px = max(1, int(self.interval_s * 1000))
-        key = self.svc.keys.reconciler_lock()
-        return bool(self.svc.redis.set(key, self.owner, nx=True, px=px))
+        key = self.keys.reconciler_lock()
+        return bool(self.redis.set(key, self.owner, nx=True, px=px))
 
     def _retention_due(self, clock: datetime) -> bool:
         last = self._last_retention
@@ -151,18 +169,18 @@ class Reconciler:
         candidates = self._candidates(now - timedelta(seconds=self.grace_s))
         if not candidates:
             return []
-        known = self.svc.scheduler.known([c.item for c in candidates])
+        known = self.scheduler.known([c.item for c in candidates])
         lost = [c for c, k in zip(candidates, known, strict=True) if not k]
         lost = self._lease_free(lost)
         # a worker may have moved the run on since it was read: only unchanged rows
         lost = self._unchanged(lost)
         if not lost:
             return []
-        _add_events([self._event(c, now) for c in lost], self.svc)
+        self.reads.add_events([self._event(c, now) for c in lost])
         ops = Ops()
         for c in lost:
             ops.enqueue(c.item)
-        self.svc.schedule(ops.dispatch(len(lost)))
+        self.dispatch.schedule(ops.dispatch(len(lost)))
         for c in lost:
             log.warning(
                 "run %s (%s) step %s was in no scheduler queue for %.0fs: queued again",
@@ -176,28 +194,7 @@ class Reconciler:
     def _candidates(self, cutoff: datetime) -> list[_Candidate]:
         """Active runs not updated since ``cutoff``: one bounded page, oldest first, from
         where the previous round stopped (back to the oldest once the end is reached)."""
-        r = runs_t.c
-        query = (
-            select(
-                r.run_id,
-                r.tenant_id,
-                r.route,
-                r.priority,
-                r.next_step,
-                r.status,
-                r.version,
-                r.trace_id,
-                r.updated_at,
-            )
-            .where(r.status.in_(ACTIVE_STATUSES), r.updated_at < cutoff)
-            .order_by(r.updated_at, r.run_id)
-            .limit(self.batch)
-        )
-        if self._cursor is not None:
-            at, run_id = self._cursor
-            query = query.where(or_(r.updated_at > at, and_(r.updated_at == at, r.run_id > run_id)))
-        with self.svc.store.engine.connect() as conn:
-            rows = list(conn.execute(query).mappings())
+        rows = self.reads.idle_runs(cutoff, self.batch, self._cursor)
         full = len(rows) == self.batch
         self._cursor = (rows[-1]["updated_at"], rows[-1]["run_id"]) if full else None
         return [
@@ -221,20 +218,16 @@ class Reconciler:
         """Drop runs whose step lease is held: a step of theirs is executing right now."""
         if not candidates:
             return []
-        pipe = self.svc.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for c in candidates:
-            pipe.exists(self.svc.keys.run_lease(c.item.run_id))
+            pipe.exists(self.keys.run_lease(c.item.run_id))
         held = pipe.execute()
         return [c for c, h in zip(candidates, held, strict=True) if not h]
 
     def _unchanged(self, candidates: list[_Candidate]) -> list[_Candidate]:
         if not candidates:
             return []
-        query = select(runs_t.c.run_id, runs_t.c.version).where(
-            runs_t.c.run_id.in_([c.item.run_id for c in candidates])
-        )
-        with self.svc.store.engine.connect() as conn:
-            versions = {str(run_id): int(v) for run_id, v in conn.execute(query)}
+        versions = self.reads.versions([c.item.run_id for c in candidates])
         return [c for c in candidates if versions.get(c.item.run_id) == c.version]
 
     def _event(self, c: _Candidate, now: datetime) -> dict[str, Any]:
@@ -251,12 +244,3 @@ class Reconciler:
 
 def _idle_s(c: _Candidate, now: datetime) -> float:
     return (now - c.updated_at).total_seconds()
-
-
-def _add_events(events: list[dict[str, Any]], svc: RuntimeService) -> None:
-    """Insert trace events in one write transaction (outside any step's checkpoint)."""
-    if not events:
-        return
-    engine = svc.store.engine
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
-        conn.execute(insert(events_t), events)

@@ -33,24 +33,23 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
-from sqlalchemy import func, select
 
 from runtime import deployment
-from runtime.config import DIMENSIONS
-from runtime.contract import RunStatus
-from runtime.errors import AgentRuntimeError
-from runtime.scheduling.scheduler import Ops
-from runtime.steps import item_of
+from runtime.config import DIMENSIONS, RuntimeConfig
+from runtime.dispatch import Dispatch
+from runtime.errors import RecoveryError
+from runtime.keys import Keys
+from runtime.scheduling.scheduler import Ops, Scheduler, item_of
+from runtime.state import KnownGeneration, StateMarkers
 from runtime.store.db import utcnow
 from runtime.store.dead_letters import DeadLetterStore
-from runtime.store.runs import runs_t, spend_t
+from runtime.store.deployment import DeploymentStore
+from runtime.store.recovery_reads import RecoveryReads
+from runtime.store.runs import RunStore
 from runtime.tracing import TraceBuffer
-
-if TYPE_CHECKING:
-    from runtime.service import RuntimeService
 
 log = logging.getLogger("agentrt.recovery")
 
@@ -59,10 +58,6 @@ PAUSE_TTL_MS = 15 * 60 * 1000
 #: days of tenant/route scopes rebuilt (their keys live 3 days)
 SCOPE_DAYS = 3
 BATCH = 500
-
-
-class RecoveryError(AgentRuntimeError):
-    pass
 
 
 @dataclass
@@ -90,8 +85,35 @@ class RecoveryReport:
 
 
 class Recovery:
-    def __init__(self, svc: RuntimeService) -> None:
-        self.svc = svc
+    def __init__(
+        self,
+        *,
+        config: RuntimeConfig,
+        config_source: str,
+        redis: redis.Redis,
+        keys: Keys,
+        scheduler: Scheduler,
+        dispatch: Dispatch,
+        deployments: DeploymentStore,
+        markers: StateMarkers,
+        generation: KnownGeneration,
+        runs: RunStore,
+        reads: RecoveryReads,
+        audit: DeadLetterStore,
+    ) -> None:
+        self.config = config
+        #: where this process's config came from (shown in drift messages, recorded on apply)
+        self.config_source = config_source
+        self.redis = redis
+        self.keys = keys
+        self.scheduler = scheduler
+        self.dispatch = dispatch
+        self.deployments = deployments
+        self.markers = markers
+        self.generation = generation
+        self.runs = runs
+        self.reads = reads
+        self.audit = audit
 
     def recover(
         self,
@@ -100,62 +122,61 @@ class Recovery:
         inflight_wait_s: float | None = None,
         dry_run: bool = False,
     ) -> RecoveryReport:
-        svc = self.svc
         report = RecoveryReport(dry_run=dry_run)
         if dry_run:
-            report.runs = [r["run_id"] for r in self._live_runs()]
+            report.runs = [r["run_id"] for r in self.reads.live_runs()]
             report.runs_requeued = len(report.runs)
             return report
-        gap = deployment.drift(svc.config, svc.deployments)
+        gap = deployment.drift(self.config, self.deployments)
         if gap is not None:
             raise RecoveryError(
                 "this process runs another config than the deployment: "
-                + gap.describe(str(svc.settings.config))
+                + gap.describe(self.config_source)
                 + "; recover with the applied config (unset AGENTRT_CONFIG's override, or "
                 "apply this one first with agentrt config apply)"
             )
-        paused = f"{svc.keys.sched()}:paused"
-        svc.redis.set(paused, actor, px=PAUSE_TTL_MS)
+        paused = self.keys.scheduler().paused
+        self.redis.set(paused, actor, px=PAUSE_TTL_MS)
         try:
             deployment.apply(
-                svc.scheduler, svc.deployments, source=str(svc.settings.config), actor=actor
+                self.scheduler, self.deployments, source=self.config_source, actor=actor
             )
-            redeclare = getattr(svc.publisher, "redeclare", None)
+            # (a publisher that keeps no broker queue - a test's recorder - has none)
+            redeclare = getattr(self.dispatch.publisher, "redeclare", None)
             if callable(redeclare):
                 redeclare()
             if inflight_wait_s is None:
-                inflight_wait_s = svc.config.max_hard_limit_s() if self.may_be_in_flight() else 0.0
+                inflight_wait_s = self.config.max_hard_limit_s() if self.may_be_in_flight() else 0.0
             if inflight_wait_s > 0:
                 log.info(
                     "waiting %.0fs for steps in flight when Redis lost its data", inflight_wait_s
                 )
                 time.sleep(inflight_wait_s)
                 report.waited_s = inflight_wait_s
-            generation = svc.deployments.new_generation(actor, "recover")
+            generation = self.deployments.new_generation(actor, "recover")
             self._rebuild_ledger(report, generation)
-            svc.scheduler.reset_state()
-            svc.markers.mark(generation)
-            svc.generation.refresh()
+            self.scheduler.reset_state()
+            self.markers.mark(generation)
+            self.generation.refresh()
             report.generation = generation
             report.runs = self._requeue(report)
         finally:
-            svc.redis.delete(paused)
-        svc.schedule(Ops().promote().dispatch(100))
+            self.redis.delete(paused)
+        self.dispatch.schedule(Ops().promote().dispatch(100))
         first_start = report.generation == 1 and not report.runs and not report.ledger_scopes
         if not first_start:  # a new deployment's first state is no operator event
-            DeadLetterStore(svc.store).audit(actor, "recover", {}, report.runs, report.as_dict())
+            self.audit.audit(actor, "recover", {}, report.runs, report.as_dict())
         return report
 
     # --- ledger ----------------------------------------------------------------------
     def ensure(self, actor: str, *, lock_ttl_s: float | None = None) -> bool:
         """Rebuild Redis's state from SQL if it is unknown (see ``runtime.state``), unless
         another process is doing it. Returns whether the state is known afterwards."""
-        svc = self.svc
-        if svc.markers.known(svc.generation.refresh()):
+        if self.markers.known(self.generation.refresh()):
             return True
-        lock = svc.keys.recovery_lock()
-        ttl_s = lock_ttl_s or svc.config.max_hard_limit_s() + 300
-        if not svc.redis.set(lock, actor, nx=True, px=int(ttl_s * 1000)):
+        lock = self.keys.recovery_lock()
+        ttl_s = lock_ttl_s or self.config.max_hard_limit_s() + 300
+        if not self.redis.set(lock, actor, nx=True, px=int(ttl_s * 1000)):
             return False
         try:
             log.warning("the runtime's Redis state is unknown: %s rebuilds it from SQL", actor)
@@ -163,14 +184,13 @@ class Recovery:
             log.warning("state rebuilt from SQL: %s", report.as_dict())
             return True
         finally:
-            svc.redis.delete(lock)
+            self.redis.delete(lock)
 
     def _rebuild_ledger(self, report: RecoveryReport, generation: int) -> None:
-        svc = self.svc
-        index = svc.keys.budget_holds_index()
+        index = self.keys.budget_holds_index()
         for attempt in range(1, 51):
             report.ledger_attempts = attempt
-            with svc.redis.pipeline(transaction=True) as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(index)  # type: ignore[no-untyped-call]
                     holds = self._holds(pipe, index)
@@ -191,7 +211,7 @@ class Recovery:
                         pipe.hset(scope, mapping=fields)  # type: ignore[arg-type]
                         pipe.expire(scope, self._scope_ttl_s(scope))
                     # the ledger is known again in the same transaction that rebuilt it
-                    svc.markers.mark_ledger_in(pipe, generation)
+                    self.markers.mark_ledger_in(pipe, generation)
                     pipe.execute()
                     report.ledger_scopes = len(scopes)
                     report.open_holds = len(holds)
@@ -226,58 +246,26 @@ class Recovery:
     ) -> dict[str, dict[str, int]]:
         """Settled spend per ledger scope key, from SQL. A step that checkpointed but still
         holds its reservation will settle by itself: its spend stays out of ``u`` until then."""
-        svc = self.svc
-        keys = svc.keys
+        keys = self.keys
         days = [(utcnow().date() - timedelta(days=i)).isoformat() for i in range(SCOPE_DAYS)]
         dims = list(DIMENSIONS)
-        sums = [func.coalesce(func.sum(spend_t.c[d]), 0) for d in dims]
         used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        live = select(runs_t.c.run_id).where(
-            runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
-        )
-        queries = [
-            (
-                "tenant",
-                select(spend_t.c.tenant_id, spend_t.c.day, *sums)
-                .where(spend_t.c.day.in_(days))
-                .group_by(spend_t.c.tenant_id, spend_t.c.day),
-            ),
-            (
-                "route",
-                select(spend_t.c.route, spend_t.c.day, *sums)
-                .where(spend_t.c.day.in_(days))
-                .group_by(spend_t.c.route, spend_t.c.day),
-            ),
-            (
-                "run",
-                select(spend_t.c.run_id, spend_t.c.run_id, *sums)
-                .where(spend_t.c.day.in_(days) | spend_t.c.run_id.in_(live))
-                .group_by(spend_t.c.run_id),
-            ),
+        sums = self.reads.spend_sums(days, dims, {run for run, _ in holds})
+        scoped = [
+            *((keys.budget_tenant_day(t, day), values) for t, day, values in sums.tenant_days),
+            *((keys.budget_route_day(r, day), values) for r, day, values in sums.route_days),
+            *((keys.budget_run(run), values) for run, values in sums.runs),
         ]
-        with svc.store.engine.connect() as conn:
-            for kind, query in queries:
-                for name, day, *values in conn.execute(query):
-                    key = (
-                        keys.budget_tenant_day(name, day)
-                        if kind == "tenant"
-                        else keys.budget_route_day(name, day)
-                        if kind == "route"
-                        else keys.budget_run(name)
-                    )
-                    for dim, value in zip(dims, values, strict=True):
-                        used[key][dim] += int(value)
-            if holds:
-                pending = select(spend_t).where(
-                    spend_t.c.run_id.in_(sorted({run for run, _ in holds}))
-                )
-                for row in conn.execute(pending).mappings():
-                    hold = holds.get((row["run_id"], row["step_no"]))
-                    if hold is None:
-                        continue
-                    for scope in hold["scopes"]:
-                        for dim in dims:
-                            used[scope][dim] -= int(row[dim])
+        for key, values in scoped:
+            for dim, value in zip(dims, values, strict=True):
+                used[key][dim] += int(value)
+        for row in sums.rows_of_runs:
+            hold = holds.get((row["run_id"], row["step_no"]))
+            if hold is None:
+                continue
+            for scope in hold["scopes"]:
+                for dim in dims:
+                    used[scope][dim] -= int(row[dim])
         return used
 
     def _scope_ttl_s(self, scope: str) -> int:
@@ -287,36 +275,14 @@ class Recovery:
     def may_be_in_flight(self) -> bool:
         """Could a step be executing now? Not without a queued or running run, and not in a
         deployment whose Redis state was never built (no step can have been dispatched)."""
-        return self.svc.generation.refresh() > 0 and self.live_runs() > 0
+        return self.generation.refresh() > 0 and self.live_runs() > 0
 
     def live_runs(self) -> int:
         """Queued or running runs in SQL (a step of one may be in flight)."""
-        query = select(func.count()).where(
-            runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
-        )
-        with self.svc.store.engine.connect() as conn:
-            return int(conn.execute(query).scalar() or 0)
-
-    def _live_runs(self) -> list[dict[str, Any]]:
-        """Every queued or running run, oldest first, with what its step's item needs."""
-        query = (
-            select(
-                runs_t.c.run_id,
-                runs_t.c.next_step,
-                runs_t.c.tenant_id,
-                runs_t.c.route,
-                runs_t.c.priority,
-                runs_t.c.trace_id,
-            )
-            .where(runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
-            .order_by(runs_t.c.created_at)
-        )
-        with self.svc.store.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return self.reads.live_run_count()
 
     def _requeue(self, report: RecoveryReport) -> list[str]:
-        svc = self.svc
-        rows = self._live_runs()
+        rows = self.reads.live_runs()
         requeued: list[str] = []
         events: list[dict[str, Any]] = []
         for start in range(0, len(rows), BATCH):
@@ -329,7 +295,7 @@ class Recovery:
                 )
                 trace.add("recovered", step=row["next_step"])
                 events.extend(trace.drain())
-            svc.scheduler.run(ops)
-        svc.store.add_events(events)
+            self.scheduler.run(ops)
+        self.runs.add_events(events)
         report.runs_requeued = len(requeued)
         return requeued

@@ -18,6 +18,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, ResponseError
 
+from runtime.errors import ScriptsLost as ScriptsLost
+
 #: every script registered through ``register``, reloaded together after a NOSCRIPT
 _REGISTERED: dict[str, Script] = {}
 
@@ -43,12 +45,6 @@ def register(client: redis.Redis, source: str) -> Script:
 def queue(pipe: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
     """Queue ``script`` on ``pipe`` as a bare EVALSHA."""
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-class ScriptsLost(redis.ConnectionError):
-    """Redis lost its scripts while a batch ran, and some of the batch's scripts had run: it
-    cannot be replayed. A connection error: callers retry the whole operation (a step task
-    does, and a step that already checkpointed finds it done)."""
 
 
 def run_pipeline(

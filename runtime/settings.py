@@ -49,3 +49,9 @@ class Settings(BaseSettings):
     #: send Celery task events (Flower needs them; costs ~30% of raw throughput).
     task_events: bool = True
     log_level: str = Field(default="INFO")
+    #: ``module:callable`` building the step publisher from (settings, endpoints); the
+    #: domain never imports the Celery edge, the composition root loads this by name
+    publisher: str = "tasks.producer:publisher_for"
+    #: ``module:object`` naming the workers' queue, task names and message format
+    #: (``runtime.ports.StepMessages``) that dead-letter entries record
+    step_messages: str = "tasks.messages:STEP_MESSAGES"

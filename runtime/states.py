@@ -35,7 +35,3 @@ ALLOWED_FROM: dict[RunStatus, frozenset[RunStatus]] = {
     S.REFUSED: frozenset({S.QUEUED, S.RUNNING, S.WAITING}),
     S.CANCELLED: frozenset({S.QUEUED, S.RUNNING, S.WAITING}),
 }
-
-
-def can_transition(from_status: RunStatus, to_status: RunStatus) -> bool:
-    return from_status in ALLOWED_FROM[to_status]

@@ -27,13 +27,16 @@ from runtime import deployment
 from runtime.config import RuntimeConfig, load_config
 from runtime.errors import SettingsError
 from runtime.keys import Keys
-from runtime.service import Endpoints, RuntimeService, load_registry, resolve_endpoints
+from runtime.service import RuntimeService
 from runtime.settings import Settings
+from runtime.wiring import Endpoints, build_service, load_registry, resolve_endpoints
+from tasks import broker_faults, poison, pump, steps
+from tasks.messages import STEP_QUEUE, STEP_TASK
+from tasks.publish import CeleryPublisher
+
+__all__ = ["STEP_QUEUE", "STEP_TASK", "AgentrtCelery", "celery_config", "create_app"]
 
 log = logging.getLogger("agentrt.tasks")
-
-STEP_TASK = "agentrt.step"
-STEP_QUEUE = "agentrt.steps"
 #: longest countdown the runtime itself schedules (a deferred step)
 MAX_COUNTDOWN_S = 30.0
 
@@ -105,9 +108,7 @@ class AgentrtCelery(Celery):  # type: ignore[misc]
         # built its own service (the scheduler pump runs in the main process)
         if self._agentrt_service is None or self._agentrt_pid != os.getpid():
             self._agentrt_pid = os.getpid()
-            from tasks.publish import CeleryPublisher
-
-            self._agentrt_service = RuntimeService(
+            self._agentrt_service = build_service(
                 self.agentrt_settings,
                 self.agentrt_config,
                 endpoints=self.agentrt_endpoints,
@@ -150,8 +151,6 @@ def create_app(
     app.agentrt_settings = settings
     app.agentrt_config = config
     app.agentrt_endpoints = endpoints
-    from tasks import broker_faults, poison, pump, steps
-
     broker_faults.guard_closed_connections()
     steps.register(app)
     pump.register(app)
@@ -215,7 +214,12 @@ def _prepare_deployment(sender: Any = None, **_: Any) -> None:
     # once, in the main process before forking; children open their own engines
     svc = app.runtime_service()
     try:
-        svc.store.create_schema()
+        try:
+            svc.store.create_schema()
+        except SettingsError as exc:  # an older schema (SchemaOutOfDate), an unknown one
+            # a worker_init receiver's Exception is only logged by Celery: exit instead
+            log.critical("%s", exc)
+            raise SystemExit(2) from exc
         worker = str(getattr(sender, "hostname", None) or "worker")
         gap = deployment.drift(app.agentrt_config, svc.deployments)
         if gap is not None and os.environ.get(APPLY_CONFIG_ENV) != "1":

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
-
-class BrokerConnectionClosed(redis.ConnectionError):
-    """A channel asked for a connection after its broker connection was released."""
+from runtime.errors import BrokerConnectionClosed as BrokerConnectionClosed
 
 
 def guard_closed_connections() -> None:

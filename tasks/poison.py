@@ -17,13 +17,13 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import signals
 from celery.worker.consumer import Consumer
 
-if TYPE_CHECKING:
-    from tasks.app import AgentrtCelery
+from tasks.host import RuntimeHost
+from tasks.messages import STEP_QUEUE
 
 log = logging.getLogger("agentrt.poison")
 
@@ -61,10 +61,10 @@ def _plain(value: Any) -> Any:
 
 def _queue_of(message: Any) -> str:
     info = getattr(message, "delivery_info", None) or {}
-    return str(info.get("routing_key") or info.get("exchange") or "agentrt.steps")
+    return str(info.get("routing_key") or info.get("exchange") or STEP_QUEUE)
 
 
-def record(app: AgentrtCelery, message: Any, error_type: str, error: str) -> None:
+def record(app: RuntimeHost, message: Any, error_type: str, error: str) -> None:
     try:
         headers = getattr(message, "headers", None) or {}
         app.runtime_service().dead_letters.poison(
@@ -131,7 +131,7 @@ def guard_transport() -> None:
     transport.loads = tolerant_loads  # type: ignore[attr-defined]
 
 
-def register(app: AgentrtCelery) -> None:
+def register(app: RuntimeHost) -> None:
     guard_transport()
     app.conf.worker_consumer = "tasks.poison:PoisonAwareConsumer"
 

@@ -10,17 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from runtime.scheduling.scheduler import Item
+from tasks.messages import STEP_TASK, step_id, step_kwargs
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from runtime.service import RuntimeService
-
-STEP_TASK = "agentrt.step"
-
-
-def step_id(item: Item) -> str:
-    return f"{item.run_id}-{item.step_no}"
+__all__ = ["STEP_TASK", "CeleryPublisher", "step_id"]
 
 
 class CeleryPublisher:
@@ -38,13 +33,7 @@ class CeleryPublisher:
         soft, hard = self._limits.get(item.route, (70.0, 80.0))
         self.app.send_task(
             STEP_TASK,
-            kwargs={
-                "run_id": item.run_id,
-                "step": item.step_no,
-                "tenant": item.tenant,
-                "route": item.route,
-                "priority": item.priority,
-            },
+            kwargs=step_kwargs(item),
             task_id=step_id(item),
             shadow=f"{STEP_TASK}[{item.tenant}/{item.route}]",
             # soft limit: the step's own code sees SoftTimeLimitExceeded and fails cleanly;
@@ -60,10 +49,3 @@ class CeleryPublisher:
         with self.app.connection_for_write() as conn:
             for queue in self.app.conf.task_queues or []:
                 queue.bind(conn.default_channel).declare()
-
-
-def publisher_for(svc: RuntimeService) -> CeleryPublisher:
-    """Default publisher for ``Runtime.from_env()``: a producer-only Celery app."""
-    from tasks.app import create_app
-
-    return CeleryPublisher(create_app(svc.settings, svc.endpoints))

@@ -27,15 +27,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import signals
 
 from runtime.reconciler import Reconciler
-
-if TYPE_CHECKING:
-    from runtime.service import RuntimeService
-    from tasks.app import AgentrtCelery
+from runtime.service import RuntimeService
+from runtime.wiring import build_reconciler
+from tasks.host import RuntimeHost
 
 log = logging.getLogger("agentrt.pump")
 
@@ -50,7 +49,7 @@ RECONCILE_INTERVAL_S = 5.0
 class Pump:
     def __init__(
         self,
-        app: AgentrtCelery,
+        app: RuntimeHost,
         worker: str,
         processes: int,
         reconcile_interval_s: float = RECONCILE_INTERVAL_S,
@@ -71,7 +70,7 @@ class Pump:
 
     def _loop(self) -> None:
         svc = self.app.runtime_service()
-        reconciler = Reconciler(svc, interval_s=self.reconcile_interval_s)
+        reconciler = build_reconciler(svc, interval_s=self.reconcile_interval_s)
         next_reconcile = time.monotonic()
         next_recovery = time.monotonic()
         while not self._stop.is_set():
@@ -95,7 +94,8 @@ class Pump:
                 next_reconcile = time.monotonic() + self.reconcile_interval_s
                 fresh = self._follow_config(svc)
                 if fresh is not svc:
-                    svc, reconciler = fresh, Reconciler(fresh, interval_s=self.reconcile_interval_s)
+                    svc = fresh
+                    reconciler = build_reconciler(fresh, interval_s=self.reconcile_interval_s)
                 self._reconcile(reconciler)
             self._stop.wait(PUMP_INTERVAL_S)
 
@@ -125,7 +125,7 @@ class Pump:
             log.exception("reconciler round failed")
 
 
-def register(app: AgentrtCelery) -> None:
+def register(app: RuntimeHost) -> None:
     pumps: dict[str, Pump] = {}
 
     @signals.worker_ready.connect(weak=False)

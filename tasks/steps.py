@@ -10,20 +10,18 @@ errors outlasted their retries or a bug escaped (``exhausted``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from celery import Task, signals
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 
-from runtime.dead_letters import format_exception
+from runtime.dead_letter_entries import format_exception
 from runtime.errors import RunNotFound
 from runtime.scheduling.scheduler import Item
-from tasks.publish import STEP_TASK
-
-if TYPE_CHECKING:
-    from tasks.app import AgentrtCelery
+from tasks.host import RuntimeHost
+from tasks.messages import STEP_QUEUE, STEP_TASK
 
 log = logging.getLogger("agentrt.tasks")
 
@@ -49,14 +47,14 @@ class StepMessage(BaseModel):
     priority: str = Field(default="normal", max_length=20)
 
 
-def register(app: AgentrtCelery) -> None:
+def register(app: RuntimeHost) -> None:
     settings = app.agentrt_settings
 
     def poison(task: Task, error_type: str, error: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         log.error("step message %s is poison (%s): %s", task.request.id, error_type, error)
         run_id = kwargs.get("run_id") if isinstance(kwargs.get("run_id"), str) else None
         app.runtime_service().dead_letters.poison(
-            queue=str((task.request.delivery_info or {}).get("routing_key") or "agentrt.steps"),
+            queue=str((task.request.delivery_info or {}).get("routing_key") or STEP_QUEUE),
             error_type=error_type,
             error=error,
             message={

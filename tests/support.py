@@ -20,6 +20,7 @@ import psycopg
 from runtime.contract import RunView
 from runtime.service import RuntimeService
 from runtime.settings import Settings
+from runtime.wiring import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +151,7 @@ class Deployment:
             **(extra_env or {}),
         }
         settings = Settings(**{k[len("AGENTRT_") :].lower(): v for k, v in env.items()})
-        svc = RuntimeService.from_settings(settings)
+        svc = Runtime.from_settings(settings)
         if apply_config:
             # the deployment's config has one owner: the test applies it, as an operator would
             svc.apply_config("test")

@@ -27,8 +27,8 @@ from typer.testing import CliRunner, Result
 
 from runtime.cli.main import app
 from runtime.demo.workload import COUNTER, REFUNDS, TENANTS, TRIAGE
-from runtime.service import RuntimeService
 from runtime.settings import Settings
+from runtime.wiring import Runtime
 from tests.support import ROOT, Deployment, wait_for
 
 USAGE = {"input_tokens": 100, "output_tokens": 20}
@@ -417,7 +417,7 @@ def test_demo_runs_the_workload_end_to_end(
     text = result.stdout
 
     # every run the demo submitted is finished, in the SQLite file under AGENTRT_HOME
-    svc = RuntimeService.from_settings(Settings(redis_url=redis_url, home=tmp_path))
+    svc = Runtime.from_settings(Settings(redis_url=redis_url, home=tmp_path))
     try:
         runs = svc.list_runs(limit=1000)
     finally:

@@ -42,7 +42,7 @@ from rich.console import RenderableType
 from sqlalchemy import text
 from typer.testing import CliRunner, Result
 
-from runtime.cli import dlq, render
+from runtime.cli import dlq_views, render
 from runtime.cli.main import app, main
 from runtime.cli.reads import STEP_QUEUE, Counter, Reads
 from runtime.contract import RunStatus, RunView, VersionSet
@@ -120,7 +120,7 @@ def python_env(**overrides: str) -> dict[str, str]:
 
 #: modules a read-only command must not load: model clients, the service and step loop,
 #: the scheduler, Celery
-NOT_FOR_READS = ("openai", "runtime.service", "runtime.steps", "runtime.scheduling", "celery")
+NOT_FOR_READS = ("openai", "runtime.service", "runtime.step", "runtime.scheduling", "celery")
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
@@ -324,12 +324,12 @@ def test_model_clients_are_imported_on_first_use(fresh_deployment: Deployment) -
     script = """
 import sys
 import tasks.app
-from runtime.service import RuntimeService
 from runtime.settings import Settings
-svc = RuntimeService.from_settings(Settings())
-svc.proposer_for("scripted")
+from runtime.wiring import Runtime
+svc = Runtime.from_settings(Settings())
+svc.catalog.proposer_for("scripted")
 before = "openai" in sys.modules
-svc.proposer_for("fake-openai")
+svc.catalog.proposer_for("fake-openai")
 print(before, "openai" in sys.modules)
 svc.close()
 """
@@ -771,7 +771,7 @@ def test_dlq_stats_keeps_its_counts_at_80_columns() -> None:
         | {"oldest": old, "newest": old}
     )
     counters = {STEP_QUEUE: Counter("ns:dlq:agentrt.steps:open", "ns:dlq:agentrt.steps", 3, 3)}
-    lines = fits(rendered(dlq.stats_view(rows, counters)))
+    lines = fits(rendered(dlq_views.stats_view(rows, counters)))
     for row in rows:
         # the count is whole and in its row; the age is shown before the time is cut
         line = row_with(lines, str(row["open"]))
@@ -878,7 +878,7 @@ def test_audit_and_attempt_tables_keep_their_counts_at_80_columns() -> None:
             "detail": {"dry_run": False, "limit": 1000, "reason": "cleanup " * 10},
         }
     ]
-    lines = fits(rendered(dlq.audit_table(rows)))
+    lines = fits(rendered(dlq_views.audit_table(rows)))
     assert row_with(lines, "98765", "purge")
     attempts = [
         {
@@ -891,7 +891,7 @@ def test_audit_and_attempt_tables_keep_their_counts_at_80_columns() -> None:
         }
         for n in range(2)
     ]
-    text = rendered(dlq._attempts_table(attempts))
+    text = rendered(dlq_views._attempts_table(attempts))
     lines = fits(text)
     assert row_with(lines, "4242")
 

@@ -12,8 +12,8 @@ import yaml
 
 from runtime.config import RuntimeConfig, load_config, parse_config
 from runtime.errors import ConfigError, SettingsError
-from runtime.service import Endpoints, load_registry
 from runtime.settings import Settings
+from runtime.wiring import Endpoints, load_registry
 from tests.support import ROOT
 
 SHIPPED = ROOT / "config" / "runtime.yaml"

@@ -39,8 +39,8 @@ from runtime.config import (
 from runtime.config_loader import MAX_CONFIG_BYTES, MAX_YAML_DEPTH
 from runtime.errors import ConfigError
 from runtime.policy import _compare
-from runtime.service import RuntimeService, load_registry
 from runtime.settings import Settings
+from runtime.wiring import Runtime, load_registry
 from tests.fake_openai import FakeOpenAI
 from tests.support import ROOT
 
@@ -97,7 +97,7 @@ def assert_refused(path: Path, expected: str) -> list[str]:
     assert any(p.startswith(expected) for p in problems), problems
     assert check_problems(path) == problems
     with pytest.raises(ConfigError):
-        RuntimeService.from_settings(Settings(config=path, home=path.parent))
+        Runtime.from_settings(Settings(config=path, home=path.parent))
     return problems
 
 

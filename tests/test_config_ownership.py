@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from runtime.config import config_digest, load_config
-from runtime.service import RuntimeService
+from runtime.wiring import Runtime
 from tests.conftest import TEST_CONFIG
 from tests.support import ROOT, Deployment, Gate, wait_for
 
@@ -95,7 +95,7 @@ def test_processes_with_another_file_publish_nothing(owned: Deployment, tmp_path
     assert submit.returncode == 0, submit.stderr
     assert "config drift" in submit.stderr and "test-wider" in submit.stderr
     # a web app with the newer file
-    app = RuntimeService.from_settings(dep.settings.model_copy(update={"config": other}))
+    app = Runtime.from_settings(dep.settings.model_copy(update={"config": other}))
     try:
         assert app.drift is not None and app.drift.file_version == "test-wider"
         # it enforces the applied config, not its own file
@@ -113,7 +113,7 @@ def test_a_web_app_with_a_newer_file_cannot_raise_the_workers_limit(
 ) -> None:
     dep = owned
     dep.start_worker(concurrency=4)
-    app = RuntimeService.from_settings(
+    app = Runtime.from_settings(
         dep.settings.model_copy(update={"config": write_config(tmp_path / "new.yaml", wider)})
     )
     key = f"w{uuid.uuid4().hex[:6]}"

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from runtime.cli import dlq
+from runtime.cli import common, dlq, params
 from runtime.cli.main import app
-from runtime.dead_letters import CLASSES, STEP_QUEUE
+from runtime.dead_letters import CLASSES
+from tasks.messages import STEP_QUEUE
 from tests.support import Deployment
 
 REPLY = {"type": "reply", "text": "ok"}
@@ -176,13 +177,13 @@ def test_bad_filter_values_are_named(env: Deployment) -> None:
 
 def test_parse_when_and_rate() -> None:
     now = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
-    assert dlq.parse_when("30m", now) == now - timedelta(minutes=30)
-    assert dlq.parse_when("1h30m", now) == now - timedelta(minutes=90)
-    assert dlq.parse_when("7d", now) == now - timedelta(days=7)
-    assert dlq.parse_when("2025-01-31T10:00:00+02:00") == datetime(2025, 1, 31, 8, tzinfo=UTC)
-    assert dlq.parse_when("2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
-    assert dlq.parse_rate("5/s") == 5 and dlq.parse_rate("120/m") == 2
-    assert dlq.parse_rate("0.5") == 0.5
+    assert params.parse_when("30m", now) == now - timedelta(minutes=30)
+    assert params.parse_when("1h30m", now) == now - timedelta(minutes=90)
+    assert params.parse_when("7d", now) == now - timedelta(days=7)
+    assert params.parse_when("2025-01-31T10:00:00+02:00") == datetime(2025, 1, 31, 8, tzinfo=UTC)
+    assert params.parse_when("2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
+    assert params.parse_rate("5/s") == 5 and params.parse_rate("120/m") == 2
+    assert params.parse_rate("0.5") == 0.5
 
 
 # --- show ----------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def test_retry_reopens_the_run_and_leaves_an_audit_record(env: Deployment) -> No
     data = as_json(cli("retry", "--tenant", "t2", "--rate", "50/s", "--json"))
     assert data["retried"] == [other] and data["ratePerS"] == 50
     assert env.svc.get(entry(env, other)["run_id"]).status == "queued"
-    assert as_json(cli("audit", "--json"))[0]["actor"] == dlq.default_actor()
+    assert as_json(cli("audit", "--json"))[0]["actor"] == common.default_actor()
 
 
 def test_retry_of_a_poison_message_is_skipped_with_a_reason(env: Deployment) -> None:
@@ -337,7 +338,7 @@ def test_purge_asks_for_confirmation(env: Deployment, monkeypatch: pytest.Monkey
     assert entry(env, first)["status"] == "open"
 
     # at a terminal it asks, showing the count; "no" purges nothing
-    monkeypatch.setattr(dlq, "_interactive", lambda: True)
+    monkeypatch.setattr(common, "interactive", lambda: True)
     result = cli("purge", "--class", "poison", "--actor", "ops:bo", input="n\n")
     assert result.exit_code == 1
     assert "Purge 2 open dead letters?" in result.stderr and "nothing purged" in result.stderr

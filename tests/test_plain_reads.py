@@ -431,17 +431,23 @@ def test_a_postgresql_schema_without_tables_reads_as_empty(
     assert tables == (0,)
 
 
-def test_an_older_layout_is_left_to_the_store_which_says_what_to_migrate(
+def test_an_older_schema_is_left_to_the_store_which_names_the_upgrade(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT)")
     url = f"sqlite:///{db}"
-    assert PlainReads.open(url) is None
+    assert PlainReads.open(url) is None  # tables without the code's schema revision
     monkeypatch.setenv("AGENTRT_DATABASE_URL", url)
     code, _, err = run_main("runs", "list")
-    assert code == 1 and "predates this version: column admitted is missing" in err
+    assert code == 1 and "predate the baseline schema" in err and "agentrt db upgrade" in err
+    with sqlite3.connect(db) as conn:  # a recorded older revision, whatever the tables
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('0004_admission_boundary')")
+    assert PlainReads.open(url) is None
+    code, _, err = run_main("runs", "list")
+    assert code == 1 and "run `agentrt db upgrade`" in err
 
 
 def test_an_unreachable_database_is_one_line(

@@ -21,6 +21,7 @@ from runtime.service import RuntimeService
 from runtime.store.db import utcnow
 from runtime.store.runs import runs_t
 from runtime.tracing import TraceBuffer
+from runtime.wiring import Runtime, build_reconciler
 from tasks.pump import Pump
 from tests.conftest import TEST_CONFIG
 from tests.support import Deployment, wait_for
@@ -40,7 +41,7 @@ class Recorder:
 
 @pytest.fixture
 def svc(fresh_deployment: Deployment) -> Iterator[RuntimeService]:
-    service = RuntimeService.from_settings(fresh_deployment.settings, publisher=Recorder())
+    service = Runtime.from_settings(fresh_deployment.settings, publisher=Recorder())
     try:
         yield service
     finally:
@@ -112,7 +113,7 @@ def test_lost_steps_are_queued_again_and_live_ones_left_alone(svc: RuntimeServic
     ]
 
     # When the reconciler runs (grace 60 s)
-    report = Reconciler(svc, grace_s=60).reconcile()
+    report = build_reconciler(svc, grace_s=60).reconcile()
 
     # Then exactly the lost steps of active, idle, unleased runs are queued again
     assert report.held_lock and not report.errors
@@ -128,7 +129,7 @@ def test_lost_steps_are_queued_again_and_live_ones_left_alone(svc: RuntimeServic
 
     # And the next round finds nothing more to do
     unlock(svc)
-    again = Reconciler(svc, grace_s=60).reconcile()
+    again = build_reconciler(svc, grace_s=60).reconcile()
     assert again.held_lock and again.zombies == []
     assert len(reconciled(svc, lost_admission.run_id)) == 1
 
@@ -139,7 +140,7 @@ def test_candidates_are_bounded_and_the_scan_moves_on(svc: RuntimeService) -> No
     lost = store_unscheduled(svc)
     age(svc, backlog, 300)
     age(svc, [lost], 200)
-    rec = Reconciler(svc, grace_s=60, batch=3)
+    rec = build_reconciler(svc, grace_s=60, batch=3)
 
     # When rounds look at 3 candidates each
     rounds: list[ReconcileReport] = []
@@ -155,12 +156,12 @@ def test_candidates_are_bounded_and_the_scan_moves_on(svc: RuntimeService) -> No
 def test_one_round_per_interval_across_reconcilers(
     svc: RuntimeService, fresh_deployment: Deployment
 ) -> None:
-    other_svc = RuntimeService.from_settings(fresh_deployment.settings, publisher=Recorder())
+    other_svc = Runtime.from_settings(fresh_deployment.settings, publisher=Recorder())
     try:
         lost = store_unscheduled(svc)
         age(svc, [lost], 120)
         # an interval longer than any test step takes: "within the interval" is not a race
-        reconcilers = [Reconciler(s, grace_s=60, interval_s=60.0) for s in (svc, other_svc)]
+        reconcilers = [build_reconciler(s, grace_s=60, interval_s=60.0) for s in (svc, other_svc)]
         barrier = threading.Barrier(len(reconcilers))
         reports: list[ReconcileReport] = []
 
@@ -204,7 +205,7 @@ def test_expired_holds_released_and_retention_hourly(
     scope = ledger.run_scope("run-h", {"tokens": 10_000})
     ledger.reserve("run-h", 0, [scope], {"tokens": 300}, hold_ttl_ms=60_000)
     ledger.reserve("run-h", 1, [scope], {"tokens": 200}, hold_ttl_ms=86_400_000)
-    rec = Reconciler(svc, grace_s=60)
+    rec = build_reconciler(svc, grace_s=60)
 
     # When a round runs now: nothing has expired yet
     first = rec.reconcile()

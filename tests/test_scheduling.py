@@ -412,3 +412,41 @@ def test_token_rate_limit_takes_worst_case_and_gives_back_the_rest(redis_url: st
         limiter.take([Take("model:m:tokens", tokens, 10), Take("model:m:requests", requests)]) > 0
     )
     assert limiter.state("model:m:tokens") == before
+
+
+def test_observe_step_time_keeps_a_moving_average_per_route(redis_url: str) -> None:
+    import redis as redis_lib
+
+    from runtime import scripts
+    from runtime.config import load_config
+    from runtime.keys import Keys
+    from runtime.scheduling.scheduler import STEP_TIME_ALPHA, Scheduler
+
+    client = redis_lib.Redis.from_url(redis_url)
+    scheduler = Scheduler(client, Keys(f"avg{uuid.uuid4().hex[:6]}"), load_config(TEST_CONFIG))
+
+    def observe(route: str, duration_ms: int) -> None:
+        scripts.run_pipeline(
+            client, lambda pipe: scheduler.observe_step_time(pipe, route, duration_ms)
+        )
+
+    # Given no step of r.limited measured yet, the wait estimate assumes 1 s a step
+    assert scheduler.step_time_ms("r.limited") is None
+    assert scheduler.estimated_wait_s("r.limited", queued_ahead=3) == 2.0  # 4 steps, 2 slots
+    # When steps of 100, 200 and 400 ms finish
+    observe("r.limited", 100)
+    assert scheduler.step_time_ms("r.limited") == 100  # the first sample is taken as it is
+    observe("r.limited", 200)
+    observe("r.limited", 400)
+    # Then the route's step time is their exponentially weighted moving average
+    expected = 100.0
+    for sample in (200, 400):
+        expected += STEP_TIME_ALPHA * (sample - expected)
+    assert STEP_TIME_ALPHA == 0.2 and expected == pytest.approx(176.0)
+    assert scheduler.step_time_ms("r.limited") == pytest.approx(expected, abs=0.001)
+    # and the wait estimate uses it: 4 steps ahead of a new one on 2 slots, 176 ms each
+    assert scheduler.estimated_wait_s("r.limited", queued_ahead=3) == math.ceil(4 * 176 / 2) / 1000
+    # while another route keeps its own average
+    observe("r.open", 50)
+    assert scheduler.step_time_ms("r.open") == 50
+    assert scheduler.step_time_ms("r.limited") == pytest.approx(expected, abs=0.001)

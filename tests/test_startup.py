@@ -12,8 +12,9 @@ import redis
 
 from runtime.embedded_redis import start_server
 from runtime.errors import SettingsError
-from runtime.service import RuntimeService
+from runtime.scheduling.scheduler import Ops
 from runtime.settings import Settings
+from runtime.wiring import Runtime
 from tests.support import ROOT
 
 
@@ -54,11 +55,9 @@ def test_evicting_redis_is_refused(tmp_path: Path) -> None:
             config=ROOT / "tests" / "config" / "runtime.yaml",
         )
         with pytest.raises(SettingsError, match="maxmemory-policy='allkeys-lru'"):
-            RuntimeService.from_settings(settings)
+            Runtime.from_settings(settings)
         # an explicit, named opt-out exists for managed Redis that hides CONFIG
-        svc = RuntimeService.from_settings(
-            settings.model_copy(update={"allow_evicting_redis": True})
-        )
+        svc = Runtime.from_settings(settings.model_copy(update={"allow_evicting_redis": True}))
         svc.close()
     finally:
         server.stop()
@@ -77,3 +76,77 @@ def test_visibility_timeout_below_the_longest_step_is_refused(
     )
     with pytest.raises(SettingsError, match="VISIBILITY_TIMEOUT_S=30 must exceed"):
         create_app(settings)
+
+
+class RecordingPublisher:
+    """A publisher named by AGENTRT_PUBLISHER in the tests below: it keeps what it is given."""
+
+    built: list[tuple[str, str]] = []
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.items: list[object] = []
+
+    def publish(self, item: object) -> None:
+        self.items.append(item)
+
+    def redeclare(self) -> None:
+        pass
+
+
+def recording_publisher(settings: Settings, endpoints: object) -> RecordingPublisher:
+    RecordingPublisher.built.append((settings.namespace, type(endpoints).__name__))
+    return RecordingPublisher(settings.namespace)
+
+
+def test_the_publisher_is_the_one_the_setting_names(tmp_path: Path, redis_url: str) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'db'}",
+        config=ROOT / "tests" / "config" / "runtime.yaml",
+        namespace=f"pub{os.getpid()}",
+        publisher="tests.test_startup:recording_publisher",
+    )
+    RecordingPublisher.built.clear()
+    svc = Runtime.from_settings(settings)
+    try:
+        # built on first use only: a process that never dispatches builds none
+        assert RecordingPublisher.built == []
+        svc.apply_config("test")  # (its first recovery re-declares the broker queue)
+        view = svc.submit("t1", "r.basic", "g", {"script": []}, actor="test")
+        assert RecordingPublisher.built == [(settings.namespace, "Endpoints")]
+        # a worker reports capacity: the queued step is dispatched and published
+        svc.schedule(Ops().heartbeat("w-test", 1, 60_000).dispatch(1))
+        publisher = svc.publisher
+        assert isinstance(publisher, RecordingPublisher)
+        assert [item.run_id for item in publisher.items] == [view.run_id]  # type: ignore[attr-defined]
+    finally:
+        svc.close()
+
+
+def test_a_publisher_setting_that_names_nothing_is_refused_naming_it(
+    tmp_path: Path, redis_url: str
+) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'db'}",
+        config=ROOT / "tests" / "config" / "runtime.yaml",
+        publisher="tests.test_startup:no_such_factory",
+    )
+    with pytest.raises(SettingsError, match="AGENTRT_PUBLISHER="):
+        Runtime.from_settings(settings)
+
+
+def test_the_domain_never_imports_the_celery_edge() -> None:
+    # the façade and every component build without tasks/ or Celery in the process
+    code = (
+        "import sys\n"
+        "import runtime.service, runtime.step.runner, runtime.dispatch, runtime.recovery\n"
+        "import runtime.reconciler, runtime.dead_letters, runtime.compensation\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tasks', 'celery', 'kombu')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -34,6 +34,7 @@ from runtime.scheduling.scheduler import (
     Ops,
 )
 from runtime.service import RuntimeService
+from runtime.wiring import Runtime
 from tests.conftest import TEST_CONFIG
 from tests.support import ROOT, Deployment, WorkerProcess, wait_for
 
@@ -155,7 +156,7 @@ class Recorder:
 
 @pytest.fixture
 def svc(fresh_deployment: Deployment) -> Iterator[RuntimeService]:
-    service = RuntimeService.from_settings(fresh_deployment.settings, publisher=Recorder())
+    service = Runtime.from_settings(fresh_deployment.settings, publisher=Recorder())
     try:
         yield service
     finally:

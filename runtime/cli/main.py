@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import getpass
-import importlib
 import os
 import signal
 import sys
@@ -36,29 +34,36 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from runtime import locations, stop_reasons
 from runtime.bounds import BoundsError, parse_json
-from runtime.cli import params, render
+from runtime.cli import config_views, params, render
 from runtime.cli.common import (
     EXIT_ERROR,
     EXIT_REFUSED,
     EXIT_TIMEOUT,
     JsonOpt,
+    build_service,
+    default_actor,
     emit_json,
     err,
     errors,
     fail,
+    interactive,
+    load_config,
+    load_registry,
     load_settings,
+    min_visibility_timeout,
     out,
     people_reader,
     reader,
+    redis_url,
     service,
 )
+from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
 from runtime.errors import ConfigError, InvalidTransition
-from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, ProbeResult, probe_models
+from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
 
 if TYPE_CHECKING:
@@ -66,7 +71,6 @@ if TYPE_CHECKING:
     from runtime.contract import RunView
     from runtime.service import RuntimeService
     from runtime.settings import Settings
-    from runtime.tools.registry import ToolRegistry
 
 app = typer.Typer(
     name="agentrt",
@@ -82,6 +86,7 @@ config_app = typer.Typer(help="Work with the deployment file.", no_args_is_help=
 app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(db_app, name="db")
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"
@@ -116,22 +121,7 @@ class Pool(enum.StrEnum):
     solo = "solo"
 
 
-# --- loading what only some commands need ------------------------------------------------
-
-
-def load_config(path: Path) -> RuntimeConfig:
-    """``runtime.config.load_config``, imported when a command needs the deployment file
-    (read-only commands do not)."""
-    from runtime.config import load_config as load
-
-    return load(path)
-
-
-def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
-    """``runtime.service.load_registry``, imported when a command needs the tools."""
-    from runtime.service import load_registry as load
-
-    return load(config, source)
+# --- input ---------------------------------------------------------------------------------
 
 
 def parse_input(raw: str | None) -> dict[str, Any]:
@@ -178,10 +168,6 @@ def _bounds_message(flag: str, exc: BoundsError) -> str:
         return f"{flag} is {exc.detail}"
     where = exc.path if len(exc.path) <= 60 else exc.path[:57] + "..."
     return f"{flag}: {exc.detail}" if whole else f"{flag}: {where}: {exc.detail}"
-
-
-def default_actor() -> str:
-    return f"cli:{os.environ.get('USER') or os.environ.get('USERNAME') or 'unknown'}"
 
 
 # --- submit ----------------------------------------------------------------------------
@@ -231,18 +217,14 @@ def submit(
         if _refused_at_admission(view):
             _report_refusal(view, json_out)
         if not json_out:
-            out.print(
-                f"run [bold]{view.run_id}[/] {render.status_text(view.status.value).markup} · "
-                f"{render.markup(view.tenant_id)} / {render.markup(view.route)} · "
-                f"trace {view.trace_id}",
-                soft_wrap=True,
-            )
+            out.print(render.submitted_line(view), soft_wrap=True)
         if wait:
             view = _wait(svc, view, timeout, json_out)
         if json_out:
             emit_json(render.run_json(view))
         elif wait:
-            _print_outcome(view)
+            for text in render.outcome_lines(view):
+                out.print(text)
 
 
 def _refused_at_admission(view: RunView) -> bool:
@@ -250,19 +232,14 @@ def _refused_at_admission(view: RunView) -> bool:
 
 
 def _report_refusal(view: RunView, json_out: bool) -> NoReturn:
-    detail = view.output.get("detail", "") if isinstance(view.output, dict) else ""
     if json_out:
         emit_json(render.run_json(view))
-    err.print(
-        f"[magenta bold]admission refused the run:[/] {render.markup(view.stop_reason or '')} - "
-        f"{render.markup(detail)} [dim](stored as run {view.run_id})[/]",
-        soft_wrap=True,
-    )
+    err.print(render.refused_line(view), soft_wrap=True)
     raise typer.Exit(EXIT_REFUSED)
 
 
 def _wait(svc: RuntimeService, view: RunView, timeout: float, json_out: bool) -> RunView:
-    from runtime.service import WaitTimeout
+    from runtime.errors import WaitTimeout
 
     try:
         if json_out:
@@ -272,24 +249,8 @@ def _wait(svc: RuntimeService, view: RunView, timeout: float, json_out: bool) ->
     except WaitTimeout as exc:
         if json_out:
             emit_json(render.run_json(svc.get(view.run_id)))
-        err.print(
-            f"[yellow bold]timeout:[/] {render.markup(exc)}; is a worker running? (agentrt worker)",
-            soft_wrap=True,
-        )
+        err.print(render.wait_timeout_line(exc), soft_wrap=True)
         raise typer.Exit(EXIT_TIMEOUT) from None
-
-
-def _print_outcome(view: RunView) -> None:
-    duration = ""
-    if view.started_at and view.finished_at:
-        duration = f" · {(view.finished_at - view.started_at).total_seconds():.2f}s"
-    out.print(
-        f"{render.status_text(view.status.value).markup} · stop reason "
-        f"[bold]{render.markup(view.stop_reason or '-')}[/] · {view.steps} steps{duration}"
-    )
-    if view.output is not None:
-        out.print(f"output: {escape(render.compact(view.output, 400))}")
-    out.print(f"[dim]trace: agentrt trace {view.run_id}[/]")
 
 
 # --- runs ------------------------------------------------------------------------------
@@ -334,13 +295,7 @@ def runs_show(
         with reader() as reads:
             shown = reads.details(run_id, tenant, with_input=True)
         emit_json(
-            {
-                "run": render.run_json(shown.run),
-                "steps": [render.step_json(s) for s in shown.steps],
-                "policyDecisions": [render.decision_json(d) for d in shown.decisions],
-                "sideEffects": [render.effect_json(e) for e in shown.effects],
-                "spend": render.spend_json(shown.spend),
-            }
+            render.details_json(shown.run, shown.steps, shown.spend, shown.effects, shown.decisions)
         )
         return
     with people_reader() as people:
@@ -370,10 +325,7 @@ def runs_cancel(
     if json_out:
         emit_json(render.run_json(view))
     else:
-        out.print(
-            f"run {view.run_id} {render.status_text(view.status.value).markup} "
-            f"· {render.markup(view.stop_reason or '')}"
-        )
+        out.print(render.cancelled_line(view))
 
 
 @app.command()
@@ -393,12 +345,7 @@ def trace(
     with people_reader() as people:
         view = people.run(run_id, tenant)
         events = people.trace(run_id, tenant)
-    out.print(
-        f"run [bold]{view.run_id}[/] · {render.markup(view.tenant_id)} / "
-        f"{render.markup(view.route)} · {render.status_text(view.status.value).markup} · "
-        f"{render.markup(view.stop_reason or '-')} · trace {view.trace_id}",
-        soft_wrap=True,
-    )
+    out.print(render.trace_head(view), soft_wrap=True)
     for line in render.trace_lines(events):
         out.print(line, soft_wrap=True)
 
@@ -429,12 +376,11 @@ def queues(
     from runtime.cli import queues as queues_render
     from runtime.keys import Keys
     from runtime.scheduling import view as scheduler_view
-    from runtime.service import resolve_endpoints
 
     settings = load_settings()
     with errors():
         config = load_config(settings.config)
-        client = redis.Redis.from_url(resolve_endpoints(settings).redis_url)
+        client = redis.Redis.from_url(redis_url(settings))
     try:
         with errors():
             view = scheduler_view.read(client, Keys(settings.namespace), config, tenant, limit)
@@ -478,10 +424,10 @@ def recover(
     steps that were in flight, rebuilds every ledger balance from the SQL spend records,
     queues the current step of every queued or running run again, resumes dispatching and
     writes an audit record. Safe to run twice: nothing runs twice (idempotency records)."""
-    who = actor or f"cli:{getpass.getuser()}"
+    who = actor or default_actor()
     with service() as svc:
         if not dry_run and not yes:
-            if not sys.stdin.isatty():
+            if not interactive():
                 fail("recover pauses dispatching and rewrites the ledger: pass --yes", EXIT_REFUSED)
             typer.confirm("Rebuild the runtime's Redis state from SQL now?", abort=True)
         report = svc.recovery.recover(who, inflight_wait_s=inflight_wait, dry_run=dry_run)
@@ -508,8 +454,7 @@ def _preflight(settings: Settings) -> RuntimeConfig:
     with errors():
         config = load_config(settings.config)
         load_registry(config, str(settings.config))
-        # tasks/ is the package that imports Celery; load it only when needed
-        needed = importlib.import_module("tasks.app").min_visibility_timeout(config)
+        needed = min_visibility_timeout(config)
     if settings.visibility_timeout_s <= needed:
         fail(
             f"AGENTRT_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} must exceed "
@@ -673,7 +618,7 @@ def config_check(
     checks that each OpenAI-compatible model endpoint answers."""
     path = path or Path(locations.setting(os.environ, "config") or locations.DEFAULT_CONFIG)
     try:
-        # what RuntimeService.from_settings and the workers run at start-up
+        # what Runtime.from_settings and the workers run at start-up
         config = load_config(path)
         with _cwd_on_path():
             load_registry(config, str(path))
@@ -689,15 +634,18 @@ def config_check(
     probes = probe_models(config, probe_timeout) if probe else None
     answered = probes is None or all(p.ok for p in probes)
     if json_out:
-        summary = {"ok": answered, "path": str(path), **_config_summary(config)}
+        summary = {"ok": answered, "path": str(path), **config_views.config_summary(config)}
         if probes is not None:
             summary["probes"] = [asdict(p) for p in probes]
         emit_json(summary)
     else:
         out.print(f"[green bold]ok[/] {escape(str(path))}", soft_wrap=True)
-        out.print(_config_table(config))
+        out.print(config_views.config_table(config))
         if probes is not None:
-            _print_probes(probes)
+            if not probes:
+                out.print(config_views.no_probes_line())
+            for p in probes:
+                out.print(config_views.probe_line(p), soft_wrap=True)
     if not answered:
         failed = sum(not p.ok for p in probes or ())
         err.print(f"[red bold]{failed} model endpoint(s) did not answer[/]")
@@ -720,8 +668,6 @@ def config_apply(
     step; a worker started later with another file refuses to start (unless
     --apply-config); web apps and CLI commands with another file warn and enforce this one.
     Only this command and `agentrt worker --apply-config` publish the limits."""
-    from runtime.service import RuntimeService
-
     settings = load_settings()
     if path is not None:
         settings = settings.model_copy(update={"config": path})
@@ -731,34 +677,16 @@ def config_apply(
         if problems := _visibility_problems(config):
             raise ConfigError(str(settings.config), problems)
         with _cwd_on_path():
-            svc = RuntimeService.from_settings(settings, enforce_applied=False)
+            svc = build_service(settings, enforce_applied=False)
     try:
         with errors():
             change = svc.apply_config(who)
     finally:
         svc.close()
-    summary = {
-        "version": change.version,
-        "digest": change.digest,
-        "changed": change.changed,
-        "previous": None
-        if change.previous is None
-        else {"version": change.previous.version, "digest": change.previous.digest},
-    }
     if json_out:
-        emit_json(summary)
-        return
-    if not change.changed:
-        out.print(f"already applied: version {escape(change.version)} ({change.digest[:12]})")
-        return
-    was = (
-        f" (was {escape(change.previous.version)}, {change.previous.digest[:12]})"
-        if change.previous
-        else ""
-    )
-    out.print(
-        f"[green bold]applied[/] version {escape(change.version)} ({change.digest[:12]}){was}"
-    )
+        emit_json(config_views.applied_json(change))
+    else:
+        out.print(config_views.applied_line(change))
 
 
 def _visibility_problems(config: RuntimeConfig) -> list[str]:
@@ -772,8 +700,7 @@ def _visibility_problems(config: RuntimeConfig) -> list[str]:
         settings = Settings()
     except ValidationError:
         return []  # unusable settings are reported by the commands that use them
-    # tasks/ is the package that imports Celery; load it only when needed
-    needed: float = importlib.import_module("tasks.app").min_visibility_timeout(config)
+    needed = min_visibility_timeout(config)
     if settings.visibility_timeout_s > needed or not config.routes:
         return []
     name, route = max(config.routes.items(), key=lambda item: item[1].step_timeout_s)
@@ -797,54 +724,6 @@ def _cwd_on_path() -> Iterator[None]:
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
-
-
-def _print_probes(probes: list[ProbeResult]) -> None:
-    """One line per model: ``probe <model> <url>: ok | HTTP 404 | connection error...``"""
-    if not probes:
-        out.print("probe: no model of kind openai")
-    for p in probes:
-        mark = f"[{'green' if p.ok else 'red'}]{escape(p.detail)}[/]"
-        out.print(f"probe {escape(p.model)} {escape(p.url)}: {mark}", soft_wrap=True)
-
-
-def _config_summary(config: RuntimeConfig) -> dict[str, Any]:
-    return {
-        "version": config.version,
-        "harnessVersion": config.harness_version,
-        "policyVersion": config.policy.version,
-        "policyRules": len(config.policy.rules),
-        "tenants": sorted(config.tenants),
-        "routes": list(config.routes),
-        "tools": sorted(config.tools),
-        "toolModules": config.tool_modules,
-        "models": sorted(config.models),
-        "budgetPolicies": {n: p.version for n, p in config.budget_policies.items()},
-    }
-
-
-def _config_table(config: RuntimeConfig) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    budgets = ", ".join(f"{n} ({p.version})" for n, p in config.budget_policies.items())
-    rows = [
-        ("version", f"{config.version} · harness {config.harness_version}"),
-        ("tenants", f"{len(config.tenants)}: {', '.join(sorted(config.tenants))}"),
-        ("routes", f"{len(config.routes)}: {', '.join(config.routes)}"),
-        ("tools", f"{len(config.tools)}: {', '.join(sorted(config.tools))}"),
-        ("tool modules", ", ".join(config.tool_modules) or "-"),
-        ("models", ", ".join(f"{n} ({m.version})" for n, m in config.models.items())),
-        ("budget policies", budgets),
-        (
-            "policy",
-            f"{config.policy.version}: {len(config.policy.rules)} rules, "
-            f"default {config.policy.default}",
-        ),
-    ]
-    for key, value in rows:
-        grid.add_row(key, escape(value))
-    return grid
 
 
 # --- demo ------------------------------------------------------------------------------

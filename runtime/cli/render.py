@@ -347,6 +347,23 @@ def trace_json(events: list[TraceEvent]) -> list[dict[str, Any]]:
     return out
 
 
+def details_json(
+    view: RunView,
+    steps: list[dict[str, Any]],
+    spend: dict[str, int],
+    effects: list[dict[str, Any]],
+    decisions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """``runs show --json``: the contract, then what ``run_details`` shows people."""
+    return {
+        "run": run_json(view),
+        "steps": [step_json(s) for s in steps],
+        "policyDecisions": [decision_json(d) for d in decisions],
+        "sideEffects": [effect_json(e) for e in effects],
+        "spend": spend_json(spend),
+    }
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
@@ -460,6 +477,58 @@ def run_details(
     if view.output is not None:
         parts.append(Text.assemble(("output ", "bold"), compact(view.output, 500)))
     return Group(*parts)
+
+
+# --- one-line reports on a run (Rich markup, every value escaped) ------------------------
+
+
+def submitted_line(v: RunLike) -> str:
+    """``submit``: the run, its status, where it runs and its trace."""
+    return (
+        f"run [bold]{v.run_id}[/] {status_text(v.status.value).markup} · "
+        f"{markup(v.tenant_id)} / {markup(v.route)} · trace {v.trace_id}"
+    )
+
+
+def refused_line(v: RunLike) -> str:
+    """``submit`` refused at admission: the reason code and its detail."""
+    detail = v.output.get("detail", "") if isinstance(v.output, dict) else ""
+    return (
+        f"[magenta bold]admission refused the run:[/] {markup(v.stop_reason or '')} - "
+        f"{markup(detail)} [dim](stored as run {v.run_id})[/]"
+    )
+
+
+def wait_timeout_line(problem: object) -> str:
+    return f"[yellow bold]timeout:[/] {markup(problem)}; is a worker running? (agentrt worker)"
+
+
+def outcome_lines(v: RunLike) -> list[str]:
+    """``submit --wait``: how the run ended, its output and where its trace is."""
+    duration = ""
+    if v.started_at and v.finished_at:
+        duration = f" · {(v.finished_at - v.started_at).total_seconds():.2f}s"
+    lines = [
+        f"{status_text(v.status.value).markup} · stop reason "
+        f"[bold]{markup(v.stop_reason or '-')}[/] · {v.steps} steps{duration}"
+    ]
+    if v.output is not None:
+        lines.append(f"output: {escape(compact(v.output, 400))}")
+    lines.append(f"[dim]trace: agentrt trace {v.run_id}[/]")
+    return lines
+
+
+def cancelled_line(v: RunLike) -> str:
+    return f"run {v.run_id} {status_text(v.status.value).markup} · {markup(v.stop_reason or '')}"
+
+
+def trace_head(v: RunLike) -> str:
+    """``trace``: the run above its timeline."""
+    return (
+        f"run [bold]{v.run_id}[/] · {markup(v.tenant_id)} / {markup(v.route)} · "
+        f"{status_text(v.status.value).markup} · {markup(v.stop_reason or '-')} · "
+        f"trace {v.trace_id}"
+    )
 
 
 def _contract_grid(v: RunLike) -> Table:

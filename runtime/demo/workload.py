@@ -59,9 +59,11 @@ from rich.table import Table
 
 from runtime import stop_reasons
 from runtime.config import RuntimeConfig, load_config
-from runtime.errors import AgentRuntimeError
-from runtime.service import WAIT_STATUSES, Endpoints, RuntimeService, resolve_endpoints
+from runtime.errors import DemoError
+from runtime.service import WAIT_STATUSES, RuntimeService
 from runtime.settings import Settings
+from runtime.step_record import StepKind, StepOutcome
+from runtime.wiring import Endpoints, Runtime, resolve_endpoints
 
 TENANTS = ("acme", "globex", "initech")
 TRIAGE, REFUNDS, COUNTER = "support.triage", "billing.refunds", "ops.counter"
@@ -73,10 +75,6 @@ COUNTER_KEY = "demo"
 _FINISHED = frozenset(s.value for s in WAIT_STATUSES)
 #: the repository's config, for runs from another directory (editable installs)
 _REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "runtime.yaml"
-
-
-class DemoError(AgentRuntimeError):
-    """The demo could not run (workers did not start, runs did not finish...)."""
 
 
 # --- the workload ----------------------------------------------------------------------
@@ -453,7 +451,7 @@ def _run_in_namespace(
 ) -> DemoReport:
     started = time.monotonic()
     # creates the schema before workers start; the demo's file is the deployment's config
-    svc = RuntimeService.from_settings(settings, enforce_applied=False)
+    svc = Runtime.from_settings(settings, enforce_applied=False)
     svc.apply_config("demo")
     env = settings_env(settings)
     log_dir = settings.home / "logs"
@@ -602,8 +600,8 @@ def _collect(
             )
         )
         for step in svc.store.steps(run_id):
-            if step["kind"] == "tool_call" and step["proposal"]:
-                ok = step["outcome"] == "tool_succeeded"
+            if step["kind"] == StepKind.TOOL_CALL and step["proposal"]:
+                ok = step["outcome"] == StepOutcome.TOOL_SUCCEEDED
                 tool = str(step["proposal"].get("tool"))
                 tool_calls.setdefault(tool, Counter())["ok" if ok else "failed"] += 1
     counter = svc.tool_redis.get(svc.keys.demo(f"counter:{COUNTER_KEY}"))

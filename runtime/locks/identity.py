@@ -77,11 +77,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def instance_id() -> str:
-    """This process's instance id (use ``Liveness.instance`` for one that is registered)."""
-    return _ids.instance
-
-
 def owner_instance(owner: str) -> str | None:
     """The instance in an owner ``[<prefix>|]<instance>|<nonce>``; None for anything else
     (an owner written by an older version, say): such an owner is never known dead."""

@@ -92,23 +92,24 @@ class LeaseManager:
     ) -> tuple[Lease | Busy, list[Any]]:
         """Take the run's lease and run ``also(pipe)``'s commands in the same round trip.
         Returns the lease outcome and the results of the extra commands."""
-        key = self.keys.run_lease(run_id)
+        key, fence = self.keys.run_lease(run_id), self.keys.run_lease_fence(run_id)
 
         def build(pipe: Any) -> None:
-            scripts.queue(pipe, self._acquire, [key, key + ":fence"], [owner, ttl_ms])
+            scripts.queue(pipe, self._acquire, [key, fence], [owner, ttl_ms])
             also(pipe)
 
         # idempotent: the owner may take its lease again, and ``also`` must only renew or
         # read (a step's first round trip)
         results = scripts.run_pipeline(self.redis, build, idempotent=True)
-        return self._interpret(results[0], key, key + ":fence", owner, ttl_ms), results[1:]
+        return self._interpret(results[0], key, fence, owner, ttl_ms), results[1:]
 
     def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> Lease | Busy:
         return self._take(self.keys.lock(name), self.keys.lock_fence(name), owner, ttl_ms)
 
     def acquire_run(self, run_id: str, owner: str, ttl_ms: int) -> Lease | Busy:
-        key = self.keys.run_lease(run_id)
-        return self._take(key, key + ":fence", owner, ttl_ms)
+        return self._take(
+            self.keys.run_lease(run_id), self.keys.run_lease_fence(run_id), owner, ttl_ms
+        )
 
     def release(self, lease: Lease) -> bool:
         return bool(self._release(keys=[lease.key], args=[lease.owner]))

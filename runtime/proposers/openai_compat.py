@@ -30,6 +30,7 @@ from runtime.proposers.base import (
     opening_messages,
     tool_payloads,
 )
+from runtime.step_record import StepKind
 
 __all__ = ["OpenAIProposer", "function_name"]
 
@@ -53,7 +54,7 @@ class OpenAIProposer:
     def _messages(self, ws: WorkingSet) -> list[dict[str, Any]]:
         messages = opening_messages(ws)
         for step in ws.history_loader():
-            if step.get("kind") == "deferred":
+            if step.get("kind") == StepKind.DEFERRED:
                 continue  # a lock wait: the step that resumed the call carries it
             proposal = step.get("proposal") or {}
             observation = step.get("observation")
@@ -87,7 +88,7 @@ class OpenAIProposer:
                         "content": json.dumps(observation, default=str),
                     }
                 )
-            elif observation is not None and step.get("kind") == "refused":
+            elif observation is not None and step.get("kind") == StepKind.REFUSED:
                 messages.append(
                     {
                         "role": "user",

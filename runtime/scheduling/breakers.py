@@ -32,7 +32,6 @@ class Breakers:
         self.script = scripts.register(client, scripts.lua("runtime.scheduling", "breaker.lua"))
 
     def _call(self, name: str, op: str, cfg: Breaker, caller: str) -> list[object]:
-        key = self.keys.breaker(name)
         args: list[str | int] = [
             op,
             cfg.failures,
@@ -40,7 +39,8 @@ class Breakers:
             int(cfg.open_s * 1000),
             caller,
         ]
-        return list(self.script(keys=[key, key + ":fails"], args=args))
+        keys = [self.keys.breaker(name), self.keys.breaker_failures(name)]
+        return list(self.script(keys=keys, args=args))
 
     def allow(self, name: str, cfg: Breaker | None, caller: str) -> Verdict:
         if cfg is None:

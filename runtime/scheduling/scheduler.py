@@ -39,7 +39,7 @@ import redis
 
 from runtime import scripts
 from runtime.config import RuntimeConfig
-from runtime.keys import Keys
+from runtime.keys import LIMIT_TABLES, Keys
 
 PRIORITIES = ("critical", "high", "normal", "low")
 #: how often (at most, across all workers' pumps) running steps' owners are checked
@@ -47,6 +47,8 @@ HANDBACK_EVERY_MS = 1000
 #: ``start.lua`` results
 STARTED_NOT_IN_FLIGHT, STARTED_OWNED, STARTED_OWNED_ELSEWHERE = 0, 1, 2
 PRIORITY_INDEX = {p: i for i, p in enumerate(PRIORITIES)}
+#: weight of a new sample in a route's step-time moving average (``lua/step_time.lua``)
+STEP_TIME_ALPHA = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,11 @@ class Item:
         text = raw.decode() if isinstance(raw, bytes) else raw
         run_id, step, tenant, route, prio = text.split("|")
         return cls(run_id, int(step), tenant, route, PRIORITIES[int(prio)])
+
+
+def item_of(run: dict[str, Any], step_no: int) -> Item:
+    """The scheduler item of a run's step (``run`` is a run row)."""
+    return Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
 
 
 class Ops:
@@ -153,13 +160,18 @@ class Scheduler:
         self.redis = client
         self.keys = keys
         self.config = config
+        #: the scripts' ARGV[1]: they build the scheduler's key names from it
         self.prefix = keys.sched()
+        self.k = keys.scheduler()
         #: the state generation this process knows from SQL (see runtime.state)
         self.generation = generation
         self.script = scripts.register(
             client, scripts.lua("runtime.scheduling", "sched.lua", state_guard=True)
         )
         self._start = scripts.register(client, scripts.lua("runtime.scheduling", "start.lua"))
+        self._step_time = scripts.register(
+            client, scripts.lua("runtime.scheduling", "step_time.lua")
+        )
 
     # --- configuration ---------------------------------------------------------------
     def publish_config(self, version: str, digest: str) -> None:
@@ -187,7 +199,7 @@ class Scheduler:
         }
         pipe = self.redis.pipeline(transaction=True)
         for name, mapping in tables.items():
-            key = f"{self.prefix}:{name}"
+            key = self.k.table(name)
             pipe.delete(key)
             if mapping:
                 pipe.hset(key, mapping=cast(Any, mapping))
@@ -209,16 +221,16 @@ class Scheduler:
         again): an old snapshot's in-flight entries would hold slots nobody uses. Keeps the
         published config, worker heartbeats, process instances' heartbeats (deleting one
         would declare a live process dead) and the recovery's own keys."""
-        keep = {
-            f"{self.prefix}:{name}"
-            for name in ("conf", "rlimit", "rttl", "weight", "tcap", "workers", "capacity",
-                         "paused", "recovering", "config", "state")
+        k, keys = self.k, self.keys
+        keep = {k.table(name) for name in LIMIT_TABLES} | {
+            k.workers, k.capacity, k.paused,
+            keys.recovery_lock(), keys.published_config(), keys.sched_state(),
         }  # fmt: skip
-        alive = (f"{self.prefix}:alive:", f"{self.prefix}:children:")
+        alive = (keys.instance_alive(""), keys.instance_children(""))
         doomed = [
-            k
-            for k in (_text(raw) for raw in self.redis.scan_iter(f"{self.prefix}:*", count=1000))
-            if k not in keep and not k.startswith(alive)
+            key
+            for key in (_text(raw) for raw in self.redis.scan_iter(k.pattern(), count=1000))
+            if key not in keep and not key.startswith(alive)
         ]
         for start in range(0, len(doomed), 500):
             self.redis.delete(*doomed[start : start + 500])
@@ -239,15 +251,15 @@ class Scheduler:
     def queue_in(self, pipe: Any, ops: Ops) -> None:
         """Queue ``ops`` on a pipeline run by ``scripts.run_pipeline``."""
         argv = [self.prefix, self.generation(), *ops.args]
-        scripts.queue(pipe, self.script, [f"{self.prefix}:inflight"], argv)
+        scripts.queue(pipe, self.script, [self.k.inflight], argv)
 
     def start_in(self, pipe: Any, item: Item, ttl_ms: int, owner: str, mode: str = "own") -> None:
         """Queue ``start.lua``: the step starts under ``owner`` (``<instance>|<nonce>``):
         renew its slot leases to ``ttl_ms`` and record the owner (mode ``own``; ``force``
         once the caller holds the run lease; ``disown`` when it did not get it). The
         result is one of ``STARTED_*``."""
-        p = self.prefix
-        scripts.queue(pipe, self._start, [f"{p}:inflight"], [p, item.encode(), ttl_ms, owner, mode])
+        argv = [self.prefix, item.encode(), ttl_ms, owner, mode]
+        scripts.queue(pipe, self._start, [self.k.inflight], argv)
 
     def start(self, item: Item, ttl_ms: int, owner: str, mode: str) -> int:
         results = scripts.run_pipeline(
@@ -256,7 +268,7 @@ class Scheduler:
         return int(results[0])
 
     def owner_of(self, item: Item) -> str | None:
-        raw = self.redis.hget(f"{self.prefix}:owner", item.encode())
+        raw = self.redis.hget(self.k.owner, item.encode())
         return raw.decode() if isinstance(raw, bytes) else raw
 
     @staticmethod
@@ -279,27 +291,34 @@ class Scheduler:
     # --- reads for operators and admission -------------------------------------------
     def depth(self, tenant: str, route: str) -> tuple[int, int]:
         """Queued steps (ready + delayed) of a tenant and of a route."""
-        p = self.prefix
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(f"{p}:depth:t", tenant)
-        pipe.hget(f"{p}:depth:r", route)
+        pipe.hget(self.k.depth_tenant, tenant)
+        pipe.hget(self.k.depth_route, route)
         t, r = pipe.execute()
         return int(t or 0), int(r or 0)
 
     def capacity(self) -> int:
-        return int(self.redis.get(f"{self.prefix}:capacity") or 0)
+        return int(self.redis.get(self.k.capacity) or 0)
 
     def estimated_wait_s(self, route: str, queued_ahead: int) -> float:
         """Rough wait for a new step: steps ahead / (route slots x recent step time)."""
         limit = self.config.routes[route].concurrency_limit
         slots = max(1, min(limit, self.capacity() or limit))
-        avg_ms = float(self.redis.hget(f"{self.prefix}:avg_ms", route) or 1000.0)
+        step_ms = self.step_time_ms(route)
+        avg_ms = 1000.0 if step_ms is None else step_ms  # nothing measured yet: 1 s a step
         return math.ceil((queued_ahead + 1) * avg_ms / slots) / 1000
 
+    def step_time_ms(self, route: str) -> float | None:
+        """The route's step-time moving average (ms); None before its first step."""
+        raw = self.redis.hget(self.k.step_time, route)
+        return None if raw is None else float(raw)
+
     def observe_step_time(self, pipe: Any, route: str, duration_ms: int) -> None:
-        """Feed the per-route step time estimate (an exponential moving average, in Lua-free
-        form: a racy blend is fine for an estimate)."""
-        pipe.hset(f"{self.prefix}:avg_ms", route, duration_ms)
+        """Queue on ``pipe`` the folding of one step's duration into its route's step time:
+        an exponentially weighted moving average (``STEP_TIME_ALPHA``; the first sample is
+        taken as it is), updated atomically so concurrent workers' samples all count."""
+        args = [route, duration_ms, STEP_TIME_ALPHA]
+        scripts.queue(pipe, self._step_time, [self.k.step_time], args)
 
     def known(self, queued: Sequence[Item]) -> list[bool]:
         """For each item, whether the scheduler holds it: in its tenant's ready queue,
@@ -307,27 +326,27 @@ class Scheduler:
         so an item moving between those places is seen in one of them."""
         if not queued:
             return []
-        p = self.prefix
+        k = self.k
         pipe = self.redis.pipeline(transaction=True)
         for item in queued:
             member = item.encode()
-            pipe.zscore(f"{p}:q:{item.tenant}", member)
-            pipe.zscore(f"{p}:delayed", member)
-            pipe.zscore(f"{p}:inflight", member)
+            pipe.zscore(k.ready(item.tenant), member)
+            pipe.zscore(k.delayed, member)
+            pipe.zscore(k.inflight, member)
         scores = pipe.execute()
         return [any(s is not None for s in scores[i : i + 3]) for i in range(0, len(scores), 3)]
 
     def snapshot(self) -> dict[str, Any]:
         """Everything an operator wants to see, read in one round trip."""
-        p = self.prefix
+        k = self.k
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(f"{p}:depth:tp")
-        pipe.hgetall(f"{p}:rlimit")
-        pipe.zrange(f"{p}:inflight", 0, -1, withscores=True)
-        pipe.zcard(f"{p}:delayed")
-        pipe.hgetall(f"{p}:workers")
-        pipe.get(f"{p}:capacity")
-        pipe.hgetall(f"{p}:parked")
+        pipe.hgetall(k.depth_tenant_priority)
+        pipe.hgetall(k.table("rlimit"))
+        pipe.zrange(k.inflight, 0, -1, withscores=True)
+        pipe.zcard(k.delayed)
+        pipe.hgetall(k.workers)
+        pipe.get(k.capacity)
+        pipe.hgetall(k.parked)
         depth_tp, rlimit, inflight, delayed, workers, capacity, parked = pipe.execute()
         return {
             "depth_tp": _decode_map(depth_tp),

@@ -150,7 +150,7 @@ class QueuesView:
 
 def rate_limiters(config: RuntimeConfig) -> list[tuple[str, str, str, RateLimit]]:
     """Every configured limiter as (name, kind, subject, limit). The names are the ones the
-    step runner takes from (``runtime/steps.py``)."""
+    step runner takes from (``runtime/step/``)."""
     out: list[tuple[str, str, str, RateLimit]] = []
     for model_name in sorted(config.models):
         model = config.models[model_name]
@@ -176,24 +176,24 @@ def read(
 ) -> QueuesView:
     """The scheduler's state, optionally for one tenant; at most ``limit`` leases listed
     (soonest expiry first: roughly, the leases granted or renewed longest ago)."""
-    p = keys.sched()
+    k = keys.scheduler()
     limiters = rate_limiters(config)
     bulkhead_tools = sorted(n for n, t in config.tools.items() if t.max_concurrency)
 
     pipe = client.pipeline(transaction=False)
     pipe.time()
-    pipe.hgetall(f"{p}:depth:tp")
-    pipe.hgetall(f"{p}:depth:r")
-    pipe.zcard(f"{p}:delayed")
-    pipe.hgetall(f"{p}:workers")
-    pipe.get(f"{p}:capacity")
-    pipe.hget(f"{p}:conf", "headroom")
-    pipe.hgetall(f"{p}:parked")
-    pipe.hgetall(f"{p}:rlimit")
-    pipe.hgetall(f"{p}:tcap")
-    pipe.hgetall(f"{p}:weight")
+    pipe.hgetall(k.depth_tenant_priority)
+    pipe.hgetall(k.depth_route)
+    pipe.zcard(k.delayed)
+    pipe.hgetall(k.workers)
+    pipe.get(k.capacity)
+    pipe.hget(k.table("conf"), "headroom")
+    pipe.hgetall(k.parked)
+    pipe.hgetall(k.table("rlimit"))
+    pipe.hgetall(k.table("tcap"))
+    pipe.hgetall(k.table("weight"))
     # every slot lease: bounded by what the dispatcher lets run (capacity plus headroom)
-    pipe.zrange(f"{p}:inflight", 0, -1, withscores=True)
+    pipe.zrange(k.inflight, 0, -1, withscores=True)
     for tool in bulkhead_tools:
         pipe.zrange(keys.bulkhead(tool), 0, -1, withscores=True)
     for name, *_ in limiters:
@@ -233,7 +233,7 @@ def read(
     if queued_names:  # the second round trip: ready queues of tenants with queued steps
         pipe = client.pipeline(transaction=False)
         for name in queued_names:
-            pipe.zcard(f"{p}:q:{name}")
+            pipe.zcard(k.ready(name))
         ready = [int(n) for n in pipe.execute()]
     ready_of = dict(zip(queued_names, ready, strict=True))
 

@@ -45,17 +45,6 @@ class DeploymentStore:
             row = conn.execute(query).mappings().first()
         return None if row is None else _applied(dict(row))
 
-    def by_digest(self, digest: str) -> AppliedConfig | None:
-        query = (
-            select(configs_t)
-            .where(configs_t.c.namespace == self.namespace, configs_t.c.digest == digest)
-            .order_by(configs_t.c.id.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else _applied(dict(row))
-
     def record(
         self, digest: str, version: str, document: dict[str, Any], source: str, actor: str
     ) -> None:

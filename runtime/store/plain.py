@@ -9,8 +9,9 @@ SQLite and PostgreSQL, and holds ``TABLES`` to the SQLModel tables.
 
 It never writes: a database that does not exist yet, or has none of the tables, reads as
 empty (nothing is created). ``PlainReads.open`` returns None when it cannot stand in for
-the store - a URL form it does not translate exactly as SQLAlchemy does, or a table of an
-older layout (the store then says what to migrate) - and the caller reads through the store.
+the store - a URL form it does not translate exactly as SQLAlchemy does, or a database not
+at the code's schema revision (the store then stamps it or names ``agentrt db upgrade``) -
+and the caller reads through the store.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from urllib.parse import parse_qsl, quote, unquote
 from runtime.errors import RunNotFound
 from runtime.statuses import KNOWN_STATUSES, RunStatus
 from runtime.store.cells import decode, in_utc
+from runtime.store.migrations import HEAD
+
+#: Alembic's record of the schema revision (``runtime.store.migrations``)
+VERSION_TABLE = "alembic_version"
 
 
 @dataclass(frozen=True)
@@ -236,11 +241,11 @@ class PlainReads:
         except BaseException:
             reads.close()
             raise
-        for table in TABLES:
-            present = reads.tables.get(table.name)
-            if present is not None and not set(table.columns) <= present:
-                reads.close()  # an older layout: the store says what to migrate
-                return None
+        if reads.tables and reads._version() != HEAD:
+            # not at the code's schema revision (older, unversioned, unknown): the store
+            # decides - it stamps tables that match, or refuses naming agentrt db upgrade
+            reads.close()
+            return None
         return reads
 
     def close(self) -> None:
@@ -248,8 +253,15 @@ class PlainReads:
             self._conn.close()
             self._conn = None
 
+    def _version(self) -> str | None:
+        """The schema revision the database records (None: no version table)."""
+        if VERSION_TABLE not in self.tables:
+            return None
+        rows = self._execute(f"SELECT version_num FROM {VERSION_TABLE}", ())
+        return str(rows[0][0]) if len(rows) == 1 else None
+
     def _existing_tables(self) -> dict[str, set[str]]:
-        names = [t.name for t in TABLES]
+        names = [t.name for t in TABLES] + [VERSION_TABLE]
         if self.dialect == "sqlite":
             marks = ", ".join("?" for _ in names)
             sql = (

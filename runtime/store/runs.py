@@ -35,7 +35,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     select,
     true,
     type_coerce,
@@ -45,16 +44,16 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable, Select
-from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from runtime.contract import RunStatus
-from runtime.errors import InvalidTransition, RunNotFound, SettingsError, StaleWrite
+from runtime.errors import InvalidTransition, RunNotFound, StaleWrite
 from runtime.states import ALLOWED_FROM
 from runtime.statuses import KNOWN_STATUSES
 from runtime.store.cells import Unreadable as Unreadable
 from runtime.store.cells import decode
 from runtime.store.db import utcnow
+from runtime.store.migrations.startup import ensure_current
 from runtime.store.models import (
     PendingSecretRow,
     PolicyDecisionRow,
@@ -112,16 +111,10 @@ class RunStore:
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create missing tables, then refuse a ``runs`` table of an older layout (there
-        are no migrations yet): ``SettingsError`` saying what to change."""
-        SQLModel.metadata.create_all(self.engine)
-        problems = schema_problems(self.engine)
-        if problems:
-            raise SettingsError(
-                "the database's runs table predates this version: "
-                + "; ".join(problems)
-                + ". Migrate it (see README, 'Schema changes') or start from an empty database"
-            )
+        """Make sure the schema is the one this code needs: created in an empty database,
+        else at the migrations' head - an older one is refused with ``SchemaOutOfDate``
+        naming ``agentrt db upgrade`` (``runtime.store.migrations``)."""
+        ensure_current(self.engine)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -666,29 +659,3 @@ class RunStore:
                 select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
             )
             return {str(r): str(s) for r, s in rows}
-
-
-def schema_problems(engine: Engine) -> list[str]:
-    """What an existing ``runs`` table lacks: admission's columns, and the unique keys
-    over admitted runs only (an older table makes refusals hold their request ids)."""
-    inspector = inspect(engine)
-    columns = {c["name"] for c in inspector.get_columns("runs")}
-    problems = [
-        f"column {name} is missing"
-        for name in ("admitted", "request_digest")
-        if name not in columns
-    ]
-    old = {str(c["name"]) for c in inspector.get_unique_constraints("runs")} & {
-        "uq_runs_tenant_request",
-        "uq_runs_tenant_idem",
-    }
-    problems += [f"unique constraint {name} must go" for name in sorted(old)]
-    indexes = {str(i["name"]) for i in inspector.get_indexes("runs")}
-    for name in ("uq_runs_admitted_request", "uq_runs_admitted_idem"):
-        if name not in indexes:
-            problems.append(f"partial unique index {name} is missing")
-    return problems
-
-
-def as_datetime(value: Any) -> datetime | None:
-    return value if isinstance(value, datetime) or value is None else datetime.fromisoformat(value)

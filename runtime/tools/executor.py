@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from runtime.bounds import BoundsError, check_json, json_size
-from runtime.errors import ToolExecutionError, ToolTimeout
+from runtime.errors import ToolExecutionError, ToolOutputNotStorable, ToolTimeout
 from runtime.tools.context import ToolContext
 from runtime.tools.registry import ToolSpec
 
@@ -66,10 +66,6 @@ MAX_RESULT_BYTES = 1024 * 1024
 _CODE = re.compile(r"[a-z0-9_.\-]{1,60}")
 
 
-class _Unstorable(Exception):
-    pass
-
-
 def _to_jsonable(spec: ToolSpec, value: Any) -> Any:
     if spec.output_model is not None and not isinstance(value, spec.output_model):
         value = spec.output_model.model_validate(value)
@@ -81,11 +77,13 @@ def _to_jsonable(spec: ToolSpec, value: Any) -> Any:
         check_json(value, label="result")
         size = json_size(value)
     except BoundsError as exc:
-        raise _Unstorable(
+        raise ToolOutputNotStorable(
             f"{spec.name} returned a result that is not storable JSON: {exc}"
         ) from None
     if size > MAX_RESULT_BYTES:
-        raise _Unstorable(f"{spec.name} returned {size} bytes; at most {MAX_RESULT_BYTES} are kept")
+        raise ToolOutputNotStorable(
+            f"{spec.name} returned {size} bytes; at most {MAX_RESULT_BYTES} are kept"
+        )
     return value
 
 
@@ -119,7 +117,7 @@ def execute(spec: ToolSpec, args: BaseModel, ctx: ToolContext, timeout_s: float)
             error_code="invalid_output",
             error=f"{spec.name} returned invalid output: {exc}"[:5000],
         )
-    except _Unstorable as exc:
+    except ToolOutputNotStorable as exc:
         return done(ok=False, error_code="invalid_output", error=str(exc)[:5000])
     except Exception as exc:
         return done(ok=False, error_code="tool_error", error=f"{type(exc).__name__}: {exc}"[:5000])

@@ -1,0 +1,116 @@
+"""Landing dead-letter entries that stop no run (a poison message, a failed
+compensation) and signalling every new entry (the queue's Redis stream and open counter).
+
+Apart from ``runtime.dead_letters`` so compensation can file its failures without
+depending on the dead-letter flows that themselves run compensations.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+import uuid
+from typing import Any
+
+import redis
+
+from runtime.keys import Keys
+from runtime.ports import StepMessages
+from runtime.store.db import utcnow
+from runtime.store.dead_letters import DeadLetterStore
+from runtime.tracing import redact
+
+
+def format_exception(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))[-20_000:]
+
+
+class DeadLetterEntries:
+    def __init__(
+        self, *, store: DeadLetterStore, redis: redis.Redis, keys: Keys, messages: StepMessages
+    ) -> None:
+        self.store = store
+        self.redis = redis
+        self.keys = keys
+        self.messages = messages
+
+    def poison(
+        self,
+        *,
+        queue: str,
+        error_type: str,
+        error: str,
+        message: dict[str, Any] | None,
+        task_name: str | None = None,
+        task_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> str:
+        """A message that is no valid step: keep it, never run it."""
+        return self.keep(
+            queue=queue,
+            task_name=task_name,
+            task_id=task_id,
+            run_id=run_id,
+            tenant_id=tenant_id,
+            dl_class="poison",
+            error_type=error_type,
+            error_message=error[:5000],
+            message=redact(message) if message else None,
+        )
+
+    def compensation_failed(
+        self, run: dict[str, Any], effect: dict[str, Any], exc: BaseException
+    ) -> str:
+        """A compensator raised: keep an entry whose retry runs the compensation again."""
+        return self.keep(
+            queue=self.messages.queue,
+            task_name=self.messages.compensate_task,
+            task_id=f"{effect['idempotency_key']}:compensate",
+            run_id=run["run_id"],
+            tenant_id=run["tenant_id"],
+            route=run["route"],
+            step_no=effect["step_no"],
+            trace_id=run["trace_id"],
+            version_set=run["version_set"],
+            dl_class="compensation",
+            error_type=type(exc).__name__,
+            error_message=str(exc)[:5000],
+            traceback=format_exception(exc),
+            message={
+                "effect_id": effect["id"],
+                "tool": effect["tool"],
+                "idempotency_key": effect["idempotency_key"],
+            },
+        )
+
+    def keep(self, **fields: Any) -> str:
+        """Store a one-failure entry that stops no run (poison, compensation) and signal it."""
+        now = utcnow()
+        entry_id = uuid.uuid4().hex
+        self.store.insert(
+            {
+                "id": entry_id,
+                "attempts": [],
+                "attempt_count": 1,
+                "first_failed_at": now,
+                "last_failed_at": now,
+                "status": "open",
+                "created_at": now,
+                **fields,
+            }
+        )
+        self.signal(fields["queue"], entry_id, fields["dl_class"])
+        return entry_id
+
+    def signal(self, queue: str, entry_id: str, dl_class: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(
+            self.keys.dlq_stream(queue),
+            {"id": entry_id, "class": dl_class},
+            maxlen=10_000,
+            approximate=True,
+        )
+        pipe.incr(self.keys.dlq_open(queue))
+        pipe.execute()

@@ -1,0 +1,99 @@
+"""Dispatch: run scheduler operations, then publish what they dispatched.
+
+The publisher (``runtime.ports.StepPublisher``) is built on first use: a process that
+never dispatches (a read-only command) never builds a Celery app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import redis
+
+from runtime.keys import Keys
+from runtime.ports import StepPublisher
+from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
+
+log = logging.getLogger("agentrt.service")
+
+#: a worker that has not reported for this long no longer counts as capacity
+HEARTBEAT_TTL_MS = 6000
+
+
+class Dispatch:
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        redis: redis.Redis,
+        keys: Keys,
+        worker_lost_retries: int,
+        publisher: StepPublisher | None = None,
+        publisher_factory: Callable[[], StepPublisher] | None = None,
+    ) -> None:
+        if publisher is None and publisher_factory is None:
+            raise ValueError("Dispatch needs a publisher or a publisher factory")
+        self.scheduler = scheduler
+        self.redis = redis
+        self.keys = keys
+        self.worker_lost_retries = worker_lost_retries
+        self._publisher = publisher
+        self._publisher_factory = publisher_factory
+
+    @property
+    def publisher(self) -> StepPublisher:
+        if self._publisher is None:
+            assert self._publisher_factory is not None
+            self._publisher = self._publisher_factory()
+        return self._publisher
+
+    def schedule(self, ops: Ops) -> Outcome:
+        """Run scheduler operations and publish what they dispatched."""
+        outcome = self.scheduler.run(ops)
+        self.publish(outcome.dispatched)
+        return outcome
+
+    def publish(self, items: list[Item]) -> None:
+        for item in items:
+            try:
+                self.publisher.publish(item)
+            except Exception:
+                # the step is in flight in the scheduler with a slot lease: when the lease
+                # expires it is dispatched again, so a broker hiccup loses nothing
+                log.warning(
+                    "could not publish step %s/%s; it is dispatched again when its "
+                    "slot lease expires",
+                    item.run_id,
+                    item.step_no,
+                    exc_info=True,
+                )
+
+    def pump(
+        self, worker: str | None = None, processes: int = 0, max_items: int = 100
+    ) -> tuple[Outcome, dict[Item, int]]:
+        """The periodic scheduler duties a worker runs: report capacity, promote delayed
+        steps whose time came, expire slot leases of dead workers, dispatch. Returns the
+        outcome and the handed-back steps whose owner died too often (not published: the
+        caller dead-letters them), with how often it died."""
+        ops = Ops()
+        if worker:
+            ops.heartbeat(worker, processes, HEARTBEAT_TTL_MS)
+        outcome = self.scheduler.run(ops.promote(max_items).expire(max_items).dispatch(max_items))
+        lost = self._lost_too_often(outcome.handed_back)
+        self.publish([item for item in outcome.dispatched if item not in lost])
+        return outcome, lost
+
+    def _lost_too_often(self, handed_back: list[Item]) -> dict[Item, int]:
+        """Handed-back steps whose owner died more often than AGENTRT_WORKER_LOST_RETRIES."""
+        if not handed_back:
+            return {}
+        counts = self.redis.hmget(
+            self.keys.scheduler().deaths, [item.encode() for item in handed_back]
+        )
+        limit = self.worker_lost_retries
+        return {
+            item: int(n)
+            for item, n in zip(handed_back, counts, strict=True)
+            if n is not None and int(n) > limit
+        }

@@ -1,0 +1,125 @@
+"""Building the step runner and its stages, each handed only what it uses.
+
+The composition root calls ``build_runner`` with the runtime's components; the stages are
+built here because nothing outside the step package needs them one by one.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from runtime.budgets.ledger import BudgetLedger
+from runtime.config import RuntimeConfig
+from runtime.keys import Keys
+from runtime.locks.leases import LeaseManager
+from runtime.policy import PolicyEngine
+from runtime.scheduling.breakers import Breakers
+from runtime.scheduling.limits import Limiter
+from runtime.scheduling.scheduler import Scheduler
+from runtime.state import KnownGeneration, StateMarkers
+from runtime.step.budget import Budgeting
+from runtime.step.checkpoint import Checkpointer
+from runtime.step.collaborators import (
+    AfterFailure,
+    CatalogReads,
+    DeadLettering,
+    LiveControls,
+    Scheduling,
+)
+from runtime.step.execution import ToolExecution
+from runtime.step.guards import Guards
+from runtime.step.model_call import ModelCall
+from runtime.step.outcomes import Retries
+from runtime.step.pending import PendingCalls
+from runtime.step.proposal import ProposalCheck
+from runtime.step.runner import StepRunner
+from runtime.step.tool_call import ToolCall
+from runtime.store.runs import RunStore
+from runtime.tools.registry import ToolRegistry
+
+
+def build_runner(
+    *,
+    config: RuntimeConfig,
+    config_digest: str,
+    registry: ToolRegistry,
+    store: RunStore,
+    redis: redis.Redis,
+    tool_redis: redis.Redis,
+    keys: Keys,
+    ledger: BudgetLedger,
+    leases: LeaseManager,
+    scheduler: Scheduler,
+    limiter: Limiter,
+    breakers: Breakers,
+    policy: PolicyEngine,
+    markers: StateMarkers,
+    generation: KnownGeneration,
+    catalog: CatalogReads,
+    controls: LiveControls,
+    dispatch: Scheduling,
+    dead_letters: DeadLettering,
+    after_failure: AfterFailure,
+) -> StepRunner:
+    retries = Retries(dead_letters=dead_letters)
+    pending = PendingCalls(registry=registry, store=store)
+    budgeting = Budgeting(config=config, ledger=ledger, catalog=catalog)
+    tool_call = ToolCall(
+        config=config,
+        catalog=catalog,
+        breakers=breakers,
+        limiter=limiter,
+        leases=leases,
+        budgeting=budgeting,
+        execution=ToolExecution(store=store, keys=keys, tool_redis=tool_redis),
+        pending=pending,
+        retries=retries,
+    )
+    proposal = ProposalCheck(
+        config=config,
+        registry=registry,
+        policy=policy,
+        catalog=catalog,
+        pending=pending,
+        tool_call=tool_call,
+    )
+    model_call = ModelCall(
+        config=config,
+        catalog=catalog,
+        breakers=breakers,
+        limiter=limiter,
+        store=store,
+        registry=registry,
+        retries=retries,
+    )
+    checkpoint = Checkpointer(
+        store=store,
+        ledger=ledger,
+        leases=leases,
+        scheduler=scheduler,
+        redis=redis,
+        dispatch=dispatch,
+        dead_letters=dead_letters,
+        after_failure=after_failure,
+        budgeting=budgeting,
+    )
+    return StepRunner(
+        config=config,
+        config_digest=config_digest,
+        store=store,
+        ledger=ledger,
+        redis=redis,
+        keys=keys,
+        leases=leases,
+        scheduler=scheduler,
+        markers=markers,
+        generation=generation,
+        controls=controls,
+        dispatch=dispatch,
+        guards=Guards(controls=controls),
+        model_call=model_call,
+        budgeting=budgeting,
+        pending=pending,
+        proposal=proposal,
+        checkpoint=checkpoint,
+    )

@@ -1,0 +1,233 @@
+"""Applying a step's decision: the checkpoint (step, run state, trace events, spend, policy
+decisions, side effect, stop reason) in one SQL transaction, a compare-and-set on the run's
+``next_step``; then one Redis round trip settles the budget, releases the run lease, frees
+the step's slot and queues the next step; then the dispatched steps are published."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from runtime import scripts, stop_reasons
+from runtime.budgets.ledger import BudgetLedger
+from runtime.contract import TERMINAL_STATUSES, RunStatus
+from runtime.errors import StaleWrite
+from runtime.locks.leases import Lease, LeaseManager
+from runtime.scheduling.scheduler import Ops, Scheduler, item_of, now_ms
+from runtime.step.budget import Budgeting, spend_row
+from runtime.step.collaborators import AfterFailure, DeadLettering, Scheduling
+from runtime.step.state import Delivery, Move, Step, StepResult
+from runtime.step_record import StepKind, WorkflowStep, workflow_step
+from runtime.store.db import utcnow
+from runtime.store.runs import Checkpoint, RunStore
+from runtime.tracing import TraceBuffer, redact
+
+log = logging.getLogger("agentrt.steps")
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        ledger: BudgetLedger,
+        leases: LeaseManager,
+        scheduler: Scheduler,
+        redis: redis.Redis,
+        dispatch: Scheduling,
+        dead_letters: DeadLettering,
+        after_failure: AfterFailure,
+        budgeting: Budgeting,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.leases = leases
+        self.scheduler = scheduler
+        self.redis = redis
+        self.dispatch = dispatch
+        self.dead_letters = dead_letters
+        self.after_failure = after_failure
+        self.budgeting = budgeting
+
+    def finish(self, st: Step, move: Move, lease: Lease) -> StepResult:
+        """Apply ``move``: the one place a step's decision takes effect."""
+        actual = self.budgeting.actual_spend(st) if st.budget.reserved else None
+        if move.stop_reason:
+            st.trace.add("stop", reason=move.stop_reason, status=move.status.value)
+        st.trace.add(
+            "checkpoint", step=st.step_no, outcome=str(move.outcome), status=move.status.value
+        )
+        if actual is not None:
+            st.trace.add("budget_settle", actual=actual)
+        cp = self._checkpoint_of(st, move, actual)
+        try:
+            self.store.checkpoint(cp)
+        except StaleWrite as exc:
+            log.info("step %s/%s lost to another copy: %s", st.run_id, st.step_no, exc)
+            if st.budget.reserved:
+                self.ledger.release(st.run_id, st.step_no)
+            self.leases.release(lease)
+            return StepResult(Delivery.STALE_WRITE.value)
+        except Exception:
+            # the checkpoint failed for a reason nobody could know before (the database went
+            # away): a side effect that ran must still have its outcome on record, or a
+            # retry could not tell that it ran
+            if st.effect_update is not None:
+                self._record_effect_outcome(st.effect_update)
+            raise
+        self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
+        if move.dead_letter is not None:
+            dl_class, error_type, error = move.dead_letter
+            self.dead_letters.dead_letter_step(
+                st.run_id, st.step_no + 1, dl_class, error_type=error_type, error=error
+            )
+            return StepResult(Delivery.DEAD_LETTERED.value + f":{dl_class}")
+        if move.status == RunStatus.FAILED:
+            self.after_failure(st.run)
+        if move.continues:
+            return StepResult(str(move.outcome), next_step=st.step_no + 1)
+        return StepResult(str(move.outcome))
+
+    def _checkpoint_of(self, st: Step, move: Move, actual: dict[str, int] | None) -> Checkpoint:
+        now = utcnow()
+        updates = self._run_updates(st, move, now)
+        return Checkpoint(
+            run_id=st.run_id,
+            step_no=st.step_no,
+            status=move.status,
+            run_updates=updates,
+            step={
+                "run_id": st.run_id,
+                "tenant_id": st.tenant_id,
+                "step_no": st.step_no,
+                "kind": str(move.kind),
+                "proposal": redact(st.proposal),
+                "outcome": str(move.outcome),
+                "observation": redact(move.observation),
+                "input_tokens": st.usage.input_tokens,
+                "output_tokens": st.usage.output_tokens,
+                "model_version": st.model_version,
+                "started_at": st.started_at,
+                "finished_at": now,
+                "duration_ms": int((time.monotonic() - st.started) * 1000),
+            },
+            events=st.trace.drain(),
+            spend=spend_row(st, actual) if actual is not None else None,
+            decisions=st.decisions,
+            effect_update=st.effect_update,
+            pending_secrets=st.pending_secrets,
+            clear_pending_secrets="pending_proposal" in updates
+            and bool((st.run["pending_proposal"] or {}).get("secret_args")),
+        )
+
+    @staticmethod
+    def _run_updates(st: Step, move: Move, now: Any) -> dict[str, Any]:
+        """What the checkpoint changes on the run row besides its status."""
+        updates: dict[str, Any] = {**move.run_updates}
+        if "attempt" not in updates and move.kind != StepKind.DEFERRED and st.run["attempt"]:
+            updates["attempt"] = 0  # the failing call got past its failure
+        if st.used_proposer:
+            updates["turns"] = int(st.run["turns"]) + 1
+        if move.stop_reason:
+            updates["stop_reason"] = move.stop_reason
+        if move.output is not None:
+            updates["output"] = redact(move.output)
+        if move.status in TERMINAL_STATUSES:
+            updates["finished_at"] = now
+            updates["workflow_step"] = updates.get("workflow_step") or workflow_step(
+                WorkflowStep.FINISHED
+            )
+        if st.run["started_at"] is None:
+            updates["started_at"] = st.started_at
+        updates["checkpoint_ref"] = f"step:{st.step_no}"
+        return updates
+
+    def _settle_and_schedule(
+        self,
+        st: Step,
+        move: Move,
+        lease: Lease,
+        actual: dict[str, int] | None,
+        duration_ms: int,
+    ) -> None:
+        """One round trip: settle the budget, release the run lease, free the step's slot,
+        queue the next step and dispatch what may run now; then publish it."""
+        ops = Ops().complete(item_of(st.run, st.step_no))
+        if move.continues and move.dead_letter is None:
+            following = item_of(st.run, st.step_no + 1)
+            if move.countdown_s:
+                ops.delay(following, now_ms() + int(move.countdown_s * 1000))
+            else:
+                ops.enqueue(following)
+        ops.promote().dispatch(1)  # the slot this step frees; the pump fills the rest
+
+        def settle_release_schedule(pipe: Any) -> None:
+            if actual is not None:
+                self.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
+            self.leases.release_in(pipe, lease)
+            self.scheduler.queue_in(pipe, ops)
+            self.scheduler.observe_step_time(pipe, st.run["route"], duration_ms)
+
+        results = scripts.run_pipeline(self.redis, settle_release_schedule)
+        self.dispatch.publish(self.scheduler.outcome(results[-2]).dispatched)
+
+    def fail(self, run_id: str, step_no: int, failure_class: str) -> bool:
+        """End a run whose step failed for good outside the loop as ``failed:<class>``.
+        A no-op if the step was checkpointed meanwhile."""
+        run = self.store.get_run(run_id)
+        done = Ops().complete(item_of(run, step_no)).dispatch(2)
+        if run["next_step"] != step_no or run["status"] not in (
+            RunStatus.QUEUED.value,
+            RunStatus.RUNNING.value,
+        ):
+            self.dispatch.schedule(done)
+            return False
+        reason = stop_reasons.make("failed", failure_class)
+        trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], step_no)
+        trace.add("step_failed", error_class=failure_class)
+        trace.add("stop", reason=reason, status=RunStatus.FAILED.value)
+        now = utcnow()
+        cp = Checkpoint(
+            run_id=run_id,
+            step_no=step_no,
+            status=RunStatus.FAILED,
+            run_updates={
+                "stop_reason": reason,
+                "finished_at": now,
+                "workflow_step": workflow_step(WorkflowStep.FINISHED),
+            },
+            step={
+                "run_id": run_id,
+                "tenant_id": run["tenant_id"],
+                "step_no": step_no,
+                "kind": StepKind.FAILED.value,
+                "proposal": None,
+                "outcome": failure_class,
+                "observation": {"error_class": failure_class},
+                "started_at": now,
+                "finished_at": now,
+                "duration_ms": 0,
+            },
+            events=trace.drain(),
+        )
+        try:
+            self.store.checkpoint(cp)
+        except StaleWrite:
+            return False
+        finally:
+            self.dispatch.schedule(done)
+        self.ledger.release(run_id, step_no)
+        return True
+
+    def _record_effect_outcome(self, effect_update: dict[str, Any]) -> None:
+        try:
+            self.store.record_effect_outcome(effect_update)
+        except Exception:
+            log.exception(
+                "side effect %s: its outcome could not be recorded either; a retry treats it "
+                "as unknown (same idempotency key, or an operator for an irreversible tool)",
+                effect_update["idempotency_key"],
+            )

@@ -1,0 +1,86 @@
+"""What the step stages need from objects that live above or beside them, as protocols.
+
+Each protocol names exactly the methods the stages call, with the signatures their owners
+have; a stage takes one of these (``catalog=``, ``controls=``, ``dispatch=``,
+``dead_letters=``), never the service that happens to provide them. That keeps the import
+graph a tree: nothing in ``runtime.step`` imports ``runtime.service`` or
+``runtime.dead_letters``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from runtime.config import RetryPolicy
+from runtime.proposers.base import Proposer, ToolDescription
+from runtime.scheduling.scheduler import Item, Ops, Outcome
+from runtime.tools.registry import ToolSpec
+
+
+class CatalogReads(Protocol):
+    """Config lookups: which proposer, a tool's timeout, cost and state, retry policies."""
+
+    def proposer_for(self, model_name: str) -> Proposer: ...
+
+    def tool_timeout(self, spec: ToolSpec, route: str | None = None) -> float: ...
+
+    def retry_policy(self, route: str, tool: str | None = None) -> RetryPolicy | None: ...
+
+    def tool_cost_micro(self, name: str) -> int: ...
+
+    def tool_enabled(self, name: str, disabled_live: frozenset[str] = frozenset()) -> bool: ...
+
+    def tool_descriptions(
+        self, route: str, disabled_live: frozenset[str]
+    ) -> list[ToolDescription]: ...
+
+
+class LiveControls(Protocol):
+    """The kill switches: a run cancelled, a route stopped, tools disabled."""
+
+    def live_controls(
+        self, run_id: str, route: str, tools: list[str]
+    ) -> tuple[bool, bool, frozenset[str]]: ...
+
+    def control_keys(self, run_id: str, route: str, tools: list[str]) -> list[str]: ...
+
+    def parse_controls(
+        self, values: list[Any], tools: list[str]
+    ) -> tuple[bool, bool, frozenset[str]]: ...
+
+
+class Scheduling(Protocol):
+    """Scheduler operations whose dispatched steps are published, and publishing."""
+
+    def schedule(self, ops: Ops) -> Outcome: ...
+
+    def publish(self, items: list[Item]) -> None: ...
+
+
+class DeadLettering(Protocol):
+    """The dead-letter queue and the attempt history of a failing call."""
+
+    def record_failure(
+        self,
+        run_id: str,
+        step_no: int,
+        kind: str,
+        error_type: str,
+        error: str | None,
+        worker: str | None = None,
+    ) -> None: ...
+
+    def dead_letter_step(
+        self,
+        run_id: str,
+        step_no: int,
+        dl_class: str,
+        *,
+        error_type: str,
+        error: str | None = None,
+    ) -> str | None: ...
+
+
+#: what follows a run that failed or was dead-lettered (compensation, if its route asks)
+AfterFailure = Callable[[dict[str, Any]], None]

@@ -1,0 +1,184 @@
+"""Executing an allowed tool call exactly once per idempotency key: commit the allow
+decision (and, for a side effect, the claim on its key) before the tool runs, charge the
+executions earlier copies of the step left unsettled, replay a recorded outcome instead of
+running a finished side effect again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from runtime import proposals
+from runtime.errors import BudgetExhausted
+from runtime.keys import Keys
+from runtime.locks.leases import Lease
+from runtime.step import outcomes
+from runtime.step.state import Move, Step, args_digest
+from runtime.store.db import utcnow
+from runtime.store.runs import RunStore
+from runtime.tools.context import ToolContext
+from runtime.tools.executor import ToolOutcome, execute
+from runtime.tools.registry import ToolSpec
+from runtime.tracing import redact
+
+
+class ToolExecution:
+    def __init__(self, *, store: RunStore, keys: Keys, tool_redis: redis.Redis) -> None:
+        self.store = store
+        self.keys = keys
+        #: the tools' Redis (``ctx.redis``): their state and effect journals
+        self.tool_redis = tool_redis
+
+    def claim_and_execute(
+        self,
+        st: Step,
+        spec: ToolSpec,
+        args_model: BaseModel,
+        args: dict[str, Any],
+        lock: Lease | None,
+        timeout_s: float,
+    ) -> ToolOutcome | Move:
+        # a retried call keeps the key of its first attempt: the tool (and any external
+        # system it passes the key to) sees one call, tried again
+        key = st.call_key or f"{st.run_id}:{st.step_no}:0"
+        earlier, replay = self._claim(st, spec, args, lock, key)
+        refused = self._charge_executions(st, spec, key, earlier, runs_now=replay is None)
+        if refused is not None:
+            return refused
+        if replay is not None:
+            return replay
+        ctx = ToolContext(
+            run_id=st.run_id,
+            tenant_id=st.tenant_id,
+            route=st.run["route"],
+            step=st.step_no,
+            call_index=0,
+            idempotency_key=key,
+            fencing_token=lock.fencing_token if lock else None,
+            redis=self.tool_redis,
+            keys=self.keys,
+        )
+        st.trace.add("tool_start", tool=spec.name, idempotency_key=key, timeout_s=timeout_s)
+        outcome = execute(spec, args_model, ctx, timeout_s)
+        # a tool may echo its arguments in an error: its secret ones never reach a record
+        outcome.error = proposals.scrub(outcome.error, st.secrets)
+        st.trace.add(
+            "tool_end",
+            tool=spec.name,
+            ok=outcome.ok,
+            duration_ms=outcome.duration_ms,
+            error_code=outcome.error_code,
+            error=outcome.error,
+        )
+        if spec.side_effect != "read":
+            st.effect_update = {
+                "idempotency_key": key,
+                "status": "succeeded"
+                if outcome.ok
+                else ("unknown" if outcome.outcome_unknown else "failed"),
+                "result": redact(outcome.result, spec.secret_args) if outcome.ok else None,
+                "error": outcome.error,
+                "finished_at": utcnow(),
+            }
+        return outcome
+
+    def _claim(
+        self, st: Step, spec: ToolSpec, args: dict[str, Any], lock: Lease | None, key: str
+    ) -> tuple[int, ToolOutcome | None]:
+        """Commit the allow decision before the tool runs; for a side effect, together with
+        the claim on its idempotency key. Returns the executions of this call by earlier
+        copies of the step (uncharged), and a recorded outcome to replay, if any."""
+        decisions, st.decisions = st.decisions, []
+        events = st.trace.drain()
+        if spec.side_effect == "read":
+            self.store.store_decisions(decisions, events)
+            # no record of earlier attempts: every execution the hold covers besides this
+            # one may have run (a copy of the step that died); charged, fail closed
+            return max(st.budget.hold_tools - 1, 0), None
+        claim = self.store.claim_effect(
+            {
+                "idempotency_key": key,
+                "run_id": st.run_id,
+                "tenant_id": st.tenant_id,
+                "step_no": st.step_no,
+                "tool": spec.name,
+                "side_effect_class": spec.side_effect,
+                "status": "started",
+                "args_digest": args_digest(args),
+                "args": redact(args, spec.secret_args),
+                "fencing_token": lock.fencing_token if lock else None,
+                "started_at": utcnow(),
+            },
+            decisions,
+            events,
+            retry=st.call_key is not None,
+            retry_unknown=spec.retry_unknown,
+        )
+        earlier = self._earlier_executions(st, claim)
+        if claim.fresh:
+            return earlier, None
+        return earlier, self._replay(st, spec, claim.status, claim.result, claim.error, key)
+
+    def _replay(
+        self, st: Step, spec: ToolSpec, status: str, result: Any, error: str | None, key: str
+    ) -> ToolOutcome | None:
+        """A redelivered step found this call's record: never repeat a finished side effect."""
+        if status == "succeeded":
+            st.trace.add("tool_replayed", tool=spec.name, idempotency_key=key, status=status)
+            return ToolOutcome(ok=True, result=result)
+        if status in ("failed", "unknown"):
+            st.trace.add("tool_replayed", tool=spec.name, idempotency_key=key, status=status)
+            return ToolOutcome(ok=False, error_code="tool_error", error=error or status)
+        # "started": the earlier attempt died mid-call; its outcome is unknown
+        if spec.retry_unknown:
+            st.trace.add("tool_retry_unknown", tool=spec.name, idempotency_key=key)
+            return None
+        st.trace.add("tool_outcome_unknown", tool=spec.name, idempotency_key=key)
+        st.effect_update = {
+            "idempotency_key": key,
+            "status": "unknown",
+            "finished_at": utcnow(),
+            "error": "worker died during the call; not repeated (irreversible)",
+        }
+        return ToolOutcome(
+            ok=False,
+            error_code="side_effect_unknown",
+            error="an earlier attempt died mid-call; an irreversible call is not repeated",
+        )
+
+    @staticmethod
+    def _earlier_executions(st: Step, claim: Any) -> int:
+        """Executions of this call by earlier copies of this step, which died before
+        settling (so nothing charged them): the claims on its idempotency key before this
+        one. A key kept from an earlier step (a retried call) was also claimed by steps
+        that settled: bounded then by the executions the hold covers."""
+        prior = int(claim.attempts) - (1 if claim.status == "started" else 0)
+        if claim.fresh:
+            prior = 0
+        if st.call_key is not None:
+            prior = min(prior, max(st.budget.hold_tools - 1, 0))
+        return max(prior, 0)
+
+    @staticmethod
+    def _charge_executions(
+        st: Step, spec: ToolSpec, key: str, earlier: int, *, runs_now: bool
+    ) -> Move | None:
+        """Count the executions this step is charged for; reserve any the hold does not
+        cover yet before the tool runs again. If that is refused, the tool does not run
+        again and the run stops on the budget."""
+        try:
+            added = st.budget.count_executions(earlier, runs_now=runs_now)
+        except BudgetExhausted as exc:
+            if spec.side_effect != "read":
+                st.effect_update = {
+                    "idempotency_key": key,
+                    "status": "unknown",
+                    "finished_at": utcnow(),
+                    "error": "an earlier attempt died mid-call; not repeated: no budget left",
+                }
+            return outcomes.tool_exhausted(st, exc)
+        if added is not None:
+            st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
+        return None

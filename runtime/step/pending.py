@@ -1,0 +1,66 @@
+"""A tool call kept for a later step (a retry, a wait, an approval), and resuming it.
+
+The run row's ``pending_proposal`` holds the call with its secret arguments redacted; their
+values are kept apart (``pending_secrets``) and put back only when the call resumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime import stop_reasons
+from runtime.contract import RunStatus
+from runtime.step.state import Move, Step
+from runtime.step_record import StepKind, StepOutcome
+from runtime.store.runs import RunStore
+from runtime.tools.registry import ToolRegistry
+from runtime.tracing import REDACTED, secret_name
+
+#: keys a pending proposal carries for the runtime, stripped before validation
+PENDING_META = ("call_key", "origin_step", "secret_args")
+
+
+class PendingCalls:
+    def __init__(self, *, registry: ToolRegistry, store: RunStore) -> None:
+        self.registry = registry
+        self.store = store
+
+    def keep(self, st: Step, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        """The call as the run row keeps it (its retry key goes with it). Its secret
+        arguments are kept apart (``st.pending_secrets``), never in the run row."""
+        spec = self.registry.get(tool)
+        declared = spec.secret_args if spec else frozenset()
+        secret = sorted(n for n in args if n in declared or secret_name(n))
+        pending: dict[str, Any] = {
+            "type": "tool_call",
+            "tool": tool,
+            "args": {k: REDACTED if k in secret else v for k, v in args.items()},
+        }
+        if secret:
+            pending["secret_args"] = secret
+            st.pending_secrets = {n: args[n] for n in secret}
+        if st.call_key:
+            pending["call_key"] = st.call_key
+        return pending
+
+    def resume(self, st: Step, pending: dict[str, Any]) -> Any:
+        """The kept call as a raw proposal, its secrets put back; a ``Move`` ending the run
+        if they are gone."""
+        # retry bookkeeping travels with the proposal but is not part of it
+        st.call_key = pending.get("call_key")
+        raw: Any = {k: v for k, v in pending.items() if k not in PENDING_META}
+        st.trace.add("proposal_resumed", tool=pending.get("tool"), call_key=st.call_key)
+        if not pending.get("secret_args"):
+            return raw
+        secrets = self.store.pending_secrets(st.run_id)
+        if secrets is None or set(secrets) != set(pending["secret_args"]):
+            # fail closed: never run the call with its secrets missing or redacted
+            st.trace.add("pending_secrets_lost", tool=pending.get("tool"))
+            return Move(
+                RunStatus.FAILED,
+                StepKind.FAILED,
+                StepOutcome.PENDING_SECRETS_LOST,
+                stop_reason=stop_reasons.make("failed", "pending_secrets_lost"),
+                run_updates={"pending_proposal": None},
+            )
+        return {**raw, "args": {**raw.get("args", {}), **secrets}}

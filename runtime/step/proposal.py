@@ -1,0 +1,155 @@
+"""Validate a proposal and act on it: a reply or a stop ends the run; a tool call is checked
+(schema, registration, policy: allow, deny, approval, escalation) and, if allowed, handed to
+the tool-call stage. Nothing the model proposes runs before this stage said yes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel
+
+from runtime import proposals, stop_reasons
+from runtime.config import RuntimeConfig
+from runtime.contract import ReplyProposal, RunStatus, StopProposal, ToolCallProposal
+from runtime.policy import Decision, PolicyContext, PolicyEngine
+from runtime.step import decisions, outcomes
+from runtime.step.collaborators import CatalogReads
+from runtime.step.pending import PendingCalls
+from runtime.step.state import Move, Step
+from runtime.step.tool_call import ToolCall
+from runtime.step_record import StepKind, StepOutcome, WorkflowStep, workflow_step
+from runtime.tools.registry import ToolRegistry, ToolSpec
+from runtime.tracing import redact
+
+
+class ProposalCheck:
+    def __init__(
+        self,
+        *,
+        config: RuntimeConfig,
+        registry: ToolRegistry,
+        policy: PolicyEngine,
+        catalog: CatalogReads,
+        pending: PendingCalls,
+        tool_call: ToolCall,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.policy = policy
+        self.catalog = catalog
+        self.pending = pending
+        self.tool_call = tool_call
+
+    def validate_and_act(self, st: Step, raw: Any) -> Move:
+        proposal = proposals.parse(raw)
+        if isinstance(proposal, proposals.Refused):
+            shown = proposals.shown(raw, self.registry)
+            return outcomes.refuse(st, proposal.code, proposal.errors, shown)
+        st.proposal = proposal.model_dump(by_alias=True)
+        if isinstance(proposal, ReplyProposal):
+            st.trace.add("validation", ok=True, type="reply")
+            return Move(
+                RunStatus.SUCCEEDED,
+                StepKind.REPLY,
+                StepOutcome.COMPLETED,
+                output={"text": proposal.text},
+                stop_reason="completed",
+            )
+        if isinstance(proposal, StopProposal):
+            st.trace.add("validation", ok=True, type="stop")
+            return Move(
+                RunStatus.SUCCEEDED,
+                StepKind.STOP,
+                StepOutcome.COMPLETED,
+                output={"stopped": proposal.reason or "model_stop"},
+                stop_reason="completed",
+            )
+        assert isinstance(proposal, ToolCallProposal)
+        return self._tool_call(st, proposal)
+
+    def _tool_call(self, st: Step, proposal: ToolCallProposal) -> Move:
+        spec = self.registry.get(proposal.tool)
+        registered = spec is not None and proposal.tool in self.config.tools
+        # what is stored or shown of the call never carries its secret arguments
+        st.proposal = proposals.redact_call(st.proposal, self.registry)
+        st.secrets = proposals.secret_values(spec, proposal.args)
+        args_model: BaseModel | None = None
+        if spec is not None and registered:
+            # validated before policy: policy rules see only well-formed, defaulted args
+            checked = self._checked_args(st, spec, proposal)
+            if isinstance(checked, Move):
+                return checked
+            args_model = checked
+        args = args_model.model_dump(mode="json") if args_model is not None else proposal.args
+        safe_args = redact(args, spec.secret_args if spec else frozenset())
+        decision = self._decide(st, spec, registered, proposal.tool, args)
+        st.proposal = {**(st.proposal or {}), "args": safe_args}
+        decisions.record(st, proposal.tool, decision, args)
+        if decision.effect != "allow":
+            return self._not_allowed(st, decision, proposal.tool, args)
+        assert spec is not None and args_model is not None
+        st.trace.add("validation", ok=True, type="tool_call", tool=proposal.tool)
+        return self.tool_call.run(st, spec, args_model, args, proposal)
+
+    def _checked_args(
+        self, st: Step, spec: ToolSpec, proposal: ToolCallProposal
+    ) -> BaseModel | Move:
+        checked = proposals.validate_args(spec, proposal)
+        if not isinstance(checked, proposals.Refused):
+            return checked
+        st.trace.add(
+            "validation",
+            ok=False,
+            code=checked.code,
+            tool=proposal.tool,
+            errors=checked.errors,
+            detail=checked.detail,
+        )
+        return outcomes.refuse(st, checked.code, checked.errors, st.proposal, validated=True)
+
+    def _decide(
+        self, st: Step, spec: ToolSpec | None, registered: bool, tool: str, args: Any
+    ) -> Decision:
+        return self.policy.decide(
+            PolicyContext(
+                tool=tool,
+                args=args,
+                side_effect=spec.side_effect if spec else None,
+                tenant=st.tenant_id,
+                route=st.run["route"],
+                risk_class=st.run["risk_class"],
+                autonomy_level=st.run["autonomy_level"],
+                allowed_tools=tuple(st.run["allowed_tools"]),
+                tool_registered=registered,
+                tool_enabled=self.catalog.tool_enabled(tool, st.disabled_tools),
+            )
+        )
+
+    def _not_allowed(self, st: Step, decision: Decision, tool: str, args: Any) -> Move:
+        """Denied: the run is refused. Approval or escalation: the run waits, keeping the
+        call for when a human decided."""
+        if decision.effect == "deny":
+            return Move(
+                RunStatus.REFUSED,
+                StepKind.REFUSED,
+                StepOutcome.POLICY_DENIED.of(decision.label),
+                observation={"denied": decision.label, "reasons": decision.reason_codes},
+                stop_reason=stop_reasons.make("policy_denied", decision.label),
+            )
+        waits = (
+            StepOutcome.NEEDS_APPROVAL
+            if decision.effect == "require_approval"
+            else StepOutcome.ESCALATED
+        )
+        return Move(
+            RunStatus.WAITING,
+            StepKind.WAITING,
+            waits.of(decision.label),
+            stop_reason=stop_reasons.make(waits.value, decision.label),
+            run_updates={
+                "pending_proposal": self.pending.keep(st, tool, args),
+                "approval_id": uuid.uuid4().hex,
+                "workflow_step": workflow_step(WorkflowStep.AWAITING, tool),
+            },
+        )

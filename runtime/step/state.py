@@ -1,0 +1,123 @@
+"""The values a step passes between its stages: its state, its decision, its result."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.budgets.step import StepBudget
+from runtime.config import RouteConfig
+from runtime.contract import RunStatus, Usage
+from runtime.step_record import StepKind
+from runtime.store.db import utcnow
+from runtime.tracing import TraceBuffer
+
+#: seconds a step's budget hold, a tool lock or a bulkhead place outlives what it covers
+LEASE_MARGIN_S = 15.0
+#: kill switches as read with the run lease: (cancelled, route stopped, disabled tools)
+ControlsRead = tuple[bool, bool, frozenset[str]]
+
+
+class Delivery(enum.StrEnum):
+    """What a delivered step message came to when the loop did not decide the step (a
+    ``StepResult.outcome`` besides a step outcome; never stored)."""
+
+    #: a live copy of the step holds the run lease
+    DUPLICATE_DROPPED = "duplicate_dropped"
+    #: the step was done; its next step was queued again (idempotent)
+    DUPLICATE_ENSURED_NEXT = "duplicate_ensured_next"
+    DUPLICATE_SKIPPED = "duplicate_skipped"
+    #: Redis's state is unknown: recovery queues the step again
+    STATE_UNKNOWN = "state_unknown"
+    #: the deployment enforces another config: the caller reloads and runs it again
+    CONFIG_CHANGED = "config_changed"
+    #: another copy of the step checkpointed first
+    STALE_WRITE = "stale_write"
+    ROUTE_REMOVED = "route_removed"
+    #: ``:<class>``: retries exhausted, the run waits in the dead-letter queue
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass
+class StepResult:
+    """What happened, for the task wrapper's log line and for tests: a step outcome
+    (``runtime.step_record.StepOutcome``) or a ``Delivery``."""
+
+    outcome: str
+    next_step: int | None = None
+
+
+@dataclass
+class Step:
+    """Mutable state of the step being executed."""
+
+    run: dict[str, Any]
+    route: RouteConfig
+    step_no: int
+    attempt: int
+    trace: TraceBuffer
+    started: float = field(default_factory=time.monotonic)
+    started_at: Any = field(default_factory=utcnow)
+    #: the step's hold in the ledger: what it holds, what the step is charged (set by
+    #: ``Budgeting.open``; settling is bounded by it: never overspent, in every dimension)
+    budget: StepBudget = field(init=False)
+    #: tokens taken from the model's global token rate limit, given back after the call
+    rate_tokens: int = 0
+    used_proposer: bool = False
+    usage: Usage = field(default_factory=Usage)
+    model_version: str | None = None
+    proposal: dict[str, Any] | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    effect_update: dict[str, Any] | None = None
+    #: kill switches read with the lease (None: read them in the guards)
+    controls: ControlsRead | None = None
+    #: tools switched off by a live kill switch (read once per step with the other controls)
+    disabled_tools: frozenset[str] = frozenset()
+    #: the model asked this step: the route's proposer, or a fallback while its breaker is open
+    model_name: str = ""
+    #: idempotency key of the call being retried (kept across attempts of one call)
+    call_key: str | None = None
+    #: the secret arguments of a call kept for a later step: stored apart from the run row
+    pending_secrets: dict[str, Any] | None = None
+    #: the text of secret argument values, scrubbed from errors
+    secrets: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.run["tenant_id"])
+
+
+@dataclass
+class Move:
+    """The decision at the end of a step: a value the stages return and only the
+    checkpoint applies."""
+
+    status: RunStatus
+    kind: StepKind
+    outcome: str
+    observation: Any = None
+    stop_reason: str | None = None
+    output: Any = None
+    run_updates: dict[str, Any] = field(default_factory=dict)
+    #: run the next step no sooner than this (a wait that holds no slot)
+    countdown_s: float | None = None
+    #: retries exhausted: after the checkpoint the run is dead-lettered at the next step,
+    #: which holds the call to try again: (class, error type, error)
+    dead_letter: tuple[str, str, str] | None = None
+
+    @property
+    def continues(self) -> bool:
+        return self.status == RunStatus.RUNNING
+
+
+def args_digest(args: Any) -> str:
+    raw = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(raw).hexdigest()

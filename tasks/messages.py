@@ -1,0 +1,59 @@
+"""Every Celery name agentrt uses: the step task, its queue, its message format.
+
+The domain (``runtime/``) never spells them: it is handed ``STEP_MESSAGES`` (the
+``runtime.ports.StepMessages`` protocol, named by ``AGENTRT_STEP_MESSAGES``) for what its
+dead-letter entries record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.scheduling.scheduler import Item
+
+STEP_TASK = "agentrt.step"
+#: the one small fixed queue steps go to; fairness is the scheduler's, not per-tenant queues
+STEP_QUEUE = "agentrt.steps"
+#: what a failed compensation's dead-letter entry is filed under (no task runs it: an
+#: operator's retry runs the compensation in the retrying process)
+COMPENSATE_TASK = "agentrt.compensate"
+
+
+def step_id(item: Item) -> str:
+    """A step's task id: ``<run_id>-<step>`` (a redelivered step keeps its id)."""
+    return task_id(item.run_id, item.step_no)
+
+
+def task_id(run_id: str, step_no: int) -> str:
+    return f"{run_id}-{step_no}"
+
+
+def step_kwargs(item: Item) -> dict[str, Any]:
+    """The kwargs of a step message (checked by ``tasks.steps.StepMessage``)."""
+    return {
+        "run_id": item.run_id,
+        "step": item.step_no,
+        "tenant": item.tenant,
+        "route": item.route,
+        "priority": item.priority,
+    }
+
+
+@dataclass(frozen=True)
+class CeleryStepMessages:
+    """``runtime.ports.StepMessages`` for the Celery transport."""
+
+    queue: str = STEP_QUEUE
+    step_task: str = STEP_TASK
+    compensate_task: str = COMPENSATE_TASK
+
+    def task_id(self, run_id: str, step_no: int) -> str:
+        return task_id(run_id, step_no)
+
+    def describe(self, run: dict[str, Any], step_no: int) -> dict[str, Any]:
+        item = Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
+        return {"task": self.step_task, "id": step_id(item), "kwargs": step_kwargs(item)}
+
+
+STEP_MESSAGES = CeleryStepMessages()
