@@ -8,9 +8,10 @@ dead-letter entries record.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runtime.scheduling.scheduler import Item
+if TYPE_CHECKING:  # the read-only CLI imports this module: it must stay light
+    from runtime.scheduling.scheduler import Item
 
 STEP_TASK = "agentrt.step"
 #: the one small fixed queue steps go to; fairness is the scheduler's, not per-tenant queues
@@ -31,12 +32,18 @@ def task_id(run_id: str, step_no: int) -> str:
 
 def step_kwargs(item: Item) -> dict[str, Any]:
     """The kwargs of a step message (checked by ``tasks.steps.StepMessage``)."""
+    return message_kwargs(item.run_id, item.step_no, item.tenant, item.route, item.priority)
+
+
+def message_kwargs(
+    run_id: str, step_no: int, tenant: str, route: str, priority: int
+) -> dict[str, Any]:
     return {
-        "run_id": item.run_id,
-        "step": item.step_no,
-        "tenant": item.tenant,
-        "route": item.route,
-        "priority": item.priority,
+        "run_id": run_id,
+        "step": step_no,
+        "tenant": tenant,
+        "route": route,
+        "priority": priority,
     }
 
 
@@ -52,8 +59,10 @@ class CeleryStepMessages:
         return task_id(run_id, step_no)
 
     def describe(self, run: dict[str, Any], step_no: int) -> dict[str, Any]:
-        item = Item(run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"])
-        return {"task": self.step_task, "id": step_id(item), "kwargs": step_kwargs(item)}
+        kwargs = message_kwargs(
+            run["run_id"], step_no, run["tenant_id"], run["route"], run["priority"]
+        )
+        return {"task": self.step_task, "id": task_id(run["run_id"], step_no), "kwargs": kwargs}
 
 
 STEP_MESSAGES = CeleryStepMessages()

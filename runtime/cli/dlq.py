@@ -37,8 +37,8 @@ from runtime.cli.common import (
     service,
 )
 from runtime.cli.params import parse_rate, parse_when
-from runtime.cli.reads import STEP_QUEUE
 from runtime.errors import AgentRuntimeError
+from tasks.messages import STEP_QUEUE
 
 if TYPE_CHECKING:
     from runtime.service import RuntimeService

@@ -30,10 +30,6 @@ if TYPE_CHECKING:
     from runtime.store.plain import PlainReads
     from runtime.store.runs import RunStore
 
-#: the step queue (``tasks.app.STEP_QUEUE``, ``runtime.dead_letters.STEP_QUEUE``), named
-#: here so that showing dead letters does not import the step loop
-STEP_QUEUE = "agentrt.steps"
-
 
 def _no_input(value: Any) -> None:
     """Views for people do not show the input: leave it out rather than redact it."""
