@@ -36,7 +36,7 @@ def step_kwargs(item: Item) -> dict[str, Any]:
 
 
 def message_kwargs(
-    run_id: str, step_no: int, tenant: str, route: str, priority: int
+    run_id: str, step_no: int, tenant: str, route: str, priority: str
 ) -> dict[str, Any]:
     return {
         "run_id": run_id,
