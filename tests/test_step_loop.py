@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, Hold, wait_for
 
 USAGE = {"input_tokens": 100, "output_tokens": 50}
 
@@ -234,40 +234,36 @@ def test_run_budget_exhaustion_stops_the_run(deployment: Deployment) -> None:
 
 
 def test_lock_contention_waits_then_proceeds(deployment: Deployment) -> None:
-    # two runs update the same ticket; the second waits for the lock and gets a newer fence
-    # (the first holds the lock long enough for the second to meet it on any machine: it is
-    # submitted once the first holds it, and a step needs far less than 6 s to start)
-    slow = {
-        "type": "tool_call",
-        "tool": "tickets.update",
-        "args": {"ticket_id": "T-lock", "status": "pending", "hold_ms": 6000},
-    }
-    fast = {
-        "type": "tool_call",
-        "tool": "tickets.update",
-        "args": {"ticket_id": "T-lock", "status": "solved"},
-    }
-    first = deployment.submit_script([slow, reply()])
-    # the first run holds the lock once its side effect is claimed (lock taken before claim)
-    wait_for(
-        lambda: deployment.svc.store.side_effects(run_id=first.run_id),
-        message="the first run to hold the ticket lock",
-    )
-    second = deployment.submit_script([fast, reply()])
+    # two runs write under the same lock; the second waits for it and gets a newer fence
+    hold = Hold(deployment)
+    hold.on()
+    try:
+        # Given a run inside its call, holding the lock until the test lets it go
+        first = deployment.submit_script([hold.step(), reply()], route="r.held")
+        wait_for(lambda: hold.entered() == 1, message="the first run to hold the lock")
+        # When a second run comes for the same lock, it finds it busy (a state the test
+        # waits for, however long the second run takes to start)
+        second = deployment.submit_script([hold.step(), reply()], route="r.held")
+        wait_for(
+            lambda: any(e.kind == "lock_busy" for e in deployment.svc.trace(second.run_id)),
+            timeout=60,
+            message="the second run to find the lock busy",
+        )
+        assert hold.entered() == 1
+    finally:
+        hold.off()
+    # Then once the first lets go, the second gets the lock and both complete
     done = deployment.wait_all([first.run_id, second.run_id])
     assert all(v.status == "succeeded" for v in done.values())
+    assert hold.entered() == 2
     effects = {
         e["run_id"]: e
-        for e in deployment.svc.store.side_effects(tool="tickets.update")
+        for e in deployment.svc.store.side_effects(tool="probe.held")
         if e["run_id"] in done
     }
     assert len(effects) == 2
-    waits = [e for e in deployment.svc.trace(second.run_id) if e.kind == "lock_busy"] + [
-        e for e in deployment.svc.trace(first.run_id) if e.kind == "lock_busy"
-    ]
-    assert waits, "one of the runs must have found the lock busy"
-    fences = sorted(e["fencing_token"] for e in effects.values())
-    assert fences[0] < fences[1]
+    assert effects[first.run_id]["fencing_token"] < effects[second.run_id]["fencing_token"]
+    assert not any(e.kind == "lock_busy" for e in deployment.svc.trace(first.run_id))
 
 
 def test_submit_is_idempotent(deployment: Deployment) -> None:
@@ -346,18 +342,19 @@ def test_secrets_never_reach_the_trace(deployment: Deployment) -> None:
 
 
 def test_allow_decision_is_stored_before_the_tool_runs(deployment: Deployment) -> None:
-    # Given a read tool that takes a while
-    slow = {
-        "type": "tool_call",
-        "tool": "reports.generate",
-        "args": {"topic": "q", "delay_ms": 1500},
-    }
-    run = deployment.submit_script([slow, reply()])
-    # Then while the tool is still running (no step checkpointed yet) its allow decision is
-    # already in the store
-    decisions = wait_for(
-        lambda: deployment.svc.store.policy_decisions(run.run_id), message="a stored decision"
-    )
-    assert deployment.svc.store.steps(run.run_id) == []
-    assert decisions[0]["decision"] == "allow" and decisions[0]["tool"] == "reports.generate"
-    assert deployment.svc.wait(run.run_id, timeout=30).status == "succeeded"
+    # Given a write tool that stays inside until the test lets it go
+    hold = Hold(deployment)
+    hold.on()
+    try:
+        run = deployment.submit_script([hold.step(), reply()], route="r.held")
+        wait_for(lambda: hold.entered() == 1, timeout=60, message="the call to start")
+        # Then while the tool is running (no step checkpointed yet) its allow decision is
+        # already in the store
+        decisions = deployment.svc.store.policy_decisions(run.run_id)
+        assert deployment.svc.store.steps(run.run_id) == []
+        assert hold.entered() == 1
+    finally:
+        hold.off()
+    assert decisions and decisions[0]["decision"] == "allow"
+    assert decisions[0]["tool"] == "probe.held"
+    assert deployment.svc.wait(run.run_id, timeout=60).status == "succeeded"
