@@ -38,7 +38,7 @@ def pg_schema_url(base: str, schema: str) -> str:
 
 def wait_for(
     predicate: Callable[[], Any],
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     interval: float = 0.05,
     message: str = "condition",
 ) -> Any:

@@ -64,7 +64,7 @@ def test_killed_pool_processes_redeliver_steps_without_repeating_effects(
         return [pid for w in dep.workers for pid in w.kill_children()]
 
     for _ in range(3):
-        assert wait_for(kill_mid_call, timeout=30, message="a step mid-call to kill")
+        assert wait_for(kill_mid_call, timeout=60, message="a step mid-call to kill")
 
     # Then every run completes and each increment happened exactly once
     done = dep.wait_all(run_ids, timeout=120)
@@ -91,7 +91,7 @@ def test_killed_worker_main_process_steps_move_to_another_worker(
     ]
     run_ids = [r.run_id for r in runs]
     wait_for(
-        lambda: len(started_effects(dep, run_ids)) == 2, timeout=30, message="both steps mid-call"
+        lambda: len(started_effects(dep, run_ids)) == 2, timeout=60, message="both steps mid-call"
     )
 
     # When the whole worker (main process and pool) is SIGKILLed, its unacked messages
@@ -115,7 +115,7 @@ def test_irreversible_call_with_unknown_outcome_is_not_repeated(
         "args": {"customer_id": "cus_crash", "amount": 42, "delay_ms": 2000},
     }
     run = dep.submit_script([refund, {"type": "reply", "text": "refunded"}], route="r.refunds")
-    wait_for(lambda: started_effects(dep, [run.run_id]), timeout=30, message="the refund mid-call")
+    wait_for(lambda: started_effects(dep, [run.run_id]), timeout=60, message="the refund mid-call")
     worker.kill_children()
 
     done = dep.svc.wait(run.run_id, timeout=60)

@@ -26,7 +26,7 @@ def test_run_completes_with_contract_and_trace(deployment: Deployment) -> None:
     # Given a two-step script, when it runs
     run = deployment.submit_script([search(), reply("all good")], actor="alice")
     assert run.status == "queued"
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
 
     # Then the run succeeded with the whole contract recorded before the first model call
     assert done.status == "succeeded" and done.stop_reason == "completed"
@@ -66,7 +66,7 @@ def test_invalid_arguments_are_refused_and_never_executed(deployment: Deployment
         "args": {"ticket_id": "no spaces allowed", "status": "exploded"},
     }
     run = deployment.submit_script([bad, reply()])
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "refused"
     assert done.stop_reason == "invalid_proposal:invalid_args"
     assert deployment.svc.store.side_effects(run_id=run.run_id) == []
@@ -123,7 +123,7 @@ def test_refusals_are_fed_back_while_the_route_tolerates_them(deployment: Deploy
         "args": {"topic": "q3", "fail": True},
     }
     run = deployment.submit_script([bad, failing, search(), reply("recovered")], route="r.lenient")
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "succeeded" and done.output == {"text": "recovered"}
     outcomes = [s["outcome"] for s in deployment.svc.store.steps(run.run_id)]
     assert outcomes == [
@@ -138,7 +138,7 @@ def test_failing_tool_fails_the_run(deployment: Deployment) -> None:
     run = deployment.submit_script(
         [{"type": "tool_call", "tool": "reports.generate", "args": {"topic": "q3", "fail": True}}]
     )
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "failed:backend_unavailable"
 
 
@@ -153,7 +153,7 @@ def test_tool_timeout_is_enforced(deployment: Deployment) -> None:
             }
         ]
     )
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.stop_reason == "failed:tool_timeout"
     end = next(e for e in deployment.svc.trace(run.run_id) if e.kind == "tool_end")
     # the call was cut at its timeout, not waited out: it ended before the tool's own 5 s
@@ -219,7 +219,7 @@ def test_policy_rules_deny_and_require_approval(deployment: Deployment) -> None:
 
 def test_step_limit_stops_the_run(deployment: Deployment) -> None:
     run = deployment.submit_script([search(f"q{i}") for i in range(10)])
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "step_limit"
     assert done.steps == 7  # six proposals (max_steps) plus the step that stopped it
 
@@ -227,7 +227,7 @@ def test_step_limit_stops_the_run(deployment: Deployment) -> None:
 def test_run_budget_exhaustion_stops_the_run(deployment: Deployment) -> None:
     # r.tiny: per-run 2500 tokens and 1 tool call, 1000 tokens reserved per step
     run = deployment.submit_script([search(), search(), search()], route="r.tiny")
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "budget_exhausted:tool_calls"
     spend = deployment.svc.store.spend(run_id=run.run_id)
     assert spend["tool_calls"] == 1
@@ -321,7 +321,7 @@ def test_cancel_stops_a_waiting_run(deployment: Deployment) -> None:
         ],
         route="r.refunds",
     )
-    assert deployment.svc.wait(run.run_id, timeout=30).status == "waiting"
+    assert deployment.svc.wait(run.run_id, timeout=60).status == "waiting"
     cancelled = deployment.svc.cancel(run.run_id, actor="ops")
     assert cancelled.status == "cancelled" and cancelled.stop_reason == "cancelled:ops"
 
@@ -334,7 +334,7 @@ def test_secrets_never_reach_the_trace(deployment: Deployment) -> None:
         "api_key": "x",
     }
     run = deployment.submit_script([leaky, reply("Bearer abcdefghijklmnop")], route="r.lenient")
-    deployment.svc.wait(run.run_id, timeout=30)
+    deployment.svc.wait(run.run_id, timeout=60)
     dump = repr([e.data for e in deployment.svc.trace(run.run_id)])
     dump += repr(deployment.svc.store.steps(run.run_id))
     assert "sk-abcdefghijklmnopqrstuvwx" not in dump

@@ -465,7 +465,7 @@ class NamespacedWorker(WorkerProcess):
         init = self.init_pid()
         if init is not None:
             os.kill(init, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=60)
 
 
 def start_namespaced_worker(dep: Deployment, concurrency: int, node: str) -> NamespacedWorker:
