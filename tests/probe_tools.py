@@ -119,17 +119,27 @@ class HeldResult(BaseModel):
     entered: int
 
 
-@tool("probe.held", side_effect="write", timeout_s=20, lock="held:{key}")
-def probe_held(args: HeldArgs, ctx: ToolContext) -> HeldResult:
-    """A write under the lock ``held:<key>``: counted in (``probe:<key>:entered``), then
-    inside while ``probe:<key>:hold`` exists (at most ``MAX_HOLD_S``): the test, not a
-    sleep, decides how long the call holds its lock. ``Hold`` in tests/support.py."""
+def _held(args: HeldArgs, ctx: ToolContext) -> HeldResult:
     base = ctx.keys.demo(f"probe:{args.key}")
     entered = int(ctx.redis.incr(f"{base}:entered"))
     deadline = time.monotonic() + MAX_HOLD_S
     while ctx.redis.exists(f"{base}:hold") and time.monotonic() < deadline:
         time.sleep(0.01)
     return HeldResult(entered=entered)
+
+
+@tool("probe.held", side_effect="write", timeout_s=20, lock="held:{key}")
+def probe_held(args: HeldArgs, ctx: ToolContext) -> HeldResult:
+    """A write under the lock ``held:<key>``: counted in (``probe:<key>:entered``), then
+    inside while ``probe:<key>:hold`` exists (at most ``MAX_HOLD_S``): the test, not a
+    sleep, decides how long the call holds its lock. ``Hold`` in tests/support.py."""
+    return _held(args, ctx)
+
+
+@tool("probe.held_irreversible", side_effect="irreversible", timeout_s=20)
+def probe_held_irreversible(args: HeldArgs, ctx: ToolContext) -> HeldResult:
+    """``probe.held`` as an irreversible call (no lock): a test kills it while held."""
+    return _held(args, ctx)
 
 
 class FlakyArgs(BaseModel):

@@ -321,9 +321,9 @@ class Hold:
     def _k(self, name: str) -> str:
         return self.dep.svc.keys.demo(f"probe:{self.key}:{name}")
 
-    def step(self, **kw: Any) -> dict[str, Any]:
-        """A scripted proposal calling ``probe.held`` (route r.held)."""
-        return {"type": "tool_call", "tool": "probe.held", "args": {"key": self.key}, **kw}
+    def step(self, tool: str = "probe.held") -> dict[str, Any]:
+        """A scripted proposal calling ``tool`` (``probe.held*``, route r.held)."""
+        return {"type": "tool_call", "tool": tool, "args": {"key": self.key}}
 
     def on(self) -> None:
         self.dep.svc.tool_redis.set(self._k("hold"), 1)
