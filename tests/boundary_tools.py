@@ -21,6 +21,9 @@ class UnlockArgs(BaseModel):
     pin: str = Field(pattern=r"^[0-9]{4,12}$")
     fail: bool = False
     hold_ms: int = Field(default=0, ge=0, le=10_000)
+    #: hold the lock while ``vault:<vault_id>:hold`` exists (at most ``hold_ms``), not for
+    #: ``hold_ms``: the test decides when the call lets go
+    hold: bool = False
 
 
 class UnlockResult(BaseModel):
@@ -35,7 +38,14 @@ def vault_unlock(args: UnlockArgs, ctx: ToolContext) -> UnlockResult:
     import time
 
     ctx.redis.rpush(ctx.keys.demo(f"vault:{args.vault_id}:pins"), args.pin)
-    time.sleep(args.hold_ms / 1000)
+    if args.hold:
+        until = time.monotonic() + args.hold_ms / 1000
+        while ctx.redis.exists(ctx.keys.demo(f"vault:{args.vault_id}:hold")):
+            if time.monotonic() >= until:
+                break
+            time.sleep(0.01)
+    else:
+        time.sleep(args.hold_ms / 1000)
     if args.fail:
         raise ToolExecutionError(f"wrong pin {args.pin} for {args.vault_id}", code="wrong_pin")
     return UnlockResult(vault_id=args.vault_id, unlocked=True)

@@ -38,9 +38,22 @@ return n
 """
 
 
+#: the longest a call waits for its hold key to go (a test that forgot it fails, not hangs);
+#: the owners routes' step timeout (tests/test_worker_identity.py) is longer
+MAX_HOLD_MS = 50_000
+
+
+def _held(key: str, ms: int, ctx: ToolContext) -> None:
+    """Wait while ``key`` exists, at most ``ms``: the test, not a sleep, decides how long
+    the call stays inside."""
+    until = time.monotonic() + ms / 1000
+    while ctx.redis.exists(key) and time.monotonic() < until:
+        time.sleep(0.02)
+
+
 class LockedArgs(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
-    ms: int = Field(default=200, ge=0, le=20_000)
+    ms: int = Field(default=200, ge=0, le=MAX_HOLD_MS)
     #: hold the lock while ``owners:<name>:hold`` exists (at most ``ms``), not for ``ms``
     hold: bool = False
 
@@ -49,7 +62,7 @@ class Entered(BaseModel):
     at_once: int
 
 
-@tool("owners.locked", side_effect="read", timeout_s=25, lock="res:{name}")
+@tool("owners.locked", side_effect="read", timeout_s=60, lock="res:{name}")
 def owners_locked(args: LockedArgs, ctx: ToolContext) -> Entered:
     """Hold ``res:{name}`` for ``ms`` (or, with ``hold``, while the test holds it open);
     ``owners:<name>:holders`` is the set of holders (fencing tokens), ``:max`` its largest
@@ -61,9 +74,7 @@ def owners_locked(args: LockedArgs, ctx: ToolContext) -> Entered:
                            token, entry))  # fmt: skip
     try:
         if args.hold:
-            until = time.monotonic() + args.ms / 1000
-            while ctx.redis.exists(f"{base}:hold") and time.monotonic() < until:
-                time.sleep(0.02)
+            _held(f"{base}:hold", args.ms, ctx)
         else:
             time.sleep(args.ms / 1000)
     finally:
@@ -73,8 +84,10 @@ def owners_locked(args: LockedArgs, ctx: ToolContext) -> Entered:
 
 class WorkArgs(BaseModel):
     key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
-    ms: int = Field(default=200, ge=0, le=20_000)
+    ms: int = Field(default=200, ge=0, le=MAX_HOLD_MS)
     after_ms: int = Field(default=0, ge=0, le=20_000)
+    #: before the write, wait while ``owners:<key>:hold`` exists (at most ``ms``), not ``ms``
+    hold: bool = False
 
 
 class Worked(BaseModel):
@@ -82,17 +95,21 @@ class Worked(BaseModel):
     at_once: int
 
 
-@tool("owners.work", side_effect="write", timeout_s=25)
+@tool("owners.work", side_effect="write", timeout_s=60)
 def owners_work(args: WorkArgs, ctx: ToolContext) -> Worked:
     """Counted in (``owners:<key>:active``, ``:max``, executions per step in ``:runs``,
-    every start in ``:starts``), work ``ms``, add 1 to ``counter:<key>`` exactly once per
-    idempotency key, work ``after_ms``, counted out."""
+    every start in ``:starts``), work ``ms`` (or, with ``hold``, while the test holds it),
+    add 1 to ``counter:<key>`` exactly once per idempotency key, work ``after_ms``, counted
+    out."""
     base = ctx.keys.demo(f"owners:{args.key}")
     step = f"{ctx.run_id}:{ctx.step}"
     n = int(ctx.redis.eval(_ENTER_COUNT, 4, f"{base}:active", f"{base}:max", f"{base}:runs",
                            f"{base}:starts", step, f"{time.time():.6f}|{step}"))  # fmt: skip
     try:
-        time.sleep(args.ms / 1000)
+        if args.hold:
+            _held(f"{base}:hold", args.ms, ctx)
+        else:
+            time.sleep(args.ms / 1000)
         key = ctx.keys.demo(f"counter:{args.key}")
         results = ctx.redis_effect(lambda pipe: pipe.incrby(key, 1))
         time.sleep(args.after_ms / 1000)

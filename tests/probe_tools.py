@@ -106,6 +106,42 @@ def probe_gate(args: GateArgs, ctx: ToolContext) -> ProbeResult:
     return ProbeResult(active=_pass_gate(args.key, ctx))
 
 
+#: the longest ``probe.held`` waits for its hold key to go: below its route's step timeout
+#: (r.held: 20 s), so a test that forgot the key fails on a count, not on a timeout
+MAX_HOLD_S = 18.0
+
+
+class HeldArgs(BaseModel):
+    key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
+
+
+class HeldResult(BaseModel):
+    entered: int
+
+
+def _held(args: HeldArgs, ctx: ToolContext) -> HeldResult:
+    base = ctx.keys.demo(f"probe:{args.key}")
+    entered = int(ctx.redis.incr(f"{base}:entered"))
+    deadline = time.monotonic() + MAX_HOLD_S
+    while ctx.redis.exists(f"{base}:hold") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return HeldResult(entered=entered)
+
+
+@tool("probe.held", side_effect="write", timeout_s=20, lock="held:{key}")
+def probe_held(args: HeldArgs, ctx: ToolContext) -> HeldResult:
+    """A write under the lock ``held:<key>``: counted in (``probe:<key>:entered``), then
+    inside while ``probe:<key>:hold`` exists (at most ``MAX_HOLD_S``): the test, not a
+    sleep, decides how long the call holds its lock. ``Hold`` in tests/support.py."""
+    return _held(args, ctx)
+
+
+@tool("probe.held_irreversible", side_effect="irreversible", timeout_s=20)
+def probe_held_irreversible(args: HeldArgs, ctx: ToolContext) -> HeldResult:
+    """``probe.held`` as an irreversible call (no lock): a test kills it while held."""
+    return _held(args, ctx)
+
+
 class FlakyArgs(BaseModel):
     key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
     by: int = Field(default=1, ge=1, le=1000)

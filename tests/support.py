@@ -39,7 +39,7 @@ def pg_schema_url(base: str, schema: str) -> str:
 
 def wait_for(
     predicate: Callable[[], Any],
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     interval: float = 0.05,
     message: str = "condition",
 ) -> Any:
@@ -307,3 +307,31 @@ class Gate:
             n, run_id = text.split("|", 1)
             numbers.setdefault(run_id, int(n))
         return numbers
+
+
+@dataclass
+class Hold:
+    """The test's side of ``probe.held`` (tests/probe_tools.py): calls with this key take
+    the lock ``held:<key>`` and stay inside while the hold is on, so a test waits for a
+    state (another run finding the lock busy, a decision stored) before letting them go,
+    instead of betting that it comes within a sleep."""
+
+    dep: Deployment
+    key: str = field(default_factory=lambda: f"h{uuid.uuid4().hex[:8]}")
+
+    def _k(self, name: str) -> str:
+        return self.dep.svc.keys.demo(f"probe:{self.key}:{name}")
+
+    def step(self, tool: str = "probe.held") -> dict[str, Any]:
+        """A scripted proposal calling ``tool`` (``probe.held*``, route r.held)."""
+        return {"type": "tool_call", "tool": tool, "args": {"key": self.key}}
+
+    def on(self) -> None:
+        self.dep.svc.tool_redis.set(self._k("hold"), 1)
+
+    def off(self) -> None:
+        self.dep.svc.tool_redis.delete(self._k("hold"))
+
+    def entered(self) -> int:
+        """Calls that came inside so far."""
+        return int(self.dep.svc.tool_redis.get(self._k("entered")) or 0)

@@ -91,7 +91,7 @@ def test_cancel_for_another_tenant_writes_nothing(deployment: Deployment) -> Non
 
     # Then nothing was written: no cancel flag, no stop event, and the run still succeeds
     assert not cancel_flag(svc, run.run_id)
-    done = svc.wait(run.run_id, timeout=30)
+    done = svc.wait(run.run_id, timeout=60)
     assert done.status == "succeeded" and done.stop_reason == "completed"
     assert not cancel_flag(svc, run.run_id)
     kinds = [e.kind for e in svc.trace(run.run_id)]
@@ -120,7 +120,7 @@ def test_cancel_of_an_unknown_run_writes_nothing(deployment: Deployment) -> None
 def test_cancel_of_a_finished_run_is_invalid_and_writes_nothing(deployment: Deployment) -> None:
     svc = deployment.svc
     run = deployment.submit_script([REPLY])
-    done = svc.wait(run.run_id, timeout=30)
+    done = svc.wait(run.run_id, timeout=60)
     assert done.status == "succeeded"
     events = len(svc.store.trace(run.run_id))
 
@@ -306,7 +306,7 @@ def test_a_refusal_does_not_hold_its_request_id(deployment: Deployment) -> None:
 
     # Then it is admitted and runs; a repeat returns the admitted run
     assert admitted.status == "queued" and admitted.run_id != refused.run_id
-    assert svc.wait(admitted.run_id, timeout=30).status == "succeeded"
+    assert svc.wait(admitted.run_id, timeout=60).status == "succeeded"
     repeat = deployment.submit_script([REPLY], route="r.lenient", request_id=request_id)
     assert repeat.run_id == admitted.run_id
     # and every refusal is still on record under the request id
@@ -334,7 +334,7 @@ def test_after_queue_full_the_retry_it_was_told_to_make_is_admitted(
     retry = dep.submit_script([REPLY], tenant="tq", request_id=request_id)
     # Then the retry is a new, admitted run that runs (not the stored refusal)
     assert retry.run_id != refused.run_id and retry.status == RunStatus.QUEUED
-    assert dep.svc.wait(retry.run_id, timeout=30).status == "succeeded"
+    assert dep.svc.wait(retry.run_id, timeout=60).status == "succeeded"
     assert dep.svc.get(refused.run_id).stop_reason == "refused:queue_full"
 
 
@@ -349,7 +349,7 @@ def test_a_refused_unknown_route_then_the_right_route_is_admitted(
     assert wrong.stop_reason == "refused:unknown_route"
     right = deployment.submit_script([REPLY], request_id=request_id, idempotency_key=key)
     assert right.status == "queued"
-    assert svc.wait(right.run_id, timeout=30).status == "succeeded"
+    assert svc.wait(right.run_id, timeout=60).status == "succeeded"
     # the refusal's payload differs, but it holds nothing: a repeat of it is refused again
     again = deployment.submit_script(
         [REPLY], route="r.nope", request_id=rid(), idempotency_key=rid("key")
@@ -387,7 +387,7 @@ def test_identical_submits_racing_make_one_run(deployment: Deployment) -> None:
     )
     assert all(isinstance(r, RunView) for r in results), results
     assert len({r.run_id for r in results}) == 1
-    assert svc.wait(results[0].run_id, timeout=30).status == "succeeded"
+    assert svc.wait(results[0].run_id, timeout=60).status == "succeeded"
     with svc.store.engine.connect() as conn:
         admitted = conn.execute(
             select(func.count())

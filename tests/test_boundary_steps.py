@@ -257,15 +257,24 @@ def test_a_call_that_waited_for_its_lock_runs_with_its_real_secret(
     deployment: Deployment,
 ) -> None:
     vault = f"v-{uuid.uuid4().hex[:8]}"
+    hold = deployment.svc.keys.demo(f"vault:{vault}:hold")
     # Given two runs on one vault: the first holds the vault's lock until the second
-    # has had to wait for it (the lock wait keeps the second call pending, secret apart)
-    first = deployment.submit_script([unlock(vault, "1111", hold_ms=1500), REPLY],
-                                     route="r.boundary")  # fmt: skip
-    wait_for(lambda: pins_seen(deployment, vault), timeout=30, message="the first call to start")
-    second = deployment.submit_script([unlock(vault, "2222"), REPLY], route="r.boundary")
+    # has had to wait for it (the lock wait keeps the second call pending, secret apart);
+    # the test lets the first go once it saw the wait, not after a fixed time (the hold's
+    # 9 s bound is below the route's step timeout: only a failure bound)
+    deployment.svc.tool_redis.set(hold, 1)
+    try:
+        first = deployment.submit_script([unlock(vault, "1111", hold=True, hold_ms=9000), REPLY],
+                                         route="r.boundary")  # fmt: skip
+        wait_for(lambda: pins_seen(deployment, vault), timeout=60,
+                 message="the first call to start")  # fmt: skip
+        second = deployment.submit_script([unlock(vault, "2222"), REPLY], route="r.boundary")
+        wait_for(lambda: any(e.kind == "lock_busy" for e in deployment.svc.trace(second.run_id)),
+                 timeout=60, message="the second call to wait for the lock")  # fmt: skip
+    finally:
+        deployment.svc.tool_redis.delete(hold)
     done = deployment.wait_all([first.run_id, second.run_id], timeout=60)
     assert {v.status for v in done.values()} == {"succeeded"}
-    assert any(e.kind == "lock_busy" for e in deployment.svc.trace(second.run_id))
     # Then the resumed call got its real pin, and the pending secret is gone afterwards
     assert pins_seen(deployment, vault) == ["1111", "2222"]
     assert deployment.svc.store.pending_secrets(second.run_id) is None

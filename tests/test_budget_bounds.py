@@ -493,7 +493,7 @@ def test_max_tokens_is_what_the_run_has_left_after_the_prompt(
         key=k,
     )  # fmt: skip
     run = dep.svc.submit("t1", "r.chat_tokens", f"Answer ({k})", {}, actor="tester")
-    done = dep.svc.wait(run.run_id, timeout=30)
+    done = dep.svc.wait(run.run_id, timeout=60)
     first = events(dep, run.run_id, "budget_reserve")[0]
     prompt = first.data["prompt_tokens"]
     assert prompt < 1300 - 16
@@ -514,7 +514,7 @@ def test_max_tokens_is_what_the_run_can_pay_for_after_the_prompt(
     k = key()
     server.add(fake_openai.text("fine", prompt_tokens=200, completion_tokens=10), key=k)
     run = dep.svc.submit("t1", "r.chat_cost", f"Answer ({k})", {}, actor="tester")
-    done = dep.svc.wait(run.run_id, timeout=30)
+    done = dep.svc.wait(run.run_id, timeout=60)
     assert done.status == "succeeded", done.stop_reason
     reserve = events(dep, run.run_id, "budget_reserve")[0]
     prompt = reserve.data["prompt_tokens"]
@@ -532,7 +532,7 @@ def test_a_prompt_that_alone_does_not_fit_is_refused_before_the_model_is_asked(
     server.add(fake_openai.text("never sent"), key=k)
     goal = f"Answer ({k}) " + "about refunds " * 100  # ~1,400 bytes: over the run's 1,300
     run = dep.svc.submit("t1", "r.chat_tokens", goal, {}, actor="tester")
-    done = dep.svc.wait(run.run_id, timeout=30)
+    done = dep.svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "budget_exhausted:tokens"
     assert server.requests_for(k) == [] and server.pending(k) == 1
     assert_stopped_before_calling(dep, run.run_id)
@@ -549,7 +549,7 @@ def test_a_reply_needs_no_tool_call_budget_and_a_tool_call_is_refused_without_it
     counter = f"nt{uuid.uuid4().hex[:8]}"
     call = {"type": "tool_call", "tool": "counter.increment", "args": {"key": counter}}
     refused = dep.submit_script([call, reply({})], route="r.no_tool_calls")
-    done = dep.wait_all([ok.run_id, refused.run_id], timeout=30)
+    done = dep.wait_all([ok.run_id, refused.run_id], timeout=60)
     # Then the reply succeeds: it reserved no tool call
     assert done[ok.run_id].status == "succeeded"
     assert dep.svc.store.spend(run_id=ok.run_id)["tool_calls"] == 0
@@ -569,7 +569,7 @@ def test_a_tool_step_reserves_its_call_once_it_is_proposed(dep: Deployment) -> N
     run = dep.submit_script(
         [search({"input_tokens": 5, "output_tokens": 5}), reply({})], route="r.basic"
     )
-    done = dep.svc.wait(run.run_id, timeout=30)
+    done = dep.svc.wait(run.run_id, timeout=60)
     assert done.status == "succeeded"
     reserves = events(dep, run.run_id, "budget_reserve")
     assert [r.data["amounts"]["tool_calls"] for r in reserves] == [0, 0]

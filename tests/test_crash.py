@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, Hold, wait_for
 
 
 def increment(key: str, **kw: Any) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def test_killed_pool_processes_redeliver_steps_without_repeating_effects(
         return [pid for w in dep.workers for pid in w.kill_children()]
 
     for _ in range(3):
-        assert wait_for(kill_mid_call, timeout=30, message="a step mid-call to kill")
+        assert wait_for(kill_mid_call, timeout=60, message="a step mid-call to kill")
 
     # Then every run completes and each increment happened exactly once
     done = dep.wait_all(run_ids, timeout=120)
@@ -91,7 +91,7 @@ def test_killed_worker_main_process_steps_move_to_another_worker(
     ]
     run_ids = [r.run_id for r in runs]
     wait_for(
-        lambda: len(started_effects(dep, run_ids)) == 2, timeout=30, message="both steps mid-call"
+        lambda: len(started_effects(dep, run_ids)) == 2, timeout=60, message="both steps mid-call"
     )
 
     # When the whole worker (main process and pool) is SIGKILLed, its unacked messages
@@ -109,18 +109,23 @@ def test_irreversible_call_with_unknown_outcome_is_not_repeated(
 ) -> None:
     dep = fresh_deployment
     worker = dep.start_worker(concurrency=1)
-    refund = {
-        "type": "tool_call",
-        "tool": "payments.refund",
-        "args": {"customer_id": "cus_crash", "amount": 42, "delay_ms": 2000},
-    }
-    run = dep.submit_script([refund, {"type": "reply", "text": "refunded"}], route="r.refunds")
-    wait_for(lambda: started_effects(dep, [run.run_id]), timeout=30, message="the refund mid-call")
-    worker.kill_children()
+    # Given an irreversible call that stays inside until the test lets it go (so the kill
+    # lands mid-call however late it comes)
+    hold = Hold(dep)
+    hold.on()
+    try:
+        run = dep.submit_script([hold.step("probe.held_irreversible"), {"type": "reply",
+                                 "text": "refunded"}], route="r.held")  # fmt: skip
+        wait_for(lambda: hold.entered() == 1, message="the irreversible call mid-call")
+        # When its pool process is SIGKILLed there
+        worker.kill_children()
+    finally:
+        hold.off()
 
     done = dep.svc.wait(run.run_id, timeout=60)
-    # the runtime cannot know whether the provider refunded: it stops instead of paying twice
+    # Then the runtime, which cannot know whether the call took effect, stops instead of
+    # calling it twice
     assert done.status == "failed" and done.stop_reason == "failed:side_effect_unknown"
     (effect,) = dep.svc.store.side_effects(run_id=run.run_id)
     assert effect["status"] == "unknown"
-    assert dep.svc.redis.llen(dep.svc.keys.demo("refunds")) == 0
+    assert hold.entered() == 1

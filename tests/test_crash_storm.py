@@ -47,7 +47,8 @@ ALLOWED_REASONS = {
     # the same step's pool process was killed more than AGENTRT_WORKER_LOST_RETRIES times
     "dead_lettered:worker_lost",
 }
-MIN_SUCCEEDED = 0.95
+#: a step is dead-lettered as worker_lost on its (AGENTRT_WORKER_LOST_RETRIES + 1)th death
+WORKER_LOST_RETRIES = 3
 USAGE = {"input_tokens": 100, "output_tokens": 20}
 TERMINAL = {s.value for s in TERMINAL_STATUSES}
 
@@ -68,15 +69,17 @@ def _alive(dep: Deployment) -> list[WorkerProcess]:
 
 def _storm(
     dep: Deployment, rng: random.Random, seconds: float, tick: Callable[[], None]
-) -> list[str]:
+) -> tuple[list[str], int]:
     """SIGKILL something every ~KILL_EVERY_S for ``seconds``, calling ``tick()`` before
-    each kill; returns what was done.
+    each kill; returns what was done and how many pool processes (which run the steps)
+    were killed.
 
     Kills alternate between a worker's pool processes and a whole worker. A whole worker
     is replaced by a fresh one, started in the background (a start takes seconds) so the
     kills keep their pace; only workers that finished starting are killed, and a whole
     worker only while another one is up, so there are always workers (at most three)."""
     events: list[str] = []
+    pool_killed = 0
     ready = list(_alive(dep))
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=1) as starter:
@@ -96,8 +99,10 @@ def _storm(
             victim = rng.choice(ready)
             if n % 2 == 0 or starting is not None or len(ready) < 2:
                 pids = victim.kill_children()
+                pool_killed += len(pids)
                 events.append(f"{at:5.1f}s SIGKILL pool of {victim.name}: {pids}")
             else:
+                pool_killed += len(victim.children())
                 victim.kill_all()
                 ready.remove(victim)
                 starting = starter.submit(dep.start_worker, 2)
@@ -105,7 +110,7 @@ def _storm(
             n += 1
         if starting is not None:
             starting.result()
-    return events
+    return events, pool_killed
 
 
 def _logs_tail(dep: Deployment, chars: int = 1500) -> str:
@@ -178,6 +183,7 @@ def storm_deployment(redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a 30 s storm, then a drain: on a loaded machine, many minutes
 def test_crash_storm_loses_no_run_repeats_no_effect_and_keeps_the_ledger(
     storm_deployment: Deployment,
 ) -> None:
@@ -204,26 +210,27 @@ def test_crash_storm_loses_no_run_repeats_no_effect_and_keeps_the_ledger(
 
     # When for 30 s a pool or a whole worker is SIGKILLed every ~2 s
     storm_started = time.monotonic()
-    storm = _storm(dep, rng, STORM_S, lambda: submit(WAVE))
+    storm, pool_killed = _storm(dep, rng, STORM_S, lambda: submit(WAVE))
     submit(RUNS)
     run_ids = [r.run_id for r in runs]
     assert len(set(run_ids)) == RUNS
     assert {r.status.value for r in runs} == {"queued"}
     storm_s = time.monotonic() - storm_started
     during = Counter(svc.store.statuses(run_ids).values())
-    print(f"storm ({storm_s:.1f}s, {len(storm)} kills):\n  " + "\n  ".join(storm))
+    print(f"storm ({storm_s:.1f}s, {len(storm)} kills, {pool_killed} pool processes):\n  "
+          + "\n  ".join(storm))  # fmt: skip
     print(f"statuses when the storm ended: {dict(during)}")
 
     # Then every run ends, none is lost, no increment is repeated, the ledger equals SQL
-    dep.wait_all(run_ids, timeout=240)
+    dep.wait_all(run_ids, timeout=600)
     print(f"drained {time.monotonic() - storm_started - storm_s:.1f}s after the storm")
     print(f"recovery: {_recovery(dep, run_ids)}")
-    first = _check_outcome(dep, run_ids, key)
+    first = _check_outcome(dep, run_ids, key, pool_killed)
 
     # ...and stays so once the killed workers' unacked messages came back (kombu restores
     # them after the visibility timeout) and ran as late duplicates
     _wait_broker_drained(dep)
-    assert _check_outcome(dep, run_ids, key) == first
+    assert _check_outcome(dep, run_ids, key, pool_killed) == first
     print(f"total {time.monotonic() - began:.1f}s")
 
 
@@ -256,7 +263,9 @@ def _wait_broker_drained(dep: Deployment) -> None:
     print(f"broker drained after {time.monotonic() - started:.1f}s more")
 
 
-def _check_outcome(dep: Deployment, run_ids: list[str], key: str) -> dict[str, Any]:
+def _check_outcome(
+    dep: Deployment, run_ids: list[str], key: str, pool_killed: int
+) -> dict[str, Any]:
     """Assert the storm's invariants; returns what they saw, to compare later."""
     svc = dep.svc
     statuses = svc.store.statuses(run_ids)
@@ -267,11 +276,14 @@ def _check_outcome(dep: Deployment, run_ids: list[str], key: str) -> dict[str, A
     not_terminal = {r: s for r, s in statuses.items() if s not in TERMINAL}
     assert not not_terminal, (not_terminal, _logs_tail(dep))
 
-    # almost all succeed; the rest stopped for a reason a storm explains
+    # almost all succeed; the rest stopped for a reason a storm explains, no more often than
+    # the kills allow: each dead-lettered step died WORKER_LOST_RETRIES + 1 times, each time
+    # with a killed pool process (a count of kills, not of how fast the steps ran)
     reasons = {v.stop_reason for v in views.values()}
     assert reasons <= ALLOWED_REASONS, (dict(summary), _logs_tail(dep))
     succeeded = [r for r, v in views.items() if v.status.value == "succeeded"]
-    assert len(succeeded) >= MIN_SUCCEEDED * RUNS, dict(summary)
+    most_lost = pool_killed // (WORKER_LOST_RETRIES + 1)
+    assert len(succeeded) >= RUNS - most_lost, (dict(summary), pool_killed)
     # a dead-lettered run waits in the dead-letter queue for an operator
     dead = {r for r, v in views.items() if v.stop_reason == "dead_lettered:worker_lost"}
     entries = svc.dead_letters.find(DeadLetterFilter(dl_class="worker_lost"), limit=None)
@@ -309,7 +321,7 @@ def _check_outcome(dep: Deployment, run_ids: list[str], key: str) -> dict[str, A
 
     # the ledger equals the SQL spend records, with nothing left reserved
     try:
-        wait_for(lambda: not _ledger_vs_sql(dep), timeout=10, message="ledger == SQL spend")
+        wait_for(lambda: not _ledger_vs_sql(dep), timeout=60, message="ledger == SQL spend")
     except AssertionError:
         raise AssertionError(
             f"ledger (used, sql, reserved) differs: {_ledger_vs_sql(dep)}; "

@@ -376,7 +376,7 @@ def test_run_calls_a_tool_then_replies(chat: Deployment, server: FakeOpenAI) -> 
 
     # When a run goes through the worker
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
 
     # Then it succeeded with the model's answer
     assert done.status == "succeeded" and done.stop_reason == "completed", done
@@ -411,7 +411,7 @@ def test_unknown_tool_is_denied(chat: Deployment, server: FakeOpenAI) -> None:
     k = key()
     server.add(fake_openai.tool_call("shell__exec", {"cmd": "rm -rf /"}, prompt_tokens=5), key=k)
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
     assert done.status == "refused" and done.stop_reason == "policy_denied:unknown_tool"
     assert len(server.requests_for(k)) == 1
     [decision] = chat.svc.store.policy_decisions(run_id)
@@ -430,7 +430,7 @@ def test_invalid_args_are_refused_fed_back_and_corrected(
         key=k,
     )
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
 
     # Then the run recovered (r.chat tolerates one invalid proposal)
     assert done.status == "succeeded", done.stop_reason
@@ -452,7 +452,7 @@ def test_second_invalid_proposal_refuses_the_run(chat: Deployment, server: FakeO
         key=k,
     )
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
     assert done.status == "refused" and done.stop_reason == "invalid_proposal:invalid_args"
     # the first (malformed) refusal was fed back with the model's own argument text
     second = server.requests_for(k)[1]
@@ -464,7 +464,7 @@ def test_model_endpoint_failure_fails_the_run(chat: Deployment, server: FakeOpen
     k = key()
     server.add(fake_openai.error(503, "overloaded", retry=False), key=k)
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "failed:model_error"
 
 
@@ -477,7 +477,7 @@ def test_an_absurd_usage_report_is_charged_at_the_reservation(
     k = key()
     server.add(fake_openai.text("ok", prompt_tokens=10**30, completion_tokens=2**63), key=k)
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
     # the checkpoint went through: the run ended normally, charged its reservation (the
     # prompt's bound as input, the granted output cap of 1000)
     assert done.status == "succeeded", done.stop_reason
@@ -505,7 +505,7 @@ def test_a_reply_with_fifty_calls_is_refused_and_records_every_call(
     ]  # fmt: skip
     server.add(many, fake_openai.text("answered without tools"), key=k)
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
     # the first reply was refused (fed back: the route allows one invalid proposal), none of
     # its calls ran, and every one of them is on record
     assert done.status == "succeeded", done.stop_reason
@@ -527,7 +527,7 @@ def test_arguments_nested_thousands_deep_are_refused_with_a_reason(
     server.add(fake_openai.tool_call("kb__search", deep, call_id="d1"), fake_openai.text("ok"),
                key=k)  # fmt: skip
     run_id = submit(chat, k)
-    done = chat.svc.wait(run_id, timeout=30)
+    done = chat.svc.wait(run_id, timeout=60)
     assert done.status == "succeeded", done.stop_reason
     assert chat.svc.store.steps(run_id)[0]["outcome"] == "refused:too_deep"
     assert chat.svc.dead_letters.find(DeadLetterFilter(run_id=run_id)) == []

@@ -28,12 +28,12 @@ def send(dep: Deployment, name: str, kwargs: dict[str, Any]) -> str:
 
 def assert_worker_still_runs_steps(dep: Deployment) -> None:
     run = dep.submit_script([REPLY])
-    assert dep.svc.wait(run.run_id, timeout=30).status == "succeeded"
+    assert dep.svc.wait(run.run_id, timeout=60).status == "succeeded"
 
 
 def test_a_step_message_with_invalid_kwargs_is_poison(deployment: Deployment) -> None:
     task_id = send(deployment, "agentrt.step", {"run_id": "not-a-run", "step": -1, "evil": 1})
-    wait_for(lambda: poison_entry(deployment, task_id), timeout=20, message="a poison entry")
+    wait_for(lambda: poison_entry(deployment, task_id), timeout=60, message="a poison entry")
     entry = poison_entry(deployment, task_id)
     assert entry is not None
     assert entry["error_type"] == "invalid_payload"
@@ -44,14 +44,14 @@ def test_a_step_message_with_invalid_kwargs_is_poison(deployment: Deployment) ->
 
 def test_a_step_of_a_run_that_does_not_exist_is_poison(deployment: Deployment) -> None:
     task_id = send(deployment, "agentrt.step", {"run_id": uuid.uuid4().hex, "step": 0})
-    wait_for(lambda: poison_entry(deployment, task_id), timeout=20, message="a poison entry")
+    wait_for(lambda: poison_entry(deployment, task_id), timeout=60, message="a poison entry")
     entry = poison_entry(deployment, task_id)
     assert entry is not None and entry["error_type"] == "unknown_run"
 
 
 def test_an_unregistered_task_is_poison(deployment: Deployment) -> None:
     task_id = send(deployment, "agentrt.no_such_task", {"x": 1})
-    wait_for(lambda: poison_entry(deployment, task_id), timeout=20, message="a poison entry")
+    wait_for(lambda: poison_entry(deployment, task_id), timeout=60, message="a poison entry")
     entry = poison_entry(deployment, task_id)
     assert entry is not None and entry["error_type"] == "unknown_task"
     assert entry["task_name"] == "agentrt.no_such_task"
@@ -77,7 +77,7 @@ def test_garbage_on_the_celery_queue_does_not_crash_the_worker(deployment: Deplo
         },
     }
     svc.redis.lpush(queue, json.dumps(envelope))
-    wait_for(lambda: poison_entry(deployment, task_id), timeout=20, message="a poison entry")
+    wait_for(lambda: poison_entry(deployment, task_id), timeout=60, message="a poison entry")
     entry = poison_entry(deployment, task_id)
     assert entry is not None and entry["error_type"] == "undecodable"
     assert "{not json at all" in entry["message"]["body"]
@@ -93,7 +93,7 @@ def test_garbage_on_the_celery_queue_does_not_crash_the_worker(deployment: Deplo
                 return e
         return None
 
-    wait_for(raw_entry, timeout=20, message="a poison entry for the raw bytes")
+    wait_for(raw_entry, timeout=60, message="a poison entry for the raw bytes")
     entry = raw_entry()
     assert entry is not None and entry["error_type"] == "undecodable"
     for worker in deployment.workers:

@@ -174,7 +174,7 @@ def test_one_round_per_interval_across_reconcilers(
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=10)
+            t.join(timeout=60)
 
         # Then only one holds the lock and heals; the other skips the round entirely
         assert sorted(r.held_lock for r in reports) == [False, True]
@@ -190,7 +190,7 @@ def test_one_round_per_interval_across_reconcilers(
         svc.redis.pexpire(svc.keys.reconciler_lock(), 1)  # the interval passes
         wait_for(
             lambda: reconcilers[1].reconcile().held_lock,
-            timeout=10,
+            timeout=60,
             message="the next interval's round",
         )
     finally:
@@ -248,7 +248,7 @@ def test_pump_survives_a_failing_reconciler(
     pump = Pump(App(), "w-pump", 1, reconcile_interval_s=0.1)  # type: ignore[arg-type]
     pump.start()
     try:
-        wait_for(lambda: len(calls) >= 3, timeout=5, message="three reconciler rounds")
+        wait_for(lambda: len(calls) >= 3, timeout=60, message="three reconciler rounds")
         assert pump._thread.is_alive()
     finally:
         pump.stop()
@@ -280,7 +280,7 @@ def test_run_lost_at_admission_completes_once_a_worker_runs(redis_url: str, tmp_
         worker = dep.start_worker(concurrency=1)
 
         # Then the run completes by itself, healed by the pump's reconciler
-        done = dep.wait_all([lost.run_id], timeout=30)[lost.run_id]
+        done = dep.wait_all([lost.run_id], timeout=90)[lost.run_id]
         assert done.status == "succeeded", worker.log()[-3000:]
         (event,) = reconciled(dep.svc, lost.run_id)
         assert event["data"]["idle_s"] >= 5

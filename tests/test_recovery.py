@@ -134,7 +134,7 @@ def test_runs_finish_after_redis_data_loss_and_recover(split_deployment: Deploym
     assert dep.counter(key) == len(succeeded)
     wait_for(
         lambda: not svc.redis.zcard(svc.keys.budget_holds_index()),
-        timeout=20,
+        timeout=60,
         message="every hold settled",
     )
     assert_ledger_matches_sql(dep, tenants)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runtime.store.dead_letters import DeadLetterFilter
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, Hold, wait_for
 
 
 def flaky(key: str, by: int = 1) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def test_exhausted_retries_dead_letter_and_an_operator_retry_completes_the_run(
 
     # Given a dependency that is down, a run's call is tried max_attempts times, then parked
     run = dep.submit_script([flaky(key, by=5), REPLY], route="r.retry")
-    done = svc.wait(run.run_id, timeout=30)
+    done = svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "dead_lettered:exhausted"
     assert calls(dep, key) == 3  # quick: max_attempts 3
     (entry,) = entries_of(dep, run.run_id)
@@ -64,7 +64,7 @@ def test_exhausted_retries_dead_letter_and_an_operator_retry_completes_the_run(
     assert outcome.retried == [entry["id"]]
 
     # Then the run resumes at the failed call and completes; the effect happened once
-    done = svc.wait(run.run_id, timeout=30)
+    done = svc.wait(run.run_id, timeout=60)
     assert done.status == "succeeded", done.stop_reason
     assert dep.counter(key) == 5
     (effect,) = svc.store.side_effects(run_id=run.run_id)
@@ -82,7 +82,7 @@ def test_a_non_retryable_error_is_not_retried(deployment: Deployment) -> None:
     key = f"f{uuid.uuid4().hex[:8]}"
     svc.tool_redis.set(svc.keys.demo(f"reject:{key}"), "1")
     run = dep.submit_script([flaky(key), REPLY], route="r.retry")
-    done = svc.wait(run.run_id, timeout=30)
+    done = svc.wait(run.run_id, timeout=60)
     # bad_request is listed in quick.non_retryable: no retry, the route's error rule applies
     # (max_tool_errors 0: the run fails), and nothing waits in the dead-letter queue
     assert calls(dep, key) == 1
@@ -95,7 +95,7 @@ def test_purge_marks_entries_and_leaves_an_audit_record(deployment: Deployment) 
     key = f"f{uuid.uuid4().hex[:8]}"
     svc.tool_redis.set(svc.keys.demo(f"fail:{key}"), "1")
     run = dep.submit_script([flaky(key), REPLY], route="r.retry")
-    svc.wait(run.run_id, timeout=30)
+    svc.wait(run.run_id, timeout=60)
     (entry,) = entries_of(dep, run.run_id)
     f = DeadLetterFilter(ids=(entry["id"],))
     dry = svc.dead_letters.purge(f, "ops:carol", dry_run=True)
@@ -117,7 +117,7 @@ def test_open_model_breaker_falls_back_to_the_next_model(fresh_deployment: Deplo
     script = {"script": [REPLY] * 4}
     # Given a route whose model fails every call (breaker: 2 failures open it)
     first = svc.submit("t1", "r.fallback", "g", script, actor="tester")
-    done = svc.wait(first.run_id, timeout=30)
+    done = svc.wait(first.run_id, timeout=60)
     assert done.status == "succeeded", done.stop_reason
     kinds = [e.kind for e in svc.trace(first.run_id)]
     assert kinds.count("proposer_error") == 2 and "breaker_opened" in kinds
@@ -126,7 +126,7 @@ def test_open_model_breaker_falls_back_to_the_next_model(fresh_deployment: Deplo
 
     # Then later runs go straight to the fallback while the breaker is open
     second = svc.submit("t1", "r.fallback", "g", script, actor="tester")
-    assert svc.wait(second.run_id, timeout=30).status == "succeeded"
+    assert svc.wait(second.run_id, timeout=60).status == "succeeded"
     kinds = [e.kind for e in svc.trace(second.run_id)]
     assert "proposer_error" not in kinds and "fallback" in kinds
 
@@ -137,10 +137,10 @@ def test_a_failed_run_compensates_its_side_effects_newest_first(deployment: Depl
     svc.tool_redis.set(svc.keys.demo(f"fail:{c}"), "1")
     # Given a run that changes a and b, then dead-letters on c
     run = dep.submit_script([flaky(a, 5), flaky(b, 7), flaky(c), REPLY], route="r.compensate")
-    done = svc.wait(run.run_id, timeout=30)
+    done = svc.wait(run.run_id, timeout=60)
     assert done.stop_reason == "dead_lettered:exhausted"
     # Then both changes are undone, b before a, and recorded
-    wait_for(lambda: dep.counter(a) == 0 and dep.counter(b) == 0, timeout=10,
+    wait_for(lambda: dep.counter(a) == 0 and dep.counter(b) == 0, timeout=60,
              message="compensation")  # fmt: skip
     effects = {e["args"]["key"]: e for e in svc.store.side_effects(run_id=run.run_id)}
     assert effects[a]["status"] == effects[b]["status"] == "compensated"
@@ -160,8 +160,8 @@ def test_a_failing_compensation_is_dead_lettered_and_can_be_retried(
     svc.tool_redis.set(svc.keys.demo(f"fail:{c}"), "1")
     svc.tool_redis.set(svc.keys.demo(f"fail_undo:{a}"), "1")
     run = dep.submit_script([flaky(a, 3), flaky(c), REPLY], route="r.compensate")
-    svc.wait(run.run_id, timeout=30)
-    wait_for(lambda: len(entries_of(dep, run.run_id)) == 2, timeout=10, message="two entries")
+    svc.wait(run.run_id, timeout=60)
+    wait_for(lambda: len(entries_of(dep, run.run_id)) == 2, timeout=60, message="two entries")
     by_class = {e["dl_class"]: e for e in entries_of(dep, run.run_id)}
     comp = by_class["compensation"]
     assert comp["error_type"] == "RuntimeError" and "undo endpoint" in comp["error_message"]
@@ -184,35 +184,41 @@ def test_a_step_whose_worker_keeps_dying_is_dead_lettered_as_worker_lost(
 ) -> None:
     dep, svc = fresh_deployment, fresh_deployment.svc
     worker = dep.start_worker(concurrency=1)
-    key = f"k{uuid.uuid4().hex[:8]}"
-    step = {"type": "tool_call", "tool": "counter.increment", "args": {"key": key,
-            "delay_ms": 4000}}  # fmt: skip
-    run = dep.submit_script([step, REPLY])
+    # Given a write call that stays inside (held by the test) however often it is re-sent:
+    # every kill lands mid-call, before the call could finish
+    hold = Hold(dep)
+    hold.on()
+    run = dep.submit_script([hold.step(), REPLY], route="r.held")
     kills = 0
-    # AGENTRT_WORKER_LOST_RETRIES is 3: the fourth death dead-letters the step
-    while svc.get(run.run_id).status.value not in ("failed", "succeeded") and kills < 8:
-        started = svc.store.side_effects(run_id=run.run_id)
-        if started and started[0]["status"] == "started" and worker.children():
-            attempts = started[0]["attempts"]
-            wait_for(lambda a=attempts: svc.store.side_effects(run_id=run.run_id)[0]["attempts"]
-                     >= a, timeout=10)  # fmt: skip
+
+    def inside_again_or_over() -> bool:
+        # the step was re-sent and came inside its call again, or the run stopped
+        over = svc.get(run.run_id).status.value in ("failed", "succeeded")
+        return over or hold.entered() > kills
+
+    try:
+        # AGENTRT_WORKER_LOST_RETRIES is 3: a step that keeps dying is dead-lettered
+        while kills < 8:
+            wait_for(inside_again_or_over, timeout=60, message="the step inside its call")
+            if hold.entered() <= kills:
+                break  # the run stopped
             worker.kill_children()
             kills += 1
-            wait_for(lambda: bool(worker.children()), timeout=10, message="a new pool process")
-            # wait for the re-sent step to claim its call again before the next kill
-            wait_for(
-                lambda a=attempts: (
-                    svc.store.side_effects(run_id=run.run_id)[0]["attempts"] > a
-                    or svc.get(run.run_id).status.value == "failed"
-                ),
-                timeout=15,
-                message="the step to start again",
-            )
-    done = svc.wait(run.run_id, timeout=30)
-    assert done.stop_reason == "dead_lettered:worker_lost", (kills, done.stop_reason)
+    finally:
+        hold.off()
+    done = svc.wait(run.run_id, timeout=60)
+    assert done.stop_reason == "dead_lettered:worker_lost", (
+        kills,
+        hold.entered(),
+        done.stop_reason,
+        worker.log()[-4000:],
+    )
+    # killed inside the call every time (one entry per death, none after the last), at
+    # least the four deaths the retry limit allows, and the step did not outlive them all
+    assert hold.entered() == kills and 4 <= kills < 8, (kills, hold.entered())
     (entry,) = entries_of(dep, run.run_id)
     assert entry["error_type"] == "WorkerLostError"
-    assert dep.counter(key) == 0  # killed before the write every time
+    assert [e["status"] for e in svc.store.side_effects(run_id=run.run_id)] != ["succeeded"]
 
 
 @pytest.mark.slow
@@ -220,16 +226,17 @@ def test_a_step_past_its_hard_time_limit_is_dead_lettered_as_timeout(
     deployment: Deployment,
 ) -> None:
     dep, svc = deployment, deployment.svc
-    # r.hang: step_timeout_s 2, so the hard limit is 2 + hard_limit_grace_s (4) = 6 s
-    hang = {"type": "tool_call", "tool": "probe.hang", "args": {"ms": 9000}}
+    # r.hang: step_timeout_s 2, so the hard limit is 2 + hard_limit_grace_s (4) = 6 s; the
+    # call sleeps five times that (only the hard limit can end it first, however late)
+    hang = {"type": "tool_call", "tool": "probe.hang", "args": {"ms": 30_000}}
     run = dep.submit_script([hang, REPLY], route="r.hang")
-    done = svc.wait(run.run_id, timeout=40)
+    done = svc.wait(run.run_id, timeout=90)
     assert done.stop_reason == "dead_lettered:timeout", done.stop_reason
     (entry,) = entries_of(dep, run.run_id)
     assert entry["error_type"] == "TimeLimitExceeded" and entry["step_no"] == 0
     # the pool process was replaced: the worker goes on
     after = dep.submit_script([REPLY])
-    assert svc.wait(after.run_id, timeout=30).status == "succeeded"
+    assert svc.wait(after.run_id, timeout=60).status == "succeeded"
 
 
 def test_an_open_tool_breaker_makes_the_call_wait_then_probe(
@@ -243,7 +250,7 @@ def test_an_open_tool_breaker_makes_the_call_wait_then_probe(
     # Given a tool whose breaker opens after 2 failures (for 5 s: the third attempt comes
     # well within that: it finds the breaker open without racing a 1 s window)
     run = dep.submit_script([call, REPLY], route="r.retry")
-    done = svc.wait(run.run_id, timeout=30)
+    done = svc.wait(run.run_id, timeout=60)
     assert done.stop_reason == "dead_lettered:exhausted"
     kinds = [e.kind for e in svc.trace(run.run_id)]
     # the second failure opened it; the third attempt waited (no slot held), then probed
@@ -255,7 +262,7 @@ def test_an_open_tool_breaker_makes_the_call_wait_then_probe(
     svc.tool_redis.delete(svc.keys.demo(f"fail:{key}"))
     (entry,) = entries_of(dep, run.run_id)
     svc.dead_letters.retry(DeadLetterFilter(ids=(entry["id"],)), "ops:erin")
-    assert svc.wait(run.run_id, timeout=30).status == "succeeded"
+    assert svc.wait(run.run_id, timeout=60).status == "succeeded"
     assert svc.breakers.state("tool:probe.guarded") == "closed"
 
 
@@ -265,7 +272,7 @@ def test_a_compensation_left_unfinished_by_a_dead_worker_is_run_again(
     dep, svc = deployment, deployment.svc
     a = f"c{uuid.uuid4().hex[:8]}"
     run = dep.submit_script([flaky(a, 4), REPLY], route="r.retry")
-    assert svc.wait(run.run_id, timeout=30).status == "succeeded"
+    assert svc.wait(run.run_id, timeout=60).status == "succeeded"
     (effect,) = svc.store.side_effects(run_id=run.run_id)
     # a worker took the effect for compensation, then died before it finished
     long_ago = datetime.now(UTC) - timedelta(minutes=5)

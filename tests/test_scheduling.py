@@ -41,6 +41,32 @@ def probe_starts(dep: Deployment, key: str) -> list[float]:
     return sorted(float(x) for x in raw)
 
 
+def take_windows(dep: Deployment, run_ids: list[str], after: str) -> list[tuple[float, float]]:
+    """For each call that passed its rate limiter, the times between which the limiter's
+    take happened: the step attempt's ``step_started`` event (before any take) and the
+    ``after`` event (``tool_start``, ``proposal``: after it). A slow machine widens the
+    windows; it never moves a take out of its own."""
+    windows = []
+    for run_id in run_ids:
+        began: float | None = None
+        for event in dep.svc.trace(run_id):
+            if event.kind == "step_started":
+                began = event.at.timestamp()
+            elif event.kind == after and began is not None:
+                windows.append((began, event.at.timestamp()))
+    return windows
+
+
+def shortest_spans(windows: list[tuple[float, float]], n: int) -> list[float]:
+    """For every ``n`` calls consecutive in the order of their windows' starts, the longest
+    their takes may have been apart (last window end - first window start). A limiter that
+    spaces takes by at least S apart over ``n`` keeps every value >= S on any machine;
+    one that lets ``n`` takes through at once shows a value < S where calls run promptly."""
+    ordered = sorted(windows)
+    return [max(hi for _, hi in ordered[i : i + n]) - ordered[i][0]
+            for i in range(len(ordered) - n + 1)]  # fmt: skip
+
+
 def inflight(dep: Deployment) -> int:
     """Steps holding a slot: dispatched to Celery and not yet checkpointed."""
     return len(dep.svc.scheduler.snapshot()["inflight"])
@@ -225,10 +251,13 @@ def test_global_tool_rate_limit_holds_across_worker_processes(fresh_deployment: 
             for _ in range(12)]  # fmt: skip
     done = dep.wait_all([r.run_id for r in runs], timeout=90)
     assert {v.status for v in done.values()} == {"succeeded"}
-    starts = probe_starts(dep, key)
-    assert len(starts) == 12
-    # any 6 consecutive calls span at least one period (5 intervals of 200 ms)
-    spans = [starts[i + 5] - starts[i] for i in range(len(starts) - 5)]
+    assert len(probe_starts(dep, key)) == 12
+    # any 6 takes span at least one period (5 intervals of 200 ms): measured between the
+    # steps' own events around each take, not the tools' start times (a call may start
+    # late after its take, so two tool starts may be closer than their takes were)
+    windows = take_windows(dep, [r.run_id for r in runs], after="tool_start")
+    assert len(windows) == 12
+    spans = shortest_spans(windows, 6)
     assert min(spans) >= 0.95, spans
     assert any(e.kind == "rate_limited" for r in runs for e in dep.svc.trace(r.run_id))
 
@@ -242,12 +271,12 @@ def test_model_rate_limit_defers_steps_without_holding_slots(fresh_deployment: D
     runs = [dep.submit_script([REPLY, REPLY], route="r.modelrate") for _ in range(8)]
     done = dep.wait_all([r.run_id for r in runs], timeout=60)
     assert {v.status for v in done.values()} == {"succeeded"}
-    proposals = sorted(
-        e.at.timestamp() for r in runs for e in dep.svc.trace(r.run_id) if e.kind == "proposal"
-    )
-    assert len(proposals) == 8
-    spans = [proposals[i + 5] - proposals[i] for i in range(len(proposals) - 5)]
-    assert min(spans) >= 0.45, spans  # 10/s: 5 intervals of 100 ms
+    # any 6 model calls' takes span at least 5 intervals of 100 ms (10/s), measured around
+    # each take (see take_windows), not by the proposals' times alone
+    windows = take_windows(dep, [r.run_id for r in runs], after="proposal")
+    assert len(windows) == 8
+    spans = shortest_spans(windows, 6)
+    assert min(spans) >= 0.45, spans
 
 
 def private_deployment(

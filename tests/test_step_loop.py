@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, Hold, wait_for
 
 USAGE = {"input_tokens": 100, "output_tokens": 50}
 
@@ -26,7 +26,7 @@ def test_run_completes_with_contract_and_trace(deployment: Deployment) -> None:
     # Given a two-step script, when it runs
     run = deployment.submit_script([search(), reply("all good")], actor="alice")
     assert run.status == "queued"
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
 
     # Then the run succeeded with the whole contract recorded before the first model call
     assert done.status == "succeeded" and done.stop_reason == "completed"
@@ -66,7 +66,7 @@ def test_invalid_arguments_are_refused_and_never_executed(deployment: Deployment
         "args": {"ticket_id": "no spaces allowed", "status": "exploded"},
     }
     run = deployment.submit_script([bad, reply()])
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "refused"
     assert done.stop_reason == "invalid_proposal:invalid_args"
     assert deployment.svc.store.side_effects(run_id=run.run_id) == []
@@ -123,7 +123,7 @@ def test_refusals_are_fed_back_while_the_route_tolerates_them(deployment: Deploy
         "args": {"topic": "q3", "fail": True},
     }
     run = deployment.submit_script([bad, failing, search(), reply("recovered")], route="r.lenient")
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "succeeded" and done.output == {"text": "recovered"}
     outcomes = [s["outcome"] for s in deployment.svc.store.steps(run.run_id)]
     assert outcomes == [
@@ -138,27 +138,29 @@ def test_failing_tool_fails_the_run(deployment: Deployment) -> None:
     run = deployment.submit_script(
         [{"type": "tool_call", "tool": "reports.generate", "args": {"topic": "q3", "fail": True}}]
     )
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "failed:backend_unavailable"
 
 
 def test_tool_timeout_is_enforced(deployment: Deployment) -> None:
-    # reports.generate has timeout_s 2 in the manifest; it asks for 5 s of work
+    # reports.generate has timeout_s 2 in the manifest; it asks for 9 s of work (within the
+    # route's 10 s step timeout, so only the tool timeout can cut it)
     run = deployment.submit_script(
         [
             {
                 "type": "tool_call",
                 "tool": "reports.generate",
-                "args": {"topic": "slow", "delay_ms": 5000},
+                "args": {"topic": "slow", "delay_ms": 9000},
             }
         ]
     )
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.stop_reason == "failed:tool_timeout"
     end = next(e for e in deployment.svc.trace(run.run_id) if e.kind == "tool_end")
-    # the call was cut at its timeout, not waited out: it ended before the tool's own 5 s
-    # of work could have (a comparison of two sleeps, not of the machine's speed)
-    assert 1900 <= end.data["duration_ms"] < 5000
+    # the call was cut at its timeout, not waited out: it ended before the tool's own 9 s
+    # of work could have (a comparison of two sleeps, not of the machine's speed: a timer
+    # that fires up to 7 s late still passes)
+    assert 1900 <= end.data["duration_ms"] < 9000
 
 
 def test_policy_rules_deny_and_require_approval(deployment: Deployment) -> None:
@@ -219,7 +221,7 @@ def test_policy_rules_deny_and_require_approval(deployment: Deployment) -> None:
 
 def test_step_limit_stops_the_run(deployment: Deployment) -> None:
     run = deployment.submit_script([search(f"q{i}") for i in range(10)])
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "step_limit"
     assert done.steps == 7  # six proposals (max_steps) plus the step that stopped it
 
@@ -227,47 +229,43 @@ def test_step_limit_stops_the_run(deployment: Deployment) -> None:
 def test_run_budget_exhaustion_stops_the_run(deployment: Deployment) -> None:
     # r.tiny: per-run 2500 tokens and 1 tool call, 1000 tokens reserved per step
     run = deployment.submit_script([search(), search(), search()], route="r.tiny")
-    done = deployment.svc.wait(run.run_id, timeout=30)
+    done = deployment.svc.wait(run.run_id, timeout=60)
     assert done.status == "failed" and done.stop_reason == "budget_exhausted:tool_calls"
     spend = deployment.svc.store.spend(run_id=run.run_id)
     assert spend["tool_calls"] == 1
 
 
 def test_lock_contention_waits_then_proceeds(deployment: Deployment) -> None:
-    # two runs update the same ticket; the second waits for the lock and gets a newer fence
-    # (the first holds the lock long enough for the second to meet it on any machine: it is
-    # submitted once the first holds it, and a step needs far less than 6 s to start)
-    slow = {
-        "type": "tool_call",
-        "tool": "tickets.update",
-        "args": {"ticket_id": "T-lock", "status": "pending", "hold_ms": 6000},
-    }
-    fast = {
-        "type": "tool_call",
-        "tool": "tickets.update",
-        "args": {"ticket_id": "T-lock", "status": "solved"},
-    }
-    first = deployment.submit_script([slow, reply()])
-    # the first run holds the lock once its side effect is claimed (lock taken before claim)
-    wait_for(
-        lambda: deployment.svc.store.side_effects(run_id=first.run_id),
-        message="the first run to hold the ticket lock",
-    )
-    second = deployment.submit_script([fast, reply()])
+    # two runs write under the same lock; the second waits for it and gets a newer fence
+    hold = Hold(deployment)
+    hold.on()
+    try:
+        # Given a run inside its call, holding the lock until the test lets it go
+        first = deployment.submit_script([hold.step(), reply()], route="r.held")
+        wait_for(lambda: hold.entered() == 1, message="the first run to hold the lock")
+        # When a second run comes for the same lock, it finds it busy (a state the test
+        # waits for, however long the second run takes to start)
+        second = deployment.submit_script([hold.step(), reply()], route="r.held")
+        wait_for(
+            lambda: any(e.kind == "lock_busy" for e in deployment.svc.trace(second.run_id)),
+            timeout=60,
+            message="the second run to find the lock busy",
+        )
+        assert hold.entered() == 1
+    finally:
+        hold.off()
+    # Then once the first lets go, the second gets the lock and both complete
     done = deployment.wait_all([first.run_id, second.run_id])
     assert all(v.status == "succeeded" for v in done.values())
+    assert hold.entered() == 2
     effects = {
         e["run_id"]: e
-        for e in deployment.svc.store.side_effects(tool="tickets.update")
+        for e in deployment.svc.store.side_effects(tool="probe.held")
         if e["run_id"] in done
     }
     assert len(effects) == 2
-    waits = [e for e in deployment.svc.trace(second.run_id) if e.kind == "lock_busy"] + [
-        e for e in deployment.svc.trace(first.run_id) if e.kind == "lock_busy"
-    ]
-    assert waits, "one of the runs must have found the lock busy"
-    fences = sorted(e["fencing_token"] for e in effects.values())
-    assert fences[0] < fences[1]
+    assert effects[first.run_id]["fencing_token"] < effects[second.run_id]["fencing_token"]
+    assert not any(e.kind == "lock_busy" for e in deployment.svc.trace(first.run_id))
 
 
 def test_submit_is_idempotent(deployment: Deployment) -> None:
@@ -325,7 +323,7 @@ def test_cancel_stops_a_waiting_run(deployment: Deployment) -> None:
         ],
         route="r.refunds",
     )
-    assert deployment.svc.wait(run.run_id, timeout=30).status == "waiting"
+    assert deployment.svc.wait(run.run_id, timeout=60).status == "waiting"
     cancelled = deployment.svc.cancel(run.run_id, actor="ops")
     assert cancelled.status == "cancelled" and cancelled.stop_reason == "cancelled:ops"
 
@@ -338,7 +336,7 @@ def test_secrets_never_reach_the_trace(deployment: Deployment) -> None:
         "api_key": "x",
     }
     run = deployment.submit_script([leaky, reply("Bearer abcdefghijklmnop")], route="r.lenient")
-    deployment.svc.wait(run.run_id, timeout=30)
+    deployment.svc.wait(run.run_id, timeout=60)
     dump = repr([e.data for e in deployment.svc.trace(run.run_id)])
     dump += repr(deployment.svc.store.steps(run.run_id))
     assert "sk-abcdefghijklmnopqrstuvwx" not in dump
@@ -346,18 +344,19 @@ def test_secrets_never_reach_the_trace(deployment: Deployment) -> None:
 
 
 def test_allow_decision_is_stored_before_the_tool_runs(deployment: Deployment) -> None:
-    # Given a read tool that takes a while
-    slow = {
-        "type": "tool_call",
-        "tool": "reports.generate",
-        "args": {"topic": "q", "delay_ms": 1500},
-    }
-    run = deployment.submit_script([slow, reply()])
-    # Then while the tool is still running (no step checkpointed yet) its allow decision is
-    # already in the store
-    decisions = wait_for(
-        lambda: deployment.svc.store.policy_decisions(run.run_id), message="a stored decision"
-    )
-    assert deployment.svc.store.steps(run.run_id) == []
-    assert decisions[0]["decision"] == "allow" and decisions[0]["tool"] == "reports.generate"
-    assert deployment.svc.wait(run.run_id, timeout=30).status == "succeeded"
+    # Given a write tool that stays inside until the test lets it go
+    hold = Hold(deployment)
+    hold.on()
+    try:
+        run = deployment.submit_script([hold.step(), reply()], route="r.held")
+        wait_for(lambda: hold.entered() == 1, timeout=60, message="the call to start")
+        # Then while the tool is running (no step checkpointed yet) its allow decision is
+        # already in the store
+        decisions = deployment.svc.store.policy_decisions(run.run_id)
+        assert deployment.svc.store.steps(run.run_id) == []
+        assert hold.entered() == 1
+    finally:
+        hold.off()
+    assert decisions and decisions[0]["decision"] == "allow"
+    assert decisions[0]["tool"] == "probe.held"
+    assert deployment.svc.wait(run.run_id, timeout=60).status == "succeeded"

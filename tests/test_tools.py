@@ -384,7 +384,7 @@ def test_an_enclosing_interval_timer_survives_a_tool_call() -> None:
         assert run(echo, delay_s=0.2).ok
         from tests.support import wait_for
 
-        wait_for(lambda: fired, timeout=10, message="the enclosing timer to fire")
+        wait_for(lambda: fired, timeout=60, message="the enclosing timer to fire")
     finally:
         signal.setitimer(signal.ITIMER_REAL, *old_timer)
         signal.signal(signal.SIGALRM, old_handler)

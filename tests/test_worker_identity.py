@@ -36,11 +36,18 @@ from runtime.scheduling.scheduler import (
 from runtime.service import RuntimeService
 from runtime.wiring import Runtime
 from tests.conftest import TEST_CONFIG
-from tests.support import ROOT, Deployment, WorkerProcess, wait_for
+from tests.owner_tools import MAX_HOLD_MS
+from tests.support import ROOT, Deployment, WorkerProcess, redis_now, wait_for, wait_until
 
 REPLY = {"type": "reply", "text": "ok"}
 #: heartbeat ttl of the test deployments: short, so a dead worker is found within seconds
 DEAD_AFTER_S = 4.0
+#: the owners routes' step timeout: longer than any hold (owner_tools.MAX_HOLD_MS), so a
+#: call the test holds inside ends when the test lets it go, never by its timeout
+OWNERS_STEP_TIMEOUT_S = 60
+#: the broker hands an unacked message back only after an hour: within a test, a dead
+#: worker's steps come back only through the runtime (and the long step timeout needs it)
+VISIBILITY_TIMEOUT_S = "3600"
 
 
 def owners_config(tmp_path: Path, **scheduling: Any) -> Path:
@@ -55,7 +62,7 @@ def owners_config(tmp_path: Path, **scheduling: Any) -> Path:
         "autonomy_level": "bounded_autonomous",
         "proposer": "scripted",
         "budget_policy": "standard",
-        "step_timeout_s": 10,
+        "step_timeout_s": OWNERS_STEP_TIMEOUT_S,
     }
     data["routes"]["r.owners.limited"] = {
         **route,
@@ -79,7 +86,8 @@ def make_deployment(redis_url: str, tmp_path: Path) -> Iterator[Any]:
     made: list[Deployment] = []
 
     def make(**kw: Any) -> Deployment:
-        extra_env = kw.pop("extra_env", None)
+        extra_env = {"AGENTRT_VISIBILITY_TIMEOUT_S": VISIBILITY_TIMEOUT_S,
+                     **kw.pop("extra_env", {})}  # fmt: skip
         dep = Deployment.create(
             name=f"o{uuid.uuid4().hex[:6]}",
             redis_url=redis_url,
@@ -96,9 +104,23 @@ def make_deployment(redis_url: str, tmp_path: Path) -> Iterator[Any]:
         dep.close()
 
 
-def work(key: str, ms: int = 200, after_ms: int = 0) -> dict[str, Any]:
-    args = {"key": key, "ms": ms, "after_ms": after_ms}
+def work(key: str, ms: int = 200, after_ms: int = 0, hold: bool = False) -> dict[str, Any]:
+    args = {"key": key, "ms": ms, "after_ms": after_ms, "hold": hold}
     return {"type": "tool_call", "tool": "owners.work", "args": args}
+
+
+def held(key: str) -> dict[str, Any]:
+    """A call of ``owners.work`` that stays inside, before its write, while the test holds
+    ``owners:<key>:hold`` (see ``hold_work``)."""
+    return work(key, ms=MAX_HOLD_MS, hold=True)
+
+
+def hold_work(dep: Deployment, key: str, on: bool) -> None:
+    name = dep.svc.keys.demo(f"owners:{key}:hold")
+    if on:
+        dep.svc.tool_redis.set(name, 1)
+    else:
+        dep.svc.tool_redis.delete(name)
 
 
 def locked(name: str, ms: int = 150, hold: bool = False) -> dict[str, Any]:
@@ -295,14 +317,14 @@ def test_a_killed_workers_running_steps_are_handed_back_and_old_messages_dropped
     # Given leases that would keep a dead worker's slots and run leases for ten minutes
     # and a broker that gives its messages back after an hour: only the heartbeat path
     # can bring its steps back
-    dep: Deployment = make_deployment(
-        lease_margin_s=600, queue_allowance_s=600, extra_env={"AGENTRT_VISIBILITY_TIMEOUT_S":
-                                                              "3600"}
-    )  # fmt: skip
+    dep: Deployment = make_deployment(lease_margin_s=600, queue_allowance_s=600)
     doomed = dep.start_worker(concurrency=2)
     key = f"k{uuid.uuid4().hex[:8]}"
+    # (the first calls stay inside, before their write, until the test lets them go: the
+    # kill lands mid-call however long it takes to come)
+    hold_work(dep, key, on=True)
     runs = [
-        dep.submit_script([work(key, ms=3000), work(key, ms=150), REPLY], route="r.owners.limited")
+        dep.submit_script([held(key), work(key, ms=150), REPLY], route="r.owners.limited")
         for _ in range(6)
     ]
     run_ids = [r.run_id for r in runs]
@@ -320,6 +342,7 @@ def test_a_killed_workers_running_steps_are_handed_back_and_old_messages_dropped
     killed = {step for step, n in executions(dep, key).items() if n == 1}
     assert len(killed) == 2
     dep.svc.tool_redis.set(active, 0)  # the killed calls never count themselves out
+    hold_work(dep, key, on=False)  # the re-runs and the other runs need not wait
     survivor = dep.start_worker(concurrency=3)  # more processes than the route allows
 
     # Then every run finishes, each side effect exactly once, the limit never exceeded
@@ -346,7 +369,7 @@ def test_a_killed_workers_running_steps_are_handed_back_and_old_messages_dropped
     # visibility timeout: kombu's own restore, run here with a timeout of 0)
     prefix = dep.svc.keys.broker_prefix()
     # (the survivor acks its last step just after the run's checkpoint)
-    wait_for(lambda: dep.svc.redis.hlen(f"{prefix}unacked") == 2, timeout=30,
+    wait_for(lambda: dep.svc.redis.hlen(f"{prefix}unacked") == 2, timeout=60,
              message="only the dead worker's two messages unacked")  # fmt: skip
     before = len(step_outcomes(survivor))
     options = {"global_keyprefix": prefix, "visibility_timeout": 0}
@@ -366,17 +389,20 @@ def test_a_killed_workers_running_steps_are_handed_back_and_old_messages_dropped
 
 @pytest.mark.slow
 def test_a_live_worker_running_a_long_step_is_never_taken_over(make_deployment: Any) -> None:
-    # Given steps that run three times longer than a dead worker's heartbeat lasts
-    dep: Deployment = make_deployment(worker_dead_after_s=2)
+    # Given steps that stay in their tool (held by the test) for three times longer than a
+    # dead worker's heartbeat lasts
+    dead_after_s = 2.0
+    dep: Deployment = make_deployment(worker_dead_after_s=dead_after_s)
     busy = dep.start_worker(concurrency=2)
     idle = dep.start_worker(concurrency=2)
     key = f"k{uuid.uuid4().hex[:8]}"
-    runs = [dep.submit_script([work(key, ms=6500), REPLY], route="r.owners.limited")
-            for _ in range(2)]  # fmt: skip
+    hold_work(dep, key, on=True)
+    runs = [dep.submit_script([held(key), REPLY], route="r.owners.limited") for _ in range(2)]
     run_ids = [r.run_id for r in runs]
     active = demo(dep, f"owners:{key}:active")
     wait_for(lambda: int(dep.svc.tool_redis.get(active) or 0) == 2, timeout=60,
              message="both steps in the tool")  # fmt: skip
+    inside_since = redis_now(dep.svc.redis)
     items = running_items(dep)
     owners = {i: dep.svc.scheduler.owner_of(i) for i in items}
     assert all(owners.values())
@@ -390,6 +416,13 @@ def test_a_live_worker_running_a_long_step_is_never_taken_over(make_deployment: 
              message="both copies dropped")  # fmt: skip
     assert {i: dep.svc.scheduler.owner_of(i) for i in items} == owners
     assert int(dep.svc.tool_redis.get(active) or 0) == 2  # still running
+
+    # And while they stay inside past three heartbeat ttls (a wait on the Redis clock, the
+    # one the heartbeats expire by), nobody takes them over; then the test lets them go
+    wait_until(dep.svc.redis, inside_since + 3 * dead_after_s, "three heartbeat ttls")
+    assert {i: dep.svc.scheduler.owner_of(i) for i in items} == owners
+    assert int(dep.svc.tool_redis.get(active) or 0) == 2
+    hold_work(dep, key, on=False)
 
     # And every step ran exactly once: heartbeats kept the live worker's steps its own
     done = dep.wait_all(run_ids, timeout=120)
@@ -433,7 +466,7 @@ class NamespacedWorker(WorkerProcess):
         init = self.init_pid()
         if init is not None:
             os.kill(init, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=60)
 
 
 def start_namespaced_worker(dep: Deployment, concurrency: int, node: str) -> NamespacedWorker:
@@ -476,7 +509,7 @@ def test_one_holder_per_lock_across_pid_namespaces_with_one_host_name(
     first = start_namespaced_worker(dep, 6, "same@samehost")
     second = start_namespaced_worker(dep, 1, "same@samehost")
     # (counted apart: the capacity they report is keyed by instance, not by node name)
-    wait_for(lambda: dep.svc.scheduler.capacity() == 7, timeout=30, message="capacity 7")
+    wait_for(lambda: dep.svc.scheduler.capacity() == 7, timeout=60, message="capacity 7")
 
     # When many runs contend for one lock
     name = f"x{uuid.uuid4().hex[:6]}"
@@ -503,7 +536,7 @@ def test_a_lock_of_a_killed_worker_is_taken_over_only_after_its_heartbeat_expire
     # Given a worker holding the lock in a call that lasts until the test lets it go
     doomed = start_namespaced_worker(dep, 2, "same@samehost")
     dep.svc.tool_redis.set(demo(dep, f"owners:{name}:hold"), 1)
-    long_run = dep.submit_script([locked(name, ms=20_000, hold=True), REPLY],
+    long_run = dep.submit_script([locked(name, ms=MAX_HOLD_MS, hold=True), REPLY],
                                  route="r.owners.lock")  # fmt: skip
     wait_for(lambda: len(holders(dep, name)) == 1, timeout=60, message="the lock held")
     (dead_token,) = holders(dep, name)
