@@ -203,7 +203,7 @@ def finished_run(cli_env: Deployment) -> str:
     run = cli_env.submit_script(
         [search("shipping"), update("T-cli-1"), reply("ok")], tenant="t3", route="r.basic"
     )
-    assert cli_env.svc.wait(run.run_id, timeout=30).status == "succeeded"
+    assert cli_env.svc.wait(run.run_id, timeout=120).status == "succeeded"
     return run.run_id
 
 
@@ -350,10 +350,10 @@ def test_worker_execs_celery_and_stops_on_sigterm(
     assert b"celery" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
 
     run = fresh_deployment.submit_script([search(), reply()])
-    assert fresh_deployment.svc.wait(run.run_id, timeout=30).status == "succeeded"
+    assert fresh_deployment.svc.wait(run.run_id, timeout=120).status == "succeeded"
 
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    assert proc.wait(timeout=120) == 0
     assert "Warm shutdown" in log.read_text()
 
 
@@ -367,7 +367,7 @@ def test_worker_with_a_bad_config_fails_cleanly(
     }
     proc = _spawn(["worker"], env, tmp_path / "log")
     spawned.append(proc)
-    assert proc.wait(timeout=30) == 1
+    assert proc.wait(timeout=120) == 1
     text = (tmp_path / "log").read_text()
     assert "missing.yaml" in text and "file not found" in text and "Traceback" not in text
 

@@ -910,7 +910,7 @@ def _get(url: str, auth: str | None = None) -> int:
     if auth:
         request.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

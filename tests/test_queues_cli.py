@@ -97,7 +97,7 @@ def test_depth_per_tenant_and_priority_then_drained_by_a_worker(fresh_env: Deplo
         capacity = view["capacity"]
         return view if capacity["processes"] == 2 and capacity["inFlight"] == 0 else None
 
-    view = wait_for(drained, timeout=30, message="the worker's capacity and an empty scheduler")
+    view = wait_for(drained, timeout=120, message="the worker's capacity and an empty scheduler")
     assert view["queued"] == 0 and view["tenants"] == [] and view["parked"] == []
     assert view["capacity"]["dispatchLimit"] == 4  # 2 processes + 100% headroom
     (worker,) = view["capacity"]["workers"]
@@ -135,7 +135,7 @@ def test_in_flight_against_route_limit_tenant_cap_bulkhead_and_leases(
             return view
         return None
 
-    view = wait_for(busy, timeout=30, message="a full route, a capped tenant, a full bulkhead")
+    view = wait_for(busy, timeout=120, message="a full route, a capped tenant, a full bulkhead")
     limited = by(view["routes"], "route")["r.limited"]
     assert limited == {
         "route": "r.limited",
@@ -238,7 +238,7 @@ def test_rate_limiters_show_when_they_throttle(rated_env: Deployment) -> None:
             return view
         return None
 
-    view = wait_for(throttled, timeout=30, message="both limiters throttling, 2 steps delayed")
+    view = wait_for(throttled, timeout=120, message="both limiters throttling, 2 steps delayed")
     # the limiters were taken from since `began`: their schedules were set at most this
     # long ago (however long the machine took), plus clock granularity
     since_ms = (time.monotonic() - began) * 1000 + 50
@@ -270,7 +270,7 @@ def test_rate_limiters_show_when_they_throttle(rated_env: Deployment) -> None:
     ids = [r.run_id for r in tool_runs + model_runs]
     wait_for(
         lambda: list(dep.svc.store.statuses(ids).values()).count("succeeded") == 2,
-        timeout=30,
+        timeout=120,
         message="the run of each limiter that got through to finish",
     )
 
