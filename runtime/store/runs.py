@@ -64,6 +64,7 @@ from runtime.store.models import (
     StepRow,
     TraceEventRow,
 )
+from runtime.store.prepared import PreparedStatements
 
 runs_t = RunRow.__table__  # type: ignore[attr-defined]
 steps_t = StepRow.__table__  # type: ignore[attr-defined]
@@ -72,6 +73,11 @@ decisions_t = PolicyDecisionRow.__table__  # type: ignore[attr-defined]
 effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
 spend_t = SpendRow.__table__  # type: ignore[attr-defined]
 secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
+
+#: the statuses a run may move from, per target status, as stored (a checkpoint's guard)
+_ALLOWED_VALUES: dict[RunStatus, tuple[str, ...]] = {
+    to: tuple(sorted(s.value for s in allowed)) for to, allowed in ALLOWED_FROM.items()
+}
 
 
 @dataclass
@@ -109,6 +115,8 @@ class EffectClaim:
 class RunStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # the step's hot statements (load, start, checkpoint) as driver SQL built once
+        self._sql = PreparedStatements(engine.dialect)
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -203,14 +211,14 @@ class RunStore:
 
     # --- reads -----------------------------------------------------------------------
     def get_run(self, run_id: str, tenant_id: str | None = None) -> dict[str, Any]:
-        query = select(runs_t).where(runs_t.c.run_id == run_id)
-        if tenant_id is not None:
-            query = query.where(runs_t.c.tenant_id == tenant_id)
+        where = (
+            {"run_id": run_id} if tenant_id is None else {"run_id": run_id, "tenant_id": tenant_id}
+        )
         with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+            row = self._sql.select_by(conn, runs_t, where)
         if row is None:
             raise RunNotFound(run_id)
-        return dict(row)
+        return row
 
     def read_run(self, run_id: str, tenant_id: str | None = None) -> dict[str, Any]:
         """``get_run`` for views: a corrupt cell is an ``Unreadable`` value, not an error."""
@@ -442,23 +450,20 @@ class RunStore:
         """queued -> running and return the row, in one statement; None if not queued."""
         now = utcnow()
         with self._write() as conn:
-            row = (
-                conn.execute(
-                    update(runs_t)
-                    .where(runs_t.c.run_id == run_id, runs_t.c.status == RunStatus.QUEUED.value)
-                    .values(
-                        status=RunStatus.RUNNING.value,
-                        started_at=now,
-                        updated_at=now,
-                        workflow_step="started",
-                        version=runs_t.c.version + 1,
-                    )
-                    .returning(*runs_t.c)
-                )
-                .mappings()
-                .first()
+            _, row = self._sql.update(
+                conn,
+                runs_t,
+                {
+                    "status": RunStatus.RUNNING.value,
+                    "started_at": now,
+                    "updated_at": now,
+                    "workflow_step": "started",
+                },
+                {"run_id": run_id},
+                (RunStatus.QUEUED.value,),
+                returning=True,
             )
-        return dict(row) if row is not None else None
+        return row
 
     def claim_effect(
         self,
@@ -476,10 +481,10 @@ class RunStore:
         try:
             with self._write() as conn:
                 if decisions:
-                    conn.execute(insert(decisions_t), list(decisions))
-                conn.execute(insert(effects_t), [effect])
+                    self._sql.insert(conn, decisions_t, decisions)
+                self._sql.insert(conn, effects_t, [effect])
                 if events:
-                    conn.execute(insert(events_t), list(events))
+                    self._sql.insert(conn, events_t, events)
             return EffectClaim(fresh=True, status="started")
         except IntegrityError:
             pass
@@ -535,45 +540,38 @@ class RunStore:
         """Store policy decisions (and their trace events) ahead of execution; idempotent."""
         try:
             with self._write() as conn:
-                conn.execute(insert(decisions_t), list(decisions))
+                self._sql.insert(conn, decisions_t, decisions)
                 if events:
-                    conn.execute(insert(events_t), list(events))
+                    self._sql.insert(conn, events_t, events)
         except IntegrityError:
             # a redelivered step stored the same decision already; keep its trace events
             if events:
                 with self._write() as conn:
-                    conn.execute(insert(events_t), list(events))
+                    self._sql.insert(conn, events_t, events)
 
     def checkpoint(self, cp: Checkpoint) -> None:
         """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect."""
-        allowed = [s.value for s in ALLOWED_FROM[cp.status]]
+        allowed = _ALLOWED_VALUES[cp.status]
         values = dict(cp.run_updates)
-        values.update(
-            status=cp.status.value,
-            next_step=cp.step_no + 1,
-            updated_at=utcnow(),
-            version=runs_t.c.version + 1,
-        )
+        values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
         try:
             with self._write() as conn:
-                result = conn.execute(
-                    update(runs_t)
-                    .where(
-                        runs_t.c.run_id == cp.run_id,
-                        runs_t.c.next_step == cp.step_no,
-                        runs_t.c.status.in_(allowed),
-                    )
-                    .values(**values)
+                matched, _ = self._sql.update(
+                    conn,
+                    runs_t,
+                    values,
+                    {"run_id": cp.run_id, "next_step": cp.step_no},
+                    allowed,
                 )
-                if result.rowcount != 1:
+                if matched != 1:
                     raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
-                conn.execute(insert(steps_t), [cp.step])
+                self._sql.insert(conn, steps_t, [cp.step])
                 if cp.events:
-                    conn.execute(insert(events_t), cp.events)
+                    self._sql.insert(conn, events_t, cp.events)
                 if cp.spend:
-                    conn.execute(insert(spend_t), [cp.spend])
+                    self._sql.insert(conn, spend_t, [cp.spend])
                 if cp.decisions:
-                    conn.execute(insert(decisions_t), cp.decisions)
+                    self._sql.insert(conn, decisions_t, cp.decisions)
                 if cp.effect_update:
                     self._update_effect(conn, cp.effect_update)
                 if cp.clear_pending_secrets or cp.pending_secrets:
