@@ -753,6 +753,16 @@ def census_lines(name: str, data: dict[str, Any]) -> list[str]:
             key=lambda kv: -kv[1],
         )
         lines.append("    statements/task: " + ", ".join(f"{k} {v:.2f}" for k, v in stmts))
+    if c.get("pg.rtt"):
+        cmds = ", ".join(
+            f"{k[len('pg.cmd ') :]} {v / n:.2f}"
+            for k, v in sorted(c.items())
+            if k.startswith("pg.cmd ")
+        )
+        lines.append(
+            f"  PostgreSQL round trips/task: {c['pg.rtt'] / n:.2f} (statements, and the "
+            f"connection's own {cmds or 'none'})"
+        )
     return lines
 
 

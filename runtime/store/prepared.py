@@ -121,6 +121,8 @@ class PreparedStatements:
         out = {}
         for name, proc, default in columns:
             value = row.get(name, default)
+            if value is _NO_DEFAULT:  # rows of several shapes in one statement: NULL
+                value = None
             out[name] = proc(value) if proc is not None else value
         return out
 
@@ -149,30 +151,20 @@ class PreparedStatements:
         where: dict[str, Any],
         status_in: Sequence[str] = (),
         *,
-        bump_version: bool = True,
         returning: bool = False,
     ) -> tuple[int, dict[str, Any] | None]:
-        """``UPDATE table SET values[, version = version + 1] WHERE col = value AND ...
+        """``UPDATE table SET values, version = version + 1 WHERE col = value AND ...
         [AND status IN status_in]``: (rows matched, the updated row if ``returning``)."""
         statuses = tuple(status_in)
-        shape = frozenset(values) | ({"+version"} if bump_version else set())
-        key = (table.name, shape | frozenset(f"w:{k}" for k in where), repr(returning), statuses)
+        key = (
+            table.name,
+            frozenset(values) | frozenset(f"w:{k}" for k in where),
+            repr(returning),
+            statuses,
+        )
         sql = self._updates.get(key)
         if sql is None:
-            sets = [f"{self._quote(k)} = {self.param(k)}" for k in values]
-            if bump_version:
-                sets.append(f"{self._quote('version')} = {self._quote('version')} + 1")
-            conds = [f"{self._quote(k)} = {self.param('w_' + k)}" for k in where]
-            if statuses:
-                # statuses are the runtime's own constants, never caller text: inlined so
-                # the statement's text is one per allowed set
-                if not all(_STATUS_LITERAL.match(s) for s in statuses):
-                    raise ValueError(f"not a status: {statuses!r}")
-                listed = ", ".join(f"'{s}'" for s in statuses)
-                conds.append(f"{self._quote('status')} IN ({listed})")
-            sql = "UPDATE {} SET {} WHERE {}".format(
-                self._quote(table.name), ", ".join(sets), " AND ".join(conds)
-            )
+            sql = self._update_text(table, values, where, statuses)
             if returning:
                 sql += " RETURNING " + ", ".join(self._quote(c.name) for c in table.c)
             self._updates[key] = sql
@@ -187,3 +179,75 @@ class PreparedStatements:
     def _bind_value(self, table: Table, name: str, value: Any) -> Any:
         proc = self._bind(table, name)
         return proc(value) if proc is not None else value
+
+    # --- PostgreSQL: a guarded update and its inserts in one statement -------------
+    def update_then_insert(
+        self,
+        conn: Connection,
+        table: Table,
+        values: dict[str, Any],
+        where: dict[str, Any],
+        status_in: Sequence[str],
+        inserts: Sequence[tuple[Table, Sequence[dict[str, Any]]]],
+    ) -> int:
+        """PostgreSQL only: ``update`` (version bumped) and, only if it matched, every
+        ``(table, rows)`` insert, as ONE statement (data-modifying CTEs, each insert
+        selecting from the update's RETURNING). In autocommit that is one round trip and
+        one transaction: all of it commits, or none of it (a unique violation fails the
+        whole statement). Returns the rows the update matched (0: nothing was written)."""
+        params: dict[str, Any] = {}
+        update_sql = self._update_text(table, values, where, status_in) + " RETURNING 1 AS ok"
+        params.update({k: self._bind_value(table, k, v) for k, v in values.items()})
+        params.update({f"w_{k}": self._bind_value(table, k, v) for k, v in where.items()})
+        ctes = [f"u AS ({update_sql})"]
+        for n, (target, rows) in enumerate(inserts):
+            if not rows:
+                continue
+            ctes.append(f"i{n} AS ({self._insert_select(target, rows, f'i{n}_', params)})")
+        sql = "WITH " + ", ".join(ctes) + " SELECT count(*) FROM u"
+        return int(conn.exec_driver_sql(sql, params).scalar_one())
+
+    def _update_text(
+        self, table: Table, values: dict[str, Any], where: dict[str, Any], statuses: Sequence[str]
+    ) -> str:
+        sets = [f"{self._quote(k)} = {self.param(k)}" for k in values]
+        sets.append(f"{self._quote('version')} = {self._quote('version')} + 1")
+        conds = [f"{self._quote(k)} = {self.param('w_' + k)}" for k in where]
+        if statuses:
+            if not all(_STATUS_LITERAL.match(s) for s in statuses):
+                raise ValueError(f"not a status: {statuses!r}")
+            listed = ", ".join(f"'{s}'" for s in statuses)
+            conds.append(f"{self._quote('status')} IN ({listed})")
+        return "UPDATE {} SET {} WHERE {}".format(
+            self._quote(table.name), ", ".join(sets), " AND ".join(conds)
+        )
+
+    def _insert_select(
+        self, table: Table, rows: Sequence[dict[str, Any]], prefix: str, params: dict[str, Any]
+    ) -> str:
+        """``INSERT INTO table (cols) SELECT cols FROM u, (VALUES ...) ORDER BY ord``: rows
+        typed by explicit casts (a VALUES list has no target types of its own), inserted in
+        their given order (serial ids, e.g. trace events', follow it)."""
+        keys = frozenset(k for row in rows for k in row)
+        stmt = self._insert_for(table, keys)
+        names = [name for name, _, _ in stmt.columns]
+        casts = {c.name: c.type.compile(dialect=self.dialect) for c in table.c}
+        tuples = []
+        for i, row in enumerate(rows):
+            processed = self._values(stmt.columns, row)
+            cells = [str(i)]
+            for j, name in enumerate(names):
+                key = f"{prefix}{i}_{j}"
+                params[key] = processed[name]
+                cells.append(f"CAST({self.param(key)} AS {casts[name]})")
+            tuples.append("(" + ", ".join(cells) + ")")
+        quoted = [self._quote(n) for n in names]
+        return (
+            "INSERT INTO {} ({}) SELECT {} FROM u, (VALUES {}) AS v(ord, {}) ORDER BY v.ord".format(
+                self._quote(table.name),
+                ", ".join(quoted),
+                ", ".join(f"v.{q}" for q in quoted),
+                ", ".join(tuples),
+                ", ".join(quoted),
+            )
+        )

@@ -117,6 +117,10 @@ class RunStore:
         self.engine = engine
         # the step's hot statements (load, start, checkpoint) as driver SQL built once
         self._sql = PreparedStatements(engine.dialect)
+        # SQLite begins every transaction itself (runtime.store.db), autocommit or not
+        self._autocommit_reads = engine.dialect.name == "postgresql"
+        # PostgreSQL: a checkpoint is one statement (data-modifying CTEs), in autocommit
+        self._one_statement_checkpoints = engine.dialect.name == "postgresql"
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -130,6 +134,17 @@ class RunStore:
                 + "; ".join(problems)
                 + ". Migrate it (see README, 'Schema changes') or start from an empty database"
             )
+
+    @contextmanager
+    def _read_one(self) -> Iterator[Connection]:
+        """A connection for one statement. On PostgreSQL it runs in autocommit: one
+        statement is atomic and consistent on its own, and a transaction around it would
+        cost two more round trips (BEGIN, and COMMIT or the rollback on return)."""
+        conn = self.engine.connect()
+        if self._autocommit_reads:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn:
+            yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -214,7 +229,7 @@ class RunStore:
         where = (
             {"run_id": run_id} if tenant_id is None else {"run_id": run_id, "tenant_id": tenant_id}
         )
-        with self.engine.connect() as conn:
+        with self._read_one() as conn:
             row = self._sql.select_by(conn, runs_t, where)
         if row is None:
             raise RunNotFound(run_id)
@@ -554,15 +569,15 @@ class RunStore:
         allowed = _ALLOWED_VALUES[cp.status]
         values = dict(cp.run_updates)
         values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
+        where = {"run_id": cp.run_id, "next_step": cp.step_no}
+        if self._one_statement_checkpoints and not (
+            cp.effect_update or cp.pending_secrets or cp.clear_pending_secrets
+        ):
+            self._checkpoint_in_one_statement(cp, values, where, allowed)
+            return
         try:
             with self._write() as conn:
-                matched, _ = self._sql.update(
-                    conn,
-                    runs_t,
-                    values,
-                    {"run_id": cp.run_id, "next_step": cp.step_no},
-                    allowed,
-                )
+                matched, _ = self._sql.update(conn, runs_t, values, where, allowed)
                 if matched != 1:
                     raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
                 self._sql.insert(conn, steps_t, [cp.step])
@@ -590,6 +605,32 @@ class RunStore:
                     )
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
+
+    def _checkpoint_in_one_statement(
+        self,
+        cp: Checkpoint,
+        values: dict[str, Any],
+        where: dict[str, Any],
+        allowed: tuple[str, ...],
+    ) -> None:
+        """PostgreSQL: the checkpoint as one statement in autocommit - one round trip and
+        one commit instead of BEGIN, an UPDATE, an INSERT per table and COMMIT. Still all
+        or nothing (one statement is one transaction) and durable when it returns."""
+        inserts = [
+            (steps_t, [cp.step]),
+            (events_t, cp.events),
+            (spend_t, [cp.spend] if cp.spend else []),
+            (decisions_t, cp.decisions),
+        ]
+        try:
+            with self._read_one() as conn:  # autocommit on PostgreSQL
+                matched = self._sql.update_then_insert(
+                    conn, runs_t, values, where, allowed, inserts
+                )
+        except IntegrityError as exc:
+            raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
+        if matched != 1:
+            raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
 
     @staticmethod
     def _update_effect(conn: Connection, effect_update: dict[str, Any]) -> None:
