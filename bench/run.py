@@ -580,6 +580,7 @@ def census(bench: Bench, kind: str, n: int, profile: bool) -> dict[str, Any]:
     """Run ``n`` runs (or no-op tasks) through an instrumented solo-pool worker."""
     label = f"c{kind[0]}"
     settings, env = bench.deployment(label)
+    label = f"{bench.backend_tag}{label}"  # one census output per backend
     out = bench.workdir / f"{label}.json"
     prof = bench.workdir / f"{label}.prof"
     svc: RuntimeService | None = None

@@ -623,10 +623,15 @@ class RunStore:
             (decisions_t, cp.decisions),
         ]
         try:
-            with self._read_one() as conn:  # autocommit on PostgreSQL
+            with self.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT", write=True
+            ) as conn:
                 matched = self._sql.update_then_insert(
                     conn, runs_t, values, where, allowed, inserts
                 )
+                # the statement committed itself; this sends nothing (and lets the engine's
+                # events see a write that committed)
+                conn.commit()
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
         if matched != 1:
