@@ -161,3 +161,26 @@ def test_stored_cells_match_core_inserts(engine: Engine) -> None:
     a = [v for c, v in zip(cols, raw[row_a["run_id"]], strict=True) if c not in skip]
     b = [v for c, v in zip(cols, raw[row_b["run_id"]], strict=True) if c not in skip]
     assert a == b
+
+
+def test_store_decisions_is_idempotent_and_keeps_every_trace(engine: Engine) -> None:
+    """A redelivered step stores its decision once; both copies' trace events are kept."""
+    store = RunStore(engine)
+    store.insert_run(_run("r1"), [])
+    decision = {
+        "run_id": "r1",
+        "tenant_id": "acme",
+        "step_no": 0,
+        "call_index": 0,
+        "tool": "kb.search",
+        "decision": "allow",
+        "reason_codes": ["ok"],
+        "policy_version": "1",
+        "args_digest": "d",
+        "at": utcnow(),
+    }
+    events = _checkpoint("r1", 0, RunStatus.RUNNING).events[:2]
+    store.store_decisions([decision], events)
+    store.store_decisions([decision], events)
+    assert [d["decision"] for d in store.policy_decisions("r1")] == ["allow"]
+    assert [e["kind"] for e in store.trace("r1")] == ["k0", "k1", "k0", "k1"]

@@ -222,12 +222,36 @@ class PreparedStatements:
             self._quote(table.name), ", ".join(sets), " AND ".join(conds)
         )
 
+    def insert_all(
+        self, conn: Connection, inserts: Sequence[tuple[Table, Sequence[dict[str, Any]]]]
+    ) -> None:
+        """PostgreSQL only: every ``(table, rows)`` insert as ONE statement (data-modifying
+        CTEs): in autocommit, one round trip and one transaction - a unique violation in
+        any of them fails all of them, as it fails a transaction holding them."""
+        params: dict[str, Any] = {}
+        parts = [
+            self._insert_select(target, rows, f"i{n}_", params, guard="")
+            for n, (target, rows) in enumerate(inserts)
+            if rows
+        ]
+        if not parts:
+            return
+        ctes = [f"i{n} AS ({sql})" for n, sql in enumerate(parts[:-1])]
+        sql = ("WITH " + ", ".join(ctes) + " " if ctes else "") + parts[-1]
+        conn.exec_driver_sql(sql, params)
+
     def _insert_select(
-        self, table: Table, rows: Sequence[dict[str, Any]], prefix: str, params: dict[str, Any]
+        self,
+        table: Table,
+        rows: Sequence[dict[str, Any]],
+        prefix: str,
+        params: dict[str, Any],
+        guard: str = "u, ",
     ) -> str:
         """``INSERT INTO table (cols) SELECT cols FROM u, (VALUES ...) ORDER BY ord``: rows
         typed by explicit casts (a VALUES list has no target types of its own), inserted in
-        their given order (serial ids, e.g. trace events', follow it)."""
+        their given order (serial ids, e.g. trace events', follow it). ``guard``: the
+        update CTE the rows depend on (``""``: none)."""
         keys = frozenset(k for row in rows for k in row)
         stmt = self._insert_for(table, keys)
         names = [name for name, _, _ in stmt.columns]
@@ -243,10 +267,11 @@ class PreparedStatements:
             tuples.append("(" + ", ".join(cells) + ")")
         quoted = [self._quote(n) for n in names]
         return (
-            "INSERT INTO {} ({}) SELECT {} FROM u, (VALUES {}) AS v(ord, {}) ORDER BY v.ord".format(
+            "INSERT INTO {} ({}) SELECT {} FROM {}(VALUES {}) AS v(ord, {}) ORDER BY v.ord".format(
                 self._quote(table.name),
                 ", ".join(quoted),
                 ", ".join(f"v.{q}" for q in quoted),
+                guard,
                 ", ".join(tuples),
                 ", ".join(quoted),
             )

@@ -119,8 +119,9 @@ class RunStore:
         self._sql = PreparedStatements(engine.dialect)
         # SQLite begins every transaction itself (runtime.store.db), autocommit or not
         self._autocommit_reads = engine.dialect.name == "postgresql"
-        # PostgreSQL: a checkpoint is one statement (data-modifying CTEs), in autocommit
-        self._one_statement_checkpoints = engine.dialect.name == "postgresql"
+        # PostgreSQL: a write of the step (start, read-tool decisions, checkpoint) is one
+        # statement (data-modifying CTEs where it spans tables), in autocommit
+        self._one_statement_writes = engine.dialect.name == "postgresql"
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -145,6 +146,23 @@ class RunStore:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         with conn:
             yield conn
+
+    @contextmanager
+    def _write_one(self) -> Iterator[Connection]:
+        """A connection for a write of ONE statement. On PostgreSQL it runs in autocommit:
+        the statement is its own transaction (all or nothing, durable when it returns),
+        without the BEGIN and COMMIT round trips; elsewhere a write transaction as usual."""
+        if not self._one_statement_writes:
+            with self._write() as conn:
+                yield conn
+            return
+        with self.engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT", write=True
+        ) as conn:
+            yield conn
+            # the statement committed itself: this sends nothing, and lets the engine's
+            # events (the bench's census) see the write commit
+            conn.commit()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -464,7 +482,7 @@ class RunStore:
     def start_run(self, run_id: str) -> dict[str, Any] | None:
         """queued -> running and return the row, in one statement; None if not queued."""
         now = utcnow()
-        with self._write() as conn:
+        with self._write_one() as conn:
             _, row = self._sql.update(
                 conn,
                 runs_t,
@@ -554,10 +572,14 @@ class RunStore:
     ) -> None:
         """Store policy decisions (and their trace events) ahead of execution; idempotent."""
         try:
-            with self._write() as conn:
-                self._sql.insert(conn, decisions_t, decisions)
-                if events:
-                    self._sql.insert(conn, events_t, events)
+            if self._one_statement_writes:
+                with self._write_one() as conn:
+                    self._sql.insert_all(conn, [(decisions_t, decisions), (events_t, events)])
+            else:
+                with self._write() as conn:
+                    self._sql.insert(conn, decisions_t, decisions)
+                    if events:
+                        self._sql.insert(conn, events_t, events)
         except IntegrityError:
             # a redelivered step stored the same decision already; keep its trace events
             if events:
@@ -570,7 +592,7 @@ class RunStore:
         values = dict(cp.run_updates)
         values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
         where = {"run_id": cp.run_id, "next_step": cp.step_no}
-        if self._one_statement_checkpoints and not (
+        if self._one_statement_writes and not (
             cp.effect_update or cp.pending_secrets or cp.clear_pending_secrets
         ):
             self._checkpoint_in_one_statement(cp, values, where, allowed)
@@ -623,15 +645,10 @@ class RunStore:
             (decisions_t, cp.decisions),
         ]
         try:
-            with self.engine.connect().execution_options(
-                isolation_level="AUTOCOMMIT", write=True
-            ) as conn:
+            with self._write_one() as conn:
                 matched = self._sql.update_then_insert(
                     conn, runs_t, values, where, allowed, inserts
                 )
-                # the statement committed itself; this sends nothing (and lets the engine's
-                # events see a write that committed)
-                conn.commit()
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
         if matched != 1:
