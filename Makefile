@@ -12,7 +12,7 @@ help:
 	@echo "make demo       install, start Redis + workers, run a multi-tenant workload, print a summary"
 	@echo "make test       install and run the whole test suite (starts what it needs)"
 	@echo "make lint       ruff check + format check;  make typecheck  mypy"
-	@echo "make bench      benchmarks: runtime vs bare Celery, ledger vs plain INCR"
+	@echo "make bench      benchmarks: runtime vs bare Celery on SQLite and PostgreSQL, ledger vs plain INCR"
 	@echo "make bench-fairness  a small tenant behind a flood vs a FIFO queue, dispatch cost"
 	@echo "make worker     start a worker;  make flower  Flower on the same broker"
 

@@ -86,6 +86,37 @@ def install_sql_counters() -> None:
             COUNTS["sql.pool_checkout"] += 1
 
 
+def install_pg_counters() -> None:
+    """PostgreSQL round trips as psycopg makes them: each cursor execute, each executemany
+    (pipelined: one), and each BEGIN / COMMIT / ROLLBACK the connection sends itself (a
+    transaction's BEGIN is a round trip of its own; an idle rollback sends nothing)."""
+    try:
+        import psycopg
+        from psycopg._connection_base import BaseConnection
+    except ImportError:
+        return
+
+    original_command = BaseConnection._exec_command
+
+    def command(self: Any, cmd: Any, *args: Any, **kwargs: Any) -> Any:
+        if STATE["active"] and not self._pipeline:
+            raw = cmd if isinstance(cmd, bytes) else str(cmd).encode()
+            COUNTS["pg.rtt"] += 1
+            COUNTS[f"pg.cmd {raw.split(None, 1)[0].decode(errors='replace').upper()}"] += 1
+        return original_command(self, cmd, *args, **kwargs)
+
+    setattr(BaseConnection, "_exec_command", command)  # noqa: B010
+    for name in ("execute", "executemany"):
+        original = getattr(psycopg.Cursor, name)
+
+        def counted(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if STATE["active"]:
+                COUNTS["pg.rtt"] += 1
+            return _original(self, *args, **kwargs)
+
+        setattr(psycopg.Cursor, name, counted)
+
+
 def _command_names(data: bytes) -> list[str]:
     """Names of the RESP commands packed in ``data`` (a pipeline packs several)."""
     names: list[str] = []
@@ -140,6 +171,7 @@ def main() -> int:
 
     settings = Settings()
     install_sql_counters()
+    install_pg_counters()
     install_redis_counters(f"{settings.namespace}:celery:".encode())
 
     app: Any

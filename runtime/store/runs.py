@@ -63,6 +63,7 @@ from runtime.store.models import (
     StepRow,
     TraceEventRow,
 )
+from runtime.store.prepared import PreparedStatements
 
 runs_t = RunRow.__table__  # type: ignore[attr-defined]
 steps_t = StepRow.__table__  # type: ignore[attr-defined]
@@ -71,6 +72,11 @@ decisions_t = PolicyDecisionRow.__table__  # type: ignore[attr-defined]
 effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
 spend_t = SpendRow.__table__  # type: ignore[attr-defined]
 secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
+
+#: the statuses a run may move from, per target status, as stored (a checkpoint's guard)
+_ALLOWED_VALUES: dict[RunStatus, tuple[str, ...]] = {
+    to: tuple(sorted(s.value for s in allowed)) for to, allowed in ALLOWED_FROM.items()
+}
 
 
 @dataclass
@@ -108,6 +114,13 @@ class EffectClaim:
 class RunStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # the step's hot statements (load, start, checkpoint) as driver SQL built once
+        self._sql = PreparedStatements(engine.dialect)
+        # SQLite begins every transaction itself (runtime.store.db), autocommit or not
+        self._autocommit_reads = engine.dialect.name == "postgresql"
+        # PostgreSQL: a write of the step (start, read-tool decisions, checkpoint) is one
+        # statement (data-modifying CTEs where it spans tables), in autocommit
+        self._one_statement_writes = engine.dialect.name == "postgresql"
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -115,6 +128,34 @@ class RunStore:
         else at the migrations' head - an older one is refused with ``SchemaOutOfDate``
         naming ``agentrt db upgrade`` (``runtime.store.migrations``)."""
         ensure_current(self.engine)
+
+    @contextmanager
+    def _read_one(self) -> Iterator[Connection]:
+        """A connection for one statement. On PostgreSQL it runs in autocommit: one
+        statement is atomic and consistent on its own, and a transaction around it would
+        cost two more round trips (BEGIN, and COMMIT or the rollback on return)."""
+        conn = self.engine.connect()
+        if self._autocommit_reads:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn:
+            yield conn
+
+    @contextmanager
+    def _write_one(self) -> Iterator[Connection]:
+        """A connection for a write of ONE statement. On PostgreSQL it runs in autocommit:
+        the statement is its own transaction (all or nothing, durable when it returns),
+        without the BEGIN and COMMIT round trips; elsewhere a write transaction as usual."""
+        if not self._one_statement_writes:
+            with self._write() as conn:
+                yield conn
+            return
+        with self.engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT", write=True
+        ) as conn:
+            yield conn
+            # the statement committed itself: this sends nothing, and lets the engine's
+            # events (the bench's census) see the write commit
+            conn.commit()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -196,14 +237,14 @@ class RunStore:
 
     # --- reads -----------------------------------------------------------------------
     def get_run(self, run_id: str, tenant_id: str | None = None) -> dict[str, Any]:
-        query = select(runs_t).where(runs_t.c.run_id == run_id)
-        if tenant_id is not None:
-            query = query.where(runs_t.c.tenant_id == tenant_id)
-        with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+        where = (
+            {"run_id": run_id} if tenant_id is None else {"run_id": run_id, "tenant_id": tenant_id}
+        )
+        with self._read_one() as conn:
+            row = self._sql.select_by(conn, runs_t, where)
         if row is None:
             raise RunNotFound(run_id)
-        return dict(row)
+        return row
 
     def read_run(self, run_id: str, tenant_id: str | None = None) -> dict[str, Any]:
         """``get_run`` for views: a corrupt cell is an ``Unreadable`` value, not an error."""
@@ -434,24 +475,21 @@ class RunStore:
     def start_run(self, run_id: str) -> dict[str, Any] | None:
         """queued -> running and return the row, in one statement; None if not queued."""
         now = utcnow()
-        with self._write() as conn:
-            row = (
-                conn.execute(
-                    update(runs_t)
-                    .where(runs_t.c.run_id == run_id, runs_t.c.status == RunStatus.QUEUED.value)
-                    .values(
-                        status=RunStatus.RUNNING.value,
-                        started_at=now,
-                        updated_at=now,
-                        workflow_step="started",
-                        version=runs_t.c.version + 1,
-                    )
-                    .returning(*runs_t.c)
-                )
-                .mappings()
-                .first()
+        with self._write_one() as conn:
+            _, row = self._sql.update(
+                conn,
+                runs_t,
+                {
+                    "status": RunStatus.RUNNING.value,
+                    "started_at": now,
+                    "updated_at": now,
+                    "workflow_step": "started",
+                },
+                {"run_id": run_id},
+                (RunStatus.QUEUED.value,),
+                returning=True,
             )
-        return dict(row) if row is not None else None
+        return row
 
     def claim_effect(
         self,
@@ -469,10 +507,10 @@ class RunStore:
         try:
             with self._write() as conn:
                 if decisions:
-                    conn.execute(insert(decisions_t), list(decisions))
-                conn.execute(insert(effects_t), [effect])
+                    self._sql.insert(conn, decisions_t, decisions)
+                self._sql.insert(conn, effects_t, [effect])
                 if events:
-                    conn.execute(insert(events_t), list(events))
+                    self._sql.insert(conn, events_t, events)
             return EffectClaim(fresh=True, status="started")
         except IntegrityError:
             pass
@@ -527,46 +565,43 @@ class RunStore:
     ) -> None:
         """Store policy decisions (and their trace events) ahead of execution; idempotent."""
         try:
-            with self._write() as conn:
-                conn.execute(insert(decisions_t), list(decisions))
-                if events:
-                    conn.execute(insert(events_t), list(events))
+            if self._one_statement_writes:
+                with self._write_one() as conn:
+                    self._sql.insert_all(conn, [(decisions_t, decisions), (events_t, events)])
+            else:
+                with self._write() as conn:
+                    self._sql.insert(conn, decisions_t, decisions)
+                    if events:
+                        self._sql.insert(conn, events_t, events)
         except IntegrityError:
             # a redelivered step stored the same decision already; keep its trace events
             if events:
                 with self._write() as conn:
-                    conn.execute(insert(events_t), list(events))
+                    self._sql.insert(conn, events_t, events)
 
     def checkpoint(self, cp: Checkpoint) -> None:
         """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect."""
-        allowed = [s.value for s in ALLOWED_FROM[cp.status]]
+        allowed = _ALLOWED_VALUES[cp.status]
         values = dict(cp.run_updates)
-        values.update(
-            status=cp.status.value,
-            next_step=cp.step_no + 1,
-            updated_at=utcnow(),
-            version=runs_t.c.version + 1,
-        )
+        values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
+        where = {"run_id": cp.run_id, "next_step": cp.step_no}
+        if self._one_statement_writes and not (
+            cp.effect_update or cp.pending_secrets or cp.clear_pending_secrets
+        ):
+            self._checkpoint_in_one_statement(cp, values, where, allowed)
+            return
         try:
             with self._write() as conn:
-                result = conn.execute(
-                    update(runs_t)
-                    .where(
-                        runs_t.c.run_id == cp.run_id,
-                        runs_t.c.next_step == cp.step_no,
-                        runs_t.c.status.in_(allowed),
-                    )
-                    .values(**values)
-                )
-                if result.rowcount != 1:
+                matched, _ = self._sql.update(conn, runs_t, values, where, allowed)
+                if matched != 1:
                     raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
-                conn.execute(insert(steps_t), [cp.step])
+                self._sql.insert(conn, steps_t, [cp.step])
                 if cp.events:
-                    conn.execute(insert(events_t), cp.events)
+                    self._sql.insert(conn, events_t, cp.events)
                 if cp.spend:
-                    conn.execute(insert(spend_t), [cp.spend])
+                    self._sql.insert(conn, spend_t, [cp.spend])
                 if cp.decisions:
-                    conn.execute(insert(decisions_t), cp.decisions)
+                    self._sql.insert(conn, decisions_t, cp.decisions)
                 if cp.effect_update:
                     self._update_effect(conn, cp.effect_update)
                 if cp.clear_pending_secrets or cp.pending_secrets:
@@ -585,6 +620,32 @@ class RunStore:
                     )
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
+
+    def _checkpoint_in_one_statement(
+        self,
+        cp: Checkpoint,
+        values: dict[str, Any],
+        where: dict[str, Any],
+        allowed: tuple[str, ...],
+    ) -> None:
+        """PostgreSQL: the checkpoint as one statement in autocommit - one round trip and
+        one commit instead of BEGIN, an UPDATE, an INSERT per table and COMMIT. Still all
+        or nothing (one statement is one transaction) and durable when it returns."""
+        inserts = [
+            (steps_t, [cp.step]),
+            (events_t, cp.events),
+            (spend_t, [cp.spend] if cp.spend else []),
+            (decisions_t, cp.decisions),
+        ]
+        try:
+            with self._write_one() as conn:
+                matched = self._sql.update_then_insert(
+                    conn, runs_t, values, where, allowed, inserts
+                )
+        except IntegrityError as exc:
+            raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
+        if matched != 1:
+            raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
 
     @staticmethod
     def _update_effect(conn: Connection, effect_update: dict[str, Any]) -> None:
