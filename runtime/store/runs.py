@@ -21,57 +21,38 @@ reads share).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Engine,
-    Table,
-    Text,
     delete,
     func,
     insert,
     select,
     true,
-    type_coerce,
     union_all,
     update,
 )
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql import Executable, Select
-from sqlmodel.sql.sqltypes import UTCDateTime
 
 from runtime.contract import RunStatus
 from runtime.errors import InvalidTransition, RunNotFound, StaleWrite
 from runtime.states import ALLOWED_FROM
 from runtime.statuses import KNOWN_STATUSES
 from runtime.store.cells import Unreadable as Unreadable
-from runtime.store.cells import decode
 from runtime.store.db import utcnow
+from runtime.store.effects import EffectClaim as EffectClaim
+from runtime.store.effects import EffectRows
+from runtime.store.history import HistoryRows
 from runtime.store.migrations.startup import ensure_current
-from runtime.store.models import (
-    PendingSecretRow,
-    PolicyDecisionRow,
-    RunRow,
-    SideEffectRow,
-    SpendRow,
-    StepRow,
-    TraceEventRow,
-)
-from runtime.store.prepared import PreparedStatements
-
-runs_t = RunRow.__table__  # type: ignore[attr-defined]
-steps_t = StepRow.__table__  # type: ignore[attr-defined]
-events_t = TraceEventRow.__table__  # type: ignore[attr-defined]
-decisions_t = PolicyDecisionRow.__table__  # type: ignore[attr-defined]
-effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
-spend_t = SpendRow.__table__  # type: ignore[attr-defined]
-secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
+from runtime.store.tables import decisions_t as decisions_t
+from runtime.store.tables import effects_t as effects_t
+from runtime.store.tables import events_t as events_t
+from runtime.store.tables import runs_t as runs_t
+from runtime.store.tables import secrets_t as secrets_t
+from runtime.store.tables import spend_t as spend_t
+from runtime.store.tables import steps_t as steps_t
 
 #: the statuses a run may move from, per target status, as stored (a checkpoint's guard)
 _ALLOWED_VALUES: dict[RunStatus, tuple[str, ...]] = {
@@ -99,28 +80,10 @@ class Checkpoint:
     clear_pending_secrets: bool = False
 
 
-@dataclass
-class EffectClaim:
-    """Result of claiming a side effect's idempotency key before executing it."""
-
-    #: True: this execution inserted the record and must run the tool
-    fresh: bool
-    status: str
-    result: Any = None
-    error: str | None = None
-    attempts: int = 1
-
-
-class RunStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        # the step's hot statements (load, start, checkpoint) as driver SQL built once
-        self._sql = PreparedStatements(engine.dialect)
-        # SQLite begins every transaction itself (runtime.store.db), autocommit or not
-        self._autocommit_reads = engine.dialect.name == "postgresql"
-        # PostgreSQL: a write of the step (start, read-tool decisions, checkpoint) is one
-        # statement (data-modifying CTEs where it spans tables), in autocommit
-        self._one_statement_writes = engine.dialect.name == "postgresql"
+class RunStore(HistoryRows, EffectRows):
+    """Runs: admission, reads for views, the step's start and checkpoint, transitions an
+    operator names. Side effects and a run's history (steps, trace, decisions, spend) are
+    the rows of ``EffectRows`` and ``HistoryRows``, over the same connections."""
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -128,39 +91,6 @@ class RunStore:
         else at the migrations' head - an older one is refused with ``SchemaOutOfDate``
         naming ``agentrt db upgrade`` (``runtime.store.migrations``)."""
         ensure_current(self.engine)
-
-    @contextmanager
-    def _read_one(self) -> Iterator[Connection]:
-        """A connection for one statement. On PostgreSQL it runs in autocommit: one
-        statement is atomic and consistent on its own, and a transaction around it would
-        cost two more round trips (BEGIN, and COMMIT or the rollback on return)."""
-        conn = self.engine.connect()
-        if self._autocommit_reads:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        with conn:
-            yield conn
-
-    @contextmanager
-    def _write_one(self) -> Iterator[Connection]:
-        """A connection for a write of ONE statement. On PostgreSQL it runs in autocommit:
-        the statement is its own transaction (all or nothing, durable when it returns),
-        without the BEGIN and COMMIT round trips; elsewhere a write transaction as usual."""
-        if not self._one_statement_writes:
-            with self._write() as conn:
-                yield conn
-            return
-        with self.engine.connect().execution_options(
-            isolation_level="AUTOCOMMIT", write=True
-        ) as conn:
-            yield conn
-            # the statement committed itself: this sends nothing, and lets the engine's
-            # events (the bench's census) see the write commit
-            conn.commit()
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            yield conn
 
     # --- admission -------------------------------------------------------------------
     def insert_run(
@@ -276,26 +206,6 @@ class RunStore:
             query = query.where(runs_t.c.route == route)
         return self._read(query)
 
-    def _tolerant_select(self, table: Table = runs_t) -> Select[Any]:
-        if self.engine.dialect.name != "sqlite":
-            return select(table)  # PostgreSQL enforces its column types on write
-        return select(
-            *[
-                type_coerce(c, Text).label(c.name) if isinstance(c.type, JSON | UTCDateTime) else c
-                for c in table.c
-            ]
-        )
-
-    def _read(self, query: Executable, table: Table = runs_t) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(query).mappings()]
-        if self.engine.dialect.name == "sqlite":
-            for row in rows:
-                for c in table.c:
-                    if isinstance(c.type, JSON | UTCDateTime):
-                        row[c.name] = decode(row[c.name], json_column=isinstance(c.type, JSON))
-        return rows
-
     def count_by(
         self, column: str, tenant_id: str | None = None, run_ids: Sequence[str] | None = None
     ) -> dict[str, int]:
@@ -307,169 +217,6 @@ class RunStore:
             query = query.where(runs_t.c.run_id.in_(list(run_ids)))
         with self.engine.connect() as conn:
             return {str(k): int(v) for k, v in conn.execute(query)}
-
-    def steps(self, run_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
-        query = select(steps_t).where(steps_t.c.run_id == run_id).order_by(steps_t.c.step_no)
-        if tenant_id is not None:
-            query = query.where(steps_t.c.tenant_id == tenant_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
-    def trace(self, run_id: str, tenant_id: str | None = None) -> list[dict[str, Any]]:
-        """A run's events in order. Tolerant like ``read_run``: a corrupt cell is an
-        ``Unreadable`` value (``run_rows.trace_fields`` shows it), never an error."""
-        query = (
-            self._tolerant_select(events_t)
-            .where(events_t.c.run_id == run_id)
-            .order_by(events_t.c.id)
-        )
-        if tenant_id is not None:
-            query = query.where(events_t.c.tenant_id == tenant_id)
-        return self._read(query, events_t)
-
-    def policy_decisions(self, run_id: str) -> list[dict[str, Any]]:
-        query = select(decisions_t).where(decisions_t.c.run_id == run_id).order_by(decisions_t.c.id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
-    def side_effects(
-        self,
-        run_id: str | None = None,
-        tool: str | None = None,
-        status: str | None = None,
-        tenant_id: str | None = None,
-    ) -> list[dict[str, Any]]:
-        query = select(effects_t).order_by(effects_t.c.id)
-        if run_id:
-            query = query.where(effects_t.c.run_id == run_id)
-        if tool:
-            query = query.where(effects_t.c.tool == tool)
-        if status:
-            query = query.where(effects_t.c.status == status)
-        if tenant_id:
-            query = query.where(effects_t.c.tenant_id == tenant_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
-    def add_events(self, events: Sequence[dict[str, Any]]) -> None:
-        if events:
-            with self._write() as conn:
-                conn.execute(insert(events_t), list(events))
-
-    def set_effect_status(
-        self,
-        effect_id: int,
-        expected: str,
-        status: str,
-        events: Sequence[dict[str, Any]] = (),
-        error: str | None = None,
-        **extra: Any,
-    ) -> bool:
-        """Compare-and-set a side effect's status (with its trace events); False if another
-        writer changed it first."""
-        values: dict[str, Any] = {"status": status, **extra}
-        if error is not None:
-            values["error"] = error
-        with self._write() as conn:
-            result = conn.execute(
-                update(effects_t)
-                .where(effects_t.c.id == effect_id, effects_t.c.status == expected)
-                .values(**values)
-            )
-            if result.rowcount != 1:
-                return False
-            if events:
-                conn.execute(insert(events_t), list(events))
-        return True
-
-    def stuck_compensations(self, before: datetime, limit: int = 100) -> list[dict[str, Any]]:
-        """Effects a compensation took before ``before`` and never finished."""
-        query = (
-            select(effects_t)
-            .where(
-                effects_t.c.status == "compensating",
-                effects_t.c.compensation_started_at < before,
-            )
-            .order_by(effects_t.c.compensation_started_at)
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
-    def effect_counts(self, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Side-effect records of these runs: ``{tool: {status: count}}``."""
-        query = (
-            select(effects_t.c.tool, effects_t.c.status, func.count())
-            .where(effects_t.c.run_id.in_(list(run_ids)))
-            .group_by(effects_t.c.tool, effects_t.c.status)
-        )
-        counts: dict[str, dict[str, int]] = {}
-        with self.engine.connect() as conn:
-            for tool, status, n in conn.execute(query):
-                counts.setdefault(str(tool), {})[str(status)] = int(n)
-        return counts
-
-    def spend(
-        self,
-        run_id: str | None = None,
-        tenant_id: str | None = None,
-        day: str | None = None,
-        route: str | None = None,
-    ) -> dict[str, int]:
-        """Sum of spend records, per dimension."""
-        cols = [
-            "tokens",
-            "input_tokens",
-            "output_tokens",
-            "model_calls",
-            "tool_calls",
-            "retries",
-            "wall_clock_ms",
-            "cost_micro_usd",
-        ]
-        query = select(*[func.coalesce(func.sum(spend_t.c[c]), 0) for c in cols])
-        if run_id:
-            query = query.where(spend_t.c.run_id == run_id)
-        if tenant_id:
-            query = query.where(spend_t.c.tenant_id == tenant_id)
-        if day:
-            query = query.where(spend_t.c.day == day)
-        if route:
-            query = query.where(spend_t.c.route == route)
-        with self.engine.connect() as conn:
-            row = conn.execute(query).one()
-        return {c: int(v) for c, v in zip(cols, row, strict=True)}
-
-    def step_spend(self, run_id: str, step_no: int) -> dict[str, int]:
-        """The ledger dimensions one step's spend record charged ({} if none)."""
-        dims = ["tokens", "model_calls", "tool_calls", "retries", "wall_clock_ms", "cost_micro_usd"]
-        query = select(*[spend_t.c[d] for d in dims]).where(
-            spend_t.c.run_id == run_id, spend_t.c.step_no == step_no
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return {} if row is None else {d: int(v) for d, v in zip(dims, row, strict=True)}
-
-    def spend_by_tenant(self, run_ids: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
-        query = select(
-            spend_t.c.tenant_id,
-            func.sum(spend_t.c.tokens),
-            func.sum(spend_t.c.model_calls),
-            func.sum(spend_t.c.tool_calls),
-            func.sum(spend_t.c.cost_micro_usd),
-        ).group_by(spend_t.c.tenant_id)
-        if run_ids is not None:
-            query = query.where(spend_t.c.run_id.in_(list(run_ids)))
-        with self.engine.connect() as conn:
-            return {
-                t: {
-                    "tokens": int(a or 0),
-                    "model_calls": int(b or 0),
-                    "tool_calls": int(c or 0),
-                    "cost_micro_usd": int(d or 0),
-                }
-                for t, a, b, c, d in conn.execute(query)
-            }
 
     # --- writes ----------------------------------------------------------------------
     def start_run(self, run_id: str) -> dict[str, Any] | None:
@@ -490,94 +237,6 @@ class RunStore:
                 returning=True,
             )
         return row
-
-    def claim_effect(
-        self,
-        effect: dict[str, Any],
-        decisions: Sequence[dict[str, Any]],
-        events: Sequence[dict[str, Any]],
-        *,
-        retry: bool = False,
-        retry_unknown: bool = False,
-    ) -> EffectClaim:
-        """Store the allow decision and claim the side effect's idempotency key, before
-        the tool runs. If the key exists (a redelivered step), report what was recorded.
-        ``retry``: a retry of a call that failed claims its key again (``failed``, or
-        ``unknown`` when the tool may run again after an unknown outcome)."""
-        try:
-            with self._write() as conn:
-                if decisions:
-                    self._sql.insert(conn, decisions_t, decisions)
-                self._sql.insert(conn, effects_t, [effect])
-                if events:
-                    self._sql.insert(conn, events_t, events)
-            return EffectClaim(fresh=True, status="started")
-        except IntegrityError:
-            pass
-        with self._write() as conn:
-            row = (
-                conn.execute(
-                    select(effects_t).where(
-                        effects_t.c.idempotency_key == effect["idempotency_key"]
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if row is None:  # the conflict was on the decision row of an unfinished attempt
-                conn.execute(insert(effects_t), [effect])
-                return EffectClaim(fresh=True, status="started")
-            again = ("failed", "unknown") if retry_unknown else ("failed",)
-            if retry and row["status"] in again:
-                conn.execute(
-                    update(effects_t)
-                    .where(effects_t.c.id == row["id"], effects_t.c.status == row["status"])
-                    .values(
-                        status="started",
-                        attempts=effects_t.c.attempts + 1,
-                        fencing_token=effect.get("fencing_token"),
-                        error=None,
-                    )
-                )
-                if decisions:
-                    conn.execute(insert(decisions_t), list(decisions))
-                if events:
-                    conn.execute(insert(events_t), list(events))
-                return EffectClaim(fresh=True, status="started", attempts=row["attempts"] + 1)
-            if row["status"] == "started":
-                conn.execute(
-                    update(effects_t)
-                    .where(effects_t.c.id == row["id"])
-                    .values(attempts=effects_t.c.attempts + 1)
-                )
-            if events:  # the redelivered attempt's trace is kept too
-                conn.execute(insert(events_t), list(events))
-            return EffectClaim(
-                fresh=False,
-                status=row["status"],
-                result=row["result"],
-                error=row["error"],
-                attempts=row["attempts"] + (1 if row["status"] == "started" else 0),
-            )
-
-    def store_decisions(
-        self, decisions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]
-    ) -> None:
-        """Store policy decisions (and their trace events) ahead of execution; idempotent."""
-        try:
-            if self._one_statement_writes:
-                with self._write_one() as conn:
-                    self._sql.insert_all(conn, [(decisions_t, decisions), (events_t, events)])
-            else:
-                with self._write() as conn:
-                    self._sql.insert(conn, decisions_t, decisions)
-                    if events:
-                        self._sql.insert(conn, events_t, events)
-        except IntegrityError:
-            # a redelivered step stored the same decision already; keep its trace events
-            if events:
-                with self._write() as conn:
-                    self._sql.insert(conn, events_t, events)
 
     def checkpoint(self, cp: Checkpoint) -> None:
         """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect."""
@@ -646,28 +305,6 @@ class RunStore:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
         if matched != 1:
             raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
-
-    @staticmethod
-    def _update_effect(conn: Connection, effect_update: dict[str, Any]) -> None:
-        conn.execute(
-            update(effects_t)
-            .where(effects_t.c.idempotency_key == effect_update["idempotency_key"])
-            .values(**{k: v for k, v in effect_update.items() if k != "idempotency_key"})
-        )
-
-    def record_effect_outcome(self, effect_update: dict[str, Any]) -> None:
-        """Record a side effect's outcome on its own, when the step's checkpoint failed: a
-        retry then replays it instead of calling the tool again blindly."""
-        with self._write() as conn:
-            self._update_effect(conn, effect_update)
-
-    def pending_secrets(self, run_id: str) -> dict[str, Any] | None:
-        """The secret arguments of the run's pending call (None if none are stored)."""
-        with self.engine.connect() as conn:
-            values = conn.execute(
-                select(secrets_t.c.args).where(secrets_t.c.run_id == run_id)
-            ).scalar()
-        return dict(values) if isinstance(values, dict) else None
 
     def transition(
         self,

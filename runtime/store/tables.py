@@ -1,0 +1,22 @@
+"""The store's tables as SQLAlchemy Core tables (the hot path writes through Core, not the
+ORM), one name per table for every module of the store."""
+
+from __future__ import annotations
+
+from runtime.store.models import (
+    PendingSecretRow,
+    PolicyDecisionRow,
+    RunRow,
+    SideEffectRow,
+    SpendRow,
+    StepRow,
+    TraceEventRow,
+)
+
+runs_t = RunRow.__table__  # type: ignore[attr-defined]
+steps_t = StepRow.__table__  # type: ignore[attr-defined]
+events_t = TraceEventRow.__table__  # type: ignore[attr-defined]
+decisions_t = PolicyDecisionRow.__table__  # type: ignore[attr-defined]
+effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
+spend_t = SpendRow.__table__  # type: ignore[attr-defined]
+secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
