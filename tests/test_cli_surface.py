@@ -44,9 +44,10 @@ from typer.testing import CliRunner, Result
 
 from runtime.cli import dlq_views, render
 from runtime.cli.main import app, main
-from runtime.cli.reads import STEP_QUEUE, Counter, Reads
+from runtime.cli.reads import Counter, Reads
 from runtime.contract import RunStatus, RunView, VersionSet
 from runtime.tracing import TraceBuffer
+from tasks.messages import STEP_QUEUE
 from tests.support import ROOT, Deployment, wait_for
 
 REPLY = {"type": "reply", "text": "ok"}
