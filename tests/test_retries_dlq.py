@@ -139,8 +139,14 @@ def test_a_failed_run_compensates_its_side_effects_newest_first(deployment: Depl
     run = dep.submit_script([flaky(a, 5), flaky(b, 7), flaky(c), REPLY], route="r.compensate")
     done = svc.wait(run.run_id, timeout=60)
     assert done.stop_reason == "dead_lettered:exhausted"
+
     # Then both changes are undone, b before a, and recorded
-    wait_for(lambda: dep.counter(a) == 0 and dep.counter(b) == 0, timeout=60,
+    def statuses() -> dict[str, str]:
+        return {e["args"]["key"]: e["status"] for e in svc.store.side_effects(run_id=run.run_id)}
+
+    # the compensating tool undoes the change before its record says so: wait for both
+    wait_for(lambda: dep.counter(a) == 0 and dep.counter(b) == 0
+             and statuses()[a] == statuses()[b] == "compensated", timeout=60,
              message="compensation")  # fmt: skip
     effects = {e["args"]["key"]: e for e in svc.store.side_effects(run_id=run.run_id)}
     assert effects[a]["status"] == effects[b]["status"] == "compensated"
