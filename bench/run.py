@@ -521,7 +521,8 @@ def ledger_bench(bench: Bench) -> dict[str, Any]:
     tenant = config.tenants[TENANT]
     model = config.models[route.proposer]
     tokens = policy.tokens_per_step
-    # what StepRunner._reserve / _actual_spend pass for one step of the bench route
+    # what one step of the bench route reserves and settles (runtime/step/budget.py:
+    # Budgeting.reserve + reserve_tool, then actual_spend)
     amounts = {
         "tokens": tokens,
         "model_calls": 1,

@@ -1,12 +1,15 @@
 """agentrt: a production runtime for AI-agent runs. The model proposes, the runtime decides.
 
-Layers (imports point down only):
+Layers (imports point down only: the import-linter contracts in ``pyproject.toml``, run by
+``make lint``, and ``tests/test_architecture.py`` hold them):
 
-    entry points   tasks/ (Celery)  runtime.cli
+    entry points   tasks/ (Celery)  runtime.cli  runtime.demo
     composition    runtime.wiring    - builds every component (``Runtime.from_env()``)
     facade         runtime.service   - the public API
-    concerns       admission, policy, budgets, locks, tools, proposers, steps, store, tracing
-    leaves         contract, errors, keys, settings, config, stop_reasons, states
+    flows          step (one module per stage), dispatch, dead_letters, recovery,
+                   reconciler, compensation, new_runs
+    mechanisms     scheduling, budgets, locks, store (all SQL), policy, tools, proposers
+    leaves         contract, errors, keys, settings
 
 The names below are imported on first use (PEP 562): ``import runtime.store`` must not
 load the whole service (the step loop, the scheduler, the tools) with it, so a read-only

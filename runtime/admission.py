@@ -7,7 +7,7 @@ say no:
   its own identity: a malformed tenant, route, actor, request id or idempotency key
   (``invalid_request``, naming the field and its limit - an identity is never truncated),
   or a request id / idempotency key reused with another payload (``idempotency_conflict``,
-  naming the fields that differ; the service raises it).
+  naming the fields that differ; ``submit`` raises it through ``runtime.new_runs``).
 * a ``Refusal``, stored as a refused run under the request id, for everything else:
   ``unknown_tenant``, ``tenant_disabled``, ``unknown_route``, ``tenant_not_in_scope``,
   ``route_stopped``, ``invalid_priority``, ``invalid_input``, ``input_too_large``,

@@ -9,8 +9,9 @@ from runtime.scheduling.scheduler import Item
 
 
 class StepPublisher(Protocol):
-    """Hands a dispatched step to the workers (``tasks.publish.CeleryPublisher`` by default,
-    named by ``AGENTRT_PUBLISHER``); only steps the scheduler dispatched are published."""
+    """Hands a dispatched step to the workers; only steps the scheduler dispatched are
+    published. ``AGENTRT_PUBLISHER`` names the factory that builds it (default
+    ``tasks.producer:publisher_for``, a ``tasks.publish.CeleryPublisher``)."""
 
     def publish(self, item: Item) -> None: ...
 

@@ -14,7 +14,7 @@ Step outcome (``steps.outcome``)
     what its detail is (``StepOutcome.X.of(detail)`` builds one, ``outcome_of`` reads the
     head back).
 
-``workflow_step`` (a column of the run row, shown by ``agentrt show``)
+``workflow_step`` (a column of the run row, shown by ``agentrt runs show``)
     where the run is in its workflow, one grammar::
 
         workflow_step := <state> | <state> ":" <subject>

@@ -1,4 +1,5 @@
-"""The step task: a thin wrapper that calls the service and maps outcomes onto Celery.
+"""The step task: a thin wrapper that calls the façade (``run_step``) and maps outcomes
+onto Celery.
 
 A message whose kwargs name no valid step, or a run that does not exist, is dead-lettered
 as ``poison`` and acknowledged: never executed, never lost. A step that fails for good
