@@ -85,7 +85,8 @@ class Dispatch:
         return outcome, lost
 
     def _lost_too_often(self, handed_back: list[Item]) -> dict[Item, int]:
-        """Handed-back steps whose owner died more often than AGENTRT_WORKER_LOST_RETRIES."""
+        """Handed-back steps whose owner died more often than AGENTRT_WORKER_LOST_RETRIES:
+        dead-lettered on the (retries + 1)th death, the one that brings the count over."""
         if not handed_back:
             return {}
         counts = self.redis.hmget(

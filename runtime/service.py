@@ -327,7 +327,8 @@ class RuntimeService:
         outcome, lost = self.dispatch.pump(worker, processes, max_items)
         for item, deaths in lost.items():
             # a step that keeps killing the process running it (a crash in a tool, an OOM)
-            # waits for an operator, as Celery's bounded retry-on-worker-lost does
+            # waits for an operator; the hand-back is its one re-send path and its one
+            # count of deaths (Celery does not retry a lost worker's step: tasks.steps)
             self.dead_letters.dead_letter_step(
                 item.run_id,
                 item.step_no,

@@ -6,8 +6,10 @@ settings. Choices, with reasons (see ../shared/reference/celery-redis.md):
 * JSON only: a broker message is never unpickled.
 * ``acks_late`` + prefetch 1: a step whose worker dies is delivered again, and a worker
   holds at most one unstarted step per process.
-* ``task_retry_on_worker_lost`` (Celery 5.7): a SIGKILLed/OOM-killed pool child's step is
-  re-sent at once, bounded by ``max_retries``, instead of looping forever.
+* no ``task_retry_on_worker_lost``: a SIGKILLed/OOM-killed pool child's step is re-sent
+  by the scheduler's hand-back alone, which counts its deaths and dead-letters it on the
+  (AGENTRT_WORKER_LOST_RETRIES + 1)th (``tasks.steps``); a second, Celery-side re-send
+  would bring two copies back per death and count them apart.
 * the visibility timeout must exceed the longest step (checked here), or kombu would hand
   a still-running step to a second worker.
 * broker keys live under the namespace (``global_keyprefix``) so deployments can share a
@@ -77,7 +79,7 @@ def celery_config(
         "task_ignore_result": True,
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
-        "task_retry_on_worker_lost": True,
+        "task_retry_on_worker_lost": False,
         "task_acks_on_failure": True,
         "task_acks_on_timeout": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,

@@ -3,9 +3,19 @@ onto Celery.
 
 A message whose kwargs name no valid step, or a run that does not exist, is dead-lettered
 as ``poison`` and acknowledged: never executed, never lost. A step that fails for good
-outside the step loop lands in the dead-letter queue too (``task_failure``): its worker died
-on it too often (``worker_lost``), it hit its hard time limit (``timeout``), or infrastructure
-errors outlasted their retries or a bug escaped (``exhausted``).
+outside the step loop lands in the dead-letter queue too (``task_failure``): it hit its hard
+time limit (``timeout``), or infrastructure errors outlasted their retries or a bug escaped
+(``exhausted``).
+
+A step whose pool process died (``WorkerLostError``) is not re-sent by Celery: the
+scheduler's hand-back is the one path that brings it back. It sees the dead owner instance
+(declared dead by the worker's main process, or its heartbeat expired when the whole worker
+died), counts the death in one place (``keys.scheduler().deaths``) and publishes one new
+copy, or dead-letters the step as ``worker_lost`` on its (AGENTRT_WORKER_LOST_RETRIES + 1)th
+death (``RuntimeService.pump``). With Celery's ``retry_on_worker_lost`` as well, every death
+brought two copies back: a Celery retry that started before the hand-back took over the dead
+owner's record uncounted, and Celery counted only its own lineage of messages, so a step was
+dead-lettered after 4 to 8 deaths instead of 4.
 """
 
 from __future__ import annotations
@@ -29,9 +39,11 @@ log = logging.getLogger("agentrt.tasks")
 #: infrastructure hiccups: retry the step (bounded) rather than fail the run
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError)
 
+#: a pool process died running the step: the scheduler's hand-back re-sends or dead-letters it
+_WORKER_LOST = "WorkerLostError"
+
 #: exception names (as Celery reports them) -> dead-letter class; anything else: exhausted
 _DL_CLASSES = {
-    "WorkerLostError": "worker_lost",
     "TimeLimitExceeded": "timeout",
     "SoftTimeLimitExceeded": "timeout",
 }
@@ -75,9 +87,10 @@ def register(app: RuntimeHost) -> None:
         bind=True,
         acks_late=True,
         ignore_result=True,
-        retry_on_worker_lost=True,
+        # one re-send path for a dead pool process: the scheduler's hand-back (see above)
+        retry_on_worker_lost=False,
+        # bounds the transient-error retries below
         max_retries=settings.worker_lost_retries,
-        default_retry_delay=settings.worker_lost_retry_delay_s,
     )
     def step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if args:
@@ -122,6 +135,15 @@ def register(app: RuntimeHost) -> None:
         if not isinstance(run_id, str) or not isinstance(step_no, int):
             return
         name = type(exception).__name__ if exception else "unknown"
+        if name == _WORKER_LOST:
+            # Celery acked the message; the step keeps its slot and its dead owner record,
+            # so the hand-back counts this death and re-sends (or dead-letters) it. A step
+            # that died before it started has no owner: its slot lease expires and it is
+            # queued again, as any dispatched step whose message was lost.
+            log.warning(
+                "step %s/%s: its pool process died; the scheduler hands it back", run_id, step_no
+            )
+            return
         try:
             app.runtime_service().dead_letters.dead_letter_step(
                 run_id,

@@ -184,6 +184,10 @@ def test_a_failing_compensation_is_dead_lettered_and_can_be_retried(
     assert effect["status"] == "compensated"
 
 
+#: AGENTRT_WORKER_LOST_RETRIES in the test deployment (the default)
+WORKER_LOST_RETRIES = 3
+
+
 @pytest.mark.slow
 def test_a_step_whose_worker_keeps_dying_is_dead_lettered_as_worker_lost(
     fresh_deployment: Deployment,
@@ -195,6 +199,7 @@ def test_a_step_whose_worker_keeps_dying_is_dead_lettered_as_worker_lost(
     hold = Hold(dep)
     hold.on()
     run = dep.submit_script([hold.step(), REPLY], route="r.held")
+    task_id = svc.dead_letters.messages.task_id(run.run_id, 0)
     kills = 0
 
     def inside_again_or_over() -> bool:
@@ -203,28 +208,44 @@ def test_a_step_whose_worker_keeps_dying_is_dead_lettered_as_worker_lost(
         return over or hold.entered() > kills
 
     try:
-        # AGENTRT_WORKER_LOST_RETRIES is 3: a step that keeps dying is dead-lettered
-        while kills < 8:
+        # kill every copy that comes inside, past the limit: a copy after the
+        # (retries + 1)th death would be killed too, and counted
+        while kills < WORKER_LOST_RETRIES + 3:
             wait_for(inside_again_or_over, timeout=60, message="the step inside its call")
             if hold.entered() <= kills:
                 break  # the run stopped
             worker.kill_children()
             kills += 1
+        done = svc.wait(run.run_id, timeout=60)
+        # a run submitted after the dead-letter runs behind any copy of the step sent before
+        # it (one queue, one process): once it is done, no copy of the step is left to come
+        after = dep.submit_script([REPLY])
+        assert svc.wait(after.run_id, timeout=60).status == "succeeded"
     finally:
         hold.off()
-    done = svc.wait(run.run_id, timeout=60)
-    assert done.stop_reason == "dead_lettered:worker_lost", (
-        kills,
-        hold.entered(),
-        done.stop_reason,
-        worker.log()[-4000:],
-    )
-    # killed inside the call every time (one entry per death, none after the last), at
-    # least the four deaths the retry limit allows, and the step did not outlive them all
-    assert hold.entered() == kills and 4 <= kills < 8, (kills, hold.entered())
+    log = worker.log()
+    assert done.stop_reason == "dead_lettered:worker_lost", (kills, done.stop_reason, log[-4000:])
+    # dead-lettered on exactly the (retries + 1)th death, each one inside the call, and no
+    # copy came inside after it
+    assert kills == WORKER_LOST_RETRIES + 1, (kills, hold.entered(), log[-4000:])
+    assert hold.entered() == kills
+    # every death seen once, by the hand-back (the last one dead-letters instead of
+    # re-sending); one message per death: the first and one hand-back for each of the first
+    # `retries` deaths; Celery re-sent none
+    assert log.count("handed back: its owner instance is dead") == kills, log[-4000:]
+    assert log.count(f"[{task_id}] received") == kills and "Retry in" not in log
     (entry,) = entries_of(dep, run.run_id)
-    assert entry["error_type"] == "WorkerLostError"
+    assert entry["dl_class"] == "worker_lost" and entry["error_type"] == "WorkerLostError"
+    assert f"died {kills} times" in (entry["error_message"] or "")
     assert [e["status"] for e in svc.store.side_effects(run_id=run.run_id)] != ["succeeded"]
+
+    # When an operator retries it (the call no longer holds), the run completes: nothing lost
+    outcome = svc.dead_letters.retry(DeadLetterFilter(ids=(entry["id"],)), "ops:wl")
+    assert outcome.retried == [entry["id"]]
+    done = svc.wait(run.run_id, timeout=60)
+    assert done.status == "succeeded", done.stop_reason
+    assert hold.entered() == kills + 1
+    assert [e["status"] for e in svc.store.side_effects(run_id=run.run_id)] == ["succeeded"]
 
 
 @pytest.mark.slow
