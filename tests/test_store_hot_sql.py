@@ -184,3 +184,36 @@ def test_store_decisions_is_idempotent_and_keeps_every_trace(engine: Engine) -> 
     store.store_decisions([decision], events)
     assert [d["decision"] for d in store.policy_decisions("r1")] == ["allow"]
     assert [e["kind"] for e in store.trace("r1")] == ["k0", "k1", "k0", "k1"]
+
+
+def test_a_checkpoint_after_a_dead_copy_stored_the_decision_goes_through(
+    engine: Engine,
+) -> None:
+    """A copy of the step stored the call's decision ahead of the tool and died; the next
+    copy checkpoints the same call's decision (it waited, or was refused): the step
+    commits with the first decision standing, instead of losing to a copy that never
+    checkpoints (which looped the step forever)."""
+    store = RunStore(engine)
+    store.insert_run(_run("r1"), [])
+    decision = {
+        "run_id": "r1",
+        "tenant_id": "acme",
+        "step_no": 0,
+        "call_index": 0,
+        "tool": "kb.search",
+        "decision": "allow",
+        "reason_codes": ["ok"],
+        "policy_version": "1",
+        "args_digest": "d",
+        "at": utcnow(),
+    }
+    store.store_decisions([decision], [])
+    cp = _checkpoint("r1", 0, RunStatus.RUNNING)
+    cp.decisions = [{**decision, "decision": "deny", "reason_codes": ["later"]}]
+    store.checkpoint(cp)
+    run = store.get_run("r1")
+    assert (run["status"], run["next_step"]) == ("running", 1)
+    assert [d["decision"] for d in store.policy_decisions("r1")] == ["allow"]
+    assert [s["step_no"] for s in store.steps("r1")] == [0]
+    with pytest.raises(StaleWrite):  # a second copy of the checkpoint still loses
+        store.checkpoint(cp)

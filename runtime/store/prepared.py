@@ -53,7 +53,7 @@ class PreparedStatements:
         self.dialect = dialect
         self._named = dialect.paramstyle in ("named", "qmark", "numeric")
         self._quote = dialect.identifier_preparer.quote
-        self._inserts: dict[tuple[str, frozenset[str]], _Insert] = {}
+        self._inserts: dict[tuple[str, frozenset[str], bool], _Insert] = {}
         self._updates: dict[tuple[str, frozenset[str], str, tuple[str, ...]], str] = {}
         self._selects: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._results: dict[str, tuple[tuple[str, _Processor], ...]] = {}
@@ -87,8 +87,8 @@ class PreparedStatements:
         return out
 
     # --- INSERT --------------------------------------------------------------------
-    def _insert_for(self, table: Table, keys: frozenset[str]) -> _Insert:
-        key = (table.name, keys)
+    def _insert_for(self, table: Table, keys: frozenset[str], ignore: bool = False) -> _Insert:
+        key = (table.name, keys, ignore)
         stmt = self._inserts.get(key)
         if stmt is None:
             columns = []
@@ -101,16 +101,26 @@ class PreparedStatements:
                 ", ".join(self._quote(name) for name, _, _ in columns),
                 ", ".join(self.param(name) for name, _, _ in columns),
             )
+            if ignore:  # SQLite and PostgreSQL both: a row whose unique key exists is skipped
+                sql += " ON CONFLICT DO NOTHING"
             stmt = self._inserts[key] = _Insert(sql, tuple(columns))
         return stmt
 
-    def insert(self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-        """``conn.execute(insert(table), rows)``: one executemany per column set."""
+    def insert(
+        self,
+        conn: Connection,
+        table: Table,
+        rows: Sequence[dict[str, Any]],
+        *,
+        ignore_conflicts: bool = False,
+    ) -> None:
+        """``conn.execute(insert(table), rows)``: one executemany per column set.
+        ``ignore_conflicts``: rows whose unique key is already stored are skipped."""
         shapes: dict[frozenset[str], list[dict[str, Any]]] = {}
         for row in rows:
             shapes.setdefault(frozenset(row), []).append(row)
         for keys, group in shapes.items():
-            stmt = self._insert_for(table, keys)
+            stmt = self._insert_for(table, keys, ignore_conflicts)
             params = [self._values(stmt.columns, row) for row in group]
             conn.exec_driver_sql(stmt.sql, params[0] if len(params) == 1 else params)
 

@@ -245,7 +245,7 @@ class RunStore(HistoryRows, EffectRows):
         values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
         where = {"run_id": cp.run_id, "next_step": cp.step_no}
         if self._one_statement_writes and not (
-            cp.effect_update or cp.pending_secrets or cp.clear_pending_secrets
+            cp.effect_update or cp.pending_secrets or cp.clear_pending_secrets or cp.decisions
         ):
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
@@ -260,7 +260,11 @@ class RunStore(HistoryRows, EffectRows):
                 if cp.spend:
                     self._sql.insert(conn, spend_t, [cp.spend])
                 if cp.decisions:
-                    self._sql.insert(conn, decisions_t, cp.decisions)
+                    # an earlier copy of this step may have stored the call's decision
+                    # ahead of the tool and died before its checkpoint: the first decision
+                    # recorded for a call stands (this copy's is in the trace); failing on
+                    # it would lose the step to a copy that never checkpoints
+                    self._sql.insert(conn, decisions_t, cp.decisions, ignore_conflicts=True)
                 if cp.effect_update:
                     self._update_effect(conn, cp.effect_update)
                 if cp.clear_pending_secrets or cp.pending_secrets:
@@ -294,7 +298,6 @@ class RunStore(HistoryRows, EffectRows):
             (steps_t, [cp.step]),
             (events_t, cp.events),
             (spend_t, [cp.spend] if cp.spend else []),
-            (decisions_t, cp.decisions),
         ]
         try:
             with self._write_one() as conn:
