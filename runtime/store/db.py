@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 
 from runtime.locations import sqlite_url
+from runtime.store import fork_guard
 
 
 def utcnow() -> datetime:
@@ -67,6 +68,10 @@ def _tune_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+    # a fork waits while a connection is in use (runtime.store.fork_guard says why)
+    event.listen(engine, "checkout", lambda *_: fork_guard.GUARD.enter())
+    event.listen(engine, "checkin", lambda *_: fork_guard.GUARD.leave())
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
