@@ -29,6 +29,7 @@ demo: install
 	$(BIN)/agentrt demo
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python tests/services.py ensure
 	$(BIN)/python -m pytest -q
 
@@ -38,7 +39,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check runtime tasks tests bench
 	$(BIN)/ruff format --check runtime tasks tests bench
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff format runtime tasks tests bench
