@@ -94,6 +94,22 @@ def _checkpoint(run_id: str, step_no: int, status: RunStatus) -> Checkpoint:
     )
 
 
+def _decision(run_id: str) -> dict[str, Any]:
+    """An allow decision on the run's first call (step 0, call 0)."""
+    return {
+        "run_id": run_id,
+        "tenant_id": "acme",
+        "step_no": 0,
+        "call_index": 0,
+        "tool": "kb.search",
+        "decision": "allow",
+        "reason_codes": ["ok"],
+        "policy_version": "1",
+        "args_digest": "d",
+        "at": utcnow(),
+    }
+
+
 def test_get_run_reads_what_core_reads(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(insert(runs_t), [_run("r1")])
@@ -167,18 +183,7 @@ def test_store_decisions_is_idempotent_and_keeps_every_trace(engine: Engine) -> 
     """A redelivered step stores its decision once; both copies' trace events are kept."""
     store = RunStore(engine)
     store.insert_run(_run("r1"), [])
-    decision = {
-        "run_id": "r1",
-        "tenant_id": "acme",
-        "step_no": 0,
-        "call_index": 0,
-        "tool": "kb.search",
-        "decision": "allow",
-        "reason_codes": ["ok"],
-        "policy_version": "1",
-        "args_digest": "d",
-        "at": utcnow(),
-    }
+    decision = _decision("r1")
     events = _checkpoint("r1", 0, RunStatus.RUNNING).events[:2]
     store.store_decisions([decision], events)
     store.store_decisions([decision], events)
@@ -195,18 +200,7 @@ def test_a_checkpoint_after_a_dead_copy_stored_the_decision_goes_through(
     checkpoints (which looped the step forever)."""
     store = RunStore(engine)
     store.insert_run(_run("r1"), [])
-    decision = {
-        "run_id": "r1",
-        "tenant_id": "acme",
-        "step_no": 0,
-        "call_index": 0,
-        "tool": "kb.search",
-        "decision": "allow",
-        "reason_codes": ["ok"],
-        "policy_version": "1",
-        "args_digest": "d",
-        "at": utcnow(),
-    }
+    decision = _decision("r1")
     store.store_decisions([decision], [])
     cp = _checkpoint("r1", 0, RunStatus.RUNNING)
     cp.decisions = [{**decision, "decision": "deny", "reason_codes": ["later"]}]
