@@ -12,6 +12,10 @@ settings. Choices, with reasons (see ../shared/reference/celery-redis.md):
   would bring two copies back per death and count them apart.
 * the visibility timeout must exceed the longest step (checked here), or kombu would hand
   a still-running step to a second worker.
+* kombu's restore of a dead worker's unacked messages runs under a Redis mutex that a
+  worker SIGKILLed while holding it leaves locked for ``unacked_mutex_expire`` (kombu's
+  default 300 s): no message comes back for that long. A short expiry bounds the stall;
+  two restorers at once are safe (each restore is a WATCHed transaction).
 * broker keys live under the namespace (``global_keyprefix``) so deployments can share a
   Redis; one small fixed queue, fairness is ours (scheduling issue), not per-tenant queues.
 """
@@ -43,6 +47,11 @@ log = logging.getLogger("agentrt.tasks")
 MAX_COUNTDOWN_S = 30.0
 
 
+def restore_mutex_expire_s(settings: Settings) -> int:
+    """How long a dead restorer can block the next restore (see the module docstring)."""
+    return int(max(30.0, 3 * settings.unacked_restore_interval_s))
+
+
 def min_visibility_timeout(config: RuntimeConfig) -> float:
     return config.lease_ttl_s() + MAX_COUNTDOWN_S
 
@@ -62,6 +71,7 @@ def celery_config(
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": restore_mutex_expire_s(settings),
         "global_keyprefix": Keys(settings.namespace).broker_prefix(),
         "priority_steps": [0],
         "socket_keepalive": True,

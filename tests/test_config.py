@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from runtime.config import RuntimeConfig, load_config, parse_config
@@ -324,3 +326,45 @@ def test_field_errors_and_broken_references_are_reported_together(tmp_path: Path
     assert any(
         p.startswith("routes.r.tiny.proposer: unknown model 'gpt-9'") for p in info.value.problems
     )
+
+
+def test_a_restorer_killed_holding_kombus_restore_mutex_blocks_restores_briefly(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """kombu restores a dead worker's unacked messages under a Redis mutex; a worker
+    SIGKILLed inside that restore leaves the mutex held until it expires (kombu's default:
+    300 s, during which no message comes back). Seen in the crash storm: a worker killed as
+    it started (its first restore) kept every other unacked message away for minutes."""
+    from kombu import Connection  # type: ignore[attr-defined]
+    from kombu.transport.redis import Mutex, MutexHeld
+
+    from tasks.app import celery_config, min_visibility_timeout, restore_mutex_expire_s
+
+    config = load_config(TEST_CONFIG)
+    namespace = f"mutex{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        config=TEST_CONFIG,
+        home=tmp_path,
+        namespace=namespace,
+        visibility_timeout_s=int(min_visibility_timeout(config)) + 1,
+    )
+    conf = celery_config(settings, config, Endpoints(redis_url, redis_url, "sqlite://"))
+    options = conf["broker_transport_options"]
+    with Connection(redis_url, transport_options=options) as conn:  # type: ignore[no-untyped-call]
+        qos = conn.default_channel.qos
+        # kombu reads the option under the name we give it
+        assert qos.unacked_mutex_expire == restore_mutex_expire_s(settings) <= 60
+        # Given a restorer that took the mutex and was killed before releasing it
+        client = conn.default_channel.client
+        dying = Mutex(client, qos.unacked_mutex_key, qos.unacked_mutex_expire)
+        dying.__enter__()
+        # Then the next restore is refused for now, and only until the short expiry
+        with (
+            pytest.raises(MutexHeld),
+            Mutex(client, qos.unacked_mutex_key, qos.unacked_mutex_expire),
+        ):
+            pass
+        raw = redis.Redis.from_url(redis_url)
+        ttl = raw.pttl(f"{namespace}:celery:{qos.unacked_mutex_key}")
+        assert 0 < ttl <= restore_mutex_expire_s(settings) * 1000
+        raw.delete(f"{namespace}:celery:{qos.unacked_mutex_key}")

@@ -254,12 +254,24 @@ def _wait_broker_drained(dep: Deployment) -> None:
         time.sleep(1)
         return empty()
 
-    wait_for(
-        drained,
-        timeout=dep.settings.visibility_timeout_s + 45,
-        interval=0.5,
-        message="the broker to drain",
-    )
+    try:
+        wait_for(
+            drained,
+            timeout=dep.settings.visibility_timeout_s + 45,
+            interval=0.5,
+            message="the broker to drain",
+        )
+    except AssertionError as timed_out:
+        # what kept it: messages' ages in the unacked index, kombu's restore mutex
+        now = time.time()
+        index = r.zrange(f"{prefix}unacked_index", 0, -1, withscores=True)
+        ages = [round(now - at) for _, at in index]
+        state = {
+            "queued": r.llen(f"{prefix}agentrt.steps"),
+            "unacked_ages_s": ages,
+            "restore_mutex_ttl_ms": r.pttl(f"{prefix}unacked_mutex"),
+        }
+        raise AssertionError(f"{timed_out}: {state}") from None
     print(f"broker drained after {time.monotonic() - started:.1f}s more")
 
 
