@@ -280,6 +280,13 @@ class SchedulingConfig(_Strict):
     #: a step is killed this long after its route's step_timeout_s (Celery hard limit);
     #: its soft limit is half way
     hard_limit_grace_s: float = Field(default=20.0, gt=0, le=600)
+    #: a task that finished its step runs the step the scheduler dispatches into the slot it
+    #: frees itself, instead of publishing it, for this long after it started (0: never).
+    #: Every limit of a step (hard, soft, leases, visibility timeout) grows by this much, so
+    #: a step run late in the window still has its whole time.
+    chain_window_s: float = Field(default=2.0, ge=0, le=60)
+    #: at most this many steps in one task (the first one included)
+    chain_max_steps: int = Field(default=32, ge=1, le=1000)
     #: leases (a run's step lease, a step's slots) outlive the hard limit by this much
     lease_margin_s: float = Field(default=15.0, gt=0, le=600)
     #: a dispatched step may wait this long in Celery before its slots count as lost
@@ -505,11 +512,31 @@ class RuntimeConfig(_Strict):
         return max((r.step_timeout_s for r in self.routes.values()), default=60.0)
 
     def hard_limit_s(self, route: str) -> float:
-        """When a step of ``route`` is killed: its timeout plus the grace."""
-        return self.routes[route].step_timeout_s + self.scheduling.hard_limit_grace_s
+        """When a task that began with a step of ``route`` is killed: the step's timeout,
+        the grace and the chain window (a step chained into the task has at least its own
+        timeout and grace left, see ``chain_fits``)."""
+        sched = self.scheduling
+        return self.routes[route].step_timeout_s + sched.hard_limit_grace_s + sched.chain_window_s
+
+    def soft_limit_s(self, route: str) -> float:
+        """When such a task is told to stop (``SoftTimeLimitExceeded``): half way through
+        the grace."""
+        return self.hard_limit_s(route) - self.scheduling.hard_limit_grace_s / 2
 
     def max_hard_limit_s(self) -> float:
-        return self.max_step_timeout_s() + self.scheduling.hard_limit_grace_s
+        return max((self.hard_limit_s(name) for name in self.routes), default=60.0)
+
+    def chain_fits(self, first_route: str, next_route: str, elapsed_s: float) -> bool:
+        """May a step of ``next_route`` run in a task that began with a step of
+        ``first_route`` ``elapsed_s`` ago? Its limits are the task's: they must leave it
+        at least its own timeout and grace (the task's limits end no sooner than its own
+        would have) and at most that plus the window (its slot and run leases, sized by
+        ``hard_limit_s``, still cover it)."""
+        window = self.scheduling.chain_window_s
+        if window <= 0 or next_route not in self.routes or first_route not in self.routes:
+            return False
+        slack = self.routes[first_route].step_timeout_s - self.routes[next_route].step_timeout_s
+        return slack <= elapsed_s <= slack + window
 
     def lease_ttl_s(self) -> float:
         """A run's step lease: outlives the longest possible step."""

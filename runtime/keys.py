@@ -182,6 +182,11 @@ class Keys:
     def run_lease_fence(self, run_id: str) -> str:
         return f"{self.namespace}:{{run:{run_id}}}:lease:fence"
 
+    def chain_cursor(self, task_id: str) -> str:
+        """The step a task runs now when it is not the one its message names (a chained
+        step, ``runtime.step.chain``): what a hard time limit killed."""
+        return f"{self.namespace}:chain:{task_id}"
+
     # --- idempotency -----------------------------------------------------------------
     def effect(self, idempotency_key: str) -> str:
         """Journal marker written atomically with a Redis-resident side effect."""

@@ -42,6 +42,7 @@ from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Item, Ops, Outcome, Scheduler
 from runtime.settings import Settings
 from runtime.state import KnownGeneration, StateMarkers
+from runtime.step.chain import Chain, new_chain
 from runtime.step.runner import StepRunner
 from runtime.step.state import StepResult
 from runtime.store.deployment import DeploymentStore
@@ -338,8 +339,17 @@ class RuntimeService:
             )
         return outcome
 
-    def run_step(self, item: Item, attempt: int = 0) -> StepResult:
-        return self.steps.run(item, attempt)
+    def run_step(self, item: Item, attempt: int = 0, chain: Chain | None = None) -> StepResult:
+        return self.steps.run(item, attempt, chain)
+
+    def new_chain(self, task_id: str, first: Item) -> Chain | None:
+        """A chain for the task whose message names ``first`` (``runtime.step.chain``)."""
+        return new_chain(self.config, task_id, first)
+
+    def chained_step(self, task_id: str) -> Item | None:
+        """The step a task ran last when it was a chained one (its chain cursor)."""
+        raw = self.redis.get(self.keys.chain_cursor(task_id))
+        return Item.decode(raw) if raw else None
 
     def _view(self, row: dict[str, Any]) -> RunView:
         """Never raises for what a stored row holds (see ``runtime.run_views``); the input

@@ -63,8 +63,8 @@ def celery_config(
     if settings.visibility_timeout_s <= needed:
         raise SettingsError(
             f"AGENTRT_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} must exceed the longest "
-            f"step ({config.max_step_timeout_s():g}s) plus its hard-limit grace, lease margin "
-            "and deferral "
+            f"step ({config.max_step_timeout_s():g}s) plus its hard-limit grace, chain window, "
+            "lease margin and deferral "
             f"(> {needed:g}s), or a running step would be handed to a second worker"
         )
     transport = {

@@ -25,9 +25,8 @@ class CeleryPublisher:
         #: route -> (soft, hard) time limit in seconds
         self._limits: dict[str, tuple[float, float]] = {}
         if config is not None:
-            for name, route in config.routes.items():
-                hard = config.hard_limit_s(name)
-                self._limits[name] = ((route.step_timeout_s + hard) / 2, hard)
+            for name in config.routes:
+                self._limits[name] = (config.soft_limit_s(name), config.hard_limit_s(name))
 
     def publish(self, item: Item) -> None:
         soft, hard = self._limits.get(item.route, (70.0, 80.0))

@@ -31,8 +31,10 @@ from sqlalchemy.exc import OperationalError
 from runtime.dead_letter_entries import format_exception
 from runtime.errors import RunNotFound
 from runtime.scheduling.scheduler import Item
+from runtime.step.chain import Chain
+from runtime.step.state import StepResult
 from tasks.host import RuntimeHost
-from tasks.messages import STEP_QUEUE, STEP_TASK
+from tasks.messages import STEP_QUEUE, STEP_TASK, step_id, step_kwargs
 
 log = logging.getLogger("agentrt.tasks")
 
@@ -103,23 +105,46 @@ def register(app: RuntimeHost) -> None:
                 for e in exc.errors()[:5]
             )
             return poison(self, "invalid_payload", problems, kwargs)
-        svc = app.runtime_service()
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         attempt = int(self.request.retries or 0) + (1 if redelivered else 0)
-        item = Item(msg.run_id, msg.step, msg.tenant, msg.route, msg.priority)
-        try:
-            result = svc.run_step(item, attempt)
-            if result.outcome == "config_changed":
-                # a new config was applied: run the step under it, as every worker will
-                result = app.reload_runtime().run_step(item, attempt)
-        except RunNotFound as exc:
-            return poison(self, "unknown_run", str(exc), kwargs)
-        except TRANSIENT as exc:
-            log.warning("step %s/%s: transient error, retrying: %r", msg.run_id, msg.step, exc)
-            raise self.retry(
-                exc=exc, countdown=min(2 ** int(self.request.retries or 0), 30)
-            ) from exc
-        return {"outcome": result.outcome, "next_step": result.next_step}
+        first = Item(msg.run_id, msg.step, msg.tenant, msg.route, msg.priority)
+        chain = app.runtime_service().new_chain(str(self.request.id), first)
+        item: Item | None = first
+        outcomes: list[str] = []
+        while item is not None:
+            if outcomes:
+                # a chained step: a failure or a retry from here on is this step's
+                self.request.kwargs = kwargs = step_kwargs(item)
+            try:
+                result = run_one(item, attempt if not outcomes else 0, chain)
+            except RunNotFound as exc:
+                return poison(self, "unknown_run", str(exc), kwargs)
+            except TRANSIENT as exc:
+                log.warning(
+                    "step %s/%s: transient error, retrying: %r", item.run_id, item.step_no, exc
+                )
+                raise self.retry(
+                    exc=exc, countdown=min(2 ** int(self.request.retries or 0), 30)
+                ) from exc
+            if not outcomes:
+                done: dict[str, Any] = {"outcome": result.outcome, "next_step": result.next_step}
+            outcomes.append(result.outcome)
+            item = result.kept
+        if chain is not None and len(chain.steps) > 1:
+            # shown by Flower as the task's result: which steps this task ran
+            done["chained"] = [
+                f"{step_id(s)}:{outcome}" for s, outcome in zip(chain.steps, outcomes, strict=True)
+            ]
+        return done
+
+    def run_one(item: Item, attempt: int, chain: Chain | None) -> StepResult:
+        result = app.runtime_service().run_step(item, attempt, chain)
+        if result.outcome == "config_changed":
+            # a new config was applied: run the step under it, as every worker will
+            if chain is not None:
+                chain.steps.pop()  # it runs again, as the same link
+            result = app.reload_runtime().run_step(item, attempt, chain)
+        return result
 
     @signals.task_failure.connect(sender=step, weak=False)
     def _on_failure(
@@ -135,6 +160,12 @@ def register(app: RuntimeHost) -> None:
         if not isinstance(run_id, str) or not isinstance(step_no, int):
             return
         name = type(exception).__name__ if exception else "unknown"
+        if name == "TimeLimitExceeded" and task_id:
+            # reported by the main process, which knows only the message: a chain may have
+            # moved on to another step (runtime.step.chain)
+            chained = app.runtime_service().chained_step(task_id)
+            if chained is not None:
+                run_id, step_no = chained.run_id, chained.step_no
         if name == _WORKER_LOST:
             # Celery acked the message; the step keeps its slot and its dead owner record,
             # so the hand-back counts this death and re-sends (or dead-letters) it. A step

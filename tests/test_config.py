@@ -283,9 +283,14 @@ def test_celery_config_refuses_a_visibility_timeout_not_above_the_longest_step(
     config = load_config(TEST_CONFIG)
     needed = min_visibility_timeout(config)
     sched = config.scheduling
-    # the longest step, its hard-limit grace, the lease margin, the longest deferral
-    assert (
-        needed == config.max_step_timeout_s() + sched.hard_limit_grace_s + sched.lease_margin_s + 30
+    # the longest step, its hard-limit grace, the chain window, the lease margin, the longest
+    # deferral
+    assert needed == (
+        config.max_step_timeout_s()
+        + sched.hard_limit_grace_s
+        + sched.chain_window_s
+        + sched.lease_margin_s
+        + 30
     )
     endpoints = Endpoints("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0", "sqlite://")
 
@@ -309,7 +314,8 @@ def test_longest_step_follows_the_routes() -> None:
     assert config.max_step_timeout_s() == 600
     from tasks.app import min_visibility_timeout
 
-    assert min_visibility_timeout(config) == 600 + 20 + 15 + 30  # step, grace, margin, deferral
+    # step, grace, chain window, margin, deferral
+    assert min_visibility_timeout(config) == 600 + 20 + 2 + 15 + 30
 
 
 def test_field_errors_and_broken_references_are_reported_together(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from runtime.budgets.ledger import BudgetLedger
 from runtime.contract import TERMINAL_STATUSES, RunStatus
 from runtime.errors import StaleWrite
 from runtime.locks.leases import Lease, LeaseManager
-from runtime.scheduling.scheduler import Ops, Scheduler, item_of, now_ms
+from runtime.scheduling.scheduler import Item, Ops, Scheduler, item_of, now_ms
 from runtime.step.budget import Budgeting, spend_row
 from runtime.step.collaborators import AfterFailure, DeadLettering, Scheduling
 from runtime.step.state import Delivery, Move, Step, StepResult
@@ -78,18 +78,23 @@ class Checkpointer:
             if st.effect_update is not None:
                 self._record_effect_outcome(st.effect_update)
             raise
-        self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
-        if move.dead_letter is not None:
-            dl_class, error_type, error = move.dead_letter
-            self.dead_letters.dead_letter_step(
-                st.run_id, st.step_no + 1, dl_class, error_type=error_type, error=error
-            )
-            return StepResult(Delivery.DEAD_LETTERED.value + f":{dl_class}")
-        if move.status == RunStatus.FAILED:
-            self.after_failure(st.run)
+        kept = self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
+        try:
+            if move.dead_letter is not None:
+                dl_class, error_type, error = move.dead_letter
+                self.dead_letters.dead_letter_step(
+                    st.run_id, st.step_no + 1, dl_class, error_type=error_type, error=error
+                )
+                return StepResult(Delivery.DEAD_LETTERED.value + f":{dl_class}", kept=kept)
+            if move.status == RunStatus.FAILED:
+                self.after_failure(st.run)
+        except BaseException:
+            if kept is not None:  # dispatched and not run: it must not wait for its lease
+                self.dispatch.publish([kept])
+            raise
         if move.continues:
-            return StepResult(str(move.outcome), next_step=st.step_no + 1)
-        return StepResult(str(move.outcome))
+            return StepResult(str(move.outcome), next_step=st.step_no + 1, kept=kept)
+        return StepResult(str(move.outcome), kept=kept)
 
     def _checkpoint_of(self, st: Step, move: Move, actual: dict[str, int] | None) -> Checkpoint:
         now = utcnow()
@@ -152,9 +157,10 @@ class Checkpointer:
         lease: Lease,
         actual: dict[str, int] | None,
         duration_ms: int,
-    ) -> None:
+    ) -> Item | None:
         """One round trip: settle the budget, release the run lease, free the step's slot,
-        queue the next step and dispatch what may run now; then publish it."""
+        queue the next step and dispatch what may run now; then publish it, or keep it for
+        this task to run next (``runtime.step.chain``): the step kept, if any."""
         ops = Ops().complete(item_of(st.run, st.step_no))
         if move.continues and move.dead_letter is None:
             following = item_of(st.run, st.step_no + 1)
@@ -172,7 +178,12 @@ class Checkpointer:
             self.scheduler.observe_step_time(pipe, st.run["route"], duration_ms)
 
         results = scripts.run_pipeline(self.redis, settle_release_schedule)
-        self.dispatch.publish(self.scheduler.outcome(results[-2]).dispatched)
+        dispatched = self.scheduler.outcome(results[-2]).dispatched
+        kept = None
+        if dispatched and st.keep is not None and st.keep(dispatched[0]):
+            kept = dispatched[0]
+        self.dispatch.publish([item for item in dispatched if item is not kept])
+        return kept
 
     def fail(self, run_id: str, step_no: int, failure_class: str) -> bool:
         """End a run whose step failed for good outside the loop as ``failed:<class>``.

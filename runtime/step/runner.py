@@ -27,6 +27,7 @@ from runtime.scheduling.scheduler import (
 from runtime.state import KnownGeneration, StateMarkers
 from runtime.step import outcomes
 from runtime.step.budget import Budgeting
+from runtime.step.chain import Chain
 from runtime.step.checkpoint import Checkpointer
 from runtime.step.collaborators import LiveControls, Scheduling
 from runtime.step.guards import Guards
@@ -88,12 +89,15 @@ class StepRunner:
         self.checkpoint = checkpoint
 
     # --- entry -----------------------------------------------------------------------
-    def run(self, item: Item, attempt: int = 0) -> StepResult:
+    def run(self, item: Item, attempt: int = 0, chain: Chain | None = None) -> StepResult:
         """Run one step. ``item`` names it as the scheduler dispatched it (run, step,
         tenant, route, priority), so the run lease, the kill switches and the renewal of
         the step's slot lease (recording this process instance as its owner) go out in one
-        round trip."""
-        leased = self._lease(item, attempt)
+        round trip. With ``chain``, the task may keep the step the checkpoint dispatches
+        (``StepResult.kept``) and run it next (``runtime.step.chain``)."""
+        if chain is not None:
+            chain.steps.append(item)
+        leased = self._lease(item, attempt, chain)
         if isinstance(leased, StepResult):
             return leased
         lease, attempt, controls = leased
@@ -109,7 +113,7 @@ class StepRunner:
             if run["route"] != item.route:
                 controls = None
             try:
-                result = self._execute(run, item.step_no, attempt, lease, controls)
+                result = self._execute(run, item.step_no, attempt, lease, controls, chain)
             except StateUnknown as exc:
                 # Redis lost its state after this step started (its reservation found the
                 # ledger unknown): nothing ran; recovery queues the step again from SQL
@@ -122,11 +126,13 @@ class StepRunner:
                 self.leases.release(lease)
 
     def _lease(
-        self, item: Item, attempt: int
+        self, item: Item, attempt: int, chain: Chain | None
     ) -> tuple[Lease, int, ControlsRead | None] | StepResult:
         """Take the run lease in one round trip with the step's slot, the kill switches,
-        the state marker and the published config's digest: (lease, attempt, controls),
-        or the result of a step that must not run here now."""
+        the state marker and the published config's digest (and, for a chained step, the
+        chain cursor): (lease, attempt, controls), or the result of a step that must not
+        run here now."""
+        chained = chain is not None and chain.position > 0
         lease_ttl_ms = int(self.config.lease_ttl_s() * 1000)
         hinted = self.config.routes.get(item.route)
         tools = hinted.allowed_tools if hinted else []
@@ -142,8 +148,14 @@ class StepRunner:
             # is Redis's state the one SQL knows, and which config does the deployment enforce
             self.markers.check_in(pipe)
             pipe.hget(self.keys.published_config(), "digest")
+            if chained:
+                assert chain is not None
+                ttl_ms = max(int(chain.remaining_s(self.config) * 1000), 1) + lease_ttl_ms
+                pipe.set(self.keys.chain_cursor(chain.task_id), item.encode(), px=ttl_ms)
 
         lease, extra = self.leases.acquire_run_with(item.run_id, owner, lease_ttl_ms, also)
+        if chained:
+            extra = extra[:-1]
         slot = int(extra[0]) if hinted else None
         if isinstance(lease, Busy):
             # a live copy of this step runs elsewhere (a holder known dead would have been
@@ -228,6 +240,7 @@ class StepRunner:
         attempt: int,
         lease: Lease,
         controls: ControlsRead | None,
+        chain: Chain | None,
     ) -> StepResult:
         route = self.config.routes.get(run["route"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
@@ -236,8 +249,14 @@ class StepRunner:
             self.leases.release(lease)
             return StepResult(Delivery.ROUTE_REMOVED.value)
         st = Step(run, route, step_no, attempt, trace, controls=controls, model_name=route.proposer)
+        if chain is not None:
+            config = self.config
+            st.keep = lambda candidate: chain.may_keep(config, candidate)
         self.budgeting.open(st)
-        trace.add("step_started", attempt=attempt)
+        if chain is not None and chain.position:
+            trace.add("step_started", attempt=attempt, chained=chain.position, task=chain.task_id)
+        else:
+            trace.add("step_started", attempt=attempt)
         move = self.guards.check(st) or self._advance(st)
         return self.checkpoint.finish(st, move, lease)
 

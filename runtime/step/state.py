@@ -6,12 +6,14 @@ import enum
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.budgets.step import StepBudget
 from runtime.config import RouteConfig
 from runtime.contract import RunStatus, Usage
+from runtime.scheduling.scheduler import Item
 from runtime.step_record import StepKind
 from runtime.store.db import utcnow
 from runtime.tracing import TraceBuffer
@@ -49,6 +51,8 @@ class StepResult:
 
     outcome: str
     next_step: int | None = None
+    #: the step the checkpoint dispatched and did not publish: the task runs it next
+    kept: Item | None = None
 
 
 @dataclass
@@ -85,6 +89,8 @@ class Step:
     pending_secrets: dict[str, Any] | None = None
     #: the text of secret argument values, scrubbed from errors
     secrets: list[str] = field(default_factory=list)
+    #: whether the task may run the step its checkpoint dispatches, itself (a chain)
+    keep: Callable[[Item], bool] | None = None
 
     @property
     def run_id(self) -> str:
