@@ -1,5 +1,5 @@
 """Executing an allowed tool call exactly once per idempotency key: commit the allow
-decision (and, for a side effect, the claim on its key) before the tool runs, charge the
+decision of a side effect with the claim on its key before the tool runs, charge the
 executions earlier copies of the step left unsettled, replay a recorded outcome instead of
 running a finished side effect again."""
 
@@ -87,16 +87,19 @@ class ToolExecution:
     def _claim(
         self, st: Step, spec: ToolSpec, args: dict[str, Any], lock: Lease | None, key: str
     ) -> tuple[int, ToolOutcome | None]:
-        """Commit the allow decision before the tool runs; for a side effect, together with
-        the claim on its idempotency key. Returns the executions of this call by earlier
-        copies of the step (uncharged), and a recorded outcome to replay, if any."""
-        decisions, st.decisions = st.decisions, []
-        events = st.trace.drain()
+        """For a side effect, commit the allow decision with the claim on its idempotency
+        key before the tool runs. Returns the executions of this call by earlier copies of
+        the step (uncharged), and a recorded outcome to replay, if any.
+
+        A read's decision commits with the checkpoint (one transaction less a step): a read
+        changes nothing, so a step that dies before its checkpoint leaves nothing a decision
+        would have to account for; the step runs again and decides again."""
         if spec.side_effect == "read":
-            self.store.store_decisions(decisions, events)
             # no record of earlier attempts: every execution the hold covers besides this
             # one may have run (a copy of the step that died); charged, fail closed
             return max(st.budget.hold_tools - 1, 0), None
+        decisions, st.decisions = st.decisions, []
+        events = st.trace.drain()
         claim = self.store.claim_effect(
             {
                 "idempotency_key": key,
