@@ -30,7 +30,9 @@ from runtime.errors import SchemaOutOfDate, SettingsError
 from runtime.store.db import make_engine
 from runtime.store.migrations import BASELINE, HEAD, UPGRADE_COMMAND, runner
 from runtime.store.plain import PlainReads
+from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
+from runtime.store.tables import runs_t
 from tests import services
 from tests.support import ROOT, pg_schema_url
 
@@ -206,6 +208,66 @@ def fill_baseline(engine: Engine) -> None:
         )
 
 
+R0005 = "0005_state_generations"
+#: the indexes of runs at head (primary key aside): since 0006 none covers a column every
+#: checkpoint changes, so on PostgreSQL a checkpoint that keeps the status is a HOT update
+HEAD_RUNS_INDEXES = {
+    "uq_runs_admitted_request",
+    "uq_runs_admitted_idem",
+    "ix_runs_tenant_status",
+    "ix_runs_route_status",
+    "ix_runs_status_created",
+}
+
+
+def runs_indexes(engine: Engine) -> set[str]:
+    return {str(i["name"]) for i in sa.inspect(engine).get_indexes("runs")}
+
+
+def runs_fillfactor(engine: Engine) -> str | None:
+    options = sa.inspect(engine).get_table_options("runs")
+    return options.get("postgresql_with", {}).get("fillfactor")
+
+
+def all_runs(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        query = sa.select(runs_t).order_by(runs_t.c.run_id)
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def migrate(engine: Engine, to: str, *, down: bool = False) -> None:
+    with runner.schema_lock(engine) as conn:
+        (command.downgrade if down else command.upgrade)(runner.alembic_config(conn), to)
+
+
+def checkpoint_is_hot(engine: Engine, run_id: str, at: datetime) -> bool:
+    """PostgreSQL: whether a checkpoint's UPDATE of a running run that stays running (the
+    columns the store's checkpoint sets) is a HOT update - read from the transaction's own
+    counters, which need no statistics flush."""
+    r = runs_t.c
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(runs_t)
+            .where(r.run_id == run_id, r.status.in_(["queued", "running"]))
+            .values(
+                status="running",
+                next_step=r.next_step + 1,
+                turns=r.turns + 1,
+                checkpoint_ref="step:x",
+                updated_at=at,
+                version=r.version + 1,
+            )
+        )
+        hot, updated = conn.execute(
+            sa.text(
+                "SELECT pg_stat_get_xact_tuples_hot_updated('runs'::regclass), "
+                "pg_stat_get_xact_tuples_updated('runs'::regclass)"
+            )
+        ).one()
+    assert updated == 1
+    return bool(hot == 1)
+
+
 def cli(url: str, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(
         app,
@@ -226,7 +288,7 @@ def schema_differences(engine: Engine) -> list[Any]:
 
 def snapshot(engine: Engine) -> dict[str, Any]:
     """Everything reflection sees of each table, order-free; the partial indexes'
-    predicates too (autogenerate does not compare those)."""
+    predicates and the tables' storage parameters too (autogenerate compares neither)."""
     inspector = sa.inspect(engine)
     tables: dict[str, Any] = {}
     for name in sorted(inspector.get_table_names()):
@@ -244,7 +306,14 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         }
         uniques = sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(name))
         pk = tuple(inspector.get_pk_constraint(name)["constrained_columns"])
-        tables[name] = {"columns": columns, "indexes": indexes, "uniques": uniques, "pk": pk}
+        tables[name] = {
+            "columns": columns,
+            "indexes": indexes,
+            "uniques": uniques,
+            "pk": pk,
+            # PostgreSQL's storage parameters (runs' fillfactor); none on SQLite
+            "options": inspector.get_table_options(name),
+        }
     return tables
 
 
@@ -368,18 +437,18 @@ def test_a_baseline_database_with_runs_upgrades_in_place(
     assert len(store.list_runs()) == len(OLD_RUNS)
 
 
-def test_a_baseline_database_without_the_reconcilers_index_gets_it(
+def test_a_baseline_database_without_the_reconcilers_index_is_upgraded(
     db_url: str, engine: Engine
 ) -> None:
     # a database made before the runs(status, updated_at) index existed: create_all never
-    # added it to the existing table
+    # added it to the existing table (0002 adds it; 0006 replaces it)
     make_baseline_database(db_url)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_runs_status_updated"))
     before, after = runner.upgrade(engine)
     assert (before.recognised, after.revision) == (BASELINE, HEAD)
     assert schema_differences(engine) == []
-    assert "ix_runs_status_updated" in {i["name"] for i in sa.inspect(engine).get_indexes("runs")}
+    assert runs_indexes(engine) == HEAD_RUNS_INDEXES
 
 
 def test_a_recorded_older_revision_is_refused_then_upgraded(db_url: str, engine: Engine) -> None:
@@ -395,6 +464,91 @@ def test_a_recorded_older_revision_is_refused_then_upgraded(db_url: str, engine:
     assert code == 0 and f"from revision 0003_proposal_boundary to {HEAD} (head)" in output
     assert schema_differences(engine) == []
     RunStore(engine).create_schema()
+
+
+# --- 0006: the indexes of runs, for HOT checkpoints -------------------------------------
+
+
+def test_an_r0005_database_with_runs_upgrades_to_0006_and_back_keeping_every_run(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    pg = engine.dialect.name == "postgresql"
+    # Given a database at 0005 holding finished, queued and running runs
+    migrate(engine, R0005)
+    running = old_run(
+        "r-running",
+        status="running",
+        workflow_step="started",
+        stop_reason=None,
+        finished_at=None,
+        output=None,
+        next_step=1,
+        turns=1,
+        updated_at=T0 + timedelta(seconds=10),
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.insert(runs_t), [*OLD_RUNS, running])
+    assert {"ix_runs_status", "ix_runs_status_updated"} <= runs_indexes(engine)
+    if pg:  # the (status, updated_at) index: no checkpoint can be a HOT update
+        assert not checkpoint_is_hot(engine, "r-running", T0 + timedelta(seconds=20))
+    at_r0005 = snapshot(engine)
+    rows = all_runs(engine)
+    assert len(rows) == len(OLD_RUNS) + 1
+
+    # When `agentrt db upgrade` takes it to head
+    code, output = cli(db_url, "db", "upgrade")
+    assert code == 0 and f"from revision {R0005} to {HEAD} (head)" in output
+
+    # Then every run is there as it was, and the schema is a new database's
+    assert all_runs(engine) == rows
+    assert version_rows(engine) == [HEAD]
+    assert schema_differences(engine) == []
+    at_head = snapshot(engine)
+    assert at_head == fresh_snapshot(db_url, tmp_path)
+    assert runs_indexes(engine) == HEAD_RUNS_INDEXES
+    assert runs_fillfactor(engine) == ("80" if pg else None)
+    # the reads the dropped indexes served find the same runs
+    store = RunStore(engine)
+    assert [r["run_id"] for r in store.list_runs(status="queued")] == ["r-queued"]
+    assert [r["run_id"] for r in store.list_runs("acme", "running")] == ["r-running"]
+    recovery = RecoveryReads(engine)
+    assert recovery.live_run_count() == 2
+    assert {r["run_id"] for r in recovery.live_runs()} == {"r-queued", "r-running"}
+    idle = ReconcilerReads(engine).idle_runs(T0 + timedelta(hours=1), 10, None)
+    assert [r["run_id"] for r in idle] == ["r-queued", "r-running"]  # oldest update first
+    if pg:  # and a checkpoint that keeps the run running touches no index
+        assert checkpoint_is_hot(engine, "r-running", T0 + timedelta(seconds=30))
+    rows = all_runs(engine)
+
+    # And the downgrade gives 0005's schema back with every run; upgrading again, head's
+    migrate(engine, R0005, down=True)
+    assert version_rows(engine) == [R0005]
+    assert snapshot(engine) == at_r0005
+    assert all_runs(engine) == rows
+    migrate(engine, "head")
+    assert snapshot(engine) == at_head
+    assert all_runs(engine) == rows
+
+
+def test_unversioned_tables_of_the_r0005_layout_are_recognised_and_upgraded(
+    db_url: str, engine: Engine
+) -> None:
+    # what agentrt made with create_all at 0005, with part of 0006 done by hand: the new
+    # index made, one of the two it replaces dropped
+    migrate(engine, R0005)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+        conn.execute(sa.text("CREATE INDEX ix_runs_status_created ON runs (status, created_at)"))
+        conn.execute(sa.text("DROP INDEX ix_runs_status"))
+        conn.execute(sa.insert(runs_t), OLD_RUNS)
+    with pytest.raises(SchemaOutOfDate, match=f"matches revision {R0005}"):
+        RunStore(engine).create_schema()
+    before, after = runner.upgrade(engine)
+    assert (before.recognised, after.revision) == (R0005, HEAD)
+    assert schema_differences(engine) == []
+    assert runs_indexes(engine) == HEAD_RUNS_INDEXES
+    assert runs_fillfactor(engine) == ("80" if engine.dialect.name == "postgresql" else None)
+    assert len(all_runs(engine)) == len(OLD_RUNS)
 
 
 # --- new databases and the other start-up cases -----------------------------------------

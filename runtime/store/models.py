@@ -53,8 +53,14 @@ class RunRow(SQLModel, table=True):
         _admitted_only("uq_runs_admitted_idem", "tenant_id", "idempotency_key"),
         Index("ix_runs_tenant_status", "tenant_id", "status"),
         Index("ix_runs_route_status", "route", "status"),
-        # the reconciler's scan for runs that stopped moving
-        Index("ix_runs_status_updated", "status", "updated_at"),
+        # runs by status, newest first; the queued and running runs (recovery, and the
+        # reconciler's scan for runs that stopped moving, which filters on updated_at).
+        # No index covers a column every checkpoint changes (updated_at, next_step,
+        # version, ...): on PostgreSQL a checkpoint that keeps the status is then a HOT
+        # update, touching no index (migration 0006 says more)
+        Index("ix_runs_status_created", "status", "created_at"),
+        # PostgreSQL: room on each page for the row's next versions (HOT updates)
+        {"postgresql_with": {"fillfactor": 80}},
     )
 
     run_id: str = Field(primary_key=True, max_length=40)
@@ -67,7 +73,7 @@ class RunRow(SQLModel, table=True):
     autonomy_level: str = Field(max_length=40)
     risk_class: str = Field(max_length=10)
     execution_mode: str = Field(max_length=30)
-    status: str = Field(max_length=20, index=True)
+    status: str = Field(max_length=20)
     version_set: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     budget_policy_version: str = Field(max_length=100)
     policy_version: str = Field(max_length=100)

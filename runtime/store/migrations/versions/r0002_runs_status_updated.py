@@ -18,10 +18,12 @@ branch_labels = None
 depends_on = None
 
 INDEX = "ix_runs_status_updated"
+#: revision 0006 replaces it: a database holding this one is past this revision as well
+SUPERSEDED_BY = "ix_runs_status_created"
 
 
 def adopted(inspector: sa.Inspector) -> bool:
-    return INDEX in {i["name"] for i in inspector.get_indexes("runs")}
+    return bool({INDEX, SUPERSEDED_BY} & {i["name"] for i in inspector.get_indexes("runs")})
 
 
 def upgrade() -> None:
