@@ -787,10 +787,10 @@ def test_a_step_longer_than_the_brokers_visibility_timeout_fails_the_check(
     [problem] = check_problems(path)
     assert problem == (
         "routes.ops.counter.step_timeout_s: workers refuse to start: 3600s plus the hard-limit "
-        "grace, lease margin and deferral need AGENTRT_VISIBILITY_TIMEOUT_S above 3665 (it is "
-        "3600)"
+        "grace, chain window, lease margin and deferral need AGENTRT_VISIBILITY_TIMEOUT_S above "
+        "3667 (it is 3600)"
     )
-    monkeypatch.setenv("AGENTRT_VISIBILITY_TIMEOUT_S", "3666")
+    monkeypatch.setenv("AGENTRT_VISIBILITY_TIMEOUT_S", "3668")
     assert check(str(path)).exit_code == 0
 
 

@@ -706,7 +706,7 @@ def _visibility_problems(config: RuntimeConfig) -> list[str]:
     name, route = max(config.routes.items(), key=lambda item: item[1].step_timeout_s)
     return [
         f"routes.{name}.step_timeout_s: workers refuse to start: {route.step_timeout_s:g}s "
-        f"plus the hard-limit grace, lease margin and deferral need "
+        f"plus the hard-limit grace, chain window, lease margin and deferral need "
         f"AGENTRT_VISIBILITY_TIMEOUT_S above {needed:g} (it is {settings.visibility_timeout_s})"
     ]
 
