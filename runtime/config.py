@@ -275,8 +275,10 @@ class SchedulingConfig(_Strict):
     )
     #: items of a tenant examined when its first ones wait for a full route
     lookahead: int = Field(default=8, ge=1, le=128)
-    #: steps dispatched beyond live worker processes, as a fraction of them
-    dispatch_headroom: float = Field(default=1.0, ge=0, le=10)
+    #: steps dispatched beyond live worker processes, as a fraction of them. Default: 0 when
+    #: chaining is on (a process that finishes a step runs the next one itself, and a step
+    #: waiting in Celery would stop every chain, see ``chain_window_s``), else 1.0
+    dispatch_headroom: float | None = Field(default=None, ge=0, le=10)
     #: a step is killed this long after its route's step_timeout_s (Celery hard limit);
     #: its soft limit is half way
     hard_limit_grace_s: float = Field(default=20.0, gt=0, le=600)
@@ -294,6 +296,12 @@ class SchedulingConfig(_Strict):
     #: a process instance whose heartbeat is this old is dead: its running steps are handed
     #: back and its locks and run leases may be taken over (refreshed every 1/8 of it)
     worker_dead_after_s: float = Field(default=8.0, ge=2.0, le=300.0)
+
+    def headroom(self) -> float:
+        """``dispatch_headroom``, or its default (see there)."""
+        if self.dispatch_headroom is not None:
+            return self.dispatch_headroom
+        return 0.0 if self.chain_window_s > 0 else 1.0
 
     @model_validator(mode="after")
     def _all_priorities(self) -> SchedulingConfig:

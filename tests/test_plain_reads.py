@@ -357,7 +357,10 @@ def same_fields(plain: PlainRun, view: RunView) -> None:
         elif f.name == "version_set":
             assert vars(plain.version_set) == view.version_set.model_dump()
         else:
-            assert getattr(plain, f.name) == getattr(view, f.name), f.name
+            shown, viewed = getattr(plain, f.name), getattr(view, f.name)
+            # a NaN read back (any stored value is passed on) equals nothing, itself included
+            both_nan = shown != shown and viewed != viewed
+            assert shown == viewed or both_nan, f.name
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -99,7 +99,8 @@ def test_depth_per_tenant_and_priority_then_drained_by_a_worker(fresh_env: Deplo
 
     view = wait_for(drained, timeout=120, message="the worker's capacity and an empty scheduler")
     assert view["queued"] == 0 and view["tenants"] == [] and view["parked"] == []
-    assert view["capacity"]["dispatchLimit"] == 4  # 2 processes + 100% headroom
+    # 2 processes + their headroom (none by default: chaining keeps processes busy)
+    assert view["capacity"]["dispatchLimit"] == 2
     (worker,) = view["capacity"]["workers"]
     assert worker["processes"] == 2 and worker["expiresInS"] > 0
 
@@ -108,7 +109,9 @@ def test_in_flight_against_route_limit_tenant_cap_bulkhead_and_leases(
     fresh_env: Deployment,
 ) -> None:
     dep = fresh_env
-    dep.start_worker(concurrency=3)
+    # one process more than can run: the dispatcher (no headroom by default) has room to
+    # look past the full route and the capped tenant, and parks them
+    dep.start_worker(concurrency=4)
     # every probe stays in its call until the gate opens: the view below is read while the
     # state holds still, not within a window the machine's speed decides
     gate = Gate(dep)
@@ -169,7 +172,7 @@ def test_in_flight_against_route_limit_tenant_cap_bulkhead_and_leases(
     text = cli("queues")
     assert text.exit_code == 0, text.output
     out = text.stdout
-    assert "capacity 3 processes · 1 worker:" in out
+    assert "capacity 4 processes · 1 worker:" in out
     assert "route r.limited" in out and "tenant cap" in out
     assert "leases (3 of 3, soonest expiry first)" in out
     assert "probe.bulk" in out and "r.limited" in out

@@ -256,7 +256,8 @@ def test_pump_survives_a_failing_reconciler(
 
 @pytest.mark.slow
 def test_run_lost_at_admission_completes_once_a_worker_runs(redis_url: str, tmp_path: Path) -> None:
-    # a deployment whose step lease (the reconciler's grace) is 3 + 1 + 1 = 5 s
+    # a deployment whose step lease (the reconciler's grace) is 3 + 1 + 2 + 1 = 7 s (step,
+    # grace, chain window, margin)
     config = yaml.safe_load(TEST_CONFIG.read_text())
     for route in config["routes"].values():
         route["step_timeout_s"] = 3
@@ -271,7 +272,7 @@ def test_run_lost_at_admission_completes_once_a_worker_runs(redis_url: str, tmp_
         home=tmp_path,
     )
     try:
-        assert dep.svc.config.lease_ttl_s() == 5
+        assert dep.svc.config.lease_ttl_s() == 7
         # Given a run stored by admission whose process died before scheduling its step
         lost = store_unscheduled(dep.svc)
         assert dep.svc.scheduler.known([lost]) == [False]
@@ -283,7 +284,7 @@ def test_run_lost_at_admission_completes_once_a_worker_runs(redis_url: str, tmp_
         done = dep.wait_all([lost.run_id], timeout=90)[lost.run_id]
         assert done.status == "succeeded", worker.log()[-3000:]
         (event,) = reconciled(dep.svc, lost.run_id)
-        assert event["data"]["idle_s"] >= 5
+        assert event["data"]["idle_s"] >= 7
         assert "was in no scheduler queue" in worker.log()
     finally:
         dep.close()

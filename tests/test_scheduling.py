@@ -213,7 +213,7 @@ def test_small_tenant_is_not_stuck_behind_a_flooding_tenant(fresh_deployment: De
     # and that has been draining: the first calls pass, then the gate holds every process
     gate.close_after(drained_first)
     dep.start_worker(concurrency=procs)
-    capacity = procs + math.ceil(procs * sched.dispatch_headroom)  # steps in flight at most
+    capacity = procs + math.ceil(procs * sched.headroom())  # steps in flight at most
     wait_for(lambda: gate.held() == procs and inflight(dep) == capacity, timeout=60,
              message="the flood to fill every process and the in-flight window")  # fmt: skip
     before = gate.started()

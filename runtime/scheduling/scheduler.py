@@ -143,6 +143,9 @@ class Outcome:
     handed_back: list[Item] = field(default_factory=list)
     #: the dead instances they were taken from
     dead_instances: list[str] = field(default_factory=list)
+    #: steps in flight not started yet, those in ``dispatched`` included (waiting in
+    #: Celery for a worker process)
+    unstarted: int = 0
 
 
 def now_ms() -> int:
@@ -183,7 +186,7 @@ class Scheduler:
         sched = self.config.scheduling
         conf: dict[str, float] = {
             "lookahead": sched.lookahead,
-            "headroom": sched.dispatch_headroom,
+            "headroom": sched.headroom(),
             "ttl": int((sched.queue_allowance_s + self.config.lease_ttl_s()) * 1000),
         }
         for i, name in enumerate(PRIORITIES):
@@ -276,12 +279,14 @@ class Scheduler:
         dispatched, expired, known = raw[0], raw[1], raw[2]
         handed = raw[3] if len(raw) > 3 else []
         dead = raw[4] if len(raw) > 4 else []
+        unstarted = int(raw[5]) if len(raw) > 5 else 0
         return Outcome(
             [Item.decode(i) for i in dispatched],
             [Item.decode(i) for i in expired],
             state_known=bool(int(known)),
             handed_back=[Item.decode(i) for i in handed],
             dead_instances=[d.decode() if isinstance(d, bytes) else str(d) for d in dead],
+            unstarted=unstarted,
         )
 
     def run(self, ops: Ops) -> Outcome:

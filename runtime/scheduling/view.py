@@ -291,7 +291,7 @@ def read(
         if expiry.isdigit() and int(expiry) > now:
             live.append(Worker(name, int(procs), round((int(expiry) - now) / 1000, 3)))
     cap = int(capacity or 0)
-    room = float(headroom) if headroom is not None else config.scheduling.dispatch_headroom
+    room = float(headroom) if headroom is not None else config.scheduling.headroom()
     bulkheads = [
         Bulkhead(
             tool,

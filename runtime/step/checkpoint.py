@@ -178,9 +178,13 @@ class Checkpointer:
             self.scheduler.observe_step_time(pipe, st.run["route"], duration_ms)
 
         results = scripts.run_pipeline(self.redis, settle_release_schedule)
-        dispatched = self.scheduler.outcome(results[-2]).dispatched
+        outcome = self.scheduler.outcome(results[-2])
+        dispatched = outcome.dispatched
         kept = None
-        if dispatched and st.keep is not None and st.keep(dispatched[0]):
+        # never ahead of a step dispatched earlier and still waiting in Celery: the
+        # scheduler chose that one first
+        overtakes = outcome.unstarted > len(dispatched)
+        if dispatched and st.keep is not None and not overtakes and st.keep(dispatched[0]):
             kept = dispatched[0]
         self.dispatch.publish([item for item in dispatched if item is not kept])
         return kept

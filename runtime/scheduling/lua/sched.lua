@@ -17,7 +17,7 @@
 --   H worker n ttl_ms  worker heartbeat: n processes, forget it after ttl_ms
 --   U                  unpark every parked tenant (after new limits were published)
 -- returns {dispatched items, expired items, state known (1) or not (0), handed-back items,
---          dead instances}
+--          dead instances, steps in flight not started yet (dispatched ones included)}
 --   (a handed-back item keeps its slots and is in the dispatched list: publish it again)
 --
 -- Fail closed: the state marker $P:state (written when recovery or the first start built
@@ -394,4 +394,9 @@ while i <= #ARGV do
     return redis.error_reply('unknown scheduler op ' .. tostring(op))
   end
 end
-return {dispatched, expired, state_known and 1 or 0, handed, dead}
+-- in flight but not started (no owner): what a task may not overtake by chaining
+local unstarted = 0
+if state_known then
+  unstarted = redis.call('ZCARD', P .. ':inflight') - redis.call('HLEN', P .. ':owner')
+end
+return {dispatched, expired, state_known and 1 or 0, handed, dead, unstarted}
