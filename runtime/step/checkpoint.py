@@ -113,6 +113,15 @@ class Checkpointer:
         """Commit the checkpoint; the move that took effect. A run asked to cancel while
         its step worked does not go on as if nothing happened: the same step (its record,
         spend, decisions, side-effect outcome) is committed ending the run ``cancelled``."""
+        if (
+            move.status == RunStatus.CANCELLED
+            and st.run["status"] != RunStatus.CANCEL_REQUESTED.value
+        ):
+            # the step learned of a cancel while it worked (a refused claim, a tool that
+            # stopped on it): what the request asked for is on the row it is about to end
+            current = self.store.get_run(st.run_id)
+            if current["status"] == RunStatus.CANCEL_REQUESTED.value:
+                st.cancel_request = current["workflow_step"]
         try:
             self.store.checkpoint(cp)
             return move
