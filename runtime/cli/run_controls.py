@@ -55,6 +55,15 @@ TenantOpt = Annotated[
 ]
 
 
+def _past(value: str) -> datetime:
+    """``--older-than``: a duration back from now, or a time that is not in the future
+    (one in the future would match every run)."""
+    when = params.parse_when(value)
+    if when > datetime.now(UTC):
+        raise typer.BadParameter(f"{params.shown(value)} is in the future")
+    return when
+
+
 def runs_cancel(
     run_id: Annotated[
         str | None, typer.Argument(help="The run id (leave out to cancel by filter).")
@@ -84,7 +93,7 @@ def runs_cancel(
         datetime | None,
         typer.Option(
             "--older-than",
-            parser=params.parse_when,
+            parser=_past,
             metavar="AGE",
             help="Filter: created before AGE ago (30m, 2h, 7d) or before an ISO-8601 time.",
         ),
