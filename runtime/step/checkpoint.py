@@ -241,36 +241,14 @@ class Checkpointer:
         scheduled = results[-3] if following is not None else results[-2]
         dispatched = self.scheduler.outcome(scheduled).dispatched
         if following is not None and results[-1] is not None:
-            dispatched = self._land_pause(st, following, results[-1], dispatched)
+            dispatched = land_pause(
+                self.store, self.dispatch, st, following, results[-1], dispatched
+            )
         kept = None
         if dispatched and st.keep is not None and st.keep(dispatched[0]):
             kept = dispatched[0]
         self.dispatch.publish([item for item in dispatched if item is not kept])
         return kept
-
-    def _land_pause(
-        self, st: Step, following: Item, raw_actor: Any, dispatched: list[Item]
-    ) -> list[Item]:
-        """The run was paused while this step ran: this step was its last. Its next step,
-        just queued (or dispatched and not yet published), is taken back - freeing the slot
-        it may have taken - and the run waits (``paused:<actor>``) holding nothing. If a
-        cancel got there first, the step goes back to the queue: its guards end the run."""
-        actor = (
-            raw_actor.decode(errors="replace") if isinstance(raw_actor, bytes) else str(raw_actor)
-        )
-        actor = actor[:190] or "operator"
-        self.dispatch.schedule(Ops().drop(following).dispatch(1))
-        trace = TraceBuffer(st.run_id, st.tenant_id, st.run["trace_id"], following.step_no)
-        trace.add("paused", actor=actor, at_step=following.step_no)
-        if not self.store.pause_run(
-            st.run_id,
-            following.step_no,
-            actor_reason=stop_reasons.make("paused", actor),
-            subject=actor,
-            events=trace.drain(),
-        ):
-            self.dispatch.schedule(Ops().enqueue(following).dispatch(1))
-        return [item for item in dispatched if item != following]
 
     def fail(self, run_id: str, step_no: int, failure_class: str) -> bool:
         """End a run whose step failed for good outside the loop as ``failed:<class>``.
@@ -339,3 +317,32 @@ class Checkpointer:
                 "as unknown (same idempotency key, or an operator for an irreversible tool)",
                 effect_update["idempotency_key"],
             )
+
+
+def land_pause(
+    store: RunStore,
+    dispatch: Scheduling,
+    st: Step,
+    following: Item,
+    raw_actor: Any,
+    dispatched: list[Item],
+) -> list[Item]:
+    """The run was paused while its step ran: that step was its last. Its next step, just
+    queued (or dispatched and not yet published), is taken back - freeing the slot it may
+    have taken - and the run waits (``paused:<actor>``) holding nothing. If a cancel got
+    there first, the step goes back to the queue: its guards end the run. Returns what
+    is left to publish."""
+    actor = raw_actor.decode(errors="replace") if isinstance(raw_actor, bytes) else str(raw_actor)
+    actor = actor[:190] or "operator"
+    dispatch.schedule(Ops().drop(following).dispatch(1))
+    trace = TraceBuffer(st.run_id, st.tenant_id, st.run["trace_id"], following.step_no)
+    trace.add("paused", actor=actor, at_step=following.step_no)
+    if not store.pause_run(
+        st.run_id,
+        following.step_no,
+        actor_reason=stop_reasons.make("paused", actor),
+        subject=actor,
+        events=trace.drain(),
+    ):
+        dispatch.schedule(Ops().enqueue(following).dispatch(1))
+    return [item for item in dispatched if item != following]
