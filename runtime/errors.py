@@ -136,6 +136,17 @@ class StaleWrite(AgentRuntimeError):
         super().__init__(f"run {run_id}: another writer won{': ' + detail if detail else ''}")
 
 
+class CancelRequested(StaleWrite):
+    """The run was asked to cancel while this writer worked: its step may not go on as if
+    nothing happened (a claim refused, a checkpoint to be ended ``cancelled``). A
+    ``StaleWrite``: a caller that does not know about cancels treats it as a lost write."""
+
+    def __init__(self, run_id: str, stop_reason: str | None, workflow_step: str | None) -> None:
+        self.stop_reason = stop_reason
+        self.workflow_step = workflow_step
+        super().__init__(run_id, f"cancel requested ({stop_reason})")
+
+
 class InvalidTransition(AgentRuntimeError):
     def __init__(self, run_id: str, from_status: str, to_status: str) -> None:
         self.run_id = run_id
@@ -159,6 +170,16 @@ class ToolExecutionError(ToolError):
         self.code = code
         self.retryable = retryable
         super().__init__(message)
+
+
+class ToolCancelled(ToolExecutionError):
+    """The run was cancelled (immediately) while the tool ran: ``ctx.redis_effect`` refuses
+    to commit, and a tool that polls ``ctx.cancelled`` raises this to stop early."""
+
+    CODE = "cancelled"
+
+    def __init__(self, message: str = "the run was cancelled; nothing was committed") -> None:
+        super().__init__(message, code=self.CODE)
 
 
 class ToolTimeout(ToolError):

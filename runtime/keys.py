@@ -203,7 +203,14 @@ class Keys:
         return f"{self.namespace}:control:tool_disabled:{tool}"
 
     def run_cancelled(self, run_id: str) -> str:
+        """Set (to the actor) by an immediate cancel: ``ctx.cancelled``, and a step in
+        flight stops at its next boundary. SQL (``cancel_requested``) is the fence."""
         return f"{self.namespace}:control:cancel:{run_id}"
+
+    def run_paused(self, run_id: str) -> str:
+        """Set (to the actor) by a pause: the step in flight is the last before the run
+        waits (its checkpoint, or the next step's guards, land the pause in SQL)."""
+        return f"{self.namespace}:control:pause:{run_id}"
 
     # --- dead letters ----------------------------------------------------------------
     def dlq_stream(self, queue: str) -> str:

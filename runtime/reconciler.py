@@ -49,7 +49,12 @@ DEFAULT_INTERVAL_S = 5.0
 DEFAULT_BATCH = 500
 #: dead-letter retention runs at most this often (per process)
 RETENTION_EVERY_S = 3600.0
-ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+#: a run in cancel_requested whose step was lost is healed too: its step ends it cancelled
+ACTIVE_STATUSES = (
+    RunStatus.QUEUED.value,
+    RunStatus.RUNNING.value,
+    RunStatus.CANCEL_REQUESTED.value,
+)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The façade: the public Python API (submit, get, wait, trace, list_runs, cancel, ...).
+"""The façade: the public Python API (submit, get, wait, trace, list_runs, cancel, pause,
+resume, ...).
 
 It is built by the composition root (``runtime.wiring``), which hands it the components it
 serves from; no component receives it. Web apps use it as ``Runtime``::
@@ -18,8 +19,9 @@ from typing import Any
 
 import redis
 
-from runtime import admission, deployment, new_runs, proposals, stop_reasons
+from runtime import admission, deployment, new_runs, proposals
 from runtime.budgets.ledger import BudgetLedger
+from runtime.cancellation import MAX_ACTOR_CHARS, BulkCancel, CancelFilter, Cancellation
 from runtime.catalog import Catalog
 from runtime.compensation import Compensations
 from runtime.config import RuntimeConfig
@@ -48,7 +50,6 @@ from runtime.step.state import StepResult
 from runtime.store.deployment import DeploymentStore
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
-from runtime.tracing import TraceBuffer
 
 __all__ = ["MAX_LIST_LIMIT", "WAIT_STATUSES", "RuntimeService", "WaitTimeout"]
 
@@ -58,7 +59,7 @@ WAIT_STATUSES = TERMINAL_STATUSES | {RunStatus.WAITING}
 #: most runs one ``list_runs`` call returns
 MAX_LIST_LIMIT = 10_000
 #: a cancel's actor goes into the stop reason (``cancelled:<actor>``, 200 characters)
-MAX_CANCEL_ACTOR_CHARS = 190
+MAX_CANCEL_ACTOR_CHARS = MAX_ACTOR_CHARS
 
 
 class RuntimeService:
@@ -90,6 +91,7 @@ class RuntimeService:
         dead_letters: DeadLetters,
         compensations: Compensations,
         recovery: Recovery,
+        cancellation: Cancellation,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -120,6 +122,7 @@ class RuntimeService:
         self.dead_letters = dead_letters
         self.compensations = compensations
         self.recovery = recovery
+        self.cancellation = cancellation
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -279,38 +282,33 @@ class RuntimeService:
             raise InvalidRequest(("limit",), f"limit must be an integer 1..{MAX_LIST_LIMIT}")
         return [self._view(r) for r in self.store.list_runs(tenant, status, route, limit)]
 
-    def cancel(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
-        """Cancel a run. Checked before anything is written (``store.run_for_write``): an
-        unknown run or another tenant's is ``RunNotFound``, a finished one
-        ``InvalidTransition``, and neither writes anything, in SQL or Redis. Then the run
-        is cancelled in SQL (a conditional update, tenant-scoped), and only after that the
-        Redis flag is set that stops a step in flight at its next boundary (a step past it
-        cannot checkpoint: its conditional update finds the run cancelled)."""
-        problem = admission.identity_problem("actor", actor)
-        if problem is None and len(actor) > MAX_CANCEL_ACTOR_CHARS:
-            problem = f"actor is {len(actor)} characters; at most {MAX_CANCEL_ACTOR_CHARS}"
-        if problem is not None:
-            raise InvalidRequest(("actor",), problem)
-        run = self.store.run_for_write(run_id, tenant, RunStatus.CANCELLED)
-        trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], None)
-        reason = stop_reasons.make("cancelled", actor)
-        trace.add("stop", reason=reason, status="cancelled", actor=actor)
-        row = self.store.transition(
-            run_id,
-            RunStatus.CANCELLED,
-            stop_reason=reason,
-            events=trace.drain(),
-            tenant_id=run["tenant_id"],
-        )
-        try:
-            self.redis.set(self.keys.run_cancelled(run_id), actor, ex=7 * 86400)
-        except redis.RedisError:
-            # SQL is the truth: the run is cancelled and no step of it can checkpoint; the
-            # flag only stops a step in flight sooner
-            log.warning(
-                "run %s cancelled; could not set its Redis cancel flag", run_id, exc_info=True
-            )
-        return self._view(row)
+    def cancel(
+        self,
+        run_id: str,
+        actor: str = "operator",
+        tenant: str | None = None,
+        *,
+        mode: str = "immediate",
+        compensate: bool = False,
+    ) -> RunView:
+        """Cancel a run (``immediate`` or ``drain``; ``compensate``: undo its side effects):
+        see ``runtime.cancellation``. ``RunNotFound`` / ``InvalidTransition`` write nothing."""
+        return self._view(self.cancellation.cancel(run_id, actor, mode, compensate, tenant))
+
+    def cancel_many(
+        self, filter: CancelFilter, actor: str = "operator", **options: Any
+    ) -> BulkCancel:
+        """Cancel the runs ``filter`` matches, oldest first; ``options``: ``mode``,
+        ``compensate``, ``dry_run`` (count, change nothing), ``limit`` (1000)."""
+        return self.cancellation.cancel_many(filter, actor, **options)
+
+    def pause(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
+        """Its step in flight finishes, then the run waits (``paused:<actor>``), no slot held."""
+        return self._view(self.cancellation.pause(run_id, actor, tenant))
+
+    def resume(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
+        """A paused run's next step goes back into its tenant's queue."""
+        return self._view(self.cancellation.resume(run_id, actor, tenant))
 
     # --- what workers and operators call (thin: the work is in the components) ----------
     @property

@@ -7,13 +7,16 @@ stateDiagram-v2
     queued --> running: first step starts
     queued --> cancelled
     running --> running: step checkpointed
-    running --> waiting: needs approval / escalated
+    running --> waiting: needs approval / escalated / paused
     waiting --> running: approved / resumed
     running --> succeeded
     running --> failed
     running --> refused: policy denied
     running --> cancelled
     waiting --> cancelled
+    queued --> cancel_requested: cancel (a step may be in flight)
+    running --> cancel_requested
+    cancel_requested --> cancelled: the step in flight ends, or none was
     waiting --> failed: approval expired
     waiting --> refused: approval denied
 ```
@@ -33,5 +36,6 @@ ALLOWED_FROM: dict[RunStatus, frozenset[RunStatus]] = {
     S.SUCCEEDED: frozenset({S.QUEUED, S.RUNNING}),
     S.FAILED: frozenset({S.QUEUED, S.RUNNING, S.WAITING}),
     S.REFUSED: frozenset({S.QUEUED, S.RUNNING, S.WAITING}),
-    S.CANCELLED: frozenset({S.QUEUED, S.RUNNING, S.WAITING}),
+    S.CANCELLED: frozenset({S.QUEUED, S.RUNNING, S.WAITING, S.CANCEL_REQUESTED}),
+    S.CANCEL_REQUESTED: frozenset({S.QUEUED, S.RUNNING}),
 }

@@ -65,6 +65,8 @@ class StepOutcome(enum.StrEnum):
     #: an irreversible call's earlier attempt died mid-call: not repeated
     SIDE_EFFECT_UNKNOWN = "side_effect_unknown"
     CANCELLED = "cancelled"
+    #: ``:<actor>``: an operator paused the run before this step could start
+    PAUSED = "paused"
     ROUTE_STOPPED = "route_stopped"
     TIMED_OUT = "timed_out"
     STEP_LIMIT = "step_limit"
@@ -141,6 +143,12 @@ class WorkflowStep(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     #: an operator retried it from the dead-letter queue
     RETRIED_FROM_DEAD_LETTER = "retried_from_dead_letter"
+    #: ``:<mode>[+compensate]``: a cancel was requested (status ``cancel_requested``)
+    CANCELLING = "cancelling"
+    #: ``:<actor>``: an operator paused the run (status ``waiting``)
+    PAUSED = "paused"
+    #: ``:<actor>``: an operator resumed the paused run
+    RESUMED = "resumed"
 
 
 def workflow_step(state: WorkflowStep, subject: str | None = None) -> str:

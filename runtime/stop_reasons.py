@@ -17,6 +17,7 @@ dead_lettered:<class>         failed       the step went to the dead-letter queu
 cancelled:<actor>             cancelled    an operator or the caller cancelled the run
 needs_approval:<rule>         waiting      a call requires approval (the run waits)
 escalated:<rule>              waiting      policy escalated the call to a human
+paused:<actor>                waiting      an operator paused the run (resume goes on)
 approval_denied               refused      a reviewer denied the action
 approval_expired              failed       nobody decided in time
 ============================  ===========  ==============================================
@@ -41,6 +42,7 @@ _STATUS_BY_KIND: dict[str, RunStatus] = {
     "cancelled": RunStatus.CANCELLED,
     "needs_approval": RunStatus.WAITING,
     "escalated": RunStatus.WAITING,
+    "paused": RunStatus.WAITING,
 }
 
 KINDS = frozenset(_STATUS_BY_KIND)

@@ -20,6 +20,7 @@ import redis
 
 from runtime import deployment
 from runtime.budgets.ledger import BudgetLedger
+from runtime.cancellation import Cancellation
 from runtime.catalog import Catalog
 from runtime.compensation import Compensations
 from runtime.config import RuntimeConfig, config_digest, load_config
@@ -287,6 +288,7 @@ def _step_runner(
         generation=m.generation,
         dead_letters=dead_letters,
         after_failure=compensations.after_failure,
+        after_cancel=compensations.compensate,
     )
 
 
@@ -338,6 +340,16 @@ def build_service(
         dead_letters=dead_letters,
         compensations=compensations,
         recovery=_recovery(settings, config, m, dispatch),
+        cancellation=Cancellation(
+            store=m.store,
+            controls=controls,
+            scheduler=m.scheduler,
+            dispatch=dispatch,
+            ledger=m.ledger,
+            redis=m.redis,
+            keys=m.keys,
+            compensate=compensations.compensate,
+        ),
     )
 
 

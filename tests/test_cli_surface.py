@@ -375,6 +375,8 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("dlq", "purge", "--dry-run", "--all"), "--limit", [HUGE]),
     (("dlq", "audit"), "--limit", [HUGE, "0"]),
     (("config", "check"), "--probe-timeout", ["nan", "inf", "0", "61"]),
+    (("runs", "cancel", "--dry-run", "--tenant", "t1"), "--limit", [HUGE, "0", "100001"]),
+    (("runs", "cancel", "--tenant", "t1"), "--older-than", ["99999999w", "9999-12-31", "soon"]),
 ]
 
 

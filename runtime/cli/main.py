@@ -37,7 +37,7 @@ from rich.markup import escape
 
 from runtime import locations, stop_reasons
 from runtime.bounds import BoundsError, parse_json
-from runtime.cli import config_views, params, render
+from runtime.cli import config_views, params, render, run_controls
 from runtime.cli.common import (
     EXIT_ERROR,
     EXIT_REFUSED,
@@ -62,7 +62,7 @@ from runtime.cli.common import (
 )
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
-from runtime.errors import ConfigError, InvalidTransition
+from runtime.errors import ConfigError
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
 
@@ -81,7 +81,7 @@ app = typer.Typer(
     # a traceback's locals may hold inputs and URLs with credentials
     pretty_exceptions_show_locals=False,
 )
-runs_app = typer.Typer(help="List, inspect and cancel runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, inspect, cancel, pause and resume runs.", no_args_is_help=True)
 config_app = typer.Typer(help="Work with the deployment file.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
@@ -307,25 +307,9 @@ def runs_show(
     )
 
 
-@runs_app.command("cancel")
-def runs_cancel(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
-    actor: Annotated[str | None, typer.Option(help="Who cancels (default cli:$USER).")] = None,
-    tenant: TenantScope = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Cancel an unfinished run.
-
-    A step in flight stops at its next boundary and cannot checkpoint."""
-    with service() as svc:
-        try:
-            view = svc.cancel(run_id, actor or default_actor(), tenant)
-        except InvalidTransition as exc:
-            fail(f"run {run_id} is {exc.from_status}; only unfinished runs can be cancelled")
-    if json_out:
-        emit_json(render.run_json(view))
-    else:
-        out.print(render.cancelled_line(view))
+runs_app.command("cancel")(run_controls.runs_cancel)
+runs_app.command("pause")(run_controls.runs_pause)
+runs_app.command("resume")(run_controls.runs_resume)
 
 
 @app.command()

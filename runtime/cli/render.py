@@ -209,6 +209,7 @@ STATUS_STYLE = {
     "failed": "red",
     "refused": "magenta",
     "cancelled": "dim",
+    "cancel_requested": "yellow",
 }
 
 _KIND_STYLE = {
@@ -519,7 +520,16 @@ def outcome_lines(v: RunLike) -> list[str]:
 
 
 def cancelled_line(v: RunLike) -> str:
-    return f"run {v.run_id} {status_text(v.status.value).markup} · {markup(v.stop_reason or '')}"
+    return control_line(v)
+
+
+def control_line(v: RunLike) -> str:
+    """``runs cancel|pause|resume``: where the run is now (a cancel requested, or a pause
+    asked for, lands when its step in flight ends: the workflow step says so)."""
+    line = f"run {v.run_id} {status_text(v.status.value).markup} · {markup(v.stop_reason or '-')}"
+    if v.workflow_step and v.status.value not in ("succeeded", "failed", "refused", "cancelled"):
+        line += f" · {markup(v.workflow_step)}"
+    return line
 
 
 def trace_head(v: RunLike) -> str:

@@ -20,6 +20,7 @@ from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.budget import Budgeting
 from runtime.step.checkpoint import Checkpointer
 from runtime.step.collaborators import (
+    AfterCancel,
     AfterFailure,
     CatalogReads,
     DeadLettering,
@@ -60,6 +61,7 @@ def build_runner(
     dispatch: Scheduling,
     dead_letters: DeadLettering,
     after_failure: AfterFailure,
+    after_cancel: AfterCancel,
 ) -> StepRunner:
     retries = Retries(dead_letters=dead_letters)
     pending = PendingCalls(registry=registry, store=store)
@@ -71,7 +73,7 @@ def build_runner(
         limiter=limiter,
         leases=leases,
         budgeting=budgeting,
-        execution=ToolExecution(store=store, keys=keys, tool_redis=tool_redis),
+        execution=ToolExecution(store=store, keys=keys, tool_redis=tool_redis, control_redis=redis),
         pending=pending,
         retries=retries,
     )
@@ -102,6 +104,8 @@ def build_runner(
         dead_letters=dead_letters,
         after_failure=after_failure,
         budgeting=budgeting,
+        controls=controls,
+        after_cancel=after_cancel,
     )
     return StepRunner(
         config=config,

@@ -14,11 +14,18 @@ import redis
 from runtime import scripts, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
 from runtime.contract import TERMINAL_STATUSES, RunStatus
-from runtime.errors import StaleWrite
+from runtime.errors import CancelRequested, StaleWrite
 from runtime.locks.leases import Lease, LeaseManager
 from runtime.scheduling.scheduler import Item, Ops, Scheduler, item_of, now_ms
+from runtime.statuses import read_cancel_request
 from runtime.step.budget import Budgeting, spend_row
-from runtime.step.collaborators import AfterFailure, DeadLettering, Scheduling
+from runtime.step.collaborators import (
+    AfterCancel,
+    AfterFailure,
+    DeadLettering,
+    LiveControls,
+    Scheduling,
+)
 from runtime.step.state import Delivery, Move, Step, StepResult
 from runtime.step_record import StepKind, WorkflowStep, workflow_step
 from runtime.store.db import utcnow
@@ -41,6 +48,8 @@ class Checkpointer:
         dead_letters: DeadLettering,
         after_failure: AfterFailure,
         budgeting: Budgeting,
+        controls: LiveControls,
+        after_cancel: AfterCancel,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -51,6 +60,8 @@ class Checkpointer:
         self.dead_letters = dead_letters
         self.after_failure = after_failure
         self.budgeting = budgeting
+        self.controls = controls
+        self.after_cancel = after_cancel
 
     def finish(self, st: Step, move: Move, lease: Lease) -> StepResult:
         """Apply ``move``: the one place a step's decision takes effect."""
@@ -64,7 +75,7 @@ class Checkpointer:
             st.trace.add("budget_settle", actual=actual)
         cp = self._checkpoint_of(st, move, actual)
         try:
-            self.store.checkpoint(cp)
+            move = self._commit(st, move, cp, actual)
         except StaleWrite as exc:
             log.info("step %s/%s lost to another copy: %s", st.run_id, st.step_no, exc)
             if st.budget.reserved:
@@ -88,6 +99,8 @@ class Checkpointer:
                 return StepResult(Delivery.DEAD_LETTERED.value + f":{dl_class}", kept=kept)
             if move.status == RunStatus.FAILED:
                 self.after_failure(st.run)
+            elif move.status == RunStatus.CANCELLED and self._compensate_after(st, move):
+                self.after_cancel(st.run_id)
         except BaseException:
             if kept is not None:  # dispatched and not run: it must not wait for its lease
                 self.dispatch.publish([kept])
@@ -95,6 +108,50 @@ class Checkpointer:
         if move.continues:
             return StepResult(str(move.outcome), next_step=st.step_no + 1, kept=kept)
         return StepResult(str(move.outcome), kept=kept)
+
+    def _commit(self, st: Step, move: Move, cp: Checkpoint, actual: dict[str, int] | None) -> Move:
+        """Commit the checkpoint; the move that took effect. A run asked to cancel while
+        its step worked does not go on as if nothing happened: the same step (its record,
+        spend, decisions, side-effect outcome) is committed ending the run ``cancelled``."""
+        if (
+            move.status == RunStatus.CANCELLED
+            and st.run["status"] != RunStatus.CANCEL_REQUESTED.value
+        ):
+            # the step learned of a cancel while it worked (a refused claim, a tool that
+            # stopped on it): what the request asked for is on the row it is about to end
+            current = self.store.get_run(st.run_id)
+            if current["status"] == RunStatus.CANCEL_REQUESTED.value:
+                st.cancel_request = current["workflow_step"]
+        try:
+            self.store.checkpoint(cp)
+            return move
+        except CancelRequested as req:
+            cancelled = Move(
+                RunStatus.CANCELLED,
+                move.kind,
+                move.outcome,
+                observation=move.observation,
+                stop_reason=req.stop_reason or stop_reasons.make("cancelled", "operator"),
+                output=move.output,
+                run_updates={**move.run_updates, "pending_proposal": None},
+            )
+            # what the step did stays on record; the run's end is the cancel
+            cancelled.run_updates.pop("workflow_step", None)
+            st.trace.events = cp.events
+            st.trace.add("stop", reason=cancelled.stop_reason, status=RunStatus.CANCELLED.value)
+            st.cancel_request = req.workflow_step
+            st.pending_secrets = None
+            self.store.checkpoint(self._checkpoint_of(st, cancelled, actual))
+            return cancelled
+
+    @staticmethod
+    def _compensate_after(st: Step, move: Move) -> bool:
+        """Whether the cancel that ended the run asked for compensation (``--compensate``):
+        as the run stored it when the step started, or when its checkpoint found it."""
+        stored = st.cancel_request
+        if stored is None and st.run["status"] == RunStatus.CANCEL_REQUESTED.value:
+            stored = st.run["workflow_step"]
+        return stored is not None and read_cancel_request(stored)[1]
 
     def _checkpoint_of(self, st: Step, move: Move, actual: dict[str, int] | None) -> Checkpoint:
         now = utcnow()
@@ -162,6 +219,7 @@ class Checkpointer:
         queue the next step and dispatch what may run now; then publish it, or keep it for
         this task to run next (``runtime.step.chain``): the step kept, if any."""
         ops = Ops().complete(item_of(st.run, st.step_no))
+        following = None
         if move.continues and move.dead_letter is None:
             following = item_of(st.run, st.step_no + 1)
             if move.countdown_s:
@@ -176,10 +234,17 @@ class Checkpointer:
             self.leases.release_in(pipe, lease)
             self.scheduler.queue_in(pipe, ops)
             self.scheduler.observe_step_time(pipe, st.run["route"], duration_ms)
+            if following is not None:  # a pause asked for while this step ran
+                pipe.get(self.controls.pause_key(st.run_id))
 
         results = scripts.run_pipeline(self.redis, settle_release_schedule)
-        outcome = self.scheduler.outcome(results[-2])
+        scheduled = results[-3] if following is not None else results[-2]
+        outcome = self.scheduler.outcome(scheduled)
         dispatched = outcome.dispatched
+        if following is not None and results[-1] is not None:
+            dispatched = land_pause(
+                self.store, self.dispatch, st, following, results[-1], dispatched
+            )
         kept = None
         # never ahead of a step dispatched earlier and still waiting in Celery: the
         # scheduler chose that one first
@@ -194,6 +259,16 @@ class Checkpointer:
         A no-op if the step was checkpointed meanwhile."""
         run = self.store.get_run(run_id)
         done = Ops().complete(item_of(run, step_no)).dispatch(2)
+        if run["next_step"] == step_no and run["status"] == RunStatus.CANCEL_REQUESTED.value:
+            # the run was being cancelled: it ends cancelled, not failed
+            trace = TraceBuffer(run_id, run["tenant_id"], run["trace_id"], step_no)
+            trace.add("stop", reason=run["stop_reason"], status=RunStatus.CANCELLED.value)
+            ended = self.store.end_cancelled(
+                run_id, None, RunStatus.CANCEL_REQUESTED, events=trace.drain(), next_step=step_no
+            )
+            self.dispatch.schedule(done)
+            self.ledger.release(run_id, step_no)
+            return ended
         if run["next_step"] != step_no or run["status"] not in (
             RunStatus.QUEUED.value,
             RunStatus.RUNNING.value,
@@ -246,3 +321,32 @@ class Checkpointer:
                 "as unknown (same idempotency key, or an operator for an irreversible tool)",
                 effect_update["idempotency_key"],
             )
+
+
+def land_pause(
+    store: RunStore,
+    dispatch: Scheduling,
+    st: Step,
+    following: Item,
+    raw_actor: Any,
+    dispatched: list[Item],
+) -> list[Item]:
+    """The run was paused while its step ran: that step was its last. Its next step, just
+    queued (or dispatched and not yet published), is taken back - freeing the slot it may
+    have taken - and the run waits (``paused:<actor>``) holding nothing. If a cancel got
+    there first, the step goes back to the queue: its guards end the run. Returns what
+    is left to publish."""
+    actor = raw_actor.decode(errors="replace") if isinstance(raw_actor, bytes) else str(raw_actor)
+    actor = actor[:190] or "operator"
+    dispatch.schedule(Ops().drop(following).dispatch(1))
+    trace = TraceBuffer(st.run_id, st.tenant_id, st.run["trace_id"], following.step_no)
+    trace.add("paused", actor=actor, at_step=following.step_no)
+    if not store.pause_run(
+        st.run_id,
+        following.step_no,
+        actor_reason=stop_reasons.make("paused", actor),
+        subject=actor,
+        events=trace.drain(),
+    ):
+        dispatch.schedule(Ops().enqueue(following).dispatch(1))
+    return [item for item in dispatched if item != following]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from runtime.config import RetryPolicy
+from runtime.controls import ControlsRead
 from runtime.proposers.base import Proposer, ToolDescription
 from runtime.scheduling.scheduler import Item, Ops, Outcome
 from runtime.tools.registry import ToolSpec
@@ -37,17 +38,17 @@ class CatalogReads(Protocol):
 
 
 class LiveControls(Protocol):
-    """The kill switches: a run cancelled, a route stopped, tools disabled."""
+    """The switches: a run cancelled or paused, a route stopped, tools disabled."""
 
-    def live_controls(
-        self, run_id: str, route: str, tools: list[str]
-    ) -> tuple[bool, bool, frozenset[str]]: ...
+    def live_controls(self, run_id: str, route: str, tools: list[str]) -> ControlsRead: ...
 
     def control_keys(self, run_id: str, route: str, tools: list[str]) -> list[str]: ...
 
-    def parse_controls(
-        self, values: list[Any], tools: list[str]
-    ) -> tuple[bool, bool, frozenset[str]]: ...
+    def parse_controls(self, values: list[Any], tools: list[str]) -> ControlsRead: ...
+
+    def cancelled_by(self, run_id: str) -> str | None: ...
+
+    def pause_key(self, run_id: str) -> str: ...
 
 
 class Scheduling(Protocol):
@@ -84,3 +85,5 @@ class DeadLettering(Protocol):
 
 #: what follows a run that failed or was dead-lettered (compensation, if its route asks)
 AfterFailure = Callable[[dict[str, Any]], None]
+#: what follows a run a cancel ended, when the cancel asked for compensation (its run id)
+AfterCancel = Callable[[str], Any]

@@ -10,12 +10,13 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from runtime import proposals
-from runtime.errors import BudgetExhausted
+from runtime import proposals, stop_reasons
+from runtime.errors import BudgetExhausted, CancelRequested, ToolCancelled
 from runtime.keys import Keys
 from runtime.locks.leases import Lease
 from runtime.step import outcomes
 from runtime.step.state import Move, Step, args_digest
+from runtime.step_record import StepKind
 from runtime.store.db import utcnow
 from runtime.store.runs import RunStore
 from runtime.tools.context import ToolContext
@@ -25,11 +26,20 @@ from runtime.tracing import redact
 
 
 class ToolExecution:
-    def __init__(self, *, store: RunStore, keys: Keys, tool_redis: redis.Redis) -> None:
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        keys: Keys,
+        tool_redis: redis.Redis,
+        control_redis: redis.Redis | None = None,
+    ) -> None:
         self.store = store
         self.keys = keys
         #: the tools' Redis (``ctx.redis``): their state and effect journals
         self.tool_redis = tool_redis
+        #: the runtime's Redis, where an immediate cancel sets its switch (``ctx.cancelled``)
+        self.control_redis = control_redis
 
     def claim_and_execute(
         self,
@@ -43,7 +53,13 @@ class ToolExecution:
         # a retried call keeps the key of its first attempt: the tool (and any external
         # system it passes the key to) sees one call, tried again
         key = st.call_key or f"{st.run_id}:{st.step_no}:0"
-        earlier, replay = self._claim(st, spec, args, lock, key)
+        try:
+            earlier, replay = self._claim(st, spec, args, lock, key)
+        except CancelRequested as exc:
+            # the cancel committed before the claim: the call never starts (nothing was
+            # written; its decision and trace go with the checkpoint that ends the run)
+            st.trace.add("tool_not_started", tool=spec.name, reason="cancel_requested")
+            return outcomes.cancelled(st, exc.stop_reason)
         refused = self._charge_executions(st, spec, key, earlier, runs_now=replay is None)
         if refused is not None:
             return refused
@@ -59,6 +75,7 @@ class ToolExecution:
             fencing_token=lock.fencing_token if lock else None,
             redis=self.tool_redis,
             keys=self.keys,
+            control_redis=self.control_redis,
         )
         st.trace.add("tool_start", tool=spec.name, idempotency_key=key, timeout_s=timeout_s)
         outcome = execute(spec, args_model, ctx, timeout_s)
@@ -82,7 +99,22 @@ class ToolExecution:
                 "error": outcome.error,
                 "finished_at": utcnow(),
             }
+        if outcome.error_code == ToolCancelled.CODE:
+            actor = self._cancelled_by(st.run_id)
+            if actor is not None:
+                # the tool stopped on the cancel (or its commit was refused): nothing of it
+                # committed, and the run ends here
+                reason = stop_reasons.make("cancelled", actor[:190] or "operator")
+                return outcomes.cancelled(st, reason, StepKind.TOOL_CALL)
         return outcome
+
+    def _cancelled_by(self, run_id: str) -> str | None:
+        if self.control_redis is None:
+            return None
+        raw = self.control_redis.get(self.keys.run_cancelled(run_id))
+        if raw is None:
+            return None
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
     def _claim(
         self, st: Step, spec: ToolSpec, args: dict[str, Any], lock: Lease | None, key: str
@@ -95,12 +127,40 @@ class ToolExecution:
         changes nothing, so a step that dies before its checkpoint leaves nothing a decision
         would have to account for; the step runs again and decides again."""
         if spec.side_effect == "read":
+            # a read has no claim to fence: the immediate-cancel switch (one GET) keeps a
+            # step that outlived the cancel from spending a tool call on it
+            actor = self._cancelled_by(st.run_id)
+            if actor is not None:
+                reason = stop_reasons.make("cancelled", actor[:190] or "operator")
+                raise CancelRequested(st.run_id, reason, None)
             # no record of earlier attempts: every execution the hold covers besides this
             # one may have run (a copy of the step that died); charged, fail closed
             return max(st.budget.hold_tools - 1, 0), None
         decisions, st.decisions = st.decisions, []
         events = st.trace.drain()
-        claim = self.store.claim_effect(
+        try:
+            claim = self._claim_effect(st, spec, args, lock, key, decisions, events)
+        except CancelRequested:
+            # refused: nothing was written; the decision and the events stay the step's
+            st.decisions = decisions + st.decisions
+            st.trace.events = events + st.trace.events
+            raise
+        earlier = self._earlier_executions(st, claim)
+        if claim.fresh:
+            return earlier, None
+        return earlier, self._replay(st, spec, claim.status, claim.result, claim.error, key)
+
+    def _claim_effect(
+        self,
+        st: Step,
+        spec: ToolSpec,
+        args: dict[str, Any],
+        lock: Lease | None,
+        key: str,
+        decisions: list[dict[str, Any]],
+        events: list[dict[str, Any]],
+    ) -> Any:
+        return self.store.claim_effect(
             {
                 "idempotency_key": key,
                 "run_id": st.run_id,
@@ -119,10 +179,6 @@ class ToolExecution:
             retry=st.call_key is not None,
             retry_unknown=spec.retry_unknown,
         )
-        earlier = self._earlier_executions(st, claim)
-        if claim.fresh:
-            return earlier, None
-        return earlier, self._replay(st, spec, claim.status, claim.result, claim.error, key)
 
     def _replay(
         self, st: Step, spec: ToolSpec, status: str, result: Any, error: str | None, key: str

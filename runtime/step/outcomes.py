@@ -144,3 +144,16 @@ def tool_exhausted(st: Step, exc: BudgetExhausted) -> Move:
     move = exhausted(st, exc)
     move.run_updates["pending_proposal"] = None
     return move
+
+
+def cancelled(st: Step, stop_reason: str | None, kind: StepKind = StepKind.STOPPED) -> Move:
+    """The run was cancelled while its step worked: it ends now, with the stop reason the
+    cancel stored (``cancelled:<actor>``); what the step already spent is settled."""
+    reason = stop_reason or stop_reasons.make("cancelled", "operator")
+    return Move(
+        RunStatus.CANCELLED,
+        kind,
+        StepOutcome.CANCELLED,
+        stop_reason=reason,
+        run_updates={"pending_proposal": None},
+    )

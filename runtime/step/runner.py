@@ -12,6 +12,7 @@ import redis
 from runtime.budgets.ledger import BudgetLedger
 from runtime.config import RuntimeConfig
 from runtime.contract import RunStatus
+from runtime.controls import ControlsRead
 from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
 from runtime.locks.leases import Busy, Lease, LeaseManager
@@ -25,6 +26,7 @@ from runtime.scheduling.scheduler import (
     item_of,
 )
 from runtime.state import KnownGeneration, StateMarkers
+from runtime.statuses import LIVE_STATUSES
 from runtime.step import outcomes
 from runtime.step.budget import Budgeting
 from runtime.step.chain import Chain
@@ -34,15 +36,15 @@ from runtime.step.guards import Guards
 from runtime.step.model_call import ModelCall
 from runtime.step.pending import PendingCalls
 from runtime.step.proposal import ProposalCheck
-from runtime.step.state import ControlsRead, Delivery, Move, Step, StepResult
+from runtime.step.state import Delivery, Move, Step, StepResult
 from runtime.step_record import StepOutcome
 from runtime.store.runs import RunStore
 from runtime.tracing import TraceBuffer
 
 log = logging.getLogger("agentrt.steps")
 
-#: run statuses a step may still run in
-_ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+#: run statuses a step may still run in (a cancel request's step ends the run at its guards)
+_ACTIVE = tuple(s.value for s in LIVE_STATUSES)
 
 
 class StepRunner:

@@ -13,6 +13,7 @@ from typing import Any
 from runtime.budgets.step import StepBudget
 from runtime.config import RouteConfig
 from runtime.contract import RunStatus, Usage
+from runtime.controls import ControlsRead
 from runtime.scheduling.scheduler import Item
 from runtime.step_record import StepKind
 from runtime.store.db import utcnow
@@ -20,8 +21,6 @@ from runtime.tracing import TraceBuffer
 
 #: seconds a step's budget hold, a tool lock or a bulkhead place outlives what it covers
 LEASE_MARGIN_S = 15.0
-#: kill switches as read with the run lease: (cancelled, route stopped, disabled tools)
-ControlsRead = tuple[bool, bool, frozenset[str]]
 
 
 class Delivery(enum.StrEnum):
@@ -77,7 +76,7 @@ class Step:
     proposal: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     effect_update: dict[str, Any] | None = None
-    #: kill switches read with the lease (None: read them in the guards)
+    #: switches read with the lease (None: read them in the guards)
     controls: ControlsRead | None = None
     #: tools switched off by a live kill switch (read once per step with the other controls)
     disabled_tools: frozenset[str] = frozenset()
@@ -91,6 +90,8 @@ class Step:
     secrets: list[str] = field(default_factory=list)
     #: whether the task may run the step its checkpoint dispatches, itself (a chain)
     keep: Callable[[Item], bool] | None = None
+    #: the stored cancel request (``cancelling:<mode>[+compensate]``) the checkpoint found
+    cancel_request: str | None = None
 
     @property
     def run_id(self) -> str:

@@ -12,8 +12,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from runtime.errors import CancelRequested
+from runtime.statuses import side_effects_fenced
 from runtime.store.connections import StoreConnections
-from runtime.store.tables import decisions_t, effects_t, events_t
+from runtime.store.tables import decisions_t, effects_t, events_t, runs_t
 
 
 @dataclass
@@ -113,9 +115,14 @@ class EffectRows(StoreConnections):
         """Store the allow decision and claim the side effect's idempotency key, before
         the tool runs. If the key exists (a redelivered step), report what was recorded.
         ``retry``: a retry of a call that failed claims its key again (``failed``, or
-        ``unknown`` when the tool may run again after an unknown outcome)."""
+        ``unknown`` when the tool may run again after an unknown outcome).
+
+        The cancel fence: ``CancelRequested`` (nothing written) if the run was cancelled,
+        or an immediate cancel was requested, before this claim - read in the claim's own
+        transaction, so no side effect starts after a cancel committed."""
         try:
             with self._write() as conn:
+                self._cancel_fence(conn, str(effect["run_id"]))
                 if decisions:
                     self._sql.insert(conn, decisions_t, decisions)
                 self._sql.insert(conn, effects_t, [effect])
@@ -125,6 +132,7 @@ class EffectRows(StoreConnections):
         except IntegrityError:
             pass
         with self._write() as conn:
+            self._cancel_fence(conn, str(effect["run_id"]))
             row = (
                 conn.execute(
                     select(effects_t).where(
@@ -169,6 +177,20 @@ class EffectRows(StoreConnections):
                 error=row["error"],
                 attempts=row["attempts"] + (1 if row["status"] == "started" else 0),
             )
+
+    @staticmethod
+    def _cancel_fence(conn: Connection, run_id: str) -> None:
+        """Read the run's status in the claim's transaction, locked against a concurrent
+        cancel (``FOR SHARE`` on PostgreSQL; SQLite's write transaction holds the database
+        lock): either the cancel committed first and the claim is refused, or the claim
+        commits first and the cancel finds a step in flight."""
+        row = conn.execute(
+            select(runs_t.c.status, runs_t.c.workflow_step, runs_t.c.stop_reason)
+            .where(runs_t.c.run_id == run_id)
+            .with_for_update(read=True)
+        ).first()
+        if row is not None and side_effects_fenced(str(row.status), row.workflow_step):
+            raise CancelRequested(run_id, row.stop_reason, row.workflow_step)
 
     @staticmethod
     def _update_effect(conn: Connection, effect_update: dict[str, Any]) -> None:

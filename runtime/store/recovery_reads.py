@@ -13,7 +13,12 @@ from sqlalchemy import Engine, and_, func, insert, or_, select
 from runtime.contract import RunStatus
 from runtime.store.runs import events_t, runs_t, spend_t
 
-LIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+#: runs with a step to run: queued, running, and cancel_requested (its step ends the run)
+LIVE_STATUSES = (
+    RunStatus.QUEUED.value,
+    RunStatus.RUNNING.value,
+    RunStatus.CANCEL_REQUESTED.value,
+)
 
 
 @dataclass

@@ -46,6 +46,7 @@ from runtime.store.effects import EffectClaim as EffectClaim
 from runtime.store.effects import EffectRows
 from runtime.store.history import HistoryRows
 from runtime.store.migrations.startup import ensure_current
+from runtime.store.run_controls import RunControlRows, lost_checkpoint
 from runtime.store.tables import decisions_t as decisions_t
 from runtime.store.tables import effects_t as effects_t
 from runtime.store.tables import events_t as events_t
@@ -80,10 +81,11 @@ class Checkpoint:
     clear_pending_secrets: bool = False
 
 
-class RunStore(HistoryRows, EffectRows):
+class RunStore(HistoryRows, EffectRows, RunControlRows):
     """Runs: admission, reads for views, the step's start and checkpoint, transitions an
-    operator names. Side effects and a run's history (steps, trace, decisions, spend) are
-    the rows of ``EffectRows`` and ``HistoryRows``, over the same connections."""
+    operator names. Side effects, a run's history (steps, trace, decisions, spend) and an
+    operator's cancel, pause and resume are the rows of ``EffectRows``, ``HistoryRows``
+    and ``RunControlRows``, over the same connections."""
 
     # --- schema ----------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -239,7 +241,9 @@ class RunStore(HistoryRows, EffectRows):
         return row
 
     def checkpoint(self, cp: Checkpoint) -> None:
-        """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect."""
+        """Commit one step: run state (compare-and-set), step, trace, spend, decisions, effect.
+        ``StaleWrite`` if another copy of the step won; ``CancelRequested`` (nothing
+        written) if the run was asked to cancel meanwhile."""
         allowed = _ALLOWED_VALUES[cp.status]
         values = dict(cp.run_updates)
         values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
@@ -253,7 +257,7 @@ class RunStore(HistoryRows, EffectRows):
             with self._write() as conn:
                 matched, _ = self._sql.update(conn, runs_t, values, where, allowed)
                 if matched != 1:
-                    raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
+                    raise lost_checkpoint(conn, cp.run_id, cp.step_no)
                 self._sql.insert(conn, steps_t, [cp.step])
                 if cp.events:
                     self._sql.insert(conn, events_t, cp.events)
@@ -307,7 +311,8 @@ class RunStore(HistoryRows, EffectRows):
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
         if matched != 1:
-            raise StaleWrite(cp.run_id, f"step {cp.step_no} was checkpointed already")
+            with self._read_one() as conn:
+                raise lost_checkpoint(conn, cp.run_id, cp.step_no)
 
     def transition(
         self,

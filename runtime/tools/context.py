@@ -1,4 +1,5 @@
-"""What a tool gets besides its arguments: identity, idempotency key, fencing token, journal."""
+"""What a tool gets besides its arguments: identity, idempotency key, fencing token, journal,
+and whether its run was cancelled."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis import Redis
 
+from runtime.errors import ToolCancelled
 from runtime.keys import Keys
 
 #: how long journal markers of Redis-resident side effects are kept
@@ -28,6 +31,19 @@ class ToolContext:
     fencing_token: int | None
     redis: redis.Redis
     keys: Keys
+    #: the runtime's coordination Redis, where an immediate cancel sets the run's switch
+    #: (None: the call cannot be cancelled, e.g. a compensation, which runs after a cancel)
+    control_redis: Redis | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled immediately while this call runs: one GET, cheap
+        enough to poll in a loop. A tool that sees it should stop and commit nothing (raise
+        ``ToolCancelled``); ``redis_effect`` refuses to commit once it is set anyway. A
+        drain cancel lets the call finish: this stays False."""
+        if self.control_redis is None:
+            return False
+        return bool(self.control_redis.exists(self.keys.run_cancelled(self.run_id)))
 
     def redis_effect(self, apply: Callable[[Any], None]) -> list[Any]:
         """Run Redis writes exactly once per idempotency key.
@@ -36,19 +52,29 @@ class ToolContext:
         journal marker to the same transaction, so the writes and the record that they
         happened commit together. On a redelivered step the marker is found and the writes
         are skipped; the first execution's results are returned when they were saved.
+
+        Once the run is cancelled immediately nothing commits (``ToolCancelled``): when the
+        switch lives on this same Redis it is watched with the marker, so a cancel that
+        lands before the EXEC aborts it.
         """
         marker = self.keys.effect(self.idempotency_key)
         result_key = self.keys.effect_result(self.idempotency_key)
+        fence = self.control_redis is self.redis and self.control_redis is not None
+        watched = [marker, self.keys.run_cancelled(self.run_id)] if fence else [marker]
         with self.redis.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(marker)  # type: ignore[no-untyped-call]  # a racing copy aborts our EXEC
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]  # a racing writer aborts our EXEC
                 if pipe.exists(marker):
                     return self._saved(result_key)
+                if self.cancelled:
+                    raise ToolCancelled()
                 pipe.multi()
                 apply(pipe)
                 pipe.set(marker, "1", ex=JOURNAL_TTL_S)
                 results = pipe.execute()[:-1]
             except redis.WatchError:
+                if self.cancelled:
+                    raise ToolCancelled() from None
                 return self._saved(result_key)
         plain = [r.decode() if isinstance(r, bytes) else r for r in results]
         self.redis.set(result_key, json.dumps(plain, default=str), ex=JOURNAL_TTL_S)
