@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from runtime import admission, deployment, new_runs, proposals, stop_reasons
+from runtime.approvals import Approvals
 from runtime.budgets.ledger import BudgetLedger
 from runtime.catalog import Catalog
 from runtime.compensation import Compensations
@@ -90,6 +91,7 @@ class RuntimeService:
         dead_letters: DeadLetters,
         compensations: Compensations,
         recovery: Recovery,
+        approvals: Approvals,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -120,6 +122,8 @@ class RuntimeService:
         self.dead_letters = dead_letters
         self.compensations = compensations
         self.recovery = recovery
+        #: decide the calls that wait for a human (``rt.approvals.approve(...)``)
+        self.approvals = approvals
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 

@@ -19,6 +19,7 @@ from typing import Any, cast
 import redis
 
 from runtime import deployment
+from runtime.approvals import Approvals
 from runtime.budgets.ledger import BudgetLedger
 from runtime.catalog import Catalog
 from runtime.compensation import Compensations
@@ -44,6 +45,7 @@ from runtime.settings import Settings
 from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.build import build_runner
 from runtime.step.runner import StepRunner
+from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
@@ -149,6 +151,7 @@ class _Mechanisms:
     limiter: Limiter
     breakers: Breakers
     dead_letter_store: DeadLetterStore
+    approvals: ApprovalStore
 
 
 def _mechanisms(settings: Settings, config: RuntimeConfig, endpoints: Endpoints) -> _Mechanisms:
@@ -181,6 +184,7 @@ def _mechanisms(settings: Settings, config: RuntimeConfig, endpoints: Endpoints)
         limiter=Limiter(client, keys),
         breakers=Breakers(client, keys),
         dead_letter_store=DeadLetterStore(store),
+        approvals=ApprovalStore(store.engine),
     )
 
 
@@ -275,6 +279,7 @@ def _step_runner(
         registry=registry,
         policy=policy,
         store=m.store,
+        approvals=m.approvals,
         redis=m.redis,
         tool_redis=m.tool_redis,
         keys=m.keys,
@@ -338,6 +343,13 @@ def build_service(
         dead_letters=dead_letters,
         compensations=compensations,
         recovery=_recovery(settings, config, m, dispatch),
+        approvals=Approvals(
+            config=config,
+            store=m.approvals,
+            runs=m.store,
+            dispatch=dispatch,
+            after_failure=compensations.after_failure,
+        ),
     )
 
 
@@ -410,6 +422,7 @@ def build_reconciler(
         reads=ReconcilerReads(svc.store.engine),
         compensations=svc.compensations,
         dead_letters=svc.dead_letters,
+        approvals=svc.approvals,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

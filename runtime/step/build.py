@@ -17,6 +17,7 @@ from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Scheduler
 from runtime.state import KnownGeneration, StateMarkers
+from runtime.step.approval import ApprovalGate
 from runtime.step.budget import Budgeting
 from runtime.step.checkpoint import Checkpointer
 from runtime.step.collaborators import (
@@ -34,6 +35,7 @@ from runtime.step.pending import PendingCalls
 from runtime.step.proposal import ProposalCheck
 from runtime.step.runner import StepRunner
 from runtime.step.tool_call import ToolCall
+from runtime.store.approvals import ApprovalStore
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
 
@@ -44,6 +46,7 @@ def build_runner(
     config_digest: str,
     registry: ToolRegistry,
     store: RunStore,
+    approvals: ApprovalStore,
     redis: redis.Redis,
     tool_redis: redis.Redis,
     keys: Keys,
@@ -71,7 +74,7 @@ def build_runner(
         limiter=limiter,
         leases=leases,
         budgeting=budgeting,
-        execution=ToolExecution(store=store, keys=keys, tool_redis=tool_redis),
+        execution=ToolExecution(store=store, approvals=approvals, keys=keys, tool_redis=tool_redis),
         pending=pending,
         retries=retries,
     )
@@ -80,8 +83,10 @@ def build_runner(
         registry=registry,
         policy=policy,
         catalog=catalog,
-        pending=pending,
         tool_call=tool_call,
+        approvals=ApprovalGate(
+            config=config, registry=registry, approvals=approvals, pending=pending
+        ),
     )
     model_call = ModelCall(
         config=config,

@@ -1,7 +1,8 @@
 """Executing an allowed tool call exactly once per idempotency key: commit the allow
 decision of a side effect with the claim on its key before the tool runs, charge the
 executions earlier copies of the step left unsettled, replay a recorded outcome instead of
-running a finished side effect again."""
+running a finished side effect again. A call an approval covers spends it with its claim
+(``runtime.step.approval``): one transaction, so the approval is used once, by this call."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from runtime.keys import Keys
 from runtime.locks.leases import Lease
 from runtime.step import outcomes
 from runtime.step.state import Move, Step, args_digest
+from runtime.store.approvals import ApprovalStore
 from runtime.store.db import utcnow
+from runtime.store.effects import APPROVAL_UNUSABLE
 from runtime.store.runs import RunStore
 from runtime.tools.context import ToolContext
 from runtime.tools.executor import ToolOutcome, execute
@@ -25,8 +28,11 @@ from runtime.tracing import redact
 
 
 class ToolExecution:
-    def __init__(self, *, store: RunStore, keys: Keys, tool_redis: redis.Redis) -> None:
+    def __init__(
+        self, *, store: RunStore, approvals: ApprovalStore, keys: Keys, tool_redis: redis.Redis
+    ) -> None:
         self.store = store
+        self.approvals = approvals
         self.keys = keys
         #: the tools' Redis (``ctx.redis``): their state and effect journals
         self.tool_redis = tool_redis
@@ -95,6 +101,10 @@ class ToolExecution:
         changes nothing, so a step that dies before its checkpoint leaves nothing a decision
         would have to account for; the step runs again and decides again."""
         if spec.side_effect == "read":
+            if st.approval_spend is not None and not self.approvals.consume(
+                st.approval_spend, key, utcnow()
+            ):
+                return 0, _approval_unusable(st)
             # no record of earlier attempts: every execution the hold covers besides this
             # one may have run (a copy of the step that died); charged, fail closed
             return max(st.budget.hold_tools - 1, 0), None
@@ -118,7 +128,10 @@ class ToolExecution:
             events,
             retry=st.call_key is not None,
             retry_unknown=spec.retry_unknown,
+            approval=st.approval_spend,
         )
+        if claim.status == APPROVAL_UNUSABLE:
+            return 0, _approval_unusable(st)
         earlier = self._earlier_executions(st, claim)
         if claim.fresh:
             return earlier, None
@@ -185,3 +198,14 @@ class ToolExecution:
         if added is not None:
             st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
         return None
+
+
+def _approval_unusable(st: Step) -> ToolOutcome:
+    """The approval was gone when the call came to spend it: the call does not run."""
+    spend = st.approval_spend
+    st.trace.add("approval_unusable", approval_id=spend.approval_id if spend else None)
+    return ToolOutcome(
+        ok=False,
+        error_code="approval_unusable",
+        error="the approval covering this call could not be spent; the call did not run",
+    )
