@@ -458,7 +458,7 @@ def test_the_cli_lists_shows_approves_and_denies(deployment: Deployment) -> None
     decided = json.loads(out)
     assert (decided["status"], decided["decided_by"]) == ("approved", APPROVER)
     code, out, err = cli(deployment, "approvals", "approve", a_id, "--actor", APPROVER)
-    assert code == 1 and "approved" in err  # decided once
+    assert code == 1 and "a decision is final" in err  # decided once
     assert finished(deployment, approve_run.run_id).status.value == "succeeded"
     assert deployment.counter(ka) == 1 and deployment.counter(kd) == 0
 
