@@ -122,8 +122,7 @@ class RuntimeService:
         self.dead_letters = dead_letters
         self.compensations = compensations
         self.recovery = recovery
-        #: decide the calls that wait for a human (``rt.approvals.approve(...)``)
-        self.approvals = approvals
+        self.approvals = approvals  # rt.approvals: the calls that wait for a human
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
