@@ -27,12 +27,12 @@ from typer.testing import CliRunner
 
 from runtime.cli.main import app
 from runtime.errors import SchemaOutOfDate, SettingsError
+from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.migrations import BASELINE, HEAD, UPGRADE_COMMAND, runner
 from runtime.store.plain import PlainReads
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
-from runtime.store.approvals import ApprovalStore
 from runtime.store.tables import approvals_t, runs_t
 from tests import services
 from tests.support import ROOT, pg_schema_url
