@@ -239,6 +239,12 @@ class RouteConfig(_Strict):
     fallback_proposers: list[str] = Field(default_factory=list)
     #: undo succeeded side effects (newest first) when a run fails or is dead-lettered
     compensate_on_failure: bool = False
+    #: how long a call waits for a human (approval or escalation) before the run stops
+    #: with approval_expired
+    approval_ttl_s: float = Field(default=DAY_S, ge=1, le=30 * DAY_S)
+    #: a denied call: "stop" the run (approval_denied:<actor>), or "tell_model": feed the
+    #: denial back as the call's error so the model can propose something else
+    on_approval_denied: Literal["stop", "tell_model"] = "stop"
     enabled: bool = True
 
 
@@ -472,7 +478,19 @@ class PolicyRule(_Strict):
     id: str = Field(pattern=r"^[a-z0-9_.\-]+$", max_length=100)
     effect: Literal["allow", "deny", "require_approval", "escalate"]
     reason: str | None = Field(default=None, max_length=200)
+    #: the group an escalation goes to (``agentrt approvals list --owner <group>``):
+    #: required for ``escalate`` (an escalation nobody owns waits for no one), refused
+    #: for other effects
+    owner: str | None = Field(default=None, pattern=r"^[a-z0-9_.\-]+$", max_length=100)
     match: RuleMatch = RuleMatch()
+
+    @model_validator(mode="after")
+    def _owner_for_escalations(self) -> PolicyRule:
+        if self.effect == "escalate" and self.owner is None:
+            raise ValueError("an escalate rule needs 'owner': the group that decides it")
+        if self.effect != "escalate" and self.owner is not None:
+            raise ValueError(f"'owner' is for escalate rules only (this one is {self.effect})")
+        return self
 
 
 class PolicyConfig(_Strict):

@@ -12,10 +12,14 @@
                                store (a malformed identity, an idempotency conflict)
   x InvalidRequest             (fields, detail): an argument of an operation is malformed
   x RunNotFound                (run_id)
+    - ApprovalNotFound         (approval_id): no such approval (or another tenant's)
   x WaitTimeout                (run_id, timeout, status): wait() gave up; the run goes on
   x DeadLetterNotFound         (entry_id)
   x StaleWrite                 (run_id): a conditional update lost to another writer
   x InvalidTransition          (run_id, from_status, to_status)
+  x ApprovalClosed             (approval_id, status, detail): decided, expired or spent
+                               already, or its run no longer waits for it
+  x ApprovalForbidden          (approval_id, actor, detail): this actor may not decide it
   x ToolError
     - ToolDefinitionError      a tool module declares a tool wrongly
     - ToolExecutionError       (message, code): raised by a tool for a clean, expected failure
@@ -116,6 +120,35 @@ class RunNotFound(AgentRuntimeError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"no run with id {run_id!r}")
+
+
+class ApprovalNotFound(RunNotFound):
+    """No approval with this id - or one of another tenant's runs, which is the same to
+    the caller (a ``RunNotFound``: the run it would decide is not theirs)."""
+
+    def __init__(self, approval_id: str) -> None:
+        self.approval_id = approval_id
+        self.run_id = ""
+        AgentRuntimeError.__init__(self, f"no approval with id {approval_id!r}")
+
+
+class ApprovalClosed(AgentRuntimeError):
+    """The approval cannot be decided (again): it was approved, denied, expired or spent,
+    or its run no longer waits for it (cancelled, say)."""
+
+    def __init__(self, approval_id: str, status: str, detail: str) -> None:
+        self.approval_id = approval_id
+        self.status = status
+        super().__init__(f"approval {approval_id} is {status}: {detail}")
+
+
+class ApprovalForbidden(AgentRuntimeError):
+    """This actor may not decide this approval (their own run on a high-risk route)."""
+
+    def __init__(self, approval_id: str, actor: str, detail: str) -> None:
+        self.approval_id = approval_id
+        self.actor = actor
+        super().__init__(f"approval {approval_id}: {actor} may not decide it: {detail}")
 
 
 class WaitTimeout(AgentRuntimeError):

@@ -12,7 +12,10 @@ makes that one round per interval across all workers. A round:
    SQL write and the Redis write that schedules the next step (admission's insert, a
    checkpoint) leaves one. Re-enqueueing is safe: the enqueue is idempotent, and a
    duplicate step stops at the run lease or at the checkpoint's compare-and-set;
-3. applies dead-letter retention, at most once an hour (per process).
+3. runs again compensations whose worker died half-way;
+4. expires approvals nobody decided in time: the approval ``expired``, its run stopped
+   ``approval_expired`` (``Approvals.expire_due``);
+5. applies dead-letter retention, at most once an hour (per process).
 
 Each round looks at no more than ``batch`` candidates, oldest first; a cursor carries the
 scan on where the previous round of this process stopped, so a long backlog of runs that
@@ -29,6 +32,7 @@ from typing import Any
 
 import redis
 
+from runtime.approvals import Approvals
 from runtime.budgets.ledger import BudgetLedger
 from runtime.compensation import Compensations
 from runtime.contract import RunStatus
@@ -67,6 +71,8 @@ class ReconcileReport:
     zombies: list[str] = field(default_factory=list)
     #: side effects whose unfinished compensation was run again
     compensations: list[str] = field(default_factory=list)
+    #: approvals expired this round (their runs stopped approval_expired)
+    expired_approvals: list[str] = field(default_factory=list)
     #: dead letters deleted by retention; None when retention was not due this round
     retention_deleted: int | None = None
     #: phases that failed this round (each logged with its traceback)
@@ -95,6 +101,7 @@ class Reconciler:
         reads: ReconcilerReads,
         compensations: Compensations,
         dead_letters: DeadLetters,
+        approvals: Approvals,
         lease_ttl_s: float,
         interval_s: float = DEFAULT_INTERVAL_S,
         grace_s: float | None = None,
@@ -112,6 +119,7 @@ class Reconciler:
         self.reads = reads
         self.compensations = compensations
         self.dead_letters = dead_letters
+        self.approvals = approvals
         self.interval_s = interval_s
         #: a run not updated for this long may be a zombie; by default the step lease ttl,
         #: so a step that is still executing (it updates the run when it checkpoints) is not
@@ -146,6 +154,10 @@ class Reconciler:
             report.compensations = self.compensations.resume_stuck(before)
         except Exception as exc:
             self._failed(report, "compensations", exc)
+        try:
+            report.expired_approvals = self.approvals.expire_due(clock)
+        except Exception as exc:
+            self._failed(report, "approval_expiry", exc)
         if self._retention_due(clock):
             self._last_retention = clock  # also on failure: try again in an hour, not 5 s
             try:

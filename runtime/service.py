@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from runtime import admission, deployment, new_runs, proposals
+from runtime.approvals import Approvals
 from runtime.budgets.ledger import BudgetLedger
 from runtime.cancellation import MAX_ACTOR_CHARS, BulkCancel, CancelFilter, Cancellation
 from runtime.catalog import Catalog
@@ -92,6 +93,7 @@ class RuntimeService:
         compensations: Compensations,
         recovery: Recovery,
         cancellation: Cancellation,
+        approvals: Approvals,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -123,6 +125,7 @@ class RuntimeService:
         self.compensations = compensations
         self.recovery = recovery
         self.cancellation = cancellation
+        self.approvals = approvals  # rt.approvals: the calls that wait for a human
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 

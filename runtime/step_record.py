@@ -94,6 +94,8 @@ class StepOutcome(enum.StrEnum):
     POLICY_DENIED = "policy_denied"
     NEEDS_APPROVAL = "needs_approval"
     ESCALATED = "escalated"
+    #: ``:<actor>``: a reviewer denied the kept call; told to the model as its error
+    APPROVAL_DENIED = "approval_denied"
     #: ``:<code>``: the invalid proposal ended the run
     INVALID_PROPOSAL = "invalid_proposal"
     #: ``:<code>``: the invalid proposal was fed back
@@ -127,6 +129,10 @@ class WorkflowStep(enum.StrEnum):
     AFTER = "after"
     #: ``:<tool>``: a call waits for approval (or a human, once escalated)
     AWAITING = "awaiting"
+    #: ``:<tool>``: a human approved the kept call; the step that runs it is queued
+    APPROVED = "approved"
+    #: ``:<tool>``: a human denied the kept call; the model is told next
+    DENIED = "denied"
     #: ``:tool|proposer``: a failed call is tried again after a backoff
     RETRY = "retry"
     #: the model's token or request rate is used up

@@ -19,6 +19,7 @@ from typing import Any, cast
 import redis
 
 from runtime import deployment
+from runtime.approvals import Approvals
 from runtime.budgets.ledger import BudgetLedger
 from runtime.cancellation import Cancellation
 from runtime.catalog import Catalog
@@ -45,6 +46,7 @@ from runtime.settings import Settings
 from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.build import build_runner
 from runtime.step.runner import StepRunner
+from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
@@ -150,6 +152,7 @@ class _Mechanisms:
     limiter: Limiter
     breakers: Breakers
     dead_letter_store: DeadLetterStore
+    approvals: ApprovalStore
 
 
 def _mechanisms(settings: Settings, config: RuntimeConfig, endpoints: Endpoints) -> _Mechanisms:
@@ -182,6 +185,7 @@ def _mechanisms(settings: Settings, config: RuntimeConfig, endpoints: Endpoints)
         limiter=Limiter(client, keys),
         breakers=Breakers(client, keys),
         dead_letter_store=DeadLetterStore(store),
+        approvals=ApprovalStore(store.engine),
     )
 
 
@@ -276,6 +280,7 @@ def _step_runner(
         registry=registry,
         policy=policy,
         store=m.store,
+        approvals=m.approvals,
         redis=m.redis,
         tool_redis=m.tool_redis,
         keys=m.keys,
@@ -350,6 +355,13 @@ def build_service(
             keys=m.keys,
             compensate=compensations.compensate,
         ),
+        approvals=Approvals(
+            config=config,
+            store=m.approvals,
+            runs=m.store,
+            dispatch=dispatch,
+            after_failure=compensations.after_failure,
+        ),
     )
 
 
@@ -422,6 +434,7 @@ def build_reconciler(
         reads=ReconcilerReads(svc.store.engine),
         compensations=svc.compensations,
         dead_letters=svc.dead_letters,
+        approvals=svc.approvals,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

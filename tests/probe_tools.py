@@ -142,6 +142,17 @@ def probe_held_irreversible(args: HeldArgs, ctx: ToolContext) -> HeldResult:
     return _held(args, ctx)
 
 
+@tool("probe.held_count", side_effect="write", timeout_s=20)
+def probe_held_count(args: HeldArgs, ctx: ToolContext) -> HeldResult:
+    """A write that counts itself exactly once per idempotency key
+    (``probe:<key>:count``, journaled with ``ctx.redis_effect``), then stays inside like
+    ``probe.held``: a test kills the worker after the effect, before the runtime records
+    it, and checks that the call ran again under the same key without counting twice."""
+    base = ctx.keys.demo(f"probe:{args.key}")
+    ctx.redis_effect(lambda pipe: pipe.incr(f"{base}:count"))
+    return _held(args, ctx)
+
+
 class FlakyArgs(BaseModel):
     key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
     by: int = Field(default=1, ge=1, le=1000)

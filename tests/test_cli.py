@@ -430,7 +430,7 @@ def test_demo_runs_the_workload_end_to_end(
     for expected in (
         "completed",
         "policy_denied:refund_cap",
-        "needs_approval:refund_needs_approval",
+        "approval_denied:demo:reviewer",
         "budget_exhausted:tool_calls",
         "invalid_proposal:invalid_args",
         "failed:backend_unavailable",
@@ -445,6 +445,11 @@ def test_demo_runs_the_workload_end_to_end(
         r"counter 'demo' = (\d+); succeeded counter.increment side effects = (\d+)", text
     )
     assert match and match.group(1) == match.group(2) != "0"
+    # one approval approved (its refund ran), one denied, and their latency
+    assert "Approvals (decided by the demo's reviewer)" in text
+    assert re.search(r"approval latency \(request -> decision\): p50 \d+ ms, p95 \d+ ms", text)
+    approved = [r for r in runs if r.goal == "Refund 250 EUR"]
+    assert [r.stop_reason for r in approved] == ["completed"]
     denied = next(r for r in runs if r.stop_reason == "policy_denied:refund_cap")
     assert f"agentrt trace {denied.run_id}" in text
     assert "agentrt flower" in text

@@ -374,6 +374,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("dlq", "purge", "--dry-run"), "--until", ["0001-01-01T00:00:00+01:00"]),
     (("dlq", "purge", "--dry-run", "--all"), "--limit", [HUGE]),
     (("dlq", "audit"), "--limit", [HUGE, "0"]),
+    (("approvals", "list"), "--limit", [HUGE, "0", "-5", "1001"]),
     (("config", "check"), "--probe-timeout", ["nan", "inf", "0", "61"]),
     (("runs", "cancel", "--dry-run", "--tenant", "t1"), "--limit", [HUGE, "0", "100001"]),
     (("runs", "cancel", "--tenant", "t1"), "--older-than", ["99999999w", "9999-12-31", "soon"]),
@@ -405,7 +406,7 @@ def test_an_out_of_range_value_is_one_line_naming_the_option_and_exit_2(
 def test_every_numeric_option_is_in_the_table_above() -> None:
     """A new number option without a bound (or a test here) fails this test."""
     covered = {
-        (" ".join(c[:2] if c[0] in ("runs", "dlq", "config") else c[:1]), o)
+        (" ".join(c[:2] if c[0] in ("runs", "dlq", "config", "approvals") else c[:1]), o)
         for c, o, _ in BAD_VALUES
     }
     command = typer.main.get_command(app)

@@ -27,12 +27,13 @@ from typer.testing import CliRunner
 
 from runtime.cli.main import app
 from runtime.errors import SchemaOutOfDate, SettingsError
+from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.migrations import BASELINE, HEAD, UPGRADE_COMMAND, runner
 from runtime.store.plain import PlainReads
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
-from runtime.store.tables import runs_t
+from runtime.store.tables import approvals_t, runs_t
 from tests import services
 from tests.support import ROOT, pg_schema_url
 
@@ -548,6 +549,111 @@ def test_unversioned_tables_of_the_r0005_layout_are_recognised_and_upgraded(
     assert schema_differences(engine) == []
     assert runs_indexes(engine) == HEAD_RUNS_INDEXES
     assert runs_fillfactor(engine) == ("80" if engine.dialect.name == "postgresql" else None)
+    assert len(all_runs(engine)) == len(OLD_RUNS)
+
+
+# --- 0007: the approvals table ------------------------------------------------------------
+
+R0006 = "0006_runs_hot_updates"
+
+
+def an_approval(approval_id: str, run_id: str, **changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "approval_id": approval_id,
+        "tenant_id": "acme",
+        "run_id": run_id,
+        "step_no": 0,
+        "route": "support.answer",
+        "tool": "payments.refund",
+        "tool_version": "1",
+        "policy_version": "pol1",
+        "digest": "d" * 64,
+        "args": {"amount": 120.5, "customer_id": "cus_1"},
+        "rule_id": "refund_needs_approval",
+        "effect": "require_approval",
+        "owner": None,
+        "approvers": {"owner": None, "not": ["user:ann"]},
+        "submitted_by": "user:ann",
+        "status": "pending",
+        "requested_at": T0,
+        "expires_at": T0 + timedelta(days=1),
+        "latency_ms": None,
+    }
+    return {**row, **changes}
+
+
+def test_an_r0006_database_with_runs_upgrades_to_0007_and_back(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Given a database at 0006 holding runs, one of them waiting for an approval
+    migrate(engine, R0006)
+    waiting = old_run(
+        "r-waiting",
+        status="waiting",
+        stop_reason="needs_approval:refund_needs_approval",
+        approval_id="a-1",
+        pending_proposal={"type": "tool_call", "tool": "payments.refund", "args": {}},
+        finished_at=None,
+        output=None,
+        next_step=1,
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.insert(runs_t), [*OLD_RUNS, waiting])
+    assert "approvals" not in sa.inspect(engine).get_table_names()
+    at_r0006 = snapshot(engine)
+    rows = all_runs(engine)
+    with pytest.raises(SchemaOutOfDate, match=UPGRADE_COMMAND):
+        RunStore(engine).create_schema()
+
+    # When `agentrt db upgrade` takes it to head
+    code, output = cli(db_url, "db", "upgrade")
+    assert code == 0 and f"from revision {R0006} to {HEAD} (head)" in output
+
+    # Then every run is as it was, and the schema is a new database's, approvals included
+    assert all_runs(engine) == rows
+    assert version_rows(engine) == [HEAD] and HEAD == "0007_approvals"
+    assert schema_differences(engine) == []
+    at_head = snapshot(engine)
+    assert at_head == fresh_snapshot(db_url, tmp_path)
+    assert {
+        "ix_approvals_tenant_status",
+        "ix_approvals_status_expires",
+        "ix_approvals_owner_status",
+    } <= set(at_head["approvals"]["indexes"])  # (PostgreSQL lists the unique one too)
+    assert at_head["approvals"]["uniques"] == [("run_id", "step_no")]
+    # the table takes approvals, one per run step, and reads them back through the store
+    with engine.begin() as conn:
+        conn.execute(sa.insert(approvals_t), [an_approval("a-1", "r-waiting")])
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.insert(approvals_t), [an_approval("a-2", "r-waiting")])
+    store = ApprovalStore(engine)
+    found = store.get("a-1", "acme")
+    assert found is not None and found["args"] == {"amount": 120.5, "customer_id": "cus_1"}
+    assert found["requested_at"] == T0 and store.get("a-1", "other") is None
+    assert [r["approval_id"] for r in store.due(T0 + timedelta(days=2), 10)] == ["a-1"]
+
+    # And the downgrade gives 0006's schema back with every run; upgrading again, head's
+    migrate(engine, R0006, down=True)
+    assert version_rows(engine) == [R0006]
+    assert snapshot(engine) == at_r0006
+    assert all_runs(engine) == rows
+    migrate(engine, "head")
+    assert snapshot(engine) == at_head
+
+
+def test_unversioned_tables_of_the_r0006_layout_are_recognised_and_upgraded(
+    db_url: str, engine: Engine
+) -> None:
+    # what agentrt made with create_all at 0006: no approvals table, no version
+    migrate(engine, R0006)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+        conn.execute(sa.insert(runs_t), OLD_RUNS)
+    with pytest.raises(SchemaOutOfDate, match=f"matches revision {R0006}"):
+        RunStore(engine).create_schema()
+    before, after = runner.upgrade(engine)
+    assert (before.recognised, after.revision) == (R0006, HEAD)
+    assert schema_differences(engine) == []
     assert len(all_runs(engine)) == len(OLD_RUNS)
 
 

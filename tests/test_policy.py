@@ -199,6 +199,7 @@ RULES = [
     {
         "id": "escalate_huge",
         "effect": "escalate",
+        "owner": "ops-billing",
         "match": {"tool": ["payments.refund"], "args": {"amount": {"gt": 1000}}},
     },
     {

@@ -38,6 +38,7 @@ from rich.markup import escape
 from runtime import locations, stop_reasons
 from runtime.bounds import BoundsError, parse_json
 from runtime.cli import config_views, params, render, run_controls
+from runtime.cli.approvals import app as approvals_app
 from runtime.cli.common import (
     EXIT_ERROR,
     EXIT_REFUSED,
@@ -87,6 +88,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
+app.add_typer(approvals_app, name="approvals")
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"

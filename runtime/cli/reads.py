@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from runtime.run_rows import VIEW_COLUMNS, PlainRun, TraceLine, plain_run, trace_lines
 
 if TYPE_CHECKING:
+    from runtime.approvals import ApprovalReads
     from runtime.cli.render import RunLike, TraceLike
     from runtime.contract import RunView, TraceEvent
     from runtime.settings import Settings
@@ -97,6 +98,14 @@ class Reads:
 
     def close(self) -> None:
         self.store.engine.dispose()
+
+    @property
+    def approvals(self) -> ApprovalReads:
+        """``rt.approvals``' reads over this store (``agentrt approvals list/show/stats``)."""
+        from runtime.approvals import ApprovalReads
+        from runtime.store.approvals import ApprovalStore
+
+        return ApprovalReads(store=ApprovalStore(self.store.engine))
 
     # --- runs ----------------------------------------------------------------------------
     def run(self, run_id: str, tenant: str | None = None, *, with_input: bool = False) -> RunView:

@@ -18,7 +18,9 @@ failing tool                failed:backend_unavailable
 invalid args                invalid_proposal:invalid_args
 refund                      completed
 refund over cap             policy_denied:refund_cap
-refund needs approval       needs_approval:refund_needs_approval (waiting)
+refund approved             completed: it waited for approval, the demo's reviewer
+                            approved it, the refund ran once
+refund denied               approval_denied:demo:reviewer (the reviewer said why)
 refund out of scope         refused:tenant_not_in_scope (initech may not refund)
 counter                     completed; one exactly-once INCR each
 tight run budget            budget_exhausted:tool_calls (per-run 'tight': 2 calls)
@@ -59,6 +61,8 @@ from rich.table import Table
 
 from runtime import stop_reasons
 from runtime.config import RuntimeConfig, load_config
+from runtime.demo import review
+from runtime.demo.review import Decided, Reviewer
 from runtime.errors import DemoError
 from runtime.service import WAIT_STATUSES, RuntimeService
 from runtime.settings import Settings
@@ -89,6 +93,8 @@ class RunSpec:
     script: list[dict[str, Any]]
     #: submitted once every run of the earlier waves has finished
     wave: int = 0
+    #: the demo's reviewer decides its approval: "approve" or "deny" (runtime.demo.review)
+    review: str | None = None
 
 
 def _call(tool: str, args: dict[str, Any], tokens: tuple[int, int] = (420, 40)) -> dict[str, Any]:
@@ -127,14 +133,16 @@ def _contended(i: int) -> RunSpec:
     )
 
 
-def _refund(scenario: str, tenant: str, amount: float, with_reply: bool) -> RunSpec:
+def _refund(
+    scenario: str, tenant: str, amount: float, with_reply: bool, review: str | None = None
+) -> RunSpec:
     script = [
         _call("kb.search", {"query": "refund policy"}),
         _call("payments.refund", {"customer_id": f"cus_{tenant}42", "amount": amount}),
     ]
     if with_reply:
         script.append(_reply(f"Refunded {amount:g} EUR."))
-    return RunSpec(scenario, tenant, REFUNDS, f"Refund {amount:g} EUR", script)
+    return RunSpec(scenario, tenant, REFUNDS, f"Refund {amount:g} EUR", script, review=review)
 
 
 def _counter(scenario: str, tenant: str, increments: int) -> RunSpec:
@@ -186,7 +194,8 @@ def build_workload() -> list[RunSpec]:
         _refund("refund", "acme", 40, with_reply=True),
         _refund("refund", "globex", 60, with_reply=True),
         _refund("refund over cap", "acme", 2500, with_reply=False),
-        _refund("refund needs approval", "globex", 250, with_reply=False),
+        _refund("refund approved", "globex", 250, with_reply=True, review="approve"),
+        _refund("refund denied", "acme", 400, with_reply=True, review="deny"),
         _refund("refund out of scope", "initech", 30, with_reply=True),
     ]
     specs += [_counter("counter", t, 1) for t in TENANTS * 2]
@@ -324,6 +333,8 @@ class DemoReport:
     #: tool -> {status: n}: side-effect records (write and irreversible tools)
     effects: dict[str, dict[str, int]]
     counter_value: int
+    #: the approvals the demo's reviewer decided, with their latency
+    approvals: list[Decided] = field(default_factory=list)
     flower_url: str | None = None
     home: Path = field(default_factory=lambda: Path(".agentrt"))
 
@@ -363,6 +374,7 @@ class DemoReport:
                 "value": self.counter_value,
                 "succeededIncrements": self.counter_increments,
             },
+            "approvals": review.to_json(self.approvals),
         }
 
 
@@ -482,8 +494,10 @@ def _run_in_namespace(
             f"{len(specs)} runs over {len(TENANTS)} tenants x {len(ROUTES)} routes, "
             f"in {specs[-1].wave + 1} waves"
         )
-        run_ids = _run_waves(svc, specs, workers, options.timeout_s, console)
+        reviewer = Reviewer({})
+        run_ids = _run_waves(svc, specs, workers, options.timeout_s, console, reviewer)
         report = _collect(svc, specs, run_ids, time.monotonic() - started)
+        report.approvals = reviewer.collect(svc)
         report.flower_url = flower_url
         report.home = settings.home
         if on_report is not None:
@@ -505,6 +519,7 @@ def _run_waves(
     workers: list[ChildProcess],
     timeout_s: float,
     console: Console,
+    reviewer: Reviewer,
 ) -> list[str]:
     """Submit each wave, wait until all its runs finished, then the next; returns run ids
     in the order of ``specs``."""
@@ -524,7 +539,10 @@ def _run_waves(
                 if spec.wave != wave:
                     break
                 run_ids.append(_submit(svc, spec, len(run_ids)))
-            while not _all_finished(svc, run_ids, workers, progress, task):
+                if spec.review:
+                    reviewer.reviews[run_ids[-1]] = (spec.scenario, spec.review)
+            # a waiting run the reviewer has yet to decide is not finished
+            while reviewer.review(svc) or not _all_finished(svc, run_ids, workers, progress, task):
                 _check_progress(workers, deadline, timeout_s)
                 time.sleep(0.1)
     return run_ids
@@ -741,6 +759,7 @@ def _hints(report: DemoReport) -> list[str]:
     lines = []
     for kind, why in (
         ("policy_denied:refund_cap", "the refund over the hard cap, denied by policy"),
+        ("approval_denied", "the refund the reviewer denied (agentrt approvals list --status all)"),
         ("budget_exhausted", "a run its budget stopped"),
         ("invalid_proposal", "invalid model arguments, refused before policy"),
     ):
@@ -769,6 +788,8 @@ def print_summary(report: DemoReport, console: Console) -> None:
     console.print(_tenant_route_table(report))
     console.print(_spend_table(report))
     console.print(_tools_table(report))
+    console.print(review.approvals_table(report.approvals))
+    console.print(review.latency_line(report.approvals))
     for line in _checks(report):
         console.print(line)
     console.print(

@@ -54,8 +54,9 @@ class OpenAIProposer:
     def _messages(self, ws: WorkingSet) -> list[dict[str, Any]]:
         messages = opening_messages(ws)
         for step in ws.history_loader():
-            if step.get("kind") == StepKind.DEFERRED:
-                continue  # a lock wait: the step that resumed the call carries it
+            if step.get("kind") in (StepKind.DEFERRED, StepKind.WAITING):
+                # a lock wait, an approval: the step that resumed the call carries it
+                continue
             proposal = step.get("proposal") or {}
             observation = step.get("observation")
             if proposal.get("type") == "tool_call":

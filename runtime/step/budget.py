@@ -61,7 +61,8 @@ class Budgeting:
                 cost_base_nano=prompt.tokens * nano_per_token(model.input_usd_per_mtok),
                 cost_per_token_nano=nano_per_token(model.output_usd_per_mtok),
             )
-        elif pending is not None:
+        elif pending is not None and pending.get("type") == "tool_call":
+            # (a kept call a reviewer denied is not run: nothing to reserve for it)
             budget.tool_cost_micro = self.catalog.tool_cost_micro(str(pending.get("tool")))
             amounts["tool_calls"] = 1
             amounts["cost_micro_usd"] = budget.tool_cost_micro

@@ -17,6 +17,7 @@ from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Scheduler
 from runtime.state import KnownGeneration, StateMarkers
+from runtime.step.approval import ApprovalGate
 from runtime.step.budget import Budgeting
 from runtime.step.checkpoint import Checkpointer
 from runtime.step.collaborators import (
@@ -35,6 +36,7 @@ from runtime.step.pending import PendingCalls
 from runtime.step.proposal import ProposalCheck
 from runtime.step.runner import StepRunner
 from runtime.step.tool_call import ToolCall
+from runtime.store.approvals import ApprovalStore
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
 
@@ -45,6 +47,7 @@ def build_runner(
     config_digest: str,
     registry: ToolRegistry,
     store: RunStore,
+    approvals: ApprovalStore,
     redis: redis.Redis,
     tool_redis: redis.Redis,
     keys: Keys,
@@ -73,7 +76,13 @@ def build_runner(
         limiter=limiter,
         leases=leases,
         budgeting=budgeting,
-        execution=ToolExecution(store=store, keys=keys, tool_redis=tool_redis, control_redis=redis),
+        execution=ToolExecution(
+            store=store,
+            approvals=approvals,
+            keys=keys,
+            tool_redis=tool_redis,
+            control_redis=redis,
+        ),
         pending=pending,
         retries=retries,
     )
@@ -82,8 +91,10 @@ def build_runner(
         registry=registry,
         policy=policy,
         catalog=catalog,
-        pending=pending,
         tool_call=tool_call,
+        approvals=ApprovalGate(
+            config=config, registry=registry, approvals=approvals, pending=pending
+        ),
     )
     model_call = ModelCall(
         config=config,

@@ -1,7 +1,8 @@
 """Executing an allowed tool call exactly once per idempotency key: commit the allow
 decision of a side effect with the claim on its key before the tool runs, charge the
 executions earlier copies of the step left unsettled, replay a recorded outcome instead of
-running a finished side effect again."""
+running a finished side effect again. A call an approval covers spends it with its claim
+(``runtime.step.approval``): one transaction, so the approval is used once, by this call."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from runtime.locks.leases import Lease
 from runtime.step import outcomes
 from runtime.step.state import Move, Step, args_digest
 from runtime.step_record import StepKind
+from runtime.store.approvals import ApprovalStore
 from runtime.store.db import utcnow
+from runtime.store.effects import APPROVAL_UNUSABLE
 from runtime.store.runs import RunStore
 from runtime.tools.context import ToolContext
 from runtime.tools.executor import ToolOutcome, execute
@@ -30,11 +33,13 @@ class ToolExecution:
         self,
         *,
         store: RunStore,
+        approvals: ApprovalStore,
         keys: Keys,
         tool_redis: redis.Redis,
         control_redis: redis.Redis | None = None,
     ) -> None:
         self.store = store
+        self.approvals = approvals
         self.keys = keys
         #: the tools' Redis (``ctx.redis``): their state and effect journals
         self.tool_redis = tool_redis
@@ -133,6 +138,10 @@ class ToolExecution:
             if actor is not None:
                 reason = stop_reasons.make("cancelled", actor[:190] or "operator")
                 raise CancelRequested(st.run_id, reason, None)
+            if st.approval_spend is not None and not self.approvals.consume(
+                st.approval_spend, key, utcnow()
+            ):
+                return 0, _approval_unusable(st)
             # no record of earlier attempts: every execution the hold covers besides this
             # one may have run (a copy of the step that died); charged, fail closed
             return max(st.budget.hold_tools - 1, 0), None
@@ -145,6 +154,8 @@ class ToolExecution:
             st.decisions = decisions + st.decisions
             st.trace.events = events + st.trace.events
             raise
+        if claim.status == APPROVAL_UNUSABLE:
+            return 0, _approval_unusable(st)
         earlier = self._earlier_executions(st, claim)
         if claim.fresh:
             return earlier, None
@@ -178,6 +189,7 @@ class ToolExecution:
             events,
             retry=st.call_key is not None,
             retry_unknown=spec.retry_unknown,
+            approval=st.approval_spend,
         )
 
     def _replay(
@@ -241,3 +253,14 @@ class ToolExecution:
         if added is not None:
             st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
         return None
+
+
+def _approval_unusable(st: Step) -> ToolOutcome:
+    """The approval was gone when the call came to spend it: the call does not run."""
+    spend = st.approval_spend
+    st.trace.add("approval_unusable", approval_id=spend.approval_id if spend else None)
+    return ToolOutcome(
+        ok=False,
+        error_code="approval_unusable",
+        error="the approval covering this call could not be spent; the call did not run",
+    )

@@ -17,7 +17,9 @@ from runtime.tools.registry import ToolRegistry
 from runtime.tracing import REDACTED, secret_name
 
 #: keys a pending proposal carries for the runtime, stripped before validation
-PENDING_META = ("call_key", "origin_step", "secret_args")
+PENDING_META = ("call_key", "origin_step", "secret_args", "approval")
+#: the kept call a reviewer denied, on a route that tells the model (``type`` of the row)
+DENIED = "approval_denied"
 
 
 class PendingCalls:
@@ -41,13 +43,19 @@ class PendingCalls:
             st.pending_secrets = {n: args[n] for n in secret}
         if st.call_key:
             pending["call_key"] = st.call_key
+        if st.approval_ref:  # the approval it waits for, or was approved by
+            pending["approval"] = st.approval_ref
         return pending
 
     def resume(self, st: Step, pending: dict[str, Any]) -> Any:
         """The kept call as a raw proposal, its secrets put back; a ``Move`` ending the run
         if they are gone."""
+        if pending.get("type") == DENIED:
+            return denied(st, pending)
         # retry bookkeeping travels with the proposal but is not part of it
         st.call_key = pending.get("call_key")
+        ref = pending.get("approval")
+        st.approval_ref = ref if isinstance(ref, dict) else None
         raw: Any = {k: v for k, v in pending.items() if k not in PENDING_META}
         st.trace.add("proposal_resumed", tool=pending.get("tool"), call_key=st.call_key)
         if not pending.get("secret_args"):
@@ -64,3 +72,26 @@ class PendingCalls:
                 run_updates={"pending_proposal": None},
             )
         return {**raw, "args": {**raw.get("args", {}), **secrets}}
+
+
+def denied(st: Step, pending: dict[str, Any]) -> Move:
+    """A kept call a reviewer denied, on a route that tells the model: never run; the
+    denial is the call's error, fed back like any tool error (the model proposes next)."""
+    st.proposal = {"type": "tool_call", "tool": pending.get("tool"), "args": pending.get("args")}
+    actor = str(pending.get("denied_by") or "")
+    st.trace.add(
+        "approval_denied_told",
+        approval_id=pending.get("approval_id"),
+        tool=pending.get("tool"),
+        denied_by=actor,
+    )
+    return Move(
+        RunStatus.RUNNING,
+        StepKind.REFUSED,
+        StepOutcome.APPROVAL_DENIED.of(actor),
+        observation={
+            "error": "approval_denied",
+            "detail": f"a reviewer ({actor}) denied this call: {pending.get('reason') or ''}",
+        },
+        run_updates={"pending_proposal": None},
+    )

@@ -4,7 +4,6 @@ the tool-call stage. Nothing the model proposes runs before this stage said yes.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pydantic import BaseModel
@@ -14,11 +13,11 @@ from runtime.config import RuntimeConfig
 from runtime.contract import ReplyProposal, RunStatus, StopProposal, ToolCallProposal
 from runtime.policy import Decision, PolicyContext, PolicyEngine
 from runtime.step import decisions, outcomes
+from runtime.step.approval import ApprovalGate
 from runtime.step.collaborators import CatalogReads
-from runtime.step.pending import PendingCalls
 from runtime.step.state import Move, Step
 from runtime.step.tool_call import ToolCall
-from runtime.step_record import StepKind, StepOutcome, WorkflowStep, workflow_step
+from runtime.step_record import StepKind, StepOutcome
 from runtime.tools.registry import ToolRegistry, ToolSpec
 from runtime.tracing import redact
 
@@ -31,15 +30,15 @@ class ProposalCheck:
         registry: ToolRegistry,
         policy: PolicyEngine,
         catalog: CatalogReads,
-        pending: PendingCalls,
         tool_call: ToolCall,
+        approvals: ApprovalGate,
     ) -> None:
         self.config = config
         self.registry = registry
         self.policy = policy
         self.catalog = catalog
-        self.pending = pending
         self.tool_call = tool_call
+        self.approvals = approvals
 
     def validate_and_act(self, st: Step, raw: Any) -> Move:
         proposal = proposals.parse(raw)
@@ -87,7 +86,9 @@ class ProposalCheck:
         st.proposal = {**(st.proposal or {}), "args": safe_args}
         decisions.record(st, proposal.tool, decision, args)
         if decision.effect != "allow":
-            return self._not_allowed(st, decision, proposal.tool, args)
+            held = self._not_allowed(st, decision, proposal.tool, args)
+            if held is not None:
+                return held
         assert spec is not None and args_model is not None
         st.trace.add("validation", ok=True, type="tool_call", tool=proposal.tool)
         return self.tool_call.run(st, spec, args_model, args, proposal)
@@ -126,9 +127,11 @@ class ProposalCheck:
             )
         )
 
-    def _not_allowed(self, st: Step, decision: Decision, tool: str, args: Any) -> Move:
+    def _not_allowed(self, st: Step, decision: Decision, tool: str, args: Any) -> Move | None:
         """Denied: the run is refused. Approval or escalation: the run waits, keeping the
-        call for when a human decided."""
+        call for when a human decided - unless this step resumes that call and an approval
+        for exactly this action is there to spend (None: the call runs,
+        ``runtime.step.approval``); a changed action asks again."""
         if decision.effect == "deny":
             return Move(
                 RunStatus.REFUSED,
@@ -137,19 +140,6 @@ class ProposalCheck:
                 observation={"denied": decision.label, "reasons": decision.reason_codes},
                 stop_reason=stop_reasons.make("policy_denied", decision.label),
             )
-        waits = (
-            StepOutcome.NEEDS_APPROVAL
-            if decision.effect == "require_approval"
-            else StepOutcome.ESCALATED
-        )
-        return Move(
-            RunStatus.WAITING,
-            StepKind.WAITING,
-            waits.of(decision.label),
-            stop_reason=stop_reasons.make(waits.value, decision.label),
-            run_updates={
-                "pending_proposal": self.pending.keep(st, tool, args),
-                "approval_id": uuid.uuid4().hex,
-                "workflow_step": workflow_step(WorkflowStep.AWAITING, tool),
-            },
-        )
+        if self.approvals.covers(st, decision, tool, args):
+            return None
+        return self.approvals.request(st, decision, tool, args)

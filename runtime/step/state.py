@@ -16,6 +16,7 @@ from runtime.contract import RunStatus, Usage
 from runtime.controls import ControlsRead
 from runtime.scheduling.scheduler import Item
 from runtime.step_record import StepKind
+from runtime.store.approvals import ApprovalSpend
 from runtime.store.db import utcnow
 from runtime.tracing import TraceBuffer
 
@@ -92,6 +93,12 @@ class Step:
     keep: Callable[[Item], bool] | None = None
     #: the stored cancel request (``cancelling:<mode>[+compensate]``) the checkpoint found
     cancel_request: str | None = None
+    #: the approval the kept call was asked for: {"id", "step"} (``runtime.step.approval``)
+    approval_ref: dict[str, Any] | None = None
+    #: the approval this step spends with its call's claim (it covers exactly this call)
+    approval_spend: ApprovalSpend | None = None
+    #: a new pending approval, committed with the checkpoint that makes the run wait
+    approval_request: dict[str, Any] | None = None
 
     @property
     def run_id(self) -> str:

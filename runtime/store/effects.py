@@ -12,10 +12,15 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from runtime.errors import CancelRequested
+from runtime.errors import ApprovalClosed, CancelRequested
 from runtime.statuses import side_effects_fenced
+from runtime.store.approvals import ApprovalSpend, consume_in
 from runtime.store.connections import StoreConnections
+from runtime.store.db import utcnow
 from runtime.store.tables import decisions_t, effects_t, events_t, runs_t
+
+#: ``EffectClaim.status`` when the approval the call needed could not be spent: not run
+APPROVAL_UNUSABLE = "approval_unusable"
 
 
 @dataclass
@@ -111,6 +116,7 @@ class EffectRows(StoreConnections):
         *,
         retry: bool = False,
         retry_unknown: bool = False,
+        approval: ApprovalSpend | None = None,
     ) -> EffectClaim:
         """Store the allow decision and claim the side effect's idempotency key, before
         the tool runs. If the key exists (a redelivered step), report what was recorded.
@@ -119,7 +125,32 @@ class EffectRows(StoreConnections):
 
         The cancel fence: ``CancelRequested`` (nothing written) if the run was cancelled,
         or an immediate cancel was requested, before this claim - read in the claim's own
-        transaction, so no side effect starts after a cancel committed."""
+        transaction, so no side effect starts after a cancel committed.
+
+        ``approval``: the approval covering the call is spent in the same transaction as
+        every claim that lets the tool run (``approved`` -> ``consumed`` by this key): a
+        crash leaves both or neither, and an approval is never spent twice. If it cannot
+        be spent, nothing is claimed (status ``APPROVAL_UNUSABLE``)."""
+        try:
+            return self._claim(effect, decisions, events, retry, retry_unknown, approval)
+        except ApprovalClosed:  # raised inside the claim's transaction: rolled back
+            return EffectClaim(fresh=False, status=APPROVAL_UNUSABLE)
+
+    @staticmethod
+    def _spend(conn: Connection, approval: ApprovalSpend | None, key: str) -> None:
+        if approval is not None and not consume_in(conn, approval, key, utcnow()):
+            raise ApprovalClosed(approval.approval_id, "unusable", "not approved for this call")
+
+    def _claim(
+        self,
+        effect: dict[str, Any],
+        decisions: Sequence[dict[str, Any]],
+        events: Sequence[dict[str, Any]],
+        retry: bool,
+        retry_unknown: bool,
+        approval: ApprovalSpend | None,
+    ) -> EffectClaim:
+        key = str(effect["idempotency_key"])
         try:
             with self._write() as conn:
                 self._cancel_fence(conn, str(effect["run_id"]))
@@ -128,6 +159,7 @@ class EffectRows(StoreConnections):
                 self._sql.insert(conn, effects_t, [effect])
                 if events:
                     self._sql.insert(conn, events_t, events)
+                self._spend(conn, approval, key)
             return EffectClaim(fresh=True, status="started")
         except IntegrityError:
             pass
@@ -144,6 +176,7 @@ class EffectRows(StoreConnections):
             )
             if row is None:  # the conflict was on the decision row of an unfinished attempt
                 conn.execute(insert(effects_t), [effect])
+                self._spend(conn, approval, key)
                 return EffectClaim(fresh=True, status="started")
             again = ("failed", "unknown") if retry_unknown else ("failed",)
             if retry and row["status"] in again:
@@ -161,6 +194,7 @@ class EffectRows(StoreConnections):
                     conn.execute(insert(decisions_t), list(decisions))
                 if events:
                     conn.execute(insert(events_t), list(events))
+                self._spend(conn, approval, key)
                 return EffectClaim(fresh=True, status="started", attempts=row["attempts"] + 1)
             if row["status"] == "started":
                 conn.execute(

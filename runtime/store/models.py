@@ -354,3 +354,55 @@ class StateGenerationRow(SQLModel, table=True):
     actor: str = Field(max_length=200)
     reason: str = Field(max_length=200)
     at: datetime
+
+
+class ApprovalRow(SQLModel, table=True):
+    """A call that waits for a human: bound to the exact action by ``digest`` (SHA-256 of
+    the RFC 8785 canonical JSON of the tool, its schema version, the validated arguments
+    with defaults, the policy version, tenant, run and step), single-use.
+
+    pending -> approved -> consumed (spent by the claim of the call it approved), or
+    pending -> denied | expired. One per run step: the step that asked."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step_no", name="uq_approvals_run_step"),
+        Index("ix_approvals_tenant_status", "tenant_id", "status"),
+        # the reconciler's expiry scan: pending approvals by expiry
+        Index("ix_approvals_status_expires", "status", "expires_at"),
+        Index("ix_approvals_owner_status", "owner", "status"),
+    )
+
+    approval_id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    run_id: str = Field(max_length=40)
+    #: the step that asked; the approval can be spent only on the call it kept
+    step_no: int
+    route: str = Field(max_length=100)
+    tool: str = Field(max_length=200)
+    tool_version: str = Field(max_length=200)
+    policy_version: str = Field(max_length=200)
+    digest: str = Field(max_length=64)
+    #: what the approver is shown: the canonical arguments, secrets redacted
+    args: dict[str, Any] | None = _json()
+    #: the rule that asked, and its effect: require_approval | escalate
+    rule_id: str = Field(max_length=100)
+    effect: str = Field(max_length=20)
+    #: the owner group of an escalation (``policy.rules[].owner``)
+    owner: str | None = Field(default=None, max_length=100)
+    #: who may decide: {"owner": group or null, "not": [actors who may not]}
+    approvers: dict[str, Any] | None = _json()
+    #: the run's submitter (its actor)
+    submitted_by: str = Field(max_length=200)
+    #: pending | approved | denied | expired | consumed
+    status: str = Field(max_length=20)
+    requested_at: datetime
+    expires_at: datetime
+    decided_by: str | None = Field(default=None, max_length=200)
+    decided_at: datetime | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: decided_at - requested_at, in milliseconds
+    latency_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    #: the idempotency key of the call that spent it, and when
+    consumed_by: str | None = Field(default=None, max_length=120)
+    consumed_at: datetime | None = None

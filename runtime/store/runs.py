@@ -40,6 +40,7 @@ from runtime.contract import RunStatus
 from runtime.errors import InvalidTransition, RunNotFound, StaleWrite
 from runtime.states import ALLOWED_FROM
 from runtime.statuses import KNOWN_STATUSES
+from runtime.store import approvals
 from runtime.store.cells import Unreadable as Unreadable
 from runtime.store.db import utcnow
 from runtime.store.effects import EffectClaim as EffectClaim
@@ -79,6 +80,8 @@ class Checkpoint:
     pending_secrets: dict[str, Any] | None = None
     #: the run's earlier pending call had secrets: delete them
     clear_pending_secrets: bool = False
+    #: a new pending approval: the run waits for it from this checkpoint on
+    approval: dict[str, Any] | None = None
 
 
 class RunStore(HistoryRows, EffectRows, RunControlRows):
@@ -249,7 +252,11 @@ class RunStore(HistoryRows, EffectRows, RunControlRows):
         values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
         where = {"run_id": cp.run_id, "next_step": cp.step_no}
         if self._one_statement_writes and not (
-            cp.effect_update or cp.pending_secrets or cp.clear_pending_secrets or cp.decisions
+            cp.effect_update
+            or cp.pending_secrets
+            or cp.clear_pending_secrets
+            or cp.decisions
+            or cp.approval
         ):
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
@@ -271,6 +278,8 @@ class RunStore(HistoryRows, EffectRows, RunControlRows):
                     self._sql.insert(conn, decisions_t, cp.decisions, ignore_conflicts=True)
                 if cp.effect_update:
                     self._update_effect(conn, cp.effect_update)
+                if cp.approval:
+                    approvals.insert_in(conn, cp.approval)
                 if cp.clear_pending_secrets or cp.pending_secrets:
                     conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
                 if cp.pending_secrets:

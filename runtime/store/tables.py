@@ -4,6 +4,7 @@ ORM), one name per table for every module of the store."""
 from __future__ import annotations
 
 from runtime.store.models import (
+    ApprovalRow,
     PendingSecretRow,
     PolicyDecisionRow,
     RunRow,
@@ -20,3 +21,4 @@ decisions_t = PolicyDecisionRow.__table__  # type: ignore[attr-defined]
 effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
 spend_t = SpendRow.__table__  # type: ignore[attr-defined]
 secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
+approvals_t = ApprovalRow.__table__  # type: ignore[attr-defined]
