@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from runtime import admission, deployment, new_runs, proposals, stop_reasons
+from runtime.budget_extensions import BudgetExtensions
 from runtime.budgets.ledger import BudgetLedger
 from runtime.catalog import Catalog
 from runtime.compensation import Compensations
@@ -90,6 +91,7 @@ class RuntimeService:
         dead_letters: DeadLetters,
         compensations: Compensations,
         recovery: Recovery,
+        budget_extensions: BudgetExtensions,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -120,6 +122,7 @@ class RuntimeService:
         self.dead_letters = dead_letters
         self.compensations = compensations
         self.recovery = recovery
+        self.budget_extensions = budget_extensions
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -212,31 +215,10 @@ class RuntimeService:
         eta = self.scheduler.estimated_wait_s(route, route_queued)
         return admission.Backpressure(tenant_queued, route_queued, eta)
 
-    def _new_row(
-        self,
-        tenant: str,
-        route: str,
-        goal: str,
-        run_input: Any,
-        actor: str,
-        request_id: str | None,
-        idempotency_key: str | None,
-        priority: str | None,
-        refusal: admission.Refusal | None,
-    ) -> dict[str, Any]:
-        """The row ``submit`` stores for this request (for tools and tests that store a run
-        directly); ``AdmissionRefused`` for a malformed identity, like ``submit``."""
-        req = admission.prepare(
-            tenant=tenant,
-            route=route,
-            goal=goal,
-            input=run_input,
-            actor=actor,
-            request_id=request_id,
-            idempotency_key=idempotency_key,
-            priority=priority,
-        )
-        return new_runs.row_for(self.catalog, req, refusal)
+    def _new_row(self, *request: Any) -> dict[str, Any]:
+        """The row ``submit`` stores for a request (``new_runs.request_row``), for tools and
+        tests that store a run directly."""
+        return new_runs.request_row(self.catalog, *request)
 
     def get(self, run_id: str, tenant: str | None = None) -> RunView:
         return self._view(self.store.read_run(run_id, tenant))
@@ -311,6 +293,22 @@ class RuntimeService:
                 "run %s cancelled; could not set its Redis cancel flag", run_id, exc_info=True
             )
         return self._view(row)
+
+    def extend_budget(
+        self, run_id: str, amount: dict[str, int], actor: str, tenant: str | None = None
+    ) -> RunView:
+        """Grant a run that waits on its own budget (``needs_approval:budget_extension``,
+        route ``on_budget_exhausted: ask``) ``amount`` more, in ledger units per dimension
+        (``tokens``, ``model_calls``, ``tool_calls``, ``retries``, ``wall_clock_ms``,
+        ``cost_micro_usd``), and queue the step its budget refused again. Only the run's
+        per-run limits are raised, never a tenant's or a route's day. Checked before
+        anything is written: ``InvalidRequest`` for a malformed actor or amount,
+        ``RunNotFound`` for an unknown run or another tenant's, ``NotWaitingForBudget``
+        (an ``InvalidTransition``) for a run that does not wait for an extension."""
+        problem = admission.identity_problem("actor", actor)
+        if problem is not None:
+            raise InvalidRequest(("actor",), problem)
+        return self._view(self.budget_extensions.extend(run_id, amount, actor, tenant))
 
     # --- what workers and operators call (thin: the work is in the components) ----------
     @property

@@ -19,6 +19,7 @@ from typing import Any, cast
 import redis
 
 from runtime import deployment
+from runtime.budget_extensions import BudgetExtensions
 from runtime.budgets.ledger import BudgetLedger
 from runtime.catalog import Catalog
 from runtime.compensation import Compensations
@@ -338,6 +339,7 @@ def build_service(
         dead_letters=dead_letters,
         compensations=compensations,
         recovery=_recovery(settings, config, m, dispatch),
+        budget_extensions=BudgetExtensions(store=m.store, dispatch=dispatch),
     )
 
 

@@ -53,6 +53,7 @@ from runtime.store.tables import runs_t as runs_t
 from runtime.store.tables import secrets_t as secrets_t
 from runtime.store.tables import spend_t as spend_t
 from runtime.store.tables import steps_t as steps_t
+from runtime.store.waits import WaitRows
 
 #: the statuses a run may move from, per target status, as stored (a checkpoint's guard)
 _ALLOWED_VALUES: dict[RunStatus, tuple[str, ...]] = {
@@ -80,7 +81,7 @@ class Checkpoint:
     clear_pending_secrets: bool = False
 
 
-class RunStore(HistoryRows, EffectRows):
+class RunStore(HistoryRows, EffectRows, WaitRows):
     """Runs: admission, reads for views, the step's start and checkpoint, transitions an
     operator names. Side effects and a run's history (steps, trace, decisions, spend) are
     the rows of ``EffectRows`` and ``HistoryRows``, over the same connections."""
