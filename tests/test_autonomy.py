@@ -215,6 +215,27 @@ def test_ask_waits_for_an_extension_then_resumes_the_kept_call_once(
     assert run_row(deployment, run.run_id)["budget_extension"] == {"granted": {"tool_calls": 1}}
 
 
+def test_ask_before_a_model_call_asks_again_after_the_extension(deployment: Deployment) -> None:
+    # Given a route whose runs may ask the model twice, and ask for more
+    run = deployment.submit_script([search(), search("more"), reply("ok")], route="r.asks.turns")
+
+    # When the third model call does not fit: refused before the model is asked
+    waiting = deployment.svc.wait(run.run_id, timeout=60)
+    assert waiting.stop_reason == "needs_approval:budget_extension"
+    row = run_row(deployment, run.run_id)
+    assert row["budget_extension"]["requested"] == {"model_calls": 1}
+    assert row["workflow_step"] == "awaiting_budget:model_calls"
+    assert row["pending_proposal"] is None and row["turns"] == 2
+    assert deployment.svc.store.spend(run_id=run.run_id)["model_calls"] == 2
+
+    # Then, extended by one call, the model is asked and the run completes
+    deployment.svc.extend_budget(run.run_id, {"model_calls": 1}, "ops", tenant="t1")
+    done = deployment.svc.wait(run.run_id, timeout=60)
+    assert done.status == "succeeded" and done.output == {"text": "ok"}
+    assert deployment.svc.store.spend(run_id=run.run_id)["model_calls"] == 3
+    assert started_tools(deployment, run.run_id) == ["kb.search", "kb.search"]
+
+
 def test_extension_is_checked_before_anything_is_written(deployment: Deployment) -> None:
     # Given a run that waits for the extension its route states
     key = f"ask-{uuid.uuid4().hex[:8]}"
