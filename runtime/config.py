@@ -245,7 +245,26 @@ class RouteConfig(_Strict):
     #: a denied call: "stop" the run (approval_denied:<actor>), or "tell_model": feed the
     #: denial back as the call's error so the model can propose something else
     on_approval_denied: Literal["stop", "tell_model"] = "stop"
+    #: when the run's own budget (its budget policy's ``per_run``) refuses a step:
+    #: "stop" (budget_exhausted:<dimension>) or "ask" (the run waits,
+    #: needs_approval:budget_extension, for an approval that raises its per-run limit)
+    on_budget_exhausted: Literal["stop", "ask"] = "stop"
+    #: what an "ask" requests, per dimension; a dimension not named asks for the
+    #: shortfall (what the refused step needed beyond what the run had left)
+    budget_extension: BudgetLimits = BudgetLimits()
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _extension_needs_ask(self) -> RouteConfig:
+        # a stated extension a route never asks for would be a setting that silently
+        # does nothing; one of 0 would ask for nothing
+        stated = {k: v for k, v in self.budget_extension.model_dump().items() if v is not None}
+        if stated and self.on_budget_exhausted != "ask":
+            raise ValueError("budget_extension is only used with on_budget_exhausted: ask")
+        zero = sorted(k for k, v in stated.items() if v <= 0)
+        if zero:
+            raise ValueError(f"budget_extension: {', '.join(zero)} must be above 0")
+        return self
 
 
 class ToolManifestEntry(_Strict):

@@ -188,6 +188,19 @@ class InvalidTransition(AgentRuntimeError):
         super().__init__(f"run {run_id}: cannot go from {from_status} to {to_status}")
 
 
+class NotWaitingForBudget(InvalidTransition):
+    """A budget extension for a run that does not wait for one (it runs, it finished, or
+    it waits for something else, e.g. an approval of a tool call)."""
+
+    def __init__(self, run_id: str, status: str, stop_reason: str | None) -> None:
+        super().__init__(run_id, status, "running")
+        self.stop_reason = stop_reason
+        self.args = (
+            f"run {run_id} does not wait for a budget extension "
+            f"(status {status}, stop reason {stop_reason or '-'})",
+        )
+
+
 class ToolError(AgentRuntimeError):
     pass
 
@@ -237,9 +250,12 @@ class BudgetError(AgentRuntimeError):
 
 
 class BudgetExhausted(BudgetError):
-    def __init__(self, scope: str, dimension: str) -> None:
+    def __init__(self, scope: str, dimension: str, *, shortfall: int | None = None) -> None:
         self.scope = scope
         self.dimension = dimension
+        #: how much more of ``dimension`` the refused reservation needed than the scope had
+        #: left (None: not known)
+        self.shortfall = shortfall
         super().__init__(f"budget exhausted: {dimension} in scope {scope}")
 
 

@@ -85,6 +85,33 @@ def row_for(
     }
 
 
+def request_row(
+    catalog: Catalog,
+    tenant: str,
+    route: str,
+    goal: str,
+    run_input: Any,
+    actor: str,
+    request_id: str | None,
+    idempotency_key: str | None,
+    priority: str | None,
+    refusal: admission.Refusal | None,
+) -> dict[str, Any]:
+    """The row ``submit`` stores for this request (for tools and tests that store a run
+    directly); ``AdmissionRefused`` for a malformed identity, like ``submit``."""
+    req = admission.prepare(
+        tenant=tenant,
+        route=route,
+        goal=goal,
+        input=run_input,
+        actor=actor,
+        request_id=request_id,
+        idempotency_key=idempotency_key,
+        priority=priority,
+    )
+    return row_for(catalog, req, refusal)
+
+
 def admission_events(row: dict[str, Any], refusal: admission.Refusal | None) -> list[Any]:
     """The trace events a new run is stored with."""
     trace = TraceBuffer(row["run_id"], row["tenant_id"], row["trace_id"], None)

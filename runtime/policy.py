@@ -8,6 +8,22 @@ Built-in checks come first and cannot be overridden by rules:
 
 Then every configured rule whose ``match`` holds contributes its effect; the strictest wins
 (deny > escalate > require_approval > allow). With no match, ``policy.default`` applies.
+
+Last, the run's autonomy level tightens the decision (``tighten``): it sets the loosest
+effect a call may get, and a rule can only be stricter, never looser:
+
+==========================  ==============================  ==================================
+level                       read tools                      write, external, irreversible
+==========================  ==============================  ==================================
+advisory                    record_only                     record_only
+drafts_for_review           policy decides                  require_approval (a draft)
+executes_after_approval     policy decides                  require_approval
+bounded_autonomous          policy decides                  policy decides
+==========================  ==============================  ==================================
+
+``record_only`` (stricter than escalate, looser than deny) means the call is recorded as a
+proposal and never executed: under ``advisory`` no human is asked, because nothing would run
+anyway. A decision the level tightened names it as its rule (``autonomy:<level>``).
 Every decision is stored with the policy version before a tool may execute.
 """
 
@@ -19,9 +35,28 @@ from typing import Any, Literal
 
 from runtime.config import Comparison, PolicyConfig, PolicyRule
 
-Effect = Literal["allow", "deny", "require_approval", "escalate"]
+Effect = Literal["allow", "deny", "require_approval", "escalate", "record_only"]
 
-_STRICTNESS: dict[str, int] = {"allow": 0, "require_approval": 1, "escalate": 2, "deny": 3}
+_STRICTNESS: dict[str, int] = {
+    "allow": 0,
+    "require_approval": 1,
+    "escalate": 2,
+    "record_only": 3,
+    "deny": 4,
+}
+
+#: side-effect classes that are not a plain read (an unknown class counts as one of them)
+_READ = "read"
+#: the loosest effect each level leaves a side-effecting call, and a read
+_LEVEL_FLOORS: dict[str, tuple[Effect, Effect]] = {
+    # (side effect, read)
+    "advisory": ("record_only", "record_only"),
+    "drafts_for_review": ("require_approval", "allow"),
+    "executes_after_approval": ("require_approval", "allow"),
+    "bounded_autonomous": ("allow", "allow"),
+}
+#: the rule a run whose stored level this version does not know is denied by (fail closed)
+UNKNOWN_LEVEL_RULE = "autonomy:unknown_level"
 
 
 @dataclass(frozen=True)
@@ -53,6 +88,27 @@ class Decision:
     @property
     def label(self) -> str:
         return self.rule_id or f"default_{self.effect}"
+
+
+def autonomy_rule(level: str) -> str:
+    """The rule a decision the autonomy level tightened names."""
+    return f"autonomy:{level}"
+
+
+def tighten(decision: Decision, ctx: PolicyContext) -> Decision:
+    """The decision, made at least as strict as the run's autonomy level allows. Only
+    ever stricter: a rule's ``allow`` never loosens the level, and a stricter decision
+    (a deny, a rule's escalation) stands as it is."""
+    floors = _LEVEL_FLOORS.get(ctx.autonomy_level)
+    if floors is None:  # a level this version does not know: nothing runs
+        floor: Effect = "deny"
+        rule = UNKNOWN_LEVEL_RULE
+    else:
+        floor = floors[1] if ctx.side_effect == _READ else floors[0]
+        rule = autonomy_rule(ctx.autonomy_level)
+    if _STRICTNESS[floor] <= _STRICTNESS[decision.effect]:
+        return decision
+    return Decision(floor, rule, [*decision.reason_codes, rule], decision.policy_version)
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -131,6 +187,11 @@ class PolicyEngine:
         return None
 
     def decide(self, ctx: PolicyContext) -> Decision:
+        """The rules' decision, tightened by the run's autonomy level (``tighten``): the
+        one way a call is decided."""
+        return tighten(self._rules_decide(ctx), ctx)
+
+    def _rules_decide(self, ctx: PolicyContext) -> Decision:
         built_in = self._built_in(ctx)
         if built_in is not None:
             return built_in

@@ -21,6 +21,7 @@ import redis
 
 from runtime import admission, deployment, new_runs, proposals
 from runtime.approvals import Approvals
+from runtime.budget_extensions import BudgetExtensions
 from runtime.budgets.ledger import BudgetLedger
 from runtime.cancellation import MAX_ACTOR_CHARS, BulkCancel, CancelFilter, Cancellation
 from runtime.catalog import Catalog
@@ -94,6 +95,7 @@ class RuntimeService:
         recovery: Recovery,
         cancellation: Cancellation,
         approvals: Approvals,
+        budget_extensions: BudgetExtensions,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -126,6 +128,7 @@ class RuntimeService:
         self.recovery = recovery
         self.cancellation = cancellation
         self.approvals = approvals  # rt.approvals: the calls that wait for a human
+        self.budget_extensions = budget_extensions
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -218,31 +221,10 @@ class RuntimeService:
         eta = self.scheduler.estimated_wait_s(route, route_queued)
         return admission.Backpressure(tenant_queued, route_queued, eta)
 
-    def _new_row(
-        self,
-        tenant: str,
-        route: str,
-        goal: str,
-        run_input: Any,
-        actor: str,
-        request_id: str | None,
-        idempotency_key: str | None,
-        priority: str | None,
-        refusal: admission.Refusal | None,
-    ) -> dict[str, Any]:
-        """The row ``submit`` stores for this request (for tools and tests that store a run
-        directly); ``AdmissionRefused`` for a malformed identity, like ``submit``."""
-        req = admission.prepare(
-            tenant=tenant,
-            route=route,
-            goal=goal,
-            input=run_input,
-            actor=actor,
-            request_id=request_id,
-            idempotency_key=idempotency_key,
-            priority=priority,
-        )
-        return new_runs.row_for(self.catalog, req, refusal)
+    def _new_row(self, *request: Any) -> dict[str, Any]:
+        """The row ``submit`` stores for a request (``new_runs.request_row``), for tools and
+        tests that store a run directly."""
+        return new_runs.request_row(self.catalog, *request)
 
     def get(self, run_id: str, tenant: str | None = None) -> RunView:
         return self._view(self.store.read_run(run_id, tenant))
@@ -312,6 +294,22 @@ class RuntimeService:
     def resume(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
         """A paused run's next step goes back into its tenant's queue."""
         return self._view(self.cancellation.resume(run_id, actor, tenant))
+
+    def extend_budget(
+        self, run_id: str, amount: dict[str, int], actor: str, tenant: str | None = None
+    ) -> RunView:
+        """Grant a run that waits on its own budget (``needs_approval:budget_extension``,
+        route ``on_budget_exhausted: ask``) ``amount`` more, in ledger units per dimension
+        (``tokens``, ``model_calls``, ``tool_calls``, ``retries``, ``wall_clock_ms``,
+        ``cost_micro_usd``), and queue the step its budget refused again. Only the run's
+        per-run limits are raised, never a tenant's or a route's day. Checked before
+        anything is written: ``InvalidRequest`` for a malformed actor or amount,
+        ``RunNotFound`` for an unknown run or another tenant's, ``NotWaitingForBudget``
+        (an ``InvalidTransition``) for a run that does not wait for an extension."""
+        problem = admission.identity_problem("actor", actor)
+        if problem is not None:
+            raise InvalidRequest(("actor",), problem)
+        return self._view(self.budget_extensions.extend(run_id, amount, actor, tenant))
 
     # --- what workers and operators call (thin: the work is in the components) ----------
     @property

@@ -6,8 +6,8 @@ pydantic) because proposers, the CLI and the demo read them back from stored row
 text it always was.
 
 Step kind (``steps.kind``)
-    what the step did: ``tool_call``, ``reply``, ``stop``, ``refused``, ``waiting``,
-    ``deferred``, ``stopped``, ``failed`` (``StepKind``).
+    what the step did: ``tool_call``, ``proposed``, ``reply``, ``stop``, ``refused``,
+    ``waiting``, ``deferred``, ``stopped``, ``failed`` (``StepKind``).
 
 Step outcome (``steps.outcome``)
     ``<outcome>`` or ``<outcome>:<detail>``; ``StepOutcome`` lists every ``<outcome>`` and
@@ -39,13 +39,16 @@ class StepKind(enum.StrEnum):
 
     #: a tool call was executed (or replayed), whatever its result
     TOOL_CALL = "tool_call"
+    #: a tool call recorded as a proposal and never executed (autonomy level ``advisory``)
+    PROPOSED = "proposed"
     #: the model replied: the run succeeded
     REPLY = "reply"
     #: the model stopped: the run succeeded
     STOP = "stop"
     #: the proposal was invalid or denied by policy; fed back to the model
     REFUSED = "refused"
-    #: the call needs approval or was escalated: the run waits
+    #: the call needs approval or was escalated, or the run's budget asks for an
+    #: extension: the run waits
     WAITING = "waiting"
     #: nothing ran; the same call runs again later (rate limit, breaker, bulkhead, lock)
     DEFERRED = "deferred"
@@ -62,6 +65,8 @@ class StepOutcome(enum.StrEnum):
     #: the model replied or stopped
     COMPLETED = "completed"
     TOOL_SUCCEEDED = "tool_succeeded"
+    #: the call was recorded as a proposal, not run (autonomy level ``advisory``)
+    PROPOSED = "proposed"
     #: an irreversible call's earlier attempt died mid-call: not repeated
     SIDE_EFFECT_UNKNOWN = "side_effect_unknown"
     CANCELLED = "cancelled"
@@ -90,8 +95,9 @@ class StepOutcome(enum.StrEnum):
     #: ``:<error code>``; the same call is tried again after a backoff
     TOOL_RETRY = "tool_retry"
     PROPOSER_RETRY = "proposer_retry"
-    #: ``:<rule>``
+    #: ``:<rule>`` (``autonomy:<level>`` when the run's autonomy level decided)
     POLICY_DENIED = "policy_denied"
+    #: ``:<rule>`` as above, or ``:budget_extension`` (the run's budget asks for more)
     NEEDS_APPROVAL = "needs_approval"
     ESCALATED = "escalated"
     #: ``:<actor>``: a reviewer denied the kept call; told to the model as its error
@@ -133,6 +139,10 @@ class WorkflowStep(enum.StrEnum):
     APPROVED = "approved"
     #: ``:<tool>``: a human denied the kept call; the model is told next
     DENIED = "denied"
+    #: ``:<dimension>``: the run's budget ran out; it waits for an approved extension
+    AWAITING_BUDGET = "awaiting_budget"
+    #: ``:<tool>``: the last call was recorded as a proposal, not run (``advisory``)
+    PROPOSED = "proposed"
     #: ``:tool|proposer``: a failed call is tried again after a backoff
     RETRY = "retry"
     #: the model's token or request rate is used up

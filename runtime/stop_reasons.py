@@ -15,7 +15,12 @@ timed_out                     failed       the run's wall-clock deadline passed
 failed:<class>                failed       a tool or proposer failure the run cannot absorb
 dead_lettered:<class>         failed       the step went to the dead-letter queue
 cancelled:<actor>             cancelled    an operator or the caller cancelled the run
-needs_approval:<rule>         waiting      a call requires approval (the run waits)
+needs_approval:<rule>         waiting      a call requires approval (the run waits); the
+                                           rule is ``autonomy:<level>`` when the route's
+                                           autonomy level asked for it
+needs_approval:budget_ext...  waiting      ``needs_approval:budget_extension``: the run's
+                                           own budget ran out and its route says
+                                           ``on_budget_exhausted: ask``
 escalated:<rule>              waiting      policy escalated the call to a human
 paused:<actor>                waiting      an operator paused the run (resume goes on)
 approval_denied               refused      a reviewer denied the action
@@ -46,6 +51,9 @@ _STATUS_BY_KIND: dict[str, RunStatus] = {
 }
 
 KINDS = frozenset(_STATUS_BY_KIND)
+
+#: a run that waits for an approved budget extension
+BUDGET_EXTENSION = "needs_approval:budget_extension"
 
 
 def kind_of(reason: str) -> str:

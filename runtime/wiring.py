@@ -20,6 +20,7 @@ import redis
 
 from runtime import deployment
 from runtime.approvals import Approvals
+from runtime.budget_extensions import BudgetExtensions
 from runtime.budgets.ledger import BudgetLedger
 from runtime.cancellation import Cancellation
 from runtime.catalog import Catalog
@@ -362,6 +363,7 @@ def build_service(
             dispatch=dispatch,
             after_failure=compensations.after_failure,
         ),
+        budget_extensions=BudgetExtensions(store=m.store, dispatch=dispatch),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runtime.config import PolicyConfig, PolicyRule
-from runtime.policy import PolicyContext, PolicyEngine, rule_matches
+from runtime.policy import Decision, PolicyContext, PolicyEngine, rule_matches, tighten
 
 
 def ctx(**kw: Any) -> PolicyContext:
@@ -19,7 +19,8 @@ def ctx(**kw: Any) -> PolicyContext:
         "tenant": "acme",
         "route": "billing.refunds",
         "risk_class": "high",
-        "autonomy_level": "executes_after_approval",
+        # the rules decide alone at this level (the levels are tested below)
+        "autonomy_level": "bounded_autonomous",
         "allowed_tools": ("payments.refund", "kb.search", "tickets.update"),
         "tool_registered": True,
         "tool_enabled": True,
@@ -280,3 +281,70 @@ def test_shipped_test_policy() -> None:
     )
     assert pe.decide(close).label == "no_closing_high_risk"
     assert pe.decide(replace(close, risk_class="low")).label == "default_allow"
+
+
+# --- autonomy levels ----------------------------------------------------------------------
+
+#: (level, side effect) -> the loosest effect the level leaves a call
+FLOORS = [
+    ("advisory", "read", "record_only"),
+    ("advisory", "write", "record_only"),
+    ("advisory", "irreversible", "record_only"),
+    ("drafts_for_review", "read", "allow"),
+    ("drafts_for_review", "write", "require_approval"),
+    ("drafts_for_review", "external", "require_approval"),
+    ("drafts_for_review", "irreversible", "require_approval"),
+    ("executes_after_approval", "read", "allow"),
+    ("executes_after_approval", "write", "require_approval"),
+    ("executes_after_approval", "external", "require_approval"),
+    ("executes_after_approval", "irreversible", "require_approval"),
+    ("bounded_autonomous", "read", "allow"),
+    ("bounded_autonomous", "irreversible", "allow"),
+]
+STRICTNESS = ["allow", "require_approval", "escalate", "record_only", "deny"]
+
+
+@pytest.mark.parametrize(("level", "side_effect", "floor"), FLOORS)
+@pytest.mark.parametrize("ruled", ["allow", "require_approval", "escalate", "deny"])
+def test_a_level_tightens_and_a_rule_never_loosens_it(
+    level: str, side_effect: str, floor: str, ruled: str
+) -> None:
+    # Given a rule with any effect matching the call
+    pe = engine({"id": "the_rule", "effect": ruled, "match": {"tool": ["payments.refund"]}})
+
+    # When a run of this level proposes it
+    decision = pe.decide(ctx(autonomy_level=level, side_effect=side_effect))
+
+    # Then the decision is the stricter of the rule and the level, never looser than either
+    stricter = max(ruled, floor, key=STRICTNESS.index)
+    assert decision.effect == stricter
+    if STRICTNESS.index(floor) > STRICTNESS.index(ruled):
+        # the level decided: it is named as the rule, the rule stays on record
+        assert decision.rule_id == f"autonomy:{level}" and decision.label == decision.rule_id
+        assert decision.reason_codes == ["the_rule", f"autonomy:{level}"]
+    else:
+        assert decision.rule_id == "the_rule" and decision.reason_codes == ["the_rule"]
+    assert decision.policy_version == "pol-1"
+
+
+def test_built_in_denials_stand_at_every_level() -> None:
+    for level in ("advisory", "drafts_for_review", "executes_after_approval"):
+        decision = engine().decide(ctx(autonomy_level=level, tool_registered=False))
+        assert decision.effect == "deny" and decision.label == "unknown_tool"
+
+
+def test_an_unknown_level_denies_everything() -> None:
+    # a stored level this version does not know (edited by hand): nothing runs
+    for side_effect in ("read", "write"):
+        decision = engine({"id": "ok", "effect": "allow"}).decide(
+            ctx(autonomy_level="rogue", side_effect=side_effect)
+        )
+        assert decision.effect == "deny" and decision.rule_id == "autonomy:unknown_level"
+
+
+def test_tighten_keeps_a_stricter_decision_as_it_is() -> None:
+    escalated = Decision("escalate", "ask_ops", ["ask_ops"], "pol-1")
+    assert tighten(escalated, ctx(autonomy_level="drafts_for_review")) is escalated
+    # but advisory records instead of asking a human: nothing would run anyway
+    recorded = tighten(escalated, ctx(autonomy_level="advisory"))
+    assert recorded.effect == "record_only" and recorded.rule_id == "autonomy:advisory"

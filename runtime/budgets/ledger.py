@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from runtime import scripts
+from runtime.budgets.extension import raised
 from runtime.config import DIMENSIONS
 from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
@@ -72,6 +73,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _refused(scopes: list[Scope], result: list[Any], needed: dict[str, int]) -> BudgetExhausted:
+    """The refusal a script returned (``{0, scope, dimension, used, reserved, limit}``),
+    with how much more the reservation needed than the scope had left (its shortfall)."""
+    dimension = _text(result[2])
+    shortfall = None
+    if len(result) >= 6 and int(result[5]) >= 0:
+        left = int(result[5]) - int(result[3]) - int(result[4])
+        shortfall = max(needed.get(dimension, 0) - left, 1)
+    return BudgetExhausted(scopes[int(result[1])].name, dimension, shortfall=shortfall)
+
+
 class BudgetLedger:
     def __init__(
         self, client: redis.Redis, keys: Keys, generation: Callable[[], int] = lambda: 0
@@ -89,7 +101,14 @@ class BudgetLedger:
         )
 
     # --- scopes ----------------------------------------------------------------------
-    def run_scope(self, run_id: str, limits: dict[str, int]) -> Scope:
+    def run_scope(
+        self, run_id: str, limits: dict[str, int], granted: dict[str, int] | None = None
+    ) -> Scope:
+        """The run's scope: its budget policy's per-run ``limits``, raised by the budget
+        extensions ``granted`` to it (``runtime.budgets.extension``). Only a run's own
+        scope is ever raised; a tenant's or a route's day never is."""
+        if granted:
+            limits = raised(limits, granted)
         return Scope(f"run:{run_id}", self.keys.budget_run(run_id), limits, ttl_s=30 * 86400)
 
     def tenant_day_scope(
@@ -152,7 +171,12 @@ class BudgetLedger:
         if int(result[0]) == -1:
             raise StateUnknown("budget ledger")
         if int(result[0]) != 1:
-            raise BudgetExhausted(scopes[int(result[1])].name, _text(result[2]))
+            needed = dict(amounts)
+            if output is not None:  # not even the allowance's minimum fitted
+                needed["tokens"] = needed.get("tokens", 0) + output.minimum
+                nano = output.cost_base_nano + output.minimum * output.cost_per_token_nano
+                needed["cost_micro_usd"] = needed.get("cost_micro_usd", 0) + -(-nano // 1000)
+            raise _refused(scopes, result, needed)
         state = _text(result[1])
         if state == "existing":
             return self.hold(run_id, step) or Reservation(run_id, step, {}, state)
@@ -203,7 +227,8 @@ class BudgetLedger:
         if int(result[0]) == -1:
             raise StateUnknown("budget ledger")
         if int(result[0]) != 1:
-            raise BudgetExhausted(scopes[int(result[1])].name, _text(result[2]))
+            needed = {d: first.get(d, 0) + again.get(d, 0) * (count - 1) for d in dims}
+            raise _refused(scopes, result, needed)
         added = {d: int(v) for d, v in zip(dims, result[2:], strict=True)}
         return int(result[1]), added
 

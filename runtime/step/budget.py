@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from runtime.budgets import extension
 from runtime.budgets.ledger import BudgetLedger, OutputAllowance, Scope, today
 from runtime.budgets.step import StepBudget
 from runtime.budgets.tokens import MIN_OUTPUT_TOKENS, model_cost_micro, nano_per_token
@@ -78,21 +79,37 @@ class Budgeting:
 
     def reserve_tool(self, st: Step, spec: ToolSpec) -> Move | None:
         """Add the proposed tool call (and its cost) to the step's hold before it runs;
-        ``budget_exhausted:<dimension>`` if it does not fit, with nothing executed."""
+        ``budget_exhausted:<dimension>`` if it does not fit, with nothing executed (or,
+        if the route asks, a wait for an extension: the caller keeps the call)."""
         try:
             added = st.budget.reserve_tool(self.catalog.tool_cost_micro(spec.name))
         except BudgetExhausted as exc:
-            return outcomes.tool_exhausted(st, exc)
+            return self.exhausted(st, exc, tool=True)
         if added is not None:
             st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
         return None
+
+    def exhausted(self, st: Step, exc: BudgetExhausted, *, tool: bool = False) -> Move:
+        """A reservation the ledger refused. The run stops (``budget_exhausted``), unless
+        its own budget refused and its route says ``on_budget_exhausted: ask``: then it
+        waits for an extension of that budget, and the step is tried again once one is
+        granted. A tenant's or a route's day is never extended: those stop the run."""
+        own = exc.scope == self.ledger.run_scope(st.run_id, {}).name
+        if not own or st.route.on_budget_exhausted != "ask":
+            return outcomes.tool_exhausted(st, exc) if tool else outcomes.exhausted(st, exc)
+        asked = extension.requested(
+            st.route.budget_extension.ledger_limits(), exc.dimension, exc.shortfall
+        )
+        record = extension.waiting(st.run.get("budget_extension"), asked, exc.dimension, st.step_no)
+        return outcomes.budget_wait(st, exc, record)
 
     def _scopes(self, st: Step) -> list[Scope]:
         run, ledger = st.run, self.ledger
         policy = self.config.budget_policies[st.route.budget_policy]
         tenant = self.config.tenants.get(run["tenant_id"])
         day = today()
-        scopes = [ledger.run_scope(st.run_id, policy.per_run.ledger_limits())]
+        granted = extension.granted_of(run.get("budget_extension"))
+        scopes = [ledger.run_scope(st.run_id, policy.per_run.ledger_limits(), granted)]
         if tenant is not None:
             scopes.append(
                 ledger.tenant_day_scope(run["tenant_id"], tenant.daily_budget.ledger_limits(), day)

@@ -4,9 +4,11 @@ run), an invalid proposal, an exhausted budget."""
 from __future__ import annotations
 
 import random
+import uuid
 from typing import Any, Literal
 
 from runtime import stop_reasons
+from runtime.budgets import extension
 from runtime.config import RetryPolicy
 from runtime.contract import RunStatus
 from runtime.errors import BudgetExhausted
@@ -136,6 +138,32 @@ def exhausted(st: Step, exc: BudgetExhausted) -> Move:
         StepKind.STOPPED,
         StepOutcome.BUDGET_EXHAUSTED.of(exc.dimension),
         stop_reason=stop_reasons.make("budget_exhausted", exc.dimension),
+    )
+
+
+def budget_wait(st: Step, exc: BudgetExhausted, record: dict[str, Any]) -> Move:
+    """The run's own budget refused the step and its route asks for more: the run waits
+    (``needs_approval:budget_extension``) holding nothing; ``record`` (the run's
+    ``budget_extension`` column) says what it asks for. The step is tried again, as it
+    was, once an extension is granted (``RuntimeService.extend_budget``)."""
+    st.trace.add("budget_exhausted", scope=exc.scope, dimension=exc.dimension)
+    st.trace.add(
+        "budget_extension_requested",
+        dimension=exc.dimension,
+        shortfall=exc.shortfall,
+        requested=record["requested"],
+    )
+    return Move(
+        RunStatus.WAITING,
+        StepKind.WAITING,
+        StepOutcome.NEEDS_APPROVAL.of(extension.RULE),
+        observation={"budget_exhausted": exc.dimension, "requested": record["requested"]},
+        stop_reason=stop_reasons.BUDGET_EXTENSION,
+        run_updates={
+            "budget_extension": record,
+            "approval_id": uuid.uuid4().hex,
+            "workflow_step": workflow_step(WorkflowStep.AWAITING_BUDGET, exc.dimension),
+        },
     )
 
 

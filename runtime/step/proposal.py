@@ -12,7 +12,7 @@ from runtime import proposals, stop_reasons
 from runtime.config import RuntimeConfig
 from runtime.contract import ReplyProposal, RunStatus, StopProposal, ToolCallProposal
 from runtime.policy import Decision, PolicyContext, PolicyEngine
-from runtime.step import decisions, outcomes
+from runtime.step import advisory, decisions, outcomes
 from runtime.step.approval import ApprovalGate
 from runtime.step.collaborators import CatalogReads
 from runtime.step.state import Move, Step
@@ -48,22 +48,24 @@ class ProposalCheck:
         st.proposal = proposal.model_dump(by_alias=True)
         if isinstance(proposal, ReplyProposal):
             st.trace.add("validation", ok=True, type="reply")
-            return Move(
+            reply = Move(
                 RunStatus.SUCCEEDED,
                 StepKind.REPLY,
                 StepOutcome.COMPLETED,
                 output={"text": proposal.text},
                 stop_reason="completed",
             )
+            return advisory.with_proposals(st, reply)
         if isinstance(proposal, StopProposal):
             st.trace.add("validation", ok=True, type="stop")
-            return Move(
+            stop = Move(
                 RunStatus.SUCCEEDED,
                 StepKind.STOP,
                 StepOutcome.COMPLETED,
                 output={"stopped": proposal.reason or "model_stop"},
                 stop_reason="completed",
             )
+            return advisory.with_proposals(st, stop)
         assert isinstance(proposal, ToolCallProposal)
         return self._tool_call(st, proposal)
 
@@ -85,6 +87,8 @@ class ProposalCheck:
         decision = self._decide(st, spec, registered, proposal.tool, args)
         st.proposal = {**(st.proposal or {}), "args": safe_args}
         decisions.record(st, proposal.tool, decision, args)
+        if decision.effect == "record_only":  # autonomy level advisory: recorded, never run
+            return advisory.proposed(st, proposal.tool, safe_args, decision.label)
         if decision.effect != "allow":
             held = self._not_allowed(st, decision, proposal.tool, args)
             if held is not None:

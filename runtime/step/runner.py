@@ -27,7 +27,6 @@ from runtime.scheduling.scheduler import (
 )
 from runtime.state import KnownGeneration, StateMarkers
 from runtime.statuses import LIVE_STATUSES
-from runtime.step import outcomes
 from runtime.step.budget import Budgeting
 from runtime.step.chain import Chain
 from runtime.step.checkpoint import Checkpointer
@@ -276,7 +275,7 @@ class StepRunner:
         except BudgetExhausted as exc:
             # refused before any model call: what was taken from the rate limit goes back
             self.model_call.give_back_tokens(st)
-            return outcomes.exhausted(st, exc)
+            return self.budgeting.exhausted(st, exc)
         except StateUnknown:
             self.model_call.give_back_tokens(st)
             raise

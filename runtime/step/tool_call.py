@@ -73,6 +73,8 @@ class ToolCall:
         call_id = f"{st.run_id}:{st.step_no}"
         refused = self.budgeting.reserve_tool(st, spec)
         if refused is not None:
+            if refused.status == RunStatus.WAITING:  # asks for more budget: keep the call
+                refused.run_updates["pending_proposal"] = self.pending.keep(st, spec.name, args)
             return refused
         held = self._gates(st, spec, entry, call_id, timeout_s, args, proposal)
         if held is not None:

@@ -97,6 +97,9 @@ class RunRow(SQLModel, table=True):
     attempt: int = 0
     #: a validated proposal waiting to execute (e.g. its lock was busy)
     pending_proposal: dict[str, Any] | None = _json()
+    #: the run's budget extensions (``runtime.budgets.extension``): ``granted`` per
+    #: dimension, added to its per-run limits, and while it waits for one, ``requested``
+    budget_extension: dict[str, Any] | None = _json()
     #: bumped on every update; a writer holding an old version loses
     version: int = 1
     #: False for a request admission refused: it keeps its request id for the record but

@@ -52,11 +52,14 @@ RUNS = Table(
         "budget_policy_version", "policy_version", "workflow_step", "allowed_tools",
         "idempotency_key", "approval_id", "checkpoint_ref", "stop_reason", "priority",
         "input", "output", "next_step", "turns", "invalid_proposals", "tool_errors",
-        "lock_waits", "attempt", "pending_proposal", "version", "admitted", "request_digest",
-        "created_at", "updated_at", "started_at", "finished_at", "deadline_at",
+        "lock_waits", "attempt", "pending_proposal", "budget_extension", "version", "admitted",
+        "request_digest", "created_at", "updated_at", "started_at", "finished_at", "deadline_at",
     ),
     json=frozenset(
-        {"allowed_tools", "input", "output", "pending_proposal", "request_digest", "version_set"}
+        {
+            "allowed_tools", "input", "output", "pending_proposal", "budget_extension",
+            "request_digest", "version_set",
+        }
     ),
     times=frozenset({"created_at", "updated_at", "started_at", "finished_at", "deadline_at"}),
     flags=frozenset({"admitted"}),

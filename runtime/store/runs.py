@@ -55,6 +55,7 @@ from runtime.store.tables import runs_t as runs_t
 from runtime.store.tables import secrets_t as secrets_t
 from runtime.store.tables import spend_t as spend_t
 from runtime.store.tables import steps_t as steps_t
+from runtime.store.waits import WaitRows
 
 #: the statuses a run may move from, per target status, as stored (a checkpoint's guard)
 _ALLOWED_VALUES: dict[RunStatus, tuple[str, ...]] = {
@@ -84,7 +85,7 @@ class Checkpoint:
     approval: dict[str, Any] | None = None
 
 
-class RunStore(HistoryRows, EffectRows, RunControlRows):
+class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows):
     """Runs: admission, reads for views, the step's start and checkpoint, transitions an
     operator names. Side effects, a run's history (steps, trace, decisions, spend) and an
     operator's cancel, pause and resume are the rows of ``EffectRows``, ``HistoryRows``
