@@ -35,6 +35,7 @@ import redis
 from pydantic import BaseModel
 
 from runtime import admission, stop_reasons
+from runtime.budgets import extension
 from runtime.config import RuntimeConfig
 from runtime.errors import (
     AgentRuntimeError,
@@ -45,10 +46,12 @@ from runtime.errors import (
     RunNotFound,
 )
 from runtime.scheduling.scheduler import Ops, Outcome, item_of
+from runtime.step.approval import BUDGET_EXTENSION
 from runtime.step.pending import DENIED as DENIED_CALL
 from runtime.step_record import WorkflowStep, workflow_step
 from runtime.store.approvals import (
     APPROVED,
+    CONSUMED,
     DENIED,
     EXPIRED,
     PENDING,
@@ -253,6 +256,8 @@ class Approvals(ApprovalReads):
         reason = _check_reason(reason, required=False)
         row, run = self._decidable(approval_id, actor, tenant)
         now = utcnow()
+        if row["tool"] == BUDGET_EXTENSION:
+            return self._grant_extension(row, run, actor, reason, now)
         events = self._decided_events(row, run, APPROVED, actor, reason, now)
         move = RunMove(
             "running",
@@ -266,6 +271,45 @@ class Approvals(ApprovalReads):
         self._decide(row, self._decision(row, APPROVED, actor, reason, now), move)
         self._resume(run, int(row["step_no"]) + 1)
         return self.get(approval_id, row["tenant_id"])
+
+    def _grant_extension(
+        self,
+        row: dict[str, Any],
+        run: dict[str, Any],
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> ApprovalView:
+        """A budget extension approved: the run's per-run limits grow by exactly the
+        amounts the approval showed (``runs.budget_extension``, applied by the ledger at
+        every reservation), in the transaction that records the decision and moves the
+        run; then the step its budget refused runs again."""
+        amount = extension.checked_amount(row["args"])
+        granted = extension.granting(run["budget_extension"], amount)
+        events = self._decided_events(row, run, CONSUMED, actor, reason, now)
+        events.append(
+            _event(
+                run,
+                "budget_extended",
+                actor=actor,
+                amount=amount,
+                requested=extension.requested_of(run["budget_extension"]),
+                granted=granted["granted"],
+            )
+        )
+        move = RunMove(
+            "running",
+            {
+                "stop_reason": None,
+                "updated_at": now,
+                "budget_extension": granted,
+                "workflow_step": workflow_step(WorkflowStep.QUEUED),
+            },
+            events,
+        )
+        self._decide(row, self._decision(row, CONSUMED, actor, reason, now), move)
+        self._resume(run, int(row["step_no"]) + 1)
+        return self.get(str(row["approval_id"]), str(row["tenant_id"]))
 
     def deny(
         self, approval_id: str, actor: str, reason: str, tenant: str | None = None

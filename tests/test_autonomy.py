@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from runtime.errors import InvalidRequest, NotWaitingForBudget, RunNotFound
+from runtime.errors import ApprovalClosed, InvalidRequest, NotWaitingForBudget, RunNotFound
 from tests.support import Deployment
 
 USAGE = {"input_tokens": 100, "output_tokens": 50}
@@ -356,3 +356,39 @@ def test_a_stated_extension_needs_ask_and_amounts_above_zero() -> None:
         )
     with pytest.raises(ValidationError):
         RouteConfig.model_validate(route(on_budget_exhausted="maybe"))
+
+
+def test_a_budget_wait_is_an_approval_and_approving_it_grants_what_it_showed(
+    deployment: Deployment,
+) -> None:
+    # Given a run waiting for more budget
+    key = f"ask-{uuid.uuid4().hex[:8]}"
+    run = deployment.submit_script(script(key), route="r.asks")
+    waiting = deployment.svc.wait(run.run_id, timeout=60)
+    assert waiting.stop_reason == "needs_approval:budget_extension"
+
+    # Then the wait is an approval like any other, showing the amount it asks for
+    approvals = deployment.svc.approvals
+    (pending,) = [a for a in approvals.list(tenant="t1") if a.run_id == run.run_id]
+    assert pending.approval_id == waiting.approval_id
+    assert (pending.tool, pending.args, pending.status) == (
+        "budget_extension",
+        {"tool_calls": 1},
+        "pending",
+    )
+    # another tenant cannot see or decide it
+    with pytest.raises(RunNotFound):
+        approvals.approve(pending.approval_id, actor="ops:eve", tenant="t2")
+
+    # When it is approved
+    decided = approvals.approve(pending.approval_id, actor="ops:ann", tenant="t1")
+    assert decided.status == "consumed" and decided.decided_by == "ops:ann"
+
+    # Then the run's limit grew by exactly that, the kept call ran once, the run completed
+    done = deployment.svc.wait(run.run_id, timeout=60)
+    assert done.status == "succeeded", done.stop_reason
+    assert deployment.counter(key) == 1
+    assert run_row(deployment, run.run_id)["budget_extension"] == {"granted": {"tool_calls": 1}}
+    # and it cannot be spent again
+    with pytest.raises(ApprovalClosed):
+        approvals.approve(pending.approval_id, actor="ops:ann", tenant="t1")

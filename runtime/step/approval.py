@@ -44,6 +44,9 @@ from runtime.store.db import utcnow
 from runtime.tools.registry import ToolRegistry
 from runtime.tracing import redact
 
+#: the "tool" of an approval that grants a budget extension (``on_budget_exhausted: ask``):
+#: its arguments are the amounts asked for, per dimension
+BUDGET_EXTENSION = "budget_extension"
 #: integers I-JSON (RFC 8785) represents exactly; others are canonicalised as tagged text
 _SAFE_INT = 2**53 - 1
 
@@ -213,3 +216,39 @@ class ApprovalGate:
                 "workflow_step": workflow_step(WorkflowStep.AWAITING, tool),
             },
         )
+
+
+def extension_request(st: Step, approval_id: str, requested: dict[str, Any]) -> dict[str, Any]:
+    """The approval a run waiting on its own budget asks for: approving it grants
+    ``requested`` (``runtime.approvals`` hands it to the budget extension)."""
+    now = utcnow()
+    submitter = str(st.run["actor_id"])
+    policy_version = str(st.run.get("policy_version") or "")
+    return {
+        "approval_id": approval_id,
+        "tenant_id": st.tenant_id,
+        "run_id": st.run_id,
+        "step_no": st.step_no,
+        "route": st.run["route"],
+        "tool": BUDGET_EXTENSION,
+        "tool_version": "1",
+        "policy_version": policy_version,
+        "digest": action_digest(
+            tool=BUDGET_EXTENSION,
+            tool_version="1",
+            args=requested,
+            policy_version=policy_version,
+            tenant=st.tenant_id,
+            run_id=st.run_id,
+            step_no=st.step_no,
+        ),
+        "args": dict(requested),
+        "rule_id": BUDGET_EXTENSION,
+        "effect": "require_approval",
+        "owner": None,
+        "approvers": {"owner": None, "not": [submitter] if st.run["risk_class"] == "high" else []},
+        "submitted_by": submitter,
+        "status": PENDING,
+        "requested_at": now,
+        "expires_at": now + timedelta(seconds=st.route.approval_ttl_s),
+    }

@@ -12,6 +12,7 @@ from runtime.budgets import extension
 from runtime.config import RetryPolicy
 from runtime.contract import RunStatus
 from runtime.errors import BudgetExhausted
+from runtime.step import approval
 from runtime.step.collaborators import DeadLettering
 from runtime.step.state import Move, Step
 from runtime.step_record import StepKind, StepOutcome, WorkflowStep, workflow_step
@@ -147,11 +148,15 @@ def budget_wait(st: Step, exc: BudgetExhausted, record: dict[str, Any]) -> Move:
     ``budget_extension`` column) says what it asks for. The step is tried again, as it
     was, once an extension is granted (``RuntimeService.extend_budget``)."""
     st.trace.add("budget_exhausted", scope=exc.scope, dimension=exc.dimension)
+    approval_id = uuid.uuid4().hex
+    # an approval like any other (``agentrt approvals``): approving it grants the amount
+    st.approval_request = approval.extension_request(st, approval_id, record["requested"])
     st.trace.add(
         "budget_extension_requested",
         dimension=exc.dimension,
         shortfall=exc.shortfall,
         requested=record["requested"],
+        approval_id=approval_id,
     )
     return Move(
         RunStatus.WAITING,
@@ -161,7 +166,7 @@ def budget_wait(st: Step, exc: BudgetExhausted, record: dict[str, Any]) -> Move:
         stop_reason=stop_reasons.BUDGET_EXTENSION,
         run_updates={
             "budget_extension": record,
-            "approval_id": uuid.uuid4().hex,
+            "approval_id": approval_id,
             "workflow_step": workflow_step(WorkflowStep.AWAITING_BUDGET, exc.dimension),
         },
     )
