@@ -310,7 +310,10 @@ def test_a_level_tightens_and_a_rule_never_loosens_it(
     level: str, side_effect: str, floor: str, ruled: str
 ) -> None:
     # Given a rule with any effect matching the call
-    pe = engine({"id": "the_rule", "effect": ruled, "match": {"tool": ["payments.refund"]}})
+    the_rule = {"id": "the_rule", "effect": ruled, "match": {"tool": ["payments.refund"]}}
+    if ruled == "escalate":
+        the_rule["owner"] = "ops-billing"  # an escalation names who decides it
+    pe = engine(the_rule)
 
     # When a run of this level proposes it
     decision = pe.decide(ctx(autonomy_level=level, side_effect=side_effect))

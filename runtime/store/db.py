@@ -8,6 +8,8 @@ Engines are created lazily in each process (after a prefork worker forks).
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,13 +59,34 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+#: how long a new connection retries switching a database to WAL while another holds it
+WAL_SWITCH_WAIT_S = 30.0
+
+
+def _journal_mode_wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL``. On a new database that other processes open at the same
+    moment, SQLite answers "database is locked" at once, without the busy handler (the
+    switch needs an exclusive lock): retry, bounded like ``busy_timeout``."""
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # hand transaction control to SQLAlchemy's "begin" event below
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _journal_mode_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
