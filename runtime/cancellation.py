@@ -43,6 +43,7 @@ from runtime.keys import Keys
 from runtime.scheduling.scheduler import Item, Ops, Scheduler, item_of
 from runtime.statuses import CancelMode, RunStatus, cancel_subject, read_cancel_request
 from runtime.step_record import WorkflowStep
+from runtime.store.approvals import ApprovalStore
 from runtime.store.db import utcnow
 from runtime.store.runs import RunStore
 from runtime.tracing import TraceBuffer
@@ -153,8 +154,10 @@ class Cancellation:
         redis: redis.Redis,
         keys: Keys,
         compensate: Callable[[str], Any],
+        approvals: ApprovalStore,
     ) -> None:
         self.store = store
+        self.approvals = approvals
         self.controls = controls
         self.scheduler = scheduler
         self.dispatch = dispatch
@@ -235,6 +238,9 @@ class Cancellation:
         ):
             return False
         self._quietly(self.controls.clear_paused, run["run_id"])
+        if run.get("approval_id"):
+            # nobody may decide a call whose run is gone: out of the pending list
+            self.approvals.withdraw(run["tenant_id"], run["run_id"], run["approval_id"], utcnow())
         self._finished(run["run_id"], int(run["next_step"]), compensate)
         return True
 

@@ -355,6 +355,7 @@ def build_service(
             redis=m.redis,
             keys=m.keys,
             compensate=compensations.compensate,
+            approvals=m.approvals,
         ),
         approvals=Approvals(
             config=config,

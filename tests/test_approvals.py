@@ -243,6 +243,22 @@ def test_a_denied_action_never_runs(deployment: Deployment) -> None:
     assert svc.get(run.run_id).status.value == "refused"
 
 
+def test_cancelling_a_waiting_run_withdraws_its_approval(deployment: Deployment) -> None:
+    svc, k = deployment.svc, key()
+    run = submit(deployment, [inc(k), REPLY])
+    approval_id = str(waiting(deployment, run.run_id).approval_id)
+
+    svc.cancel(run.run_id, actor="ops:bob")
+
+    # the run is gone: its approval is no longer pending, listed or decidable
+    assert svc.get(run.run_id).status.value == "cancelled"
+    assert svc.approvals.get(approval_id).status == "withdrawn"
+    assert approval_id not in {a.approval_id for a in svc.approvals.list()}
+    with pytest.raises(ApprovalClosed):
+        svc.approvals.approve(approval_id, APPROVER)
+    assert deployment.counter(k) == 0 and effects(deployment, run.run_id) == []
+
+
 def test_a_denial_is_told_to_the_model_on_tell_model_routes(deployment: Deployment) -> None:
     svc, k = deployment.svc, key()
     search = {"type": "tool_call", "tool": "kb.search", "args": {"query": "refunds"}}

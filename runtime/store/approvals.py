@@ -36,7 +36,9 @@ PENDING, APPROVED, DENIED, EXPIRED, CONSUMED = (
     "expired",
     "consumed",
 )
-STATUSES = (PENDING, APPROVED, DENIED, EXPIRED, CONSUMED)
+#: its run ended (cancelled) while it waited: nobody can decide it any more
+WITHDRAWN = "withdrawn"
+STATUSES = (PENDING, APPROVED, DENIED, EXPIRED, CONSUMED, WITHDRAWN)
 #: decided by a human (their latency counts in the statistics)
 DECIDED = (APPROVED, DENIED, CONSUMED)
 
@@ -225,6 +227,13 @@ class ApprovalStore(StoreConnections):
                 conn.execute(delete(secrets_t).where(secrets_t.c.run_id == approval["run_id"]))
             if move.events:
                 conn.execute(insert(events_t), list(move.events))
+
+    def withdraw(self, tenant_id: str, run_id: str, approval_id: str, now: datetime) -> bool:
+        """A cancel ended the run that waited for this approval: it is no longer pending
+        (listed, decidable); a no-op for one already decided."""
+        return self.close(
+            {"approval_id": approval_id, "tenant_id": tenant_id, "run_id": run_id}, WITHDRAWN, now
+        )
 
     def close(self, approval: dict[str, Any], status: str, now: datetime) -> bool:
         """Close a pending approval whose run no longer waits for it (cancelled, say)."""
