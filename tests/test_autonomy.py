@@ -150,6 +150,28 @@ LEVEL_ROUTES = {
 }
 
 
+@pytest.mark.parametrize("route", ["r.level.drafts", "r.level.approval"])
+def test_a_call_the_level_holds_runs_once_when_approved(deployment: Deployment, route: str) -> None:
+    # Given a write the route's level holds for approval
+    key = f"lvl-{uuid.uuid4().hex[:8]}"
+    run = deployment.submit_script(script(key), route=route)
+    held = deployment.svc.wait(run.run_id, timeout=60)
+    assert held.status == "waiting" and held.approval_id
+    approval = deployment.svc.approvals.get(str(held.approval_id))
+    assert approval.rule.startswith("autonomy:") and approval.tool == "counter.increment"
+
+    # When it is approved
+    deployment.svc.approvals.approve(str(held.approval_id), actor="ops:ann")
+
+    # Then the call ran exactly once (the level asks again on resume; the approval covers
+    # that exact call) and the run completed; the approval is spent
+    done = deployment.svc.wait(run.run_id, timeout=60)
+    assert done.status == "succeeded", done.stop_reason
+    assert deployment.counter(key) == 1
+    assert started_tools(deployment, run.run_id) == ["kb.search", "counter.increment"]
+    assert deployment.svc.approvals.get(str(held.approval_id)).status == "consumed"
+
+
 def test_advisory_run_that_proposes_nothing_completes_with_an_empty_list(
     deployment: Deployment,
 ) -> None:
