@@ -472,7 +472,8 @@ def test_the_cli_lists_shows_approves_and_denies(deployment: Deployment) -> None
     code, out, _ = cli(deployment, "approvals", "approve", a_id, "--actor", APPROVER, "--json")
     assert code == 0
     decided = json.loads(out)
-    assert (decided["status"], decided["decided_by"]) == ("approved", APPROVER)
+    # (a fast worker may already have spent it by the time the command reads it back)
+    assert decided["status"] in ("approved", "consumed") and decided["decided_by"] == APPROVER
     code, out, err = cli(deployment, "approvals", "approve", a_id, "--actor", APPROVER)
     assert code == 1 and "a decision is final" in err  # decided once
     assert finished(deployment, approve_run.run_id).status.value == "succeeded"

@@ -116,7 +116,12 @@ class ToolExecution:
     def _cancelled_by(self, run_id: str) -> str | None:
         if self.control_redis is None:
             return None
-        raw = self.control_redis.get(self.keys.run_cancelled(run_id))
+        try:
+            raw = self.control_redis.get(self.keys.run_cancelled(run_id))
+        except redis.RedisError:
+            # unreadable (Redis restarting): a read changes nothing, so it goes on; the
+            # checkpoint's fence in SQL still ends a cancelled run
+            return None
         if raw is None:
             return None
         return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)

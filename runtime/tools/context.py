@@ -4,6 +4,7 @@ and whether its run was cancelled."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from redis import Redis
 
 from runtime.errors import ToolCancelled
 from runtime.keys import Keys
+
+log = logging.getLogger("agentrt.tools")
 
 #: how long journal markers of Redis-resident side effects are kept
 JOURNAL_TTL_S = 30 * 86400
@@ -43,7 +46,15 @@ class ToolContext:
         drain cancel lets the call finish: this stays False."""
         if self.control_redis is None:
             return False
-        return bool(self.control_redis.exists(self.keys.run_cancelled(self.run_id)))
+        try:
+            return bool(self.control_redis.exists(self.keys.run_cancelled(self.run_id)))
+        except redis.RedisError:
+            # the runtime's Redis is away (a restart, a failover): the switch cannot be read.
+            # The call runs on: the cancel fence in SQL (the claim before it, the checkpoint
+            # after it) is what keeps a cancelled run from committing, and a tool must not
+            # fail because the coordination store blinked
+            log.warning("run %s: cancel switch unreadable; the call goes on", self.run_id)
+            return False
 
     def redis_effect(self, apply: Callable[[Any], None]) -> list[Any]:
         """Run Redis writes exactly once per idempotency key.
