@@ -16,7 +16,10 @@ lock and rebuilds; the others wait), and ``agentrt recover`` runs it by hand. Re
    the scopes' lifetime from the SQL spend records (``u:<dim>`` = settled spend,
    ``r:<dim>`` = the holds still open) and writes the ledger's marker in the same
    transaction. It reads SQL and writes Redis under WATCH on the holds index, so a reserve
-   or settle in between makes it read again;
+   or settle in between makes it read again. A tool call decided at a live run's current
+   step may have run in a step that died with Redis's data (its hold lost, its spend never
+   recorded): recovery holds it again (a "recovered" hold: the call, counted as executed),
+   so the step's next copy is charged for it and nothing else can spend that budget;
 5. forgets every queue and slot Redis held (an old snapshot's would be stale), writes the
    scheduler's marker and queues the current step of every queued or running run again;
 6. resumes dispatching and writes an audit record.
@@ -57,6 +60,9 @@ log = logging.getLogger("agentrt.recovery")
 PAUSE_TTL_MS = 15 * 60 * 1000
 #: days of tenant/route scopes rebuilt (their keys live 3 days)
 SCOPE_DAYS = 3
+#: how long a recovered hold waits for its step to run again before the reaper releases it
+#: (the step's next copy takes it over with its own ttl; a run cancelled meanwhile frees it)
+RECOVERED_HOLD_TTL_MS = 6 * 3600 * 1000
 BATCH = 500
 
 
@@ -65,6 +71,8 @@ class RecoveryReport:
     runs_requeued: int = 0
     ledger_scopes: int = 0
     open_holds: int = 0
+    #: holds rebuilt from SQL for tool calls that may have run uncharged
+    recovered_holds: int = 0
     ledger_attempts: int = 0
     waited_s: float = 0.0
     dry_run: bool = False
@@ -77,6 +85,7 @@ class RecoveryReport:
             "runs_requeued": self.runs_requeued,
             "ledger_scopes": self.ledger_scopes,
             "open_holds": self.open_holds,
+            "recovered_holds": self.recovered_holds,
             "ledger_attempts": self.ledger_attempts,
             "waited_s": round(self.waited_s, 1),
             "dry_run": self.dry_run,
@@ -195,8 +204,9 @@ class Recovery:
                     pipe.watch(index)  # type: ignore[no-untyped-call]
                     holds = self._holds(pipe, index)
                     used = self._spend_by_scope(holds)
+                    recovered = self._recovered_holds(holds)
                     reserved: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-                    for hold in holds.values():
+                    for hold in [*holds.values(), *recovered.values()]:
                         for scope in hold["scopes"]:
                             for dim, amount in hold["amounts"].items():
                                 reserved[scope][dim] += amount
@@ -210,11 +220,13 @@ class Recovery:
                         pipe.delete(scope)
                         pipe.hset(scope, mapping=fields)  # type: ignore[arg-type]
                         pipe.expire(scope, self._scope_ttl_s(scope))
+                    self._write_recovered(pipe, index, recovered)
                     # the ledger is known again in the same transaction that rebuilt it
                     self.markers.mark_ledger_in(pipe, generation)
                     pipe.execute()
                     report.ledger_scopes = len(scopes)
                     report.open_holds = len(holds)
+                    report.recovered_holds = len(recovered)
                     return
                 except redis.WatchError:
                     time.sleep(0.05)
@@ -240,6 +252,58 @@ class Recovery:
                 "amounts": amounts,
             }
         return out
+
+    def _recovered_holds(
+        self, holds: dict[tuple[str, int], dict[str, Any]]
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """Holds for the tool calls SQL says may have run uncharged (``unsettled_calls``),
+        where Redis kept no hold of the step: each call counted as an execution (the first
+        a tool call, any other a retry, each with its tool's cost), in the scopes the step
+        reserved in on the day it decided."""
+        keys = self.keys
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        for call in self.reads.unsettled_calls():
+            at = (str(call["run_id"]), int(call["step_no"]))
+            if at in holds:
+                continue
+            entry = self.config.tools.get(str(call["tool"]))
+            cost = round(entry.cost_usd * 1_000_000) if entry else 0
+            hold = out.get(at)
+            if hold is None:
+                day = call["at"].strftime("%Y-%m-%d")
+                tenant, route = str(call["tenant_id"]), str(call["route"])
+                scopes = [keys.budget_run(at[0])]
+                if tenant in self.config.tenants:  # the step's scopes, in its order
+                    scopes.append(keys.budget_tenant_day(tenant, day))
+                scopes.append(keys.budget_route_day(route, day))
+                amounts = dict.fromkeys(DIMENSIONS, 0)
+                amounts.update(tool_calls=1, cost_micro_usd=cost)
+                out[at] = {"scopes": scopes, "amounts": amounts, "executions": 1}
+                continue
+            amounts = hold["amounts"]
+            amounts["retries"] += 1
+            amounts["cost_micro_usd"] += cost
+            hold["executions"] += 1
+        return out
+
+    def _write_recovered(
+        self, pipe: Any, index: str, recovered: dict[tuple[str, int], dict[str, Any]]
+    ) -> None:
+        """Queue the recovered holds (field ``rec``: ``reserve.lua`` adds the step's next
+        copy's own reservation to such a hold instead of taking it as its own)."""
+        expires = int(time.time() * 1000) + RECOVERED_HOLD_TTL_MS
+        for (run_id, step), hold in recovered.items():
+            key = self.keys.budget_hold(run_id, step)
+            fields: dict[str, Any] = {
+                "scopes": "\n".join(hold["scopes"]),
+                "expires": expires,
+                "x": hold["executions"],
+                "rec": 1,
+            }
+            fields.update({f"a:{d}": v for d, v in hold["amounts"].items()})
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)
+            pipe.zadd(index, {key: expires})
 
     def _spend_by_scope(
         self, holds: dict[tuple[str, int], dict[str, Any]]

@@ -335,3 +335,7 @@ class Hold:
     def entered(self) -> int:
         """Calls that came inside so far."""
         return int(self.dep.svc.tool_redis.get(self._k("entered")) or 0)
+
+    def count(self) -> int:
+        """Effects ``probe.held_count`` made with this key (once per idempotency key)."""
+        return int(self.dep.svc.tool_redis.get(self._k("count")) or 0)

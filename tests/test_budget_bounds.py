@@ -304,6 +304,51 @@ def test_cost_limits_the_grant_too(ledger: BudgetLedger) -> None:
     assert info.value.dimension == "cost_micro_usd"
 
 
+def _recovered_hold(ledger: BudgetLedger, run_id: str, scopes: list[Any], cost: int) -> None:
+    """A hold as ``Recovery`` rebuilds it for a call that may have run: one tool call and
+    its cost, one execution, field ``rec``, reserved in its scopes."""
+    client, keys = ledger.redis, ledger.keys
+    hold = keys.budget_hold(run_id, 0)
+    amounts = {**dict.fromkeys(DIMENSIONS, 0), "tool_calls": 1, "cost_micro_usd": cost}
+    fields: dict[str, Any] = {"scopes": "\n".join(s.key for s in scopes), "x": 1, "rec": 1}
+    client.hset(hold, mapping={**fields, **{f"a:{d}": v for d, v in amounts.items()}})
+    client.zadd(keys.budget_holds_index(), {hold: 2**40})
+    for scope in scopes:
+        client.hset(scope.key, mapping={"r:tool_calls": 1, "r:cost_micro_usd": cost})
+
+
+def test_a_recovered_hold_takes_the_next_copys_reservation_on_top(ledger: BudgetLedger) -> None:
+    run = ledger.run_scope("r8", limits(tokens=5000))
+    tenant = ledger.tenant_day_scope("acme8", limits(tool_calls=1), day="2026-01-01")
+    _recovered_hold(ledger, "r8", [run, tenant], cost=1000)
+    # the tenant's one tool call is held for the call that may have run
+    with pytest.raises(BudgetExhausted):
+        ledger.reserve("other", 0, [tenant], {"tool_calls": 1}, 60_000)
+    # the step's next copy reserves its model call on top of it, in the same scopes
+    res = ledger.reserve("r8", 0, [run, tenant], {"tokens": 1500}, 60_000, output=allowance())
+    assert res.state == "recovered" and res.granted_output == 1000 and res.tool_executions == 1
+    assert res.amounts["tokens"] == 2500 and res.amounts["tool_calls"] == 1
+    assert ledger.balance(tenant.key)["tool_calls"] == {"used": 0, "reserved": 1}
+    # from then on it is the step's own hold: a re-run finds it, its tool runs as a retry
+    again = ledger.reserve("r8", 0, [run, tenant], {"tokens": 1500}, 60_000, output=allowance())
+    assert again.state == "existing" and again.granted_output == 1000
+    before, added = ledger.extend("r8", 0, [run, tenant], {"tool_calls": 1}, {"retries": 1}, 60_000)
+    assert before == 1 and added["tool_calls"] == 0 and added["retries"] == 1
+    assert ledger.settle("r8", 0, {"tokens": 1600, "tool_calls": 1, "retries": 1})
+    assert ledger.balance(tenant.key)["tool_calls"] == {"used": 1, "reserved": 0}
+
+
+def test_a_resumed_call_on_a_recovered_hold_is_reserved_as_a_retry(ledger: BudgetLedger) -> None:
+    tenant = ledger.tenant_day_scope("acme9", limits(tool_calls=1), day="2026-01-01")
+    _recovered_hold(ledger, "r9", [tenant], cost=500)
+    res = ledger.reserve(
+        "r9", 0, [tenant], {"tool_calls": 1, "cost_micro_usd": 500}, 60_000, tool_executions=1
+    )
+    assert res.state == "recovered" and res.tool_executions == 2
+    assert res.amounts["tool_calls"] == 1 and res.amounts["retries"] == 1
+    assert res.amounts["cost_micro_usd"] == 1000
+
+
 def test_a_tool_call_is_added_to_the_hold_first_as_a_call_then_as_retries(
     ledger: BudgetLedger,
 ) -> None:

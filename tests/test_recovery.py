@@ -21,7 +21,7 @@ from runtime.budgets.ledger import today
 from runtime.config import DIMENSIONS
 from runtime.embedded_redis import start_server
 from tests.conftest import TEST_CONFIG
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, Gate, Hold, wait_for
 
 
 def increment(key: str, **kw: Any) -> dict[str, Any]:
@@ -163,3 +163,61 @@ def test_recover_warns_when_no_worker_is_alive_to_take_the_runs(
     report = json.loads(proc.stdout)
     assert run.run_id in report["runs"] and report["live_worker_processes"] == 0
     assert "no worker is alive to take the runs queued again" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["read", "write"])
+def test_a_call_that_ran_in_a_step_lost_with_redis_stays_charged_first(
+    split_deployment: Deployment, kind: str
+) -> None:
+    """Every worker dies inside a tool call and Redis loses the step's hold with them: SQL
+    still knows the call was decided at the run's current step, so recovery holds it again.
+    Its step's next copy runs on that hold, and another run of the tenant (1 tool call a
+    day) is refused: the tool ran for one run only, and a write's effect happened once."""
+    dep, svc = split_deployment, split_deployment.svc
+    if kind == "read":  # probe.gate: a read held inside its call
+        held, other = Gate(dep), Gate(dep)
+        held.close_after(0)
+        route, inside, release = "r.open", held.held, held.open
+    else:  # probe.held_count: a journaled write counted once per key, held after counting
+        held, other = Hold(dep), Hold(dep)
+        held.on()
+        route, inside, release = "r.held", held.entered, held.off
+
+    def script(side: Gate | Hold) -> list[dict[str, Any]]:
+        step = side.step() if isinstance(side, Gate) else side.step("probe.held_count")
+        return [step, {"type": "reply", "text": "ok"}]
+
+    worker = dep.start_worker(concurrency=1)
+    first = dep.submit_script(script(held), tenant="tdask", route=route).run_id
+    # Given a call inside its tool (decided, reserved, running) when its worker is killed
+    wait_for(lambda: inside() == 1, timeout=60, message="the call inside the tool")
+    worker.kill_all()
+    # and Redis loses its data with it, and recovery runs
+    lose_runtime_redis(dep)
+    report = svc.recovery.recover("ops:test", inflight_wait_s=0)
+    assert report.recovered_holds == 1 and report.runs_requeued == 1
+    hold = svc.ledger.hold(first, 0)
+    assert hold is not None and hold.tool_executions == 1 and hold.amounts["tool_calls"] == 1
+    tenant_day = svc.ledger.balance(svc.keys.budget_tenant_day("tdask", today()))
+    assert tenant_day["tool_calls"] == {"used": 0, "reserved": 1}
+    # When another run of the tenant comes, and the steps run again
+    release()
+    second = dep.submit_script(script(other), tenant="tdask", route=route).run_id
+    dep.start_worker(concurrency=2)
+    done = dep.wait_all([first, second], timeout=90)
+    # Then the recovered call's run completes on its hold, and the other one is refused
+    assert done[first].status.value == "succeeded", done[first]
+    assert done[second].stop_reason == "budget_exhausted:tool_calls", done[second]
+    if isinstance(held, Gate):
+        assert set(held.order()) == {first} and not other.started()
+    else:
+        assert held.count() == 1 and not other.entered()
+        (effect,) = svc.store.side_effects(tool="probe.held_count")
+        assert effect["run_id"] == first and effect["status"] == "succeeded", effect
+    # the call is charged once as a tool call and once as a retry (it may have run twice)
+    spend = svc.store.spend(tenant_id="tdask", day=today())
+    assert spend["tool_calls"] == 1 and spend["retries"] == 1, spend
+    wait_for(lambda: not svc.redis.zcard(svc.keys.budget_holds_index()), timeout=60,
+             message="every hold settled")  # fmt: skip
+    assert_ledger_matches_sql(dep, ["tdask"])

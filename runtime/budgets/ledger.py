@@ -16,7 +16,7 @@ reserved when one is proposed (``extend``), added to the same hold.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,7 +61,9 @@ class Reservation:
     step: int
     #: what the hold holds, per dimension (for an existing hold: all of it, as recorded)
     amounts: dict[str, int]
-    #: "new" or "existing" (a redelivered step found its own hold)
+    #: "new", "existing" (a redelivered step found its own hold) or "recovered" (it found
+    #: the hold recovery rebuilt from SQL for the executions an earlier copy may have made,
+    #: and added its own reservation to it)
     state: str
     #: output tokens granted to the model call (None: the hold has no model call)
     granted_output: int | None = None
@@ -178,8 +180,11 @@ class BudgetLedger:
                 needed["cost_micro_usd"] = needed.get("cost_micro_usd", 0) + -(-nano // 1000)
             raise _refused(scopes, result, needed)
         state = _text(result[1])
-        if state == "existing":
-            return self.hold(run_id, step) or Reservation(run_id, step, {}, state)
+        if state in ("existing", "recovered"):
+            # the hold as recorded: a re-run's whole hold, or a recovered hold with what this
+            # copy just added to it (its grant included)
+            found = self.hold(run_id, step)
+            return replace(found, state=state) if found else Reservation(run_id, step, {}, state)
         reserved = dict(amounts)
         granted: int | None = None
         if output is not None:

@@ -52,19 +52,28 @@ class StepBudget:
         """The step's first reservation (``BudgetLedger.reserve``). A re-run of the step
         finds its hold and takes the grant its first copy was given."""
         self.scopes = scopes
-        reservation = self.ledger.reserve(
-            self.run_id,
-            self.step_no,
-            scopes,
-            amounts,
-            self.hold_ttl_ms,
-            output=output,
-            tool_executions=tool_executions,
-        )
+        try:
+            reservation = self.ledger.reserve(
+                self.run_id,
+                self.step_no,
+                scopes,
+                amounts,
+                self.hold_ttl_ms,
+                output=output,
+                tool_executions=tool_executions,
+            )
+        except BudgetExhausted:
+            self._adopt_earlier_hold()
+            raise
         self.reserved = True
         self.hold = dict(reservation.amounts)
         self.hold_tools = reservation.tool_executions
-        self.own_tool_reserved = tool_executions > 0 and reservation.state == "new"
+        # a recovered hold's execution came first: this copy's resumed call was added to it
+        self.own_tool_reserved = tool_executions > 0 and reservation.state in ("new", "recovered")
+        if reservation.state != "new":
+            # executions earlier copies of the step reserved may have run: charged even if
+            # this copy runs no tool (fail closed); running one counts them again below
+            self.tool_executions = self.hold_tools - (1 if self.own_tool_reserved else 0)
         if output is not None:
             held = self.hold.get("tokens", 0)
             if reservation.granted_output is not None:
@@ -77,6 +86,18 @@ class StepBudget:
             if self.granted_output < 1:
                 raise BudgetExhausted(f"run:{self.run_id}", "tokens")
         return reservation
+
+    def _adopt_earlier_hold(self) -> None:
+        """This copy's reservation was refused, but a hold of the step may already cover
+        executions of earlier copies (one recovery rebuilt, or a dead copy's): the step's
+        checkpoint settles it, charging those executions, instead of leaving it to expire."""
+        earlier = self.ledger.hold(self.run_id, self.step_no)
+        if earlier is None or earlier.tool_executions <= 0:
+            return
+        self.reserved = True
+        self.hold = dict(earlier.amounts)
+        self.hold_tools = self.tool_executions = earlier.tool_executions
+        self.tool_cost_micro = earlier.amounts.get("cost_micro_usd", 0) // earlier.tool_executions
 
     def reserve_tool(self, cost_micro: int) -> dict[str, int] | None:
         """Reserve this copy's execution of the proposed tool call (None if its first

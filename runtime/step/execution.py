@@ -1,5 +1,5 @@
 """Executing an allowed tool call exactly once per idempotency key: commit the allow
-decision of a side effect with the claim on its key before the tool runs, charge the
+decision (a side effect's with the claim on its key) before the tool runs, charge the
 executions earlier copies of the step left unsettled, replay a recorded outcome instead of
 running a finished side effect again. A call an approval covers spends it with its claim
 (``runtime.step.approval``): one transaction, so the approval is used once, by this call."""
@@ -129,13 +129,14 @@ class ToolExecution:
     def _claim(
         self, st: Step, spec: ToolSpec, args: dict[str, Any], lock: Lease | None, key: str
     ) -> tuple[int, ToolOutcome | None]:
-        """For a side effect, commit the allow decision with the claim on its idempotency
-        key before the tool runs. Returns the executions of this call by earlier copies of
-        the step (uncharged), and a recorded outcome to replay, if any.
+        """Commit the allow decision before the tool runs; for a side effect, together with
+        the claim on its idempotency key. Returns the executions of this call by earlier
+        copies of the step (uncharged), and a recorded outcome to replay, if any.
 
-        A read's decision commits with the checkpoint (one transaction less a step): a read
-        changes nothing, so a step that dies before its checkpoint leaves nothing a decision
-        would have to account for; the step runs again and decides again."""
+        A read's decision commits too, though a read changes nothing: it is the durable
+        record that the call may have run. If every worker dies and Redis loses the step's
+        hold with them, recovery rebuilds the hold from it (``runtime.recovery``), so the
+        execution stays charged and the tenant's limits hold."""
         if spec.side_effect == "read":
             # a read has no claim to fence: the immediate-cancel switch (one GET) keeps a
             # step that outlived the cancel from spending a tool call on it
@@ -147,6 +148,12 @@ class ToolExecution:
                 st.approval_spend, key, utcnow()
             ):
                 return 0, _approval_unusable(st)
+            decisions, st.decisions = st.decisions, []
+            events = st.trace.drain()
+            if decisions or events:
+                # the record must outlive this process and Redis's data, not a crash of the
+                # SQL server itself: it does not wait for the disk (the checkpoint will)
+                self.store.store_decisions(decisions, events, synchronous=False)
             # no record of earlier attempts: every execution the hold covers besides this
             # one may have run (a copy of the step that died); charged, fail closed
             return max(st.budget.hold_tools - 1, 0), None

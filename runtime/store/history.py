@@ -106,13 +106,23 @@ class HistoryRows(StoreConnections):
             }
 
     def store_decisions(
-        self, decisions: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]]
+        self,
+        decisions: Sequence[dict[str, Any]],
+        events: Sequence[dict[str, Any]],
+        *,
+        synchronous: bool = True,
     ) -> None:
-        """Store policy decisions (and their trace events) ahead of execution; idempotent."""
+        """Store policy decisions (and their trace events) ahead of execution; idempotent.
+        ``synchronous=False`` (PostgreSQL): see ``PreparedStatements.insert_all``; SQLite in WAL
+        mode with ``synchronous=NORMAL`` does not wait for the disk on any commit."""
         try:
             if self._one_statement_writes:
                 with self._write_one() as conn:
-                    self._sql.insert_all(conn, [(decisions_t, decisions), (events_t, events)])
+                    self._sql.insert_all(
+                        conn,
+                        [(decisions_t, decisions), (events_t, events)],
+                        synchronous=synchronous,
+                    )
             else:
                 with self._write() as conn:
                     self._sql.insert(conn, decisions_t, decisions)

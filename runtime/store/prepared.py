@@ -233,20 +233,33 @@ class PreparedStatements:
         )
 
     def insert_all(
-        self, conn: Connection, inserts: Sequence[tuple[Table, Sequence[dict[str, Any]]]]
+        self,
+        conn: Connection,
+        inserts: Sequence[tuple[Table, Sequence[dict[str, Any]]]],
+        *,
+        synchronous: bool = True,
     ) -> None:
         """PostgreSQL only: every ``(table, rows)`` insert as ONE statement (data-modifying
         CTEs): in autocommit, one round trip and one transaction - a unique violation in
-        any of them fails all of them, as it fails a transaction holding them."""
+        any of them fails all of them, as it fails a transaction holding them.
+
+        ``synchronous=False``: the statement's transaction commits without waiting for its
+        WAL to reach the disk (``synchronous_commit`` off for it alone, set inside the same
+        statement). It is visible and survives any client dying at once; only a crash of
+        the PostgreSQL server within a few hundred ms could lose it, and the next
+        synchronous commit (the step's checkpoint) flushes it with its own."""
         params: dict[str, Any] = {}
+        guard = "nosync, " if not synchronous else ""
         parts = [
-            self._insert_select(target, rows, f"i{n}_", params, guard="")
+            self._insert_select(target, rows, f"i{n}_", params, guard=guard)
             for n, (target, rows) in enumerate(inserts)
             if rows
         ]
         if not parts:
             return
         ctes = [f"i{n} AS ({sql})" for n, sql in enumerate(parts[:-1])]
+        if not synchronous:
+            ctes.insert(0, "nosync AS (SELECT set_config('synchronous_commit', 'off', true))")
         sql = ("WITH " + ", ".join(ctes) + " " if ctes else "") + parts[-1]
         conn.exec_driver_sql(sql, params)
 

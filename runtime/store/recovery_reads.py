@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, or_, select
 
 from runtime.contract import RunStatus
-from runtime.store.runs import events_t, runs_t, spend_t
+from runtime.store.runs import decisions_t, events_t, runs_t, spend_t
 
 #: runs with a step to run: queued, running, and cancel_requested (its step ends the run)
 LIVE_STATUSES = (
@@ -74,6 +74,20 @@ class RecoveryReads:
                 pending = select(spend_t).where(spend_t.c.run_id.in_(wanted))
                 out.rows_of_runs = [dict(r) for r in conn.execute(pending).mappings()]
         return out
+
+    def unsettled_calls(self) -> list[dict[str, Any]]:
+        """Tool calls that may have run without being charged in SQL: an allow decision at
+        the current step of a queued or running run (decisions commit before the tool runs;
+        the step's checkpoint, which records its spend, moves the run past that step)."""
+        d, r = decisions_t.c, runs_t.c
+        query = (
+            select(d.run_id, r.tenant_id, r.route, d.step_no, d.tool, d.at)
+            .join_from(decisions_t, runs_t, d.run_id == r.run_id)
+            .where(r.status.in_(LIVE_STATUSES), d.step_no >= r.next_step, d.decision == "allow")
+            .order_by(d.run_id, d.step_no, d.call_index)
+        )
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
 
     def live_run_count(self) -> int:
         """Queued or running runs (a step of one may be in flight)."""

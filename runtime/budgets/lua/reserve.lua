@@ -9,7 +9,8 @@
 -- ARGV[3..]    = D dimension names, then D amounts,
 --                then for each scope D limits (-1 = unlimited), then for each scope its ttl (s),
 --                then the state generation the caller knows from SQL
--- returns {1, "new"|"existing"} or {0, scope_index (0-based), dimension, used, reserved, limit}
+-- returns {1, "new"|"existing"|"recovered", ...} (below)
+--         or {0, scope_index (0-based), dimension, used, reserved, limit}
 --         or {-1, "state_unknown"}: the ledger was not built from SQL on this server run
 --         (Redis lost its data, or restarted from whatever it had saved) or SQL knows a newer
 --         state: nothing is reserved until recovery rebuilt it (fail closed)
@@ -18,14 +19,34 @@ if marker_gen == 0 or marker_gen < tonumber(ARGV[#ARGV]) then
   return {-1, 'state_unknown'}
 end
 local hold = KEYS[1]
+local nscopes = #KEYS - 3
+local scope_keys = {}
+for s = 1, nscopes do scope_keys[s] = KEYS[2 + s] end
+local recovered = false
 if redis.call('EXISTS', hold) == 1 then
-  -- a re-run of the step (its first worker died) owns the hold now: give it a full ttl,
-  -- or the reaper would release it while the re-run still executes
-  local t = redis.call('TIME')
-  local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-  redis.call('HSET', hold, 'expires', expires)
-  redis.call('ZADD', KEYS[2], expires, hold)
-  return {1, 'existing'}
+  if redis.call('HEXISTS', hold, 'rec') == 0 then
+    -- a re-run of the step (its first worker died) owns the hold now: give it a full ttl,
+    -- or the reaper would release it while the re-run still executes
+    local t = redis.call('TIME')
+    local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+    redis.call('HSET', hold, 'expires', expires)
+    redis.call('ZADD', KEYS[2], expires, hold)
+    return {1, 'existing'}
+  end
+  -- a hold recovery rebuilt from SQL (field rec): it covers only the tool executions an
+  -- earlier copy of the step may have made before Redis lost its data. This copy reserves
+  -- the rest as a new hold would, in the scopes that hold reserved in (as extend.lua does),
+  -- and adds it to the hold (returned as "recovered").
+  recovered = true
+  local listed = {}
+  for scope in string.gmatch(redis.call('HGET', hold, 'scopes') or '', '[^\n]+') do
+    table.insert(listed, scope)
+  end
+  if #listed ~= nscopes then
+    -- the deployment's scopes changed since the hold was made: refuse rather than guess
+    return {0, 0, 'tool_calls', 0, 0, -1}
+  end
+  scope_keys = listed
 end
 -- A new hold (below). Between the scope ttls and the state generation, ARGV holds the model
 -- call's output allowance: output cap (-1 = none), minimum output, fixed cost (nano-USD),
@@ -38,13 +59,13 @@ end
 -- {1, "new", g (-1 without allowance), tokens amount, cost amount}.
 local ttl_ms = tonumber(ARGV[1])
 local nd = tonumber(ARGV[2])
-local nscopes = #KEYS - 3
 local dims, amounts = {}, {}
-local tokens_d, cost_d = 0, 0
+local tokens_d, cost_d, calls_d, retries_d = 0, 0, 0, 0
 for d = 1, nd do
   dims[d] = ARGV[2 + d]
   amounts[d] = tonumber(ARGV[2 + nd + d])
   if dims[d] == 'tokens' then tokens_d = d elseif dims[d] == 'cost_micro_usd' then cost_d = d end
+  if dims[d] == 'tool_calls' then calls_d = d elseif dims[d] == 'retries' then retries_d = d end
 end
 local limit_base = 2 + 2 * nd
 local ttl_base = limit_base + nscopes * nd
@@ -54,6 +75,12 @@ local out_cap, tools = -1, 0
 if #ARGV >= out_base + 6 then
   out_cap = tonumber(ARGV[out_base + 1])
   tools = tonumber(ARGV[out_base + 5])
+end
+if recovered and tools > 0 and calls_d > 0 and retries_d > 0 then
+  -- a resumed call: the recovered hold's execution was its first, so this one is a retry
+  local moved = math.min(tools, amounts[calls_d])
+  amounts[calls_d] = amounts[calls_d] - moved
+  amounts[retries_d] = amounts[retries_d] + moved
 end
 local function limit_of(s, d)
   return tonumber(ARGV[limit_base + (s - 1) * nd + d])
@@ -72,7 +99,7 @@ for s = 1, nscopes do
   end
   local taken = {}
   if #fields > 0 then
-    local raw = redis.call('HMGET', KEYS[2 + s], unpack(fields))
+    local raw = redis.call('HMGET', scope_keys[s], unpack(fields))
     for i, d in ipairs(checked) do
       taken[d] = {tonumber(raw[2 * i - 1] or '0'), tonumber(raw[2 * i] or '0')}
     end
@@ -124,7 +151,7 @@ for s = 1, nscopes do
 end
 local scope_list = {}
 for s = 1, nscopes do
-  local scope = KEYS[2 + s]
+  local scope = scope_keys[s]
   scope_list[s] = scope
   for d = 1, nd do
     if amounts[d] ~= 0 then
@@ -135,6 +162,21 @@ for s = 1, nscopes do
 end
 local t = redis.call('TIME')
 local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl_ms
+if recovered then
+  for d = 1, nd do
+    if amounts[d] ~= 0 then
+      redis.call('HINCRBY', hold, 'a:' .. dims[d], amounts[d])
+    end
+  end
+  redis.call('HINCRBY', hold, 'x', tools)
+  redis.call('HDEL', hold, 'rec')
+  redis.call('HSET', hold, 'expires', expires)
+  if out_cap >= 0 then
+    redis.call('HSET', hold, 'g', grant)
+  end
+  redis.call('ZADD', KEYS[2], expires, hold)
+  return {1, 'recovered', grant, amounts[tokens_d], amounts[cost_d]}
+end
 local fields = {'scopes', table.concat(scope_list, '\n'), 'expires', expires, 'x', tools}
 if out_cap >= 0 then
   table.insert(fields, 'g')
