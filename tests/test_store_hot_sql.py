@@ -211,3 +211,26 @@ def test_a_checkpoint_after_a_dead_copy_stored_the_decision_goes_through(
     assert [s["step_no"] for s in store.steps("r1")] == [0]
     with pytest.raises(StaleWrite):  # a second copy of the checkpoint still loses
         store.checkpoint(cp)
+
+
+def test_writes_that_do_not_wait_for_the_disk_leave_every_later_commit_waiting(
+    engine: Engine,
+) -> None:
+    """start_run and a read's decision commit without waiting for PostgreSQL's disk: the
+    setting is local to their own statement's transaction, never left on the pooled
+    connection where the next checkpoint would inherit it."""
+    store = RunStore(engine)
+    store.insert_run(_run("r1"), [])
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT 1").scalar()
+        if engine.dialect.name == "postgresql":
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    started = store.start_run("r1")
+    assert started is not None and started["status"] == "running"
+    store.store_decisions([_decision("r1")], [], synchronous=False)
+    assert [d["decision"] for d in store.policy_decisions("r1")] == ["allow"]
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:  # the pool hands back the connection those writes used
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"

@@ -25,6 +25,10 @@ from sqlalchemy.engine import Connection, Dialect
 _Processor = Callable[[Any], Any] | None
 
 
+#: a CTE that turns ``synchronous_commit`` off for the statement's own transaction only
+_NOSYNC = "nosync AS (SELECT set_config('synchronous_commit', 'off', true))"
+
+
 @dataclass(frozen=True)
 class _Insert:
     sql: str
@@ -162,19 +166,26 @@ class PreparedStatements:
         status_in: Sequence[str] = (),
         *,
         returning: bool = False,
+        synchronous: bool = True,
     ) -> tuple[int, dict[str, Any] | None]:
         """``UPDATE table SET values, version = version + 1 WHERE col = value AND ...
-        [AND status IN status_in]``: (rows matched, the updated row if ``returning``)."""
+        [AND status IN status_in]``: (rows matched, the updated row if ``returning``).
+        ``synchronous=False`` on PostgreSQL, for a statement run in autocommit: its commit
+        does not wait for the disk (see ``insert_all``)."""
         statuses = tuple(status_in)
+        nosync = not synchronous and self.dialect.name == "postgresql"
         key = (
             table.name,
             frozenset(values) | frozenset(f"w:{k}" for k in where),
-            repr(returning),
+            repr((returning, nosync)),
             statuses,
         )
         sql = self._updates.get(key)
         if sql is None:
             sql = self._update_text(table, values, where, statuses)
+            if nosync:
+                head, _, conds = sql.partition(" WHERE ")
+                sql = f"WITH {_NOSYNC} {head} FROM nosync WHERE {conds}"
             if returning:
                 sql += " RETURNING " + ", ".join(self._quote(c.name) for c in table.c)
             self._updates[key] = sql
@@ -259,7 +270,7 @@ class PreparedStatements:
             return
         ctes = [f"i{n} AS ({sql})" for n, sql in enumerate(parts[:-1])]
         if not synchronous:
-            ctes.insert(0, "nosync AS (SELECT set_config('synchronous_commit', 'off', true))")
+            ctes.insert(0, _NOSYNC)
         sql = ("WITH " + ", ".join(ctes) + " " if ctes else "") + parts[-1]
         conn.exec_driver_sql(sql, params)
 

@@ -241,6 +241,10 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows):
                 {"run_id": run_id},
                 (RunStatus.QUEUED.value,),
                 returning=True,
+                # lost only with the SQL server itself, before any later synchronous commit
+                # (the step's claim or checkpoint) flushed it: the run is queued again then,
+                # and its step, never acked, runs again
+                synchronous=False,
             )
         return row
 
