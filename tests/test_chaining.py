@@ -155,7 +155,9 @@ def test_a_chained_step_past_the_tasks_hard_limit_is_dead_lettered_at_its_own_st
         # ...by the task that ran it chained (the message of step 0): not by a copy of
         # step 1 sent again after the kill, which would be killed again, later
         assert entry["task_id"] == f"{run.run_id}-0", entry
+        # (the killed step's start is in the trace: its read's decision, and the events
+        # before it, commit before the tool runs; no second start of step 1 follows)
         started = [e for e in dep.svc.trace(run.run_id) if e.kind == "step_started"]
-        assert [(e.step, e.data.get("chained")) for e in started] == [(0, None)]
+        assert [(e.step, e.data.get("chained")) for e in started] == [(0, None), (1, 1)]
     finally:
         dep.close()
