@@ -169,6 +169,10 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, AgentRuntimeError):
+            # FastAPI turns an error raised while it reads the body (the body limit's
+            # RequestTooLarge) into a 400: answer the error itself
+            return await on_runtime_error(request, exc.__cause__)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = (
             f"no such path: {request.url.path[:200]}" if exc.status_code == 404 else str(exc.detail)
