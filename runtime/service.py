@@ -132,7 +132,6 @@ class RuntimeService:
         self.cancellation = cancellation
         self.approvals = approvals  # rt.approvals: the calls that wait for a human
         self.budget_extensions = budget_extensions
-        #: the HTTP API's keys (runtime.api_keys)
         self.api_keys = api_keys
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
@@ -273,19 +272,8 @@ class RuntimeService:
         return [self._view(r) for r in self.store.list_runs(tenant, status, route, limit)]
 
     def page_runs(self, query: RunPageQuery) -> list[RunView]:
-        """A page of runs, newest first, after a keyset cursor (the HTTP API's listing)."""
-        if not 1 <= query.limit <= MAX_LIST_LIMIT:
-            raise InvalidRequest(("limit",), f"limit must be an integer 1..{MAX_LIST_LIMIT}")
+        """A page of runs after a keyset cursor, newest first (the HTTP API's listing)."""
         return [self._view(r) for r in self.store.page_runs(query)]
-
-    def trace_after(
-        self, run_id: str, after_id: int, tenant: str | None = None, limit: int = 500
-    ) -> list[tuple[int, TraceEvent]]:
-        """A run's trace events whose id is above ``after_id``, in order, with their ids
-        (a resumable stream); ``RunNotFound`` for another tenant's run."""
-        self.store.read_run(run_id, tenant)
-        rows = self.store.events_after(run_id, tenant, after_id, limit)
-        return [(int(r["id"]), TraceEvent(**trace_fields(r, int(r["id"])))) for r in rows]
 
     def cancel(
         self,

@@ -20,6 +20,7 @@ from runtime.api.auth import Reader, Svc
 from runtime.api.runs import RunId
 from runtime.contract import TERMINAL_STATUSES, RunView, TraceEvent
 from runtime.errors import InvalidRequest
+from runtime.run_rows import trace_fields
 from runtime.service import RuntimeService
 
 router = APIRouter(prefix="/v1")
@@ -51,6 +52,14 @@ def _last_id(raw: str | None) -> int:
     return int(raw)
 
 
+def trace_after(
+    svc: RuntimeService, run_id: str, after: int, tenant: str | None
+) -> list[tuple[int, TraceEvent]]:
+    """A run's trace events with an id above ``after``, with their ids (tenant-scoped)."""
+    rows = svc.store.events_after(run_id, tenant, after, BATCH)
+    return [(int(r["id"]), TraceEvent(**trace_fields(r, int(r["id"])))) for r in rows]
+
+
 async def _stream(
     svc: RuntimeService, run_id: str, tenant: str | None, after: int, poll_s: float
 ) -> AsyncIterator[str]:
@@ -58,7 +67,7 @@ async def _stream(
     while True:
         # the status first: events a terminal run wrote are all visible to the read after
         view = await run_in_threadpool(svc.get, run_id, tenant)
-        batch = await run_in_threadpool(svc.trace_after, run_id, after, tenant, BATCH)
+        batch = await run_in_threadpool(trace_after, svc, run_id, after, tenant)
         for event_id, event in batch:
             after = event_id
             yield frame(event_id, event)
