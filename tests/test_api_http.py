@@ -152,6 +152,12 @@ def test_submit_get_trace_and_idempotency(api: Api) -> None:
         assert again.status_code == 200 and again.json()["runId"] == run["runId"]
         conflict = c.post("/v1/runs", json=body(script=[search()], end_user="u-42"), headers=idem)
         is_problem(conflict, 409, "refused:idempotency_conflict")
+        # an app's own request id works the same way
+        rid = {"request_id": f"r-{uuid.uuid4().hex}"}
+        first = c.post("/v1/runs", json=body(**rid))
+        assert first.status_code == 202 and first.json()["requestId"] == rid["request_id"]
+        repeat = c.post("/v1/runs", json=body(**rid))
+        assert repeat.status_code == 200 and repeat.json()["runId"] == first.json()["runId"]
         done = finished(api, c, run["runId"])
         assert done["status"] == "succeeded"
         trace = c.get(f"/v1/runs/{run['runId']}/trace").json()["events"]
@@ -250,6 +256,8 @@ def test_approvals_list_show_deny_approve(api: Api) -> None:
         shown = a.get(f"/v1/approvals/{first}").json()
         assert shown["run_id"] == ids[0] and shown["tool"] == "counter.increment"
         is_problem(a.post(f"/v1/approvals/{first}/deny", json={}), 422, "invalid_request")
+        # r.approve is high risk: its submitter (the same key) may not decide it
+        is_problem(c.post(f"/v1/approvals/{first}/approve"), 403, "approval_forbidden")
         approved = a.post(f"/v1/approvals/{first}/approve", json={"reason": "ok"})
         assert approved.status_code == 200 and approved.json()["status"] == "approved"
         is_problem(a.post(f"/v1/approvals/{first}/approve"), 409, "approval_closed")

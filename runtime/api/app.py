@@ -42,6 +42,11 @@ def serve(svc: RuntimeService, host: str, port: int) -> None:
     """Serve the API until interrupted (one process; scale out with more of them)."""
     import uvicorn
 
+    # the runtime's own records (a 500's error id with its traceback) reach stderr
+    logging.basicConfig(
+        level=svc.settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     uvicorn.run(
         create_app(svc),
         host=host,
