@@ -15,6 +15,11 @@
     - ApprovalNotFound         (approval_id): no such approval (or another tenant's)
   x WaitTimeout                (run_id, timeout, status): wait() gave up; the run goes on
   x DeadLetterNotFound         (entry_id)
+  x ApiKeyRejected             (reason): a presented API key is missing, malformed,
+                               unknown, revoked or expired (the HTTP API's 401)
+  x ScopeMissing               (scope): the API key lacks the scope an operation needs
+  x ApiKeyNotFound             (key_id): no API key with this id
+  x RequestTooLarge            (limit): an HTTP request body is over the API's limit
   x StaleWrite                 (run_id): a conditional update lost to another writer
   x InvalidTransition          (run_id, from_status, to_status)
   x ApprovalClosed             (approval_id, status, detail): decided, expired or spent
@@ -161,6 +166,34 @@ class WaitTimeout(AgentRuntimeError):
 class DeadLetterNotFound(AgentRuntimeError):
     def __init__(self, entry_id: str) -> None:
         super().__init__(f"no dead letter with id {entry_id!r}")
+
+
+class ApiKeyRejected(AgentRuntimeError):
+    """A presented API key cannot authenticate. ``reason`` is the reason code
+    (``missing``, ``malformed``, ``unknown``, ``revoked``, ``expired``); what the caller
+    is told never says more than "invalid or expired key" (no oracle for key ids)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"API key rejected: {reason}")
+
+
+class ScopeMissing(AgentRuntimeError):
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(f"this API key lacks the scope {scope!r}")
+
+
+class ApiKeyNotFound(AgentRuntimeError):
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(f"no API key with id {key_id!r}")
+
+
+class RequestTooLarge(AgentRuntimeError):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the request body is over {limit} bytes")
 
 
 class StaleWrite(AgentRuntimeError):

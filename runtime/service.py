@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from runtime import admission, deployment, new_runs, proposals
+from runtime.api_keys import ApiKeys
 from runtime.approvals import Approvals
 from runtime.budget_extensions import BudgetExtensions
 from runtime.budgets.ledger import BudgetLedger
@@ -50,6 +51,7 @@ from runtime.step.chain import Chain, new_chain
 from runtime.step.runner import StepRunner
 from runtime.step.state import StepResult
 from runtime.store.deployment import DeploymentStore
+from runtime.store.run_pages import RunPageQuery
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
 
@@ -96,6 +98,7 @@ class RuntimeService:
         cancellation: Cancellation,
         approvals: Approvals,
         budget_extensions: BudgetExtensions,
+        api_keys: ApiKeys,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -129,6 +132,7 @@ class RuntimeService:
         self.cancellation = cancellation
         self.approvals = approvals  # rt.approvals: the calls that wait for a human
         self.budget_extensions = budget_extensions
+        self.api_keys = api_keys
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -266,6 +270,10 @@ class RuntimeService:
         ):
             raise InvalidRequest(("limit",), f"limit must be an integer 1..{MAX_LIST_LIMIT}")
         return [self._view(r) for r in self.store.list_runs(tenant, status, route, limit)]
+
+    def page_runs(self, query: RunPageQuery) -> list[RunView]:
+        """A page of runs after a keyset cursor, newest first (the HTTP API's listing)."""
+        return [self._view(r) for r in self.store.page_runs(query)]
 
     def cancel(
         self,

@@ -55,3 +55,7 @@ class Settings(BaseSettings):
     #: ``module:object`` naming the workers' queue, task names and message format
     #: (``runtime.ports.StepMessages``) that dead-letter entries record
     step_messages: str = "tasks.messages:STEP_MESSAGES"
+    #: the HTTP API's largest request body (bytes); larger is refused with 413 unread
+    api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: seconds between the SSE stream's polls of a run's trace
+    api_events_poll_s: float = Field(default=0.25, gt=0, le=10)

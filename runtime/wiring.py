@@ -19,6 +19,7 @@ from typing import Any, cast
 import redis
 
 from runtime import deployment
+from runtime.api_keys import ApiKeys
 from runtime.approvals import Approvals
 from runtime.budget_extensions import BudgetExtensions
 from runtime.budgets.ledger import BudgetLedger
@@ -47,6 +48,7 @@ from runtime.settings import Settings
 from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.build import build_runner
 from runtime.step.runner import StepRunner
+from runtime.store.api_keys import ApiKeyStore
 from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
@@ -365,6 +367,7 @@ def build_service(
             after_failure=compensations.after_failure,
         ),
         budget_extensions=BudgetExtensions(store=m.store, dispatch=dispatch),
+        api_keys=ApiKeys(store=ApiKeyStore(m.store.engine)),
     )
 
 

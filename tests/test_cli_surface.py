@@ -359,6 +359,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("recover", "--yes"), "--inflight-wait", ["nan", "inf", "-1", "86401"]),
     (("worker",), "--concurrency", ["0", HUGE]),
     (("flower",), "--port", ["0", "65536", HUGE]),
+    (("api",), "--port", ["0", "65536", HUGE]),
     (("demo",), "--workers", ["0", "9"]),
     (("demo",), "--concurrency", ["0", HUGE]),
     (("demo",), "--timeout", ["nan", "inf", "0", "-3", "1e400"]),
@@ -377,6 +378,11 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("approvals", "list"), "--limit", [HUGE, "0", "-5", "1001"]),
     (("config", "check"), "--probe-timeout", ["nan", "inf", "0", "61"]),
     (("runs", "cancel", "--dry-run", "--tenant", "t1"), "--limit", [HUGE, "0", "100001"]),
+    (
+        ("keys", "create", "--tenant", "t1", "--scope", "runs:read"),
+        "--expires-in",
+        ["0s", HUGE + "d", "soon"],
+    ),
     (("runs", "cancel", "--tenant", "t1"), "--older-than", ["99999999w", "9999-12-31", "soon"]),
 ]
 

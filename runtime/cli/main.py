@@ -63,6 +63,7 @@ from runtime.cli.common import (
 )
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
+from runtime.cli.keys import app as keys_app
 from runtime.errors import ConfigError
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
@@ -89,6 +90,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(keys_app, name="keys")
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"
@@ -508,6 +510,20 @@ def worker(
 #: Flower reads its options from FLOWER_<OPTION> variables: this one keeps the password
 #: out of every command line (``ps`` shows those to every user)
 FLOWER_AUTH_ENV = "FLOWER_BASIC_AUTH"
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+) -> None:
+    """Serve the HTTP API (FastAPI on uvicorn): runs, events (SSE), approvals, dead letters.
+
+    Authenticate with an API key (agentrt keys create); OpenAPI at /openapi.json."""
+    from runtime.api.app import serve
+
+    with service() as svc:
+        serve(svc, host, port)
 
 
 @app.command()

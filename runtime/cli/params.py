@@ -67,6 +67,17 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def parse_duration(value: str) -> timedelta:
+    """A duration: 90s, 30m, 2h, 30d, 1w, 1h30m (more than 0, at most 3650d)."""
+    compact = value.strip().replace(" ", "").lower()
+    if not compact or _DURATION_PART.sub("", compact) != "":
+        raise typer.BadParameter(f"{shown(value)} is not a duration (e.g. 30m, 12h, 30d)")
+    seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(compact))
+    if not 0 < seconds <= MAX_BACK.total_seconds():
+        raise typer.BadParameter(f"{shown(value)} is out of range: more than 0, at most 3650d")
+    return timedelta(seconds=seconds)
+
+
 def parse_when(value: str, now: datetime | None = None) -> datetime:
     """An ISO-8601 time (naive means UTC) or a duration back from now: 90s, 30m, 2h, 7d,
     1w, 1h30m (at most 3650d). Returns an aware UTC datetime."""

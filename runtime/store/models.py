@@ -409,3 +409,28 @@ class ApprovalRow(SQLModel, table=True):
     #: the idempotency key of the call that spent it, and when
     consumed_by: str | None = Field(default=None, max_length=120)
     consumed_at: datetime | None = None
+
+
+class ApiKeyRow(SQLModel, table=True):
+    """An HTTP API key of one tenant (``*``: a cross-tenant ``ops:admin`` key). The secret
+    is never stored: only its SHA-256 (``secret_hash``) and the ``prefix`` the presented
+    key is looked up by. Revoked keys are kept (``revoked_at``) for the audit."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("prefix", name="uq_api_keys_prefix"),
+        Index("ix_api_keys_tenant", "tenant_id"),
+    )
+
+    key_id: str = Field(primary_key=True, max_length=40)
+    prefix: str = Field(max_length=32)
+    tenant_id: str = Field(max_length=100)
+    name: str = Field(max_length=100)
+    #: hex SHA-256 of the secret part of the key
+    secret_hash: str = Field(max_length=64)
+    scopes: list[str] | None = _json()
+    created_at: datetime
+    created_by: str = Field(max_length=200)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = Field(default=None, max_length=200)

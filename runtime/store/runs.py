@@ -48,6 +48,7 @@ from runtime.store.effects import EffectRows
 from runtime.store.history import HistoryRows
 from runtime.store.migrations.startup import ensure_current
 from runtime.store.run_controls import RunControlRows, lost_checkpoint
+from runtime.store.run_pages import RunPages
 from runtime.store.tables import decisions_t as decisions_t
 from runtime.store.tables import effects_t as effects_t
 from runtime.store.tables import events_t as events_t
@@ -85,7 +86,7 @@ class Checkpoint:
     approval: dict[str, Any] | None = None
 
 
-class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows):
+class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
     """Runs: admission, reads for views, the step's start and checkpoint, transitions an
     operator names. Side effects, a run's history (steps, trace, decisions, spend) and an
     operator's cancel, pause and resume are the rows of ``EffectRows``, ``HistoryRows``

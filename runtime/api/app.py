@@ -1,0 +1,59 @@
+"""The FastAPI application over one runtime (built by the composition root) and the
+uvicorn server ``agentrt api`` starts."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from runtime.api import events, health, operations, problems, runs
+from runtime.api.guards import BodyLimit, LastResort
+from runtime.service import RuntimeService
+
+log = logging.getLogger("agentrt.api")
+
+DESCRIPTION = """The HTTP API of agentrt: submit runs, follow them (SSE), decide approvals,
+operate dead letters. Authenticate with `Authorization: Bearer <API key>`
+(`agentrt keys create`); every error is an RFC 9457 problem document with a `reason`."""
+
+
+def create_app(svc: RuntimeService) -> FastAPI:
+    """The API over ``svc``; the caller owns ``svc`` (and closes it)."""
+    app = FastAPI(
+        title="agentrt",
+        version="1",
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.svc = svc
+    problems.install(app)
+    for module in (health, runs, events, operations):
+        app.include_router(module.router)
+    # outermost last: the last resort sees whatever the body limit and the app raise
+    app.add_middleware(BodyLimit, max_bytes=svc.settings.api_max_body_bytes)
+    app.add_middleware(LastResort)
+    return app
+
+
+def serve(svc: RuntimeService, host: str, port: int) -> None:
+    """Serve the API until interrupted (one process; scale out with more of them)."""
+    import uvicorn
+
+    # the runtime's own records (a 500's error id with its traceback) reach stderr
+    logging.basicConfig(
+        level=svc.settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(svc),
+        host=host,
+        port=port,
+        log_level=svc.settings.log_level.lower(),
+        # the key is in a header; uvicorn's access log shows no headers, and paths and
+        # queries hold no secrets
+        access_log=True,
+        server_header=False,
+    )

@@ -1,0 +1,221 @@
+"""``/v1/runs``: submit (idempotent), get, list (filters, cursor pages), trace, cancel,
+pause, resume. Every call is scoped to the key's tenant; the actor recorded is the key
+(``key:<id>``, plus ``:user:<end_user>`` when the app names its user), never the body."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.api.auth import Canceller, Reader, Submitter, Svc
+from runtime.api.problems import REFUSALS, Problem, problem_response
+from runtime.api_keys import Principal
+from runtime.contract import RunView
+from runtime.errors import InvalidRequest
+from runtime.service import RuntimeService
+from runtime.statuses import RunStatus
+from runtime.store.run_pages import RunPageQuery
+
+router = APIRouter(prefix="/v1")
+
+#: the most runs one page holds
+MAX_PAGE = 200
+END_USER = r"^[A-Za-z0-9_.:@\-]{1,100}$"
+TOKEN = r"^[\x21-\x7e]{1,200}$"
+RunId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+class SubmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    route: str = Field(min_length=1, max_length=100, examples=["support.triage"])
+    goal: str = Field(min_length=1, max_length=4000)
+    input: dict[str, Any] = Field(default_factory=dict)
+    priority: Literal["critical", "high", "normal", "low"] | None = None
+    #: the app's own user, recorded next to the key as the actor
+    end_user: str | None = Field(default=None, pattern=END_USER)
+    request_id: str | None = Field(default=None, pattern=TOKEN)
+    #: only for a cross-tenant (ops:admin, tenant *) key; else it must be the key's own
+    tenant: str | None = Field(default=None, max_length=100)
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["immediate", "drain"] = "immediate"
+    compensate: bool = False
+
+
+def actor_of(who: Principal, end_user: str | None = None) -> str:
+    return who.actor if end_user is None else f"{who.actor}:user:{end_user}"
+
+
+def run_json(view: RunView) -> dict[str, Any]:
+    return view.model_dump(mode="json", by_alias=True)
+
+
+def _tenant_for_submit(who: Principal, asked: str | None) -> str:
+    if who.tenant is None:
+        if asked is None:
+            raise InvalidRequest(("tenant",), "a cross-tenant key must name the run's tenant")
+        return asked
+    if asked is not None and asked != who.tenant:
+        raise InvalidRequest(("tenant",), "a key submits for its own tenant only")
+    return who.tenant
+
+
+def _refusal(svc: RuntimeService, view: RunView, tenant: str) -> JSONResponse:
+    code = (view.stop_reason or "refused:unknown").split(":", 1)[1]
+    detail = str((view.output or {}).get("detail") or view.stop_reason)
+    extra: dict[str, Any] = {"run_id": view.run_id}
+    headers = {}
+    if code == "queue_full" and view.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(view.retry_after_s)))
+    if code == "unknown_route":
+        extra["known_routes"] = sorted(
+            name
+            for name, cfg in svc.config.routes.items()
+            if "*" in cfg.tenants or tenant in cfg.tenants
+        )
+    if code in ("tenant_not_in_scope", "tenant_disabled", "route_stopped"):
+        extra["rule"] = code
+    status = REFUSALS.get(code, 422)
+    return problem_response(Problem(status, f"refused:{code}", detail, headers=headers, **extra))
+
+
+@router.post("/runs", status_code=202, responses={200: {"description": "an existing run"}})
+def submit_run(
+    body: SubmitBody,
+    svc: Svc,
+    who: Submitter,
+    idempotency_key: Annotated[str | None, Header(pattern=TOKEN)] = None,
+) -> JSONResponse:
+    """Submit a run. A repeat with the same ``Idempotency-Key`` (or ``request_id``) and the
+    same payload returns the same run (200); a different payload is 409."""
+    tenant = _tenant_for_submit(who, body.tenant)
+    # a request id of our own, unless the app gave one: a run that comes back with another
+    # request id was admitted before (by its idempotency key)
+    request_id = body.request_id or f"http-{uuid.uuid4().hex}"
+    existed = body.request_id is not None and bool(
+        svc.store.find_admitted(tenant, body.request_id, idempotency_key)
+    )
+    view = svc.submit(
+        tenant,
+        body.route,
+        body.goal,
+        body.input,
+        actor=actor_of(who, body.end_user),
+        request_id=request_id,
+        idempotency_key=idempotency_key,
+        priority=body.priority,
+    )
+    if view.status == RunStatus.REFUSED and (view.stop_reason or "").startswith("refused:"):
+        return _refusal(svc, view, tenant)
+    created = view.request_id == request_id and not existed
+    return JSONResponse(
+        run_json(view),
+        status_code=202 if created else 200,
+        headers={"Location": f"/v1/runs/{view.run_id}"},
+    )
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: RunId, svc: Svc, who: Reader) -> dict[str, Any]:
+    return run_json(svc.get(run_id, who.tenant))
+
+
+def _cursor(view: RunView) -> str:
+    raw = json.dumps({"t": view.created_at.isoformat(), "r": view.run_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _after(cursor: str | None) -> tuple[datetime, str] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        at, run_id = datetime.fromisoformat(data["t"]), data["r"]
+        if not isinstance(run_id, str) or at.tzinfo is None:
+            raise ValueError
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise InvalidRequest(("cursor",), "cursor is not one this API returned") from None
+    return at, run_id
+
+
+@router.get("/runs")
+def list_runs(
+    svc: Svc,
+    who: Reader,
+    status: RunStatus | None = None,
+    route: Annotated[str | None, Query(max_length=100)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> dict[str, Any]:
+    """Runs newest first; ``next_cursor`` fetches the next page (null: the last one)."""
+    for name, when in (("created_after", created_after), ("created_before", created_before)):
+        if when is not None and when.tzinfo is None:
+            raise InvalidRequest((name,), f"{name} needs a time zone (e.g. 2025-01-31T12:00:00Z)")
+    query = RunPageQuery(
+        tenant_id=who.tenant,
+        status=status.value if status else None,
+        route=route,
+        created_after=created_after,
+        created_before=created_before,
+        after=_after(cursor),
+        limit=limit,
+    )
+    views = svc.page_runs(query)
+    more = len(views) == limit and bool(svc.page_runs(_next(query, views[-1], 1)))
+    return {
+        "items": [run_json(v) for v in views],
+        "next_cursor": _cursor(views[-1]) if more else None,
+    }
+
+
+def _next(query: RunPageQuery, last: RunView, limit: int) -> RunPageQuery:
+    return RunPageQuery(
+        query.tenant_id,
+        query.status,
+        query.route,
+        query.created_after,
+        query.created_before,
+        (last.created_at, last.run_id),
+        limit,
+    )
+
+
+@router.get("/runs/{run_id}/trace")
+def get_trace(run_id: RunId, svc: Svc, who: Reader) -> dict[str, Any]:
+    events = svc.trace(run_id, who.tenant)
+    return {"run_id": run_id, "events": [e.model_dump(mode="json", by_alias=True) for e in events]}
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(
+    run_id: RunId, svc: Svc, who: Canceller, body: CancelBody | None = None
+) -> dict[str, Any]:
+    chosen = body or CancelBody()
+    view = svc.cancel(run_id, who.actor, who.tenant, mode=chosen.mode, compensate=chosen.compensate)
+    return run_json(view)
+
+
+@router.post("/runs/{run_id}/pause")
+def pause_run(run_id: RunId, svc: Svc, who: Canceller) -> dict[str, Any]:
+    return run_json(svc.pause(run_id, who.actor, who.tenant))
+
+
+@router.post("/runs/{run_id}/resume")
+def resume_run(run_id: RunId, svc: Svc, who: Canceller) -> dict[str, Any]:
+    return run_json(svc.resume(run_id, who.actor, who.tenant))

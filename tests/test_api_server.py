@@ -1,0 +1,91 @@
+"""``agentrt api`` serves the API in its own process; ``/readyz`` names what is not ready;
+a cross-tenant (ops:admin, tenant ``*``) key sees every tenant and submits for one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.api_support import free_port, is_problem, serve
+from tests.conftest import TEST_CONFIG
+from tests.support import ROOT, Deployment, wait_for
+
+RUN = {"route": "r.basic", "goal": "g", "input": {"script": [{"type": "reply", "text": "ok"}]}}
+
+
+def test_agentrt_api_serves_until_stopped(fresh_deployment: Deployment) -> None:
+    dep = fresh_deployment
+    key = dep.svc.api_keys.create("t1", ["runs:submit", "runs:read"], actor="test").secret
+    port = free_port()
+    log = dep.home / "api.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli.main", "api", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, **dep.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            assert proc.poll() is None, log.read_text()
+            return False
+
+    try:
+        wait_for(up, timeout=60, message="agentrt api to answer")
+        assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
+            made = c.post("/v1/runs", json=RUN)
+            assert made.status_code == 202, made.text
+            assert c.get(made.headers["Location"]).json()["tenantId"] == "t1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert key not in log.read_text()  # the key is never logged
+
+
+def test_readyz_names_what_is_not_ready(redis_url: str, tmp_path: Path) -> None:
+    dep = Deployment.create(
+        name=f"r{uuid.uuid4().hex[:6]}",
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
+        config=TEST_CONFIG,
+        home=tmp_path,
+        apply_config=False,
+    )
+    try:
+        with serve(dep) as api, api.client() as c:
+            body = is_problem(c.get("/readyz"), 503, "not_ready")
+            assert body["checks"]["redis"] == "ok" and body["checks"]["sql"] == "ok"
+            assert "no config applied" in body["checks"]["config"]
+            dep.svc.apply_config("test")
+            assert c.get("/readyz").status_code == 200
+    finally:
+        dep.close()
+
+
+def test_a_cross_tenant_admin_key(fresh_deployment: Deployment) -> None:
+    with serve(fresh_deployment) as api:
+        admin = api.key("*", ["ops:admin"])
+        with api.client(api.key("t1")) as t1, api.client(admin) as ops:
+            mine = t1.post("/v1/runs", json=RUN).json()
+            # an admin key must name the tenant it submits for; then any tenant
+            no_tenant = ops.post("/v1/runs", json=RUN)
+            assert is_problem(no_tenant, 422, "invalid_request")["fields"] == ["tenant"]
+            theirs = ops.post("/v1/runs", json={**RUN, "tenant": "t2"})
+            assert theirs.status_code == 202 and theirs.json()["tenantId"] == "t2"
+            listed = {r["runId"] for r in ops.get("/v1/runs").json()["items"]}
+            assert {mine["runId"], theirs.json()["runId"]} <= listed
+            assert ops.get(f"/v1/runs/{mine['runId']}").status_code == 200
+            # a tenant key may not submit for another tenant
+            other = t1.post("/v1/runs", json={**RUN, "tenant": "t2"})
+            is_problem(other, 422, "invalid_request")
