@@ -63,6 +63,8 @@ from runtime.cli.common import (
 )
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
+from runtime.cli.schedules import app as schedules_app
+from runtime.cli.schedules import beat
 from runtime.errors import ConfigError
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
@@ -89,6 +91,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(schedules_app, name="schedules")
+app.command("beat")(beat)
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"
