@@ -15,7 +15,8 @@ Missed firings (beat was down, a message waited in the queue): only the latest m
 fires, once, and only within the schedule's ``misfire_grace_s``; older ones are skipped,
 never replayed. A refused firing (``refused:queue_full``, a disabled tenant) is stored as
 a refused run and, as every refusal, holds no request id: the next firing for the same
-time is decided afresh.
+time is decided afresh. A time that fired before the file changed the schedule keeps its
+run (``Firing.changed_since``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 from runtime.config import ScheduleConfig
 from runtime.contract import RunView
 from runtime.cron import latest_at_or_before, next_after
-from runtime.errors import InvalidRequest
+from runtime.errors import AdmissionRefused, InvalidRequest
 
 
 class Submit(Protocol):
@@ -83,6 +84,9 @@ class Firing:
     status: str | None = None
     #: ``disabled`` or ``missed`` (later than misfire_grace_s); None: fired
     skipped: str | None = None
+    #: the time fired before under another goal, input or route (the file changed in
+    #: between): ``run_id`` is that run; nothing new was submitted
+    changed_since: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -140,14 +144,20 @@ class ScheduleFirer:
 
     def _fire(self, name: str, schedule: ScheduleConfig, when: datetime) -> Firing:
         rid = request_id(name, when)
-        run = self._submit(
-            tenant=schedule.tenant,
-            route=schedule.route,
-            goal=schedule.goal,
-            input=dict(schedule.input),
-            actor=actor(name),
-            request_id=rid,
-        )
+        try:
+            run = self._submit(
+                tenant=schedule.tenant,
+                route=schedule.route,
+                goal=schedule.goal,
+                input=dict(schedule.input),
+                actor=actor(name),
+                request_id=rid,
+            )
+        except AdmissionRefused as exc:
+            # the time has its run already: a changed file does not make it fire twice
+            if exc.code != "idempotency_conflict" or exc.run_id is None:
+                raise
+            return Firing(name, when, rid, run_id=exc.run_id, changed_since=True)
         return Firing(name, when, rid, run_id=run.run_id, status=str(run.status))
 
 

@@ -226,6 +226,21 @@ def test_two_processes_firing_one_time_give_one_run_and_list_shows_it(
         assert bad.returncode == 2 and "unknown schedule 'nope'" in stderr
 
 
+def test_a_time_fired_before_a_changed_file_keeps_its_one_run(
+    redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with schedule_deployment(request, "sqlite", redis_url, tmp_path) as dep:
+        svc = dep.svc
+        at = datetime.now(UTC)
+        first = ScheduleFirer(schedules=svc.config.schedules, submit=svc.submit).fire_at(
+            "hourly", at
+        )
+        changed = {"hourly": svc.config.schedules["hourly"].model_copy(update={"goal": "new"})}
+        again = ScheduleFirer(schedules=changed, submit=svc.submit).fire_at("hourly", at)
+        assert (again.run_id, again.changed_since) == (first.run_id, True)
+        assert len(svc.list_runs(tenant="t1", route="r.sched")) == 1
+
+
 def test_statuses_show_the_run_of_the_latest_due_time(
     redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
