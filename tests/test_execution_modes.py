@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,26 @@ def test_runs_record_their_routes_mode_or_an_allowed_override(
         # and a request naming no mode repeats as it always did
         rid = uuid.uuid4().hex
         assert submit(dep, request_id=rid).run_id == submit(dep, request_id=rid).run_id
+
+
+def test_the_cli_asks_for_a_mode(
+    redis_url: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from runtime.cli.main import app
+
+    with schedule_deployment(request, "sqlite", redis_url, tmp_path) as dep:
+        for name, value in dep.env.items():
+            monkeypatch.setenv(name, value)
+        base = ["submit", "--tenant", "t1", "--goal", "g", "-i", json.dumps({"script": [REPLY]})]
+        ok = CliRunner().invoke(
+            app, [*base, "--route", "r.sched", "--execution-mode", "sync", "--json"]
+        )
+        assert ok.exit_code == 0, ok.output
+        assert json.loads(ok.stdout)["executionMode"] == "sync"
+        refused = CliRunner().invoke(app, [*base, "--route", "r.basic", "--execution-mode", "sync"])
+        assert refused.exit_code == 2
+        assert "refused:execution_mode_not_allowed" in refused.stderr
+        bad = CliRunner().invoke(app, [*base, "--route", "r.basic", "--execution-mode", "batch"])
+        assert bad.exit_code == 2 and "--execution-mode" in bad.stderr

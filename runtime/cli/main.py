@@ -120,6 +120,13 @@ class Priority(enum.StrEnum):
     low = "low"
 
 
+class Mode(enum.StrEnum):
+    durable_workflow = "durable_workflow"
+    async_job = "async_job"
+    sync = "sync"
+    event_triggered = "event_triggered"
+
+
 class Pool(enum.StrEnum):
     # no threads, gevent or eventlet: a tool call that outlives its timeout cannot be
     # stopped on them (the worker refuses them too, whoever starts it)
@@ -198,6 +205,14 @@ def submit(
     priority: Annotated[
         Priority | None, typer.Option(help="Override the route's priority.")
     ] = None,
+    execution_mode: Annotated[
+        Mode | None,
+        typer.Option(
+            "--execution-mode",
+            help="Ask for one of the route's execution_modes_allowed instead of its "
+            "execution_mode (refused: execution_mode_not_allowed).",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the run ends or waits for a human.")
     ] = False,
@@ -219,6 +234,7 @@ def submit(
             request_id=request_id,
             idempotency_key=idempotency_key,
             priority=priority.value if priority else None,
+            execution_mode=execution_mode.value if execution_mode else None,
         )
         if _refused_at_admission(view):
             _report_refusal(view, json_out)
