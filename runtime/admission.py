@@ -10,14 +10,17 @@ say no:
   naming the fields that differ; ``submit`` raises it through ``runtime.new_runs``).
 * a ``Refusal``, stored as a refused run under the request id, for everything else:
   ``unknown_tenant``, ``tenant_disabled``, ``unknown_route``, ``tenant_not_in_scope``,
-  ``route_stopped``, ``invalid_priority``, ``invalid_input``, ``input_too_large``,
-  ``queue_full``. A stored refusal is bounded (a long goal is cut, an oversized or invalid
-  input is withheld; their size and SHA-256 are kept) and never occupies its request id:
-  a retry with the same id is decided afresh.
+  ``route_stopped``, ``invalid_priority``, ``invalid_execution_mode``,
+  ``execution_mode_not_allowed``, ``invalid_input``, ``input_too_large``, ``queue_full``.
+  A stored refusal is bounded (a long goal is cut, an oversized or invalid input is
+  withheld; their size and SHA-256 are kept) and never occupies its request id: a retry
+  with the same id is decided afresh.
 
 Two requests are the same payload when their ``route``, ``goal``, ``input``, ``actor``,
-``priority`` and ``idempotency_key`` are equal as canonical JSON (sorted keys, no spaces,
-UTF-8); ``request_digest`` holds one SHA-256 per field, stored on the run row.
+``priority``, ``idempotency_key`` and ``execution_mode`` are equal as canonical JSON (sorted
+keys, no spaces, UTF-8); ``request_digest`` holds one SHA-256 per field, stored on the run
+row (``execution_mode`` only when a request names one: runs stored before the field existed
+keep their digests).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from runtime.bounds import BoundsError, check_json
 from runtime.errors import AdmissionRefused, AgentRuntimeError
 
 if TYPE_CHECKING:  # views import this module for ``bounded``/``shown``: no YAML loader for them
-    from runtime.config import RuntimeConfig
+    from runtime.config import RouteConfig, RuntimeConfig
 
 PRIORITIES = ("critical", "high", "normal", "low")
+#: the route execution modes (``runtime.statuses.ExecutionMode``)
+EXECUTION_MODES = ("sync", "async_job", "durable_workflow", "event_triggered")
 #: tenant and route names (as the config spells them)
 MAX_NAME_CHARS = 100
 #: request ids, idempotency keys and actors
@@ -56,7 +61,11 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 #: the request fields whose digests make a payload (request_id is the lookup key, not one)
-DIGEST_FIELDS = ("route", "goal", "input", "actor", "priority", "idempotency_key")
+DIGEST_FIELDS = (
+    "route", "goal", "input", "actor", "priority", "idempotency_key", "execution_mode",
+)  # fmt: skip
+#: digest fields a request without a value leaves out (absent = not asked for)
+OPTIONAL_DIGEST_FIELDS = ("execution_mode",)
 #: the digest of a value that is not JSON: equal to nothing, itself included
 UNCOMPARABLE = "-"
 
@@ -168,6 +177,8 @@ class AdmissionRequest:
     idempotency_key: str | None
     #: as given (``decide`` refuses one that is not a priority class)
     priority: Any
+    #: as given; None: the route's own mode (``decide`` refuses one the route does not allow)
+    execution_mode: Any
     #: canonical JSON of the input if it is a bounded JSON object, else None
     input_json: bytes | None
     #: why the input is not a bounded JSON object (None if it is)
@@ -186,6 +197,7 @@ def prepare(
     request_id: Any,
     idempotency_key: Any,
     priority: Any,
+    execution_mode: Any = None,
 ) -> AdmissionRequest:
     """Check the identity fields (``AdmissionRefused`` ``invalid_request`` naming every
     bad one), encode the input canonically, digest the payload. Reads nothing, writes
@@ -211,6 +223,7 @@ def prepare(
         request_id=request_id,
         idempotency_key=idempotency_key,
         priority=priority,
+        execution_mode=execution_mode,
         input_json=input_json,
         input_error=input_error,
         digest={
@@ -220,6 +233,7 @@ def prepare(
             "actor": value_digest(actor),
             "priority": value_digest(priority),
             "idempotency_key": value_digest(idempotency_key),
+            **({} if execution_mode is None else {"execution_mode": value_digest(execution_mode)}),
         },
     )
 
@@ -263,8 +277,10 @@ def encode_input(value: Any) -> tuple[bytes | None, Refusal | None]:
 def differing_fields(stored: Any, digest: dict[str, str]) -> list[str]:
     """The payload fields in which a request differs from a stored run's digest."""
     if not isinstance(stored, dict):
-        return list(DIGEST_FIELDS)
-    return [f for f in DIGEST_FIELDS if digest[f] == UNCOMPARABLE or stored.get(f) != digest[f]]
+        return [f for f in DIGEST_FIELDS if f in digest or f not in OPTIONAL_DIGEST_FIELDS]
+    return [
+        f for f in DIGEST_FIELDS if digest.get(f) == UNCOMPARABLE or stored.get(f) != digest.get(f)
+    ]
 
 
 def decide(config: RuntimeConfig, req: AdmissionRequest, *, route_stopped: bool) -> Refusal | None:
@@ -291,6 +307,9 @@ def decide(config: RuntimeConfig, req: AdmissionRequest, *, route_stopped: bool)
             "invalid_priority",
             f"priority {shown(req.priority)} is not one of {', '.join(PRIORITIES)}",
         )
+    mode = mode_refusal(route, req.route, req.execution_mode)
+    if mode is not None:
+        return mode
     goal = goal_refusal(req.goal)
     if goal is not None:
         return goal
@@ -303,6 +322,31 @@ def decide(config: RuntimeConfig, req: AdmissionRequest, *, route_stopped: bool)
             f"{route.max_input_bytes}",
         )
     return None
+
+
+def mode_refusal(route: RouteConfig, name: str, mode: Any) -> Refusal | None:
+    """A requested execution mode must be one the route allows (None: the route's own)."""
+    if mode is None:
+        return None
+    if not isinstance(mode, str) or mode not in EXECUTION_MODES:
+        return Refusal(
+            "invalid_execution_mode",
+            f"execution_mode {shown(mode)} is not one of {', '.join(EXECUTION_MODES)}",
+        )
+    if mode not in route.modes():
+        return Refusal(
+            "execution_mode_not_allowed",
+            f"route {name!r} runs as {', '.join(route.modes())}; not {mode}",
+        )
+    return None
+
+
+def execution_mode(route: RouteConfig | None, req: AdmissionRequest) -> str:
+    """The mode a run of ``req`` records: the allowed one it asked for, else its route's."""
+    if route is None:
+        return "durable_workflow"
+    mode = req.execution_mode
+    return mode if isinstance(mode, str) and mode in route.modes() else route.execution_mode
 
 
 def goal_refusal(goal: Any) -> Refusal | None:

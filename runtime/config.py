@@ -39,6 +39,7 @@ from runtime.contract import (
     RiskClass,
     SideEffectClass,
 )
+from runtime.cron import cron_problem, zone_problem
 from runtime.errors import ConfigError
 
 #: ledger dimensions and their integer units
@@ -205,7 +206,14 @@ class RouteConfig(_Strict):
     task_class: str = Field(min_length=1, max_length=200)
     risk_class: RiskClass
     autonomy_level: AutonomyLevel
-    execution_mode: ExecutionMode = "async_job"
+    #: how a run of this route is carried out (README "Execution modes"): the default,
+    #: ``durable_workflow``, is a run of checkpointed steps on workers
+    execution_mode: ExecutionMode = "durable_workflow"
+    #: other modes a request may ask for instead (``submit(execution_mode=...)``); empty:
+    #: only ``execution_mode``
+    execution_modes_allowed: list[ExecutionMode] = Field(default_factory=list, max_length=4)
+    #: how long a ``sync`` request waits for the run before it is answered as queued
+    sync_timeout_s: float = Field(default=10.0, gt=0, le=120)
     #: a key of ``models``
     proposer: str
     prompt_version: Version = "v1"
@@ -253,6 +261,19 @@ class RouteConfig(_Strict):
     #: shortfall (what the refused step needed beyond what the run had left)
     budget_extension: BudgetLimits = BudgetLimits()
     enabled: bool = True
+
+    def modes(self) -> tuple[str, ...]:
+        """Every mode a run of this route may have: its own first."""
+        others = [m for m in self.execution_modes_allowed if m != self.execution_mode]
+        return (self.execution_mode, *others)
+
+    @model_validator(mode="after")
+    def _modes_once(self) -> RouteConfig:
+        twice = sorted({m for m in self.execution_modes_allowed
+                        if self.execution_modes_allowed.count(m) > 1})  # fmt: skip
+        if twice:
+            raise ValueError(f"execution_modes_allowed names {', '.join(twice)} twice")
+        return self
 
     @model_validator(mode="after")
     def _extension_needs_ask(self) -> RouteConfig:
@@ -518,6 +539,59 @@ class PolicyConfig(_Strict):
     rules: list[PolicyRule] = Field(default_factory=list, max_length=10_000)
 
 
+#: a schedule's name, also part of its runs' request ids (``schedule:<name>@<time>``)
+ScheduleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
+
+
+class ScheduleConfig(_Strict):
+    """A run submitted at every time a cron expression names (README "Scheduled runs")."""
+
+    #: 5 fields (minute hour day-of-month month day-of-week) or 6 (seconds first)
+    cron: str = Field(min_length=1, max_length=200)
+    tenant: str = Field(min_length=1, max_length=100)
+    route: str = Field(min_length=1, max_length=100)
+    goal: str = Field(min_length=1, max_length=8000)
+    input: dict[str, Any] = Field(default_factory=dict)
+    #: the IANA zone the cron expression's times are in
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+    enabled: bool = True
+    #: a firing this late (beat was down, the message waited) is skipped; the latest
+    #: missed time within it fires once
+    misfire_grace_s: float = Field(default=300.0, ge=1, le=7 * DAY_S)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        problem = cron_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        problem = zone_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("goal")
+    @classmethod
+    def _goal(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("goal must not be blank")
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            check_json(value, label="input")
+        except BoundsError as exc:
+            raise ValueError(f"{exc.path or 'input'}: {exc.detail}") from None
+        return value
+
+
 class DeadLetterConfig(_Strict):
     #: days a retried or purged entry is kept; open entries stay until purged
     retention_days: float = Field(default=30.0, gt=0, le=3650)
@@ -539,6 +613,8 @@ class RuntimeConfig(_Strict):
     scheduling: SchedulingConfig = SchedulingConfig()
     retry_policies: dict[str, RetryPolicy] = Field(default_factory=dict)
     dead_letters: DeadLetterConfig = DeadLetterConfig()
+    #: runs submitted on a cron schedule (``agentrt beat``)
+    schedules: dict[ScheduleName, ScheduleConfig] = Field(default_factory=dict, max_length=1000)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -637,6 +713,8 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
                 )
     for name, route in _mapping(data.get("routes")).items():
         problems += _route_problems(f"routes.{name}", _mapping(route), data)
+    for name, schedule in _mapping(data.get("schedules")).items():
+        problems += _schedule_problems(f"schedules.{name}", _mapping(schedule), data)
     seen: set[str] = set()
     rules = _mapping(data.get("policy")).get("rules") or []
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -672,6 +750,21 @@ def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> li
     for tenant in _list(route.get("tenants")):
         if isinstance(tenant, str) and tenant != "*" and tenant not in tenants:
             problems.append(f"{key}.tenants: unknown tenant {tenant!r}")
+    return problems
+
+
+def _schedule_problems(key: str, schedule: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    tenants, routes = _mapping(data.get("tenants")), _mapping(data.get("routes"))
+    tenant, route = schedule.get("tenant"), schedule.get("route")
+    problems: list[str] = []
+    if isinstance(tenant, str) and tenant not in tenants:
+        problems.append(f"{key}.tenant: unknown tenant {tenant!r} (defined: {_listed(tenants)})")
+    if isinstance(route, str) and route not in routes:
+        problems.append(f"{key}.route: unknown route {route!r} (defined: {_listed(routes)})")
+    elif isinstance(route, str) and isinstance(tenant, str) and tenant in tenants:
+        scope = _list(_mapping(routes[route]).get("tenants", ["*"]))
+        if "*" not in scope and tenant not in scope:
+            problems.append(f"{key}.tenant: tenant {tenant!r} may not use route {route!r}")
     return problems
 
 

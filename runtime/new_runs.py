@@ -53,7 +53,7 @@ def row_for(
         "goal": content.goal,
         "autonomy_level": route_cfg.autonomy_level if route_cfg else "advisory",
         "risk_class": route_cfg.risk_class if route_cfg else "high",
-        "execution_mode": route_cfg.execution_mode if route_cfg else "async_job",
+        "execution_mode": admission.execution_mode(route_cfg, req),
         "status": status.value,
         "version_set": vs,
         "budget_policy_version": bp_version,
@@ -96,6 +96,7 @@ def request_row(
     idempotency_key: str | None,
     priority: str | None,
     refusal: admission.Refusal | None,
+    execution_mode: str | None = None,
 ) -> dict[str, Any]:
     """The row ``submit`` stores for this request (for tools and tests that store a run
     directly); ``AdmissionRefused`` for a malformed identity, like ``submit``."""
@@ -108,6 +109,7 @@ def request_row(
         request_id=request_id,
         idempotency_key=idempotency_key,
         priority=priority,
+        execution_mode=execution_mode,
     )
     return row_for(catalog, req, refusal)
 

@@ -161,8 +161,11 @@ class RuntimeService:
         request_id: str | None = None,
         idempotency_key: str | None = None,
         priority: str | None = None,
+        execution_mode: str | None = None,
     ) -> RunView:
-        """Admit or refuse a run; returns at once. Every field is checked before anything
+        """Admit or refuse a run; returns at once. ``execution_mode`` asks for one of the
+        route's ``execution_modes_allowed`` instead of its ``execution_mode`` (README
+        "Execution modes"); the run records the mode it got. Every field is checked before anything
         is stored (``runtime.admission``):
 
         * a malformed tenant, route, actor, request id or idempotency key raises
@@ -183,6 +186,7 @@ class RuntimeService:
             request_id=request_id,
             idempotency_key=idempotency_key,
             priority=priority,
+            execution_mode=execution_mode,
         )
         held = self.store.find_admitted(req.tenant, req.request_id, req.idempotency_key)
         if held:

@@ -35,6 +35,7 @@ from runtime.endpoints import Endpoints, resolve_endpoints
 from runtime.errors import ConfigError, SettingsError
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
+from runtime.mode_check import sync_route_problems
 from runtime.policy import PolicyEngine
 from runtime.ports import StepMessages, StepPublisher
 from runtime.reconciler import DEFAULT_BATCH, DEFAULT_INTERVAL_S, RETENTION_EVERY_S, Reconciler
@@ -111,6 +112,7 @@ def load_registry(config: RuntimeConfig, source: str) -> ToolRegistry:
         if registry.get(name) is None
     ]
     problems += rule_tool_problems(config, registry)
+    problems += sync_route_problems(config, registry)
     if problems:
         raise ConfigError(source, problems)
     return registry

@@ -36,7 +36,7 @@ from runtime.keys import Keys
 from runtime.service import RuntimeService
 from runtime.settings import Settings
 from runtime.wiring import Endpoints, build_service, load_registry, resolve_endpoints
-from tasks import broker_faults, poison, pump, steps
+from tasks import broker_faults, poison, pump, schedules, steps
 from tasks.messages import STEP_QUEUE, STEP_TASK
 from tasks.publish import CeleryPublisher
 
@@ -167,6 +167,7 @@ def create_app(
     steps.register(app)
     pump.register(app)
     poison.register(app)
+    schedules.register(app)
     return app
 
 

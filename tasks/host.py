@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from runtime.config import RuntimeConfig
 from runtime.service import RuntimeService
 from runtime.settings import Settings
 
@@ -14,6 +15,7 @@ class RuntimeHost(Protocol):
 
     conf: Any
     agentrt_settings: Settings
+    agentrt_config: RuntimeConfig
 
     def task(self, *args: Any, **kwargs: Any) -> Any: ...
 

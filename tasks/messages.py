@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # the read-only CLI imports this module: it must stay light
 STEP_TASK = "agentrt.step"
 #: the one small fixed queue steps go to; fairness is the scheduler's, not per-tenant queues
 STEP_QUEUE = "agentrt.steps"
+#: sent by beat (``tasks.schedules``) with a schedule's name: fire it
+FIRE_SCHEDULE_TASK = "agentrt.fire_schedule"
 #: what a failed compensation's dead-letter entry is filed under (no task runs it: an
 #: operator's retry runs the compensation in the retrying process)
 COMPENSATE_TASK = "agentrt.compensate"

@@ -77,7 +77,7 @@ def test_shipped_configs_load_and_their_tools_are_registered(path: Path) -> None
 def test_minimal_config_defaults() -> None:
     config = parse_config(MINIMAL)
     r = config.routes["support.triage"]
-    assert r.max_steps == 10 and r.tenants == ["*"] and r.execution_mode == "async_job"
+    assert r.max_steps == 10 and r.tenants == ["*"] and r.execution_mode == "durable_workflow"
     assert config.policy.default == "allow"
     limits = config.budget_policies["std"].per_run.ledger_limits()
     assert limits["tokens"] == 1000 and limits["model_calls"] == -1  # missing = unlimited

@@ -26,6 +26,7 @@ def config_summary(config: RuntimeConfig) -> dict[str, Any]:
         "toolModules": config.tool_modules,
         "models": sorted(config.models),
         "budgetPolicies": {n: p.version for n, p in config.budget_policies.items()},
+        "schedules": sorted(config.schedules),
     }
 
 
@@ -46,6 +47,10 @@ def config_table(config: RuntimeConfig) -> Table:
             "policy",
             f"{config.policy.version}: {len(config.policy.rules)} rules, "
             f"default {config.policy.default}",
+        ),
+        (
+            "schedules",
+            ", ".join(f"{n} ({s.cron} {s.timezone})" for n, s in config.schedules.items()) or "-",
         ),
     ]
     for key, value in rows:

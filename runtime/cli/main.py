@@ -64,6 +64,8 @@ from runtime.cli.common import (
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
 from runtime.cli.keys import app as keys_app
+from runtime.cli.schedules import app as schedules_app
+from runtime.cli.schedules import beat
 from runtime.errors import ConfigError
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
@@ -91,6 +93,8 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
+app.add_typer(schedules_app, name="schedules")
+app.command("beat")(beat)
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"
@@ -116,6 +120,13 @@ class Priority(enum.StrEnum):
     high = "high"
     normal = "normal"
     low = "low"
+
+
+class Mode(enum.StrEnum):
+    durable_workflow = "durable_workflow"
+    async_job = "async_job"
+    sync = "sync"
+    event_triggered = "event_triggered"
 
 
 class Pool(enum.StrEnum):
@@ -196,6 +207,14 @@ def submit(
     priority: Annotated[
         Priority | None, typer.Option(help="Override the route's priority.")
     ] = None,
+    execution_mode: Annotated[
+        Mode | None,
+        typer.Option(
+            "--execution-mode",
+            help="Ask for one of the route's execution_modes_allowed instead of its "
+            "execution_mode (refused: execution_mode_not_allowed).",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the run ends or waits for a human.")
     ] = False,
@@ -217,6 +236,7 @@ def submit(
             request_id=request_id,
             idempotency_key=idempotency_key,
             priority=priority.value if priority else None,
+            execution_mode=execution_mode.value if execution_mode else None,
         )
         if _refused_at_admission(view):
             _report_refusal(view, json_out)
