@@ -163,20 +163,14 @@ class RuntimeService:
         priority: str | None = None,
         execution_mode: str | None = None,
     ) -> RunView:
-        """Admit or refuse a run; returns at once. ``execution_mode`` asks for one of the
-        route's ``execution_modes_allowed`` instead of its ``execution_mode`` (README
-        "Execution modes"); the run records the mode it got. Every field is checked before anything
-        is stored (``runtime.admission``):
-
-        * a malformed tenant, route, actor, request id or idempotency key raises
-          ``AdmissionRefused`` (``invalid_request``, naming the field and its limit);
-        * a request id or idempotency key an admitted run holds returns that run when the
-          payload is the same, else raises ``AdmissionRefused`` (``idempotency_conflict``,
-          ``.fields`` naming what differs);
-        * any other refusal is stored (bounded) as a refused run and returned. It does not
-          hold the request id: a retry with the same id is decided afresh.
-
-        What raises stores nothing."""
+        """Admit or refuse a run; returns at once (``runtime.admission`` checks every field
+        first). ``execution_mode``: one of the route's ``execution_modes_allowed`` instead of
+        its ``execution_mode``; the run records the mode it got. A malformed field raises
+        ``AdmissionRefused`` (``invalid_request``, naming the field and its limit); a request
+        id or idempotency key an admitted run holds returns that run for the same payload,
+        else raises ``AdmissionRefused`` (``idempotency_conflict``, ``.fields`` naming what
+        differs); any other refusal is stored (bounded) as a refused run and returned, not
+        holding the request id. What raises stores nothing."""
         req = admission.prepare(
             tenant=tenant,
             route=route,
