@@ -249,9 +249,16 @@ def migrate(engine: Engine, to: str, *, down: bool = False) -> None:
 def checkpoint_is_hot(engine: Engine, run_id: str, at: datetime) -> bool:
     """PostgreSQL: whether a checkpoint's UPDATE of a running run that stays running (the
     columns the store's checkpoint sets) is a HOT update - read from the transaction's own
-    counters, which need no statistics flush."""
+    counters, which need no statistics flush. Those counters also hold what the backend's
+    earlier transactions did and it has not flushed yet (PostgreSQL 15+ flushes at most once
+    a second): the update's own counts are the difference across it."""
     r = runs_t.c
+    counters = sa.text(
+        "SELECT pg_stat_get_xact_tuples_hot_updated('runs'::regclass), "
+        "pg_stat_get_xact_tuples_updated('runs'::regclass)"
+    )
     with engine.begin() as conn:
+        hot_before, updated_before = conn.execute(counters).one()
         conn.execute(
             sa.update(runs_t)
             .where(r.run_id == run_id, r.status.in_(["queued", "running"]))
@@ -264,14 +271,9 @@ def checkpoint_is_hot(engine: Engine, run_id: str, at: datetime) -> bool:
                 version=r.version + 1,
             )
         )
-        hot, updated = conn.execute(
-            sa.text(
-                "SELECT pg_stat_get_xact_tuples_hot_updated('runs'::regclass), "
-                "pg_stat_get_xact_tuples_updated('runs'::regclass)"
-            )
-        ).one()
-    assert updated == 1
-    return bool(hot == 1)
+        hot, updated = conn.execute(counters).one()
+    assert updated - updated_before == 1
+    return bool(hot - hot_before == 1)
 
 
 def cli(url: str, *args: str) -> tuple[int, str]:
