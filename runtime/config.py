@@ -40,6 +40,7 @@ from runtime.contract import (
     SideEffectClass,
 )
 from runtime.errors import ConfigError
+from runtime.event_config import EventSourceConfig, event_source_problems
 
 #: ledger dimensions and their integer units
 DIMENSIONS: tuple[str, ...] = (
@@ -539,6 +540,8 @@ class RuntimeConfig(_Strict):
     scheduling: SchedulingConfig = SchedulingConfig()
     retry_policies: dict[str, RetryPolicy] = Field(default_factory=dict)
     dead_letters: DeadLetterConfig = DeadLetterConfig()
+    #: webhook sources that start runs (``runtime.event_config``)
+    event_sources: dict[str, EventSourceConfig] = Field(default_factory=dict, max_length=1000)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -646,7 +649,7 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
         if isinstance(rule_id, str):
             seen.add(rule_id)
         problems += _rule_reference_problems(f"policy.rules.{i}.match", rule, data)
-    return problems
+    return problems + event_source_problems(data)
 
 
 def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -750,6 +753,9 @@ def config_document(config: RuntimeConfig) -> dict[str, Any]:
     # None is "unset" in the file (a rule refuses an explicit null): left out, it reads back
     # as the same default
     document: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if not document.get("event_sources"):
+        # a file without event sources keeps the digest it had before the section existed
+        document.pop("event_sources", None)
     return document
 
 

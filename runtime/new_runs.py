@@ -11,6 +11,7 @@ from runtime import admission, stop_reasons
 from runtime.catalog import Catalog
 from runtime.contract import RunStatus
 from runtime.errors import AdmissionRefused
+from runtime.step_record import WorkflowStep, workflow_step
 from runtime.store.db import utcnow
 from runtime.tracing import TraceBuffer
 
@@ -83,6 +84,14 @@ def row_for(
         "attempt": 0,
         "version": 1,
     }
+
+
+def hold_for_turn(row: dict[str, Any], source: str) -> None:
+    """Make an admitted run's row wait for its turn (``runtime.event_ordering``): no step
+    queued until the runs of its ordering key before it have ended."""
+    row["status"] = RunStatus.WAITING.value
+    row["workflow_step"] = workflow_step(WorkflowStep.ORDERED, source)
+    row["stop_reason"] = stop_reasons.make("ordered", source)
 
 
 def request_row(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -32,8 +33,11 @@ from runtime.controls import Controls
 from runtime.dead_letters import DeadLetters
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints
-from runtime.errors import InvalidRequest
+from runtime.errors import AdmissionRefused, InvalidRequest
 from runtime.errors import WaitTimeout as WaitTimeout
+from runtime.event_ordering import EventOrdering
+from runtime.events import EventIntake, Incoming, event_request
+from runtime.events import conflict as events_conflict
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
@@ -96,6 +100,8 @@ class RuntimeService:
         cancellation: Cancellation,
         approvals: Approvals,
         budget_extensions: BudgetExtensions,
+        events: EventIntake,
+        ordering: EventOrdering,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -129,6 +135,10 @@ class RuntimeService:
         self.cancellation = cancellation
         self.approvals = approvals  # rt.approvals: the calls that wait for a human
         self.budget_extensions = budget_extensions
+        #: webhook sources: verify, parse, dedupe (rt.receive_event)
+        self.events = events
+        #: per_key ordering of event runs
+        self.ordering = ordering
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -180,23 +190,50 @@ class RuntimeService:
             idempotency_key=idempotency_key,
             priority=priority,
         )
+        return self._admit(req)[0]
+
+    def _admit(
+        self, req: admission.AdmissionRequest, event: Incoming | None = None
+    ) -> tuple[RunView, bool]:
+        """``(run, created)`` of a prepared request; an event's run is stored with its event
+        record, and waits for its turn if its source orders by key (``event_ordering``)."""
         held = self.store.find_admitted(req.tenant, req.request_id, req.idempotency_key)
         if held:
-            return self._view(new_runs.held_run(req, held))
+            return self._view(new_runs.held_run(req, held)), False
         refusal, pressure = self._decide(req)
         row = new_runs.row_for(self.catalog, req, refusal)
-        stored, created = self.store.insert_run(row, new_runs.admission_events(row, refusal))
+        key = event.order_key if event is not None and refusal is None else None
+        if key is not None and event is not None:
+            new_runs.hold_for_turn(row, event.source)
+        also = self.events.record_rows(event, row) if event and refusal is None else []
+        stored, created = self.store.insert_run(row, new_runs.admission_events(row, refusal), also)
         if not created:  # an identical request (or a conflicting one) won the race
-            return self._view(new_runs.held_run(req, [stored]))
-        if refusal is None:
+            return self._view(new_runs.held_run(req, [stored])), False
+        if key is not None and event is not None:
+            self.ordering.release(event.source, key, req.tenant)
+        elif refusal is None:
             first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
             self.dispatch.schedule(Ops().enqueue(first).dispatch(1))
         view = self._view(stored)
-        if pressure is not None:
-            view.estimated_wait_s = pressure.estimated_wait_s
-        if refusal is not None:
-            view.retry_after_s = refusal.retry_after_s
-        return view
+        view.estimated_wait_s = pressure.estimated_wait_s if pressure else view.estimated_wait_s
+        view.retry_after_s = refusal.retry_after_s if refusal else view.retry_after_s
+        return view, True
+
+    def receive_event(
+        self, source: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[RunView, bool]:
+        """A webhook event: ``(run, created)`` (``runtime.events``). ``EventRejected``
+        (``event:<code>``) stores nothing; a replay returns the first run."""
+        event = self.events.accept(source, headers, body)
+        earlier = self.events.earlier_run(event)
+        if earlier is not None:
+            return self.get(earlier), False
+        try:
+            return self._admit(event_request(event), event)
+        except AdmissionRefused as exc:  # the same event id won a race with another body
+            if exc.code != "idempotency_conflict":
+                raise
+            raise events_conflict(event, exc.run_id) from None
 
     def _decide(
         self, req: admission.AdmissionRequest

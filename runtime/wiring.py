@@ -32,6 +32,8 @@ from runtime.dead_letters import DeadLetters
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints, resolve_endpoints
 from runtime.errors import ConfigError, SettingsError
+from runtime.event_ordering import EventOrdering
+from runtime.events import EventIntake
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
@@ -51,6 +53,7 @@ from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
+from runtime.store.events import EventStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
@@ -270,6 +273,7 @@ def _step_runner(
     policy: PolicyEngine,
     dispatch: Dispatch,
     failures: tuple[Compensations, DeadLetters],
+    ordering: EventOrdering,
 ) -> StepRunner:
     compensations, dead_letters = failures
     return build_runner(
@@ -295,6 +299,7 @@ def _step_runner(
         dead_letters=dead_letters,
         after_failure=compensations.after_failure,
         after_cancel=compensations.compensate,
+        after_terminal=ordering.after_terminal,
     )
 
 
@@ -319,7 +324,11 @@ def build_service(
     controls = Controls(redis=m.redis, keys=m.keys)
     policy = PolicyEngine(config.policy)
     digest = config_digest(config)
-    steps = _step_runner(config, digest, registry, m, catalog, controls, policy, dispatch, failures)
+    event_store = EventStore(m.store.engine)
+    ordering = EventOrdering(store=event_store, dispatch=dispatch, sources=config.event_sources)
+    steps = _step_runner(
+        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering
+    )
     return cls(
         settings=settings,
         config=config,
@@ -365,6 +374,8 @@ def build_service(
             after_failure=compensations.after_failure,
         ),
         budget_extensions=BudgetExtensions(store=m.store, dispatch=dispatch),
+        events=EventIntake(sources=config.event_sources, store=event_store),
+        ordering=ordering,
     )
 
 
@@ -438,6 +449,7 @@ def build_reconciler(
         compensations=svc.compensations,
         dead_letters=svc.dead_letters,
         approvals=svc.approvals,
+        release_ordered=svc.ordering.reconcile,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

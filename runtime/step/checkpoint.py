@@ -22,6 +22,7 @@ from runtime.step.budget import Budgeting, spend_row
 from runtime.step.collaborators import (
     AfterCancel,
     AfterFailure,
+    AfterTerminal,
     DeadLettering,
     LiveControls,
     Scheduling,
@@ -50,6 +51,7 @@ class Checkpointer:
         budgeting: Budgeting,
         controls: LiveControls,
         after_cancel: AfterCancel,
+        after_terminal: AfterTerminal,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -62,6 +64,7 @@ class Checkpointer:
         self.budgeting = budgeting
         self.controls = controls
         self.after_cancel = after_cancel
+        self.after_terminal = after_terminal
 
     def finish(self, st: Step, move: Move, lease: Lease) -> StepResult:
         """Apply ``move``: the one place a step's decision takes effect."""
@@ -107,6 +110,9 @@ class Checkpointer:
             raise
         if move.continues:
             return StepResult(str(move.outcome), next_step=st.step_no + 1, kept=kept)
+        if move.status in TERMINAL_STATUSES:
+            # an event run of a per_key source lets the next run of its key start
+            self.after_terminal(st.run)
         return StepResult(str(move.outcome), kept=kept)
 
     def _commit(self, st: Step, move: Move, cp: Checkpoint, actual: dict[str, int] | None) -> Move:
