@@ -36,7 +36,7 @@ from runtime.endpoints import Endpoints
 from runtime.errors import AdmissionRefused, InvalidRequest
 from runtime.errors import WaitTimeout as WaitTimeout
 from runtime.event_ordering import EventOrdering
-from runtime.events import EventIntake, Incoming, event_request
+from runtime.events import EventIntake, event_request
 from runtime.events import conflict as events_conflict
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
@@ -55,6 +55,7 @@ from runtime.step.runner import StepRunner
 from runtime.step.state import StepResult
 from runtime.store.deployment import DeploymentStore
 from runtime.store.runs import RunStore
+from runtime.submissions import Admitted, Submissions
 from runtime.tools.registry import ToolRegistry
 
 __all__ = ["MAX_LIST_LIMIT", "WAIT_STATUSES", "RuntimeService", "WaitTimeout"]
@@ -102,6 +103,7 @@ class RuntimeService:
         budget_extensions: BudgetExtensions,
         events: EventIntake,
         ordering: EventOrdering,
+        submissions: Submissions,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -139,6 +141,7 @@ class RuntimeService:
         self.events = events
         #: per_key ordering of event runs
         self.ordering = ordering
+        self.submissions = submissions
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -190,34 +193,7 @@ class RuntimeService:
             idempotency_key=idempotency_key,
             priority=priority,
         )
-        return self._admit(req)[0]
-
-    def _admit(
-        self, req: admission.AdmissionRequest, event: Incoming | None = None
-    ) -> tuple[RunView, bool]:
-        """``(run, created)`` of a prepared request; an event's run is stored with its event
-        record, and waits for its turn if its source orders by key (``event_ordering``)."""
-        held = self.store.find_admitted(req.tenant, req.request_id, req.idempotency_key)
-        if held:
-            return self._view(new_runs.held_run(req, held)), False
-        refusal, pressure = self._decide(req)
-        row = new_runs.row_for(self.catalog, req, refusal)
-        key = event.order_key if event is not None and refusal is None else None
-        if key is not None and event is not None:
-            new_runs.hold_for_turn(row, event.source)
-        also = self.events.record_rows(event, row) if event and refusal is None else []
-        stored, created = self.store.insert_run(row, new_runs.admission_events(row, refusal), also)
-        if not created:  # an identical request (or a conflicting one) won the race
-            return self._view(new_runs.held_run(req, [stored])), False
-        if key is not None and event is not None:
-            self.ordering.release(event.source, key, req.tenant)
-        elif refusal is None:
-            first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
-            self.dispatch.schedule(Ops().enqueue(first).dispatch(1))
-        view = self._view(stored)
-        view.estimated_wait_s = pressure.estimated_wait_s if pressure else view.estimated_wait_s
-        view.retry_after_s = refusal.retry_after_s if refusal else view.retry_after_s
-        return view, True
+        return self._admitted(self.submissions.admit(req))[0]
 
     def receive_event(
         self, source: str, headers: Mapping[str, str], body: bytes
@@ -229,34 +205,22 @@ class RuntimeService:
         if earlier is not None:
             return self.get(earlier), False
         try:
-            return self._admit(event_request(event), event)
+            return self._admitted(self.submissions.admit(event_request(event), event))
         except AdmissionRefused as exc:  # the same event id won a race with another body
             if exc.code != "idempotency_conflict":
                 raise
             raise events_conflict(event, exc.run_id) from None
 
-    def _decide(
-        self, req: admission.AdmissionRequest
-    ) -> tuple[admission.Refusal | None, admission.Backpressure | None]:
-        """Admission's refusal (or None), then the proposer's input checks, then the queue
-        limits (only limited routes and tenants pay those round trips)."""
-        route_cfg = self.config.routes.get(req.route)
-        stopped = route_cfg is not None and self.controls.route_stopped(req.route)
-        refusal = admission.decide(self.config, req, route_stopped=stopped)
-        if refusal is not None or route_cfg is None:
-            return refusal, None
-        problems = self.catalog.proposer_for(route_cfg.proposer).input_problems(req.input)
-        if problems:
-            return admission.Refusal("invalid_input", admission.bounded("; ".join(problems))), None
-        if route_cfg.max_queued is None and self.config.tenants[req.tenant].max_queued is None:
-            return None, None
-        pressure = self.backpressure(req.tenant, req.route)
-        return admission.queue_full(self.config, req.tenant, req.route, pressure), pressure
+    def _admitted(self, admitted: Admitted) -> tuple[RunView, bool]:
+        view = self._view(admitted.row)
+        if admitted.pressure is not None:
+            view.estimated_wait_s = admitted.pressure.estimated_wait_s
+        if admitted.refusal is not None:
+            view.retry_after_s = admitted.refusal.retry_after_s
+        return view, admitted.created
 
     def backpressure(self, tenant: str, route: str) -> admission.Backpressure:
-        tenant_queued, route_queued = self.scheduler.depth(tenant, route)
-        eta = self.scheduler.estimated_wait_s(route, route_queued)
-        return admission.Backpressure(tenant_queued, route_queued, eta)
+        return self.submissions.backpressure(tenant, route)
 
     def _new_row(self, *request: Any) -> dict[str, Any]:
         """The row ``submit`` stores for a request (``new_runs.request_row``), for tools and

@@ -56,6 +56,7 @@ from runtime.store.deployment import DeploymentStore
 from runtime.store.events import EventStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
+from runtime.submissions import Submissions
 from runtime.tools.registry import ToolRegistry
 
 __all__ = [
@@ -303,6 +304,26 @@ def _step_runner(
     )
 
 
+def _intake(
+    config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch, catalog: Catalog, controls: Controls
+) -> tuple[EventOrdering, EventIntake, Submissions]:
+    """What admits runs: submits and webhook events (``event_sources``)."""
+    event_store = EventStore(m.store.engine)
+    ordering = EventOrdering(store=event_store, dispatch=dispatch, sources=config.event_sources)
+    events = EventIntake(sources=config.event_sources, store=event_store)
+    submissions = Submissions(
+        config=config,
+        catalog=catalog,
+        controls=controls,
+        scheduler=m.scheduler,
+        store=m.store,
+        dispatch=dispatch,
+        events=events,
+        ordering=ordering,
+    )
+    return ordering, events, submissions
+
+
 def build_service(
     settings: Settings,
     config: RuntimeConfig,
@@ -324,8 +345,7 @@ def build_service(
     controls = Controls(redis=m.redis, keys=m.keys)
     policy = PolicyEngine(config.policy)
     digest = config_digest(config)
-    event_store = EventStore(m.store.engine)
-    ordering = EventOrdering(store=event_store, dispatch=dispatch, sources=config.event_sources)
+    ordering, events, submissions = _intake(config, m, dispatch, catalog, controls)
     steps = _step_runner(
         config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering
     )
@@ -374,8 +394,9 @@ def build_service(
             after_failure=compensations.after_failure,
         ),
         budget_extensions=BudgetExtensions(store=m.store, dispatch=dispatch),
-        events=EventIntake(sources=config.event_sources, store=event_store),
+        events=events,
         ordering=ordering,
+        submissions=submissions,
     )
 
 

@@ -70,7 +70,7 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
 
 
 def _run_document(run: RunView) -> dict[str, Any]:
-    return run.model_dump(mode="json")
+    return run.model_dump(mode="json", by_alias=True)
 
 
 def router(runtime: EventReceiver) -> APIRouter:
