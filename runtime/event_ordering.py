@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from runtime.contract import TERMINAL_STATUSES
@@ -32,6 +33,7 @@ from runtime.event_config import EventSourceConfig
 from runtime.scheduling.scheduler import Item, Ops
 from runtime.step.collaborators import Scheduling
 from runtime.step_record import WorkflowStep, workflow_step
+from runtime.store.db import utcnow
 from runtime.store.events import EventStore
 from runtime.tracing import TraceBuffer
 
@@ -47,6 +49,15 @@ _ATTEMPTS = 4
 def _gated(run: Mapping[str, Any]) -> bool:
     step = str(run.get("workflow_step") or "")
     return run.get("status") == "waiting" and step.startswith(f"{WorkflowStep.ORDERED.value}:")
+
+
+def _deadline_from_now(run: Mapping[str, Any]) -> datetime | None:
+    """The run's whole ``run_timeout_s`` from its start: waiting for its turn is not
+    running (a key with a long queue must not time its runs out before they start)."""
+    created, deadline = run.get("created_at"), run.get("deadline_at")
+    if not isinstance(created, datetime) or not isinstance(deadline, datetime):
+        return deadline if isinstance(deadline, datetime) else None
+    return utcnow() + (deadline - created)
 
 
 class EventOrdering:
@@ -109,7 +120,10 @@ class EventOrdering:
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], None)
         trace.add("released", source=source)
         moved = self.store.start_waiting(
-            run["run_id"], workflow_step(WorkflowStep.RELEASED, source), trace.drain()
+            run["run_id"],
+            workflow_step(WorkflowStep.RELEASED, source),
+            trace.drain(),
+            _deadline_from_now(run),
         )
         if not moved:
             return  # another releaser started it

@@ -132,6 +132,8 @@ def admission_events(row: dict[str, Any], refusal: admission.Refusal | None) -> 
             priority=row["priority"],
             version_set=row["version_set"],
         )
+        if row["status"] == RunStatus.WAITING.value:  # an event run waits for its turn
+            trace.add("waiting_for_turn", reason=row["stop_reason"])
     else:
         detail = row["output"]["detail"]
         trace.add("admission", decision="refused", code=refusal.code, detail=detail)

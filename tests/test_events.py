@@ -348,10 +348,16 @@ def test_the_reconciler_releases_a_key_whose_run_ended_elsewhere(
         # When the queued first run is cancelled (its step never ran: the cancel ends it)
         assert quiet.svc.cancel(ids[0], actor="ops").status.value == "cancelled"
         assert quiet.svc.get(ids[1]).status.value == "waiting"
+        kinds = [e.kind for e in quiet.svc.trace(ids[1])]
+        assert kinds == ["admission", "waiting_for_turn"]
+        deadline = quiet.svc.store.get_run(ids[1])["deadline_at"]
         # Then a reconciler round starts the second, and only the second
         report = build_reconciler(quiet.svc).reconcile()
         assert report.released == [ids[1]] and not report.errors
         assert [quiet.svc.get(r).status.value for r in ids] == ["cancelled", "queued", "waiting"]
+        assert quiet.svc.trace(ids[1])[-1].kind == "released"
+        # its run timeout counts from its start, not from its arrival
+        assert quiet.svc.store.get_run(ids[1])["deadline_at"] > deadline
         # and a round with nothing to release starts nothing
         assert quiet.svc.ordering.reconcile() == []
     finally:

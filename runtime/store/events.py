@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from runtime.contract import RunStatus
@@ -36,6 +36,8 @@ _BRIEF = (
     runs_t.c.trace_id,
     runs_t.c.status,
     runs_t.c.workflow_step,
+    runs_t.c.created_at,
+    runs_t.c.deadline_at,
 )
 
 
@@ -80,11 +82,11 @@ class EventStore:
         return dict(row) if row else None
 
     def count(self, source: str | None = None) -> int:
-        query = select(event_records_t.c.seq)
+        query = select(func.count()).select_from(event_records_t)
         if source is not None:
             query = query.where(event_records_t.c.source == source)
         with self.engine.connect() as conn:
-            return len(conn.execute(query).all())
+            return int(conn.execute(query).scalar_one())
 
     # --- ordering keys ------------------------------------------------------------------
     def active_run(self, source: str, order_key: str, tenant_id: str) -> str | None:
@@ -157,9 +159,15 @@ class EventStore:
             row = conn.execute(query).mappings().first()
         return dict(row) if row else None
 
-    def start_waiting(self, run_id: str, workflow_step: str, events: list[dict[str, Any]]) -> bool:
+    def start_waiting(
+        self,
+        run_id: str,
+        workflow_step: str,
+        events: list[dict[str, Any]],
+        deadline_at: datetime | None,
+    ) -> bool:
         """A run waiting for its turn -> ``queued`` (as admitted; its first step is queued
-        next): True for the one caller that moved it."""
+        next), with its deadline from now: True for the one caller that moved it."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(runs_t)
@@ -168,6 +176,7 @@ class EventStore:
                     status=RunStatus.QUEUED.value,
                     stop_reason=None,
                     workflow_step=workflow_step,
+                    deadline_at=deadline_at,
                     updated_at=utcnow(),
                     version=runs_t.c.version + 1,
                 )
