@@ -93,6 +93,10 @@ class Checkpointer:
                 self._record_effect_outcome(st.effect_update)
             raise
         kept = self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
+        if move.status in TERMINAL_STATUSES:
+            # an event run of a per_key source lets the next run of its key start (never
+            # raises: the reconciler releases what this could not)
+            self.after_terminal(st.run)
         try:
             if move.dead_letter is not None:
                 dl_class, error_type, error = move.dead_letter
@@ -110,9 +114,6 @@ class Checkpointer:
             raise
         if move.continues:
             return StepResult(str(move.outcome), next_step=st.step_no + 1, kept=kept)
-        if move.status in TERMINAL_STATUSES:
-            # an event run of a per_key source lets the next run of its key start
-            self.after_terminal(st.run)
         return StepResult(str(move.outcome), kept=kept)
 
     def _commit(self, st: Step, move: Move, cp: Checkpoint, actual: dict[str, int] | None) -> Move:
