@@ -124,6 +124,9 @@ class EventIntake:
         found = self.store.find(event.source, event.event_id)
         if found is None:
             return None
+        if found["tenant_id"] != event.config.tenant:
+            # the source was moved to another tenant since: its old runs are not theirs
+            raise conflict(event, None, "was received before for another tenant")
         if found["body_sha256"] != event.body_sha256:
             raise conflict(event, str(found["run_id"]))
         return str(found["run_id"])
@@ -159,12 +162,12 @@ def event_request(event: Incoming) -> AdmissionRequest:
     )
 
 
-def conflict(event: Incoming, run_id: str | None) -> EventRejected:
+def conflict(
+    event: Incoming, run_id: str | None, why: str = "was received before with another body"
+) -> EventRejected:
     return EventRejected(
-        "event:conflict", event.source,
-        f"event id {event.event_id!r} was received before with another body",
-        run_id=run_id,
-    )  # fmt: skip
+        "event:conflict", event.source, f"event id {event.event_id!r} {why}", run_id=run_id
+    )
 
 
 def _json_object(source: str, body: bytes) -> dict[str, Any]:

@@ -203,7 +203,7 @@ class RuntimeService:
         event = self.events.accept(source, headers, body)
         earlier = self.events.earlier_run(event)
         if earlier is not None:
-            return self.get(earlier), False
+            return self.get(earlier, event.config.tenant), False
         try:
             return self._admitted(self.submissions.admit(event_request(event), event))
         except AdmissionRefused as exc:  # the same event id won a race with another body

@@ -322,6 +322,49 @@ def test_per_key_events_run_one_at_a_time_in_arrival_order(dep: Deployment) -> N
     assert dep.svc.get(a_runs[1]).goal.startswith("Order event msg_")
 
 
+def test_concurrent_events_of_one_key_still_run_one_at_a_time(dep: Deployment) -> None:
+    gate = Gate(dep)
+    gate.close_after(0)
+    script = [gate.step(), REPLY]
+    key = f"cust-d-{uuid.uuid4().hex[:6]}"
+    barrier = threading.Barrier(5)
+    run_ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        body = body_of(script, customer=key)
+        headers = std_headers(f"msg_{uuid.uuid4().hex}", body)
+        barrier.wait()
+        try:
+            run_ids.append(dep.svc.receive_event("ordered", headers, body)[0].run_id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    # When five events of one key arrive at once, from five threads
+    threads = [threading.Thread(target=send) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(run_ids)) == 5
+    # Then one of them runs (inside the gate) and the four others wait for their turn
+    wait_for(lambda: gate.held() == 1, message="one run inside the gate")
+    statuses = [dep.svc.get(r).status.value for r in run_ids]
+    assert statuses.count("waiting") == 4, statuses
+    gate.open()
+    wait_for(lambda: all(dep.svc.get(r).status.value == "succeeded" for r in run_ids),
+             timeout=120, message="all five to succeed")  # fmt: skip
+    # and each started after the one before it ended; after the first, in arrival order
+    order = gate.order()
+    started = sorted(run_ids, key=lambda r: order[r])
+    for before, after in itertools.pairwise(started):
+        ended = dep.svc.get(before).finished_at
+        released = [e.at for e in dep.svc.trace(after) if e.kind == "released"]
+        assert ended is not None and len(released) == 1 and released[0] >= ended
+    seq = {r: dep.svc.events.store.of_run(r)["seq"] for r in run_ids}  # type: ignore[index]
+    assert [seq[r] for r in started[1:]] == sorted(seq[r] for r in started[1:])
+
+
 def test_the_reconciler_releases_a_key_whose_run_ended_elsewhere(
     redis_url: str, tmp_path: Path
 ) -> None:
