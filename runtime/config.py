@@ -41,6 +41,7 @@ from runtime.contract import (
 )
 from runtime.cron import cron_problem, zone_problem
 from runtime.errors import ConfigError
+from runtime.event_config import EventSourceConfig, event_source_problems
 
 #: ledger dimensions and their integer units
 DIMENSIONS: tuple[str, ...] = (
@@ -615,6 +616,8 @@ class RuntimeConfig(_Strict):
     dead_letters: DeadLetterConfig = DeadLetterConfig()
     #: runs submitted on a cron schedule (``agentrt beat``)
     schedules: dict[ScheduleName, ScheduleConfig] = Field(default_factory=dict, max_length=1000)
+    #: webhook sources that start runs (``runtime.event_config``)
+    event_sources: dict[str, EventSourceConfig] = Field(default_factory=dict, max_length=1000)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -724,7 +727,7 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
         if isinstance(rule_id, str):
             seen.add(rule_id)
         problems += _rule_reference_problems(f"policy.rules.{i}.match", rule, data)
-    return problems
+    return problems + event_source_problems(data)
 
 
 def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -843,6 +846,9 @@ def config_document(config: RuntimeConfig) -> dict[str, Any]:
     # None is "unset" in the file (a rule refuses an explicit null): left out, it reads back
     # as the same default
     document: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if not document.get("event_sources"):
+        # a file without event sources keeps the digest it had before the section existed
+        document.pop("event_sources", None)
     return document
 
 

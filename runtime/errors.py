@@ -11,6 +11,9 @@
   x AdmissionRefused           (code, detail, fields): submit() refused a request it could not
                                store (a malformed identity, an idempotency conflict)
   x InvalidRequest             (fields, detail): an argument of an operation is malformed
+  x EventRejected              (code, source, detail): a webhook event was not accepted
+                               (``event:bad_signature``, ``event:unknown_source``, ...);
+                               nothing of it was stored
   x RunNotFound                (run_id)
     - ApprovalNotFound         (approval_id): no such approval (or another tenant's)
   x WaitTimeout                (run_id, timeout, status): wait() gave up; the run goes on
@@ -119,6 +122,21 @@ class InvalidRequest(AgentRuntimeError):
         self.fields = fields
         self.detail = detail
         super().__init__(f"invalid request: {detail}")
+
+
+class EventRejected(AgentRuntimeError):
+    """An event (``runtime.events``) was not accepted; nothing of it was stored. ``code``
+    is the reason code, ``event:<what>``: ``bad_signature``, ``unknown_source``,
+    ``too_large``, ``invalid_body``, ``no_event_id``, ``no_key``, ``conflict`` (the event
+    id names an earlier event with another body; ``run_id`` is that event's run),
+    ``refused`` (admission refused the run it would start; ``run_id`` is the refused run)."""
+
+    def __init__(self, code: str, source: str, detail: str, run_id: str | None = None) -> None:
+        self.code = code
+        self.source = source
+        self.detail = detail
+        self.run_id = run_id
+        super().__init__(f"{code}: source {source!r}: {detail}")
 
 
 class RunNotFound(AgentRuntimeError):

@@ -11,6 +11,7 @@ from runtime import admission, stop_reasons
 from runtime.catalog import Catalog
 from runtime.contract import RunStatus
 from runtime.errors import AdmissionRefused
+from runtime.step_record import WorkflowStep, workflow_step
 from runtime.store.db import utcnow
 from runtime.tracing import TraceBuffer
 
@@ -85,6 +86,14 @@ def row_for(
     }
 
 
+def hold_for_turn(row: dict[str, Any], source: str) -> None:
+    """Make an admitted run's row wait for its turn (``runtime.event_ordering``): no step
+    queued until the runs of its ordering key before it have ended."""
+    row["status"] = RunStatus.WAITING.value
+    row["workflow_step"] = workflow_step(WorkflowStep.ORDERED, source)
+    row["stop_reason"] = stop_reasons.make("ordered", source)
+
+
 def request_row(
     catalog: Catalog,
     tenant: str,
@@ -125,6 +134,8 @@ def admission_events(row: dict[str, Any], refusal: admission.Refusal | None) -> 
             priority=row["priority"],
             version_set=row["version_set"],
         )
+        if row["status"] == RunStatus.WAITING.value:  # an event run waits for its turn
+            trace.add("waiting_for_turn", reason=row["stop_reason"])
     else:
         detail = row["output"]["detail"]
         trace.add("admission", decision="refused", code=refusal.code, detail=detail)

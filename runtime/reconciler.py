@@ -15,6 +15,8 @@ makes that one round per interval across all workers. A round:
 3. runs again compensations whose worker died half-way;
 4. expires approvals nobody decided in time: the approval ``expired``, its run stopped
    ``approval_expired`` (``Approvals.expire_due``);
+4b. starts event runs whose key's previous run ended where nothing released the key (a
+   cancel, an expired approval; ``EventOrdering.reconcile``);
 5. applies dead-letter retention, at most once an hour (per process).
 
 Each round looks at no more than ``batch`` candidates, oldest first; a cursor carries the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,6 +76,8 @@ class ReconcileReport:
     compensations: list[str] = field(default_factory=list)
     #: approvals expired this round (their runs stopped approval_expired)
     expired_approvals: list[str] = field(default_factory=list)
+    #: event runs started because the runs before them on their key had ended
+    released: list[str] = field(default_factory=list)
     #: dead letters deleted by retention; None when retention was not due this round
     retention_deleted: int | None = None
     #: phases that failed this round (each logged with its traceback)
@@ -103,6 +108,7 @@ class Reconciler:
         dead_letters: DeadLetters,
         approvals: Approvals,
         lease_ttl_s: float,
+        release_ordered: Callable[[], list[str]] | None = None,
         interval_s: float = DEFAULT_INTERVAL_S,
         grace_s: float | None = None,
         batch: int = DEFAULT_BATCH,
@@ -120,6 +126,8 @@ class Reconciler:
         self.compensations = compensations
         self.dead_letters = dead_letters
         self.approvals = approvals
+        #: starts event runs whose turn came while nothing released them (a cancel)
+        self.release_ordered = release_ordered
         self.interval_s = interval_s
         #: a run not updated for this long may be a zombie; by default the step lease ttl,
         #: so a step that is still executing (it updates the run when it checkpoints) is not
@@ -158,6 +166,11 @@ class Reconciler:
             report.expired_approvals = self.approvals.expire_due(clock)
         except Exception as exc:
             self._failed(report, "approval_expiry", exc)
+        if self.release_ordered is not None:
+            try:
+                report.released = self.release_ordered()
+            except Exception as exc:
+                self._failed(report, "event_ordering", exc)
         if self._retention_due(clock):
             self._last_retention = clock  # also on failure: try again in an hour, not 5 s
             try:

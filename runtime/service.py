@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -33,8 +34,11 @@ from runtime.controls import Controls
 from runtime.dead_letters import DeadLetters
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints
-from runtime.errors import InvalidRequest
+from runtime.errors import AdmissionRefused, InvalidRequest
 from runtime.errors import WaitTimeout as WaitTimeout
+from runtime.event_ordering import EventOrdering
+from runtime.events import EventIntake, event_request
+from runtime.events import conflict as events_conflict
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
@@ -53,6 +57,7 @@ from runtime.step.state import StepResult
 from runtime.store.deployment import DeploymentStore
 from runtime.store.run_pages import RunPageQuery
 from runtime.store.runs import RunStore
+from runtime.submissions import Admitted, Submissions
 from runtime.tools.registry import ToolRegistry
 
 __all__ = ["MAX_LIST_LIMIT", "WAIT_STATUSES", "RuntimeService", "WaitTimeout"]
@@ -99,6 +104,9 @@ class RuntimeService:
         approvals: Approvals,
         budget_extensions: BudgetExtensions,
         api_keys: ApiKeys,
+        events: EventIntake,
+        ordering: EventOrdering,
+        submissions: Submissions,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -133,6 +141,11 @@ class RuntimeService:
         self.approvals = approvals  # rt.approvals: the calls that wait for a human
         self.budget_extensions = budget_extensions
         self.api_keys = api_keys
+        #: webhook sources: verify, parse, dedupe (rt.receive_event)
+        self.events = events
+        #: per_key ordering of event runs
+        self.ordering = ordering
+        self.submissions = submissions
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -182,46 +195,34 @@ class RuntimeService:
             priority=priority,
             execution_mode=execution_mode,
         )
-        held = self.store.find_admitted(req.tenant, req.request_id, req.idempotency_key)
-        if held:
-            return self._view(new_runs.held_run(req, held))
-        refusal, pressure = self._decide(req)
-        row = new_runs.row_for(self.catalog, req, refusal)
-        stored, created = self.store.insert_run(row, new_runs.admission_events(row, refusal))
-        if not created:  # an identical request (or a conflicting one) won the race
-            return self._view(new_runs.held_run(req, [stored]))
-        if refusal is None:
-            first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
-            self.dispatch.schedule(Ops().enqueue(first).dispatch(1))
-        view = self._view(stored)
-        if pressure is not None:
-            view.estimated_wait_s = pressure.estimated_wait_s
-        if refusal is not None:
-            view.retry_after_s = refusal.retry_after_s
-        return view
+        return self._admitted(self.submissions.admit(req))[0]
 
-    def _decide(
-        self, req: admission.AdmissionRequest
-    ) -> tuple[admission.Refusal | None, admission.Backpressure | None]:
-        """Admission's refusal (or None), then the proposer's input checks, then the queue
-        limits (only limited routes and tenants pay those round trips)."""
-        route_cfg = self.config.routes.get(req.route)
-        stopped = route_cfg is not None and self.controls.route_stopped(req.route)
-        refusal = admission.decide(self.config, req, route_stopped=stopped)
-        if refusal is not None or route_cfg is None:
-            return refusal, None
-        problems = self.catalog.proposer_for(route_cfg.proposer).input_problems(req.input)
-        if problems:
-            return admission.Refusal("invalid_input", admission.bounded("; ".join(problems))), None
-        if route_cfg.max_queued is None and self.config.tenants[req.tenant].max_queued is None:
-            return None, None
-        pressure = self.backpressure(req.tenant, req.route)
-        return admission.queue_full(self.config, req.tenant, req.route, pressure), pressure
+    def receive_event(
+        self, source: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[RunView, bool]:
+        """A webhook event: ``(run, created)`` (``runtime.events``). ``EventRejected``
+        (``event:<code>``) stores nothing; a replay returns the first run."""
+        event = self.events.accept(source, headers, body)
+        earlier = self.events.earlier_run(event)
+        if earlier is not None:
+            return self.get(earlier, event.config.tenant), False
+        try:
+            return self._admitted(self.submissions.admit(event_request(event), event))
+        except AdmissionRefused as exc:  # the same event id won a race with another body
+            if exc.code != "idempotency_conflict":
+                raise
+            raise events_conflict(event, exc.run_id) from None
+
+    def _admitted(self, admitted: Admitted) -> tuple[RunView, bool]:
+        view = self._view(admitted.row)
+        if admitted.pressure is not None:
+            view.estimated_wait_s = admitted.pressure.estimated_wait_s
+        if admitted.refusal is not None:
+            view.retry_after_s = admitted.refusal.retry_after_s
+        return view, admitted.created
 
     def backpressure(self, tenant: str, route: str) -> admission.Backpressure:
-        tenant_queued, route_queued = self.scheduler.depth(tenant, route)
-        eta = self.scheduler.estimated_wait_s(route, route_queued)
-        return admission.Backpressure(tenant_queued, route_queued, eta)
+        return self.submissions.backpressure(tenant, route)
 
     def _new_row(self, *request: Any) -> dict[str, Any]:
         """The row ``submit`` stores for a request (``new_runs.request_row``), for tools and

@@ -165,6 +165,10 @@ class WorkflowStep(enum.StrEnum):
     PAUSED = "paused"
     #: ``:<actor>``: an operator resumed the paused run
     RESUMED = "resumed"
+    #: ``:<source>``: an event run waits for the earlier runs of its ordering key
+    ORDERED = "ordered"
+    #: ``:<source>``: the runs before it ended; its first step is queued
+    RELEASED = "released"
 
 
 def workflow_step(state: WorkflowStep, subject: str | None = None) -> str:

@@ -23,6 +23,8 @@ needs_approval:budget_ext...  waiting      ``needs_approval:budget_extension``: 
                                            ``on_budget_exhausted: ask``
 escalated:<rule>              waiting      policy escalated the call to a human
 paused:<actor>                waiting      an operator paused the run (resume goes on)
+ordered:<source>              waiting      an event run waits for the earlier runs of its
+                                           ordering key (``runtime.event_ordering``)
 approval_denied               refused      a reviewer denied the action
 approval_expired              failed       nobody decided in time
 ============================  ===========  ==============================================
@@ -48,6 +50,7 @@ _STATUS_BY_KIND: dict[str, RunStatus] = {
     "needs_approval": RunStatus.WAITING,
     "escalated": RunStatus.WAITING,
     "paused": RunStatus.WAITING,
+    "ordered": RunStatus.WAITING,
 }
 
 KINDS = frozenset(_STATUS_BY_KIND)

@@ -33,6 +33,8 @@ from runtime.dead_letters import DeadLetters
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints, resolve_endpoints
 from runtime.errors import ConfigError, SettingsError
+from runtime.event_ordering import EventOrdering
+from runtime.events import EventIntake
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.mode_check import sync_route_problems
@@ -54,8 +56,10 @@ from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
+from runtime.store.events import EventStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
+from runtime.submissions import Submissions
 from runtime.tools.registry import ToolRegistry
 
 __all__ = [
@@ -274,6 +278,7 @@ def _step_runner(
     policy: PolicyEngine,
     dispatch: Dispatch,
     failures: tuple[Compensations, DeadLetters],
+    ordering: EventOrdering,
 ) -> StepRunner:
     compensations, dead_letters = failures
     return build_runner(
@@ -299,7 +304,28 @@ def _step_runner(
         dead_letters=dead_letters,
         after_failure=compensations.after_failure,
         after_cancel=compensations.compensate,
+        after_terminal=ordering.after_terminal,
     )
+
+
+def _intake(
+    config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch, catalog: Catalog, controls: Controls
+) -> tuple[EventOrdering, EventIntake, Submissions]:
+    """What admits runs: submits and webhook events (``event_sources``)."""
+    event_store = EventStore(m.store.engine)
+    ordering = EventOrdering(store=event_store, dispatch=dispatch, sources=config.event_sources)
+    events = EventIntake(sources=config.event_sources, store=event_store)
+    submissions = Submissions(
+        config=config,
+        catalog=catalog,
+        controls=controls,
+        scheduler=m.scheduler,
+        store=m.store,
+        dispatch=dispatch,
+        events=events,
+        ordering=ordering,
+    )
+    return ordering, events, submissions
 
 
 def build_service(
@@ -323,7 +349,10 @@ def build_service(
     controls = Controls(redis=m.redis, keys=m.keys)
     policy = PolicyEngine(config.policy)
     digest = config_digest(config)
-    steps = _step_runner(config, digest, registry, m, catalog, controls, policy, dispatch, failures)
+    ordering, events, submissions = _intake(config, m, dispatch, catalog, controls)
+    steps = _step_runner(
+        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering
+    )
     return cls(
         settings=settings,
         config=config,
@@ -370,6 +399,9 @@ def build_service(
         ),
         budget_extensions=BudgetExtensions(store=m.store, dispatch=dispatch),
         api_keys=ApiKeys(store=ApiKeyStore(m.store.engine)),
+        events=events,
+        ordering=ordering,
+        submissions=submissions,
     )
 
 
@@ -443,6 +475,7 @@ def build_reconciler(
         compensations=svc.compensations,
         dead_letters=svc.dead_letters,
         approvals=svc.approvals,
+        release_ordered=svc.ordering.reconcile,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

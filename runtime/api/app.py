@@ -7,7 +7,7 @@ import logging
 
 from fastapi import FastAPI
 
-from runtime.api import events, health, operations, problems, runs
+from runtime.api import events, health, operations, problems, runs, webhooks
 from runtime.api.guards import BodyLimit, LastResort
 from runtime.service import RuntimeService
 
@@ -32,6 +32,8 @@ def create_app(svc: RuntimeService) -> FastAPI:
     problems.install(app)
     for module in (health, runs, events, operations):
         app.include_router(module.router)
+    # webhooks authenticate by their source's signature, not by an API key
+    app.include_router(webhooks.router(svc))
     # outermost last: the last resort sees whatever the body limit and the app raise
     app.add_middleware(BodyLimit, max_bytes=svc.settings.api_max_body_bytes)
     app.add_middleware(LastResort)

@@ -23,6 +23,7 @@ from runtime.step.checkpoint import Checkpointer
 from runtime.step.collaborators import (
     AfterCancel,
     AfterFailure,
+    AfterTerminal,
     CatalogReads,
     DeadLettering,
     LiveControls,
@@ -65,6 +66,7 @@ def build_runner(
     dead_letters: DeadLettering,
     after_failure: AfterFailure,
     after_cancel: AfterCancel,
+    after_terminal: AfterTerminal,
 ) -> StepRunner:
     retries = Retries(dead_letters=dead_letters)
     pending = PendingCalls(registry=registry, store=store)
@@ -117,6 +119,7 @@ def build_runner(
         budgeting=budgeting,
         controls=controls,
         after_cancel=after_cancel,
+        after_terminal=after_terminal,
     )
     return StepRunner(
         config=config,

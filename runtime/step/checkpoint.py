@@ -22,6 +22,7 @@ from runtime.step.budget import Budgeting, spend_row
 from runtime.step.collaborators import (
     AfterCancel,
     AfterFailure,
+    AfterTerminal,
     DeadLettering,
     LiveControls,
     Scheduling,
@@ -50,6 +51,7 @@ class Checkpointer:
         budgeting: Budgeting,
         controls: LiveControls,
         after_cancel: AfterCancel,
+        after_terminal: AfterTerminal,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -62,6 +64,7 @@ class Checkpointer:
         self.budgeting = budgeting
         self.controls = controls
         self.after_cancel = after_cancel
+        self.after_terminal = after_terminal
 
     def finish(self, st: Step, move: Move, lease: Lease) -> StepResult:
         """Apply ``move``: the one place a step's decision takes effect."""
@@ -90,6 +93,10 @@ class Checkpointer:
                 self._record_effect_outcome(st.effect_update)
             raise
         kept = self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
+        if move.status in TERMINAL_STATUSES:
+            # an event run of a per_key source lets the next run of its key start (never
+            # raises: the reconciler releases what this could not)
+            self.after_terminal(st.run)
         try:
             if move.dead_letter is not None:
                 dl_class, error_type, error = move.dead_letter

@@ -9,7 +9,7 @@ graph a tree: nothing in ``runtime.step`` imports ``runtime.service`` or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from runtime.config import RetryPolicy
@@ -87,3 +87,5 @@ class DeadLettering(Protocol):
 AfterFailure = Callable[[dict[str, Any]], None]
 #: what follows a run a cancel ended, when the cancel asked for compensation (its run id)
 AfterCancel = Callable[[str], Any]
+#: a step ended its run (the run's row as the step loaded it); never raises
+AfterTerminal = Callable[[Mapping[str, Any]], None]

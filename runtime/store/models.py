@@ -434,3 +434,41 @@ class ApiKeyRow(SQLModel, table=True):
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = Field(default=None, max_length=200)
+
+
+class EventRecordRow(SQLModel, table=True):
+    """A webhook event that started a run (``runtime.events``): one per (source, event id),
+    written in the transaction that inserts its run, so a replay finds its first run and
+    a replay with another body is told apart by ``body_sha256``. ``seq`` is the arrival
+    order; ``order_key`` (SHA-256 of the key's canonical JSON) groups a ``per_key``
+    source's events whose runs go one at a time."""
+
+    __tablename__ = "event_records"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id", name="uq_event_records_source_event"),
+        Index("ix_event_records_key_seq", "source", "order_key", "seq"),
+        Index("ix_event_records_run", "run_id"),
+    )
+
+    seq: int | None = Field(default=None, sa_column=Column(_BIGINT_PK, primary_key=True))
+    source: str = Field(max_length=40)
+    event_id: str = Field(max_length=200)
+    tenant_id: str = Field(max_length=100)
+    run_id: str = Field(max_length=40)
+    body_sha256: str = Field(max_length=64)
+    order_key: str | None = Field(default=None, max_length=64)
+    received_at: datetime
+
+
+class EventKeyRow(SQLModel, table=True):
+    """One ordering key of a ``per_key`` source: the run it admitted last. A run of the
+    key starts only by a compare-and-set of ``active_run_id`` from the previous run (which
+    must have ended): the one place that decides, in SQL, so any process may release."""
+
+    __tablename__ = "event_keys"
+
+    source: str = Field(primary_key=True, max_length=40)
+    order_key: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(max_length=100)
+    active_run_id: str | None = Field(default=None, max_length=40)
+    updated_at: datetime

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    Table,
     delete,
     func,
     insert,
@@ -101,16 +102,22 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
 
     # --- admission -------------------------------------------------------------------
     def insert_run(
-        self, row: dict[str, Any], events: Sequence[dict[str, Any]]
+        self,
+        row: dict[str, Any],
+        events: Sequence[dict[str, Any]],
+        also: Sequence[tuple[Table, dict[str, Any]]] = (),
     ) -> tuple[dict[str, Any], bool]:
-        """Insert a run with its trace events, in one transaction. If an admitted run holds
-        its request id or idempotency key (the unique indexes decide a race), nothing is
-        written and that run is returned instead: ``(run, created)``."""
+        """Insert a run with its trace events (and ``also``: rows that exist only with the
+        run, an event record), in one transaction. If an admitted run holds its request id
+        or idempotency key (the unique indexes decide a race), nothing is written and that
+        run is returned instead: ``(run, created)``."""
         try:
             with self._write() as conn:
                 conn.execute(insert(runs_t), [row])
                 if events:
                     conn.execute(insert(events_t), list(events))
+                for table, values in also:
+                    conn.execute(insert(table), [values])
             return row, True
         except IntegrityError:
             if not row.get("admitted", True):

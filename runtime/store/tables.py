@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from runtime.store.models import (
     ApprovalRow,
+    EventKeyRow,
+    EventRecordRow,
     PendingSecretRow,
     PolicyDecisionRow,
     RunRow,
@@ -22,3 +24,5 @@ effects_t = SideEffectRow.__table__  # type: ignore[attr-defined]
 spend_t = SpendRow.__table__  # type: ignore[attr-defined]
 secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
 approvals_t = ApprovalRow.__table__  # type: ignore[attr-defined]
+event_records_t = EventRecordRow.__table__  # type: ignore[attr-defined]
+event_keys_t = EventKeyRow.__table__  # type: ignore[attr-defined]
