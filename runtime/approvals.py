@@ -46,7 +46,7 @@ from runtime.errors import (
     RunNotFound,
 )
 from runtime.scheduling.scheduler import Ops, Outcome, item_of
-from runtime.step.approval import BUDGET_EXTENSION
+from runtime.step.approval import BUDGET_EXTENSION, canonical_action
 from runtime.step.pending import DENIED as DENIED_CALL
 from runtime.step_record import WorkflowStep, workflow_step
 from runtime.store.approvals import (
@@ -116,6 +116,19 @@ class ApprovalView(BaseModel):
     latency_ms: int | None
     consumed_by: str | None
     consumed_at: datetime | None
+
+    def canonical_action(self) -> str:
+        """The RFC 8785 canonical JSON of the exact action this approval covers: its SHA-256
+        is ``digest`` (what an approver is shown, and can check, before deciding)."""
+        return canonical_action(
+            tool=self.tool,
+            tool_version=self.tool_version,
+            args=self.args,
+            policy_version=self.policy_version,
+            tenant=self.tenant,
+            run_id=self.run_id,
+            step_no=self.step,
+        ).decode()
 
 
 def view(row: dict[str, Any]) -> ApprovalView:

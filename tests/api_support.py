@@ -49,10 +49,8 @@ class Api:
 
 
 @contextmanager
-def serve(dep: Deployment, extra: Any = None) -> Iterator[Api]:
-    app = create_app(dep.svc)
-    if extra is not None:
-        extra(app)
+def serve_app(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
@@ -60,11 +58,20 @@ def serve(dep: Deployment, extra: Any = None) -> Iterator[Api]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: server.started, timeout=30, message="the API server to start")
-        yield Api(dep, app, f"http://127.0.0.1:{port}")
+        wait_for(lambda: server.started, timeout=30, message="the server to start")
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def serve(dep: Deployment, extra: Any = None) -> Iterator[Api]:
+    app = create_app(dep.svc)
+    if extra is not None:
+        extra(app)
+    with serve_app(app) as base:
+        yield Api(dep, app, base)
 
 
 def is_problem(response: httpx.Response, status: int, reason: str | None = None) -> Any:

@@ -135,6 +135,34 @@ def test_problems_for_validation_unknown_paths_size_and_internal_errors(
         assert logged and logged[0].exc_info is not None
 
 
+def test_values_sql_cannot_hold_are_refused_where_they_enter(api: Api) -> None:
+    """Found by tests/test_api_fuzz.py on PostgreSQL (its text cannot hold a NUL byte): a
+    name or id outside its alphabet is a 422 naming the field, never a 500 from SQL."""
+    nul = "r\x00x"
+    with api.client(api.key()) as c, api.client(api.key("*", ["ops:admin"])) as ops:
+        purges = [{"route": nul}, {"ids": [nul]}, {"ids": ["ok", "a b"]}]
+        for purge in purges:
+            refused = is_problem(c.post("/v1/dead-letters/purge", json=purge), 422)
+            assert (
+                refused["reason"] == "invalid_request" and refused["errors"][0]["loc"][0] == "body"
+            )
+        for path, params in (
+            ("/v1/dead-letters", {"run_id": nul}),
+            ("/v1/runs", {"route": nul}),
+            ("/v1/approvals", {"route": nul}),
+        ):
+            is_problem(c.get(path, params=params), 422, "invalid_request")
+        # a cross-tenant key names the tenant, looked up with the request id before admission
+        named = body(tenant=nul, request_id="req-nul")
+        is_problem(ops.post("/v1/runs", json=named), 422, "invalid_request")
+        is_problem(c.post("/v1/runs", json=body(route=nul)), 422, "invalid_request")
+        # in the run's input a NUL is data: admitted and read back as sent
+        data = {"route": "r.basic", "goal": "g", "input": {"script": [REPLY], "note": "a\x00b"}}
+        made = c.post("/v1/runs", json=data)
+        assert made.status_code == 202, made.text
+        assert c.get(made.headers["Location"]).json()["input"]["note"] == "a\x00b"
+
+
 # --- runs --------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.api.auth import Approver, Operator, Reader, Svc
-from runtime.api.runs import END_USER, actor_of
+from runtime.api.runs import END_USER, ID, NAME, actor_of
 from runtime.api_keys import Principal
 from runtime.errors import DeadLetterNotFound, InvalidRequest
 from runtime.scheduling import view as scheduler_view
@@ -21,8 +21,8 @@ from runtime.store.dead_letters import DeadLetterFilter
 
 router = APIRouter(prefix="/v1")
 
-Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
-Name = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Id = Annotated[str, Path(min_length=1, max_length=64, pattern=ID)]
+Name = Annotated[str | None, Query(max_length=100, pattern=NAME)]
 DL_CLASSES = Literal["exhausted", "poison", "worker_lost", "timeout", "compensation"]
 
 
@@ -41,8 +41,10 @@ class Purge(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dry_run: bool = True
-    ids: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=1000)
-    route: str | None = Field(default=None, max_length=100)
+    ids: list[Annotated[str, Field(max_length=64, pattern=ID)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    route: str | None = Field(default=None, max_length=100, pattern=NAME)
     dl_class: DL_CLASSES | None = None
     #: purge every open entry of the tenant (no other filter)
     all: bool = False
@@ -105,7 +107,7 @@ def list_dead_letters(
     status: Literal["open", "retried", "purged", "all"] = "open",
     route: Name = None,
     dl_class: DL_CLASSES | None = None,
-    run_id: Annotated[str | None, Query(max_length=64)] = None,
+    run_id: Annotated[str | None, Query(max_length=64, pattern=ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     f = DeadLetterFilter(

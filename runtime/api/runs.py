@@ -31,13 +31,18 @@ router = APIRouter(prefix="/v1")
 MAX_PAGE = 200
 END_USER = r"^[A-Za-z0-9_.:@\-]{1,100}$"
 TOKEN = r"^[\x21-\x7e]{1,200}$"
-RunId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+#: what a run, approval or dead-letter id is made of
+ID = r"^[A-Za-z0-9_\-]+$"
+#: a route's (or tenant's) name as the deployment file spells it; a value outside it - a
+#: NUL byte, say, which PostgreSQL's text cannot hold - is a 422 here, never a SQL error
+NAME = r"^[A-Za-z0-9_.\-]+$"
+RunId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID)]
 
 
 class SubmitBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    route: str = Field(min_length=1, max_length=100, examples=["support.triage"])
+    route: str = Field(min_length=1, max_length=100, pattern=NAME, examples=["support.triage"])
     goal: str = Field(min_length=1, max_length=4000)
     input: dict[str, Any] = Field(default_factory=dict)
     priority: Literal["critical", "high", "normal", "low"] | None = None
@@ -45,7 +50,7 @@ class SubmitBody(BaseModel):
     end_user: str | None = Field(default=None, pattern=END_USER)
     request_id: str | None = Field(default=None, pattern=TOKEN)
     #: only for a cross-tenant (ops:admin, tenant *) key; else it must be the key's own
-    tenant: str | None = Field(default=None, max_length=100)
+    tenant: str | None = Field(default=None, max_length=100, pattern=NAME)
 
 
 class CancelBody(BaseModel):
@@ -157,7 +162,7 @@ def list_runs(
     svc: Svc,
     who: Reader,
     status: RunStatus | None = None,
-    route: Annotated[str | None, Query(max_length=100)] = None,
+    route: Annotated[str | None, Query(max_length=100, pattern=NAME)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,

@@ -61,7 +61,32 @@ def action_digest(
     run_id: str,
     step_no: int,
 ) -> str:
-    """The digest of one exact action (see the module doc)."""
+    """The digest of one exact action (see the module doc): SHA-256 of ``canonical_action``."""
+    return hashlib.sha256(
+        canonical_action(
+            tool=tool,
+            tool_version=tool_version,
+            args=args,
+            policy_version=policy_version,
+            tenant=tenant,
+            run_id=run_id,
+            step_no=step_no,
+        )
+    ).hexdigest()
+
+
+def canonical_action(
+    *,
+    tool: str,
+    tool_version: str,
+    args: Any,
+    policy_version: str,
+    tenant: str,
+    run_id: str,
+    step_no: int,
+) -> bytes:
+    """The RFC 8785 canonical JSON of one exact action: what an approval's digest covers,
+    byte for byte, so an approver can be shown exactly that (and check the digest)."""
     document = {
         "tool": tool,
         "tool_version": tool_version,
@@ -71,7 +96,7 @@ def action_digest(
         "run_id": run_id,
         "step_no": step_no,
     }
-    return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+    return rfc8785.dumps(document)
 
 
 def _canonicalisable(value: Any) -> Any:
