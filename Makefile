@@ -37,13 +37,13 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check runtime tasks tests bench
-	$(BIN)/ruff format --check runtime tasks tests bench
+	$(BIN)/ruff check runtime tasks tests bench examples
+	$(BIN)/ruff format --check runtime tasks tests bench examples
 	$(BIN)/lint-imports --no-cache
 
 format: install
-	$(BIN)/ruff format runtime tasks tests bench
-	$(BIN)/ruff check --fix runtime tasks tests bench
+	$(BIN)/ruff format runtime tasks tests bench examples
+	$(BIN)/ruff check --fix runtime tasks tests bench examples
 
 typecheck: install
 	$(BIN)/mypy

@@ -18,14 +18,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header
+from fastapi import APIRouter, FastAPI, Header
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from examples.webapp.stream import run_events, run_json
-from runtime import Runtime
+from runtime import Runtime, RunView
 from runtime.api import problems
 from runtime.api.guards import BodyLimit, LastResort
 from runtime.approvals import ApprovalView
@@ -82,7 +82,6 @@ def approval_json(approval: ApprovalView) -> dict[str, Any]:
 def create_app(rt: Runtime, settings: WebappSettings | None = None) -> FastAPI:
     """The app over ``rt``; the caller owns ``rt`` (``from_env`` closes its own)."""
     cfg = settings or WebappSettings()
-    tenant = cfg.tenant
     app = FastAPI(title="agentrt web-app example", docs_url=None, redoc_url=None)
     problems.install(app)
 
@@ -95,14 +94,33 @@ def create_app(rt: Runtime, settings: WebappSettings | None = None) -> FastAPI:
         routes = sorted(
             name
             for name, route in rt.config.routes.items()
-            if "*" in route.tenants or tenant in route.tenants
+            if "*" in route.tenants or cfg.tenant in route.tenants
         )
-        return {"tenant": tenant, "routes": routes}
+        return {"tenant": cfg.tenant, "routes": routes}
 
-    @app.post("/runs", status_code=202)
+    app.include_router(runs_router(rt, cfg))
+    app.include_router(approvals_router(rt, cfg.tenant))
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(LastResort)
+    return app
+
+
+def refused(view: RunView) -> JSONResponse:
+    """A run admission refused (stored, with its reason): the runtime's problem for it."""
+    code = (view.stop_reason or "refused:unknown").split(":", 1)[-1]
+    status = problems.REFUSALS.get(code, 422)
+    detail = str((view.output or {}).get("detail") or view.stop_reason)
+    problem = problems.Problem(status, f"refused:{code}", detail, run_id=view.run_id)
+    return problems.problem_response(problem)
+
+
+def runs_router(rt: Runtime, cfg: WebappSettings) -> APIRouter:
+    router = APIRouter(prefix="/runs")
+
+    @router.post("", status_code=202)
     def submit(body: Submit) -> JSONResponse:
         view = rt.submit(
-            tenant=tenant,
+            tenant=cfg.tenant,
             route=body.route,
             goal=body.goal,
             input=body.input,
@@ -110,48 +128,48 @@ def create_app(rt: Runtime, settings: WebappSettings | None = None) -> FastAPI:
             request_id=body.request_id,
         )
         if view.status.value == "refused":
-            code = (view.stop_reason or "refused:unknown").split(":", 1)[-1]
-            status = problems.REFUSALS.get(code, 422)
-            detail = str((view.output or {}).get("detail") or view.stop_reason)
-            refused = problems.Problem(status, f"refused:{code}", detail, run_id=view.run_id)
-            return problems.problem_response(refused)
+            return refused(view)
         return JSONResponse(run_json(view), status_code=202)
 
-    @app.get("/runs/{run_id}")
+    @router.get("/{run_id}")
     def get_run(run_id: Id) -> dict[str, Any]:
-        return run_json(rt.get(run_id, tenant))
+        return run_json(rt.get(run_id, cfg.tenant))
 
-    @app.get("/runs/{run_id}/events", response_class=StreamingResponse)
+    @router.get("/{run_id}/events", response_class=StreamingResponse)
     def events(run_id: Id, last_event_id: LastEventId = None) -> StreamingResponse:
-        rt.get(run_id, tenant)  # 404 before the stream starts
+        rt.get(run_id, cfg.tenant)  # 404 before the stream starts
         return StreamingResponse(
-            run_events(rt, run_id, tenant, int(last_event_id or 0), cfg.poll_s),
+            run_events(rt, run_id, cfg.tenant, int(last_event_id or 0), cfg.poll_s),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/approvals")
+    return router
+
+
+def approvals_router(rt: Runtime, tenant: str) -> APIRouter:
+    router = APIRouter(prefix="/approvals")
+
+    @router.get("")
     def pending() -> dict[str, Any]:
         return {"items": [approval_json(a) for a in rt.approvals.list(tenant=tenant)]}
 
-    @app.get("/approvals/{approval_id}")
+    @router.get("/{approval_id}")
     def show(approval_id: Id) -> dict[str, Any]:
         return approval_json(rt.approvals.get(approval_id, tenant))
 
-    @app.post("/approvals/{approval_id}/approve")
+    @router.post("/{approval_id}/approve")
     def approve(approval_id: Id, body: Decide) -> dict[str, Any]:
         actor = f"user:{body.user}"
         return approval_json(rt.approvals.approve(approval_id, actor, body.reason, tenant))
 
-    @app.post("/approvals/{approval_id}/deny")
+    @router.post("/{approval_id}/deny")
     def deny(approval_id: Id, body: Decide) -> dict[str, Any]:
         actor = f"user:{body.user}"
         # the runtime refuses a denial without a reason, naming the field
         return approval_json(rt.approvals.deny(approval_id, actor, body.reason or "", tenant))
 
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(LastResort)
-    return app
+    return router
 
 
 def from_env() -> FastAPI:
