@@ -5,7 +5,9 @@ limits, problems, and the SSE stream."""
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hashlib
 import json
 import logging
 import uuid
@@ -283,6 +285,10 @@ def test_approvals_list_show_deny_approve(api: Api) -> None:
         assert {first, second} <= pending
         shown = a.get(f"/v1/approvals/{first}").json()
         assert shown["run_id"] == ids[0] and shown["tool"] == "counter.increment"
+        # the exact action the digest covers, as bytes a client can hash
+        action = shown["canonical_action"]
+        assert hashlib.sha256(action.encode()).hexdigest() == shown["digest"]
+        assert json.loads(action)["args"]["key"] == k
         is_problem(a.post(f"/v1/approvals/{first}/deny", json={}), 422, "invalid_request")
         # r.approve is high risk: its submitter (the same key) may not decide it
         is_problem(c.post(f"/v1/approvals/{first}/approve"), 403, "approval_forbidden")
@@ -396,3 +402,21 @@ def test_events_stream_in_order_end_at_terminal_and_resume(api: Api) -> None:
         rest = read_events(c, run_id, last=ids[2])
         assert [int(e["id"]) for e in rest[:-1]] == ids[3:] and rest[-1]["event"] == "end"
         is_problem(c.get(f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": "x"}), 422)
+
+
+def test_times_at_the_edges_of_the_calendar(api: Api) -> None:
+    """A time zone can push a time out of the calendar (year 0 or 10000 in UTC): a 422
+    naming the field, like any bad time, never a 500 from converting it (it was one)."""
+    edges = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+    with api.client(api.key()) as c:
+        for edge in edges:
+            for name in ("created_after", "created_before"):
+                refused = is_problem(c.get("/v1/runs", params={name: edge}), 422)
+                assert (refused["reason"], refused["fields"]) == ("invalid_request", [name])
+            raw = json.dumps({"t": edge, "r": "x"}).encode()
+            cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+            refused = is_problem(c.get("/v1/runs", params={"cursor": cursor}), 422)
+            assert refused["fields"] == ["cursor"]
+        # the edges themselves, in UTC, are times like any other
+        for edge in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+            assert c.get("/v1/runs", params={"created_after": edge}).status_code == 200

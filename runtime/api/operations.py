@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.api.auth import Approver, Operator, Reader, Svc
 from runtime.api.runs import END_USER, ID, NAME, actor_of
 from runtime.api_keys import Principal
+from runtime.approvals import ApprovalView
 from runtime.errors import DeadLetterNotFound, InvalidRequest
 from runtime.scheduling import view as scheduler_view
 from runtime.service import RuntimeService
@@ -54,6 +55,12 @@ class Purge(BaseModel):
 # --- approvals -----------------------------------------------------------------------
 
 
+def approval_json(approval: ApprovalView) -> dict[str, Any]:
+    """The approval, with ``canonical_action``: the exact bytes its digest covers (RFC 8785
+    JSON), so a client shows a person exactly what they approve and can check the digest."""
+    return {**approval.model_dump(mode="json"), "canonical_action": approval.canonical_action()}
+
+
 @router.get("/approvals")
 def list_approvals(
     svc: Svc,
@@ -65,12 +72,12 @@ def list_approvals(
 ) -> dict[str, Any]:
     wanted = None if status == "all" else status
     found = svc.approvals.list(who.tenant, wanted, owner, route, limit)
-    return {"items": [a.model_dump(mode="json") for a in found]}
+    return {"items": [approval_json(a) for a in found]}
 
 
 @router.get("/approvals/{approval_id}")
 def get_approval(approval_id: Id, svc: Svc, who: Approver) -> dict[str, Any]:
-    return svc.approvals.get(approval_id, who.tenant).model_dump(mode="json")
+    return approval_json(svc.approvals.get(approval_id, who.tenant))
 
 
 @router.post("/approvals/{approval_id}/approve")
@@ -81,13 +88,13 @@ def approve(
     decided = svc.approvals.approve(
         approval_id, actor_of(who, given.end_user), given.reason, who.tenant
     )
-    return decided.model_dump(mode="json")
+    return approval_json(decided)
 
 
 @router.post("/approvals/{approval_id}/deny")
 def deny(approval_id: Id, body: Denial, svc: Svc, who: Approver) -> dict[str, Any]:
     decided = svc.approvals.deny(approval_id, actor_of(who, body.end_user), body.reason, who.tenant)
-    return decided.model_dump(mode="json")
+    return approval_json(decided)
 
 
 # --- dead letters ----------------------------------------------------------------------

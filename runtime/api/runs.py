@@ -9,7 +9,7 @@ import binascii
 import json
 import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query
@@ -143,6 +143,19 @@ def _cursor(view: RunView) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _utc(name: str, when: datetime | None) -> datetime | None:
+    """``when`` in UTC. A naive time, or one its offset pushes out of the calendar in UTC
+    (year 0 or 10000), is a 422 naming the field, never an error in SQL."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise InvalidRequest((name,), f"{name} needs a time zone (e.g. 2025-01-31T12:00:00Z)")
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest((name,), f"{name} is outside the calendar in UTC") from None
+
+
 def _after(cursor: str | None) -> tuple[datetime, str] | None:
     if cursor is None:
         return None
@@ -152,7 +165,8 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
         at, run_id = datetime.fromisoformat(data["t"]), data["r"]
         if not isinstance(run_id, str) or at.tzinfo is None:
             raise ValueError
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        at = at.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError, OverflowError):
         raise InvalidRequest(("cursor",), "cursor is not one this API returned") from None
     return at, run_id
 
@@ -169,15 +183,12 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> dict[str, Any]:
     """Runs newest first; ``next_cursor`` fetches the next page (null: the last one)."""
-    for name, when in (("created_after", created_after), ("created_before", created_before)):
-        if when is not None and when.tzinfo is None:
-            raise InvalidRequest((name,), f"{name} needs a time zone (e.g. 2025-01-31T12:00:00Z)")
     query = RunPageQuery(
         tenant_id=who.tenant,
         status=status.value if status else None,
         route=route,
-        created_after=created_after,
-        created_before=created_before,
+        created_after=_utc("created_after", created_after),
+        created_before=_utc("created_before", created_before),
         after=_after(cursor),
         limit=limit,
     )
