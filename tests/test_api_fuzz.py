@@ -4,7 +4,7 @@ tenant key and a cross-tenant ``ops:admin`` key, against a real uvicorn server o
 deployment with a real worker (SQLite and PostgreSQL). No answer is a 5xx, and every error
 is an RFC 9457 problem document with a reason.
 
-Bounded for CI (about a minute per backend): ``EXAMPLES`` cases per operation, generation
+Bounded for CI (about half a minute per backend): ``EXAMPLES`` cases per operation, generation
 mode and key."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.support import Deployment
 
 #: cases per operation, generation mode and key (~25 operations x 2 modes x 2 keys); a
 #: longer hunt: AGENTRT_TEST_FUZZ_EXAMPLES=200
-EXAMPLES = int(os.environ.get("AGENTRT_TEST_FUZZ_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("AGENTRT_TEST_FUZZ_EXAMPLES", "25"))
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "reason"}
 
 
