@@ -77,7 +77,7 @@ def problem_of(case: Case[Any], status: int, content_type: str, text: str) -> li
     return []
 
 
-def fuzz_operation(api: Api, schema: Any, operation: Any, key: str, mode: Any) -> list[str]:
+def fuzz_operation(api: Api, operation: Any, key: str, mode: Any) -> list[str]:
     found: list[str] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -117,6 +117,6 @@ def test_fuzz_the_whole_api_from_its_openapi_document(target: Api) -> None:
     for operation in operations:
         for key in keys.values():
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                failures += fuzz_operation(api, schema, operation, key, mode)
+                failures += fuzz_operation(api, operation, key, mode)
     unique = sorted(set(failures))
     assert not unique, "\n".join(unique[:40])
