@@ -91,15 +91,16 @@ class Dispatch:
     @contextmanager
     def claiming(self) -> Iterator[Claim]:
         """Keep the steps dispatched on this thread for the caller (see the module doc);
-        on exit, whatever the claim still holds is published: nothing dispatched is lost."""
-        if getattr(self._local, "claim", None) is not None:
-            raise RuntimeError("this thread already claims a run's steps")
+        on exit, whatever the claim still holds is published: nothing dispatched is lost.
+        A claim made inside another (a sync submit from a sync step's tool) replaces it
+        until it ends: the outer run's steps dispatched meanwhile go to the workers."""
+        outer: Claim | None = getattr(self._local, "claim", None)
         claim = Claim()
         self._local.claim = claim
         try:
             yield claim
         finally:
-            self._local.claim = None
+            self._local.claim = outer
             left, claim.items = claim.items, []
             self.publish(left)
 
