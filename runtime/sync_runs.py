@@ -85,7 +85,9 @@ class SyncRuns:
             if not admitted.created or admitted.refusal is not None:
                 return admitted
             self._drive(claim, run_id, deadline)
-        return dataclasses.replace(admitted, row=self.store.read_run(run_id))
+            # read before the claim hands what it holds to the workers: the run as it was
+            # when this caller stopped, not a race with the worker that takes over
+            return dataclasses.replace(admitted, row=self.store.read_run(run_id))
 
     def _drive(self, claim: Claim, run_id: str, deadline: float) -> None:
         delay = POLL_FIRST_S
