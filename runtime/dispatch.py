@@ -2,12 +2,21 @@
 
 The publisher (``runtime.ports.StepPublisher``) is built on first use: a process that
 never dispatches (a read-only command) never builds a Celery app.
+
+A ``sync`` run's caller claims its run's steps on its own thread (``claiming``): a step of
+that run the scheduler dispatches from this thread is kept for the caller to run
+(``runtime.sync_runs``) instead of being published; every other step is published as
+usual. The scheduler still decides which step takes which slot; a claim only changes where
+a dispatched step is delivered, and what a claim still holds when it ends is published.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import redis
 
@@ -19,6 +28,29 @@ log = logging.getLogger("agentrt.service")
 
 #: a worker that has not reported for this long no longer counts as capacity
 HEARTBEAT_TTL_MS = 6000
+
+
+@dataclass
+class Claim:
+    """The steps of one run dispatched on the claiming thread, kept for it to run. Before
+    the run exists (``run_id`` None, during its admission) every step is held, and
+    ``narrow`` hands back the other runs' ones."""
+
+    run_id: str | None = None
+    items: list[Item] = field(default_factory=list)
+
+    def wants(self, item: Item) -> bool:
+        return self.run_id is None or item.run_id == self.run_id
+
+    def narrow(self, run_id: str) -> list[Item]:
+        """Keep only ``run_id``'s steps from now on; the others held so far (to publish)."""
+        self.run_id = run_id
+        others = [item for item in self.items if item.run_id != run_id]
+        self.items = [item for item in self.items if item.run_id == run_id]
+        return others
+
+    def take(self) -> Item | None:
+        return self.items.pop(0) if self.items else None
 
 
 class Dispatch:
@@ -40,6 +72,8 @@ class Dispatch:
         self.worker_lost_retries = worker_lost_retries
         self._publisher = publisher
         self._publisher_factory = publisher_factory
+        # a claim belongs to the thread that runs its sync run (an API request's thread)
+        self._local = threading.local()
 
     @property
     def publisher(self) -> StepPublisher:
@@ -54,8 +88,28 @@ class Dispatch:
         self.publish(outcome.dispatched)
         return outcome
 
+    @contextmanager
+    def claiming(self) -> Iterator[Claim]:
+        """Keep the steps dispatched on this thread for the caller (see the module doc);
+        on exit, whatever the claim still holds is published: nothing dispatched is lost.
+        A claim made inside another (a sync submit from a sync step's tool) replaces it
+        until it ends: the outer run's steps dispatched meanwhile go to the workers."""
+        outer: Claim | None = getattr(self._local, "claim", None)
+        claim = Claim()
+        self._local.claim = claim
+        try:
+            yield claim
+        finally:
+            self._local.claim = outer
+            left, claim.items = claim.items, []
+            self.publish(left)
+
     def publish(self, items: list[Item]) -> None:
+        claim: Claim | None = getattr(self._local, "claim", None)
         for item in items:
+            if claim is not None and claim.wants(item):
+                claim.items.append(item)
+                continue
             try:
                 self.publisher.publish(item)
             except Exception:

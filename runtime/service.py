@@ -58,6 +58,7 @@ from runtime.store.deployment import DeploymentStore
 from runtime.store.run_pages import RunPageQuery
 from runtime.store.runs import RunStore
 from runtime.submissions import Admitted, Submissions
+from runtime.sync_runs import SyncRuns
 from runtime.tools.registry import ToolRegistry
 
 __all__ = ["MAX_LIST_LIMIT", "WAIT_STATUSES", "RuntimeService", "WaitTimeout"]
@@ -107,6 +108,7 @@ class RuntimeService:
         events: EventIntake,
         ordering: EventOrdering,
         submissions: Submissions,
+        sync_runs: SyncRuns,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -146,6 +148,7 @@ class RuntimeService:
         #: per_key ordering of event runs
         self.ordering = ordering
         self.submissions = submissions
+        self.sync_runs = sync_runs
         #: set when this process's own file differs from the applied config it enforces
         self.drift: deployment.Drift | None = None
 
@@ -177,9 +180,11 @@ class RuntimeService:
         execution_mode: str | None = None,
     ) -> RunView:
         """Admit or refuse a run; returns at once (``runtime.admission`` checks every field
-        first). ``execution_mode``: one of the route's ``execution_modes_allowed`` instead of
-        its ``execution_mode``; the run records the mode it got. A malformed field raises
-        ``AdmissionRefused`` (``invalid_request``, naming the field and its limit); a request
+        first); a ``sync`` run only once this process ran its steps until it settled or
+        its route's ``sync_timeout_s`` passed (``runtime.sync_runs``). ``execution_mode``:
+        one of the route's ``execution_modes_allowed``; the run records the mode it got. A
+        malformed field raises ``AdmissionRefused`` (``invalid_request``, naming the field
+        and its limit); a request
         id or idempotency key an admitted run holds returns that run for the same payload,
         else raises ``AdmissionRefused`` (``idempotency_conflict``, ``.fields`` naming what
         differs); any other refusal is stored (bounded) as a refused run and returned, not
@@ -195,6 +200,8 @@ class RuntimeService:
             priority=priority,
             execution_mode=execution_mode,
         )
+        if self.sync_runs.is_sync(req):
+            return self._admitted(self.sync_runs.admit_and_run(req))[0]
         return self._admitted(self.submissions.admit(req))[0]
 
     def receive_event(

@@ -60,6 +60,7 @@ from runtime.store.events import EventStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
 from runtime.submissions import Submissions
+from runtime.sync_runs import SyncRuns
 from runtime.tools.registry import ToolRegistry
 
 __all__ = [
@@ -402,6 +403,9 @@ def build_service(
         events=events,
         ordering=ordering,
         submissions=submissions,
+        sync_runs=SyncRuns(
+            config=config, submissions=submissions, dispatch=dispatch, steps=steps, store=m.store
+        ),
     )
 
 

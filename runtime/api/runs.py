@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.api.auth import Canceller, Reader, Submitter, Svc
 from runtime.api.problems import REFUSALS, Problem, problem_response
 from runtime.api_keys import Principal
-from runtime.contract import RunView
+from runtime.contract import TERMINAL_STATUSES, RunView
 from runtime.errors import InvalidRequest
 from runtime.service import RuntimeService
 from runtime.statuses import RunStatus
@@ -51,6 +51,8 @@ class SubmitBody(BaseModel):
     request_id: str | None = Field(default=None, pattern=TOKEN)
     #: only for a cross-tenant (ops:admin, tenant *) key; else it must be the key's own
     tenant: str | None = Field(default=None, max_length=100, pattern=NAME)
+    #: one of the route's modes instead of its default (admission refuses any other)
+    execution_mode: str | None = Field(default=None, max_length=30, examples=["sync"])
 
 
 class CancelBody(BaseModel):
@@ -104,8 +106,11 @@ def submit_run(
     who: Submitter,
     idempotency_key: Annotated[str | None, Header(pattern=TOKEN)] = None,
 ) -> JSONResponse:
-    """Submit a run. A repeat with the same ``Idempotency-Key`` (or ``request_id``) and the
-    same payload returns the same run (200); a different payload is 409."""
+    """Submit a run: 202 with the run and its ``Location``. A run whose mode is ``sync`` is
+    run by this process first: 200 with the terminal run when it finished within the route's
+    ``sync_timeout_s`` (plus the step under way then), else 202 (its rest runs on workers).
+    A repeat with the same ``Idempotency-Key`` (or ``request_id``) and the same payload
+    returns the same run (200); a different payload is 409."""
     tenant = _tenant_for_submit(who, body.tenant)
     # a request id of our own, unless the app gave one: a run that comes back with another
     # request id was admitted before (by its idempotency key)
@@ -122,13 +127,16 @@ def submit_run(
         request_id=request_id,
         idempotency_key=idempotency_key,
         priority=body.priority,
+        execution_mode=body.execution_mode,
     )
     if view.status == RunStatus.REFUSED and (view.stop_reason or "").startswith("refused:"):
         return _refusal(svc, view, tenant)
     created = view.request_id == request_id and not existed
+    # a sync run that finished within its route's sync_timeout_s is answered with its result
+    finished = view.execution_mode == "sync" and view.status in TERMINAL_STATUSES
     return JSONResponse(
         run_json(view),
-        status_code=202 if created else 200,
+        status_code=202 if created and not finished else 200,
         headers={"Location": f"/v1/runs/{view.run_id}"},
     )
 

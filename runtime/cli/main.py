@@ -212,7 +212,8 @@ def submit(
         typer.Option(
             "--execution-mode",
             help="Ask for one of the route's execution_modes_allowed instead of its "
-            "execution_mode (refused: execution_mode_not_allowed).",
+            "execution_mode (refused: execution_mode_not_allowed). A sync run's steps run "
+            "in this command, up to the route's sync_timeout_s; the rest on workers.",
         ),
     ] = None,
     wait: Annotated[

@@ -15,6 +15,7 @@ from runtime.contract import RunStatus
 from runtime.controls import ControlsRead
 from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
+from runtime.locks.identity import owner_instance
 from runtime.locks.leases import Busy, Lease, LeaseManager
 from runtime.proposers.base import Prompt, WorkingSet
 from runtime.scheduling.scheduler import (
@@ -90,12 +91,16 @@ class StepRunner:
         self.checkpoint = checkpoint
 
     # --- entry -----------------------------------------------------------------------
-    def run(self, item: Item, attempt: int = 0, chain: Chain | None = None) -> StepResult:
+    def run(
+        self, item: Item, attempt: int = 0, chain: Chain | None = None, *, sync: bool = False
+    ) -> StepResult:
         """Run one step. ``item`` names it as the scheduler dispatched it (run, step,
         tenant, route, priority), so the run lease, the kill switches and the renewal of
         the step's slot lease (recording this process instance as its owner) go out in one
         round trip. With ``chain``, the task may keep the step the checkpoint dispatches
-        (``StepResult.kept``) and run it next (``runtime.step.chain``)."""
+        (``StepResult.kept``) and run it next (``runtime.step.chain``). ``sync``: the step
+        of a sync run, run by its caller's process (``runtime.sync_runs``); its trace names
+        that process's instance."""
         if chain is not None:
             chain.steps.append(item)
         leased = self._lease(item, attempt, chain)
@@ -114,7 +119,7 @@ class StepRunner:
             if run["route"] != item.route:
                 controls = None
             try:
-                result = self._execute(run, item.step_no, attempt, lease, controls, chain)
+                result = self._execute(run, item.step_no, attempt, lease, controls, chain, sync)
             except StateUnknown as exc:
                 # Redis lost its state after this step started (its reservation found the
                 # ledger unknown): nothing ran; recovery queues the step again from SQL
@@ -242,6 +247,7 @@ class StepRunner:
         lease: Lease,
         controls: ControlsRead | None,
         chain: Chain | None,
+        sync: bool = False,
     ) -> StepResult:
         route = self.config.routes.get(run["route"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
@@ -256,6 +262,8 @@ class StepRunner:
         self.budgeting.open(st)
         if chain is not None and chain.position:
             trace.add("step_started", attempt=attempt, chained=chain.position, task=chain.task_id)
+        elif sync:
+            trace.add("step_started", attempt=attempt, sync=owner_instance(lease.owner))
         else:
             trace.add("step_started", attempt=attempt)
         move = self.guards.check(st) or self._advance(st)
