@@ -88,6 +88,8 @@ class BackendResult:
     worker_cpu_ms: float = 0.0
     redis_cpu_ms: float = 0.0
     runs_in_sql: int = 0
+    #: runs by status when the load ended (the worker's progress meanwhile)
+    statuses: dict[str, int] = field(default_factory=dict)
     load_wall_s: float = 1.0
     submit: list[tuple[float, float]] = field(default_factory=list)  # (per s, CPU ms)
     bare: list[tuple[float, float]] = field(default_factory=list)
@@ -174,9 +176,10 @@ def http_phase(bench: Bench, result: BackendResult) -> RuntimeService:
     result.worker_cpu_ms = 1000 * (sum(proc_cpu_s(p) for p in worker_pids) - worker_cpu0)
     result.redis_cpu_ms = 1000 * (redis_cpu_s(bench.client) - redis_cpu0) / completed
     result.load = load
+    after = svc.store.count_by("status")
+    result.statuses = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
     api.stop()
     worker.stop()
-    after = svc.store.count_by("status")
     result.runs_in_sql = sum(after.values()) - sum(before.values())
     return svc
 
@@ -235,6 +238,8 @@ def backend_lines(args: argparse.Namespace, r: BackendResult) -> list[str]:
         f"achieved rate: {load['issue_rate']:.1f} req/s issued (target {load['target_rate']:.0f}; "
         f"latest {load['issue_late_max_ms']:.1f} ms behind schedule), {load['send_rate']:.1f} "
         f"req/s sent, {load['completion_rate']:.1f} req/s completed; runs stored: {r.runs_in_sql}",
+        "  runs by status when the load ended: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items())),
         f"http submit p50 ms: {load['p50_ms']:.1f}",
         f"http submit p99 ms: {load['p99_ms']:.1f}   (goal < {GOAL_P99_MS:.0f} ms at "
         f"{GOAL_RATE:.0f} req/s with a worker running: {goal}; max {load['max_ms']:.1f})",
