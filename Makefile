@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint format typecheck check bench bench-fairness flower worker clean
+.PHONY: help install demo test test-fast lint format typecheck check bench bench-fairness bench-http flower worker clean
 
 help:
 	@echo "make demo       install, start Redis + workers, run a multi-tenant workload, print a summary"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint       ruff check + format check;  make typecheck  mypy"
 	@echo "make bench      benchmarks: runtime vs bare Celery on SQLite and PostgreSQL, ledger vs plain INCR"
 	@echo "make bench-fairness  a small tenant behind a flood vs a FIFO queue, dispatch cost"
+	@echo "make bench-http  HTTP submit p50/p99 at 200 req/s (worker running) vs Runtime.submit and bare apply_async"
 	@echo "make worker     start a worker;  make flower  Flower on the same broker"
 
 $(STAMP): pyproject.toml
@@ -55,6 +56,10 @@ bench: install
 
 bench-fairness: install
 	$(BIN)/python bench/fairness.py
+
+# -m: run as bench/http.py, its folder would shadow the standard library's http package
+bench-http: install
+	$(BIN)/python -m bench.http
 
 worker: install
 	$(BIN)/agentrt worker

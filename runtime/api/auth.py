@@ -17,9 +17,15 @@ from runtime.service import RuntimeService
 _bearer = HTTPBearer(auto_error=False, description="An agentrt API key: agrt_<prefix>_<secret>")
 
 
-def service(request: Request) -> RuntimeService:
+def _runtime(request: Request) -> RuntimeService:
     svc: RuntimeService = request.app.state.svc
     return svc
+
+
+async def service(request: Request) -> RuntimeService:
+    """The app's runtime. ``async`` because it does no I/O: FastAPI runs a plain ``def``
+    dependency in a worker thread, a thread hop on every request for a dictionary read."""
+    return _runtime(request)
 
 
 def authorized(scope: str) -> Callable[..., Principal]:
@@ -31,7 +37,7 @@ def authorized(scope: str) -> Callable[..., Principal]:
     ) -> Principal:
         if credentials is None:
             raise ApiKeyRejected("missing")
-        principal = service(request).api_keys.authenticate(credentials.credentials)
+        principal = _runtime(request).api_keys.authenticate(credentials.credentials)
         principal.require(scope)
         return principal
 

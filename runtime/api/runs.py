@@ -112,9 +112,12 @@ def submit_run(
     A repeat with the same ``Idempotency-Key`` (or ``request_id``) and the same payload
     returns the same run (200); a different payload is 409."""
     tenant = _tenant_for_submit(who, body.tenant)
-    # a request id of our own, unless the app gave one: a run that comes back with another
-    # request id was admitted before (by its idempotency key)
-    request_id = body.request_id or f"http-{uuid.uuid4().hex}"
+    # under an idempotency key, a request id of our own (unless the app gave one): a run
+    # that comes back with another request id was admitted before (by that key). With
+    # neither, none: a fresh id can match no run, and looking it up costs a SQL read
+    request_id = body.request_id or (
+        f"http-{uuid.uuid4().hex}" if idempotency_key is not None else None
+    )
     existed = body.request_id is not None and bool(
         svc.store.find_admitted(tenant, body.request_id, idempotency_key)
     )
@@ -131,7 +134,8 @@ def submit_run(
     )
     if view.status == RunStatus.REFUSED and (view.stop_reason or "").startswith("refused:"):
         return _refusal(svc, view, tenant)
-    created = view.request_id == request_id and not existed
+    # no request id and no key: nothing could hold the run, it is new
+    created = request_id is None or (view.request_id == request_id and not existed)
     # a sync run that finished within its route's sync_timeout_s is answered with its result
     finished = view.execution_mode == "sync" and view.status in TERMINAL_STATUSES
     return JSONResponse(
