@@ -303,6 +303,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tool-calls", type=int, default=1, help="tool steps per run (+1 reply)")
     p.add_argument("--no-events", action="store_true", help="AGENTRT_TASK_EVENTS=false")
+    p.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=2,
+        help="the worker's pool processes during the load (2: every core of this machine)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     p.add_argument("--quick", action="store_true", help="small numbers: a smoke test")
     args = p.parse_args(argv)
@@ -310,8 +316,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rate, args.duration, args.submits, args.repeats = 20.0, 2.0, 50, 1
     if not (0 < args.rate <= 5000 and 0 < args.duration <= 3600 and 1 <= args.connections <= 256):
         p.error("--rate in (0, 5000], --duration in (0, 3600], --connections in [1, 256]")
+    if not 1 <= args.worker_concurrency <= 64:
+        p.error("--worker-concurrency in [1, 64]")
     # what bench.run.Bench reads
-    args.config, args.pool, args.concurrency, args.loglevel = BENCH_CONFIG, "prefork", 2, "WARNING"
+    args.config, args.pool, args.loglevel = BENCH_CONFIG, "prefork", "WARNING"
+    args.concurrency = args.worker_concurrency
     return args
 
 
