@@ -95,6 +95,21 @@ def test_the_cap_and_a_zero_window_end_chaining() -> None:
     assert not chain.may_keep(config, Item("c" * 32, 0, "t1", "r.basic"))
 
 
+def test_a_step_waiting_in_celery_stops_a_chain_only_when_steps_may_wait_for_a_process() -> None:
+    item, nxt = Item("a" * 32, 0, "t1", "r.basic"), Item("b" * 32, 1, "t2", "r.basic")
+    # no headroom (the default with chaining): a step dispatched earlier has a free process
+    config = _config(chain_window_s=5, dispatch_headroom=0)
+    chain = new_chain(config, "task", item)
+    assert isinstance(chain, Chain)
+    chain.steps.append(item)
+    assert chain.may_keep(config, nxt, waiting=0)
+    assert chain.may_keep(config, nxt, waiting=1)
+    # with headroom a step may wait in Celery for a process: keeping would overtake it
+    config = _config(chain_window_s=5, dispatch_headroom=0.5)
+    assert chain.may_keep(config, nxt, waiting=0)
+    assert not chain.may_keep(config, nxt, waiting=1)
+
+
 # --- with a real worker -------------------------------------------------------------------
 
 

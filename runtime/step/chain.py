@@ -10,7 +10,9 @@ is bounded:
 * by time: a step joins only while the task's limits (``RuntimeConfig.hard_limit_s`` of the
   route its message named, which include ``scheduling.chain_window_s``) leave it at least
   its own timeout and grace and no more than its leases cover (``RuntimeConfig.chain_fits``);
-* by length: ``scheduling.chain_max_steps`` steps per task.
+* by length: ``scheduling.chain_max_steps`` steps per task;
+* by order: with ``scheduling.dispatch_headroom`` above 0, never ahead of a step dispatched
+  earlier and still waiting in Celery (see ``Chain.may_keep``).
 
 A chained step is a step like any other: it takes the run lease and its slot (recording
 this process instance as its owner, so a SIGKILL hands it back), checkpoints, and its trace
@@ -52,9 +54,18 @@ class Chain:
         """Until the task's hard time limit (at most)."""
         return config.hard_limit_s(self.first_route) - (time.monotonic() - self.started)
 
-    def may_keep(self, config: RuntimeConfig, item: Item) -> bool:
-        """May this task run ``item`` next, instead of publishing it?"""
+    def may_keep(self, config: RuntimeConfig, item: Item, waiting: int = 0) -> bool:
+        """May this task run ``item`` next, instead of publishing it? ``waiting``: steps
+        the scheduler dispatched earlier that have not started."""
         if len(self.steps) >= self.max_steps:
+            return False
+        if waiting > 0 and config.scheduling.headroom() > 0:
+            # with headroom, a step dispatched earlier may wait in Celery for a process:
+            # running this one here would overtake it. Without headroom the dispatcher never
+            # has more steps in flight than processes, so each one waiting has a process
+            # that is free (or about to be: the task that published it ended) - keeping
+            # overtakes nobody, and publishing instead would end this chain and the next
+            # ones, each in turn meeting a step in flight to a free process
             return False
         elapsed = time.monotonic() - self.started + CLOCK_SLACK_S
         return config.chain_fits(self.first_route, item.route, elapsed)

@@ -254,10 +254,10 @@ class Checkpointer:
                 self.store, self.dispatch, st, following, results[-1], dispatched
             )
         kept = None
-        # never ahead of a step dispatched earlier and still waiting in Celery: the
-        # scheduler chose that one first
-        overtakes = outcome.unstarted > len(dispatched)
-        if dispatched and st.keep is not None and not overtakes and st.keep(dispatched[0]):
+        # steps dispatched earlier and not started yet (waiting in Celery, or just kept by
+        # another task): the chain decides whether running this one first overtakes them
+        waiting = outcome.unstarted - len(dispatched)
+        if dispatched and st.keep is not None and st.keep(dispatched[0], waiting):
             kept = dispatched[0]
         self.dispatch.publish([item for item in dispatched if item is not kept])
         return kept

@@ -258,7 +258,7 @@ class StepRunner:
         st = Step(run, route, step_no, attempt, trace, controls=controls, model_name=route.proposer)
         if chain is not None:
             config = self.config
-            st.keep = lambda candidate: chain.may_keep(config, candidate)
+            st.keep = lambda candidate, waiting: chain.may_keep(config, candidate, waiting)
         self.budgeting.open(st)
         if chain is not None and chain.position:
             trace.add("step_started", attempt=attempt, chained=chain.position, task=chain.task_id)

@@ -90,7 +90,7 @@ class Step:
     #: the text of secret argument values, scrubbed from errors
     secrets: list[str] = field(default_factory=list)
     #: whether the task may run the step its checkpoint dispatches, itself (a chain)
-    keep: Callable[[Item], bool] | None = None
+    keep: Callable[[Item, int], bool] | None = None
     #: the stored cancel request (``cancelling:<mode>[+compensate]``) the checkpoint found
     cancel_request: str | None = None
     #: the approval the kept call was asked for: {"id", "step"} (``runtime.step.approval``)
