@@ -724,14 +724,17 @@ def per_unit_commands(d: Drain, min_per_unit: float = 0.01) -> list[tuple[str, f
 
 def census_lines(name: str, data: dict[str, Any]) -> list[str]:
     c: dict[str, int] = data["counts"]
-    n = max(1, int(c.get("tasks", 0)))
+    # per step: a task runs several when it chains (runtime.step.chain)
+    tasks = int(c.get("tasks", 0))
+    n = max(1, int(data.get("total") or tasks))
     lines = [
-        f"{name}: {n} tasks in a solo-pool worker, {1000 * data['wall_s'] / n:.2f} ms wall and "
-        f"{1000 * data['cpu_s'] / n:.2f} ms CPU per task (one process does consume + execute)"
+        f"{name}: {n} steps in {tasks} Celery tasks in a solo-pool worker, "
+        f"{1000 * data['wall_s'] / n:.2f} ms wall and {1000 * data['cpu_s'] / n:.2f} ms CPU "
+        "per step (one process does consume + execute)"
     ]
     rtt_b, rtt_r = c.get("redis.rtt.broker", 0) / n, c.get("redis.rtt.runtime", 0) / n
     lines.append(
-        f"  redis round trips/task: {rtt_b + rtt_r:.2f} (broker/kombu {rtt_b:.2f}, "
+        f"  redis round trips/step: {rtt_b + rtt_r:.2f} (broker/kombu {rtt_b:.2f}, "
         f"runtime {rtt_r:.2f})"
     )
     for side in ("broker", "runtime"):
@@ -742,10 +745,10 @@ def census_lines(name: str, data: dict[str, Any]) -> list[str]:
         )
         shown = ", ".join(f"{k} {v:.2f}" for k, v in cmds if v >= 0.01)
         if shown:
-            lines.append(f"    {side} commands/task: {shown}")
+            lines.append(f"    {side} commands/step: {shown}")
     if c.get("sql.statements"):
         lines.append(
-            f"  SQL per task: {(c.get('sql.txn.write', 0) + c.get('sql.txn.read', 0)) / n:.2f} "
+            f"  SQL per step: {(c.get('sql.txn.write', 0) + c.get('sql.txn.read', 0)) / n:.2f} "
             f"transactions (write {c.get('sql.txn.write', 0) / n:.2f}, read "
             f"{c.get('sql.txn.read', 0) / n:.2f}), {c.get('sql.commit', 0) / n:.2f} commits, "
             f"{c.get('sql.statements', 0) / n:.2f} statements, "
@@ -755,7 +758,7 @@ def census_lines(name: str, data: dict[str, Any]) -> list[str]:
             ((k[len("sql.stmt ") :], v / n) for k, v in c.items() if k.startswith("sql.stmt ")),
             key=lambda kv: -kv[1],
         )
-        lines.append("    statements/task: " + ", ".join(f"{k} {v:.2f}" for k, v in stmts))
+        lines.append("    statements/step: " + ", ".join(f"{k} {v:.2f}" for k, v in stmts))
     if c.get("pg.rtt"):
         cmds = ", ".join(
             f"{k[len('pg.cmd ') :]} {v / n:.2f}"
@@ -763,7 +766,7 @@ def census_lines(name: str, data: dict[str, Any]) -> list[str]:
             if k.startswith("pg.cmd ")
         )
         lines.append(
-            f"  PostgreSQL round trips/task: {c['pg.rtt'] / n:.2f} (statements, and the "
+            f"  PostgreSQL round trips/step: {c['pg.rtt'] / n:.2f} (statements, and the "
             f"connection's own {cmds or 'none'})"
         )
     return lines
@@ -848,7 +851,11 @@ def throughput_lines(bench: Bench, result: BackendResult) -> list[str]:
 def census_block(bench: Bench, name: str, data: dict[str, Any]) -> list[str]:
     lines = census_lines(name, data)
     if data.get("profile"):
-        lines.extend(profile_summary(data["profile"], int(data["counts"]["tasks"]), bench.args.top))
+        lines.extend(
+            profile_summary(
+                data["profile"], int(data.get("total") or data["counts"]["tasks"]), bench.args.top
+            )
+        )
     return lines
 
 
