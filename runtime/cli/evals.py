@@ -49,10 +49,11 @@ DirOpt = Annotated[
     ),
 ]
 SinceOpt = Annotated[
-    timedelta,
+    timedelta | None,
     typer.Option(
         "--since", parser=parse_duration, metavar="DURATION",
-        help="How far back to look: 30m, 12h, 7d (at most 3650d).",
+        help="How far back to look: 30m, 12h, 7d (at most 3650d; default 1d for sweep, "
+        "7d for policy diff).",
     ),
 ]  # fmt: skip
 
@@ -104,7 +105,7 @@ def capture(
 
 @app.command("sweep")
 def sweep(
-    since: SinceOpt = timedelta(days=1),
+    since: SinceOpt = None,
     limit: Annotated[
         int, typer.Option(help="Ended runs examined at most.", min=1, max=10_000)
     ] = 500,
@@ -125,7 +126,7 @@ def sweep(
         result = CaptureSweep(
             runs=svc.store, evals=EvalStore(svc.store.engine), config=svc.config.evals,
             directory=evals_dir(svc.config, directory),
-        ).sweep(since, limit)  # fmt: skip
+        ).sweep(since or timedelta(days=1), limit)  # fmt: skip
     if json_out:
         emit_json({"examined": result.examined,
                    "captured": [{"run_id": r, "path": str(p)} for r, p in result.captured],
@@ -244,7 +245,7 @@ def policy_diff(
             "deployment file.",
         ),
     ],
-    since: SinceOpt = timedelta(days=7),
+    since: SinceOpt = None,
     route: Annotated[str | None, typer.Option("--route", help="Only this route's calls.")] = None,
     tenant: Annotated[
         str | None, typer.Option("--tenant", help="Only this tenant's calls.")
@@ -270,7 +271,7 @@ def policy_diff(
         policy = candidate_of(svc.config, candidate)
         result = dry_run(
             store=EvalStore(svc.store.engine), registry=svc.registry, candidate=policy,
-            since=utcnow() - since, route=route, tenant=tenant, limit=limit,
+            since=utcnow() - (since or timedelta(days=7)), route=route, tenant=tenant, limit=limit,
         )  # fmt: skip
     if json_out:
         emit_json(views.diff_json(result))

@@ -34,7 +34,8 @@ from runtime.endpoints import Endpoints
 from runtime.errors import EvalError, ToolExecutionError, ToolTimeout
 from runtime.evals.fixture import Expected, Fixture, ToolResult
 from runtime.evals.outcome import differences, outcome_of
-from runtime.scheduling.scheduler import Item
+from runtime.locks.identity import Liveness
+from runtime.scheduling.scheduler import Item, Ops
 from runtime.service import RuntimeService
 from runtime.settings import Settings
 from runtime.store.scratch import scratch_database
@@ -212,13 +213,13 @@ class ReplayEngine:
             svc.apply_config("evals")
             self._submit(result, svc, publisher)
         finally:
+            Liveness.retire(svc.keys)
             try:
                 keys = list(svc.redis.scan_iter(match=svc.keys.pattern(), count=1000))
                 for start in range(0, len(keys), 500):
                     svc.redis.delete(*keys[start : start + 500])
             finally:
                 svc.close()
-                svc.store.engine.dispose()
 
     def _submit(self, result: Replay, svc: RuntimeService, publisher: _NoWorkers) -> None:
         fixture = result.fixture
@@ -233,6 +234,10 @@ class ReplayEngine:
             idempotency_key=None,
             priority=None,
         )
+        # the scheduler dispatches only within live worker capacity: this process is the
+        # replay's one worker, for as long as a replay may take
+        ttl_ms = int((REPLAY_TIMEOUT_S + 30) * 1000)
+        svc.schedule(Ops().heartbeat(f"evals-{svc.keys.namespace}", 1, ttl_ms))
         admitted = svc.sync_runs.admit_and_run(req)
         run_id = str(admitted.row["run_id"])
         result.run_id = run_id
