@@ -275,3 +275,45 @@ def test_capture_command_writes_a_fixture_and_refuses_a_running_or_unknown_run(
     broken.write_text(json.dumps({"format": 2}))
     with pytest.raises(fx.EvalFixtureError, match="format"):
         fx.load_dir(tmp_path)
+
+
+def test_the_evals_section_is_optional_and_validated() -> None:
+    from runtime.config import config_digest, config_document, load_config
+    from runtime.errors import ConfigError
+    from tests.conftest import TEST_CONFIG
+
+    base = load_config(TEST_CONFIG)
+    document = yaml.safe_load(TEST_CONFIG.read_text())
+    # a file without the section keeps its digest (nothing applied changes)
+    assert base.evals is None and "evals" not in config_document(base)
+    from runtime.config import parse_config
+
+    document["evals"] = {
+        "dir": "evals",
+        "capture_rules": [
+            {"risk_class": "high", "stop_reason": "policy_denied:*", "blocking": True}
+        ],
+    }
+    config = parse_config(document)
+    assert config.evals is not None and config_digest(config) != config_digest(base)
+    rule = config.evals.rule_for("r.refunds", "high", "policy_denied:refund_cap")
+    assert rule is not None and rule.blocking
+    assert config.evals.rule_for("r.refunds", "low", "policy_denied:refund_cap") is None
+    assert config.evals.rule_for("r.refunds", "high", "completed") is None
+    document["evals"]["capture_rules"][0]["stop_reasons"] = "x"
+    with pytest.raises(ConfigError, match="stop_reasons"):
+        parse_config(document)
+
+
+def test_replay_under_a_release_needs_the_releases_module(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in deployment.env.items():
+        monkeypatch.setenv(name, value)
+    done = CliRunner().invoke(app, ["evals", "run", "--release", "r2", "--dir", str(tmp_path)])
+    try:
+        import runtime.releases  # noqa: F401
+    except ImportError:
+        assert done.exit_code == 1 and "--release r2" in done.output, done.output
+    else:  # integrated with the releases work: an unknown release is still refused
+        assert done.exit_code != 0

@@ -25,6 +25,7 @@ from runtime.store.cells import Unreadable
 from runtime.store.db import utcnow
 from runtime.store.evals import EvalStore
 from runtime.store.runs import RunStore
+from runtime.tracing import redact
 
 _ENDED = frozenset(s.value for s in TERMINAL_STATUSES)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -79,7 +80,9 @@ def fixture_from_run(
             "tenant": run["tenant_id"],
             "route": run["route"],
             "goal": run["goal"],
-            "input": {k: v for k, v in run_input.items() if k != "script"},
+            # stored inputs are the submitter's: redact secret-looking values again here,
+            # a fixture file is committed to a repository
+            "input": redact({k: v for k, v in run_input.items() if k != "script"}),
             "autonomy_level": run.get("autonomy_level"),
             "risk_class": run.get("risk_class"),
         },
@@ -96,7 +99,8 @@ def _proposals(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for event in events:
         data = event.get("data") or {}
         if event["kind"] == "proposal" and isinstance(data.get("proposal"), dict):
-            proposals.append({**data["proposal"], "usage": data.get("usage") or {}})
+            proposal = redact(data["proposal"])
+            proposals.append({**proposal, "usage": data.get("usage") or {}})
     return proposals
 
 
