@@ -31,7 +31,7 @@ from runtime import admission
 from runtime.config import RuntimeConfig
 from runtime.contract import TERMINAL_STATUSES, RunStatus
 from runtime.endpoints import Endpoints
-from runtime.errors import EvalError, ToolExecutionError, ToolTimeout
+from runtime.errors import AgentRuntimeError, EvalError, ToolExecutionError, ToolTimeout
 from runtime.evals.fixture import Expected, Fixture, ToolResult
 from runtime.evals.outcome import differences, outcome_of
 from runtime.locks.identity import Liveness
@@ -211,7 +211,10 @@ class ReplayEngine:
         try:
             svc.store.create_schema()
             svc.apply_config("evals")
-            self._submit(result, svc, publisher)
+            try:
+                self._submit(result, svc, publisher)
+            except AgentRuntimeError as exc:  # e.g. a request the candidate cannot take
+                result.error = f"{type(exc).__name__}: {exc}"
         finally:
             Liveness.retire(svc.keys)
             try:
