@@ -271,6 +271,9 @@ def test_capture_command_writes_a_fixture_and_refuses_a_running_or_unknown_run(
     other_tenant = CliRunner().invoke(app, ["evals", "capture", runs["denied"], "--tenant", "t2",
                                             "--dir", str(tmp_path), "--name", "x"])  # fmt: skip
     assert other_tenant.exit_code == 1
+    # the test deployment's file has no capture rules: a sweep says so and does nothing
+    sweep = CliRunner().invoke(app, ["evals", "sweep", "--dir", str(tmp_path)])
+    assert sweep.exit_code == 2 and "capture_rules" in sweep.output
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"format": 2}))
     with pytest.raises(fx.EvalFixtureError, match="format"):
