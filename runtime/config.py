@@ -41,6 +41,7 @@ from runtime.contract import (
 )
 from runtime.cron import cron_problem, zone_problem
 from runtime.errors import ConfigError
+from runtime.eval_config import EvalsConfig
 from runtime.event_config import EventSourceConfig, event_source_problems
 
 #: ledger dimensions and their integer units
@@ -618,6 +619,8 @@ class RuntimeConfig(_Strict):
     schedules: dict[ScheduleName, ScheduleConfig] = Field(default_factory=dict, max_length=1000)
     #: webhook sources that start runs (``runtime.event_config``)
     event_sources: dict[str, EventSourceConfig] = Field(default_factory=dict, max_length=1000)
+    #: where eval fixtures go and which ended runs become fixtures (``runtime.eval_config``)
+    evals: EvalsConfig | None = None
 
     @model_validator(mode="wrap")
     @classmethod

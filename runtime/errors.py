@@ -39,6 +39,9 @@
   x StateUnknown               (what): Redis lost its state; nothing runs until recovery
   x RecoveryError              rebuilding Redis state from SQL cannot go on
   x DemoError                  the demo could not run (workers did not start, ...)
+  x EvalError                  an eval could not be captured or replayed (unusable run,
+                               replay that left the process, missing releases module)
+    - EvalFixtureError         (path, problems): an eval fixture file is unreadable or invalid
   x ScriptsLost                Redis lost its Lua scripts mid-batch    } also
   x BrokerConnectionClosed     a broker channel outlived its connection } redis.ConnectionError
 
@@ -328,6 +331,20 @@ class RecoveryError(AgentRuntimeError):
 
 class DemoError(AgentRuntimeError):
     """The demo could not run (workers did not start, runs did not finish...)."""
+
+
+class EvalError(AgentRuntimeError):
+    """An eval could not be captured or replayed (``runtime.evals``)."""
+
+
+class EvalFixtureError(EvalError):
+    """An eval fixture file is unreadable or invalid; ``problems`` name each bad key."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid eval fixture {path}:\n{lines}")
 
 
 # --- errors that are also redis.ConnectionError ----------------------------------------

@@ -107,6 +107,11 @@ class SchedKeys:
 class Keys:
     namespace: str = "agentrt"
 
+    def pattern(self) -> str:
+        """SCAN pattern of every key of the namespace (an eval replay's scratch namespace
+        is deleted whole with it)."""
+        return f"{self.namespace}:*"
+
     # --- budget ledger ---------------------------------------------------------------
     def budget_run(self, run_id: str) -> str:
         return f"{self.namespace}:{{ledger}}:run:{run_id}"

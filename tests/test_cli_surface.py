@@ -384,6 +384,11 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
         ["0s", HUGE + "d", "soon"],
     ),
     (("runs", "cancel", "--tenant", "t1"), "--older-than", ["99999999w", "9999-12-31", "soon"]),
+    (("evals", "run"), "--repeat", ["0", "101", HUGE]),
+    (("evals", "sweep"), "--limit", ["0", "10001", HUGE]),
+    (("evals", "sweep"), "--since", ["0s", HUGE + "d", "soon"]),
+    (("policy", "diff", "--candidate", "c.yaml"), "--limit", ["0", "10001", HUGE]),
+    (("policy", "diff", "--candidate", "c.yaml"), "--since", ["99999999w", "soon"]),
 ]
 
 
@@ -412,7 +417,14 @@ def test_an_out_of_range_value_is_one_line_naming_the_option_and_exit_2(
 def test_every_numeric_option_is_in_the_table_above() -> None:
     """A new number option without a bound (or a test here) fails this test."""
     covered = {
-        (" ".join(c[:2] if c[0] in ("runs", "dlq", "config", "approvals") else c[:1]), o)
+        (
+            " ".join(
+                c[:2]
+                if c[0] in ("runs", "dlq", "config", "approvals", "evals", "policy")
+                else c[:1]
+            ),
+            o,
+        )
         for c, o, _ in BAD_VALUES
     }
     command = typer.main.get_command(app)

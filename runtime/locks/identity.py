@@ -225,6 +225,19 @@ class Liveness:
     def stop(self) -> None:
         self._stop.set()
 
+    @classmethod
+    def retire(cls, keys: Keys) -> None:
+        """Stop and forget this process's heartbeats in ``keys``'s namespace, waiting for
+        their threads to end: a namespace about to be deleted whole (an eval replay's)
+        must not have a refresh find its key gone, which would rename the process."""
+        for key in [k for k in cls._shared if k[0] == keys.namespace]:
+            found = cls._shared.pop(key)
+            found.stop()
+            thread = found._thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=30)
+            found.redis.close()
+
     # --- other instances ---------------------------------------------------------------
     def known_dead(self, instance: str | None) -> bool:
         """True only for a well-formed instance id whose heartbeat key is gone."""

@@ -472,3 +472,19 @@ class EventKeyRow(SQLModel, table=True):
     tenant_id: str = Field(max_length=100)
     active_run_id: str | None = Field(default=None, max_length=40)
     updated_at: datetime
+
+
+class EvalCaptureRow(SQLModel, table=True):
+    """A run an eval fixture was captured from (``runtime.evals.capture``): a capture rule
+    captures a run once, and an operator's capture of it is remembered too."""
+
+    __tablename__ = "eval_captures"
+
+    run_id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    #: the fixture's name and the file it was written to
+    name: str = Field(max_length=100)
+    path: str = Field(max_length=1000)
+    #: the capture rule that matched (None: captured by an operator)
+    rule: str | None = Field(default=None, max_length=300)
+    captured_at: datetime

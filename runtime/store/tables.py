@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from runtime.store.models import (
     ApprovalRow,
+    EvalCaptureRow,
     EventKeyRow,
     EventRecordRow,
     PendingSecretRow,
@@ -26,3 +27,4 @@ secrets_t = PendingSecretRow.__table__  # type: ignore[attr-defined]
 approvals_t = ApprovalRow.__table__  # type: ignore[attr-defined]
 event_records_t = EventRecordRow.__table__  # type: ignore[attr-defined]
 event_keys_t = EventKeyRow.__table__  # type: ignore[attr-defined]
+eval_captures_t = EvalCaptureRow.__table__  # type: ignore[attr-defined]

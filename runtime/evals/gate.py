@@ -1,0 +1,82 @@
+"""The eval gate a release promotion asks: replay the blocking fixtures of a route under a
+candidate config and say whether they all pass, every time.
+
+``run_gate`` is the interface the releases flow calls (``agentrt releases promote``);
+``config_transform`` derives the candidate's config (``runtime.releases.config_for``).
+A route with no blocking fixture passes (the summary says there was nothing to run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.config import RuntimeConfig
+from runtime.endpoints import resolve_endpoints
+from runtime.eval_config import DEFAULT_EVALS_DIR
+from runtime.evals import fixture as fx
+from runtime.evals.replay import ConfigTransform, ReplayEngine, ResultHook
+from runtime.evals.report import EvalReport, report_of
+from runtime.settings import Settings
+from runtime.wiring import load_registry
+
+#: how many times a gate replays each case (a case must pass every time)
+GATE_REPEAT = 3
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    summary: str
+    cases: int
+    failures: int
+    flaky: int
+
+
+def evals_dir(config: RuntimeConfig, directory: Path | None = None) -> Path:
+    """``directory``, else the file's ``evals.dir``, else ``evals/``."""
+    if directory is not None:
+        return directory
+    return Path(config.evals.dir if config.evals is not None else DEFAULT_EVALS_DIR)
+
+
+def gate_of(report: EvalReport) -> GateResult:
+    return GateResult(
+        passed=report.passed,
+        summary=report.summary(),
+        cases=len(report.cases),
+        failures=report.failures,
+        flaky=report.flaky,
+    )
+
+
+def run_gate(
+    *,
+    config: RuntimeConfig,
+    settings: Settings,
+    route: str,
+    release: str | None,
+    config_transform: ConfigTransform | None = None,
+    repeat: int = GATE_REPEAT,
+    directory: Path | None = None,
+    result_hook: ResultHook | None = None,
+) -> GateResult:
+    """Replay the blocking fixtures of ``route`` (``repeat`` times each) under
+    ``config_transform(config, route)``; passed only if each passed every time."""
+    fixtures = [
+        f for f in fx.load_dir(evals_dir(config, directory)) if f.blocking and f.case.route == route
+    ]
+    label = f"release {release}" if release else "the current config"
+    if not fixtures:
+        return GateResult(True, f"no blocking eval for route {route} ({label})", 0, 0, 0)
+    engine = ReplayEngine(
+        settings=settings,
+        endpoints=resolve_endpoints(settings),
+        config=config,
+        registry=load_registry(config, str(settings.config)),
+        config_transform=config_transform,
+        result_hook=result_hook,
+    )
+    gate = gate_of(report_of(engine.run(fixtures, repeat)))
+    return GateResult(gate.passed, f"{route} under {label}: {gate.summary}", gate.cases,
+                      gate.failures, gate.flaky)  # fmt: skip
