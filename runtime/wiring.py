@@ -42,6 +42,9 @@ from runtime.policy import PolicyEngine
 from runtime.ports import StepMessages, StepPublisher
 from runtime.reconciler import DEFAULT_BATCH, DEFAULT_INTERVAL_S, RETENTION_EVERY_S, Reconciler
 from runtime.recovery import Recovery
+from runtime.release_gate import Gate, no_evals_gate
+from runtime.releases.api import Releases
+from runtime.releases.live import LiveReleases
 from runtime.rule_check import rule_tool_problems
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
@@ -58,6 +61,7 @@ from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
 from runtime.store.events import EventStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
+from runtime.store.releases import ReleaseStore
 from runtime.store.runs import RunStore
 from runtime.submissions import Submissions
 from runtime.sync_runs import SyncRuns
@@ -250,8 +254,30 @@ def _failure_flows(
     return compensations, dead_letters
 
 
+def release_gate_for(config: RuntimeConfig) -> Gate:
+    """The gate ``releases promote`` asks (the hook the evals connect to: the blocking
+    eval set replayed under the candidate). Without evals: ``no_evals_gate``."""
+    return no_evals_gate
+
+
+def _live_releases(
+    settings: Settings, config: RuntimeConfig, m: _Mechanisms, catalog: Catalog
+) -> LiveReleases:
+    return LiveReleases(
+        config=config,
+        catalog=catalog,
+        redis=m.redis,
+        keys=m.keys,
+        store=ReleaseStore(m.store.engine, settings.namespace),
+    )
+
+
 def _recovery(
-    settings: Settings, config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch
+    settings: Settings,
+    config: RuntimeConfig,
+    m: _Mechanisms,
+    dispatch: Dispatch,
+    live: LiveReleases | None = None,
 ) -> Recovery:
     return Recovery(
         config=config,
@@ -266,6 +292,7 @@ def _recovery(
         runs=m.store,
         reads=RecoveryReads(m.store.engine),
         audit=m.dead_letter_store,
+        rebuild_releases=live.rebuild if live is not None else None,
     )
 
 
@@ -280,6 +307,7 @@ def _step_runner(
     dispatch: Dispatch,
     failures: tuple[Compensations, DeadLetters],
     ordering: EventOrdering,
+    live: LiveReleases,
 ) -> StepRunner:
     compensations, dead_letters = failures
     return build_runner(
@@ -306,11 +334,18 @@ def _step_runner(
         after_failure=compensations.after_failure,
         after_cancel=compensations.compensate,
         after_terminal=ordering.after_terminal,
+        releases=live,
+        policy_sets={name: PolicyEngine(p) for name, p in config.policies.items()},
     )
 
 
 def _intake(
-    config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch, catalog: Catalog, controls: Controls
+    config: RuntimeConfig,
+    m: _Mechanisms,
+    dispatch: Dispatch,
+    catalog: Catalog,
+    controls: Controls,
+    live: LiveReleases,
 ) -> tuple[EventOrdering, EventIntake, Submissions]:
     """What admits runs: submits and webhook events (``event_sources``)."""
     event_store = EventStore(m.store.engine)
@@ -325,6 +360,7 @@ def _intake(
         dispatch=dispatch,
         events=events,
         ordering=ordering,
+        releases=live if any(r.release for r in config.routes.values()) else None,
     )
     return ordering, events, submissions
 
@@ -350,9 +386,10 @@ def build_service(
     controls = Controls(redis=m.redis, keys=m.keys)
     policy = PolicyEngine(config.policy)
     digest = config_digest(config)
-    ordering, events, submissions = _intake(config, m, dispatch, catalog, controls)
+    live = _live_releases(settings, config, m, catalog)
+    ordering, events, submissions = _intake(config, m, dispatch, catalog, controls, live)
     steps = _step_runner(
-        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering
+        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering, live
     )
     return cls(
         settings=settings,
@@ -379,7 +416,7 @@ def build_service(
         steps=steps,
         dead_letters=dead_letters,
         compensations=compensations,
-        recovery=_recovery(settings, config, m, dispatch),
+        recovery=_recovery(settings, config, m, dispatch, live),
         cancellation=Cancellation(
             store=m.store,
             controls=controls,
@@ -405,6 +442,9 @@ def build_service(
         submissions=submissions,
         sync_runs=SyncRuns(
             config=config, submissions=submissions, dispatch=dispatch, steps=steps, store=m.store
+        ),
+        releases=Releases(
+            config=config, live=live, store=live.store, gate=release_gate_for(config)
         ),
     )
 
