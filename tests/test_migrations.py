@@ -231,7 +231,7 @@ def runs_fillfactor(engine: Engine) -> str | None:
 
 
 #: columns of runs added after 0006 (the upgrades below compare the runs of 0005 and 0006)
-LATER_RUN_COLUMNS = {"budget_extension"}
+LATER_RUN_COLUMNS = {"budget_extension", "release"}
 
 
 def all_runs(engine: Engine) -> list[dict[str, Any]]:
