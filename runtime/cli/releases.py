@@ -8,7 +8,6 @@ unknown route or release, no canary to promote, a failed gate).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -17,10 +16,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from runtime.cli import release_views, render
+from runtime.cli import params, release_views, render
 from runtime.cli.common import EXIT_REFUSED, JsonOpt, default_actor, emit_json, errors, fail, out
 from runtime.cli.common import service as runtime_service
-from runtime.cli.params import parse_duration
 from runtime.errors import ReleaseError
 
 if TYPE_CHECKING:
@@ -54,12 +52,6 @@ def _releases() -> Iterator[Releases]:
             yield svc.releases
         except ReleaseError as exc:
             fail(str(exc), EXIT_REFUSED)
-
-
-def _percent(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and 0 < value <= 100):
-        raise typer.BadParameter("must be above 0 and at most 100", param_hint="--percent")
-    return value
 
 
 def _tenants(value: str | None) -> list[str] | None:
@@ -122,7 +114,11 @@ def canary(
     release: ReleaseArg,
     percent: Annotated[
         float | None,
-        typer.Option("--percent", help="Share of the route's runs (0-100], by a stable hash."),
+        typer.Option(
+            "--percent",
+            help="Share of the route's runs (above 0, at most 100), by a stable hash.",
+            parser=params.percent,
+        ),
     ] = None,
     tenants: Annotated[
         str | None, typer.Option("--tenants", help="Tenants whose runs get it: a,b,c.")
@@ -132,12 +128,12 @@ def canary(
     json_out: JsonOpt = False,
 ) -> None:
     """Give RELEASE to a share of ROUTE's new runs (--percent) or to tenants (--tenants)."""
-    pct, names = _percent(percent), _tenants(tenants)
-    if (pct is None) == (names is None):
+    names = _tenants(tenants)
+    if (percent is None) == (names is None):
         raise typer.BadParameter("give exactly one of --percent or --tenants")
     with _releases() as rel:
         state = rel.canary(
-            route, release, percent=pct, tenants=names, actor=actor or default_actor(),
+            route, release, percent=percent, tenants=names, actor=actor or default_actor(),
             reason=reason,
         )  # fmt: skip
     _changed(f"{route}: canary {release}", state, json_out)
@@ -181,7 +177,7 @@ def compare(
 ) -> None:
     """Active and canary release side by side over the same window: runs, stop reasons,
     policy denials, cost per completed run, tool errors, p95 step latency."""
-    window: timedelta = parse_duration(since)
+    window: timedelta = params.parse_duration(since)
     with _releases() as rel:
         result = rel.compare(route, window)
     if json_out:
