@@ -194,6 +194,36 @@ def test_config_for_runs_the_route_under_the_release() -> None:
 
 
 # --- assignment ------------------------------------------------------------------------------
+def test_assignment_is_a_stable_hash_and_a_named_tenant_always_gets_the_canary() -> None:
+    state = LiveRelease("r.x", "v1", canary="v2", percent=20.0, tenants=("vip",), assignment="run")
+    ids = [uuid.uuid4().hex for _ in range(2000)]
+    first = [release_sets.assign(state, "t1", run_id) for run_id in ids]
+    assert first == [release_sets.assign(state, "t1", run_id) for run_id in ids]
+    assert 300 <= first.count("v2") <= 500  # 20% of 2000 = 400
+    assert {release_sets.assign(state, "vip", run_id) for run_id in ids} == {"v2"}
+    by_tenant = LiveRelease("r.x", "v1", canary="v2", percent=50.0)
+    # hashed on the tenant: all runs of one tenant get one release
+    assert len({release_sets.assign(by_tenant, "t1", run_id) for run_id in ids}) == 1
+    assert release_sets.assign(LiveRelease("r.x", "v1"), "vip", ids[0]) == "v1"
+
+
+def test_a_deploy_naming_another_release_replaces_the_operators_state() -> None:
+    config = parse_config(_file())
+    stored = LiveRelease("r.pinned", "v2", generation=3, deployed="v1")
+    state = release_sets.effective_state(config, "r.pinned", stored)
+    assert state is not None and (state.active, state.generation) == ("v2", 3)
+    data = _file()
+    data["routes"]["r.pinned"]["release"] = "v2"
+    redeployed = parse_config(data)
+    state = release_sets.effective_state(redeployed, "r.pinned", stored.__class__(
+        "r.pinned", "v1", generation=3, deployed="v1"))  # fmt: skip
+    assert state is not None and (state.active, state.deployed, state.generation) == ("v2", "v2", 0)
+    with pytest.raises(ReleaseError, match="'ghost'"):
+        release_sets.effective_state(
+            config, "r.pinned", LiveRelease("r.pinned", "ghost", generation=1, deployed="v1")
+        )
+
+
 def test_a_canary_at_20_percent_over_500_runs(idle: Deployment) -> None:
     """Admission assigns every run (recorded before any step, so before its first model
     call) within 20% +/- 5%, deterministically by the run id's hash."""
