@@ -19,7 +19,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import GateFailed, ReleaseError
 from runtime.release_gate import Gate, GateResult
 from runtime.release_sets import LiveRelease
-from runtime.releases.live import LiveReleases
+from runtime.releases.live import LiveReleases, stored_from_row
 from runtime.store.db import utcnow
 from runtime.store.releases import ReleaseStore
 
@@ -176,13 +176,20 @@ class Releases:
 
     # --- internals --------------------------------------------------------------------
     def _state(self, route: str) -> LiveRelease:
+        """The route's state as SQL records it (a change is decided on the record, not on
+        Redis's copy)."""
         cfg = self.config.routes.get(route)
         if cfg is None:
             raise ReleaseError(f"unknown route {route!r}")
-        state = self.live.state(route)
-        if state is None:
+        if cfg.release is None:
             raise ReleaseError(f"route {route!r} has no release (set routes.{route}.release)")
-        return state
+        row = self.store.state(route)
+        stored = stored_from_row(row) if row is not None else None
+        state = release_sets.effective_state(self.config, route, stored)
+        assert state is not None  # the route has a release
+        # the generation a change must find (None: no record yet); a redeploy's state
+        # (generation 0) replaces the record's
+        return _with(state, generation=stored.generation) if stored else state
 
     def _before_last_promotion(self, route: str) -> str:
         for entry in self.store.audit(route, limit=500):
@@ -203,8 +210,9 @@ class Releases:
         gate: GateResult | None = None,
     ) -> LiveRelease:
         _check_who(actor, reason)
-        stored = self.store.state(state.route)
-        expected = int(stored["generation"]) if stored is not None else None
+        # compare-and-set on the generation _state read (0: no record yet): a change made
+        # since wins, this one is refused
+        expected = state.generation or None
         generation = self.store.change(
             state.route,
             expected,
@@ -214,7 +222,13 @@ class Releases:
         if generation is None:
             raise ReleaseError(f"route {state.route!r}: another change won; look and try again")
         done = _with(new, generation=generation)
-        self.live.put(done)
+        try:
+            self.live.put(done)
+        except Exception as exc:  # recorded: Redis's copy is what is missing
+            raise ReleaseError(
+                f"route {state.route!r}: the change is recorded (generation {generation}) but "
+                f"Redis's copy was not written ({exc}); run agentrt recover to rebuild it"
+            ) from exc
         return done
 
 
