@@ -54,6 +54,9 @@ class LiveReleases:
         self.keys = keys
         self.store = store
         self._put: Any = None
+        #: (route, release) -> the route under it and its policy set: the config is fixed
+        #: for the life of this object, so each is built once, not at every step
+        self._views: dict[tuple[str, str], tuple[RouteConfig, str | None]] = {}
 
     # --- reading ----------------------------------------------------------------------
     def state(self, route: str) -> LiveRelease | None:
@@ -147,10 +150,13 @@ class LiveReleases:
         if release is None:
             return StepRelease(route=route, policy_set=None, release=None)
         # a release the config lost raises ReleaseError here: the step fails, closed
+        view = self._views.get((name, release))
+        if view is None:
+            view = (
+                release_sets.route_for(self.config, name, release),
+                release_sets.policy_for(self.config, release)[0],
+            )
+            self._views[(name, release)] = view
         return StepRelease(
-            route=release_sets.route_for(self.config, name, release),
-            policy_set=release_sets.policy_for(self.config, release)[0],
-            release=release,
-            run_updates=updates,
-            changed=event,
+            route=view[0], policy_set=view[1], release=release, run_updates=updates, changed=event
         )
