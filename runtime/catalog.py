@@ -3,7 +3,7 @@ or a tool. One per config (a newly applied config builds a new one)."""
 
 from __future__ import annotations
 
-from runtime import proposers
+from runtime import proposers, release_sets
 from runtime.config import RetryPolicy, RuntimeConfig
 from runtime.contract import VersionSet
 from runtime.proposers.base import Proposer, ToolDescription
@@ -65,15 +65,20 @@ class Catalog:
             self._tool_descriptions[key] = cached
         return list(cached)
 
-    def version_set(self, route_name: str) -> VersionSet:
-        route = self.config.routes[route_name]
+    def version_set(self, route_name: str, release: str | None = None) -> VersionSet:
+        """What a run of the route records; under ``release``, its versions (its labels
+        where it gives them, else what the route computes)."""
+        route = release_sets.route_for(self.config, route_name, release)
         model = self.config.models[route.proposer]
         versions = {n: e.version for n, e in self.config.tools.items()}
+        rel = self.config.releases[release] if release is not None else None
+        harness = f"{self.config.harness_version}+config:{self.config.version}"
         return VersionSet(
             model=model.version,
             prompt=route.prompt_version,
-            policy=self.config.policy.version,
-            tool_schema=self.registry.schema_digest(route.allowed_tools, versions),
+            policy=release_sets.policy_for(self.config, release)[1].version,
+            tool_schema=(rel and rel.tool_schema)
+            or self.registry.schema_digest(route.allowed_tools, versions),
             retriever=route.retriever_version,
-            harness=f"{self.config.harness_version}+config:{self.config.version}",
+            harness=(rel and rel.harness) or harness,
         )

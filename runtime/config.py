@@ -204,6 +204,42 @@ class ModelConfig(_Strict):
         return self
 
 
+class CanaryConfig(_Strict):
+    """Runs of a route given a release other than its active one: a share of them
+    (``percent``, by a stable hash) and/or the runs of named ``tenants``."""
+
+    #: a key of ``releases``
+    release: str = Field(min_length=1, max_length=100)
+    percent: float | None = Field(default=None, gt=0, le=100)
+    tenants: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _some_runs(self) -> CanaryConfig:
+        if self.percent is None and self.tenants is None:
+            raise ValueError("a canary needs 'percent' or 'tenants' (which runs it gets)")
+        return self
+
+
+class ReleaseConfig(_Strict):
+    """A named version set a route can run under (``runtime.releases``)."""
+
+    #: a key of ``models``: the proposer
+    model: str = Field(min_length=1, max_length=100)
+    #: the prompt version recorded on the run
+    prompt: Version
+    #: the system prompt of this prompt version (None: the route's)
+    system_prompt: str | None = None
+    #: a key of ``policies`` (None: the top-level ``policy``)
+    policy: str | None = Field(default=None, min_length=1, max_length=100)
+    #: labels recorded in the version set (None: computed as without releases)
+    tool_schema: Version | None = None
+    retriever: Version | None = None
+    harness: Version | None = None
+    #: a key of ``budget_policies`` (None: the route's)
+    budget_policy: str | None = Field(default=None, min_length=1, max_length=100)
+    description: str | None = Field(default=None, max_length=1000)
+
+
 class RouteConfig(_Strict):
     task_class: str = Field(min_length=1, max_length=200)
     risk_class: RiskClass
@@ -263,6 +299,16 @@ class RouteConfig(_Strict):
     #: shortfall (what the refused step needed beyond what the run had left)
     budget_extension: BudgetLimits = BudgetLimits()
     enabled: bool = True
+    #: the release (a key of ``releases``) active at deploy; None: the route runs on its
+    #: own fields (proposer, prompt_version, ...) exactly as without releases
+    release: str | None = Field(default=None, min_length=1, max_length=100)
+    #: a second release given to some runs (``runtime.releases``)
+    canary: CanaryConfig | None = None
+    #: what the canary's hash is taken of: the run's ``tenant`` (default) or the ``run`` id
+    release_assignment: Literal["tenant", "run"] | None = None
+    #: ``pinned`` (default): a run keeps its release; ``next_step``: a run takes the
+    #: route's current release at its next step
+    release_upgrade: Literal["pinned", "next_step"] | None = None
 
     def modes(self) -> tuple[str, ...]:
         """Every mode a run of this route may have: its own first."""
@@ -621,6 +667,10 @@ class RuntimeConfig(_Strict):
     event_sources: dict[str, EventSourceConfig] = Field(default_factory=dict, max_length=1000)
     #: where eval fixtures go and which ended runs become fixtures (``runtime.eval_config``)
     evals: EvalsConfig | None = None
+    #: named policy sets a release may name (``policy`` stays the default set)
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict, max_length=100)
+    #: named version sets routes run under (``runtime.releases``)
+    releases: dict[str, ReleaseConfig] = Field(default_factory=dict, max_length=1000)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -711,7 +761,7 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
         retry = _mapping(tool).get("retry_policy")
         if isinstance(retry, str) and retry not in retries:
             problems.append(f"tools.{name}.retry_policy: unknown retry policy {retry!r}")
-    for section in ("tenants", "routes"):
+    for section in ("tenants", "routes", "releases", "policies"):
         for name in _mapping(data.get(section)):
             if not isinstance(name, str) or not _NAME.match(name):
                 problems.append(
@@ -721,16 +771,65 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
         problems += _route_problems(f"routes.{name}", _mapping(route), data)
     for name, schedule in _mapping(data.get("schedules")).items():
         problems += _schedule_problems(f"schedules.{name}", _mapping(schedule), data)
+    problems += _policy_problems("policy", _mapping(data.get("policy")), data)
+    for name, policy_set in _mapping(data.get("policies")).items():
+        problems += _policy_problems(f"policies.{name}", _mapping(policy_set), data)
+    for name, release in _mapping(data.get("releases")).items():
+        problems += _release_problems(f"releases.{name}", _mapping(release), data)
+    return problems + event_source_problems(data)
+
+
+def _policy_problems(key: str, policy: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
     seen: set[str] = set()
-    rules = _mapping(data.get("policy")).get("rules") or []
+    rules = policy.get("rules") or []
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
         rule_id = _mapping(rule).get("id")
         if rule_id in seen:
-            problems.append(f"policy.rules.{i}.id: duplicate rule id {rule_id!r}")
+            problems.append(f"{key}.rules.{i}.id: duplicate rule id {rule_id!r}")
         if isinstance(rule_id, str):
             seen.add(rule_id)
-        problems += _rule_reference_problems(f"policy.rules.{i}.match", rule, data)
-    return problems + event_source_problems(data)
+        problems += _rule_reference_problems(f"{key}.rules.{i}.match", rule, data)
+    return problems
+
+
+def _release_problems(key: str, release: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for field, section, what in (
+        ("model", "models", "model"),
+        ("policy", "policies", "policy set"),
+        ("budget_policy", "budget_policies", "budget policy"),
+    ):
+        value, known = release.get(field), _mapping(data.get(section))
+        if isinstance(value, str) and value not in known:
+            problems.append(f"{key}.{field}: unknown {what} {value!r} (defined: {_listed(known)})")
+    return problems
+
+
+def _route_release_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    releases, tenants = _mapping(data.get("releases")), _mapping(data.get("tenants"))
+    problems: list[str] = []
+    release, canary = route.get("release"), _mapping(route.get("canary"))
+    if isinstance(release, str) and release not in releases:
+        problems.append(
+            f"{key}.release: unknown release {release!r} (defined: {_listed(releases)})"
+        )
+    named = canary.get("release")
+    if isinstance(named, str) and named not in releases:
+        problems.append(
+            f"{key}.canary.release: unknown release {named!r} (defined: {_listed(releases)})"
+        )
+    if canary and release is None:
+        problems.append(f"{key}.canary: a canary needs the route's own 'release'")
+    elif isinstance(named, str) and named == release:
+        problems.append(f"{key}.canary.release: {named!r} is already the route's release")
+    for tenant in _list(canary.get("tenants")):
+        if isinstance(tenant, str) and tenant not in tenants:
+            problems.append(f"{key}.canary.tenants: unknown tenant {tenant!r}")
+    for field in ("release_assignment", "release_upgrade"):
+        if route.get(field) is not None and release is None:
+            problems.append(f"{key}.{field}: only for a route with a 'release'")
+    return problems
 
 
 def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -756,7 +855,7 @@ def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> li
     for tenant in _list(route.get("tenants")):
         if isinstance(tenant, str) and tenant != "*" and tenant not in tenants:
             problems.append(f"{key}.tenants: unknown tenant {tenant!r}")
-    return problems
+    return problems + _route_release_problems(key, route, data)
 
 
 def _schedule_problems(key: str, schedule: dict[str, Any], data: dict[str, Any]) -> list[str]:
@@ -849,9 +948,10 @@ def config_document(config: RuntimeConfig) -> dict[str, Any]:
     # None is "unset" in the file (a rule refuses an explicit null): left out, it reads back
     # as the same default
     document: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if not document.get("event_sources"):
-        # a file without event sources keeps the digest it had before the section existed
-        document.pop("event_sources", None)
+    for section in ("event_sources", "policies", "releases"):
+        if not document.get(section):
+            # a file without the section keeps the digest it had before the section existed
+            document.pop(section, None)
     return document
 
 

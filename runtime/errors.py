@@ -38,6 +38,9 @@
     - BudgetExhausted          (scope, dimension)
   x StateUnknown               (what): Redis lost its state; nothing runs until recovery
   x RecoveryError              rebuilding Redis state from SQL cannot go on
+  x ReleaseError               (detail): a release operation is refused (unknown route or
+                               release, no canary to promote, ...); nothing was changed
+    - GateFailed               (route, release, summary): promote's gate did not pass
   x DemoError                  the demo could not run (workers did not start, ...)
   x EvalError                  an eval could not be captured or replayed (unusable run,
                                replay that left the process, missing releases module)
@@ -327,6 +330,16 @@ class StateUnknown(AgentRuntimeError):
 
 class RecoveryError(AgentRuntimeError):
     pass
+
+
+class ReleaseError(AgentRuntimeError):
+    """A release operation is refused; nothing was changed."""
+
+
+class GateFailed(ReleaseError):
+    def __init__(self, route: str, release: str, summary: str) -> None:
+        super().__init__(f"promote {release!r} on {route!r} refused: the gate failed: {summary}")
+        self.route, self.release, self.summary = route, release, summary
 
 
 class DemoError(AgentRuntimeError):

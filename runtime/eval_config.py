@@ -21,6 +21,8 @@ from runtime.statuses import RiskClass
 
 #: where fixture files go when neither the file nor the command says
 DEFAULT_EVALS_DIR = "evals"
+#: the files of an evals directory that are fixtures
+FIXTURE_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
 
 
 class _Strict(BaseModel):

@@ -217,6 +217,12 @@ class Keys:
         waits (its checkpoint, or the next step's guards, land the pause in SQL)."""
         return f"{self.namespace}:control:pause:{run_id}"
 
+    # --- releases (runtime.releases) -------------------------------------------------
+    def release_state(self, route: str) -> str:
+        """Hash: ``gen`` and ``state`` (JSON) of a route's live release state; SQL
+        (``release_state``) is the record, this the copy every step and admission reads."""
+        return f"{self.namespace}:release:{route}"
+
     # --- dead letters ----------------------------------------------------------------
     def dlq_stream(self, queue: str) -> str:
         """Capped stream of dead-letter notifications per queue (for alerting)."""

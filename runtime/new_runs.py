@@ -83,6 +83,7 @@ def row_for(
         "lock_waits": 0,
         "attempt": 0,
         "version": 1,
+        "release": None,
     }
 
 
@@ -133,6 +134,7 @@ def admission_events(row: dict[str, Any], refusal: admission.Refusal | None) -> 
             route=row["route"],
             priority=row["priority"],
             version_set=row["version_set"],
+            **({"release": row["release"]} if row.get("release") else {}),
         )
         if row["status"] == RunStatus.WAITING.value:  # an event run waits for its turn
             trace.add("waiting_for_turn", reason=row["stop_reason"])

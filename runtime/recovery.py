@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -78,6 +79,8 @@ class RecoveryReport:
     dry_run: bool = False
     #: the state generation recovery built
     generation: int = 0
+    #: routes' live release states written back from SQL
+    release_states: int = 0
     runs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,7 +93,7 @@ class RecoveryReport:
             "waited_s": round(self.waited_s, 1),
             "dry_run": self.dry_run,
             "generation": self.generation,
-        }
+        } | ({"release_states": self.release_states} if self.release_states else {})
 
 
 class Recovery:
@@ -109,8 +112,11 @@ class Recovery:
         runs: RunStore,
         reads: RecoveryReads,
         audit: DeadLetterStore,
+        rebuild_releases: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
+        #: writes the routes' live release states back to Redis from SQL
+        self.rebuild_releases = rebuild_releases
         #: where this process's config came from (shown in drift messages, recorded on apply)
         self.config_source = config_source
         self.redis = redis
@@ -163,6 +169,8 @@ class Recovery:
                 time.sleep(inflight_wait_s)
                 report.waited_s = inflight_wait_s
             generation = self.deployments.new_generation(actor, "recover")
+            if self.rebuild_releases is not None:
+                report.release_states = self.rebuild_releases()
             self._rebuild_ledger(report, generation)
             self.scheduler.reset_state()
             self.markers.mark(generation)

@@ -136,10 +136,13 @@ def arg_shapes(model: type[BaseModel]) -> dict[str, ArgShape]:
 
 
 def rule_tool_problems(config: RuntimeConfig, registry: ToolRegistry) -> list[str]:
-    """Every rule of ``config.policy`` against the tools ``registry`` holds."""
+    """Every rule of ``config.policy`` (and of each set under ``policies``) against the
+    tools ``registry`` holds."""
     problems: list[str] = []
-    for i, rule in enumerate(config.policy.rules):
-        problems += _match_problems(f"policy.rules.{i}.match", rule.match, config, registry)
+    sets = {"policy": config.policy, **{f"policies.{n}": p for n, p in config.policies.items()}}
+    for key, policy in sets.items():
+        for i, rule in enumerate(policy.rules):
+            problems += _match_problems(f"{key}.rules.{i}.match", rule.match, config, registry)
     return problems
 
 

@@ -44,6 +44,7 @@ from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
 from runtime.ports import StepPublisher
 from runtime.recovery import Recovery
+from runtime.releases.api import Releases
 from runtime.run_rows import trace_fields
 from runtime.run_views import run_view
 from runtime.scheduling.breakers import Breakers
@@ -109,6 +110,7 @@ class RuntimeService:
         ordering: EventOrdering,
         submissions: Submissions,
         sync_runs: SyncRuns,
+        releases: Releases | None = None,
     ) -> None:
         # what the API serves from; the CLI, the workers and tests read these too
         self.settings = settings
@@ -149,8 +151,8 @@ class RuntimeService:
         self.ordering = ordering
         self.submissions = submissions
         self.sync_runs = sync_runs
-        #: set when this process's own file differs from the applied config it enforces
-        self.drift: deployment.Drift | None = None
+        self.releases = releases  # rt.releases: version sets, canaries, promote, rollback
+        self.drift: deployment.Drift | None = None  # this file differs from the applied one
 
     def apply_config(self, actor: str) -> deployment.ConfigChange:
         """Make this process's config the deployment's (record it in SQL, publish its limits)
@@ -184,11 +186,10 @@ class RuntimeService:
         its route's ``sync_timeout_s`` passed (``runtime.sync_runs``). ``execution_mode``:
         one of the route's ``execution_modes_allowed``; the run records the mode it got. A
         malformed field raises ``AdmissionRefused`` (``invalid_request``, naming the field
-        and its limit); a request
-        id or idempotency key an admitted run holds returns that run for the same payload,
-        else raises ``AdmissionRefused`` (``idempotency_conflict``, ``.fields`` naming what
-        differs); any other refusal is stored (bounded) as a refused run and returned, not
-        holding the request id. What raises stores nothing."""
+        and its limit); a request id or idempotency key an admitted run holds returns that
+        run for the same payload, else raises ``AdmissionRefused`` (``idempotency_conflict``,
+        ``.fields`` naming what differs); any other refusal is stored (bounded) as a refused
+        run and returned, not holding the request id. What raises stores nothing."""
         req = admission.prepare(
             tenant=tenant,
             route=route,

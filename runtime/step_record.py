@@ -79,6 +79,9 @@ class StepOutcome(enum.StrEnum):
     PENDING_SECRETS_LOST = "pending_secrets_lost"
     #: the config no longer has the run's route
     ROUTE_REMOVED = "route_removed"
+    #: the run's release (or its route's live release state) names a release the config
+    #: does not define: never run under it
+    UNKNOWN_RELEASE = "unknown_release"
     LOCK_BUSY = "lock_busy"
     LOCK_TIMEOUT = "lock_timeout"
     #: ``:<dimension>``

@@ -11,12 +11,13 @@ queue, or, for an event of a ``per_key`` source, waiting for its turn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from runtime import admission, new_runs
 from runtime.catalog import Catalog
 from runtime.config import RuntimeConfig
 from runtime.controls import Controls
+from runtime.errors import ReleaseError
 from runtime.event_ordering import EventOrdering
 from runtime.events import EventIntake, Incoming
 from runtime.scheduling.scheduler import Item, Ops, Scheduler
@@ -35,6 +36,12 @@ class Admitted:
     refusal: admission.Refusal | None = None
 
 
+class ReleaseStamp(Protocol):
+    """Gives an admitted run's row its release (``runtime.releases.live``)."""
+
+    def stamp(self, row: dict[str, Any]) -> None: ...
+
+
 class Submissions:
     def __init__(
         self,
@@ -47,8 +54,11 @@ class Submissions:
         dispatch: Scheduling,
         events: EventIntake,
         ordering: EventOrdering,
+        releases: ReleaseStamp | None = None,
     ) -> None:
         self.config = config
+        #: the release a run gets (None: no route has releases in this process)
+        self.releases = releases
         self.catalog = catalog
         self.controls = controls
         self.scheduler = scheduler
@@ -65,6 +75,12 @@ class Submissions:
             return Admitted(new_runs.held_run(req, held), False)
         refusal, pressure = self.decide(req)
         row = new_runs.row_for(self.catalog, req, refusal)
+        if refusal is None and self.releases is not None:
+            try:
+                self.releases.stamp(row)
+            except ReleaseError as exc:  # never a run under a release nobody can name
+                refusal = admission.Refusal("unknown_release", admission.bounded(str(exc)))
+                row = new_runs.row_for(self.catalog, req, refusal)
         key = event.order_key if event is not None and refusal is None else None
         if key is not None and event is not None:
             new_runs.hold_for_turn(row, event.source)

@@ -14,6 +14,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -33,6 +34,7 @@ from runtime.dead_letters import DeadLetters
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints, resolve_endpoints
 from runtime.errors import ConfigError, SettingsError
+from runtime.eval_config import DEFAULT_EVALS_DIR, FIXTURE_SUFFIXES
 from runtime.event_ordering import EventOrdering
 from runtime.events import EventIntake
 from runtime.keys import Keys
@@ -42,6 +44,9 @@ from runtime.policy import PolicyEngine
 from runtime.ports import StepMessages, StepPublisher
 from runtime.reconciler import DEFAULT_BATCH, DEFAULT_INTERVAL_S, RETENTION_EVERY_S, Reconciler
 from runtime.recovery import Recovery
+from runtime.release_gate import Gate, GateResult, no_evals_gate
+from runtime.releases.api import Releases
+from runtime.releases.live import LiveReleases
 from runtime.rule_check import rule_tool_problems
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
@@ -58,6 +63,7 @@ from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
 from runtime.store.events import EventStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
+from runtime.store.releases import ReleaseStore
 from runtime.store.runs import RunStore
 from runtime.submissions import Submissions
 from runtime.sync_runs import SyncRuns
@@ -250,8 +256,49 @@ def _failure_flows(
     return compensations, dead_letters
 
 
+def release_gate_for(config: RuntimeConfig) -> Gate:
+    """The gate ``Releases.promote`` asks when its caller passes none. The eval gate (the
+    blocking fixtures replayed under the candidate: ``runtime.evals.gate.eval_gate``) sits
+    above this layer, so ``agentrt releases promote`` passes it in; here, a deployment
+    whose evals directory holds fixtures is refused rather than promoted unchecked."""
+    directory = Path(config.evals.dir if config.evals is not None else DEFAULT_EVALS_DIR)
+    fixtures = [
+        p
+        for p in (directory.iterdir() if directory.is_dir() else [])
+        if p.suffix in FIXTURE_SUFFIXES
+    ]
+    if not fixtures:
+        return no_evals_gate
+
+    def unwired(route: str, release: str) -> GateResult:
+        return GateResult(
+            passed=False,
+            summary=f"{len(fixtures)} eval fixture(s) in {directory} and no eval gate given: "
+            "promote with `agentrt releases promote`, or pass "
+            "gate=runtime.evals.gate.eval_gate(config, settings)",
+        )
+
+    return unwired
+
+
+def _live_releases(
+    settings: Settings, config: RuntimeConfig, m: _Mechanisms, catalog: Catalog
+) -> LiveReleases:
+    return LiveReleases(
+        config=config,
+        catalog=catalog,
+        redis=m.redis,
+        keys=m.keys,
+        store=ReleaseStore(m.store.engine, settings.namespace),
+    )
+
+
 def _recovery(
-    settings: Settings, config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch
+    settings: Settings,
+    config: RuntimeConfig,
+    m: _Mechanisms,
+    dispatch: Dispatch,
+    live: LiveReleases | None = None,
 ) -> Recovery:
     return Recovery(
         config=config,
@@ -266,6 +313,7 @@ def _recovery(
         runs=m.store,
         reads=RecoveryReads(m.store.engine),
         audit=m.dead_letter_store,
+        rebuild_releases=live.rebuild if live is not None else None,
     )
 
 
@@ -280,6 +328,7 @@ def _step_runner(
     dispatch: Dispatch,
     failures: tuple[Compensations, DeadLetters],
     ordering: EventOrdering,
+    live: LiveReleases,
 ) -> StepRunner:
     compensations, dead_letters = failures
     return build_runner(
@@ -306,11 +355,18 @@ def _step_runner(
         after_failure=compensations.after_failure,
         after_cancel=compensations.compensate,
         after_terminal=ordering.after_terminal,
+        releases=live,
+        policy_sets={name: PolicyEngine(p) for name, p in config.policies.items()},
     )
 
 
 def _intake(
-    config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch, catalog: Catalog, controls: Controls
+    config: RuntimeConfig,
+    m: _Mechanisms,
+    dispatch: Dispatch,
+    catalog: Catalog,
+    controls: Controls,
+    live: LiveReleases,
 ) -> tuple[EventOrdering, EventIntake, Submissions]:
     """What admits runs: submits and webhook events (``event_sources``)."""
     event_store = EventStore(m.store.engine)
@@ -325,6 +381,7 @@ def _intake(
         dispatch=dispatch,
         events=events,
         ordering=ordering,
+        releases=live if any(r.release for r in config.routes.values()) else None,
     )
     return ordering, events, submissions
 
@@ -350,9 +407,10 @@ def build_service(
     controls = Controls(redis=m.redis, keys=m.keys)
     policy = PolicyEngine(config.policy)
     digest = config_digest(config)
-    ordering, events, submissions = _intake(config, m, dispatch, catalog, controls)
+    live = _live_releases(settings, config, m, catalog)
+    ordering, events, submissions = _intake(config, m, dispatch, catalog, controls, live)
     steps = _step_runner(
-        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering
+        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering, live
     )
     return cls(
         settings=settings,
@@ -379,7 +437,7 @@ def build_service(
         steps=steps,
         dead_letters=dead_letters,
         compensations=compensations,
-        recovery=_recovery(settings, config, m, dispatch),
+        recovery=_recovery(settings, config, m, dispatch, live),
         cancellation=Cancellation(
             store=m.store,
             controls=controls,
@@ -405,6 +463,9 @@ def build_service(
         submissions=submissions,
         sync_runs=SyncRuns(
             config=config, submissions=submissions, dispatch=dispatch, steps=steps, store=m.store
+        ),
+        releases=Releases(
+            config=config, live=live, store=live.store, gate=release_gate_for(config)
         ),
     )
 

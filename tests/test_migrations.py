@@ -231,7 +231,7 @@ def runs_fillfactor(engine: Engine) -> str | None:
 
 
 #: columns of runs added after 0006 (the upgrades below compare the runs of 0005 and 0006)
-LATER_RUN_COLUMNS = {"budget_extension"}
+LATER_RUN_COLUMNS = {"budget_extension", "release"}
 
 
 def all_runs(engine: Engine) -> list[dict[str, Any]]:
@@ -768,3 +768,37 @@ def test_the_worker_refuses_an_older_schema(db_url: str, redis_url: str, tmp_pat
     )
     assert proc.returncode != 0
     assert f"run `{UPGRADE_COMMAND}`" in proc.stdout + proc.stderr
+
+
+R0010 = "0010_event_sources"
+
+
+def test_an_r0010_database_with_runs_upgrades_to_head_and_back(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Given a database at 0010 holding runs (none of them has a release)
+    migrate(engine, R0010)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(runs_t), OLD_RUNS)
+    assert "release" not in {c["name"] for c in sa.inspect(engine).get_columns("runs")}
+    at_r0010 = snapshot(engine)
+    rows = all_runs(engine)
+
+    # When `agentrt db upgrade` takes it to head
+    code, output = cli(db_url, "db", "upgrade")
+    assert code == 0 and f"from revision {R0010} to {HEAD} (head)" in output
+
+    # Then every run is as it was, under no release, and the schema is a new database's
+    assert all_runs(engine) == rows
+    with engine.connect() as conn:
+        assert {r for (r,) in conn.execute(sa.select(runs_t.c.release))} == {None}
+    assert schema_differences(engine) == []
+    at_head = snapshot(engine)
+    assert at_head == fresh_snapshot(db_url, tmp_path)
+    assert {"release_state", "release_audit"} <= set(at_head)
+
+    # And the downgrade gives 0010's schema back with every run; upgrading again, head's
+    migrate(engine, R0010, down=True)
+    assert snapshot(engine) == at_r0010 and all_runs(engine) == rows
+    migrate(engine, "head")
+    assert snapshot(engine) == at_head

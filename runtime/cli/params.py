@@ -63,6 +63,17 @@ def seconds(low: float, high: float) -> Callable[[Any], float]:
     return parse
 
 
+def percent(value: Any) -> float:
+    """A share of runs: a number above 0 and at most 100 (no ``nan``, no ``inf``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"{shown(value)} is not a percentage") from None
+    if not (math.isfinite(number) and 0 < number <= 100):
+        raise typer.BadParameter(f"{shown(value)} is out of range: above 0, at most 100")
+    return number
+
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

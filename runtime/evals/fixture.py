@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.bounds import BoundsError, check_json
 from runtime.errors import EvalFixtureError
+from runtime.eval_config import FIXTURE_SUFFIXES
 
 FORMAT = 1
 #: a fixture's name is its file name: letters, digits, '_', '.', '-'
@@ -25,7 +26,7 @@ NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 MAX_FIXTURE_BYTES = 4 * 1024 * 1024
 #: fixtures a directory may hold before ``load_dir`` refuses (a runaway capture rule)
 MAX_FIXTURES = 5000
-SUFFIXES = (".json", ".yaml", ".yml")
+SUFFIXES = tuple(sorted(FIXTURE_SUFFIXES))
 
 
 class _Model(BaseModel):

@@ -8,7 +8,6 @@ A route with no blocking fixture passes (the summary says there was nothing to r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import RuntimeConfig
@@ -17,20 +16,13 @@ from runtime.eval_config import DEFAULT_EVALS_DIR
 from runtime.evals import fixture as fx
 from runtime.evals.replay import ConfigTransform, ReplayEngine, ResultHook
 from runtime.evals.report import EvalReport, report_of
+from runtime.release_gate import Gate, GateResult
+from runtime.releases import config_for
 from runtime.settings import Settings
 from runtime.wiring import load_registry
 
 #: how many times a gate replays each case (a case must pass every time)
 GATE_REPEAT = 3
-
-
-@dataclass(frozen=True)
-class GateResult:
-    passed: bool
-    summary: str
-    cases: int
-    failures: int
-    flaky: int
 
 
 def evals_dir(config: RuntimeConfig, directory: Path | None = None) -> Path:
@@ -43,7 +35,7 @@ def evals_dir(config: RuntimeConfig, directory: Path | None = None) -> Path:
 def gate_of(report: EvalReport) -> GateResult:
     return GateResult(
         passed=report.passed,
-        summary=report.summary(),
+        summary=report.summary()[:2000],
         cases=len(report.cases),
         failures=report.failures,
         flaky=report.flaky,
@@ -68,7 +60,7 @@ def run_gate(
     ]
     label = f"release {release}" if release else "the current config"
     if not fixtures:
-        return GateResult(True, f"no blocking eval for route {route} ({label})", 0, 0, 0)
+        return GateResult(passed=True, summary=f"no blocking eval for route {route} ({label})")
     engine = ReplayEngine(
         settings=settings,
         endpoints=resolve_endpoints(settings),
@@ -78,5 +70,21 @@ def run_gate(
         result_hook=result_hook,
     )
     gate = gate_of(report_of(engine.run(fixtures, repeat)))
-    return GateResult(gate.passed, f"{route} under {label}: {gate.summary}", gate.cases,
-                      gate.failures, gate.flaky)  # fmt: skip
+    return gate.model_copy(update={"summary": f"{route} under {label}: {gate.summary}"[:2000]})
+
+
+def eval_gate(config: RuntimeConfig, settings: Settings, directory: Path | None = None) -> Gate:
+    """The gate ``releases promote`` asks: the route's blocking fixtures replayed under the
+    candidate release's config (``runtime.releases.config_for``), ``GATE_REPEAT`` times."""
+
+    def gate(route: str, release: str) -> GateResult:
+        return run_gate(
+            config=config,
+            settings=settings,
+            route=route,
+            release=release,
+            config_transform=lambda cfg, r: config_for(cfg, r, release),
+            directory=directory,
+        )
+
+    return gate

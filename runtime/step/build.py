@@ -27,6 +27,7 @@ from runtime.step.collaborators import (
     CatalogReads,
     DeadLettering,
     LiveControls,
+    ReleaseRouting,
     Scheduling,
 )
 from runtime.step.execution import ToolExecution
@@ -67,6 +68,8 @@ def build_runner(
     after_failure: AfterFailure,
     after_cancel: AfterCancel,
     after_terminal: AfterTerminal,
+    releases: ReleaseRouting | None = None,
+    policy_sets: dict[str, PolicyEngine] | None = None,
 ) -> StepRunner:
     retries = Retries(dead_letters=dead_letters)
     pending = PendingCalls(registry=registry, store=store)
@@ -92,6 +95,7 @@ def build_runner(
         config=config,
         registry=registry,
         policy=policy,
+        policy_sets=policy_sets,
         catalog=catalog,
         tool_call=tool_call,
         approvals=ApprovalGate(
@@ -140,4 +144,5 @@ def build_runner(
         pending=pending,
         proposal=proposal,
         checkpoint=checkpoint,
+        releases=releases,
     )

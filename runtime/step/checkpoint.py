@@ -196,7 +196,7 @@ class Checkpointer:
     @staticmethod
     def _run_updates(st: Step, move: Move, now: Any) -> dict[str, Any]:
         """What the checkpoint changes on the run row besides its status."""
-        updates: dict[str, Any] = {**move.run_updates}
+        updates: dict[str, Any] = {**st.run_updates, **move.run_updates}
         if "attempt" not in updates and move.kind != StepKind.DEFERRED and st.run["attempt"]:
             updates["attempt"] = 0  # the failing call got past its failure
         if st.used_proposer:

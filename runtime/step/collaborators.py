@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from runtime.config import RetryPolicy
+from runtime.config import RetryPolicy, RouteConfig
 from runtime.controls import ControlsRead
 from runtime.proposers.base import Proposer, ToolDescription
+from runtime.release_sets import StepRelease
 from runtime.scheduling.scheduler import Item, Ops, Outcome
 from runtime.tools.registry import ToolSpec
 
@@ -49,6 +50,14 @@ class LiveControls(Protocol):
     def cancelled_by(self, run_id: str) -> str | None: ...
 
     def pause_key(self, run_id: str) -> str: ...
+
+
+class ReleaseRouting(Protocol):
+    """A run's release as its step sees it (``runtime.releases.live``)."""
+
+    def read_key(self, route: str) -> str | None: ...
+
+    def for_step(self, run: dict[str, Any], route: RouteConfig, read: Any) -> StepRelease: ...
 
 
 class Scheduling(Protocol):

@@ -4,6 +4,7 @@ the tool-call stage. Nothing the model proposes runs before this stage said yes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,6 +30,7 @@ class ProposalCheck:
         config: RuntimeConfig,
         registry: ToolRegistry,
         policy: PolicyEngine,
+        policy_sets: Mapping[str, PolicyEngine] | None = None,
         catalog: CatalogReads,
         tool_call: ToolCall,
         approvals: ApprovalGate,
@@ -36,6 +38,8 @@ class ProposalCheck:
         self.config = config
         self.registry = registry
         self.policy = policy
+        #: the named sets releases may use (``policies:``)
+        self.policy_sets = dict(policy_sets or {})
         self.catalog = catalog
         self.tool_call = tool_call
         self.approvals = approvals
@@ -116,7 +120,8 @@ class ProposalCheck:
     def _decide(
         self, st: Step, spec: ToolSpec | None, registered: bool, tool: str, args: Any
     ) -> Decision:
-        return self.policy.decide(
+        engine = self.policy if st.policy_set is None else self.policy_sets[st.policy_set]
+        return engine.decide(
             PolicyContext(
                 tool=tool,
                 args=args,

@@ -13,7 +13,7 @@ from runtime.budgets.ledger import BudgetLedger
 from runtime.config import RuntimeConfig
 from runtime.contract import RunStatus
 from runtime.controls import ControlsRead
-from runtime.errors import BudgetExhausted, StateUnknown
+from runtime.errors import BudgetExhausted, ReleaseError, StateUnknown
 from runtime.keys import Keys
 from runtime.locks.identity import owner_instance
 from runtime.locks.leases import Busy, Lease, LeaseManager
@@ -31,7 +31,7 @@ from runtime.statuses import LIVE_STATUSES
 from runtime.step.budget import Budgeting
 from runtime.step.chain import Chain
 from runtime.step.checkpoint import Checkpointer
-from runtime.step.collaborators import LiveControls, Scheduling
+from runtime.step.collaborators import LiveControls, ReleaseRouting, Scheduling
 from runtime.step.guards import Guards
 from runtime.step.model_call import ModelCall
 from runtime.step.pending import PendingCalls
@@ -69,8 +69,11 @@ class StepRunner:
         pending: PendingCalls,
         proposal: ProposalCheck,
         checkpoint: Checkpointer,
+        releases: ReleaseRouting | None = None,
     ) -> None:
         self.config = config
+        #: runs' releases (None: this process's config has none)
+        self.releases = releases
         #: what the published config's digest must be for this process to run steps
         self.config_digest = config_digest
         self.store = store
@@ -106,7 +109,7 @@ class StepRunner:
         leased = self._lease(item, attempt, chain)
         if isinstance(leased, StepResult):
             return leased
-        lease, attempt, controls = leased
+        lease, attempt, controls, release_read = leased
         released = False
         try:
             # the first step starts the run (queued -> running) in the same statement
@@ -117,9 +120,11 @@ class StepRunner:
                 released = True
                 return self._already_done(run, item.step_no)
             if run["route"] != item.route:
-                controls = None
+                controls, release_read = None, None
             try:
-                result = self._execute(run, item.step_no, attempt, lease, controls, chain, sync)
+                result = self._execute(
+                    run, item.step_no, attempt, lease, (controls, release_read), chain, sync
+                )
             except StateUnknown as exc:
                 # Redis lost its state after this step started (its reservation found the
                 # ledger unknown): nothing ran; recovery queues the step again from SQL
@@ -133,11 +138,12 @@ class StepRunner:
 
     def _lease(
         self, item: Item, attempt: int, chain: Chain | None
-    ) -> tuple[Lease, int, ControlsRead | None] | StepResult:
+    ) -> tuple[Lease, int, ControlsRead | None, Any] | StepResult:
         """Take the run lease in one round trip with the step's slot, the kill switches,
         the state marker and the published config's digest (and, for a chained step, the
-        chain cursor): (lease, attempt, controls), or the result of a step that must not
-        run here now."""
+        chain cursor; for a ``next_step`` release route, its live release state): (lease,
+        attempt, controls, release state read), or the result of a step that must not run
+        here now."""
         chained = chain is not None and chain.position > 0
         lease_ttl_ms = int(self.config.lease_ttl_s() * 1000)
         hinted = self.config.routes.get(item.route)
@@ -145,6 +151,7 @@ class StepRunner:
         control_keys = self.controls.control_keys(item.run_id, item.route, tools) if hinted else []
         owner = self.leases.owner()
         running_ttl_ms = self.scheduler.running_ttl_ms(item.route) if hinted else 0
+        release_key = self.releases.read_key(item.route) if self.releases and hinted else None
 
         def also(pipe: Any) -> None:
             if hinted:
@@ -154,6 +161,8 @@ class StepRunner:
             # is Redis's state the one SQL knows, and which config does the deployment enforce
             self.markers.check_in(pipe)
             pipe.hget(self.keys.published_config(), "digest")
+            if release_key is not None:
+                pipe.hmget(release_key, ["gen", "state"])
             if chained:
                 assert chain is not None
                 ttl_ms = max(int(chain.remaining_s(self.config) * 1000), 1) + lease_ttl_ms
@@ -162,6 +171,9 @@ class StepRunner:
         lease, extra = self.leases.acquire_run_with(item.run_id, owner, lease_ttl_ms, also)
         if chained:
             extra = extra[:-1]
+        release_read = None
+        if release_key is not None:
+            release_read, extra = extra[-1], extra[:-1]
         slot = int(extra[0]) if hinted else None
         if isinstance(lease, Busy):
             # a live copy of this step runs elsewhere (a holder known dead would have been
@@ -187,7 +199,7 @@ class StepRunner:
             # this one (a hand-back publishes a fresh one), it is a retry
             attempt = 1
         controls = self.controls.parse_controls(extra[-3], tools) if control_keys else None
-        return lease, attempt, controls
+        return lease, attempt, controls, release_read
 
     def _deployment_halt(self, item: Item, marker: Any, digest: Any) -> StepResult | None:
         """Stop before anything happens when this step must not run here now:
@@ -245,17 +257,36 @@ class StepRunner:
         step_no: int,
         attempt: int,
         lease: Lease,
-        controls: ControlsRead | None,
+        reads: tuple[ControlsRead | None, Any],
         chain: Chain | None,
         sync: bool = False,
     ) -> StepResult:
+        controls, release_read = reads
         route = self.config.routes.get(run["route"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
         if route is None:  # the config no longer has this route: end the run, don't guess
             self.fail_step(run["run_id"], step_no, StepOutcome.ROUTE_REMOVED.value)
             self.leases.release(lease)
             return StepResult(Delivery.ROUTE_REMOVED.value)
+        policy_set, run_updates = None, {}
+        if self.releases is not None and (run.get("release") or route.release):
+            try:
+                rel = self.releases.for_step(run, route, release_read)
+            except ReleaseError as exc:  # fail closed: never a step under an unknown release
+                log.warning("step %s/%s: %s", run["run_id"], step_no, exc)
+                self.fail_step(run["run_id"], step_no, StepOutcome.UNKNOWN_RELEASE.value)
+                self.leases.release(lease)
+                return StepResult(Delivery.UNKNOWN_RELEASE.value)
+            route, policy_set, run_updates = rel.route, rel.policy_set, rel.run_updates
+            if rel.changed is not None:
+                trace.add("release_changed", **rel.changed)
+        elif run.get("release"):
+            # a run admitted under a release, in a process that cannot resolve releases
+            self.fail_step(run["run_id"], step_no, StepOutcome.UNKNOWN_RELEASE.value)
+            self.leases.release(lease)
+            return StepResult(Delivery.UNKNOWN_RELEASE.value)
         st = Step(run, route, step_no, attempt, trace, controls=controls, model_name=route.proposer)
+        st.policy_set, st.run_updates = policy_set, run_updates
         if chain is not None:
             config = self.config
             st.keep = lambda candidate, waiting: chain.may_keep(config, candidate, waiting)

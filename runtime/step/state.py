@@ -40,6 +40,7 @@ class Delivery(enum.StrEnum):
     #: another copy of the step checkpointed first
     STALE_WRITE = "stale_write"
     ROUTE_REMOVED = "route_removed"
+    UNKNOWN_RELEASE = "unknown_release"
     #: ``:<class>``: retries exhausted, the run waits in the dead-letter queue
     DEAD_LETTERED = "dead_lettered"
 
@@ -99,6 +100,10 @@ class Step:
     approval_spend: ApprovalSpend | None = None
     #: a new pending approval, committed with the checkpoint that makes the run wait
     approval_request: dict[str, Any] | None = None
+    #: the policy set of the run's release (None: the top-level ``policy``)
+    policy_set: str | None = None
+    #: run row changes this step made before its move (a release taken at this step)
+    run_updates: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:

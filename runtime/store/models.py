@@ -116,6 +116,8 @@ class RunRow(SQLModel, table=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
+    #: the release the run runs under (``runtime.releases``); None: its route has none
+    release: str | None = Field(default=None, max_length=100)
 
 
 class StepRow(SQLModel, table=True):
@@ -488,3 +490,45 @@ class EvalCaptureRow(SQLModel, table=True):
     #: the capture rule that matched (None: captured by an operator)
     rule: str | None = Field(default=None, max_length=300)
     captured_at: datetime
+
+
+class ReleaseStateRow(SQLModel, table=True):
+    """A route's live release state as the operator set it (``agentrt releases canary |
+    promote | rollback``): the record Redis's copy is rebuilt from. A route without a row
+    runs as its deployment file says."""
+
+    __tablename__ = "release_state"
+
+    namespace: str = Field(primary_key=True, max_length=100)
+    route: str = Field(primary_key=True, max_length=100)
+    active: str = Field(max_length=100)
+    canary: str | None = Field(default=None, max_length=100)
+    percent: float | None = None
+    tenants: list[str] | None = _json()
+    #: the route's configured release when this was set (a new deploy replaces it)
+    deployed: str = Field(max_length=100)
+    #: bumped by every change: Redis keeps the newest (``put_state.lua``)
+    generation: int
+    updated_by: str = Field(max_length=200)
+    updated_at: datetime
+
+
+class ReleaseAuditRow(SQLModel, table=True):
+    """Every release change: who, when, why, the state before and after, and for a
+    promotion the gate's result."""
+
+    __tablename__ = "release_audit"
+    __table_args__ = (Index("ix_release_audit_route", "namespace", "route", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(_BIGINT_PK, primary_key=True))
+    namespace: str = Field(max_length=100)
+    route: str = Field(max_length=100)
+    #: canary | promote | rollback
+    action: str = Field(max_length=20)
+    release: str | None = Field(default=None, max_length=100)
+    before: dict[str, Any] | None = _json()
+    after: dict[str, Any] | None = _json()
+    gate: dict[str, Any] | None = _json()
+    actor: str = Field(max_length=200)
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    at: datetime
