@@ -20,8 +20,10 @@ lock and rebuilds; the others wait), and ``agentrt recover`` runs it by hand. Re
    step may have run in a step that died with Redis's data (its hold lost, its spend never
    recorded): recovery holds it again (a "recovered" hold: the call, counted as executed),
    so the step's next copy is charged for it and nothing else can spend that budget;
-5. forgets every queue and slot Redis held (an old snapshot's would be stale), writes the
-   scheduler's marker and queues the current step of every queued or running run again;
+5. forgets every queue and slot Redis held (an old snapshot's would be stale), restores the
+   operator levers from SQL (``runtime.levers``: a step reads them with its lease, so they
+   are back before the marker lets any step run), writes the scheduler's marker and queues
+   the current step of every queued or running run again;
 6. resumes dispatching and writes an audit record.
 
 Leases and locks need no rebuilding: a lost lease is a free lease, and every side effect is
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -78,6 +81,8 @@ class RecoveryReport:
     dry_run: bool = False
     #: the state generation recovery built
     generation: int = 0
+    #: operator levers restored from SQL
+    levers: int = 0
     runs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,6 +95,7 @@ class RecoveryReport:
             "waited_s": round(self.waited_s, 1),
             "dry_run": self.dry_run,
             "generation": self.generation,
+            "levers": self.levers,
         }
 
 
@@ -109,6 +115,7 @@ class Recovery:
         runs: RunStore,
         reads: RecoveryReads,
         audit: DeadLetterStore,
+        restore_levers: Callable[[], int],
     ) -> None:
         self.config = config
         #: where this process's config came from (shown in drift messages, recorded on apply)
@@ -123,6 +130,8 @@ class Recovery:
         self.runs = runs
         self.reads = reads
         self.audit = audit
+        #: puts the operator levers SQL records back in Redis; returns how many are on
+        self.restore_levers = restore_levers
 
     def recover(
         self,
@@ -165,6 +174,7 @@ class Recovery:
             generation = self.deployments.new_generation(actor, "recover")
             self._rebuild_ledger(report, generation)
             self.scheduler.reset_state()
+            report.levers = self.restore_levers()
             self.markers.mark(generation)
             self.generation.refresh()
             report.generation = generation

@@ -36,6 +36,7 @@ from runtime.errors import ConfigError, SettingsError
 from runtime.event_ordering import EventOrdering
 from runtime.events import EventIntake
 from runtime.keys import Keys
+from runtime.levers import Levers
 from runtime.locks.leases import LeaseManager
 from runtime.mode_check import sync_route_problems
 from runtime.policy import PolicyEngine
@@ -57,6 +58,7 @@ from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
 from runtime.store.events import EventStore
+from runtime.store.levers import LeverStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.runs import RunStore
 from runtime.submissions import Submissions
@@ -250,8 +252,18 @@ def _failure_flows(
     return compensations, dead_letters
 
 
+def _levers(config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch) -> Levers:
+    return Levers(
+        config=config,
+        store=LeverStore(m.store.engine),
+        redis=m.redis,
+        keys=m.keys,
+        schedule=dispatch.schedule,
+    )
+
+
 def _recovery(
-    settings: Settings, config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch
+    settings: Settings, config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch, levers: Levers
 ) -> Recovery:
     return Recovery(
         config=config,
@@ -266,6 +278,7 @@ def _recovery(
         runs=m.store,
         reads=RecoveryReads(m.store.engine),
         audit=m.dead_letter_store,
+        restore_levers=levers.restore,
     )
 
 
@@ -354,7 +367,8 @@ def build_service(
     steps = _step_runner(
         config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering
     )
-    return cls(
+    levers = _levers(config, m, dispatch)
+    svc = cls(
         settings=settings,
         config=config,
         config_digest=digest,
@@ -379,7 +393,7 @@ def build_service(
         steps=steps,
         dead_letters=dead_letters,
         compensations=compensations,
-        recovery=_recovery(settings, config, m, dispatch),
+        recovery=_recovery(settings, config, m, dispatch, levers),
         cancellation=Cancellation(
             store=m.store,
             controls=controls,
@@ -407,6 +421,9 @@ def build_service(
             config=config, submissions=submissions, dispatch=dispatch, steps=steps, store=m.store
         ),
     )
+    # rt.levers: the operator levers (``agentrt ops``); kept out of the façade's class
+    svc.levers = levers
+    return svc
 
 
 def service_from_settings(
