@@ -22,12 +22,13 @@ route_concurrency    route            the dispatcher's limit for the route, live
                                       the config's ``concurrency_limit`` until reset)
 ===================  ===============  ======================================================
 
-Where they live: SQL (``operator_levers``: the levers on now; ``operator_audit``: every
-change, dry runs too) is the record, written first; then Redis, where steps read them in
-the round trip that takes their lease (``runtime.controls``) and the dispatch script reads
-the scheduling ones (``sched.lua``). After Redis lost its data, recovery restores them from
-SQL (``restore``) before it writes the state marker: until then no step runs and nothing is
-dispatched (``runtime.state``), so nothing runs with its levers unknown.
+Where they live: SQL (``operator_levers``: the levers on now; ``operator_audit``, action
+``ops.<lever>``: every change, dry runs too) is the record, written first; then Redis,
+where steps read them in the round trip that takes their lease (``runtime.controls``) and
+the dispatch script reads the scheduling ones (``sched.lua``). After Redis lost its data,
+recovery restores them from SQL (``restore``) before it writes the state marker: until
+then no step runs and nothing is dispatched (``runtime.state``): nothing runs with its
+levers unknown.
 
 Reverting a prompt (setting a route's active release) is ``agentrt releases rollback``.
 """
@@ -259,6 +260,7 @@ class Levers:
             "reason": reason,
             "dry_run": dry_run,
             "affected": count,
+            "ids": [r["run_id"] for r in runs],
         }
         if dry_run:
             self.store.audit(audit)

@@ -64,6 +64,7 @@ from runtime.cli.common import (
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
 from runtime.cli.keys import app as keys_app
+from runtime.cli.ops import app as ops_app
 from runtime.cli.schedules import app as schedules_app
 from runtime.cli.schedules import beat
 from runtime.errors import ConfigError
@@ -94,6 +95,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(ops_app, name="ops")
 app.command("beat")(beat)
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback

@@ -1,22 +1,27 @@
 """SQL of the operator levers (``runtime.levers``): the levers on now, their audit, and the
 runs a lever would affect. A change writes its lever row and its audit row in one
-transaction, so the record and the history never disagree."""
+transaction, so the record and the history never disagree.
+
+The audit is the operators' one log, ``operator_audit`` (with ``dlq retry``/``purge`` and
+``recover``): action ``ops.<lever>``, ``filter`` {"target"}, ``count`` the runs it applied
+to (``ids``: the first of them), ``detail`` {lever, target, old, new, reason, dry_run}."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 
 from runtime.statuses import RunStatus
 from runtime.store.connections import StoreConnections
-from runtime.store.models import OperatorAuditRow, OperatorLeverRow
+from runtime.store.models import AuditRow, OperatorLeverRow
 from runtime.store.tables import runs_t
 
 levers_t = OperatorLeverRow.__table__  # type: ignore[attr-defined]
-audit_t = OperatorAuditRow.__table__  # type: ignore[attr-defined]
+audit_t = AuditRow.__table__  # type: ignore[attr-defined]
+#: the audit actions of lever changes: ``ops.<lever>``
+ACTION_PREFIX = "ops."
 
 #: runs a lever can still act on
 OPEN_STATUSES = (
@@ -57,23 +62,22 @@ class LeverStore(StoreConnections):
                     )
             else:
                 conn.execute(delete(levers_t).where(*key))
-            conn.execute(insert(audit_t), [audit])
+            conn.execute(insert(audit_t), [_audit_row(audit)])
 
-    def audit(self, row: dict[str, Any]) -> None:
+    def audit(self, audit: dict[str, Any]) -> None:
         """An audit row alone (a dry run changes nothing else)."""
         with self._write_one() as conn:
-            conn.execute(insert(audit_t), [row])
+            conn.execute(insert(audit_t), [_audit_row(audit)])
 
-    def log(
-        self, limit: int = 100, since: datetime | None = None, lever: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The audit, newest first."""
+    def log(self, limit: int = 100, lever: str | None = None) -> list[dict[str, Any]]:
+        """The levers' audit, newest first, one flat row each."""
+        action = audit_t.c.action
         query = self._tolerant_select(audit_t).order_by(audit_t.c.id.desc()).limit(limit)
-        if since is not None:
-            query = query.where(audit_t.c.at >= since)
         if lever is not None:
-            query = query.where(audit_t.c.lever == lever)
-        return self._read(query, audit_t)
+            query = query.where(action == ACTION_PREFIX + lever)
+        else:
+            query = query.where(action.like(ACTION_PREFIX + "%"))
+        return [_flat(row) for row in self._read(query, audit_t)]
 
     def open_runs(
         self,
@@ -98,3 +102,33 @@ class LeverStore(StoreConnections):
         with self._read_one() as conn:
             rows = [dict(r) for r in conn.execute(page).mappings()]
         return count, rows
+
+
+def _audit_row(audit: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "at": audit["at"],
+        "actor": audit["actor"],
+        "action": ACTION_PREFIX + audit["lever"],
+        "filter": {"target": audit["target"]},
+        "count": audit["affected"],
+        "ids": audit.get("ids") or [],
+        "detail": {
+            name: audit[name] for name in ("lever", "target", "old", "new", "reason", "dry_run")
+        },
+    }
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    detail = row["detail"] if isinstance(row["detail"], dict) else {}
+    return {
+        "id": row["id"],
+        "at": row["at"],
+        "actor": row["actor"],
+        "lever": detail.get("lever", str(row["action"]).removeprefix(ACTION_PREFIX)),
+        "target": detail.get("target"),
+        "old": detail.get("old"),
+        "new": detail.get("new"),
+        "reason": detail.get("reason"),
+        "dry_run": bool(detail.get("dry_run")),
+        "affected": row["count"],
+    }

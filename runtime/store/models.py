@@ -477,8 +477,9 @@ class EventKeyRow(SQLModel, table=True):
 class OperatorLeverRow(SQLModel, table=True):
     """An operator lever that is on now (``runtime.levers``): the record Redis's live
     switches are rebuilt from after Redis lost its data. A lever turned off is deleted
-    (its history is in ``operator_audit``). Levers act on routes, tools and tenants of the
-    deployment, not on one tenant's data: ``target`` is the route, tool or tenant name."""
+    (its history is in ``operator_audit``, action ``ops.<lever>``). Levers act on routes,
+    tools and tenants of the deployment, not on one tenant's data: ``target`` is the
+    route, tool or tenant name."""
 
     __tablename__ = "operator_levers"
 
@@ -489,23 +490,3 @@ class OperatorLeverRow(SQLModel, table=True):
     actor: str = Field(max_length=200)
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     updated_at: datetime
-
-
-class OperatorAuditRow(SQLModel, table=True):
-    """Every lever an operator pulled (or tried with ``--dry-run``): who, when, what, the
-    setting before and after, and why."""
-
-    __tablename__ = "operator_audit"
-    __table_args__ = (Index("ix_operator_audit_at", "at"),)
-
-    id: int | None = Field(default=None, sa_column=Column(_BIGINT_PK, primary_key=True))
-    at: datetime
-    actor: str = Field(max_length=200)
-    lever: str = Field(max_length=40)
-    target: str = Field(max_length=100)
-    old: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
-    new: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
-    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    dry_run: bool = False
-    #: runs the change affected when it was made (non-terminal runs it applies to)
-    affected: int = 0

@@ -1,5 +1,6 @@
-"""Operator levers: the operator_levers table (levers on now) and operator_audit (every
-lever pulled, dry runs included). New tables: existing rows are untouched.
+"""Operator levers: the operator_levers table (the levers on now). Their changes are
+audited in the existing operator_audit table (action ``ops.<lever>``). A new table:
+existing rows are untouched.
 
 Revision ID: 0012_operator_levers
 Revises: 0010_event_sources (re-chained after 0011 when the releases revision lands)
@@ -16,11 +17,10 @@ branch_labels = None
 depends_on = None
 
 _TIME = sa.DateTime(timezone=True)
-_BIGINT_PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def adopted(inspector: sa.Inspector) -> bool:
-    return inspector.has_table("operator_levers") and inspector.has_table("operator_audit")
+    return inspector.has_table("operator_levers")
 
 
 def upgrade() -> None:
@@ -35,27 +35,9 @@ def upgrade() -> None:
             sa.Column("reason", sa.Text(), nullable=True),
             sa.Column("updated_at", _TIME, nullable=False),
         )
-    if not inspector.has_table("operator_audit"):
-        op.create_table(
-            "operator_audit",
-            sa.Column("id", _BIGINT_PK, primary_key=True, autoincrement=True),
-            sa.Column("at", _TIME, nullable=False),
-            sa.Column("actor", sa.String(length=200), nullable=False),
-            sa.Column("lever", sa.String(length=40), nullable=False),
-            sa.Column("target", sa.String(length=100), nullable=False),
-            sa.Column("old", sa.JSON(), nullable=True),
-            sa.Column("new", sa.JSON(), nullable=True),
-            sa.Column("reason", sa.Text(), nullable=True),
-            sa.Column("dry_run", sa.Boolean(), nullable=False),
-            sa.Column("affected", sa.Integer(), nullable=False),
-        )
-        op.create_index("ix_operator_audit_at", "operator_audit", ["at"])
 
 
 def downgrade() -> None:
     inspector = sa.inspect(op.get_bind())
-    if inspector.has_table("operator_audit"):
-        op.drop_index("ix_operator_audit_at", table_name="operator_audit")
-        op.drop_table("operator_audit")
     if inspector.has_table("operator_levers"):
         op.drop_table("operator_levers")
