@@ -146,8 +146,7 @@ class RuntimeService:
         self.approvals = approvals  # rt.approvals: the calls that wait for a human
         self.budget_extensions = budget_extensions
         self.api_keys = api_keys
-        #: webhook sources: verify, parse, dedupe (rt.receive_event)
-        self.events = events
+        self.events = events  # webhook sources: verify, parse, dedupe (rt.receive_event)
         self.ordering = ordering  # per_key ordering of event runs
         self.submissions = submissions
         self.sync_runs = sync_runs
