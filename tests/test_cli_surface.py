@@ -384,6 +384,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
         ["0s", HUGE + "d", "soon"],
     ),
     (("runs", "cancel", "--tenant", "t1"), "--older-than", ["99999999w", "9999-12-31", "soon"]),
+    (("ops", "log"), "--limit", [HUGE, "0", "10001"]),
 ]
 
 
@@ -412,7 +413,7 @@ def test_an_out_of_range_value_is_one_line_naming_the_option_and_exit_2(
 def test_every_numeric_option_is_in_the_table_above() -> None:
     """A new number option without a bound (or a test here) fails this test."""
     covered = {
-        (" ".join(c[:2] if c[0] in ("runs", "dlq", "config", "approvals") else c[:1]), o)
+        (" ".join(c[:2] if c[0] in ("runs", "dlq", "config", "approvals", "ops") else c[:1]), o)
         for c, o, _ in BAD_VALUES
     }
     command = typer.main.get_command(app)

@@ -283,7 +283,9 @@ def test_dry_run_changes_nothing_and_unknown_targets_are_named(
         (["drain", "--tenant", "nobody"], "unknown tenant 'nobody'"),
         (["stop-route", "r.none", "--mode", "stop"], "unknown route 'r.none'"),
         (["drain", "--route", ROUTE, "--tenant", "t1"], "exactly one of"),
-        (["concurrency", ROUTE], "give a limit"),
+        (["concurrency", ROUTE, "1000001"], "N: '1000001' is not a concurrency limit"),
+        (["concurrency", ROUTE, "-1"], "No such option"),
+        (["concurrency", ROUTE, "lots"], "N: 'lots' is not a concurrency limit"),
     ):
         result = CliRunner().invoke(app, ["ops", *args], env={"COLUMNS": "400"})
         assert result.exit_code == 2, (args, result.output)

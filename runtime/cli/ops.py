@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from runtime.cli import ops_views as views
+from runtime.cli import params
 from runtime.cli.common import EXIT_REFUSED, JsonOpt, default_actor, emit_json, fail, out, service
 
 if TYPE_CHECKING:
@@ -254,16 +255,36 @@ def resume_tenant(
     _pull(lambda lv: lv.resume_tenant(tenant, **kw), json_out)
 
 
+#: what ``ops concurrency ROUTE config`` takes: back to the config's concurrency_limit
+CONFIG_LIMIT = "config"
+
+
+def parse_limit(value: str) -> int | None:
+    """N of ``ops concurrency``: a whole number 0..MAX_CONCURRENCY, or ``config`` (None)."""
+    from runtime.config import MAX_CONCURRENCY
+
+    if value == CONFIG_LIMIT:
+        return None
+    if not value.isdigit() or int(value) > MAX_CONCURRENCY:
+        fail(
+            f"N: {params.shown(value)} is not a concurrency limit: a whole number from 0 to "
+            f"{MAX_CONCURRENCY}, or '{CONFIG_LIMIT}' for the config's",
+            EXIT_REFUSED,
+        )
+    return int(value)
+
+
 @app.command("concurrency")
 def concurrency(
     route: RouteArg,
     limit: Annotated[
-        int | None,
-        typer.Argument(help="Steps of the route running at once, 0..1000000 (0: none).", min=0),
-    ] = None,
-    reset: Annotated[
-        bool, typer.Option("--reset", help="Go back to the config's concurrency_limit.")
-    ] = False,
+        str,
+        typer.Argument(
+            metavar="N",
+            help="Steps of the route running at once, 0..1000000 (0: none start), or "
+            "'config' to go back to the config's concurrency_limit.",
+        ),
+    ],
     reason: ReasonOpt = None,
     dry_run: DryRunOpt = False,
     actor: ActorOpt = None,
@@ -271,10 +292,9 @@ def concurrency(
 ) -> None:
     """Set a route's concurrency limit live (the dispatcher's): steps in flight above a
     lowered limit finish; no new one starts until the route is below it."""
-    if (limit is None) == (not reset):
-        fail("give a limit N, or --reset", EXIT_REFUSED)
+    n = parse_limit(limit)
     kw = _kw(actor, reason, dry_run)
-    _pull(lambda lv: lv.set_concurrency(route, limit, **kw), json_out)
+    _pull(lambda lv: lv.set_concurrency(route, n, **kw), json_out)
 
 
 @app.command("status")
