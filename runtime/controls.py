@@ -10,6 +10,7 @@ and a tool polling ``ctx.cancelled`` - learn it without a database read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import redis
@@ -50,9 +51,18 @@ def _text(raw: Any) -> str | None:
 
 
 class Controls:
-    def __init__(self, *, redis: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self,
+        *,
+        redis: redis.Redis,
+        keys: Keys,
+        stopped_in_record: Callable[[str], bool] = lambda route: False,
+    ) -> None:
         self.redis = redis
         self.keys = keys
+        #: whether SQL records the route stopped (``runtime.levers``): asked while Redis's
+        #: state is unknown, when a missing switch proves nothing
+        self.stopped_in_record = stopped_in_record
 
     def live_controls(self, run_id: str, route: str, tools: list[str]) -> ControlsRead:
         """The switches for a step: one round trip."""
@@ -90,8 +100,16 @@ class Controls:
         )
 
     def route_stopped(self, route: str) -> bool:
-        """Whether admission refuses the route (stopped in either mode)."""
-        return bool(self.redis.exists(self.keys.route_stopped(route)))
+        """Whether admission refuses the route (stopped in either mode). Fail closed: with
+        Redis's state lost (no scheduler marker) the switch may be gone too, so the SQL
+        record decides until recovery has put the levers back."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self.keys.route_stopped(route))
+        pipe.exists(self.keys.sched_state())
+        stopped, marked = pipe.execute()
+        if stopped:
+            return True
+        return not marked and self.stopped_in_record(route)
 
     # --- a run's switches ------------------------------------------------------------
     def cancelled_by(self, run_id: str) -> str | None:

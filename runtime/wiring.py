@@ -252,10 +252,10 @@ def _failure_flows(
     return compensations, dead_letters
 
 
-def _levers(config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch) -> Levers:
+def _levers(config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch, store: LeverStore) -> Levers:
     return Levers(
         config=config,
-        store=LeverStore(m.store.engine),
+        store=store,
         redis=m.redis,
         keys=m.keys,
         schedule=dispatch.schedule,
@@ -360,14 +360,15 @@ def build_service(
     failures = _failure_flows(settings, config, registry, m, dispatch)
     compensations, dead_letters = failures
     catalog = Catalog(config=config, registry=registry)
-    controls = Controls(redis=m.redis, keys=m.keys)
+    lever_store = LeverStore(m.store.engine)
+    controls = Controls(redis=m.redis, keys=m.keys, stopped_in_record=lever_store.route_stopped)
     policy = PolicyEngine(config.policy)
     digest = config_digest(config)
     ordering, events, submissions = _intake(config, m, dispatch, catalog, controls)
     steps = _step_runner(
         config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering
     )
-    levers = _levers(config, m, dispatch)
+    levers = _levers(config, m, dispatch, lever_store)
     svc = cls(
         settings=settings,
         config=config,

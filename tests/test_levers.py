@@ -330,6 +330,9 @@ def test_levers_come_back_from_sql_after_redis_loss(own_redis: Deployment) -> No
     row = svc.store.get_run(run.run_id)
     assert svc.steps.run(item_of(row, 0)).outcome == Delivery.STATE_UNKNOWN.value
     assert svc.store.steps(run.run_id) == [] and calls(dep, key) == 0
+    # admission: a stopped route's switch is gone with Redis, the SQL record still refuses
+    refused = dep.submit_script([REPLY], route="r.basic")
+    assert refused.stop_reason == "refused:route_stopped"
     report = svc.recovery.recover(ACTOR, inflight_wait_s=0)
     assert report.levers == 5
     assert svc.redis.get(keys.tool_disabled("probe.work")) is not None

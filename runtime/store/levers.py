@@ -45,6 +45,10 @@ class LeverStore(StoreConnections):
         rows = self._read(query, levers_t)
         return rows[0] if rows else None
 
+    def route_stopped(self, route: str) -> bool:
+        """Whether the record has the route stopped (in either mode)."""
+        return self.get("route_stopped", route) is not None
+
     def change(
         self, *, lever: str, target: str, value: Any, audit: dict[str, Any], on: bool
     ) -> None:
