@@ -272,6 +272,15 @@ def test_dry_run_changes_nothing_and_unknown_targets_are_named(
             "look",
             "tool_disabled",
         )
+        # for people: the same preview as a table of the runs
+        wide = {"COLUMNS": "250"}
+        table = CliRunner().invoke(app, ["ops", "drain", "--route", ROUTE, "--dry-run"], env=wide)
+        assert table.exit_code == 0 and "dry run, nothing changed" in table.stdout, table.output
+        assert run in table.stdout and ROUTE in table.stdout
+        assert not dep.svc.redis.sismember(dep.svc.keys.scheduler().drained_routes, ROUTE)
+        logged = CliRunner().invoke(app, ["ops", "log", "--limit", "2"], env=wide)
+        assert logged.exit_code == 0 and "route_drained" in logged.stdout, logged.output
+        assert CliRunner().invoke(app, ["ops", "status"], env=wide).exit_code == 0
         release(holds)
         assert dep.wait_all([run])[run].status == "succeeded"
         assert holds[0].entered() == 2
