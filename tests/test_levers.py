@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from runtime.cli.main import app
 from runtime.embedded_redis import start_server
 from runtime.levers import Lever
+from runtime.scheduling import view
 from runtime.scheduling.scheduler import Ops, item_of
 from runtime.step.state import Delivery
 from tests.conftest import TEST_CONFIG
@@ -156,6 +157,27 @@ def test_pin_model_and_force_approval_act_at_the_next_step(deployment: Deploymen
     ]
 
 
+def test_force_approval_for_a_route_holds_every_allowed_call(deployment: Deployment) -> None:
+    dep = deployment
+    key = f"fr{uuid.uuid4().hex[:6]}"
+    dep.svc.levers.force_approval(route=ROUTE, actor=ACTOR)
+    try:
+        run = dep.submit_script([work(key), REPLY], route=ROUTE).run_id
+        assert dep.wait_all([run])[run].status == "waiting"
+        asked = kinds(dep, run, "approval_requested")
+        assert [(a["tool"], a["rule"]) for a in asked] == [
+            ("probe.work", "operator_forced_approval")
+        ]
+        assert calls(dep, key) == 0
+        # lifted: the next run's call runs at once
+        dep.svc.levers.unforce_approval(route=ROUTE, actor=ACTOR)
+        other = dep.submit_script([work(key), REPLY], route=ROUTE).run_id
+        assert dep.wait_all([other])[other].status == "succeeded" and calls(dep, key) == 1
+    finally:
+        dep.svc.levers.unforce_approval(route=ROUTE, actor=ACTOR)
+        dep.svc.cancel(run, actor=ACTOR)
+
+
 def test_stop_route_drain_lets_running_runs_finish_stop_ends_them(
     deployment: Deployment,
 ) -> None:
@@ -234,6 +256,9 @@ def test_concurrency_changed_live_binds_the_dispatcher(deployment: Deployment) -
         # the route is at its live limit: the dispatcher itself sends nothing more
         assert dep.svc.dispatch.schedule(Ops().dispatch(10)).dispatched == []
         assert sorted(dep.svc.store.statuses(runs).values()) == ["queued", "running"]
+        # what `agentrt queues` shows is the limit the dispatcher enforces now
+        shown = view.read(dep.svc.redis, dep.svc.keys, dep.svc.config)
+        assert {r.route: r.limit for r in shown.routes}[ROUTE] == 1
         dep.svc.levers.set_concurrency(ROUTE, 2, actor=ACTOR)  # raised: the second goes
         wait_for(lambda: gate.held() == 2, timeout=60, message="two calls inside")
         gate.open()
