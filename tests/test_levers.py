@@ -344,6 +344,8 @@ def own_redis(tmp_path: Path) -> Iterator[Deployment]:
     try:
         yield dep
     finally:
+        # this process ran a step on that server: its heartbeat thread goes before it does
+        dep.svc.leases.liveness.stop()
         dep.close()
         server.stop()
 
