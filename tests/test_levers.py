@@ -161,6 +161,7 @@ def test_force_approval_for_a_route_holds_every_allowed_call(deployment: Deploym
     dep = deployment
     key = f"fr{uuid.uuid4().hex[:6]}"
     dep.svc.levers.force_approval(route=ROUTE, actor=ACTOR)
+    run: str | None = None
     try:
         run = dep.submit_script([work(key), REPLY], route=ROUTE).run_id
         assert dep.wait_all([run])[run].status == "waiting"
@@ -175,7 +176,8 @@ def test_force_approval_for_a_route_holds_every_allowed_call(deployment: Deploym
         assert dep.wait_all([other])[other].status == "succeeded" and calls(dep, key) == 1
     finally:
         dep.svc.levers.unforce_approval(route=ROUTE, actor=ACTOR)
-        dep.svc.cancel(run, actor=ACTOR)
+        if run is not None:
+            dep.svc.cancel(run, actor=ACTOR)
 
 
 def test_stop_route_drain_lets_running_runs_finish_stop_ends_them(
