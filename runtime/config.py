@@ -348,6 +348,9 @@ class ToolManifestEntry(_Strict):
     retry_policy: str | None = None
     breaker: Breaker | None = None
     enabled: bool = True
+    #: the tool a call goes to while this one is disabled (by the manifest or by
+    #: ``agentrt ops disable-tool``); None: the call is refused ``tool_disabled``
+    fallback: str | None = None
 
 
 #: seconds per priority class (ageing offsets, longest waits): at most a day each
@@ -761,6 +764,12 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
         retry = _mapping(tool).get("retry_policy")
         if isinstance(retry, str) and retry not in retries:
             problems.append(f"tools.{name}.retry_policy: unknown retry policy {retry!r}")
+        fallback = _mapping(tool).get("fallback")
+        if isinstance(fallback, str) and (fallback not in tools or fallback == name):
+            problems.append(
+                f"tools.{name}.fallback: {fallback!r} must name another declared tool "
+                f"(declared: {_listed(tools)})"
+            )
     for section in ("tenants", "routes", "releases", "policies"):
         for name in _mapping(data.get(section)):
             if not isinstance(name, str) or not _NAME.match(name):

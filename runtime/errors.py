@@ -130,6 +130,14 @@ class InvalidRequest(AgentRuntimeError):
         super().__init__(f"invalid request: {detail}")
 
 
+class UnknownLeverTarget(InvalidRequest):
+    """An operator lever named a tool, route, tenant or model the config lacks."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        shown = ", ".join(sorted(known)[:30]) or "none"
+        super().__init__((kind,), f"unknown {kind} {name!r} (known: {shown})")
+
+
 class EventRejected(AgentRuntimeError):
     """An event (``runtime.events``) was not accepted; nothing of it was stored. ``code``
     is the reason code, ``event:<what>``: ``bad_signature``, ``unknown_source``,

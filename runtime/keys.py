@@ -98,6 +98,27 @@ class SchedKeys:
         return self._key("paused")
 
     @property
+    def live_route_limit(self) -> str:
+        """Hash route -> concurrency limit an operator set live (``runtime.levers``): it
+        overrides the published ``rlimit`` entry until it is removed."""
+        return self._key("lever:rlimit")
+
+    @property
+    def drained_routes(self) -> str:
+        """Set of routes whose ready steps are not dispatched (an operator's drain)."""
+        return self._key("lever:drain:r")
+
+    @property
+    def drained_tenants(self) -> str:
+        """Set of tenants whose ready queue is not dispatched (an operator's drain)."""
+        return self._key("lever:drain:t")
+
+    @property
+    def paused_tenants(self) -> str:
+        """Set of paused tenants: their runs are admitted and queued, never dispatched."""
+        return self._key("lever:pause:t")
+
+    @property
     def step_time(self) -> str:
         """Hash route -> moving average of its step time (ms), for wait estimates."""
         return self._key("avg_ms")
@@ -202,10 +223,24 @@ class Keys:
 
     # --- live controls ---------------------------------------------------------------
     def route_stopped(self, route: str) -> str:
+        """Set by ``ops stop-route``: admission refuses; the value is the mode (``drain``:
+        running runs go on; anything else: they stop at their next step)."""
         return f"{self.namespace}:control:route_stopped:{route}"
 
     def tool_disabled(self, tool: str) -> str:
         return f"{self.namespace}:control:tool_disabled:{tool}"
+
+    def pinned_model(self, route: str) -> str:
+        """The model an operator pinned for a route: every step's proposer until unpinned."""
+        return f"{self.namespace}:control:pin_model:{route}"
+
+    def forced_approval_route(self, route: str) -> str:
+        """Set by an operator: every tool call on the route needs a human's approval."""
+        return f"{self.namespace}:control:force_approval:route:{route}"
+
+    def forced_approval_tool(self, tool: str) -> str:
+        """Set by an operator: every call of the tool needs a human's approval."""
+        return f"{self.namespace}:control:force_approval:tool:{tool}"
 
     def run_cancelled(self, run_id: str) -> str:
         """Set (to the actor) by an immediate cancel: ``ctx.cancelled``, and a step in

@@ -20,8 +20,10 @@ lock and rebuilds; the others wait), and ``agentrt recover`` runs it by hand. Re
    step may have run in a step that died with Redis's data (its hold lost, its spend never
    recorded): recovery holds it again (a "recovered" hold: the call, counted as executed),
    so the step's next copy is charged for it and nothing else can spend that budget;
-5. forgets every queue and slot Redis held (an old snapshot's would be stale), writes the
-   scheduler's marker and queues the current step of every queued or running run again;
+5. forgets every queue and slot Redis held (an old snapshot's would be stale), restores the
+   operator levers from SQL (``runtime.levers``: a step reads them with its lease, so they
+   are back before the marker lets any step run), writes the scheduler's marker and queues
+   the current step of every queued or running run again;
 6. resumes dispatching and writes an audit record.
 
 Leases and locks need no rebuilding: a lost lease is a free lease, and every side effect is
@@ -81,6 +83,8 @@ class RecoveryReport:
     generation: int = 0
     #: routes' live release states written back from SQL
     release_states: int = 0
+    #: operator levers restored from SQL
+    levers: int = 0
     runs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,6 +97,7 @@ class RecoveryReport:
             "waited_s": round(self.waited_s, 1),
             "dry_run": self.dry_run,
             "generation": self.generation,
+            "levers": self.levers,
         } | ({"release_states": self.release_states} if self.release_states else {})
 
 
@@ -113,6 +118,7 @@ class Recovery:
         reads: RecoveryReads,
         audit: DeadLetterStore,
         rebuild_releases: Callable[[], int] | None = None,
+        restore_levers: Callable[[], int],
     ) -> None:
         self.config = config
         #: writes the routes' live release states back to Redis from SQL
@@ -129,6 +135,8 @@ class Recovery:
         self.runs = runs
         self.reads = reads
         self.audit = audit
+        #: puts the operator levers SQL records back in Redis; returns how many are on
+        self.restore_levers = restore_levers
 
     def recover(
         self,
@@ -173,6 +181,7 @@ class Recovery:
                 report.release_states = self.rebuild_releases()
             self._rebuild_ledger(report, generation)
             self.scheduler.reset_state()
+            report.levers = self.restore_levers()
             self.markers.mark(generation)
             self.generation.refresh()
             report.generation = generation

@@ -40,6 +40,7 @@ from runtime.event_ordering import EventOrdering
 from runtime.events import EventIntake, event_request
 from runtime.events import conflict as events_conflict
 from runtime.keys import Keys
+from runtime.levers import Levers
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
 from runtime.ports import StepPublisher
@@ -74,6 +75,8 @@ MAX_CANCEL_ACTOR_CHARS = MAX_ACTOR_CHARS
 
 
 class RuntimeService:
+    levers: Levers  # rt.levers: operator levers (agentrt ops), set by runtime.wiring
+
     def __init__(
         self,
         *,
@@ -145,10 +148,8 @@ class RuntimeService:
         self.approvals = approvals  # rt.approvals: the calls that wait for a human
         self.budget_extensions = budget_extensions
         self.api_keys = api_keys
-        #: webhook sources: verify, parse, dedupe (rt.receive_event)
-        self.events = events
-        #: per_key ordering of event runs
-        self.ordering = ordering
+        self.events = events  # webhook sources: verify, parse, dedupe (rt.receive_event)
+        self.ordering = ordering  # per_key ordering of event runs
         self.submissions = submissions
         self.sync_runs = sync_runs
         self.releases = releases  # rt.releases: version sets, canaries, promote, rollback

@@ -38,6 +38,7 @@ from runtime.eval_config import DEFAULT_EVALS_DIR, FIXTURE_SUFFIXES
 from runtime.event_ordering import EventOrdering
 from runtime.events import EventIntake
 from runtime.keys import Keys
+from runtime.levers import Levers
 from runtime.locks.leases import LeaseManager
 from runtime.mode_check import sync_route_problems
 from runtime.policy import PolicyEngine
@@ -62,6 +63,7 @@ from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
 from runtime.store.events import EventStore
+from runtime.store.levers import LeverStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.releases import ReleaseStore
 from runtime.store.runs import RunStore
@@ -293,11 +295,22 @@ def _live_releases(
     )
 
 
+def _levers(config: RuntimeConfig, m: _Mechanisms, dispatch: Dispatch, store: LeverStore) -> Levers:
+    return Levers(
+        config=config,
+        store=store,
+        redis=m.redis,
+        keys=m.keys,
+        schedule=dispatch.schedule,
+    )
+
+
 def _recovery(
     settings: Settings,
     config: RuntimeConfig,
     m: _Mechanisms,
     dispatch: Dispatch,
+    levers: Levers,
     live: LiveReleases | None = None,
 ) -> Recovery:
     return Recovery(
@@ -314,6 +327,7 @@ def _recovery(
         reads=RecoveryReads(m.store.engine),
         audit=m.dead_letter_store,
         rebuild_releases=live.rebuild if live is not None else None,
+        restore_levers=levers.restore,
     )
 
 
@@ -404,7 +418,8 @@ def build_service(
     failures = _failure_flows(settings, config, registry, m, dispatch)
     compensations, dead_letters = failures
     catalog = Catalog(config=config, registry=registry)
-    controls = Controls(redis=m.redis, keys=m.keys)
+    lever_store = LeverStore(m.store.engine)
+    controls = Controls(redis=m.redis, keys=m.keys, stopped_in_record=lever_store.route_stopped)
     policy = PolicyEngine(config.policy)
     digest = config_digest(config)
     live = _live_releases(settings, config, m, catalog)
@@ -412,7 +427,8 @@ def build_service(
     steps = _step_runner(
         config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering, live
     )
-    return cls(
+    levers = _levers(config, m, dispatch, lever_store)
+    svc = cls(
         settings=settings,
         config=config,
         config_digest=digest,
@@ -437,7 +453,7 @@ def build_service(
         steps=steps,
         dead_letters=dead_letters,
         compensations=compensations,
-        recovery=_recovery(settings, config, m, dispatch, live),
+        recovery=_recovery(settings, config, m, dispatch, levers, live),
         cancellation=Cancellation(
             store=m.store,
             controls=controls,
@@ -468,6 +484,9 @@ def build_service(
             config=config, live=live, store=live.store, gate=release_gate_for(config)
         ),
     )
+    # rt.levers: the operator levers (``agentrt ops``); kept out of the façade's class
+    svc.levers = levers
+    return svc
 
 
 def service_from_settings(

@@ -96,6 +96,18 @@ def probe_bulk(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
     return _probe(args, ctx)
 
 
+@tool("probe.lever", side_effect="read", timeout_s=20)
+def probe_lever(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
+    """Like probe.work; the config names probe.alt its fallback (tests/test_levers.py)."""
+    return _probe(args, ctx)
+
+
+@tool("probe.alt", side_effect="read", timeout_s=20)
+def probe_alt(args: ProbeArgs, ctx: ToolContext) -> ProbeResult:
+    """probe.lever's fallback: counted under ``probe:<key>-alt``."""
+    return _probe(args.model_copy(update={"key": f"{args.key}-alt"}), ctx)
+
+
 class GateArgs(BaseModel):
     key: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,60}$")
 

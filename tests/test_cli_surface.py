@@ -390,6 +390,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("policy", "diff", "--candidate", "c.yaml"), "--limit", ["0", "10001", HUGE]),
     (("policy", "diff", "--candidate", "c.yaml"), "--since", ["99999999w", "soon"]),
     (("releases", "canary", "r.basic", "v2"), "--percent", ["nan", "inf", "0", "-5", "100.5", "x"]),
+    (("ops", "log"), "--limit", [HUGE, "0", "10001"]),
 ]
 
 
@@ -421,7 +422,8 @@ def test_every_numeric_option_is_in_the_table_above() -> None:
         (
             " ".join(
                 c[:2]
-                if c[0] in ("runs", "dlq", "config", "approvals", "evals", "policy", "releases")
+                if c[0]
+                in ("runs", "dlq", "config", "approvals", "evals", "policy", "releases", "ops")
                 else c[:1]
             ),
             o,

@@ -194,6 +194,20 @@ def test_every_cross_reference_problem_is_reported_at_once() -> None:
     }
 
 
+@pytest.mark.parametrize("fallback", ["ghost.tool", "self"])
+def test_a_tool_fallback_must_name_another_declared_tool(fallback: str) -> None:
+    def change(d: dict[str, Any]) -> None:
+        name = next(iter(d["tools"]))
+        d["tools"][name] = {
+            **(d["tools"][name] or {}),
+            "fallback": name if fallback == "self" else fallback,
+        }
+
+    problems = problems_of(mutated(change))
+    assert len(problems) == 1 and ".fallback: " in problems[0], problems
+    assert "must name another declared tool" in problems[0]
+
+
 @pytest.mark.parametrize("data", [[1, 2], "just text", None, 42])
 def test_top_level_must_be_a_mapping(data: Any) -> None:
     assert problems_of(data) == ["the file must be a YAML mapping at the top level"]

@@ -66,6 +66,7 @@ from runtime.cli.dlq import app as dlq_app
 from runtime.cli.evals import app as evals_app
 from runtime.cli.evals import policy_app
 from runtime.cli.keys import app as keys_app
+from runtime.cli.ops import app as ops_app
 from runtime.cli.releases import app as releases_app
 from runtime.cli.schedules import app as schedules_app
 from runtime.cli.schedules import beat
@@ -100,6 +101,7 @@ app.add_typer(schedules_app, name="schedules")
 app.add_typer(evals_app, name="evals")
 app.add_typer(policy_app, name="policy")
 app.add_typer(releases_app, name="releases")
+app.add_typer(ops_app, name="ops")
 app.command("beat")(beat)
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback

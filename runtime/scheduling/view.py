@@ -198,7 +198,12 @@ def read(
         pipe.zrange(keys.bulkhead(tool), 0, -1, withscores=True)
     for name, *_ in limiters:
         pipe.get(keys.rate_limit(name))
+    # operator levers (runtime.levers): a live limit, a drained route (limit 0 now)
+    pipe.hgetall(k.live_route_limit)
+    pipe.smembers(k.drained_routes)
     results = list(pipe.execute())
+    drained = {_text(m) for m in results.pop()}
+    live_limits = _text_map(results.pop())
 
     (clock, depth_tp, depth_r, delayed, workers, capacity, headroom, parked, rlimit, tcap,
      weights, inflight) = results[:12]  # fmt: skip
@@ -258,7 +263,8 @@ def read(
         )
 
     # --- routes ----------------------------------------------------------------------
-    limits = {k: int(v) for k, v in _text_map(rlimit).items()}
+    limits = {k: int(v) for k, v in (_text_map(rlimit) | live_limits).items()}
+    limits |= dict.fromkeys(drained, 0)
     route_depth = {k: int(v) for k, v in _text_map(depth_r).items()}
     route_names = list(config.routes)
     extra = (set(limits) | {r for r, n in route_depth.items() if n} | set(by_route)) - set(

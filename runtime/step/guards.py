@@ -29,6 +29,9 @@ class Guards:
             st.run_id, run["route"], route.allowed_tools
         )
         st.disabled_tools = controls.disabled_tools
+        st.pinned_model = controls.pinned_model
+        st.forced_approval_tools = controls.forced_approval_tools
+        st.forced_approval_route = controls.route_forced_approval
         cancelled = cancel_move(run, controls)
         if cancelled is not None:
             return cancelled

@@ -22,6 +22,9 @@ from runtime.step_record import StepKind, StepOutcome, WorkflowStep, workflow_st
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
 
+#: how long a step pinned to an unknown model waits before it looks at the pin again
+PIN_UNKNOWN_WAIT_S = 5.0
+
 
 class ModelCall:
     def __init__(
@@ -93,10 +96,28 @@ class ModelCall:
         With every breaker open the step waits (holding no slot) for the first to close."""
         caller = f"{st.run_id}:{st.step_no}"
         waits: list[float] = []
-        for name in [st.route.proposer, *st.route.fallback_proposers]:
+        candidates = [st.route.proposer, *st.route.fallback_proposers]
+        pinned = st.pinned_model
+        if pinned is not None and pinned not in self.config.models:
+            # pinned to a model this config lacks (a later config dropped it): asking the
+            # route's own model would undo the operator's pin, so the step waits
+            st.trace.add("model_pin_unknown", model=pinned)
+            return Move(
+                RunStatus.RUNNING,
+                StepKind.DEFERRED,
+                StepOutcome.BREAKER_OPEN.of("model", pinned),
+                observation={"pinned_model_unknown": pinned},
+                run_updates={"workflow_step": workflow_step(WorkflowStep.WAITING_BREAKER)},
+                countdown_s=PIN_UNKNOWN_WAIT_S,
+            )
+        if pinned is not None:
+            # an operator's pin replaces the route's choice, fallbacks included
+            candidates = [pinned]
+            st.trace.add("model_pinned", model=pinned, instead_of=st.route.proposer)
+        for name in candidates:
             verdict = self.breakers.allow(f"model:{name}", self.config.models[name].breaker, caller)
             if verdict.allowed:
-                if name != st.route.proposer:
+                if name != st.route.proposer and pinned is None:
                     st.trace.add("fallback", model=name, instead_of=st.route.proposer)
                 st.model_name = name
                 return None

@@ -22,6 +22,9 @@ from runtime.step_record import StepKind, StepOutcome
 from runtime.tools.registry import ToolRegistry, ToolSpec
 from runtime.tracing import redact
 
+#: the rule a decision an operator's ``ops force-approval`` tightened names
+FORCED_APPROVAL_RULE = "operator_forced_approval"
+
 
 class ProposalCheck:
     def __init__(
@@ -74,6 +77,7 @@ class ProposalCheck:
         return self._tool_call(st, proposal)
 
     def _tool_call(self, st: Step, proposal: ToolCallProposal) -> Move:
+        proposal = self._fallback(st, proposal)
         spec = self.registry.get(proposal.tool)
         registered = spec is not None and proposal.tool in self.config.tools
         # what is stored or shown of the call never carries its secret arguments
@@ -117,7 +121,36 @@ class ProposalCheck:
         )
         return outcomes.refuse(st, checked.code, checked.errors, st.proposal, validated=True)
 
+    def _fallback(self, st: Step, proposal: ToolCallProposal) -> ToolCallProposal:
+        """A call of a disabled tool whose manifest names a fallback goes to the fallback
+        (when that one is enabled); the policy then decides the fallback's call."""
+        entry = self.config.tools.get(proposal.tool)
+        if entry is None or entry.fallback is None:
+            return proposal
+        if self.catalog.tool_enabled(proposal.tool, st.disabled_tools):
+            return proposal
+        if not self.catalog.tool_enabled(entry.fallback, st.disabled_tools):
+            return proposal  # both off: refused as tool_disabled
+        st.trace.add("tool_fallback", tool=entry.fallback, instead_of=proposal.tool)
+        st.proposal = {**(st.proposal or {}), "tool": entry.fallback}
+        return proposal.model_copy(update={"tool": entry.fallback})
+
     def _decide(
+        self, st: Step, spec: ToolSpec | None, registered: bool, tool: str, args: Any
+    ) -> Decision:
+        decision = self._policy_decide(st, spec, registered, tool, args)
+        forced = st.forced_approval_route or tool in st.forced_approval_tools
+        if forced and decision.effect == "allow":
+            # an operator tightened the policy: only ever stricter, never looser
+            return Decision(
+                "require_approval",
+                FORCED_APPROVAL_RULE,
+                [*decision.reason_codes, FORCED_APPROVAL_RULE],
+                decision.policy_version,
+            )
+        return decision
+
+    def _policy_decide(
         self, st: Step, spec: ToolSpec | None, registered: bool, tool: str, args: Any
     ) -> Decision:
         engine = self.policy if st.policy_set is None else self.policy_sets[st.policy_set]

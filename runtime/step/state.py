@@ -82,6 +82,12 @@ class Step:
     controls: ControlsRead | None = None
     #: tools switched off by a live kill switch (read once per step with the other controls)
     disabled_tools: frozenset[str] = frozenset()
+    #: the model an operator pinned for the route (``ops pin-model``): asked instead of the
+    #: route's proposer and its fallbacks
+    pinned_model: str | None = None
+    #: tools whose calls an operator made need approval (every tool: the route's lever)
+    forced_approval_tools: frozenset[str] = frozenset()
+    forced_approval_route: bool = False
     #: the model asked this step: the route's proposer, or a fallback while its breaker is open
     model_name: str = ""
     #: idempotency key of the call being retried (kept across attempts of one call)

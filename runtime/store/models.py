@@ -532,3 +532,21 @@ class ReleaseAuditRow(SQLModel, table=True):
     actor: str = Field(max_length=200)
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     at: datetime
+
+
+class OperatorLeverRow(SQLModel, table=True):
+    """An operator lever that is on now (``runtime.levers``): the record Redis's live
+    switches are rebuilt from after Redis lost its data. A lever turned off is deleted
+    (its history is in ``operator_audit``, action ``ops.<lever>``). Levers act on routes,
+    tools and tenants of the deployment, not on one tenant's data: ``target`` is the
+    route, tool or tenant name."""
+
+    __tablename__ = "operator_levers"
+
+    lever: str = Field(primary_key=True, max_length=40)
+    target: str = Field(primary_key=True, max_length=100)
+    #: the lever's setting (a mode, a model, a limit) as JSON
+    value: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    actor: str = Field(max_length=200)
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    updated_at: datetime

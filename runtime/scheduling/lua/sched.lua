@@ -41,6 +41,10 @@
 -- Others:      $P:delayed zset item -> due; $P:depth:t / :r / :tp hashes of queued counts;
 --              $P:conf, $P:rlimit, $P:rttl, $P:weight, $P:tcap hashes (from config);
 --              $P:workers hash worker -> "n|expiry"; $P:capacity live process count
+-- Levers:      $P:lever:rlimit hash route -> live concurrency limit (overrides rlimit);
+--              $P:lever:drain:r set of drained routes (limit 0: nothing new dispatched);
+--              $P:lever:drain:t, $P:lever:pause:t sets of tenants not dispatched (parked
+--              like a tenant at its cap); runtime.levers writes them and publishes U+X
 -- Owners:      $P:owner (hash) item -> "<instance>|<nonce>" of the copy running it (start.lua
 --              records it when the step starts; a dispatched step not yet started has none)
 --              $P:owned:<instance> set of items; $P:owners set of instances owning items;
@@ -266,6 +270,20 @@ local function unpark_all()
   return #raw
 end
 
+-- a route's concurrency limit now: 0 while drained, an operator's live limit, else the
+-- published one (missing: 0, unknown - wait)
+local function route_limit(route)
+  if redis.call('SISMEMBER', P .. ':lever:drain:r', route) == 1 then return 0 end
+  local live = redis.call('HGET', P .. ':lever:rlimit', route)
+  if live then return tonumber(live) end
+  return tonumber(redis.call('HGET', P .. ':rlimit', route) or '0')
+end
+
+local function tenant_held(tenant)
+  return redis.call('SISMEMBER', P .. ':lever:drain:t', tenant) == 1
+    or redis.call('SISMEMBER', P .. ':lever:pause:t', tenant) == 1
+end
+
 local function pick()
   -- weighted fair queuing within the best (highest-priority) band that has a tenant
   local best, best_band = nil, nil
@@ -305,20 +323,22 @@ local function dispatch(max, out)
     if not tenant then break end
     -- published for every tenant (-1: no cap); a tenant missing from it is unknown: wait
     local cap = tonumber(redis.call('HGET', P .. ':tcap', tenant) or '0')
-    if cap >= 0 and redis.call('ZCARD', P .. ':inf:t:' .. tenant) >= cap then
+    if tenant_held(tenant) then
+      park(tenant, 't')
+    elseif cap >= 0 and redis.call('ZCARD', P .. ':inf:t:' .. tenant) >= cap then
       park(tenant, 't')
     else
       -- usually the head can go: look deeper only when it waits for a full route
       local items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, 0)
       local _, _, _, head_route = parse(items[1])
-      local head_limit = tonumber(redis.call('HGET', P .. ':rlimit', head_route) or '0')
+      local head_limit = route_limit(head_route)
       if head_limit >= 0 and redis.call('ZCARD', P .. ':inf:r:' .. head_route) >= head_limit then
         items = redis.call('ZRANGE', P .. ':q:' .. tenant, 0, lookahead - 1)
       end
       local chosen, chosen_route, chosen_prio, blocked_route
       for _, item in ipairs(items) do
         local _, _, _, route, prio = parse(item)
-        local lim = tonumber(redis.call('HGET', P .. ':rlimit', route) or '0')
+        local lim = route_limit(route)
         if lim < 0 or redis.call('ZCARD', P .. ':inf:r:' .. route) < lim then
           chosen, chosen_route, chosen_prio = item, route, prio
           break
