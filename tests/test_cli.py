@@ -420,6 +420,7 @@ def test_demo_runs_the_workload_end_to_end(
     svc = Runtime.from_settings(Settings(redis_url=redis_url, home=tmp_path))
     try:
         runs = svc.list_runs(limit=1000)
+        canary = [svc.store.get_run(r.run_id) for r in runs if r.goal.endswith("(canary)")]
     finally:
         svc.close()
     assert len(runs) >= 27 and all(r.status.value in FINISHED for r in runs)
@@ -453,6 +454,14 @@ def test_demo_runs_the_workload_end_to_end(
     denied = next(r for r in runs if r.stop_reason == "policy_denied:refund_cap")
     assert f"agentrt trace {denied.run_id}" in text
     assert "agentrt flower" in text
+    # the rollout act: a canary recorded on every run, a lever, a gated promotion
+    assert len(canary) == 16 and all(r["stop_reason"] == "completed" for r in canary)
+    assert {r["release"] for r in canary} <= {"refunds-2026-11", "refunds-2026-12"}
+    disabled = [r for r in runs if r.goal.endswith("(tool disabled)")]
+    assert [r.stop_reason for r in disabled] == ["policy_denied:tool_disabled"] * 2
+    assert "ops disable-tool payments.refund" in text and "0 executions" in text
+    assert "promote refunds-relaxed" in text and "refused" in text
+    assert "active: refunds-2026-12" in text
     # the demo stopped its workers
     assert "stopped 2 demo processes" in result.stderr
 

@@ -9,11 +9,10 @@ flaky), an error; 2 bad arguments.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -139,21 +138,19 @@ def sweep(
     out.print(f"{len(result.captured)} captured of {result.examined} ended run(s) examined")
 
 
-def release_transform(release: str) -> Callable[[RuntimeConfig, str], RuntimeConfig]:
-    """The candidate release's config per route (``runtime.releases.config_for``),
-    imported when asked: a build without releases says so."""
-    from runtime.errors import EvalError
+def release_transform(
+    config: RuntimeConfig, release: str
+) -> Callable[[RuntimeConfig, str], RuntimeConfig]:
+    """The candidate release's config per route (``runtime.releases.config_for``); an
+    unknown release exits 2 naming the defined ones."""
+    from runtime.releases import config_for
 
-    try:
-        module: Any = importlib.import_module("runtime.releases")
-        config_for = module.config_for
-    except (ImportError, AttributeError) as exc:
-        raise EvalError(
-            f"--release {release}: this build has no releases (runtime.releases.config_for: {exc})"
-        ) from None
+    if release not in config.releases:
+        known = ", ".join(sorted(config.releases)) or "none"
+        fail(f"--release {release}: unknown release (defined: {known})", EXIT_REFUSED)
 
-    def transform(config: RuntimeConfig, route: str) -> RuntimeConfig:
-        return config_for(config, route, release)  # type: ignore[no-any-return]
+    def transform(cfg: RuntimeConfig, route: str) -> RuntimeConfig:
+        return config_for(cfg, route, release)
 
     return transform
 
@@ -207,7 +204,7 @@ def run(
     times = repeat if repeat is not None else (GATE_REPEAT if gate else 1)
     with service() as svc:
         config = svc.config
-        transform = release_transform(release) if release else None
+        transform = release_transform(config, release) if release else None
         if policy is not None:
             config = with_policy(config, policy)
         fixtures = fx.load_dir(evals_dir(svc.config, directory))

@@ -63,6 +63,7 @@ from runtime import stop_reasons
 from runtime.config import RuntimeConfig, load_config
 from runtime.demo import review
 from runtime.demo.review import Decided, Reviewer
+from runtime.demo.rollout import RolloutReport, print_rollout, run_rollout
 from runtime.errors import DemoError
 from runtime.service import WAIT_STATUSES, RuntimeService
 from runtime.settings import Settings
@@ -337,6 +338,8 @@ class DemoReport:
     approvals: list[Decided] = field(default_factory=list)
     flower_url: str | None = None
     home: Path = field(default_factory=lambda: Path(".agentrt"))
+    #: the rollout act: canary, lever, gated promotion (``runtime.demo.rollout``)
+    rollout: RolloutReport | None = None
 
     @property
     def counter_increments(self) -> int:
@@ -375,6 +378,7 @@ class DemoReport:
                 "succeededIncrements": self.counter_increments,
             },
             "approvals": review.to_json(self.approvals),
+            "rollout": self.rollout.to_json() if self.rollout else None,
         }
 
 
@@ -498,6 +502,12 @@ def _run_in_namespace(
         run_ids = _run_waves(svc, specs, workers, options.timeout_s, console, reviewer)
         report = _collect(svc, specs, run_ids, time.monotonic() - started)
         report.approvals = reviewer.collect(svc)
+        console.print("rollout: a canary, a lever and a gated promotion on billing.refunds")
+        over_cap = next(
+            (r for s, r in zip(specs, run_ids, strict=True) if s.scenario == "refund over cap"),
+            None,
+        )
+        report.rollout = run_rollout(svc, over_cap, settings.home / "evals", options.timeout_s)
         report.flower_url = flower_url
         report.home = settings.home
         if on_report is not None:
@@ -790,6 +800,8 @@ def print_summary(report: DemoReport, console: Console) -> None:
     console.print(_tools_table(report))
     console.print(review.approvals_table(report.approvals))
     console.print(review.latency_line(report.approvals))
+    if report.rollout is not None:
+        print_rollout(report.rollout, console)
     for line in _checks(report):
         console.print(line)
     console.print(
