@@ -68,6 +68,7 @@ PAYLOAD_KEYS = frozenset(
         "cookies",
         "env",
         "query_string",
+        "sys.argv",
     }
 )
 REMOVED = "[removed]"
@@ -100,6 +101,10 @@ def init_sentry(settings: Settings, *, integrations: Sequence[Integration] = ())
         before_send_transaction=scrub_event,
         before_breadcrumb=scrub_breadcrumb,
         integrations=list(integrations),
+        # only the integrations handed in, plus the SDK's defaults (logging, threads,
+        # excepthook...): the auto-enabled Redis and SQLAlchemy ones would send every
+        # command and Lua script as breadcrumbs, noise that may quote what a run stored
+        auto_enabling_integrations=False,
     )
     log.info("Sentry error reporting on (environment %s)", settings.sentry_environment or "-")
     return True
