@@ -7,8 +7,10 @@ depending on the dead-letter flows that themselves run compensations.
 
 from __future__ import annotations
 
+import logging
 import traceback as tb
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -19,6 +21,11 @@ from runtime.store.db import utcnow
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.tracing import redact
 
+log = logging.getLogger("agentrt.dead_letters")
+
+#: told of every new entry (its stored fields) after it is stored: an error reporter
+OnDeadLetter = Callable[[Mapping[str, Any]], None]
+
 
 def format_exception(exc: BaseException | None) -> str | None:
     if exc is None:
@@ -28,12 +35,19 @@ def format_exception(exc: BaseException | None) -> str | None:
 
 class DeadLetterEntries:
     def __init__(
-        self, *, store: DeadLetterStore, redis: redis.Redis, keys: Keys, messages: StepMessages
+        self,
+        *,
+        store: DeadLetterStore,
+        redis: redis.Redis,
+        keys: Keys,
+        messages: StepMessages,
+        on_new: OnDeadLetter | None = None,
     ) -> None:
         self.store = store
         self.redis = redis
         self.keys = keys
         self.messages = messages
+        self.on_new = on_new
 
     def poison(
         self,
@@ -89,22 +103,23 @@ class DeadLetterEntries:
         """Store a one-failure entry that stops no run (poison, compensation) and signal it."""
         now = utcnow()
         entry_id = uuid.uuid4().hex
-        self.store.insert(
-            {
-                "id": entry_id,
-                "attempts": [],
-                "attempt_count": 1,
-                "first_failed_at": now,
-                "last_failed_at": now,
-                "status": "open",
-                "created_at": now,
-                **fields,
-            }
-        )
-        self.signal(fields["queue"], entry_id, fields["dl_class"])
+        entry = {
+            "id": entry_id,
+            "attempts": [],
+            "attempt_count": 1,
+            "first_failed_at": now,
+            "last_failed_at": now,
+            "status": "open",
+            "created_at": now,
+            **fields,
+        }
+        self.store.insert(entry)
+        self.signal(entry)
         return entry_id
 
-    def signal(self, queue: str, entry_id: str, dl_class: str) -> None:
+    def signal(self, entry: Mapping[str, Any]) -> None:
+        """A new entry is stored: its queue's stream and open counter, then ``on_new``."""
+        queue, entry_id, dl_class = entry["queue"], entry["id"], entry["dl_class"]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(
             self.keys.dlq_stream(queue),
@@ -114,3 +129,8 @@ class DeadLetterEntries:
         )
         pipe.incr(self.keys.dlq_open(queue))
         pipe.execute()
+        if self.on_new is not None:
+            try:
+                self.on_new(entry)
+            except Exception:  # a report that failed must not undo or hide the entry
+                log.warning("could not report dead letter %s", entry_id, exc_info=True)

@@ -164,7 +164,7 @@ class DeadLetters:
         # the step may be in flight (a worker dead-letters it) or still queued or delayed
         # (an operator or the reconciler does): it leaves the scheduler either way
         self.dispatch.schedule(Ops().drop(item).dispatch(1))
-        self.entries.signal(queue, entry_id, dl_class)
+        self.entries.signal(entry)
         self.compensations.after_failure(run)
         return entry_id
 

@@ -8,16 +8,25 @@ pydantic-settings).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.locations import DEFAULT_CONFIG, DEFAULT_HOME, ENV_PREFIX
 
+#: ``<scheme>://<public key>[:<secret>]@<host>[:<port>]/[<path>/]<project id>``
+_DSN = re.compile(
+    r"^https?://[A-Za-z0-9]+(:[A-Za-z0-9]+)?@[A-Za-z0-9.\-]+(:[0-9]{1,5})?/([^/?#\s]+/)*[0-9]+$"
+)
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    # hide_input_in_errors: a rejected value may be a credential (a DSN, a URL with a password)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True
+    )
 
     #: Redis for coordination (ledger, leases, locks). Unset: start an embedded server.
     redis_url: str | None = None
@@ -44,8 +53,15 @@ class Settings(BaseSettings):
     worker_lost_retry_delay_s: float = 1.0
     #: accept a ledger Redis whose maxmemory-policy may evict keys (never in production).
     allow_evicting_redis: bool = False
-    #: Sentry DSN; unset disables Sentry.
-    sentry_dsn: str | None = None
+    #: Sentry DSN (``https://<public key>@<host>/<project id>``); unset disables Sentry.
+    #: A secret: kept as ``SecretStr`` so no repr or log of the settings shows it.
+    sentry_dsn: SecretStr | None = Field(default=None, repr=False)
+    #: the ``environment`` Sentry files events under (production, staging, ...)
+    sentry_environment: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$"
+    )
+    #: share of transactions (performance traces) sent to Sentry; errors are always sent
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     #: send Celery task events (Flower needs them; costs ~30% of raw throughput).
     task_events: bool = True
     log_level: str = Field(default="INFO")
@@ -59,3 +75,17 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     #: seconds between the SSE stream's polls of a run's trace
     api_events_poll_s: float = Field(default=0.25, gt=0, le=10)
+
+    @field_validator("sentry_dsn", mode="before")
+    @classmethod
+    def _check_sentry_dsn(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or text == "":
+            return None
+        # the message never repeats the value: a DSN's key is a credential
+        if not isinstance(text, str) or not _DSN.match(text):
+            raise ValueError(
+                "AGENTRT_SENTRY_DSN is not a Sentry DSN "
+                "(expected http(s)://<public key>@<host>[:<port>]/<project id>)"
+            )
+        return text

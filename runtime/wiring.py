@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -225,6 +225,13 @@ def _dispatch(
     )
 
 
+def _report_dead_letter(entry: Mapping[str, Any]) -> None:
+    # imported on first use: sentry_sdk takes ~0.3 s to import, and only a DSN needs it
+    from runtime.error_reporting import report_dead_letter
+
+    report_dead_letter(entry)
+
+
 def _failure_flows(
     settings: Settings,
     config: RuntimeConfig,
@@ -234,7 +241,12 @@ def _failure_flows(
 ) -> tuple[Compensations, DeadLetters]:
     messages = step_messages(settings)
     entries = DeadLetterEntries(
-        store=m.dead_letter_store, redis=m.redis, keys=m.keys, messages=messages
+        store=m.dead_letter_store,
+        redis=m.redis,
+        keys=m.keys,
+        messages=messages,
+        # no DSN, no reporter: dead-lettering pays nothing for Sentry
+        on_new=_report_dead_letter if settings.sentry_dsn else None,
     )
     compensations = Compensations(
         config=config,

@@ -201,6 +201,26 @@ def unstoppable_pool(pool_cls: Any) -> str | None:
 
 
 @signals.worker_init.connect
+def _init_error_reporting(sender: Any = None, **_: Any) -> None:
+    # in the worker's main process, before the pool forks: the Celery integration patches
+    # Celery's tracer at init, so it must run before any task, and children inherit it
+    # (the SDK restarts its sender thread in each child). No DSN: sentry_sdk is not imported.
+    app = getattr(sender, "app", None)
+    if not isinstance(app, AgentrtCelery) or app.agentrt_settings.sentry_dsn is None:
+        return
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    from runtime.error_reporting import init_sentry
+
+    # beat schedules are ours (tasks.schedules), not Sentry crons; the step's own spans
+    # would only repeat the runtime's trace
+    init_sentry(
+        app.agentrt_settings,
+        integrations=[CeleryIntegration(monitor_beat_tasks=False, propagate_traces=False)],
+    )
+
+
+@signals.worker_init.connect
 def _refuse_unstoppable_pools(sender: Any = None, **_: Any) -> None:
     if not isinstance(getattr(sender, "app", None), AgentrtCelery):
         return

@@ -28,6 +28,7 @@ from celery import Task, signals
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import OperationalError
 
+from runtime import report_context
 from runtime.dead_letter_entries import format_exception
 from runtime.errors import RunNotFound
 from runtime.scheduling.scheduler import Item
@@ -138,6 +139,12 @@ def register(app: RuntimeHost) -> None:
         return done
 
     def run_one(item: Item, attempt: int, chain: Chain | None) -> StepResult:
+        with report_context.step_scope(
+            tenant=item.tenant, route=item.route, run_id=item.run_id, step=item.step_no
+        ):
+            return run_step(item, attempt, chain)
+
+    def run_step(item: Item, attempt: int, chain: Chain | None) -> StepResult:
         result = app.runtime_service().run_step(item, attempt, chain)
         if result.outcome == "config_changed":
             # a new config was applied: run the step under it, as every worker will

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from runtime.api import events, health, operations, problems, runs, webhooks
 from runtime.api.guards import BodyLimit, LastResort
 from runtime.service import RuntimeService
+from runtime.settings import Settings
 
 log = logging.getLogger("agentrt.api")
 
@@ -40,10 +41,25 @@ def create_app(svc: RuntimeService) -> FastAPI:
     return app
 
 
+def init_error_reporting(settings: Settings) -> bool:
+    """Sentry for this API process if ``AGENTRT_SENTRY_DSN`` is set (its Starlette and
+    FastAPI integrations report 5xx answers and unhandled exceptions); whether it is on.
+    No DSN: sentry_sdk is not even imported."""
+    if settings.sentry_dsn is None:
+        return False
+    from sentry_sdk.integrations.fastapi import FastApiIntegration
+    from sentry_sdk.integrations.starlette import StarletteIntegration
+
+    from runtime.error_reporting import init_sentry
+
+    return init_sentry(settings, integrations=[StarletteIntegration(), FastApiIntegration()])
+
+
 def serve(svc: RuntimeService, host: str, port: int) -> None:
     """Serve the API until interrupted (one process; scale out with more of them)."""
     import uvicorn
 
+    init_error_reporting(svc.settings)
     # the runtime's own records (a 500's error id with its traceback) reach stderr
     logging.basicConfig(
         level=svc.settings.log_level.upper(),

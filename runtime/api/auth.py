@@ -39,6 +39,10 @@ def authorized(scope: str) -> Callable[..., Principal]:
             raise ApiKeyRejected("missing")
         principal = _runtime(request).api_keys.authenticate(credentials.credentials)
         principal.require(scope)
+        if _runtime(request).settings.sentry_dsn is not None:
+            from runtime.error_reporting import tag_request
+
+            tag_request(tenant=principal.tenant, run_id=request.path_params.get("run_id"))
         return principal
 
     return dependency

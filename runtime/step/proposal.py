@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime import proposals, stop_reasons
+from runtime import proposals, report_context, stop_reasons
 from runtime.config import RuntimeConfig
 from runtime.contract import ReplyProposal, RunStatus, StopProposal, ToolCallProposal
 from runtime.policy import Decision, PolicyContext, PolicyEngine
@@ -83,6 +83,7 @@ class ProposalCheck:
         # what is stored or shown of the call never carries its secret arguments
         st.proposal = proposals.redact_call(st.proposal, self.registry)
         st.secrets = proposals.secret_values(spec, proposal.args)
+        report_context.note_secrets(st.secrets)
         args_model: BaseModel | None = None
         if spec is not None and registered:
             # validated before policy: policy rules see only well-formed, defaulted args

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 
+from runtime import report_context
 from runtime.budgets.ledger import BudgetLedger
 from runtime.config import RuntimeConfig
 from runtime.contract import RunStatus
@@ -115,6 +116,7 @@ class StepRunner:
             # the first step starts the run (queued -> running) in the same statement
             started = self.store.start_run(item.run_id) if item.step_no == 0 else None
             run = started or self.store.get_run(item.run_id)
+            report_context.note_run(run, item.step_no)
             if run["next_step"] != item.step_no or run["status"] not in _ACTIVE:
                 self.leases.release(lease)
                 released = True
