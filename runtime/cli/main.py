@@ -19,13 +19,11 @@ stay light (a test checks which modules ``runs list`` loads).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,11 +59,16 @@ from runtime.cli.common import (
     redis_url,
     service,
 )
+from runtime.cli.common import (
+    cwd_on_path as _cwd_on_path,
+)
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
 from runtime.cli.keys import app as keys_app
 from runtime.cli.schedules import app as schedules_app
 from runtime.cli.schedules import beat
+from runtime.cli.slo import app as slo_app
+from runtime.cli.slo import evidence
 from runtime.errors import ConfigError
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
@@ -95,6 +98,8 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
 app.command("beat")(beat)
+app.add_typer(slo_app, name="slo")
+app.command("evidence")(evidence)
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"
@@ -732,21 +737,6 @@ def _visibility_problems(config: RuntimeConfig) -> list[str]:
         f"plus the hard-limit grace, chain window, lease margin and deferral need "
         f"AGENTRT_VISIBILITY_TIMEOUT_S above {needed:g} (it is {settings.visibility_timeout_s})"
     ]
-
-
-@contextlib.contextmanager
-def _cwd_on_path() -> Iterator[None]:
-    """Import tool modules as a worker does: ``python -m celery`` puts the working
-    directory first on ``sys.path``; this console script does not."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 # --- demo ------------------------------------------------------------------------------
