@@ -90,7 +90,8 @@ def report(
     if json_out:
         emit_json(result.as_dict())
     else:
-        out.print(slo_views.slo_table(result))
+        for renderable in slo_views.slo_views(result):
+            out.print(renderable, soft_wrap=True)
     if result.missed:
         raise typer.Exit(EXIT_ERROR)
 

@@ -15,28 +15,28 @@ if TYPE_CHECKING:
 _STATUS_STYLE = {"met": "green", "missed": "red bold", "no data": "yellow"}
 
 
-def slo_table(report: SloReport) -> Table:
+def slo_views(report: SloReport) -> list[RenderableType]:
+    """The SLO table, then one line per SLO saying what was counted, with the runs that
+    prove a miss (whole run ids, on lines of their own: a table would cut them)."""
     scope = f"since {report.since:%Y-%m-%d %H:%M:%S}Z" + (
         f", route {report.route}" if report.route else ""
     )
     table = Table(title=escape(f"Runtime SLOs ({scope})"))
-    table.add_column("SLO", no_wrap=True)
-    for column in ("target", "measured", "status", "owner", "offending runs", "detail"):
-        table.add_column(column, no_wrap=column in ("target", "measured", "status"))
+    table.add_column("SLO")
+    for column in ("target", "measured", "status"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("owner")
+    lines: list[RenderableType] = []
     for r in report.results:
         target = f"{'<=' if r.bound == 'at most' else '>='} {r.target:g}%"
         measured = "-" if r.measured is None else f"{r.measured:g}%"
         style = _STATUS_STYLE[r.status]
-        table.add_row(
-            escape(r.name),
-            target,
-            measured,
-            f"[{style}]{r.status}[/]",
-            escape(r.owner),
-            escape(", ".join(r.offenders)) or "-",
-            escape(r.detail),
-        )
-    return table
+        table.add_row(escape(r.name), target, measured, f"[{style}]{r.status}[/]", escape(r.owner))
+        line = f"[{style}]{escape(r.name)}[/]: {escape(r.detail)}"
+        if r.offenders:
+            line += f"\n  offending: {escape(', '.join(r.offenders))}"
+        lines.append(line)
+    return [table, *lines]
 
 
 def _kv_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:

@@ -1,0 +1,219 @@
+"""``agentrt slo report`` and ``agentrt evidence`` over runs a real prefork worker ran, on
+SQLite and PostgreSQL; then a terminal run without a stop reason and a side effect without
+a policy decision planted directly in SQL, which the report must name (and exit 1)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import insert, select
+from typer.testing import CliRunner, Result
+
+from runtime.cli.main import app
+from runtime.config import SLO_KINDS, parse_config
+from runtime.errors import ConfigError
+from runtime.store.db import utcnow
+from runtime.store.tables import effects_t, runs_t
+from tests.support import ROOT, Deployment
+
+USAGE = {"input_tokens": 100, "output_tokens": 20}
+TEST_CONFIG = ROOT / "tests" / "config" / "runtime.yaml"
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def update(ticket: str) -> dict[str, Any]:
+    args = {"ticket_id": ticket, "status": "pending"}
+    return {"type": "tool_call", "tool": "tickets.update", "args": args, "usage": USAGE}
+
+
+def reply() -> dict[str, Any]:
+    return {"type": "reply", "text": "done", "usage": USAGE}
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in report["slos"]}
+
+
+def plant(dep: Deployment, refund_run: str, basic_run: str) -> str:
+    """A copy of the refund run, ended without a stop reason (and so without trace
+    events), and a side effect of the basic run with no policy decision for its call."""
+    engine = dep.svc.store.engine
+    with engine.connect() as conn:
+        row = dict(
+            conn.execute(select(runs_t).where(runs_t.c.run_id == refund_run)).mappings().one()
+        )
+    planted = uuid.uuid4().hex
+    now = utcnow()
+    row.update(
+        run_id=planted,
+        request_id=f"planted-{planted}",
+        idempotency_key=None,
+        status="succeeded",
+        stop_reason=None,
+        created_at=now,
+        updated_at=now,
+    )
+    effect = {
+        "idempotency_key": f"{basic_run}:99:0",
+        "run_id": basic_run,
+        "tenant_id": "t1",
+        "step_no": 99,
+        "tool": "tickets.update",
+        "side_effect_class": "write",
+        "status": "succeeded",
+        "args_digest": "0" * 64,
+        "started_at": now,
+        "finished_at": now,
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(runs_t), [row])
+        conn.execute(insert(effects_t), [effect])
+    return planted
+
+
+def test_slo_report_flags_planted_gaps_and_evidence_maps_the_deployment(
+    fresh_deployment_on: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = fresh_deployment_on
+    for name, value in dep.env.items():
+        monkeypatch.setenv(name, value)
+    dep.start_worker(concurrency=1)
+    refund = dep.submit_script([update("T-slo-1"), reply()], route="r.refunds")
+    basic = dep.submit_script([update("T-slo-2"), reply()], route="r.basic")
+    done = dep.wait_all([refund.run_id, basic.run_id])
+    assert {v.status for v in done.values()} == {"succeeded"}
+
+    # the worker's runs meet every SLO that has data
+    result = cli("slo", "report", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    slos = by_name(report)
+    assert set(slos) == set(SLO_KINDS) and report["missed"] == []
+    for kind in ("trace_coverage_high_risk", "decision_coverage_side_effects"):
+        assert slos[kind]["status"] == "met" and slos[kind]["measured"] == 100, slos[kind]
+    assert slos["stop_reason_completeness"]["status"] == "met"
+    assert slos["cost_per_completed_run"]["status"] == "met"
+    assert slos["eval_gate_health"]["status"] == "no data"
+    assert {s["owner"] for s in slos.values()} == {"unassigned"}
+
+    planted = plant(dep, refund.run_id, basic.run_id)
+
+    result = cli("slo", "report", "--json")
+    assert result.exit_code == 1, result.output
+    slos = by_name(json.loads(result.stdout))
+    assert slos["stop_reason_completeness"]["status"] == "missed"
+    assert slos["stop_reason_completeness"]["offenders"] == [planted]
+    assert slos["decision_coverage_side_effects"]["status"] == "missed"
+    assert slos["decision_coverage_side_effects"]["offenders"] == [basic.run_id]
+    # the planted high-risk run has neither its admission nor its stop event
+    assert slos["trace_coverage_high_risk"]["offenders"] == [planted]
+    assert slos["trace_coverage_high_risk"]["measured"] == 50
+
+    people = cli("slo", "report", "--since", "1h")
+    assert people.exit_code == 1, people.output
+    assert planted in people.stdout and basic.run_id in people.stdout
+    assert "missed" in people.stdout
+
+    # one route: the planted run is a refund; the basic run's side effect is still named
+    only_basic = cli("slo", "report", "--route", "r.basic", "--json")
+    assert only_basic.exit_code == 1, only_basic.output
+    slos = by_name(json.loads(only_basic.stdout))
+    assert slos["stop_reason_completeness"]["status"] == "met"
+    assert slos["decision_coverage_side_effects"]["offenders"] == [basic.run_id]
+    assert slos["trace_coverage_high_risk"]["status"] == "no data"
+
+    # a window that starts in the future is bad input, as is a --since that is no time
+    future = (utcnow() + timedelta(hours=1)).isoformat()
+    assert cli("slo", "report", "--since", future).exit_code == 2
+    bad = cli("slo", "report", "--since", "yesterday-ish")
+    assert bad.exit_code == 2 and "--since" in bad.output
+    unknown = cli("slo", "report", "--route", "r.nope")
+    assert unknown.exit_code == 2 and "r.nope" in unknown.output
+
+    # the evidence map: the route table and the rules of the deployment's config
+    evidence = cli("evidence", "--json")
+    assert evidence.exit_code == 0, evidence.output
+    data = json.loads(evidence.stdout)
+    routes = {r["route"]: r for r in data["admission"]["routes"]}
+    assert set(routes) == set(dep.svc.config.routes)
+    assert routes["r.refunds"]["task_class"] == "billing"
+    assert routes["r.refunds"]["risk_class"] == "high"
+    assert routes["r.refunds"]["tenant_scope"] == ["t1", "t2"]
+    rule_ids = [r.id for r in dep.svc.config.policy.rules]
+    assert [r["id"] for r in data["policy"]["rules"]] == rule_ids
+    assert data["admission"]["runs_by_status"]["r.basic"] == {"succeeded": 1}
+    assert {"admission", "stop"} <= set(data["observability"]["events_recorded"])
+    tools = {t["tool"]: t for t in data["tools"]}
+    assert tools["payments.refund"]["side_effect"] == "irreversible"
+    assert "agentrt runs cancel" in [r["command"] for r in data["recovery"]["runbook"]]
+    assert data["state"]["contract_fields"][:2] == ["runId", "traceId"]
+
+    people = cli("evidence", "--route", "r.refunds")
+    assert people.exit_code == 0, people.output
+    assert "r.refunds" in people.stdout and "billing" in people.stdout
+    refund_rules = [r["id"] for r in data["policy"]["rules"] if "r.basic" not in str(r["match"])]
+    for rule_id in refund_rules[:2]:
+        assert rule_id[:10] in people.stdout
+    assert cli("evidence", "--route", "r.nope").exit_code == 2
+
+
+def _config(slos: Any, **route_extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(TEST_CONFIG.read_text())
+    data["slos"] = slos
+    data["routes"]["r.basic"].update(route_extra)
+    return data
+
+
+def test_slos_in_config_name_their_bad_keys_and_default_when_absent() -> None:
+    plain = yaml.safe_load(TEST_CONFIG.read_text())
+    listed = parse_config(plain).slo_list()
+    assert [k for _, k, _, _ in listed] == list(SLO_KINDS)
+    assert {e.owner for *_, e in listed} == {"unassigned"}
+
+    good = parse_config(
+        _config(
+            {
+                "stop_reason_completeness": {"owner": "runtime-oncall"},
+                "refund_cost": {
+                    "kind": "cost_per_completed_run",
+                    "target": 150,
+                    "owner": "pay",
+                    "routes": ["r.ref*"],
+                },
+            },
+            approval_sla_s=600,
+        )
+    )
+    assert [(n, k, t) for n, k, t, _ in good.slo_list()] == [
+        ("stop_reason_completeness", "stop_reason_completeness", 100.0),
+        ("refund_cost", "cost_per_completed_run", 150.0),
+    ]
+    assert good.routes["r.basic"].approval_sla_s == 600
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config(
+            _config(
+                {
+                    "mystery": {"target": 5},
+                    "stop_reason_completeness": {"target": 150, "colour": "red"},
+                    "c": {"kind": "cost_per_completed_run", "routes": ["nope*"]},
+                    "t": {"kind": "uptime"},
+                },
+                approval_sla_s=0,
+            )
+        )
+    text = "\n".join(exc.value.problems)
+    assert "slos.mystery.kind" in text
+    assert "slos.stop_reason_completeness.colour: unknown key" in text
+    assert "slos.stop_reason_completeness.target" in text
+    assert "slos.c.routes: 'nope*' matches no route" in text
+    assert "slos.t.kind" in text
+    assert "routes.r.basic.approval_sla_s" in text
