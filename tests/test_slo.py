@@ -217,3 +217,83 @@ def test_slos_in_config_name_their_bad_keys_and_default_when_absent() -> None:
     assert "slos.c.routes: 'nope*' matches no route" in text
     assert "slos.t.kind" in text
     assert "routes.r.basic.approval_sla_s" in text
+
+
+def test_approval_latency_cost_and_tenant_scope_from_planted_rows(
+    fresh_deployment: Deployment,
+) -> None:
+    """No worker: runs admitted, then ended, charged and waited on by hand in SQL, so the
+    latency and cost figures are exact."""
+    from sqlalchemy import update as sql_update
+
+    from runtime.store.tables import approvals_t, spend_t
+    from runtime.wiring import build_slo_reporter
+
+    dep = fresh_deployment
+    config = parse_config(
+        _config(
+            {
+                "approval_latency_p95": {"owner": "ops", "routes": ["r.basic"]},
+                "cost_per_completed_run": {"target": 100, "owner": "finance"},
+                "stop_reason_completeness": {},
+            },
+            approval_sla_s=60,
+        )
+    )
+    runs = [dep.submit_script([reply()], tenant=t).run_id for t in ("t1", "t1", "t2")]
+    engine = dep.svc.store.engine
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            sql_update(runs_t)
+            .where(runs_t.c.run_id.in_(runs))
+            .values(status="succeeded", stop_reason="completed")
+        )
+        # t1 spends 0.9 and 1.5 USD on two completed runs: 1.2 per run against 1.0
+        conn.execute(
+            insert(spend_t),
+            [
+                {"run_id": r, "tenant_id": t, "route": "r.basic", "step_no": 0, "day": "d",
+                 "cost_micro_usd": c, "at": now}
+                for r, t, c in zip(runs, ("t1", "t1", "t2"), (900_000, 1_500_000, 100_000))
+            ],
+        )  # fmt: skip
+        waits = [  # (seconds waited, decided?) against an SLA of 60 s
+            (30, True),
+            (90, True),
+            (120, False),  # still open and past its SLA: late
+            (10, False),  # still open, inside its SLA: not counted yet
+        ]
+        conn.execute(
+            insert(approvals_t),
+            [
+                {"approval_id": uuid.uuid4().hex, "tenant_id": "t1", "run_id": runs[i % 2],
+                 "step_no": i, "route": "r.basic", "tool": "tickets.update",
+                 "tool_version": "1", "policy_version": "p", "digest": "0" * 64,
+                 "rule_id": "r", "effect": "require_approval", "submitted_by": "a",
+                 "status": "approved" if decided else "pending",
+                 "requested_at": now - timedelta(seconds=waited),
+                 "expires_at": now + timedelta(hours=1),
+                 "decided_at": now if decided else None}
+                for i, (waited, decided) in enumerate(waits)
+            ],
+        )  # fmt: skip
+    reporter = build_slo_reporter(config, engine)
+    since = now - timedelta(hours=1)
+    slos = {r.name: r for r in reporter.report(since=since).results}
+    latency = slos["approval_latency_p95"]
+    assert latency.status == "missed" and latency.owner == "ops"
+    assert latency.measured == pytest.approx(33.33, abs=0.01)  # 1 of 3 within the SLA
+    assert set(latency.offenders) == {runs[0], runs[1]}
+    cost = slos["cost_per_completed_run"]
+    # t1 and t2 together: 2.5 USD over 3 completed runs of a 1 USD budget
+    assert cost.status == "met" and cost.measured == pytest.approx(83.33, abs=0.01)
+    t1 = {r.name: r for r in reporter.report(since=since, tenant_id="t1").results}
+    assert t1["cost_per_completed_run"].measured == 120
+    assert t1["cost_per_completed_run"].status == "missed"
+    assert t1["cost_per_completed_run"].offenders == [runs[1], runs[0]]
+    t2 = {r.name: r for r in reporter.report(since=since, tenant_id="t2").results}
+    assert t2["cost_per_completed_run"].measured == 10
+    assert t2["cost_per_completed_run"].status == "met"
+    assert t2["approval_latency_p95"].status == "no data"
+    assert [r.name for r in reporter.report(since=since).missed] == ["approval_latency_p95"]
