@@ -243,6 +243,7 @@ def test_approval_latency_cost_and_tenant_scope_from_planted_rows(
     runs = [dep.submit_script([reply()], tenant=t).run_id for t in ("t1", "t1", "t2")]
     engine = dep.svc.store.engine
     now = utcnow()
+    charges = zip(runs, ("t1", "t1", "t2"), (900_000, 1_500_000, 100_000), strict=True)
     with engine.begin() as conn:
         conn.execute(
             sql_update(runs_t)
@@ -255,7 +256,7 @@ def test_approval_latency_cost_and_tenant_scope_from_planted_rows(
             [
                 {"run_id": r, "tenant_id": t, "route": "r.basic", "step_no": 0, "day": "d",
                  "cost_micro_usd": c, "at": now}
-                for r, t, c in zip(runs, ("t1", "t1", "t2"), (900_000, 1_500_000, 100_000))
+                for r, t, c in charges
             ],
         )  # fmt: skip
         waits = [  # (seconds waited, decided?) against an SLA of 60 s
