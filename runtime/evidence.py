@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runtime import stop_reasons
 from runtime.config import RuntimeConfig
 from runtime.contract import RuntimeRun
 from runtime.statuses import TERMINAL_STATUSES, RunStatus
@@ -173,6 +174,7 @@ def evidence_map(
         "state": {
             "statuses": [s.value for s in RunStatus if s is not RunStatus.UNKNOWN],
             "terminal_statuses": sorted(s.value for s in TERMINAL_STATUSES),
+            "stop_reason_kinds": sorted(stop_reasons.KINDS),
             "contract_fields": [f.alias or n for n, f in RuntimeRun.model_fields.items()],
         },
         "policy": _policy(config, routes, reads),

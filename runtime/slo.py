@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from runtime import stop_reasons
 from runtime.config import RuntimeConfig, SloConfig, SloKind
 from runtime.errors import InvalidRequest
 from runtime.store.db import utcnow
@@ -194,8 +195,9 @@ class SloReporter:
                 cov, "side effects have no policy decision for their call", "no side effects"
             )
         if kind == "stop_reason_completeness":
-            cov = self._reads.stop_reason_coverage(scope, limit=OFFENDERS)
-            return _coverage(cov, "ended runs have no stop reason", "no ended runs")
+            kinds = sorted(stop_reasons.KINDS)
+            cov = self._reads.stop_reason_coverage(scope, kinds, limit=OFFENDERS)
+            return _coverage(cov, "ended runs have no stop reason of the taxonomy", "no ended runs")
         if kind == "approval_latency_p95":
             return self._approval_latency(scope, routes)
         if kind == "cost_per_completed_run":

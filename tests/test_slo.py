@@ -42,14 +42,11 @@ def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in report["slos"]}
 
 
-def plant(dep: Deployment, refund_run: str, basic_run: str) -> str:
-    """A copy of the refund run, ended without a stop reason (and so without trace
-    events), and a side effect of the basic run with no policy decision for its call."""
-    engine = dep.svc.store.engine
+def copy_run(engine: Any, run_id: str, stop_reason: str | None) -> dict[str, Any]:
+    """A copy of a run's row under a new id, ended with ``stop_reason``."""
     with engine.connect() as conn:
-        row = dict(
-            conn.execute(select(runs_t).where(runs_t.c.run_id == refund_run)).mappings().one()
-        )
+        query = select(runs_t).where(runs_t.c.run_id == run_id)
+        row = dict(conn.execute(query).mappings().one())
     planted = uuid.uuid4().hex
     now = utcnow()
     row.update(
@@ -57,10 +54,21 @@ def plant(dep: Deployment, refund_run: str, basic_run: str) -> str:
         request_id=f"planted-{planted}",
         idempotency_key=None,
         status="succeeded",
-        stop_reason=None,
+        stop_reason=stop_reason,
         created_at=now,
         updated_at=now,
     )
+    return row
+
+
+def plant(dep: Deployment, refund_run: str, basic_run: str) -> tuple[str, str]:
+    """A copy of the refund run, ended without a stop reason (and so without trace
+    events); a copy of the basic run ended with a generic "done"; and a side effect of
+    the basic run with no policy decision for its call."""
+    engine = dep.svc.store.engine
+    row = copy_run(engine, refund_run, None)
+    generic = copy_run(engine, basic_run, "done")
+    now = utcnow()
     effect = {
         "idempotency_key": f"{basic_run}:99:0",
         "run_id": basic_run,
@@ -74,9 +82,9 @@ def plant(dep: Deployment, refund_run: str, basic_run: str) -> str:
         "finished_at": now,
     }
     with engine.begin() as conn:
-        conn.execute(insert(runs_t), [row])
+        conn.execute(insert(runs_t), [row, generic])
         conn.execute(insert(effects_t), [effect])
-    return planted
+    return row["run_id"], generic["run_id"]
 
 
 def test_slo_report_flags_planted_gaps_and_evidence_maps_the_deployment(
@@ -104,13 +112,13 @@ def test_slo_report_flags_planted_gaps_and_evidence_maps_the_deployment(
     assert slos["eval_gate_health"]["status"] == "no data"
     assert {s["owner"] for s in slos.values()} == {"unassigned"}
 
-    planted = plant(dep, refund.run_id, basic.run_id)
+    planted, generic = plant(dep, refund.run_id, basic.run_id)
 
     result = cli("slo", "report", "--json")
     assert result.exit_code == 1, result.output
     slos = by_name(json.loads(result.stdout))
     assert slos["stop_reason_completeness"]["status"] == "missed"
-    assert slos["stop_reason_completeness"]["offenders"] == [planted]
+    assert set(slos["stop_reason_completeness"]["offenders"]) == {planted, generic}
     assert slos["decision_coverage_side_effects"]["status"] == "missed"
     assert slos["decision_coverage_side_effects"]["offenders"] == [basic.run_id]
     # the planted high-risk run has neither its admission nor its stop event
@@ -122,11 +130,11 @@ def test_slo_report_flags_planted_gaps_and_evidence_maps_the_deployment(
     assert planted in people.stdout and basic.run_id in people.stdout
     assert "missed" in people.stdout
 
-    # one route: the planted run is a refund; the basic run's side effect is still named
+    # one route: the run without a reason is a refund; the basic route's are named
     only_basic = cli("slo", "report", "--route", "r.basic", "--json")
     assert only_basic.exit_code == 1, only_basic.output
     slos = by_name(json.loads(only_basic.stdout))
-    assert slos["stop_reason_completeness"]["status"] == "met"
+    assert slos["stop_reason_completeness"]["offenders"] == [generic]
     assert slos["decision_coverage_side_effects"]["offenders"] == [basic.run_id]
     assert slos["trace_coverage_high_risk"]["status"] == "no data"
 
@@ -149,7 +157,7 @@ def test_slo_report_flags_planted_gaps_and_evidence_maps_the_deployment(
     assert routes["r.refunds"]["tenant_scope"] == ["t1", "t2"]
     rule_ids = [r.id for r in dep.svc.config.policy.rules]
     assert [r["id"] for r in data["policy"]["rules"]] == rule_ids
-    assert data["admission"]["runs_by_status"]["r.basic"] == {"succeeded": 1}
+    assert data["admission"]["runs_by_status"]["r.basic"] == {"succeeded": 2}
     assert {"admission", "stop"} <= set(data["observability"]["events_recorded"])
     tools = {t["tool"]: t for t in data["tools"]}
     assert tools["payments.refund"]["side_effect"] == "irreversible"

@@ -77,7 +77,8 @@ def evidence_views(data: dict[str, Any]) -> list[RenderableType]:
     state = data["state"]
     views.append(
         f"[bold]State:[/] statuses {escape(', '.join(state['statuses']))}; terminal "
-        f"{escape(', '.join(state['terminal_statuses']))}\n"
+        f"{escape(', '.join(state['terminal_statuses']))}; stop reasons "
+        f"{escape(', '.join(state['stop_reason_kinds']))}\n"
         f"RuntimeRun fields: {escape(', '.join(state['contract_fields']))}"
     )
     policy = data["policy"]

@@ -109,15 +109,22 @@ class SloReads(StoreConnections):
             base = base.where(runs_t.c.route.in_(list(scope.routes)))
         return self._coverage(base, ~decided, limit)
 
-    def stop_reason_coverage(self, scope: Scope, limit: int = 5) -> Coverage:
-        """Ended runs, and those without a stop reason."""
+    def stop_reason_coverage(
+        self, scope: Scope, known_kinds: Sequence[str], limit: int = 5
+    ) -> Coverage:
+        """Ended runs, and those without a stop reason of the taxonomy: none, blank, or
+        of a kind not in ``known_kinds`` (a generic "done" says nothing)."""
         c = runs_t.c
         base = (
             select(c.run_id)
             .where(*self._runs_in(scope), c.status.in_(_TERMINAL))
             .order_by(c.created_at.desc(), c.run_id)
         )
-        failing = or_(c.stop_reason.is_(None), func.trim(c.stop_reason) == "")
+        known = or_(
+            c.stop_reason.in_(list(known_kinds)),
+            *[c.stop_reason.startswith(f"{kind}:", autoescape=True) for kind in known_kinds],
+        )
+        failing = or_(c.stop_reason.is_(None), func.trim(c.stop_reason) == "", ~known)
         return self._coverage(base, failing, limit)
 
     def approval_waits(self, scope: Scope) -> list[dict[str, Any]]:
