@@ -43,6 +43,7 @@ from runtime.cli.common import (
     EXIT_TIMEOUT,
     JsonOpt,
     build_service,
+    cwd_on_path,
     default_actor,
     emit_json,
     err,
@@ -58,9 +59,6 @@ from runtime.cli.common import (
     reader,
     redis_url,
     service,
-)
-from runtime.cli.common import (
-    cwd_on_path as _cwd_on_path,
 )
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
@@ -648,7 +646,7 @@ def config_check(
     try:
         # what Runtime.from_settings and the workers run at start-up
         config = load_config(path)
-        with _cwd_on_path():
+        with cwd_on_path():
             load_registry(config, str(path))
         if problems := _visibility_problems(config):
             raise ConfigError(str(path), problems)
@@ -704,7 +702,7 @@ def config_apply(
         config = load_config(settings.config)
         if problems := _visibility_problems(config):
             raise ConfigError(str(settings.config), problems)
-        with _cwd_on_path():
+        with cwd_on_path():
             svc = build_service(settings, enforce_applied=False)
     try:
         with errors():
