@@ -295,6 +295,9 @@ class RouteConfig(_Strict):
     #: "stop" (budget_exhausted:<dimension>) or "ask" (the run waits,
     #: needs_approval:budget_extension, for an approval that raises its per-run limit)
     on_budget_exhausted: Literal["stop", "ask"] = "stop"
+    #: the business SLA of an approval wait on this route (``agentrt slo report``'s
+    #: approval_latency_p95 measures against it; unset: the route is not measured)
+    approval_sla_s: float | None = Field(default=None, gt=0, le=30 * DAY_S)
     #: what an "ask" requests, per dimension; a dimension not named asks for the
     #: shortfall (what the refused step needed beyond what the run had left)
     budget_extension: BudgetLimits = BudgetLimits()
@@ -643,6 +646,42 @@ class ScheduleConfig(_Strict):
         return value
 
 
+#: the SLOs ``agentrt slo report`` knows (``runtime.slo`` measures each)
+SloKind = Literal[
+    "trace_coverage_high_risk",
+    "decision_coverage_side_effects",
+    "approval_latency_p95",
+    "cost_per_completed_run",
+    "eval_gate_health",
+    "stop_reason_completeness",
+]
+SLO_KINDS: tuple[str, ...] = typing.get_args(SloKind)
+#: the target (percent) of each kind when the file does not give one
+SLO_DEFAULT_TARGETS: dict[str, float] = {
+    "trace_coverage_high_risk": 100.0,
+    "decision_coverage_side_effects": 100.0,
+    "approval_latency_p95": 95.0,
+    "cost_per_completed_run": 100.0,
+    "eval_gate_health": 100.0,
+    "stop_reason_completeness": 100.0,
+}
+#: a cost SLO's target is a percent of the route's per-run cost budget, and may allow more
+MAX_COST_TARGET = 10_000.0
+
+
+class SloConfig(_Strict):
+    """One runtime SLO (``slos.<name>``). ``kind`` defaults to the name. Every target is a
+    percent: of runs or records that meet the objective (at least the target), except
+    ``cost_per_completed_run``: cost per completed run as a percent of the route's
+    per-run cost budget (at most the target)."""
+
+    kind: SloKind | None = None
+    target: float | None = Field(default=None, ge=0, le=MAX_COST_TARGET)
+    owner: str = Field(default="unassigned", min_length=1, max_length=200)
+    #: only these routes (globs; unset: every route)
+    routes: list[Glob] | None = Field(default=None, min_length=1, max_length=1000)
+
+
 class DeadLetterConfig(_Strict):
     #: days a retried or purged entry is kept; open entries stay until purged
     retention_days: float = Field(default=30.0, gt=0, le=3650)
@@ -674,6 +713,8 @@ class RuntimeConfig(_Strict):
     policies: dict[str, PolicyConfig] = Field(default_factory=dict, max_length=100)
     #: named version sets routes run under (``runtime.releases``)
     releases: dict[str, ReleaseConfig] = Field(default_factory=dict, max_length=1000)
+    #: runtime SLOs (``agentrt slo report``); unset: every kind with its default target
+    slos: dict[ScheduleName, SloConfig] | None = Field(default=None, max_length=100)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -687,6 +728,17 @@ class RuntimeConfig(_Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return config
+
+    def slo_list(self) -> list[tuple[str, SloKind, float, SloConfig]]:
+        """Every SLO as (name, kind, target, entry): the file's, or when it has no
+        ``slos`` section, each kind with its default target and owner ``unassigned``."""
+        entries = self.slos if self.slos is not None else {k: SloConfig() for k in SLO_KINDS}
+        listed: list[tuple[str, SloKind, float, SloConfig]] = []
+        for name, entry in entries.items():
+            kind = entry.kind or typing.cast(SloKind, name)
+            target = entry.target if entry.target is not None else SLO_DEFAULT_TARGETS[kind]
+            listed.append((name, kind, target, entry))
+        return listed
 
     def max_step_timeout_s(self) -> float:
         return max((r.step_timeout_s for r in self.routes.values()), default=60.0)
@@ -785,6 +837,8 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
         problems += _policy_problems(f"policies.{name}", _mapping(policy_set), data)
     for name, release in _mapping(data.get("releases")).items():
         problems += _release_problems(f"releases.{name}", _mapping(release), data)
+    for name, slo in _mapping(data.get("slos")).items():
+        problems += _slo_problems(f"slos.{name}", name, _mapping(slo), data)
     return problems + event_source_problems(data)
 
 
@@ -838,6 +892,31 @@ def _route_release_problems(key: str, route: dict[str, Any], data: dict[str, Any
     for field in ("release_assignment", "release_upgrade"):
         if route.get(field) is not None and release is None:
             problems.append(f"{key}.{field}: only for a route with a 'release'")
+    return problems
+
+
+def _slo_problems(key: str, name: Any, slo: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    kind = slo.get("kind", name)
+    problems: list[str] = []
+    if "kind" not in slo and name not in SLO_KINDS:
+        problems.append(
+            f"{key}.kind: the name is no SLO kind, so give 'kind' (one of: {_listed(SLO_KINDS)})"
+        )
+    target = slo.get("target")
+    if (
+        kind in SLO_KINDS
+        and kind != "cost_per_completed_run"
+        and isinstance(target, int | float)
+        and not isinstance(target, bool)
+        and target > 100
+    ):
+        problems.append(f"{key}.target: a percent of {kind}, at most 100")
+    routes = [n for n in _mapping(data.get("routes")) if isinstance(n, str)]
+    for pattern in _list(slo.get("routes")):
+        if isinstance(pattern, str) and not any(fnmatch.fnmatchcase(n, pattern) for n in routes):
+            problems.append(
+                f"{key}.routes: {pattern!r} matches no route (defined: {_listed(routes)})"
+            )
     return problems
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
+from sqlalchemy import Engine
 
 from runtime import deployment
 from runtime.api_keys import ApiKeys
@@ -54,6 +55,7 @@ from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Scheduler
 from runtime.service import RuntimeService
 from runtime.settings import Settings
+from runtime.slo import EvalGateCheck, SloReporter, no_eval_gate
 from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.build import build_runner
 from runtime.step.runner import StepRunner
@@ -67,6 +69,7 @@ from runtime.store.levers import LeverStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.releases import ReleaseStore
 from runtime.store.runs import RunStore
+from runtime.store.slo_reads import SloReads
 from runtime.submissions import Submissions
 from runtime.sync_runs import SyncRuns
 from runtime.tools.registry import ToolRegistry
@@ -77,7 +80,9 @@ __all__ = [
     "Runtime",
     "build_reconciler",
     "build_service",
+    "build_slo_reporter",
     "check_redis_policy",
+    "deployment_config",
     "load_registry",
     "resolve_endpoints",
     "service_from_settings",
@@ -578,6 +583,23 @@ def build_reconciler(
         batch=batch,
         retention_every_s=retention_every_s,
     )
+
+
+def build_slo_reporter(
+    config: RuntimeConfig, engine: Engine, *, eval_gate: EvalGateCheck = no_eval_gate
+) -> SloReporter:
+    """The SLO report over the store on ``engine`` (``agentrt slo report``, the
+    dashboard): SQL only, no Redis. ``eval_gate`` is the evals feature's check."""
+    return SloReporter(config=config, reads=SloReads(engine), eval_gate=eval_gate)
+
+
+def deployment_config(settings: Settings, engine: Engine) -> tuple[RuntimeConfig, str]:
+    """The config the deployment enforces, and where it came from: the applied one (what
+    every process loads) or, before any was applied, the file. Read-only, SQL only."""
+    applied = DeploymentStore(engine, settings.namespace).applied()
+    if applied is None:
+        return load_config(settings.config), str(settings.config)
+    return deployment.load_applied(applied), f"applied config {applied.version}"
 
 
 class Runtime(RuntimeService):

@@ -370,6 +370,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("dlq", "retry", "--dry-run"), "--since", ["99999999w"]),
     (("dlq", "retry", "--dry-run"), "--until", ["0001-01-01T00:00:00+01:00"]),
     (("dlq", "purge", "--dry-run"), "--since", [HUGE + "d"]),
+    (("slo", "report"), "--since", ["99999999w", "24x", "0001-01-01T00:00:00+01:00"]),
     (("dlq", "retry", "--dry-run"), "--rate", ["0", "1e9/s", "0.1/h", "10001/s", "fast"]),
     (("dlq", "retry", "--dry-run", "--all"), "--limit", [HUGE, "100001"]),
     (("dlq", "purge", "--dry-run"), "--until", ["0001-01-01T00:00:00+01:00"]),
@@ -423,7 +424,17 @@ def test_every_numeric_option_is_in_the_table_above() -> None:
             " ".join(
                 c[:2]
                 if c[0]
-                in ("runs", "dlq", "config", "approvals", "evals", "policy", "releases", "ops")
+                in (
+                    "runs",
+                    "dlq",
+                    "config",
+                    "approvals",
+                    "evals",
+                    "policy",
+                    "releases",
+                    "ops",
+                    "slo",
+                )
                 else c[:1]
             ),
             o,

@@ -279,3 +279,18 @@ def people_reader() -> Iterator[RunReads[RunLike, TraceLike]]:
             yield views
     finally:
         views.close()
+
+
+@contextlib.contextmanager
+def cwd_on_path() -> Iterator[None]:
+    """Import tool modules as a worker does: ``python -m celery`` puts the working
+    directory first on ``sys.path``; this console script does not."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)

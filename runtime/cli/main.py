@@ -19,13 +19,11 @@ stay light (a test checks which modules ``runs list`` loads).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +43,7 @@ from runtime.cli.common import (
     EXIT_TIMEOUT,
     JsonOpt,
     build_service,
+    cwd_on_path,
     default_actor,
     emit_json,
     err,
@@ -70,6 +69,8 @@ from runtime.cli.ops import app as ops_app
 from runtime.cli.releases import app as releases_app
 from runtime.cli.schedules import app as schedules_app
 from runtime.cli.schedules import beat
+from runtime.cli.slo import app as slo_app
+from runtime.cli.slo import evidence
 from runtime.errors import ConfigError
 from runtime.proposers.probe import DEFAULT_PROBE_TIMEOUT_S, probe_models
 from runtime.statuses import RunStatus
@@ -103,6 +104,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(releases_app, name="releases")
 app.add_typer(ops_app, name="ops")
 app.command("beat")(beat)
+app.add_typer(slo_app, name="slo")
+app.command("evidence")(evidence)
 
 #: ``AGENTRT_DEBUG=1``: an internal error prints its traceback
 DEBUG_ENV = "AGENTRT_DEBUG"
@@ -651,7 +654,7 @@ def config_check(
     try:
         # what Runtime.from_settings and the workers run at start-up
         config = load_config(path)
-        with _cwd_on_path():
+        with cwd_on_path():
             load_registry(config, str(path))
         if problems := _visibility_problems(config):
             raise ConfigError(str(path), problems)
@@ -707,7 +710,7 @@ def config_apply(
         config = load_config(settings.config)
         if problems := _visibility_problems(config):
             raise ConfigError(str(settings.config), problems)
-        with _cwd_on_path():
+        with cwd_on_path():
             svc = build_service(settings, enforce_applied=False)
     try:
         with errors():
@@ -740,21 +743,6 @@ def _visibility_problems(config: RuntimeConfig) -> list[str]:
         f"plus the hard-limit grace, chain window, lease margin and deferral need "
         f"AGENTRT_VISIBILITY_TIMEOUT_S above {needed:g} (it is {settings.visibility_timeout_s})"
     ]
-
-
-@contextlib.contextmanager
-def _cwd_on_path() -> Iterator[None]:
-    """Import tool modules as a worker does: ``python -m celery`` puts the working
-    directory first on ``sys.path``; this console script does not."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 # --- demo ------------------------------------------------------------------------------
