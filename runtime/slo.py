@@ -28,7 +28,6 @@ SloStatus = Literal["met", "missed", "no data"]
 #: offending runs (or routes) named per SLO
 OFFENDERS = 5
 #: the table a check of the eval gate reads (the evals feature creates it)
-EVAL_RESULTS_TABLE = "eval_results"
 
 
 @dataclass(frozen=True)
@@ -84,11 +83,24 @@ class SloReport:
 EvalGateCheck = Callable[[SloReads, Scope], Measurement]
 
 
-def no_eval_gate(reads: SloReads, scope: Scope) -> Measurement:
-    """The default eval-gate check: no eval results are recorded by this version."""
-    if not reads.table_exists(EVAL_RESULTS_TABLE):
-        return Measurement(None, detail="no eval results recorded (no eval gate yet)")
-    return Measurement(None, detail=f"{EVAL_RESULTS_TABLE} exists but no check reads it")
+def release_gate_health(reads: SloReads, scope: Scope) -> Measurement:
+    """The release gate's health: of its verdicts in the window (each promotion asks it),
+    the percent that were clean - no flaky case and no case that could not be replayed.
+    A gate refusing a release that changes a recorded outcome is the gate working; a
+    flaky case means the gate cannot be trusted to decide. None without any verdict."""
+    verdicts = reads.gate_results(scope)
+    if not verdicts:
+        return Measurement(None, detail="no release gate ran in the window")
+    unhealthy = [v for v in verdicts if int(v["gate"].get("flaky") or 0) > 0]
+    value = 100.0 * (len(verdicts) - len(unhealthy)) / len(verdicts)
+    offenders = sorted({f"{v['route']}:{v['release']}" for v in unhealthy})[:5]
+    refused = sum(1 for v in verdicts if not v["gate"].get("passed"))
+    return Measurement(
+        value,
+        offenders,
+        f"{len(unhealthy)} of {len(verdicts)} gate runs had flaky cases; {refused} refused "
+        "a release",
+    )
 
 
 def _coverage(cov: Coverage, what: str, empty: str) -> Measurement:
@@ -112,7 +124,7 @@ class SloReporter:
         *,
         config: RuntimeConfig,
         reads: SloReads,
-        eval_gate: EvalGateCheck = no_eval_gate,
+        eval_gate: EvalGateCheck = release_gate_health,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._config = config

@@ -55,7 +55,7 @@ from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Scheduler
 from runtime.service import RuntimeService
 from runtime.settings import Settings
-from runtime.slo import EvalGateCheck, SloReporter, no_eval_gate
+from runtime.slo import EvalGateCheck, SloReporter, release_gate_health
 from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.build import build_runner
 from runtime.step.runner import StepRunner
@@ -586,7 +586,7 @@ def build_reconciler(
 
 
 def build_slo_reporter(
-    config: RuntimeConfig, engine: Engine, *, eval_gate: EvalGateCheck = no_eval_gate
+    config: RuntimeConfig, engine: Engine, *, eval_gate: EvalGateCheck = release_gate_health
 ) -> SloReporter:
     """The SLO report over the store on ``engine`` (``agentrt slo report``, the
     dashboard): SQL only, no Redis. ``eval_gate`` is the evals feature's check."""

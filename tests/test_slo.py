@@ -306,3 +306,40 @@ def test_approval_latency_cost_and_tenant_scope_from_planted_rows(
     assert t2["cost_per_completed_run"].status == "met"
     assert t2["approval_latency_p95"].status == "no data"
     assert [r.name for r in reporter.report(since=since).missed] == ["approval_latency_p95"]
+
+
+def test_eval_gate_health_counts_the_release_gates_flaky_verdicts(
+    fresh_deployment: Deployment,
+) -> None:
+    """Promotions' gate verdicts, planted in ``release_audit`` as ``Releases.promote``
+    stores them: a refusal is the gate working; a flaky case is the gate unhealthy."""
+    from runtime.store.releases import audit_t
+    from runtime.wiring import build_slo_reporter
+
+    engine = fresh_deployment.svc.store.engine
+    config = parse_config(_config({"eval_gate_health": {"owner": "release-eng"}}))
+    reporter = build_slo_reporter(config, engine)
+    now = utcnow()
+    since = now - timedelta(hours=1)
+    [before] = reporter.report(since=since).results
+    assert before.status == "no data"
+
+    def verdict(release: str, passed: bool, flaky: int) -> dict[str, Any]:
+        gate = {"passed": passed, "summary": "s", "cases": 3, "failures": 0, "flaky": flaky}
+        return {"namespace": "n", "route": "r.basic", "action": "promote", "release": release,
+                "gate": gate, "actor": "a", "at": now}  # fmt: skip
+
+    with engine.begin() as conn:
+        conn.execute(
+            insert(audit_t),
+            [verdict("v2", True, 0), verdict("v3", False, 0), verdict("v4", False, 1)],
+        )
+    [health] = reporter.report(since=since).results
+    assert health.status == "missed" and health.owner == "release-eng"
+    assert health.measured == pytest.approx(66.67, abs=0.01)
+    assert health.offenders == ["r.basic:v4"]
+    # verdicts before the window are not counted
+    with engine.begin() as conn:
+        conn.execute(audit_t.update().values(at=now - timedelta(hours=2)))
+    [later] = reporter.report(since=since).results
+    assert later.status == "no data"

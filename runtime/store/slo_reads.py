@@ -188,6 +188,22 @@ class SloReads(StoreConnections):
 
         return bool(inspect(self.engine).has_table(name))
 
+    def gate_results(self, scope: Scope, limit: int = 1000) -> list[dict[str, Any]]:
+        """The release gate's verdicts (``release_audit`` rows of promotions, passed or
+        refused) at or after ``scope.since`` on ``scope.routes``: route, release, gate."""
+        from runtime.store.releases import audit_t
+
+        query = (
+            self._tolerant_select(audit_t)
+            .where(audit_t.c.at >= scope.since, audit_t.c.gate.is_not(None))
+            .order_by(audit_t.c.id.desc())
+            .limit(limit)
+        )
+        if scope.routes is not None:
+            query = query.where(audit_t.c.route.in_(list(scope.routes)))
+        rows = self._read(query, audit_t)
+        return [r for r in rows if isinstance(r.get("gate"), dict)]
+
     def decision_counts(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
         """Policy decisions recorded, per rule and effect (the evidence map's matrix)."""
         d = decisions_t.c
