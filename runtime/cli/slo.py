@@ -144,7 +144,7 @@ def evidence(ctx: typer.Context, route: RouteOpt = None, json_out: JsonOpt = Fal
             registry=registry,
             reads=SloReads(engine),
             runbook=_runbook(ctx.find_root().command),
-            evals_dir=_evals_dir(Path(settings.config)),
+            evals_dir=_evals_dir(config),
             applied=shown,
             route=route,
         )
@@ -155,10 +155,10 @@ def evidence(ctx: typer.Context, route: RouteOpt = None, json_out: JsonOpt = Fal
             out.print(renderable)
 
 
-def _evals_dir(config_path: Path) -> Path | None:
-    """``evals/`` of the project the deployment file belongs to (next to its directory),
-    or of the working directory."""
-    for candidate in (config_path.resolve().parent.parent / "evals", Path.cwd() / "evals"):
-        if candidate.is_dir():
-            return candidate
-    return None
+def _evals_dir(config: RuntimeConfig) -> Path | None:
+    """Where ``agentrt evals`` keeps the fixtures: the file's ``evals.dir``, else
+    ``evals/`` (relative to the working directory, as ``agentrt evals run`` reads it)."""
+    from runtime.evals.gate import evals_dir
+
+    directory = evals_dir(config)
+    return directory if directory.is_dir() else None
