@@ -327,7 +327,10 @@ def pull_lever(
         if lever not in calls:
             raise InvalidRequest(("lever",), f"lever must be one of {', '.join(LEVERS)}")
         change = calls[lever]()
-        return f"{lever} {change.target}: {change.old!r} -> {change.new!r}"
+        return (
+            f"{lever} {change.target}: {change.old!r} -> {change.new!r} "
+            f"({change.affected_count} active runs affected from their next step)"
+        )
 
     return _act(request, csrf, ADMIN, act, PREFIX)
 
