@@ -6,6 +6,7 @@ releases): the page answers "what should an operator do now", not only "what hap
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,28 @@ def _age_s(now: datetime, then: datetime | None) -> int | None:
 
 def _rate(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+@dataclass
+class _ToolCalls:
+    starts: int = 0
+    timeouts: int = 0
+    replays: int = 0
+    keys: set[str] = field(default_factory=set)
+
+
+def _tool_calls(events: list[tuple[str, dict[str, Any]]]) -> dict[str, _ToolCalls]:
+    out: dict[str, _ToolCalls] = {}
+    for kind, data in events:
+        calls = out.setdefault(str(data.get("tool")), _ToolCalls())
+        if kind == "tool_start":
+            calls.starts += 1
+            calls.keys.add(str(data.get("idempotency_key")))
+        elif kind == "tool_end" and data.get("error_code") == "tool_timeout":
+            calls.timeouts += 1
+        elif kind != "tool_end":
+            calls.replays += 1
+    return out
 
 
 class DashboardView:
@@ -150,21 +173,26 @@ class DashboardView:
     def _tools(self, tenant: str | None, since: datetime, levers: list[dict[str, Any]]) -> Any:
         effects = self.reads.tool_effects(tenant, since)
         decisions = self.reads.tool_decisions(tenant, since)
+        calls = _tool_calls(self.reads.tool_events(tenant, since))
         disabled = {lv["target"] for lv in levers if lv["lever"] == "tool_disabled"}
         rows = []
         for name, cfg in sorted(self.config.tools.items()):
             eff = effects.get(name, {})
             total = sum(v for k, v in eff.items() if k != "attempts")
             failed = eff.get("failed", 0) + eff.get("unknown", 0)
-            calls = sum(decisions.get(name, {}).values())
+            seen = calls.get(name, _ToolCalls())
             rows.append(
                 {
                     "tool": name,
-                    "calls": calls,
+                    "calls": seen.starts,
                     "denied": decisions.get(name, {}).get("deny", 0),
                     "effects": total,
+                    "timeout_rate": _rate(seen.timeouts, seen.starts),
+                    # a call started again under the key it already had
+                    "retry_rate": _rate(seen.starts - len(seen.keys), seen.starts),
                     "failure_rate": _rate(failed, total),
-                    "retry_rate": _rate(max(0, eff.get("attempts", 0) - total), total),
+                    # a redelivered call that found its key's record (replayed, not re-run)
+                    "conflict_rate": _rate(seen.replays, seen.starts + seen.replays),
                     "timeout_s": cfg.timeout_s,
                     "fallback": cfg.fallback,
                     "disabled": name in disabled,

@@ -49,6 +49,12 @@ def section(page: str, panel: str) -> str:
     return found.group(1)
 
 
+def cells(html_text: str, row_id: str) -> list[str]:
+    row = re.search(rf'<tr id="{re.escape(row_id)}">(.*?)</tr>', html_text, re.S)
+    assert row is not None, f"no row {row_id}"
+    return [c.strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)]
+
+
 def test_each_panel_renders_with_data(dash: Workload) -> None:
     client, _ = login(dash.base, dash.keys["admin"])
     page = client.get("/dashboard").text
@@ -68,7 +74,13 @@ def test_each_panel_renders_with_data(dash: Workload) -> None:
     assert view.canonical_action() in html.unescape(approvals)
     assert view.digest in approvals
     tools = section(page, "panel-tool_health")
-    assert 'id="tool-probe.held"' in tools and "/dashboard/levers/disable_tool" in tools
+    assert "/dashboard/levers/disable_tool" in tools
+    # calls and denials from the checkpointed trace and decisions; a call still inside
+    # its step shows as a side effect started (claimed before the call), not yet a call
+    assert cells(tools, "tool-probe.held")[1:3] == ["0", "0"]
+    assert cells(tools, "tool-probe.held")[5] == "2"
+    assert cells(tools, "tool-kb.search")[1:3] == ["1", "0"]
+    assert cells(tools, "tool-tickets.update")[1:3] == ["0", "1"]
     trace = section(page, "panel-trace_quality")
     assert "ended runs with a stop reason" in trace
     assert re.search(r"<td>ended runs with a stop reason</td><td>([1-9][0-9]*)</td>", trace)

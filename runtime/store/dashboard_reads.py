@@ -17,6 +17,7 @@ from runtime.store.tables import (
     decisions_t,
     effects_t,
     eval_captures_t,
+    events_t,
     runs_t,
     spend_t,
 )
@@ -29,6 +30,15 @@ ACTIVE = tuple(
 #: the ledger dimensions a run's budget limits
 SPEND_DIMS = ("tokens", "model_calls", "tool_calls", "retries", "wall_clock_ms", "cost_micro_usd")
 MAX_ROWS = 500
+#: the trace events a tool's health is read from, and how many at most
+TOOL_EVENT_KINDS = (
+    "tool_start",
+    "tool_end",
+    "tool_replayed",
+    "tool_retry_unknown",
+    "tool_outcome_unknown",
+)
+MAX_TOOL_EVENTS = 20_000
 
 
 def _bounded(limit: int) -> int:
@@ -141,6 +151,23 @@ class DashboardReads(SloReads):
             for tool, decision, n in conn.execute(query):
                 out.setdefault(str(tool), {})[str(decision)] = int(n)
         return out
+
+    def tool_events(
+        self, tenant_id: str | None, since: datetime, limit: int = MAX_TOOL_EVENTS
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The newest tool events (start, end, replays) since ``since``: the rates of the
+        tool health panel are computed from them, over at most ``limit`` events."""
+        ev = events_t.c
+        query = (
+            select(ev.kind, ev.data)
+            .where(ev.at >= since, ev.kind.in_(TOOL_EVENT_KINDS))
+            .order_by(ev.at.desc())
+            .limit(max(1, min(limit, MAX_TOOL_EVENTS)))
+        )
+        if tenant_id is not None:
+            query = query.where(ev.tenant_id == tenant_id)
+        with self._read_one() as conn:
+            return [(str(k), dict(d or {})) for k, d in conn.execute(query)]
 
     def effects_of(self, run_id: str, tenant_id: str | None) -> list[dict[str, Any]]:
         """A run's side-effect records with their idempotency keys (never their args)."""
