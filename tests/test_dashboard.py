@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from runtime.dashboard import session
+from runtime.errors import ApiKeyRejected
 from tests.dashboard_support import (
     READER,
     ROUTE,
@@ -212,3 +214,17 @@ def test_a_pending_approval_is_decided_from_the_page(dash: Workload) -> None:
         data={"csrf": token, "back": "https://evil.example/"},
     )
     assert again.status_code == 409  # decided already
+
+
+def test_a_session_token_expires_and_cannot_be_moved_to_another_key(dash: Workload) -> None:
+    keys = dash.dep.svc.api_keys
+    token, who = session.open_session(keys, dash.key("t2", READER), now=1_000_000)
+    assert session.principal_of(keys, token, now=1_000_000 + 60).key_id == who.key_id
+    with pytest.raises(ApiKeyRejected):
+        session.principal_of(keys, token, now=1_000_000 + session.MAX_AGE_S + 1)
+    other, _ = session.open_session(keys, dash.key("t2", READER), now=1_000_000)
+    # another key's prefix with this token's signature: no session
+    forged = ".".join([other.split(".")[0], *token.split(".")[1:]])
+    with pytest.raises(ApiKeyRejected):
+        session.principal_of(keys, forged, now=1_000_000 + 60)
+    assert session.csrf_token(token) != session.csrf_token(other)

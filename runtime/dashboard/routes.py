@@ -62,7 +62,8 @@ def _svc(request: Request) -> RuntimeService:
 
 def _view(request: Request) -> DashboardView:
     view: DashboardView | None = getattr(request.app.state, "dashboard_view", None)
-    if view is None:
+    # built again when the service's config changed (an applied config replaces it)
+    if view is None or view.config is not _svc(request).config:
         view = build_dashboard_view(_svc(request))
         request.app.state.dashboard_view = view
     return view
