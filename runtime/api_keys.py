@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,6 +44,7 @@ MAX_KEY_CHARS = 200
 #: the longest a key may live (and the longest expiry accepted)
 MAX_TTL = timedelta(days=3650)
 MAX_NAME_CHARS = 100
+_PREFIX = re.compile(r"[0-9a-f]{12}")
 _KEY = re.compile(r"agrt_([0-9a-f]{12})_([A-Za-z0-9_\-]{20,100})")
 _NAME = re.compile(r"[A-Za-z0-9 _.:@\-]+")
 
@@ -157,10 +159,20 @@ class ApiKeys:
         if matched is None:
             raise ApiKeyRejected("malformed")
         prefix, secret = matched.groups()
-        row = self.store.by_prefix(prefix)
         presented_hash = digest(secret)
+        return self.by_proof(
+            prefix, lambda stored: hmac.compare_digest(presented_hash, stored), now
+        )
+
+    def by_proof(
+        self, prefix: str, proof: Callable[[str], bool], now: datetime | None = None
+    ) -> Principal:
+        """The principal of the key ``prefix`` names, if ``proof`` (given the stored
+        secret's digest) holds: a presented key, or a session token the dashboard signed
+        with that digest. Revoked and expired keys are refused here, on every request."""
+        row = self.store.by_prefix(prefix) if _PREFIX.fullmatch(prefix) else None
         stored_hash = row["secret_hash"] if row else "0" * 64
-        if not hmac.compare_digest(presented_hash, stored_hash) or row is None:
+        if not proof(stored_hash) or row is None:
             raise ApiKeyRejected("unknown")
         if row["revoked_at"] is not None:
             raise ApiKeyRejected("revoked")

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     )
     #: share of transactions (performance traces) sent to Sentry; errors are always sent
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: where operators open Flower: the dashboard links a step's Celery task there
+    flower_url: str = Field(
+        default="http://127.0.0.1:5555", max_length=500, pattern=r"^https?://[^\s\"'<>]+$"
+    )
     #: send Celery task events (Flower needs them; costs ~30% of raw throughput).
     task_events: bool = True
     log_level: str = Field(default="INFO")

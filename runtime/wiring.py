@@ -30,6 +30,7 @@ from runtime.catalog import Catalog
 from runtime.compensation import Compensations
 from runtime.config import RuntimeConfig, config_digest, load_config
 from runtime.controls import Controls
+from runtime.dashboard_view import DashboardView
 from runtime.dead_letter_entries import DeadLetterEntries
 from runtime.dead_letters import DeadLetters
 from runtime.dispatch import Dispatch
@@ -61,6 +62,7 @@ from runtime.step.build import build_runner
 from runtime.step.runner import StepRunner
 from runtime.store.api_keys import ApiKeyStore
 from runtime.store.approvals import ApprovalStore
+from runtime.store.dashboard_reads import DashboardReads
 from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
@@ -78,6 +80,7 @@ __all__ = [
     "Endpoints",
     "PublisherFactory",
     "Runtime",
+    "build_dashboard_view",
     "build_reconciler",
     "build_service",
     "build_slo_reporter",
@@ -591,6 +594,19 @@ def build_slo_reporter(
     """The SLO report over the store on ``engine`` (``agentrt slo report``, the
     dashboard): SQL only, no Redis. ``eval_gate`` is the evals feature's check."""
     return SloReporter(config=config, reads=SloReads(engine), eval_gate=eval_gate)
+
+
+def build_dashboard_view(svc: RuntimeService) -> DashboardView:
+    """The operating dashboard's panels over the components of ``svc`` (one per app)."""
+    return DashboardView(
+        config=svc.config,
+        reads=DashboardReads(svc.store.engine),
+        approvals=svc.approvals,
+        releases=svc.releases,
+        levers=svc.levers,
+        dead_letters=svc.dead_letters,
+        runs=svc.store,
+    )
 
 
 def deployment_config(settings: Settings, engine: Engine) -> tuple[RuntimeConfig, str]:

@@ -6,6 +6,9 @@
   does not answer, ``python tests/services.py ensure`` tries to start a local cluster
   (Debian's pg_ctlcluster). PostgreSQL tests skip with a printed reason when none is
   reachable - except under CI=true, where they fail.
+* Chromium (the dashboard's browser test, Playwright with Debian's ``chromium``): ``ensure``
+  installs it with apt-get when it is missing, best effort, only as root where apt-get
+  exists. Without it the browser test skips - except under CI=true, where it fails.
 """
 
 from __future__ import annotations
@@ -48,7 +51,27 @@ def _try_start_postgres() -> None:
         )
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium, if installed (``AGENTRT_TEST_CHROMIUM`` names another binary)."""
+    path = os.environ.get("AGENTRT_TEST_CHROMIUM", CHROMIUM)
+    return path if os.access(path, os.X_OK) else None
+
+
+def _try_install_chromium() -> None:
+    apt = shutil.which("apt-get")
+    if chromium_path() is not None or apt is None or os.geteuid() != 0:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for args in (["update"], ["install", "-y", "--no-install-recommends", "chromium"]):
+        subprocess.run([apt, *args], check=False, capture_output=True, timeout=900, env=env)
+
+
 def ensure() -> int:
+    _try_install_chromium()
+    print("services: chromium", chromium_path() or "missing (the browser test will skip)")
     reason = pg_reachable()
     if reason is not None:
         _try_start_postgres()

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from runtime.api import events, health, operations, problems, runs, webhooks
 from runtime.api.guards import BodyLimit, LastResort
+from runtime.dashboard import routes as dashboard_routes
 from runtime.service import RuntimeService
 from runtime.settings import Settings
 
@@ -33,6 +34,8 @@ def create_app(svc: RuntimeService) -> FastAPI:
     problems.install(app)
     for module in (health, runs, events, operations):
         app.include_router(module.router)
+    # the operating dashboard: HTML pages behind a session cookie (runtime.dashboard)
+    app.include_router(dashboard_routes.router)
     # webhooks authenticate by their source's signature, not by an API key
     app.include_router(webhooks.router(svc))
     # outermost last: the last resort sees whatever the body limit and the app raise

@@ -551,7 +551,8 @@ def api(
 ) -> None:
     """Serve the HTTP API (FastAPI on uvicorn): runs, events (SSE), approvals, dead letters.
 
-    Authenticate with an API key (agentrt keys create); OpenAPI at /openapi.json."""
+    Authenticate with an API key (agentrt keys create); OpenAPI at /openapi.json; the
+    operating dashboard at /dashboard (log in with a key)."""
     from runtime.api.app import serve
 
     with service() as svc:
