@@ -210,6 +210,10 @@ class ApiKeyRejected(AgentRuntimeError):
         super().__init__(f"API key rejected: {reason}")
 
 
+class DashboardSessionMissing(AgentRuntimeError):
+    """No valid dashboard session: a page goes to the login form."""
+
+
 class ScopeMissing(AgentRuntimeError):
     def __init__(self, scope: str) -> None:
         self.scope = scope

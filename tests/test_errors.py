@@ -100,3 +100,16 @@ def test_importing_errors_does_not_import_redis() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+def test_release_refusals_are_conflict_problems_not_500s() -> None:
+    from runtime.api.problems import from_error
+    from runtime.errors import GateFailed, ReleaseError
+
+    refused = from_error(GateFailed("r.basic", "v2", "1 blocking case failed"))
+    assert refused is not None and (refused.status, refused.reason) == (
+        409,
+        "release_gate_failed",
+    )
+    other = from_error(ReleaseError("route 'r.basic' has no canary to promote"))
+    assert other is not None and (other.status, other.reason) == (409, "release_refused")

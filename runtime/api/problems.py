@@ -23,8 +23,10 @@ from runtime.errors import (
     ApprovalForbidden,
     BoundsError,
     DeadLetterNotFound,
+    GateFailed,
     InvalidRequest,
     InvalidTransition,
+    ReleaseError,
     RequestTooLarge,
     RunNotFound,
     ScopeMissing,
@@ -50,6 +52,9 @@ ERRORS: tuple[tuple[type[AgentRuntimeError], int, str, str], ...] = (
     (ApprovalClosed, 409, "Conflict", "approval_closed"),
     (InvalidTransition, 409, "Conflict", "invalid_transition"),
     (StaleWrite, 409, "Conflict", "stale_write"),
+    # a promotion the eval gate refused; a release change the state does not allow
+    (GateFailed, 409, "Conflict", "release_gate_failed"),
+    (ReleaseError, 409, "Conflict", "release_refused"),
     (RequestTooLarge, 413, "Content Too Large", "body_too_large"),
     (AdmissionRefused, 422, "Unprocessable Content", "refused"),  # code below
     (InvalidRequest, 422, "Unprocessable Content", "invalid_request"),

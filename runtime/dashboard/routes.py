@@ -24,7 +24,13 @@ from runtime.api.runs import NAME, RunId
 from runtime.api_keys import ADMIN, Principal
 from runtime.dashboard import session
 from runtime.dashboard_view import PANELS, DashboardView
-from runtime.errors import AgentRuntimeError, ApiKeyRejected, InvalidRequest, ReleaseError
+from runtime.errors import (
+    AgentRuntimeError,
+    ApiKeyRejected,
+    DashboardSessionMissing,
+    InvalidRequest,
+    ReleaseError,
+)
 from runtime.service import RuntimeService
 from runtime.wiring import build_dashboard_view
 
@@ -51,10 +57,6 @@ NO_CSRF = ""
 Reason = Annotated[str, Form(max_length=2000)]
 
 
-class Unauthenticated(Exception):
-    """No valid session: a page goes to the login form."""
-
-
 def _svc(request: Request) -> RuntimeService:
     svc: RuntimeService = request.app.state.svc
     return svc
@@ -74,7 +76,7 @@ def _principal(request: Request) -> tuple[Principal, str]:
     try:
         return session.principal_of(_svc(request).api_keys, token), str(token)
     except ApiKeyRejected:
-        raise Unauthenticated() from None
+        raise DashboardSessionMissing() from None
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
@@ -111,7 +113,7 @@ def _login_redirect() -> RedirectResponse:
 def _read(request: Request, render: Callable[[Principal, str], HTMLResponse]) -> Response:
     try:
         who, token = _principal(request)
-    except Unauthenticated:
+    except DashboardSessionMissing:
         return _login_redirect()
     try:
         who.require("runs:read")
@@ -127,7 +129,7 @@ def _act(
     scope (else 403); then back to the page with what was done."""
     try:
         who, token = _principal(request)
-    except Unauthenticated:
+    except DashboardSessionMissing:
         return _page(
             request,
             "error.html",
@@ -362,7 +364,11 @@ def release_action(
             raise ReleaseError("this deployment declares no releases")
         actor, why = f"dashboard:{who.actor}", reason or None
         if action == "promote":
-            state = releases.promote(route, actor=actor, reason=why)
+            from runtime.evals.gate import eval_gate  # the replay engine: only when promoting
+
+            svc = _svc(request)
+            gate = eval_gate(svc.config, svc.settings)  # the blocking evals, as the CLI
+            state = releases.promote(route, actor=actor, reason=why, gate=gate)
         elif action == "rollback":
             state = releases.rollback(route, actor=actor, reason=why)
         elif action == "pin":
