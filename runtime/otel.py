@@ -117,6 +117,10 @@ class OtelTracer:
     def server(
         self, name: str, headers: Mapping[str, str], attrs: Mapping[str, AttrValue]
     ) -> AbstractContextManager[Span]:
+        if trace.get_current_span().get_span_context().is_valid:
+            # the web framework's own request span (FastAPI's built-in telemetry uses the
+            # global provider) already continued the caller's traceparent: nest under it
+            return self._span(name, attrs)
         ctx = _PROPAGATOR.extract(carrier={k.lower(): v for k, v in headers.items()})
         return self._span(name, attrs, context=ctx, kind=SpanKind.SERVER)
 

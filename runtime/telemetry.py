@@ -203,7 +203,8 @@ def span(name: str, **attrs: Any) -> AbstractContextManager[Span]:
 def server_span(
     name: str, headers: Mapping[str, str], attrs: Mapping[str, Any] | None = None
 ) -> AbstractContextManager[Span]:
-    """An HTTP request's span, continuing the caller's W3C ``traceparent`` if it sent one."""
+    """An HTTP request's handling: a child of the framework's request span if there is one,
+    else a server span continuing the caller's W3C ``traceparent`` (if it sent one)."""
     if _tracer is None:
         return _NOOP
     return _tracer.server(name, headers, _attrs(attrs or {}))

@@ -115,7 +115,7 @@ def submit_run(
     returns the same run (200); a different payload is 409."""
     # the submit's span continues the caller's W3C traceparent; the run adopts its trace
     with telemetry.server_span(
-        "POST /v1/runs", request.headers, {"http.method": "POST", "http.route": "/v1/runs"}
+        "agentrt.submit", request.headers, {"http.method": "POST", "http.route": "/v1/runs"}
     ) as span:
         answer = _submit(body, svc, who, idempotency_key)
         location = answer.headers.get("Location")
