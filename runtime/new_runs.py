@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from runtime import admission, stop_reasons
+from runtime import admission, stop_reasons, telemetry
 from runtime.catalog import Catalog
 from runtime.contract import RunStatus
 from runtime.errors import AdmissionRefused
@@ -46,7 +46,8 @@ def row_for(
     status = RunStatus.QUEUED if refusal is None else RunStatus.REFUSED
     return {
         "run_id": uuid.uuid4().hex,
-        "trace_id": uuid.uuid4().hex,
+        # the caller's trace (a web app's request) if one is current: one trace end to end
+        "trace_id": telemetry.new_trace_id(),
         "request_id": req.request_id or uuid.uuid4().hex,
         "actor_id": req.actor,
         "tenant_id": req.tenant,

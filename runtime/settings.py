@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     flower_url: str = Field(
         default="http://127.0.0.1:5555", max_length=500, pattern=r"^https?://[^\s\"'<>]+$"
     )
+    #: OTLP/HTTP base URL for OpenTelemetry spans (``/v1/traces`` is added); unset: the
+    #: standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` if set, else no spans (``runtime.telemetry``)
+    otel_endpoint: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+    )
     #: send Celery task events (Flower needs them; costs ~30% of raw throughput).
     task_events: bool = True
     log_level: str = Field(default="INFO")
@@ -79,6 +84,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     #: seconds between the SSE stream's polls of a run's trace
     api_events_poll_s: float = Field(default=0.25, gt=0, le=10)
+
+    @field_validator("otel_endpoint", mode="before")
+    @classmethod
+    def _empty_otel_endpoint(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("sentry_dsn", mode="before")
     @classmethod

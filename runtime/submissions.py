@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runtime import admission, new_runs
+from runtime import admission, new_runs, telemetry
 from runtime.catalog import Catalog
 from runtime.config import RuntimeConfig
 from runtime.controls import Controls
@@ -84,15 +84,17 @@ class Submissions:
         key = event.order_key if event is not None and refusal is None else None
         if key is not None and event is not None:
             new_runs.hold_for_turn(row, event.source)
-        also = self.events.record_rows(event, row) if event and refusal is None else []
-        stored, created = self.store.insert_run(row, new_runs.admission_events(row, refusal), also)
-        if not created:  # an identical request (or a conflicting one) won the race
-            return Admitted(new_runs.held_run(req, [stored]), False)
-        if key is not None and event is not None:
-            self.ordering.release(event.source, key, req.tenant)
-        elif refusal is None:
-            first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
-            self.dispatch.schedule(Ops().enqueue(first).dispatch(1))
+        with telemetry.run_span(row):
+            also = self.events.record_rows(event, row) if event and refusal is None else []
+            events = new_runs.admission_events(row, refusal)
+            stored, created = self.store.insert_run(row, events, also)
+            if not created:  # an identical request (or a conflicting one) won the race
+                return Admitted(new_runs.held_run(req, [stored]), False)
+            if key is not None and event is not None:
+                self.ordering.release(event.source, key, req.tenant)
+            elif refusal is None:
+                first = Item(row["run_id"], 0, row["tenant_id"], row["route"], row["priority"])
+                self.dispatch.schedule(Ops().enqueue(first).dispatch(1))
         return Admitted(stored, True, pressure, refusal)
 
     def decide(

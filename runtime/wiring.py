@@ -20,7 +20,7 @@ from typing import Any, cast
 import redis
 from sqlalchemy import Engine
 
-from runtime import deployment
+from runtime import deployment, telemetry
 from runtime.api_keys import ApiKeys
 from runtime.approvals import Approvals
 from runtime.budget_extensions import BudgetExtensions
@@ -420,6 +420,16 @@ def _intake(
     return ordering, events, submissions
 
 
+def start_telemetry(settings: Settings) -> bool:
+    """OpenTelemetry spans for this process if an OTLP endpoint is configured; whether they
+    are on. No endpoint: the SDK is not even imported (``runtime.telemetry``)."""
+    if telemetry.endpoint(settings) is None:
+        return False
+    from runtime.otel import configure
+
+    return configure(settings)
+
+
 def build_service(
     settings: Settings,
     config: RuntimeConfig,
@@ -433,6 +443,7 @@ def build_service(
     """Every component of one process for ``config``, and the façade over them. The
     publisher is built on first use (by ``publisher_factory``, else the one
     ``AGENTRT_PUBLISHER`` names) unless one is given."""
+    start_telemetry(settings)
     m = _mechanisms(settings, config, endpoints)
     dispatch = _dispatch(settings, endpoints, m, publisher, publisher_factory)
     failures = _failure_flows(settings, config, registry, m, dispatch)

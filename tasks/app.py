@@ -29,7 +29,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue  # type: ignore[attr-defined]
 
-from runtime import deployment
+from runtime import deployment, telemetry
 from runtime.config import RuntimeConfig, load_config
 from runtime.errors import SettingsError
 from runtime.keys import Keys
@@ -218,6 +218,13 @@ def _init_error_reporting(sender: Any = None, **_: Any) -> None:
         app.agentrt_settings,
         integrations=[CeleryIntegration(monitor_beat_tasks=False, propagate_traces=False)],
     )
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _flush_spans(**_: Any) -> None:
+    # the batch exporter holds the last spans of a process about to exit (no-op: no spans)
+    telemetry.flush()
 
 
 @signals.worker_init.connect

@@ -12,10 +12,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime import telemetry
 from runtime.api.auth import Canceller, Reader, Submitter, Svc
 from runtime.api.problems import REFUSALS, Problem, problem_response
 from runtime.api_keys import Principal
@@ -104,6 +105,7 @@ def submit_run(
     body: SubmitBody,
     svc: Svc,
     who: Submitter,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(pattern=TOKEN)] = None,
 ) -> JSONResponse:
     """Submit a run: 202 with the run and its ``Location``. A run whose mode is ``sync`` is
@@ -111,6 +113,23 @@ def submit_run(
     ``sync_timeout_s`` (plus the step under way then), else 202 (its rest runs on workers).
     A repeat with the same ``Idempotency-Key`` (or ``request_id``) and the same payload
     returns the same run (200); a different payload is 409."""
+    # the submit's span continues the caller's W3C traceparent; the run adopts its trace
+    with telemetry.server_span(
+        "agentrt.submit", request.headers, {"http.method": "POST", "http.route": "/v1/runs"}
+    ) as span:
+        answer = _submit(body, svc, who, idempotency_key)
+        location = answer.headers.get("Location")
+        if location:
+            span.set("agentrt.run_id", location.rsplit("/", 1)[-1])
+        span.set("agentrt.tenant", who.tenant if body.tenant is None else body.tenant)
+        span.set("agentrt.route", body.route)
+        span.set("agentrt.outcome", str(answer.status_code))
+        return answer
+
+
+def _submit(
+    body: SubmitBody, svc: RuntimeService, who: Principal, idempotency_key: str | None
+) -> JSONResponse:
     tenant = _tenant_for_submit(who, body.tenant)
     # under an idempotency key, a request id of our own (unless the app gave one): a run
     # that comes back with another request id was admitted before (by that key). With

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime import proposals
+from runtime import proposals, telemetry
 from runtime.config import ModelConfig, RuntimeConfig
 from runtime.contract import ProposalResult, RunStatus
 from runtime.errors import ProposerError
@@ -76,7 +76,9 @@ class ModelCall:
         go back to the rate limit."""
         cfg = self.model(st).breaker
         try:
-            result = self._propose(st, ws, prompt)
+            with telemetry.span("agentrt.model_call", model=st.model_name) as span:
+                result = self._propose(st, ws, prompt)
+                span.set("agentrt.outcome", "ok")
         except ProposerError as exc:
             st.trace.add("proposer_error", code=exc.code, error=str(exc), model=st.model_name)
             breaker.record(self.breakers, st, f"model:{st.model_name}", cfg, ok=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime import proposals, report_context, stop_reasons
+from runtime import proposals, report_context, stop_reasons, telemetry
 from runtime.config import RuntimeConfig
 from runtime.contract import ReplyProposal, RunStatus, StopProposal, ToolCallProposal
 from runtime.policy import Decision, PolicyContext, PolicyEngine
@@ -139,16 +139,20 @@ class ProposalCheck:
     def _decide(
         self, st: Step, spec: ToolSpec | None, registered: bool, tool: str, args: Any
     ) -> Decision:
-        decision = self._policy_decide(st, spec, registered, tool, args)
-        forced = st.forced_approval_route or tool in st.forced_approval_tools
-        if forced and decision.effect == "allow":
-            # an operator tightened the policy: only ever stricter, never looser
-            return Decision(
-                "require_approval",
-                FORCED_APPROVAL_RULE,
-                [*decision.reason_codes, FORCED_APPROVAL_RULE],
-                decision.policy_version,
-            )
+        with telemetry.span("agentrt.policy", tool=tool) as span:
+            decision = self._policy_decide(st, spec, registered, tool, args)
+            forced = st.forced_approval_route or tool in st.forced_approval_tools
+            if forced and decision.effect == "allow":
+                # an operator tightened the policy: only ever stricter, never looser
+                decision = Decision(
+                    "require_approval",
+                    FORCED_APPROVAL_RULE,
+                    [*decision.reason_codes, FORCED_APPROVAL_RULE],
+                    decision.policy_version,
+                )
+            span.set("agentrt.policy_effect", decision.effect)
+            span.set("agentrt.policy_rule", decision.label)
+            span.set("agentrt.policy_version", decision.policy_version)
         return decision
 
     def _policy_decide(

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from runtime import report_context
+from runtime import report_context, telemetry
 from runtime.budgets.ledger import BudgetLedger
 from runtime.config import RuntimeConfig
 from runtime.contract import RunStatus
@@ -124,9 +124,11 @@ class StepRunner:
             if run["route"] != item.route:
                 controls, release_read = None, None
             try:
-                result = self._execute(
-                    run, item.step_no, attempt, lease, (controls, release_read), chain, sync
-                )
+                with telemetry.step_span(run, item.step_no, attempt) as span:
+                    result = self._execute(
+                        run, item.step_no, attempt, lease, (controls, release_read), chain, sync
+                    )
+                    span.set("agentrt.outcome", result.outcome)
             except StateUnknown as exc:
                 # Redis lost its state after this step started (its reservation found the
                 # ledger unknown): nothing ran; recovery queues the step again from SQL
@@ -300,6 +302,7 @@ class StepRunner:
         else:
             trace.add("step_started", attempt=attempt)
         move = self.guards.check(st) or self._advance(st)
+        _note_move(st, move)
         return self.checkpoint.finish(st, move, lease)
 
     def _advance(self, st: Step) -> Move:
@@ -327,3 +330,14 @@ class StepRunner:
         if isinstance(raw, Move):
             return raw
         return self.proposal.validate_and_act(st, raw)
+
+
+def _note_move(st: Step, move: Move) -> None:
+    """The step's span says how the step ended its run (if it did) and under which release."""
+    current = telemetry.current_span()
+    current.set("agentrt.status", move.status.value)
+    if move.stop_reason:
+        current.set("agentrt.stop_reason", move.stop_reason)
+    release = st.run_updates.get("release") or st.run.get("release")
+    if isinstance(release, str):
+        current.set("agentrt.release", release)

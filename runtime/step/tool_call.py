@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runtime import stop_reasons
+from runtime import stop_reasons, telemetry
 from runtime.config import RuntimeConfig, ToolManifestEntry
 from runtime.contract import RunStatus, ToolCallProposal
 from runtime.locks.leases import Busy, Lease, LeaseManager
@@ -80,9 +80,12 @@ class ToolCall:
         if held is not None:
             return held
         try:
-            outcome = self._locked_execute(
-                st, spec, args_model, args, proposal, lock_name, timeout_s
-            )
+            with telemetry.span("agentrt.tool_call", tool=spec.name) as span:
+                outcome = self._locked_execute(
+                    st, spec, args_model, args, proposal, lock_name, timeout_s
+                )
+                if not isinstance(outcome, Move):
+                    span.set("agentrt.tool_ok", bool(outcome.ok))
         finally:
             if entry.max_concurrency:
                 self.limiter.leave_bulkhead(spec.name, call_id)
