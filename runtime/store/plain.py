@@ -54,6 +54,7 @@ RUNS = Table(
         "input", "output", "next_step", "turns", "invalid_proposals", "tool_errors",
         "lock_waits", "attempt", "pending_proposal", "budget_extension", "version", "admitted",
         "request_digest", "created_at", "updated_at", "started_at", "finished_at", "deadline_at",
+        "release",
     ),
     json=frozenset(
         {
