@@ -41,6 +41,7 @@ from runtime.events import EventIntake
 from runtime.keys import Keys
 from runtime.levers import Levers
 from runtime.locks.leases import LeaseManager
+from runtime.metrics import MetricSources
 from runtime.mode_check import sync_route_problems
 from runtime.policy import PolicyEngine
 from runtime.ports import StepMessages, StepPublisher
@@ -66,6 +67,7 @@ from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
 from runtime.store.events import EventStore
 from runtime.store.levers import LeverStore
+from runtime.store.metric_reads import MetricReads
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.releases import ReleaseStore
 from runtime.store.runs import RunStore
@@ -78,6 +80,7 @@ __all__ = [
     "Endpoints",
     "PublisherFactory",
     "Runtime",
+    "build_metric_sources",
     "build_reconciler",
     "build_service",
     "build_slo_reporter",
@@ -629,3 +632,20 @@ class Runtime(RuntimeService):
     @classmethod
     def from_env(cls) -> Runtime:
         return cls.from_settings(Settings())
+
+
+def build_metric_sources(svc: RuntimeService) -> MetricSources:
+    """What a Prometheus scrape reads (``runtime.metrics``): the shared state under
+    ``svc``'s config, the same whichever process serves ``/metrics``."""
+    return MetricSources(
+        redis=svc.redis,
+        keys=svc.keys,
+        config=svc.config,
+        reads=MetricReads(svc.store.engine),
+        state_known=lambda: svc.markers.known(svc.generation.refresh()),
+        release_of=svc.releases.live.state if svc.releases is not None else _no_release,
+    )
+
+
+def _no_release(route: str) -> None:
+    return None

@@ -7,7 +7,7 @@ import logging
 
 from fastapi import FastAPI
 
-from runtime.api import events, health, operations, problems, runs, webhooks
+from runtime.api import events, health, metrics, operations, problems, runs, webhooks
 from runtime.api.guards import BodyLimit, LastResort
 from runtime.service import RuntimeService
 from runtime.settings import Settings
@@ -31,7 +31,7 @@ def create_app(svc: RuntimeService) -> FastAPI:
     )
     app.state.svc = svc
     problems.install(app)
-    for module in (health, runs, events, operations):
+    for module in (health, runs, events, operations, metrics):
         app.include_router(module.router)
     # webhooks authenticate by their source's signature, not by an API key
     app.include_router(webhooks.router(svc))

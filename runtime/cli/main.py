@@ -518,6 +518,23 @@ def worker(
             "the applied config refuses to start.",
         ),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at http://<metrics-host>:N/metrics from the "
+            "worker's main process (off by default; AGENTRT_METRICS_PORT).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-host",
+            help="Address the metrics port listens on (default 127.0.0.1; AGENTRT_METRICS_HOST).",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker for the step queue.
 
@@ -536,6 +553,11 @@ def worker(
     env = {k: v for k, v in os.environ.items() if k != APPLY_CONFIG_ENV}
     if apply_config:
         env[APPLY_CONFIG_ENV] = "1"
+    # the exec'd worker reads its settings from the environment (tasks.metrics)
+    if metrics_port is not None:
+        env["AGENTRT_METRICS_PORT"] = str(metrics_port)
+    if metrics_host is not None:
+        env["AGENTRT_METRICS_HOST"] = metrics_host
     _exec(argv, env)
 
 
