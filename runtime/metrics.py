@@ -24,14 +24,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from runtime.budgets.ledger import today
 from runtime.config import DIMENSIONS, RuntimeConfig
 from runtime.keys import Keys
 from runtime.release_sets import LiveRelease
-from runtime.scheduling import view
+from runtime.scheduling import histograms, view
 from runtime.scheduling.scheduler import PRIORITIES
 from runtime.store.metric_reads import MetricReads
 
@@ -40,7 +45,16 @@ log = logging.getLogger("agentrt.metrics")
 PREFIX = "agentrt"
 BREAKER_STATES = ("closed", "open", "half_open")
 #: where each group of values comes from (``agentrt_metrics_source_up``)
-SOURCES = ("scheduler", "budgets", "breakers", "releases", "approvals", "dead_letters", "policy")
+SOURCES = (
+    "scheduler",
+    "budgets",
+    "latency",
+    "breakers",
+    "releases",
+    "approvals",
+    "dead_letters",
+    "policy",
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class RuntimeCollector(Collector):
         groups: list[tuple[str, bool, Callable[[MetricSources], list[Metric]]]] = [
             ("scheduler", True, _scheduler),
             ("budgets", True, _budgets),
+            ("latency", False, _latency),
             ("breakers", False, _breakers),
             ("releases", False, _releases),
             ("approvals", False, _approvals),
@@ -206,6 +221,29 @@ def _budgets(src: MetricSources) -> list[Metric]:
                 limit.add_metric([tenant, dim], cap)
                 remaining.add_metric([tenant, dim], max(0, cap - u - r))
     return [used, reserved, limit, remaining]
+
+
+def _latency(src: MetricSources) -> list[Metric]:
+    """Step latency by route and stage (step, model_call, tool_call, checkpoint) and the
+    dispatch wait of a run's first step (admission to its start on a worker), from the
+    histograms every step adds to on its settle round trip."""
+    step = HistogramMetricFamily(
+        f"{PREFIX}_step_latency_seconds",
+        "a step's duration (stage step) and its timed stages",
+        labels=["route", "stage"],
+    )
+    wait = HistogramMetricFamily(
+        f"{PREFIX}_dispatch_wait_seconds",
+        "from a run's admission to its first step's start on a worker",
+        labels=["route"],
+    )
+    for hist in histograms.read(src.redis, src.keys.scheduler().histograms):
+        buckets = [(le, float(n)) for le, n in hist.cumulative()]
+        if hist.metric == histograms.STEP:
+            step.add_metric([hist.route, hist.stage], buckets, hist.sum_ms / 1000)
+        elif hist.metric == histograms.DISPATCH_WAIT:
+            wait.add_metric([hist.route], buckets, hist.sum_ms / 1000)
+    return [step, wait]
 
 
 def _breakers(src: MetricSources) -> list[Metric]:

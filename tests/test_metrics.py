@@ -52,6 +52,11 @@ def depth(samples: Samples, tenant: str) -> float:
     )
 
 
+def observed(samples: Samples, name: str, **labels: str) -> float:
+    """A histogram's observation count (0 before its first)."""
+    return value(samples, f"{name}_count", **labels) or 0
+
+
 def sources_up(samples: Samples) -> dict[str, float]:
     return {
         dict(labels)["source"]: v
@@ -113,6 +118,18 @@ def test_queue_depth_rises_with_a_flood_and_falls_as_it_drains(
     after = scrape(http)
     assert value(after, "agentrt_route_concurrency_limit", route=ROUTE) == 10
     assert value(after, "agentrt_route_in_flight", route=ROUTE) == 0
+
+    # every step was timed once, whole and by stage, on its settle round trip, and each
+    # run's first step's wait from admission to its start
+    for stage in ("step", "model_call", "checkpoint"):
+        assert observed(after, "agentrt_step_latency_seconds", route=ROUTE, stage=stage) == (
+            observed(before, "agentrt_step_latency_seconds", route=ROUTE, stage=stage) + FLOOD
+        ), stage
+    assert observed(after, "agentrt_dispatch_wait_seconds", route=ROUTE) == (
+        observed(before, "agentrt_dispatch_wait_seconds", route=ROUTE) + FLOOD
+    )
+    inf = value(after, "agentrt_step_latency_seconds_bucket", route=ROUTE, stage="step", le="+Inf")
+    assert inf == observed(after, "agentrt_step_latency_seconds", route=ROUTE, stage="step")
 
     # and today's budget per tenant agrees with the ledger
     balance = svc.ledger.balance(svc.keys.budget_tenant_day(TENANT, today()))

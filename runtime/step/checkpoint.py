@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -16,6 +17,7 @@ from runtime.budgets.ledger import BudgetLedger
 from runtime.contract import TERMINAL_STATUSES, RunStatus
 from runtime.errors import CancelRequested, StaleWrite
 from runtime.locks.leases import Lease, LeaseManager
+from runtime.scheduling import histograms
 from runtime.scheduling.scheduler import Item, Ops, Scheduler, item_of, now_ms
 from runtime.statuses import read_cancel_request
 from runtime.step.budget import Budgeting, spend_row
@@ -77,6 +79,7 @@ class Checkpointer:
         if actual is not None:
             st.trace.add("budget_settle", actual=actual)
         cp = self._checkpoint_of(st, move, actual)
+        committing = time.monotonic()
         try:
             move = self._commit(st, move, cp, actual)
         except StaleWrite as exc:
@@ -92,6 +95,7 @@ class Checkpointer:
             if st.effect_update is not None:
                 self._record_effect_outcome(st.effect_update)
             raise
+        st.stage_ms["checkpoint"] = int((time.monotonic() - committing) * 1000)
         kept = self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
         if move.status in TERMINAL_STATUSES:
             # an event run of a per_key source lets the next run of its key start (never
@@ -240,6 +244,8 @@ class Checkpointer:
             if actual is not None:
                 self.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
             self.leases.release_in(pipe, lease)
+            # before the scheduler's calls: the results read below count from the end
+            self._observe_in(pipe, st, duration_ms)
             self.scheduler.queue_in(pipe, ops)
             self.scheduler.observe_step_time(pipe, st.run["route"], duration_ms)
             if following is not None:  # a pause asked for while this step ran
@@ -261,6 +267,23 @@ class Checkpointer:
             kept = dispatched[0]
         self.dispatch.publish([item for item in dispatched if item is not kept])
         return kept
+
+    def _observe_in(self, pipe: Any, st: Step, duration_ms: int) -> None:
+        """The step's latencies (whole step and its timed stages) and, for a run's first
+        step, how long it waited from admission to its start: two HINCRBY each on the
+        settle round trip, never a round trip of their own."""
+        key, route = self.scheduler.k.histograms, st.run["route"]
+        histograms.observe_in(pipe, key, histograms.STEP, route, "step", duration_ms)
+        for stage, ms in st.stage_ms.items():
+            histograms.observe_in(pipe, key, histograms.STEP, route, stage, ms)
+        created = st.run.get("created_at")
+        if isinstance(created, str):
+            created = datetime.fromisoformat(created)
+        if st.step_no == 0 and st.attempt == 0 and isinstance(created, datetime):
+            if created.tzinfo is None:  # stored as UTC
+                created = created.replace(tzinfo=UTC)
+            wait_ms = int((st.started_at - created).total_seconds() * 1000)
+            histograms.observe_in(pipe, key, histograms.DISPATCH_WAIT, route, "first_step", wait_ms)
 
     def fail(self, run_id: str, step_no: int, failure_class: str) -> bool:
         """End a run whose step failed for good outside the loop as ``failed:<class>``.
