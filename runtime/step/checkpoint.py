@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -17,9 +16,9 @@ from runtime.budgets.ledger import BudgetLedger
 from runtime.contract import TERMINAL_STATUSES, RunStatus
 from runtime.errors import CancelRequested, StaleWrite
 from runtime.locks.leases import Lease, LeaseManager
-from runtime.scheduling import histograms
 from runtime.scheduling.scheduler import Item, Ops, Scheduler, item_of, now_ms
 from runtime.statuses import read_cancel_request
+from runtime.step import timings
 from runtime.step.budget import Budgeting, spend_row
 from runtime.step.collaborators import (
     AfterCancel,
@@ -245,7 +244,7 @@ class Checkpointer:
                 self.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
             self.leases.release_in(pipe, lease)
             # before the scheduler's calls: the results read below count from the end
-            self._observe_in(pipe, st, duration_ms)
+            timings.observe_in(pipe, self.scheduler.k.histograms, st, duration_ms)
             self.scheduler.queue_in(pipe, ops)
             self.scheduler.observe_step_time(pipe, st.run["route"], duration_ms)
             if following is not None:  # a pause asked for while this step ran
@@ -267,23 +266,6 @@ class Checkpointer:
             kept = dispatched[0]
         self.dispatch.publish([item for item in dispatched if item is not kept])
         return kept
-
-    def _observe_in(self, pipe: Any, st: Step, duration_ms: int) -> None:
-        """The step's latencies (whole step and its timed stages) and, for a run's first
-        step, how long it waited from admission to its start: two HINCRBY each on the
-        settle round trip, never a round trip of their own."""
-        key, route = self.scheduler.k.histograms, st.run["route"]
-        histograms.observe_in(pipe, key, histograms.STEP, route, "step", duration_ms)
-        for stage, ms in st.stage_ms.items():
-            histograms.observe_in(pipe, key, histograms.STEP, route, stage, ms)
-        created = st.run.get("created_at")
-        if isinstance(created, str):
-            created = datetime.fromisoformat(created)
-        if st.step_no == 0 and st.attempt == 0 and isinstance(created, datetime):
-            if created.tzinfo is None:  # stored as UTC
-                created = created.replace(tzinfo=UTC)
-            wait_ms = int((st.started_at - created).total_seconds() * 1000)
-            histograms.observe_in(pipe, key, histograms.DISPATCH_WAIT, route, "first_step", wait_ms)
 
     def fail(self, run_id: str, step_no: int, failure_class: str) -> bool:
         """End a run whose step failed for good outside the loop as ``failed:<class>``.
