@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from sqlalchemy import Engine
@@ -41,7 +41,6 @@ from runtime.events import EventIntake
 from runtime.keys import Keys
 from runtime.levers import Levers
 from runtime.locks.leases import LeaseManager
-from runtime.metrics import MetricSources
 from runtime.mode_check import sync_route_problems
 from runtime.policy import PolicyEngine
 from runtime.ports import StepMessages, StepPublisher
@@ -67,7 +66,6 @@ from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
 from runtime.store.events import EventStore
 from runtime.store.levers import LeverStore
-from runtime.store.metric_reads import MetricReads
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.releases import ReleaseStore
 from runtime.store.runs import RunStore
@@ -75,6 +73,9 @@ from runtime.store.slo_reads import SloReads
 from runtime.submissions import Submissions
 from runtime.sync_runs import SyncRuns
 from runtime.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from runtime.metrics import MetricSources
 
 __all__ = [
     "Endpoints",
@@ -637,6 +638,11 @@ class Runtime(RuntimeService):
 def build_metric_sources(svc: RuntimeService) -> MetricSources:
     """What a Prometheus scrape reads (``runtime.metrics``): the shared state under
     ``svc``'s config, the same whichever process serves ``/metrics``."""
+    # imported here: prometheus_client (and its http.server) only in a process that serves
+    # metrics, not in every process that builds a runtime
+    from runtime.metrics import MetricSources
+    from runtime.store.metric_reads import MetricReads
+
     return MetricSources(
         redis=svc.redis,
         keys=svc.keys,

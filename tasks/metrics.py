@@ -9,24 +9,25 @@ parent's threads. The values are read from the shared state at each scrape
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import signals
-from prometheus_client import start_http_server
 
-from runtime import metrics
 from runtime.service import RuntimeService
 from runtime.wiring import build_metric_sources
 from tasks.host import RuntimeHost
+
+if TYPE_CHECKING:
+    from runtime.metrics import MetricSources
 
 log = logging.getLogger("agentrt.metrics")
 
 
 def register(app: RuntimeHost) -> None:
     servers: list[Any] = []
-    cache: dict[int, metrics.MetricSources] = {}
+    cache: dict[int, MetricSources] = {}
 
-    def current() -> metrics.MetricSources:
+    def current() -> MetricSources:
         # the main process's service: a newly applied config replaces it (the pump reloads)
         svc: RuntimeService = app.runtime_service()
         if id(svc) not in cache:
@@ -39,6 +40,11 @@ def register(app: RuntimeHost) -> None:
         settings = app.agentrt_settings
         if getattr(sender, "app", None) is not app or settings.metrics_port is None:
             return
+        # imported here: prometheus_client only in a worker that serves metrics
+        from prometheus_client import start_http_server
+
+        from runtime import metrics
+
         server, _thread = start_http_server(
             settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry(current)
         )
