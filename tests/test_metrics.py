@@ -4,22 +4,32 @@ real workers, Redis and SQL; every value is checked against what ``agentrt queue
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
 
+from runtime import metrics
 from runtime.budgets.ledger import today
 from runtime.config import DIMENSIONS
 from runtime.scheduling import view
 from runtime.scheduling.scheduler import PRIORITIES
+from runtime.store.metric_reads import MetricReads
 from runtime.store.slo_reads import SloReads
+from runtime.wiring import build_metric_sources
 from tests.api_support import free_port, serve
 from tests.support import Deployment, wait_for
 
+ROOT = Path(__file__).resolve().parent.parent
 ROUTE = "r.levers"  # concurrency_limit 10 in tests/config/runtime.yaml
 TENANT = "t3"
 ACTOR = "ops:metrics-test"
@@ -243,3 +253,57 @@ def _answers(http: httpx.Client, url: str) -> bool:
         return http.get(url).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_grafana_dashboard_uses_only_exposed_metric_names(
+    deployment: Deployment, http: httpx.Client
+) -> None:
+    text = http.get("/metrics").text
+    families = {f.name for f in text_string_to_metric_families(text)}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "agentrt.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    used = {
+        re.sub(r"_(bucket|count|sum|total)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"agentrt_[a-z_]+", expr)
+    }
+    assert len(used) >= 15
+    assert used <= families, used - families
+
+
+def test_unknown_redis_state_and_an_unreadable_store_report_no_values(
+    fresh_deployment: Deployment,
+) -> None:
+    """Fail closed: what cannot be known is reported as not read, never as zeros."""
+    dep, svc = fresh_deployment, fresh_deployment.svc
+    svc.levers.drain(route=ROUTE, actor=ACTOR, reason="metrics fail closed")
+    dep.submit_script([REPLY], tenant=TENANT, route=ROUTE)
+    sources = build_metric_sources(svc)
+    reg = metrics.registry(lambda: sources)
+    known = parse(generate_latest(reg))
+    assert value(known, "agentrt_queue_depth", tenant=TENANT, priority="normal") == 1
+
+    # SQL unreachable: the SQL sources are down, Redis' are still read
+    broken = MetricReads(create_engine(f"sqlite:///{dep.home / 'missing' / 'no.db'}"))
+    no_sql = parse(generate_latest(metrics.registry(lambda: replace(sources, reads=broken))))
+    up = sources_up(no_sql)
+    assert up["approvals"] == up["dead_letters"] == up["policy"] == 0
+    assert up["scheduler"] == up["budgets"] == 1
+    assert not any(n == "agentrt_policy_decisions_total" for n, _ in no_sql)
+
+    # Redis lost its state (the markers are gone): no queue or budget values at all
+    svc.redis.delete(svc.keys.sched_state(), svc.keys.ledger_state())
+    lost = parse(generate_latest(reg))
+    assert value(lost, "agentrt_redis_state_known") == 0
+    up = sources_up(lost)
+    assert up["scheduler"] == up["budgets"] == 0 and up["policy"] == 1
+    assert not any(n.startswith(("agentrt_queue_", "agentrt_budget_")) for n, _ in lost)
+
+
+def parse(text: bytes) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
