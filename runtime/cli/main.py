@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import signal
 import sys
 import traceback
@@ -541,6 +542,11 @@ def worker(
     Execs `celery -A tasks.app worker` in these settings, so signals reach Celery
     directly; arguments after `--` go to Celery. The first worker of a deployment applies
     its file; later workers must have the same config (or --apply-config)."""
+    if metrics_host is not None and not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]{1,255}", metrics_host):
+        raise typer.BadParameter(
+            "an IP address or host name (letters, digits, '.', ':', '-')",
+            param_hint="--metrics-host",
+        )
     from runtime.demo.workload import worker_argv
     from tasks.app import APPLY_CONFIG_ENV
 
