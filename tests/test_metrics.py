@@ -30,6 +30,7 @@ from tests.api_support import free_port, serve
 from tests.support import Deployment, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+REL_CONFIG = ROOT / "tests" / "config" / "releases.yaml"
 ROUTE = "r.levers"  # concurrency_limit 10 in tests/config/runtime.yaml
 TENANT = "t3"
 ACTOR = "ops:metrics-test"
@@ -307,3 +308,97 @@ def parse(text: bytes) -> Samples:
         for s in family.samples:
             out[(s.name, frozenset(s.labels.items()))] = s.value
     return out
+
+
+def test_approvals_pending_and_their_age_agree_with_the_store(
+    deployment: Deployment, http: httpx.Client
+) -> None:
+    dep, svc = deployment, deployment.svc
+    inc = {"type": "tool_call", "tool": "counter.increment", "args": {"key": "m", "by": 1}}
+    run = dep.submit_script([inc, REPLY], route="r.approve", actor="user:metrics")
+    wait_for(
+        lambda: svc.get(run.run_id).status.value == "waiting",
+        timeout=60,
+        message="the run to wait for its approval",
+    )
+    try:
+        scraped = scrape(http)
+        stored = {r: (n, oldest) for r, n, oldest in svc.approvals.store.pending_by_route("t1")}
+        assert (
+            value(scraped, "agentrt_approvals_pending", tenant="t1", route="r.approve")
+            == (stored["r.approve"][0])
+        )
+        assert stored["r.approve"][0] >= 1
+        age = value(scraped, "agentrt_approval_oldest_age_seconds", tenant="t1", route="r.approve")
+        assert age is not None and age >= 0
+    finally:
+        svc.cancel(run.run_id, actor="user:metrics")
+
+
+def test_each_routes_releases_are_scraped_as_they_stand(redis_url: str, tmp_path: Path) -> None:
+    """No worker: the active and canary releases of ``tests/config/releases.yaml``."""
+    dep = Deployment.create(
+        name=f"m{uuid.uuid4().hex[:5]}",
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
+        config=REL_CONFIG,
+        home=tmp_path,
+    )
+    try:
+        svc = dep.svc
+        reg = metrics.registry(lambda: build_metric_sources(svc))
+        routes = svc.releases.routes()
+        scraped = parse(generate_latest(reg))
+        assert routes
+        for r in routes:
+            assert (
+                value(
+                    scraped,
+                    "agentrt_release_info",
+                    route=r["route"],
+                    release=r["active"],
+                    role="active",
+                )
+                == 1
+            )
+            if r["canary"]:
+                assert (
+                    value(
+                        scraped,
+                        "agentrt_release_info",
+                        route=r["route"],
+                        release=r["canary"],
+                        role="canary",
+                    )
+                    == 1
+                )
+                assert value(scraped, "agentrt_release_canary_percent", route=r["route"]) == (
+                    r["percent"] or 0
+                )
+        assert any(r["canary"] for r in routes)
+    finally:
+        dep.close()
+
+
+def test_a_breaker_and_a_live_limit_are_scraped_as_they_stand(
+    fresh_deployment: Deployment,
+) -> None:
+    svc = fresh_deployment.svc
+    reg = metrics.registry(lambda: build_metric_sources(svc))
+    name = "tool:probe.guarded"  # failures: 2 opens it (tests/config/runtime.yaml)
+    cfg = svc.config.tools["probe.guarded"].breaker
+    assert (
+        value(parse(generate_latest(reg)), "agentrt_breaker_state", breaker=name, state="closed")
+        == 1
+    )
+    for caller in ("c1", "c2"):
+        svc.breakers.record(name, cfg, caller, ok=False)
+    assert svc.breakers.state(name) == "open"
+    opened = parse(generate_latest(reg))
+    assert value(opened, "agentrt_breaker_state", breaker=name, state="open") == 1
+    assert value(opened, "agentrt_breaker_state", breaker=name, state="closed") == 0
+
+    svc.levers.set_concurrency(ROUTE, 3, actor=ACTOR, reason="metrics")
+    assert value(parse(generate_latest(reg)), "agentrt_route_concurrency_limit", route=ROUTE) == 3
+    svc.levers.set_concurrency(ROUTE, None, actor=ACTOR, reason="metrics")
+    assert value(parse(generate_latest(reg)), "agentrt_route_concurrency_limit", route=ROUTE) == 10
