@@ -45,9 +45,20 @@ def register(app: RuntimeHost) -> None:
 
         from runtime import metrics
 
-        server, _thread = start_http_server(
-            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry(current)
-        )
+        try:
+            server, _thread = start_http_server(
+                settings.metrics_port,
+                addr=settings.metrics_host,
+                registry=metrics.registry(current),
+            )
+        except OSError as exc:  # the port is taken: the worker runs steps, without metrics
+            log.critical(
+                "metrics port %s:%d not served: %s",
+                settings.metrics_host,
+                settings.metrics_port,
+                exc,
+            )
+            return
         servers.append(server)
         log.warning("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
