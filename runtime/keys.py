@@ -85,6 +85,13 @@ class SchedKeys:
         return self._key("workers")
 
     @property
+    def histograms(self) -> str:
+        """Hash ``<metric>|<route>|<stage>|<bucket index or "sum">`` -> count (or ms):
+        the step's latency histograms for Prometheus (``runtime.scheduling.histograms``),
+        in the scheduler's slot so the settle round trip can update it."""
+        return self._key("metrics:hist")
+
+    @property
     def capacity(self) -> str:
         return self._key("capacity")
 

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     step_messages: str = "tasks.messages:STEP_MESSAGES"
     #: the HTTP API's largest request body (bytes); larger is refused with 413 unread
     api_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: a worker's Prometheus port (``agentrt worker --metrics-port``): served by its main
+    #: process only; unset, the worker serves no metrics
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: the address a worker's metrics port listens on
+    metrics_host: str = Field(
+        default="127.0.0.1", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\-\[\]]+$"
+    )
     #: seconds between the SSE stream's polls of a run's trace
     api_events_poll_s: float = Field(default=0.25, gt=0, le=10)
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from sqlalchemy import Engine
@@ -76,11 +76,15 @@ from runtime.submissions import Submissions
 from runtime.sync_runs import SyncRuns
 from runtime.tools.registry import ToolRegistry
 
+if TYPE_CHECKING:
+    from runtime.metrics import MetricSources
+
 __all__ = [
     "Endpoints",
     "PublisherFactory",
     "Runtime",
     "build_dashboard_view",
+    "build_metric_sources",
     "build_reconciler",
     "build_service",
     "build_slo_reporter",
@@ -656,3 +660,25 @@ class Runtime(RuntimeService):
     @classmethod
     def from_env(cls) -> Runtime:
         return cls.from_settings(Settings())
+
+
+def build_metric_sources(svc: RuntimeService) -> MetricSources:
+    """What a Prometheus scrape reads (``runtime.metrics``): the shared state under
+    ``svc``'s config, the same whichever process serves ``/metrics``."""
+    # imported here: prometheus_client (and its http.server) only in a process that serves
+    # metrics, not in every process that builds a runtime
+    from runtime.metrics import MetricSources
+    from runtime.store.metric_reads import MetricReads
+
+    return MetricSources(
+        redis=svc.redis,
+        keys=svc.keys,
+        config=svc.config,
+        reads=MetricReads(svc.store.engine),
+        state_known=lambda: svc.markers.known(svc.generation.refresh()),
+        release_of=svc.releases.live.state if svc.releases is not None else _no_release,
+    )
+
+
+def _no_release(route: str) -> None:
+    return None

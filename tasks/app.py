@@ -36,7 +36,7 @@ from runtime.keys import Keys
 from runtime.service import RuntimeService
 from runtime.settings import Settings
 from runtime.wiring import Endpoints, build_service, load_registry, resolve_endpoints
-from tasks import broker_faults, poison, pump, schedules, steps
+from tasks import broker_faults, metrics, poison, pump, schedules, steps
 from tasks.messages import STEP_QUEUE, STEP_TASK
 from tasks.publish import CeleryPublisher
 
@@ -168,6 +168,7 @@ def create_app(
     pump.register(app)
     poison.register(app)
     schedules.register(app)
+    metrics.register(app)
     return app
 
 

@@ -358,6 +358,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("queues",), "--limit", [HUGE, "-1"]),
     (("recover", "--yes"), "--inflight-wait", ["nan", "inf", "-1", "86401"]),
     (("worker",), "--concurrency", ["0", HUGE]),
+    (("worker",), "--metrics-port", ["0", "65536", HUGE]),
     (("flower",), "--port", ["0", "65536", HUGE]),
     (("api",), "--port", ["0", "65536", HUGE]),
     (("demo",), "--workers", ["0", "9"]),

@@ -7,7 +7,7 @@ import logging
 
 from fastapi import FastAPI
 
-from runtime.api import events, health, operations, problems, runs, webhooks
+from runtime.api import events, health, metrics, operations, problems, runs, webhooks
 from runtime.api.guards import BodyLimit, LastResort
 from runtime.dashboard import routes as dashboard_routes
 from runtime.service import RuntimeService
@@ -32,7 +32,7 @@ def create_app(svc: RuntimeService) -> FastAPI:
     )
     app.state.svc = svc
     problems.install(app)
-    for module in (health, runs, events, operations):
+    for module in (health, runs, events, operations, metrics):
         app.include_router(module.router)
     # the operating dashboard: HTML pages behind a session cookie (runtime.dashboard)
     app.include_router(dashboard_routes.router)

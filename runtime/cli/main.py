@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import signal
 import sys
 import traceback
@@ -518,12 +519,34 @@ def worker(
             "the applied config refuses to start.",
         ),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at http://<metrics-host>:N/metrics from the "
+            "worker's main process (off by default; AGENTRT_METRICS_PORT).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-host",
+            help="Address the metrics port listens on (default 127.0.0.1; AGENTRT_METRICS_HOST).",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker for the step queue.
 
     Execs `celery -A tasks.app worker` in these settings, so signals reach Celery
     directly; arguments after `--` go to Celery. The first worker of a deployment applies
     its file; later workers must have the same config (or --apply-config)."""
+    if metrics_host is not None and not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]{1,255}", metrics_host):
+        raise typer.BadParameter(
+            "an IP address or host name (letters, digits, '.', ':', '-')",
+            param_hint="--metrics-host",
+        )
     from runtime.demo.workload import worker_argv
     from tasks.app import APPLY_CONFIG_ENV
 
@@ -536,6 +559,11 @@ def worker(
     env = {k: v for k, v in os.environ.items() if k != APPLY_CONFIG_ENV}
     if apply_config:
         env[APPLY_CONFIG_ENV] = "1"
+    # the exec'd worker reads its settings from the environment (tasks.metrics)
+    if metrics_port is not None:
+        env["AGENTRT_METRICS_PORT"] = str(metrics_port)
+    if metrics_host is not None:
+        env["AGENTRT_METRICS_HOST"] = metrics_host
     _exec(argv, env)
 
 

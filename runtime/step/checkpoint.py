@@ -18,6 +18,7 @@ from runtime.errors import CancelRequested, StaleWrite
 from runtime.locks.leases import Lease, LeaseManager
 from runtime.scheduling.scheduler import Item, Ops, Scheduler, item_of, now_ms
 from runtime.statuses import read_cancel_request
+from runtime.step import timings
 from runtime.step.budget import Budgeting, spend_row
 from runtime.step.collaborators import (
     AfterCancel,
@@ -77,6 +78,7 @@ class Checkpointer:
         if actual is not None:
             st.trace.add("budget_settle", actual=actual)
         cp = self._checkpoint_of(st, move, actual)
+        committing = time.monotonic()
         try:
             move = self._commit(st, move, cp, actual)
         except StaleWrite as exc:
@@ -92,6 +94,7 @@ class Checkpointer:
             if st.effect_update is not None:
                 self._record_effect_outcome(st.effect_update)
             raise
+        st.stage_ms["checkpoint"] = int((time.monotonic() - committing) * 1000)
         kept = self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
         if move.status in TERMINAL_STATUSES:
             # an event run of a per_key source lets the next run of its key start (never
@@ -240,6 +243,8 @@ class Checkpointer:
             if actual is not None:
                 self.ledger.settle_in(pipe, st.run_id, st.step_no, actual)
             self.leases.release_in(pipe, lease)
+            # before the scheduler's calls: the results read below count from the end
+            timings.observe_in(pipe, self.scheduler.k.histograms, st, duration_ms)
             self.scheduler.queue_in(pipe, ops)
             self.scheduler.observe_step_time(pipe, st.run["route"], duration_ms)
             if following is not None:  # a pause asked for while this step ran

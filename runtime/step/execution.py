@@ -86,6 +86,7 @@ class ToolExecution:
         outcome = execute(spec, args_model, ctx, timeout_s)
         # a tool may echo its arguments in an error: its secret ones never reach a record
         outcome.error = proposals.scrub(outcome.error, st.secrets)
+        st.stage_ms["tool_call"] = st.stage_ms.get("tool_call", 0) + int(outcome.duration_ms)
         st.trace.add(
             "tool_end",
             tool=spec.name,

@@ -201,6 +201,7 @@ class ModelCall:
         # the checkpoint can never overflow a column
         st.usage = result.usage.within(prompt_tokens, granted)
         st.model_version = result.model_version
+        st.stage_ms["model_call"] = int(result.latency_ms or 0)
         st.trace.add(
             "proposal",
             proposal=proposals.shown(result.raw, self.registry),

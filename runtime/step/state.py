@@ -67,6 +67,9 @@ class Step:
     trace: TraceBuffer
     started: float = field(default_factory=time.monotonic)
     started_at: Any = field(default_factory=utcnow)
+    #: how long each timed stage took (ms): model_call, tool_call, checkpoint (Prometheus'
+    #: step latency by stage, ``runtime.scheduling.histograms``)
+    stage_ms: dict[str, int] = field(default_factory=dict)
     #: the step's hold in the ledger: what it holds, what the step is charged (set by
     #: ``Budgeting.open``; settling is bounded by it: never overspent, in every dimension)
     budget: StepBudget = field(init=False)
