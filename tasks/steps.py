@@ -7,6 +7,11 @@ outside the step loop lands in the dead-letter queue too (``task_failure``): it 
 time limit (``timeout``), or infrastructure errors outlasted their retries or a bug escaped
 (``exhausted``).
 
+How the task ends tells Flower what the runtime did with the step (``tasks.verdicts``): a
+run it ended failed (a dead letter included) is a FAILURE raising ``StepFailed`` (which
+``_on_failure`` skips: nothing new to handle), a call it retries later is a RETRY raised
+without ``self.retry`` (its scheduler re-dispatches it), anything else a SUCCESS.
+
 A step whose pool process died (``WorkerLostError``) is not re-sent by Celery: the
 scheduler's hand-back is the one path that brings it back. It sees the dead owner instance
 (declared dead by the worker's main process, or its heartbeat expired when the whole worker
@@ -30,10 +35,11 @@ from sqlalchemy.exc import OperationalError
 
 from runtime import report_context
 from runtime.dead_letter_entries import format_exception
-from runtime.errors import RunNotFound
+from runtime.errors import RunNotFound, StepFailed
 from runtime.scheduling.scheduler import Item
 from runtime.step.chain import Chain
 from runtime.step.state import StepResult
+from tasks import verdicts
 from tasks.host import RuntimeHost
 from tasks.messages import STEP_QUEUE, STEP_TASK, step_id, step_kwargs
 
@@ -94,6 +100,11 @@ def register(app: RuntimeHost) -> None:
         retry_on_worker_lost=False,
         # bounds the transient-error retries below
         max_retries=settings.worker_lost_retries,
+        # a step that ended its run failed (tasks.verdicts): recorded by the runtime already;
+        # logged without a traceback, and Sentry's Celery integration skips it
+        throws=(StepFailed,),
+        # a FAILURE (a dead-lettered step) is acked: the runtime decided it, never redeliver
+        acks_on_failure=True,
     )
     def step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if args:
@@ -128,8 +139,16 @@ def register(app: RuntimeHost) -> None:
                     exc=exc, countdown=min(2 ** int(self.request.retries or 0), 30)
                 ) from exc
             if not outcomes:
-                done: dict[str, Any] = {"outcome": result.outcome, "next_step": result.next_step}
+                done = verdicts.summary(item, result)
             outcomes.append(result.outcome)
+            ending = verdicts.ending(item, result)
+            if ending is not None:
+                # Flower shows this step's FAILURE or RETRY (tasks.verdicts); a step kept
+                # for this chain was dispatched and not run: publish it, or it would wait
+                # for its lease to expire
+                if result.kept is not None:
+                    app.runtime_service().publish([result.kept])
+                raise ending
             item = result.kept
         if chain is not None and len(chain.steps) > 1:
             # shown by Flower as the task's result: which steps this task ran
@@ -161,6 +180,9 @@ def register(app: RuntimeHost) -> None:
         kwargs: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
+        if isinstance(exception, StepFailed):
+            # raised by the step itself after the runtime ended its run (tasks.verdicts)
+            return
         # a final failure: the run must not stay "running" forever; it waits in the DLQ
         kwargs = kwargs or {}
         run_id, step_no = kwargs.get("run_id"), kwargs.get("step")
