@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import signals
 from celery.exceptions import Retry
 
 from runtime.errors import StepDeadLettered, StepFailed, StepRetrying
@@ -24,7 +25,7 @@ from runtime.step.state import StepResult
 from runtime.store.dead_letters import DeadLetterFilter
 from tasks import verdicts
 from tasks.app import AgentrtCelery, create_app
-from tasks.messages import task_id
+from tasks.messages import STEP_TASK, task_id
 from tests.conftest import TEST_CONFIG, _database_url
 from tests.support import Deployment, wait_for
 
@@ -204,6 +205,36 @@ def test_flower_sees_success_retry_and_dead_letter(
     # every message was acked (FAILURE and RETRY too): none waits to be redelivered
     wait_for(lambda: unacked(app, dep) == 0, message="no unacked step message")
     svc.tool_redis.delete(svc.keys.demo(f"fail:{down}"))
+
+
+def test_the_failure_handler_files_a_real_failure_and_skips_our_own(
+    fresh_deployment: Deployment,
+) -> None:
+    # no worker: the runs stay queued at step 0, and the handler is called as Celery does
+    dep, svc = fresh_deployment, fresh_deployment.svc
+    app = create_app(dep.settings)
+    try:
+        step_task = app.tasks[STEP_TASK]
+        real, ours = dep.submit_script([REPLY]), dep.submit_script([REPLY])
+        for run_id, exc in (
+            (real.run_id, RuntimeError("a bug escaped")),
+            (ours.run_id, StepDeadLettered(ours.run_id, 0, "dead_lettered:exhausted", "x")),
+        ):
+            signals.task_failure.send(
+                sender=step_task,
+                task_id=task_id(run_id, 0),
+                exception=exc,
+                kwargs={"run_id": run_id, "step": 0},
+            )
+        # a real failure ends its run in the dead-letter queue (the handler is live) ...
+        assert svc.get(real.run_id).stop_reason == "dead_lettered:exhausted"
+        (entry,) = svc.dead_letters.find(DeadLetterFilter(run_id=real.run_id), limit=None)
+        assert entry["error_type"] == "RuntimeError"
+        # ... our own exception says the runtime handled the step already: nothing is filed
+        assert svc.get(ours.run_id).status == "queued"
+        assert svc.dead_letters.find(DeadLetterFilter(run_id=ours.run_id), limit=None) == []
+    finally:
+        app.runtime_service().close()
 
 
 # --- the mapping, without a worker ----------------------------------------------------------
