@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy
 from celery import signals
 from celery.exceptions import Retry
 
 from runtime.errors import StepDeadLettered, StepFailed, StepRetrying
-from runtime.scheduling.scheduler import Item
+from runtime.scheduling.scheduler import Item, item_of
 from runtime.step.state import StepResult
 from runtime.store.dead_letters import DeadLetterFilter
 from tasks import verdicts
@@ -235,6 +236,34 @@ def test_the_failure_handler_files_a_real_failure_and_skips_our_own(
         assert svc.dead_letters.find(DeadLetterFilter(run_id=ours.run_id), limit=None) == []
     finally:
         app.runtime_service().close()
+
+
+def test_a_step_under_an_unknown_release_says_its_run_failed(
+    fresh_deployment: Deployment,
+) -> None:
+    # no worker: the step runs here; the run names a release no config defines
+    dep, svc = fresh_deployment, fresh_deployment.svc
+    run = dep.submit_script([REPLY])
+    with svc.store.engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text("UPDATE runs SET release = 'gone' WHERE run_id = :r"), {"r": run.run_id}
+        )
+    try:
+        result = svc.steps.run(item_of(svc.store.get_run(run.run_id), 0))
+        again = svc.steps.run(item_of(svc.store.get_run(run.run_id), 0))
+    finally:
+        # this process ran a step: its heartbeat thread goes before the deployment does
+        svc.leases.liveness.stop()
+    assert (result.outcome, result.run_status, result.stop_reason) == (
+        "unknown_release",
+        "failed",
+        "failed:unknown_release",
+    )
+    assert svc.get(run.run_id).stop_reason == "failed:unknown_release"
+    failed = verdicts.ending(item_of(svc.store.get_run(run.run_id), 0), result)
+    assert type(failed) is StepFailed and failed.stop_reason == "failed:unknown_release"
+    # a copy delivered again finds the step done: it decides nothing, so it is no failure
+    assert again.run_status is None and verdicts.ending(ITEM, again) is None
 
 
 # --- the mapping, without a worker ----------------------------------------------------------
