@@ -148,6 +148,12 @@ def register(app: RuntimeHost) -> None:
                 # for its lease to expire
                 if result.kept is not None:
                     app.runtime_service().publish([result.kept])
+                    log.info(
+                        "step %s: published %s (kept for this task) before ending as %s",
+                        step_id(item),
+                        step_id(result.kept),
+                        type(ending).__name__,
+                    )
                 raise ending
             item = result.kept
         if chain is not None and len(chain.steps) > 1:

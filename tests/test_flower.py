@@ -29,6 +29,7 @@ from tasks.app import AgentrtCelery, create_app
 from tasks.messages import STEP_TASK, task_id
 from tests.conftest import TEST_CONFIG, _database_url
 from tests.support import Deployment, wait_for
+from tests.test_chaining import chain_deployment
 
 REPLY = {"type": "reply", "text": "done"}
 
@@ -206,6 +207,34 @@ def test_flower_sees_success_retry_and_dead_letter(
     # every message was acked (FAILURE and RETRY too): none waits to be redelivered
     wait_for(lambda: unacked(app, dep) == 0, message="no unacked step message")
     svc.tool_redis.delete(svc.keys.demo(f"fail:{down}"))
+
+
+def test_a_step_kept_for_a_chain_is_published_when_the_task_ends_in_retry_or_failure(
+    redis_url: str, tmp_path: Path
+) -> None:
+    dep = chain_deployment(redis_url, tmp_path, chain_window_s=20, chain_max_steps=3)
+    try:
+        # Given runs queued before one worker process runs them, each call failing for good
+        # (two RETRYs then a FAILURE per run), so a task that ends in RETRY or FAILURE has
+        # often had the next run's step dispatched into the slot it freed, for it to keep
+        keys = [f"k{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        for key in keys:
+            dep.svc.tool_redis.set(dep.svc.keys.demo(f"fail:{key}"), "1")
+        runs = [dep.submit_script([flaky(key), REPLY], route="r.retry") for key in keys]
+        worker = dep.start_worker(concurrency=1)
+        done = dep.wait_all([r.run_id for r in runs], timeout=120)
+        assert {v.stop_reason for v in done.values()} == {"dead_lettered:exhausted"}
+        # Then the kept step was published before the task ended, and ran at once: never
+        # left to wait until its slot's lease expired
+        log = worker.log()
+        assert "(kept for this task) before ending as Retry" in log, log[-3000:]
+        assert "expired: queued again" not in log
+        for key, run in zip(keys, runs, strict=True):
+            assert calls(dep, key) == 3  # each attempt once
+            steps = [e.step for e in dep.svc.trace(run.run_id) if e.kind == "step_started"]
+            assert steps == [0, 1, 2], steps
+    finally:
+        dep.close()
 
 
 def test_the_failure_handler_files_a_real_failure_and_skips_our_own(
