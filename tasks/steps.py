@@ -2,7 +2,8 @@
 onto Celery.
 
 A message whose kwargs name no valid step, or a run that does not exist, is dead-lettered
-as ``poison`` and acknowledged: never executed, never lost. A step that fails for good
+as ``poison`` and acknowledged (the task ends in FAILURE, ``MessagePoisoned``): never
+executed, never lost. A step that fails for good
 outside the step loop lands in the dead-letter queue too (``task_failure``): it hit its hard
 time limit (``timeout``), or infrastructure errors outlasted their retries or a bug escaped
 (``exhausted``).
@@ -35,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 
 from runtime import report_context
 from runtime.dead_letter_entries import format_exception
-from runtime.errors import RunNotFound, StepFailed
+from runtime.errors import MessagePoisoned, RunNotFound, StepHandled
 from runtime.scheduling.scheduler import Item
 from runtime.step.chain import Chain
 from runtime.step.state import StepResult
@@ -72,10 +73,11 @@ class StepMessage(BaseModel):
 def register(app: RuntimeHost) -> None:
     settings = app.agentrt_settings
 
-    def poison(task: Task, error_type: str, error: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def poison(task: Task, error_type: str, error: str, kwargs: dict[str, Any]) -> MessagePoisoned:
+        """Keep the message in the dead-letter queue; the exception the task ends with."""
         log.error("step message %s is poison (%s): %s", task.request.id, error_type, error)
         run_id = kwargs.get("run_id") if isinstance(kwargs.get("run_id"), str) else None
-        app.runtime_service().dead_letters.poison(
+        entry_id = app.runtime_service().dead_letters.poison(
             queue=str((task.request.delivery_info or {}).get("routing_key") or STEP_QUEUE),
             error_type=error_type,
             error=error,
@@ -89,7 +91,7 @@ def register(app: RuntimeHost) -> None:
             task_id=task.request.id,
             run_id=run_id,
         )
-        return {"outcome": f"poison:{error_type}"}
+        return MessagePoisoned(str(task.request.id), error_type, error, entry_id)
 
     @app.task(
         name=STEP_TASK,
@@ -100,15 +102,15 @@ def register(app: RuntimeHost) -> None:
         retry_on_worker_lost=False,
         # bounds the transient-error retries below
         max_retries=settings.worker_lost_retries,
-        # a step that ended its run failed (tasks.verdicts): recorded by the runtime already;
-        # logged without a traceback, and Sentry's Celery integration skips it
-        throws=(StepFailed,),
+        # a step the runtime handled already (tasks.verdicts, poison): logged without a
+        # traceback, and Sentry's Celery integration skips it
+        throws=(StepHandled,),
         # a FAILURE (a dead-lettered step) is acked: the runtime decided it, never redeliver
         acks_on_failure=True,
     )
     def step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if args:
-            return poison(self, "invalid_payload", "a step takes keyword arguments only", kwargs)
+            raise poison(self, "invalid_payload", "a step takes keyword arguments only", kwargs)
         try:
             msg = StepMessage.model_validate(kwargs)
         except ValidationError as exc:
@@ -116,7 +118,7 @@ def register(app: RuntimeHost) -> None:
                 f"{'.'.join(str(p) for p in e['loc']) or 'kwargs'}: {e['msg']}"
                 for e in exc.errors()[:5]
             )
-            return poison(self, "invalid_payload", problems, kwargs)
+            raise poison(self, "invalid_payload", problems, kwargs) from None
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         attempt = int(self.request.retries or 0) + (1 if redelivered else 0)
         first = Item(msg.run_id, msg.step, msg.tenant, msg.route, msg.priority)
@@ -130,7 +132,7 @@ def register(app: RuntimeHost) -> None:
             try:
                 result = run_one(item, attempt if not outcomes else 0, chain)
             except RunNotFound as exc:
-                return poison(self, "unknown_run", str(exc), kwargs)
+                raise poison(self, "unknown_run", str(exc), kwargs) from exc
             except TRANSIENT as exc:
                 log.warning(
                     "step %s/%s: transient error, retrying: %r", item.run_id, item.step_no, exc
@@ -186,8 +188,8 @@ def register(app: RuntimeHost) -> None:
         kwargs: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
-        if isinstance(exception, StepFailed):
-            # raised by the step itself after the runtime ended its run (tasks.verdicts)
+        if isinstance(exception, StepHandled):
+            # raised by the step itself, handled already (tasks.verdicts, poison)
             return
         # a final failure: the run must not stay "running" forever; it waits in the DLQ
         kwargs = kwargs or {}

@@ -204,6 +204,30 @@ def test_flower_sees_success_retry_and_dead_letter(
     assert [(e["dl_class"], e["error_type"]) for e in entries] == [
         ("exhausted", "backend_unavailable")
     ]
+    # a message that is no step (its run does not exist): FAILURE, kept as poison, never run
+    poison_id = uuid.uuid4().hex
+    svc.publisher.app.send_task(  # type: ignore[attr-defined]
+        STEP_TASK, kwargs={"run_id": uuid.uuid4().hex, "step": 0}, task_id=poison_id
+    )
+
+    def poison_failed() -> str | None:
+        return next(
+            (
+                e["exception"]
+                for e in log.snapshot()
+                if e.get("uuid") == poison_id and e["type"] == "task-failed"
+            ),
+            None,
+        )
+
+    shown = wait_for(poison_failed, message="the poison message's task-failed event")
+    assert shown.startswith("MessagePoisoned(") and "unknown_run" in shown
+    (entry,) = [
+        e
+        for e in svc.dead_letters.find(DeadLetterFilter(dl_class="poison"), limit=None)
+        if e["task_id"] == poison_id
+    ]
+    assert entry["id"] in shown
     # every message was acked (FAILURE and RETRY too): none waits to be redelivered
     wait_for(lambda: unacked(app, dep) == 0, message="no unacked step message")
     svc.tool_redis.delete(svc.keys.demo(f"fail:{down}"))
