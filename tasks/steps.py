@@ -3,10 +3,9 @@ onto Celery.
 
 A message whose kwargs name no valid step, or a run that does not exist, is dead-lettered
 as ``poison`` and acknowledged (the task ends in FAILURE, ``MessagePoisoned``): never
-executed, never lost. A step that fails for good
-outside the step loop lands in the dead-letter queue too (``task_failure``): it hit its hard
-time limit (``timeout``), or infrastructure errors outlasted their retries or a bug escaped
-(``exhausted``).
+executed, never lost. A step that fails for good outside the step loop lands in the
+dead-letter queue too (``task_failure``): it hit its hard time limit (``timeout``), or
+infrastructure errors outlasted their retries or a bug escaped (``exhausted``).
 
 How the task ends tells Flower what the runtime did with the step (``tasks.verdicts``): a
 run it ended failed (a dead letter included) is a FAILURE raising ``StepFailed`` (which
