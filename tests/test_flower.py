@@ -229,7 +229,8 @@ def test_flower_sees_success_retry_and_dead_letter(
     ]
     assert entry["id"] in shown
     # every message was acked (FAILURE and RETRY too): none waits to be redelivered
-    wait_for(lambda: unacked(app, dep) == 0, message="no unacked step message")
+    # (well within the visibility timeout, after which an unacked one would come back)
+    wait_for(lambda: unacked(app, dep) == 0, timeout=20, message="no unacked step message")
     svc.tool_redis.delete(svc.keys.demo(f"fail:{down}"))
 
 
