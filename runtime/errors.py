@@ -45,6 +45,15 @@
   x EvalError                  an eval could not be captured or replayed (unusable run,
                                replay that left the process, missing releases module)
     - EvalFixtureError         (path, problems): an eval fixture file is unreadable or invalid
+  x StepHandled                the step task ends in FAILURE for a step the runtime has
+                               handled already (shown by Flower; task_failure skips it)
+    - StepFailed               (run_id, step, stop_reason, failure_class): the runtime ended
+                               the step's run failed
+      - StepDeadLettered       the step's run went to the dead-letter queue
+    - MessagePoisoned          (task_id, error_type, error, entry_id): the message was no
+                               valid step; kept in the dead-letter queue, never run
+  x StepRetrying               (run_id, step, outcome, next_step, countdown_s): the cause of
+                               the Retry a step task raises when the runtime retries the call
   x ScriptsLost                Redis lost its Lua scripts mid-batch    } also
   x BrokerConnectionClosed     a broker channel outlived its connection } redis.ConnectionError
 
@@ -356,6 +365,72 @@ class GateFailed(ReleaseError):
 
 class DemoError(AgentRuntimeError):
     """The demo could not run (workers did not start, runs did not finish...)."""
+
+
+class StepHandled(AgentRuntimeError):
+    """Raised by the step task to end in FAILURE (what Flower shows) for a step the runtime
+    has already handled: no new failure, nothing left for the task_failure handler to do."""
+
+
+class MessagePoisoned(StepHandled):
+    """A step message was no valid step (bad kwargs, an unknown run): it was kept in the
+    dead-letter queue as ``poison`` and never run."""
+
+    def __init__(self, task_id: str, error_type: str, error: str, entry_id: str) -> None:
+        super().__init__(task_id, error_type, error, entry_id)
+        self.task_id, self.error_type, self.error, self.entry_id = (
+            task_id,
+            error_type,
+            error,
+            entry_id,
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"message {self.task_id} is poison ({self.error_type}): {self.error}; "
+            f"kept as dead-letter entry {self.entry_id}, never run"
+        )
+
+
+class StepFailed(StepHandled):
+    """A step ended its run ``failed``, and the runtime has recorded it (stop reason, dead
+    letter): the step task raises it so Celery, and Flower, show the task as FAILURE with
+    the run, step and stop reason. Nothing is left to handle: it is not a new failure."""
+
+    def __init__(self, run_id: str, step: int, stop_reason: str, failure_class: str) -> None:
+        # the args are the constructor's: the exception pickles from a pool process back
+        super().__init__(run_id, step, stop_reason, failure_class)
+        self.run_id, self.step = run_id, step
+        self.stop_reason, self.failure_class = stop_reason, failure_class
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id} step {self.step}: {self.stop_reason} "
+            f"(failure class {self.failure_class})"
+        )
+
+
+class StepDeadLettered(StepFailed):
+    """The step's run went to the dead-letter queue (``dead_lettered:<class>``); an
+    operator's retry resumes it."""
+
+
+class StepRetrying(AgentRuntimeError):
+    """Why a step task ends in RETRY: the runtime retries the call at ``next_step`` after
+    ``countdown_s``, scheduled by its own scheduler (Celery re-sends nothing)."""
+
+    def __init__(
+        self, run_id: str, step: int, outcome: str, next_step: int, countdown_s: float
+    ) -> None:
+        super().__init__(run_id, step, outcome, next_step, countdown_s)
+        self.run_id, self.step, self.outcome = run_id, step, outcome
+        self.next_step, self.countdown_s = next_step, countdown_s
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id} step {self.step}: {self.outcome}; "
+            f"retried as step {self.next_step} in {self.countdown_s:.3g}s"
+        )
 
 
 class EvalError(AgentRuntimeError):

@@ -2,10 +2,15 @@
 onto Celery.
 
 A message whose kwargs name no valid step, or a run that does not exist, is dead-lettered
-as ``poison`` and acknowledged: never executed, never lost. A step that fails for good
-outside the step loop lands in the dead-letter queue too (``task_failure``): it hit its hard
-time limit (``timeout``), or infrastructure errors outlasted their retries or a bug escaped
-(``exhausted``).
+as ``poison`` and acknowledged (the task ends in FAILURE, ``MessagePoisoned``): never
+executed, never lost. A step that fails for good outside the step loop lands in the
+dead-letter queue too (``task_failure``): it hit its hard time limit (``timeout``), or
+infrastructure errors outlasted their retries or a bug escaped (``exhausted``).
+
+How the task ends tells Flower what the runtime did with the step (``tasks.verdicts``): a
+run it ended failed (a dead letter included) is a FAILURE raising ``StepFailed`` (which
+``_on_failure`` skips: nothing new to handle), a call it retries later is a RETRY raised
+without ``self.retry`` (its scheduler re-dispatches it), anything else a SUCCESS.
 
 A step whose pool process died (``WorkerLostError``) is not re-sent by Celery: the
 scheduler's hand-back is the one path that brings it back. It sees the dead owner instance
@@ -30,10 +35,11 @@ from sqlalchemy.exc import OperationalError
 
 from runtime import report_context
 from runtime.dead_letter_entries import format_exception
-from runtime.errors import RunNotFound
+from runtime.errors import MessagePoisoned, RunNotFound, StepHandled
 from runtime.scheduling.scheduler import Item
 from runtime.step.chain import Chain
 from runtime.step.state import StepResult
+from tasks import verdicts
 from tasks.host import RuntimeHost
 from tasks.messages import STEP_QUEUE, STEP_TASK, step_id, step_kwargs
 
@@ -66,10 +72,11 @@ class StepMessage(BaseModel):
 def register(app: RuntimeHost) -> None:
     settings = app.agentrt_settings
 
-    def poison(task: Task, error_type: str, error: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def poison(task: Task, error_type: str, error: str, kwargs: dict[str, Any]) -> MessagePoisoned:
+        """Keep the message in the dead-letter queue; the exception the task ends with."""
         log.error("step message %s is poison (%s): %s", task.request.id, error_type, error)
         run_id = kwargs.get("run_id") if isinstance(kwargs.get("run_id"), str) else None
-        app.runtime_service().dead_letters.poison(
+        entry_id = app.runtime_service().dead_letters.poison(
             queue=str((task.request.delivery_info or {}).get("routing_key") or STEP_QUEUE),
             error_type=error_type,
             error=error,
@@ -83,7 +90,7 @@ def register(app: RuntimeHost) -> None:
             task_id=task.request.id,
             run_id=run_id,
         )
-        return {"outcome": f"poison:{error_type}"}
+        return MessagePoisoned(str(task.request.id), error_type, error, entry_id)
 
     @app.task(
         name=STEP_TASK,
@@ -94,10 +101,15 @@ def register(app: RuntimeHost) -> None:
         retry_on_worker_lost=False,
         # bounds the transient-error retries below
         max_retries=settings.worker_lost_retries,
+        # a step the runtime handled already (tasks.verdicts, poison): logged without a
+        # traceback, and Sentry's Celery integration skips it
+        throws=(StepHandled,),
+        # a FAILURE (a dead-lettered step) is acked: the runtime decided it, never redeliver
+        acks_on_failure=True,
     )
     def step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if args:
-            return poison(self, "invalid_payload", "a step takes keyword arguments only", kwargs)
+            raise poison(self, "invalid_payload", "a step takes keyword arguments only", kwargs)
         try:
             msg = StepMessage.model_validate(kwargs)
         except ValidationError as exc:
@@ -105,7 +117,7 @@ def register(app: RuntimeHost) -> None:
                 f"{'.'.join(str(p) for p in e['loc']) or 'kwargs'}: {e['msg']}"
                 for e in exc.errors()[:5]
             )
-            return poison(self, "invalid_payload", problems, kwargs)
+            raise poison(self, "invalid_payload", problems, kwargs) from None
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         attempt = int(self.request.retries or 0) + (1 if redelivered else 0)
         first = Item(msg.run_id, msg.step, msg.tenant, msg.route, msg.priority)
@@ -119,7 +131,7 @@ def register(app: RuntimeHost) -> None:
             try:
                 result = run_one(item, attempt if not outcomes else 0, chain)
             except RunNotFound as exc:
-                return poison(self, "unknown_run", str(exc), kwargs)
+                raise poison(self, "unknown_run", str(exc), kwargs) from exc
             except TRANSIENT as exc:
                 log.warning(
                     "step %s/%s: transient error, retrying: %r", item.run_id, item.step_no, exc
@@ -128,8 +140,22 @@ def register(app: RuntimeHost) -> None:
                     exc=exc, countdown=min(2 ** int(self.request.retries or 0), 30)
                 ) from exc
             if not outcomes:
-                done: dict[str, Any] = {"outcome": result.outcome, "next_step": result.next_step}
+                done = verdicts.summary(item, result)
             outcomes.append(result.outcome)
+            ending = verdicts.ending(item, result)
+            if ending is not None:
+                # Flower shows this step's FAILURE or RETRY (tasks.verdicts); a step kept
+                # for this chain was dispatched and not run: publish it, or it would wait
+                # for its lease to expire
+                if result.kept is not None:
+                    app.runtime_service().publish([result.kept])
+                    log.info(
+                        "step %s: published %s (kept for this task) before ending as %s",
+                        step_id(item),
+                        step_id(result.kept),
+                        type(ending).__name__,
+                    )
+                raise ending
             item = result.kept
         if chain is not None and len(chain.steps) > 1:
             # shown by Flower as the task's result: which steps this task ran
@@ -161,6 +187,9 @@ def register(app: RuntimeHost) -> None:
         kwargs: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
+        if isinstance(exception, StepHandled):
+            # raised by the step itself, handled already (tasks.verdicts, poison)
+            return
         # a final failure: the run must not stay "running" forever; it waits in the DLQ
         kwargs = kwargs or {}
         run_id, step_no = kwargs.get("run_id"), kwargs.get("step")

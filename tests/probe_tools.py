@@ -177,9 +177,12 @@ class FlakyResult(BaseModel):
 @tool("probe.flaky", side_effect="write", timeout_s=10)
 def probe_flaky(args: FlakyArgs, ctx: ToolContext) -> FlakyResult:
     """Add ``by`` to a counter (exactly once per idempotency key); fails with
-    ``backend_unavailable`` while the key ``fail:<key>`` exists, with ``bad_request`` while
-    ``reject:<key>`` exists. Every call is counted in ``flaky:<key>:calls``."""
+    ``backend_unavailable`` while the key ``fail:<key>`` exists (once, for the call that
+    deletes ``fail_once:<key>``), with ``bad_request`` while ``reject:<key>`` exists. Every
+    call is counted in ``flaky:<key>:calls``."""
     ctx.redis.incr(ctx.keys.demo(f"flaky:{args.key}:calls"))
+    if ctx.redis.delete(ctx.keys.demo(f"fail_once:{args.key}")):
+        raise ToolExecutionError("backend down, this once", code="backend_unavailable")
     if ctx.redis.exists(ctx.keys.demo(f"reject:{args.key}")):
         raise ToolExecutionError("the backend refused the request", code="bad_request")
     if ctx.redis.exists(ctx.keys.demo(f"fail:{args.key}")):

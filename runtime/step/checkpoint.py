@@ -106,7 +106,7 @@ class Checkpointer:
                 self.dead_letters.dead_letter_step(
                     st.run_id, st.step_no + 1, dl_class, error_type=error_type, error=error
                 )
-                return StepResult(Delivery.DEAD_LETTERED.value + f":{dl_class}", kept=kept)
+                return StepResult.dead_lettered(dl_class, kept)
             if move.status == RunStatus.FAILED:
                 self.after_failure(st.run)
             elif move.status == RunStatus.CANCELLED and self._compensate_after(st, move):
@@ -115,9 +115,7 @@ class Checkpointer:
             if kept is not None:  # dispatched and not run: it must not wait for its lease
                 self.dispatch.publish([kept])
             raise
-        if move.continues:
-            return StepResult(str(move.outcome), next_step=st.step_no + 1, kept=kept)
-        return StepResult(str(move.outcome), kept=kept)
+        return StepResult.of(move, st.step_no, kept)
 
     def _commit(self, st: Step, move: Move, cp: Checkpoint, actual: dict[str, int] | None) -> Move:
         """Commit the checkpoint; the move that took effect. A run asked to cancel while

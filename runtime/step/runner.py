@@ -38,7 +38,6 @@ from runtime.step.model_call import ModelCall
 from runtime.step.pending import PendingCalls
 from runtime.step.proposal import ProposalCheck
 from runtime.step.state import Delivery, Move, Step, StepResult
-from runtime.step_record import StepOutcome
 from runtime.store.runs import RunStore
 from runtime.tracing import TraceBuffer
 
@@ -254,6 +253,17 @@ class StepRunner:
         meanwhile."""
         return self.checkpoint.fail(run_id, step_no, failure_class)
 
+    def _fail_here(self, run_id: str, step_no: int, why: Delivery, lease: Lease) -> StepResult:
+        """End the run as ``failed:<why>``, then let its lease go; the result says how it
+        ended (cancelled if it was being cancelled), or nothing if another copy had
+        checkpointed the step."""
+        ended = self.fail_step(run_id, step_no, why.value)
+        self.leases.release(lease)
+        if not ended:
+            return StepResult(why.value)
+        run = self.store.get_run(run_id)
+        return StepResult(why.value, run_status=run["status"], stop_reason=run["stop_reason"])
+
     # --- the loop body ---------------------------------------------------------------
     def _execute(
         self,
@@ -269,26 +279,20 @@ class StepRunner:
         route = self.config.routes.get(run["route"])
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], step_no)
         if route is None:  # the config no longer has this route: end the run, don't guess
-            self.fail_step(run["run_id"], step_no, StepOutcome.ROUTE_REMOVED.value)
-            self.leases.release(lease)
-            return StepResult(Delivery.ROUTE_REMOVED.value)
+            return self._fail_here(run["run_id"], step_no, Delivery.ROUTE_REMOVED, lease)
         policy_set, run_updates = None, {}
         if self.releases is not None and (run.get("release") or route.release):
             try:
                 rel = self.releases.for_step(run, route, release_read)
             except ReleaseError as exc:  # fail closed: never a step under an unknown release
                 log.warning("step %s/%s: %s", run["run_id"], step_no, exc)
-                self.fail_step(run["run_id"], step_no, StepOutcome.UNKNOWN_RELEASE.value)
-                self.leases.release(lease)
-                return StepResult(Delivery.UNKNOWN_RELEASE.value)
+                return self._fail_here(run["run_id"], step_no, Delivery.UNKNOWN_RELEASE, lease)
             route, policy_set, run_updates = rel.route, rel.policy_set, rel.run_updates
             if rel.changed is not None:
                 trace.add("release_changed", **rel.changed)
         elif run.get("release"):
             # a run admitted under a release, in a process that cannot resolve releases
-            self.fail_step(run["run_id"], step_no, StepOutcome.UNKNOWN_RELEASE.value)
-            self.leases.release(lease)
-            return StepResult(Delivery.UNKNOWN_RELEASE.value)
+            return self._fail_here(run["run_id"], step_no, Delivery.UNKNOWN_RELEASE, lease)
         st = Step(run, route, step_no, attempt, trace, controls=controls, model_name=route.proposer)
         st.policy_set, st.run_updates = policy_set, run_updates
         if chain is not None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime import stop_reasons
 from runtime.budgets.step import StepBudget
 from runtime.config import RouteConfig
 from runtime.contract import RunStatus, Usage
@@ -54,6 +55,37 @@ class StepResult:
     next_step: int | None = None
     #: the step the checkpoint dispatched and did not publish: the task runs it next
     kept: Item | None = None
+    #: the run's status after this step (None: the step did not decide it)
+    run_status: str | None = None
+    #: the run's stop reason when this step ended it
+    stop_reason: str | None = None
+    #: the next step runs no sooner than this (a retry or a deferral the scheduler holds)
+    countdown_s: float | None = None
+
+    @classmethod
+    def of(cls, move: Move, step_no: int, kept: Item | None) -> StepResult:
+        """The result of a step whose ``move`` took effect."""
+        if move.continues:
+            return cls(
+                str(move.outcome),
+                next_step=step_no + 1,
+                kept=kept,
+                run_status=move.status.value,
+                countdown_s=move.countdown_s,
+            )
+        return cls(
+            str(move.outcome), kept=kept, run_status=move.status.value, stop_reason=move.stop_reason
+        )
+
+    @classmethod
+    def dead_lettered(cls, dl_class: str, kept: Item | None) -> StepResult:
+        """The result of a step whose run went to the dead-letter queue."""
+        return cls(
+            Delivery.DEAD_LETTERED.value + f":{dl_class}",
+            kept=kept,
+            run_status=RunStatus.FAILED.value,
+            stop_reason=stop_reasons.make(Delivery.DEAD_LETTERED.value, dl_class),
+        )
 
 
 @dataclass
