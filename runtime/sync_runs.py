@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from runtime import admission
+from runtime import admission, report_context
 from runtime.config import RuntimeConfig
 from runtime.contract import TERMINAL_STATUSES, RunStatus
 from runtime.dispatch import Claim, Dispatch
@@ -111,19 +111,22 @@ class SyncRuns:
     def _run(self, claim: Claim, item: Item) -> bool:
         """Run one delivered step; False when this process must stop running the run (the
         step handed back to the claim is then published to the workers)."""
-        try:
-            result = self.steps.run(item, 0, sync=True)
-        except Exception:
-            # an infrastructure error (the database or Redis went away): a worker runs the
-            # step instead, or finds it checkpointed and only settles it
-            log.warning(
-                "sync step %s/%s failed here; handed to the workers",
-                item.run_id,
-                item.step_no,
-                exc_info=True,
-            )
-            claim.items.insert(0, item)
-            return False
+        # the step's report notes (ids, secret values) end with it: this thread goes on to
+        # serve other requests (tasks.steps scopes a worker's steps the same way)
+        with report_context.step_context():
+            try:
+                result = self.steps.run(item, 0, sync=True)
+            except Exception:
+                # an infrastructure error (the database or Redis went away): a worker runs
+                # the step instead, or finds it checkpointed and only settles it
+                log.warning(
+                    "sync step %s/%s failed here; handed to the workers",
+                    item.run_id,
+                    item.step_no,
+                    exc_info=True,
+                )
+                claim.items.insert(0, item)
+                return False
         if result.outcome in _HAND_OVER:
             claim.items.insert(0, item)
             return False

@@ -250,9 +250,15 @@ def test_compensate_undoes_succeeded_effects_newest_first(deployment: Deployment
     # newest first: step 1's effect, then step 0's
     assert undone == [f"{run.run_id}:1:0:compensate", f"{run.run_id}:0:0:compensate"]
     assert deployment.counter(key) == 0
-    statuses = {e["step_no"]: e["status"] for e in svc.store.side_effects(run.run_id)}
-    # the interrupted write never succeeded: nothing to undo there
-    assert statuses == {0: "compensated", 1: "compensated", 2: "failed"}
+    # the interrupted write never succeeded: nothing to undo there. (The tool records its
+    # undo before the compensation records it in SQL: wait for the last record.)
+    expected = {0: "compensated", 1: "compensated", 2: "failed"}
+
+    def statuses() -> dict[int, str]:
+        return {e["step_no"]: e["status"] for e in svc.store.side_effects(run.run_id)}
+
+    wait_for(lambda: statuses() == expected, DEADLINE_S, message=f"effects {expected}")
+    assert statuses() == expected
 
 
 # --- the fence, at the store -------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from runtime import report_context
 from runtime.contract import RunView
 from tests.api_support import Api, serve
 from tests.schedule_tools import base_config, schedule_deployment
@@ -78,6 +79,8 @@ def test_a_sync_run_on_a_fast_route_completes_in_the_callers_process(dep: Deploy
     assert starts(dep, run.run_id) == [(0, me), (1, me), (2, me)]
     checkpoints = [e.step for e in dep.svc.trace(run.run_id) if e.kind == "checkpoint"]
     assert checkpoints == [0, 1, 2]
+    # the steps' error-report notes ended with them: this thread serves other requests next
+    assert report_context.tags() == {} and report_context.secrets() == ()
     # the worker runs other runs' steps, never this one's
     other = submit(dep, [REPLY])
     assert dep.svc.wait(other.run_id, timeout=60).status == "succeeded"
