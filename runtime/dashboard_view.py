@@ -16,6 +16,7 @@ from runtime.config import RuntimeConfig
 from runtime.dead_letters import DeadLetters
 from runtime.levers import Levers
 from runtime.releases.api import Releases
+from runtime.slo import SloReporter
 from runtime.store.dashboard_reads import DashboardReads
 from runtime.store.db import utcnow
 from runtime.store.dead_letters import DeadLetterFilter
@@ -34,6 +35,7 @@ PANELS = (
     "trace_quality",
     "release_versions",
     "eval_status",
+    "slos",
 )
 
 
@@ -83,6 +85,7 @@ class DashboardView:
         levers: Levers,
         dead_letters: DeadLetters,
         runs: RunStore,
+        slos: SloReporter,
     ) -> None:
         self.config = config
         self.reads = reads
@@ -91,6 +94,7 @@ class DashboardView:
         self.levers = levers
         self.dead_letters = dead_letters
         self.runs = runs
+        self.slos = slos
 
     def panels(self, tenant: str | None) -> dict[str, Any]:
         """Every panel for ``tenant``'s view (None: every tenant)."""
@@ -106,6 +110,8 @@ class DashboardView:
             "trace_quality": self._trace(tenant, since),
             "release_versions": self._releases(),
             "eval_status": self._evals(tenant),
+            # the runtime SLOs over the same window, as `agentrt slo report` computes them
+            "slos": self.slos.report(since=since, tenant_id=tenant).results,
             "approvals": self.approvals.list(tenant, "pending", limit=50),
             "levers": levers,
         }

@@ -621,6 +621,7 @@ def build_dashboard_view(svc: RuntimeService) -> DashboardView:
         levers=svc.levers,
         dead_letters=svc.dead_letters,
         runs=svc.store,
+        slos=build_slo_reporter(svc.config, svc.store.engine),
     )
 
 

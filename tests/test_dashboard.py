@@ -8,12 +8,15 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
 
 from runtime.dashboard import session
 from runtime.errors import ApiKeyRejected
+from runtime.store.db import utcnow
+from runtime.wiring import build_slo_reporter
 from tests.dashboard_support import (
     READER,
     ROUTE,
@@ -90,6 +93,14 @@ def test_each_panel_renders_with_data(dash: Workload) -> None:
     assert ROUTE in releases and "v1" in releases and "v2" in releases
     evals = section(page, "panel-eval_status")
     assert "promote" in evals and ("passed" in evals or "failed" in evals)
+    # the SLO report's rows, as `agentrt slo report` computes them over the same window
+    slos = section(page, "panel-slos")
+    reported = build_slo_reporter(dash.dep.svc.config, dash.dep.svc.store.engine).report(
+        since=utcnow() - timedelta(hours=24)
+    )
+    for result in reported.results:
+        assert result.name in slos
+    assert "stop_reason_completeness" in slos and "decision_coverage_side_effects" in slos
 
 
 def test_run_page_shows_trace_decisions_spend_effects_approvals(dash: Workload) -> None:

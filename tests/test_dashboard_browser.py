@@ -27,6 +27,7 @@ PANELS = (
     "trace_quality",
     "release_versions",
     "eval_status",
+    "slos",
 )
 
 
