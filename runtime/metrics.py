@@ -225,7 +225,8 @@ def _budgets(src: MetricSources) -> list[Metric]:
 
 def _latency(src: MetricSources) -> list[Metric]:
     """Step latency by route and stage (step, model_call, tool_call, checkpoint) and the
-    dispatch wait of a run's first step (admission to its start on a worker), from the
+    dispatch wait of a step (a run's first from admission, a later one from the checkpoint
+    that queued it), from the
     histograms every step adds to on its settle round trip."""
     step = HistogramMetricFamily(
         f"{PREFIX}_step_latency_seconds",
@@ -234,15 +235,16 @@ def _latency(src: MetricSources) -> list[Metric]:
     )
     wait = HistogramMetricFamily(
         f"{PREFIX}_dispatch_wait_seconds",
-        "from a run's admission to its first step's start on a worker",
-        labels=["route"],
+        "how long a step waited to start: step=first from the run's admission, step=next "
+        "from the checkpoint that queued it",
+        labels=["route", "step"],
     )
     for hist in histograms.read(src.redis, src.keys.scheduler().histograms):
         buckets = [(le, float(n)) for le, n in hist.cumulative()]
         if hist.metric == histograms.STEP:
             step.add_metric([hist.route, hist.stage], buckets, hist.sum_ms / 1000)
         elif hist.metric == histograms.DISPATCH_WAIT:
-            wait.add_metric([hist.route], buckets, hist.sum_ms / 1000)
+            wait.add_metric([hist.route, hist.stage], buckets, hist.sum_ms / 1000)
     return [step, wait]
 
 

@@ -136,8 +136,9 @@ def test_queue_depth_rises_with_a_flood_and_falls_as_it_drains(
         assert observed(after, "agentrt_step_latency_seconds", route=ROUTE, stage=stage) == (
             observed(before, "agentrt_step_latency_seconds", route=ROUTE, stage=stage) + FLOOD
         ), stage
-    assert observed(after, "agentrt_dispatch_wait_seconds", route=ROUTE) == (
-        observed(before, "agentrt_dispatch_wait_seconds", route=ROUTE) + FLOOD
+    first = {"route": ROUTE, "step": "first"}
+    assert observed(after, "agentrt_dispatch_wait_seconds", **first) == (
+        observed(before, "agentrt_dispatch_wait_seconds", **first) + FLOOD
     )
     inf = value(after, "agentrt_step_latency_seconds_bucket", route=ROUTE, stage="step", le="+Inf")
     assert inf == observed(after, "agentrt_step_latency_seconds", route=ROUTE, stage="step")
@@ -402,3 +403,22 @@ def test_a_breaker_and_a_live_limit_are_scraped_as_they_stand(
     assert value(parse(generate_latest(reg)), "agentrt_route_concurrency_limit", route=ROUTE) == 3
     svc.levers.set_concurrency(ROUTE, None, actor=ACTOR, reason="metrics")
     assert value(parse(generate_latest(reg)), "agentrt_route_concurrency_limit", route=ROUTE) == 10
+
+
+def test_a_later_steps_dispatch_wait_is_counted_from_the_checkpoint_that_queued_it(
+    deployment: Deployment, http: httpx.Client
+) -> None:
+    dep = deployment
+    before = scrape(http)
+    call = {"type": "tool_call", "tool": "probe.work", "args": {"key": uuid.uuid4().hex[:8]}}
+    runs = [dep.submit_script([call, call, REPLY], tenant=TENANT, route=ROUTE).run_id
+            for _ in range(2)]  # fmt: skip
+    done = dep.wait_all(runs)
+    assert {v.status for v in done.values()} == {"succeeded"}
+    after = scrape(http)
+    # 3 steps a run: its first from admission, the 2 others from the checkpoint before
+    for which, count in (("first", 2), ("next", 4)):
+        labels = {"route": ROUTE, "step": which}
+        assert observed(after, "agentrt_dispatch_wait_seconds", **labels) == (
+            observed(before, "agentrt_dispatch_wait_seconds", **labels) + count
+        ), which
