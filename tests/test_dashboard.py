@@ -64,6 +64,10 @@ def test_each_panel_renders_with_data(dash: Workload) -> None:
     client, _ = login(dash.base, dash.keys["admin"])
     page = client.get("/dashboard").text
     runs = dash.runs
+    # a wall screen: the page reloads itself, within bounds
+    assert 'http-equiv="refresh"' not in page
+    assert '<meta http-equiv="refresh" content="15">' in client.get("/dashboard?refresh=15").text
+    assert client.get("/dashboard?refresh=1").status_code == 422
     active = section(page, "panel-active_runs")
     assert runs["held_t1"] in active and runs["held_t2"] in active
     assert runs["done"] not in active  # over: not active

@@ -14,7 +14,7 @@ from pathlib import Path as FsPath
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Path, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
@@ -211,11 +211,19 @@ def logout(request: Request, csrf: Csrf = NO_CSRF) -> Response:
 
 
 # --- pages ---------------------------------------------------------------------------
+#: ``?refresh=N``: the page reloads itself every N seconds (a wall screen); bounded
+REFRESH_S = (5, 300)
+
+
 @router.get("")
-def index(request: Request) -> Response:
+def index(
+    request: Request,
+    refresh: Annotated[int | None, Query(ge=REFRESH_S[0], le=REFRESH_S[1])] = None,
+) -> Response:
     def render(who: Principal, token: str) -> HTMLResponse:
         view = _view(request)
         context = {
+            "refresh_s": refresh,
             "who": who,
             "admin": ADMIN in who.scopes,
             "csrf": session.csrf_token(token),
