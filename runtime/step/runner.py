@@ -104,6 +104,13 @@ class StepRunner:
         (``StepResult.kept``) and run it next (``runtime.step.chain``). ``sync``: the step
         of a sync run, run by its caller's process (``runtime.sync_runs``); its trace names
         that process's instance."""
+        # the step's error-report notes (its ids, its secret values) end with it, whoever
+        # runs it: a worker's task, a sync caller's thread, an eval replay (when it raises,
+        # they stay for the report made after it: ``report_context.step_context``)
+        with report_context.step_context():
+            return self._run(item, attempt, chain, sync)
+
+    def _run(self, item: Item, attempt: int, chain: Chain | None, sync: bool) -> StepResult:
         if chain is not None:
             chain.steps.append(item)
         leased = self._lease(item, attempt, chain)
