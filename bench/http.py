@@ -274,7 +274,9 @@ def report(bench: Bench, results: list[BackendResult]) -> None:
     out.append(
         f"  load: {args.rate:.0f} req/s x {args.duration:.0f}s open-loop, {args.connections} "
         f"keep-alive connections, separate process; agentrt api (one uvicorn process); "
-        f"worker -P {args.pool} -c {args.concurrency}; runs of {args.tool_calls + 1} steps"
+        f"worker -P {args.pool} -c {args.concurrency}"
+        f"{f' under nice -n {args.worker_nice}' if args.worker_nice else ''}; runs of "
+        f"{args.tool_calls + 1} steps"
     )
     out.append(
         f"  in-process: {args.submits} submits x {args.repeats} interleaved repeats, medians"
@@ -309,6 +311,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="the worker's pool processes during the load (2: every core of this machine)",
     )
+    p.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="run the worker under `nice -n N` (0-19; 0: the same priority as the API). On a "
+        "host shared by the API and workers, a lower priority for the workers keeps submit "
+        "latency low while they use every idle cycle",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     p.add_argument("--quick", action="store_true", help="small numbers: a smoke test")
     args = p.parse_args(argv)
@@ -318,6 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rate in (0, 5000], --duration in (0, 3600], --connections in [1, 256]")
     if not 1 <= args.worker_concurrency <= 64:
         p.error("--worker-concurrency in [1, 64]")
+    if not 0 <= args.worker_nice <= 19:
+        p.error("--worker-nice in [0, 19]")
     # what bench.run.Bench reads
     args.config, args.pool, args.loglevel = BENCH_CONFIG, "prefork", "WARNING"
     args.concurrency = args.worker_concurrency

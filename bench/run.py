@@ -244,7 +244,10 @@ class Bench:
         return worker
 
     def celery_worker(self, app: str, env: dict[str, str], name: str) -> Worker:
+        # bench-http --worker-nice: the worker below the API in the CPU scheduler's order
+        niceness = int(getattr(self.args, "worker_nice", 0) or 0)
         cmd = [
+            *(["nice", "-n", str(niceness)] if niceness else []),
             sys.executable,
             "-m",
             "celery",
