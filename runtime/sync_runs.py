@@ -10,7 +10,8 @@ by the dispatch this loop asks for while it waits) is run here instead of publis
 Celery. A step dispatched anywhere else (a worker's checkpoint or pump took the slot) runs
 on a worker; the caller then only watches the run.
 
-Bounded: once the deadline passes, no further step starts here; a step this thread holds
+Bounded: once the deadline passes, no further step starts here (the step given to the
+caller at admission always starts here, however long admitting took); a step this thread holds
 but has not started is published (the claim does that when it ends), and the rest runs on
 workers. A step already started finishes under its own limits (its tools' timeouts), so a
 caller waits at most ``sync_timeout_s`` plus one step. Nothing is run twice: a step is run
@@ -91,6 +92,12 @@ class SyncRuns:
 
     def _drive(self, claim: Claim, run_id: str, deadline: float) -> None:
         delay = POLL_FIRST_S
+        # a step given to this caller at admission runs here even if admitting took the
+        # whole timeout (a loaded database): the caller waits at most the timeout plus one
+        # step either way, and a sync run never goes to the workers without having started
+        first = claim.take()
+        if first is not None and not self._run(claim, first):
+            return
         while self.clock() < deadline:
             item = claim.take()
             if item is not None:

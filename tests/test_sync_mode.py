@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -103,6 +104,27 @@ def test_a_sync_run_past_its_timeout_returns_and_finishes_on_the_worker(dep: Dep
     assert started[0] == (0, me)
     assert [who for _, who in started[1:]] == [None, None, None]
     assert f"{run.run_id}-0" not in worker.log()
+
+
+def test_a_sync_run_admitted_past_its_timeout_still_starts_its_first_step_here(
+    dep: Deployment,
+) -> None:
+    """Admission on a loaded database may take the whole ``sync_timeout_s``: the step the
+    caller was given still starts here (one step past the timeout, as documented) and the
+    rest goes to the worker, each step once."""
+    key = uuid.uuid4().hex[:8]
+    dep.start_worker(concurrency=1)
+    sync_runs = dep.svc.sync_runs
+    reads = iter([0.0])
+    # the first reading fixes the deadline; every later one is long past it
+    sync_runs.clock = lambda: next(reads, 1e9)
+    try:
+        run = submit(dep, [work(key), work(key), REPLY], route="r.quick")
+    finally:
+        sync_runs.clock = time.monotonic
+    assert dep.svc.wait(run.run_id, timeout=60).status == "succeeded"
+    me = dep.svc.leases.liveness.instance()
+    assert starts(dep, run.run_id) == [(0, me), (1, None), (2, None)]
 
 
 def test_route_concurrency_holds_with_sync_and_worker_runs_together(dep: Deployment) -> None:
