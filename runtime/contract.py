@@ -171,6 +171,77 @@ class ReplyProposal(_Camel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["reply"] = "reply"
     text: str
+    #: evidence ids (``ev-...``) the reply rests on; each must have been retrieved in this
+    #: run (the route's ``citation_rule`` says what happens to one that was not)
+    citations: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+
+class RetrievalQueryProposal(_Camel):
+    """Search the named sources; what comes back is shown to the model as evidence."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["retrieval_query"] = "retrieval_query"
+    query: str = Field(min_length=1, max_length=2000)
+    sources: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        min_length=1, max_length=10
+    )
+    top_k: int = Field(default=5, ge=1, le=100)
+
+
+class MemoryWriteProposal(_Camel):
+    """Remember ``content`` under ``namespace``/``key`` for later runs of the tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["memory_write"] = "memory_write"
+    namespace: str = Field(default="default", min_length=1, max_length=100)
+    key: str = Field(min_length=1, max_length=200)
+    content: str = Field(min_length=1, max_length=64 * 1024)
+    #: a retention class the route allows (``run``, ``30d``, ``permanent``, ...)
+    retention: str = Field(min_length=1, max_length=40)
+    #: evidence ids retrieved in this run that the memory rests on
+    evidence: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=50
+    )
+
+
+class PlanStep(_Camel):
+    model_config = ConfigDict(extra="forbid")
+    #: what the step will propose
+    action: Literal["tool_call", "retrieval_query", "memory_write", "delegate", "reply", "stop"]
+    #: the tool (``tool_call``) or the route (``delegate``) it names
+    target: str | None = Field(default=None, min_length=1, max_length=200)
+    note: str | None = Field(default=None, max_length=500)
+
+
+class PlanProposal(_Camel):
+    """The steps the model intends to take, in order; checked before any of them runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["plan"] = "plan"
+    steps: list[PlanStep] = Field(min_length=1, max_length=100)
+
+
+class DelegatedBudget(_Camel):
+    """What a child run may spend, carved out of its parent's remaining per-run budget."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: int | None = Field(default=None, ge=0, le=10**9)
+    model_calls: int | None = Field(default=None, ge=0, le=10**6)
+    tool_calls: int | None = Field(default=None, ge=0, le=10**6)
+    cost_usd: float | None = Field(default=None, ge=0, le=10**6)
+
+
+class DelegateProposal(_Camel):
+    """Start a child run on a route the parent's route lists in ``delegates_to``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["delegate"] = "delegate"
+    route: str = Field(min_length=1, max_length=200)
+    goal: str = Field(min_length=1, max_length=4000)
+    input: dict[str, Any] = Field(default_factory=dict)
+    budget: DelegatedBudget | None = None
 
 
 class StopProposal(_Camel):
@@ -179,7 +250,16 @@ class StopProposal(_Camel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-Proposal = Annotated[ToolCallProposal | ReplyProposal | StopProposal, Field(discriminator="type")]
+Proposal = Annotated[
+    ToolCallProposal
+    | ReplyProposal
+    | StopProposal
+    | RetrievalQueryProposal
+    | MemoryWriteProposal
+    | PlanProposal
+    | DelegateProposal,
+    Field(discriminator="type"),
+]
 
 
 class ProposalResult(BaseModel):

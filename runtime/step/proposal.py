@@ -5,7 +5,7 @@ the tool-call stage. Nothing the model proposes runs before this stage said yes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -26,6 +26,14 @@ from runtime.tracing import redact
 FORCED_APPROVAL_RULE = "operator_forced_approval"
 
 
+class ProposalStage(Protocol):
+    """Acts on one validated kind of proposal (``retrieval_query``, ``memory_write``,
+    ``plan``, ``delegate``): checks it against the route's rules and the policy, and
+    returns the step's decision. Nothing it governs happens before it said yes."""
+
+    def act(self, st: Step, proposal: Any) -> Move: ...
+
+
 class ProposalCheck:
     def __init__(
         self,
@@ -37,6 +45,7 @@ class ProposalCheck:
         catalog: CatalogReads,
         tool_call: ToolCall,
         approvals: ApprovalGate,
+        stages: Mapping[str, ProposalStage] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -46,6 +55,8 @@ class ProposalCheck:
         self.catalog = catalog
         self.tool_call = tool_call
         self.approvals = approvals
+        #: the stage of each proposal type beyond tool calls, replies and stops
+        self.stages = dict(stages or {})
 
     def validate_and_act(self, st: Step, raw: Any) -> Move:
         proposal = proposals.parse(raw)
@@ -73,8 +84,14 @@ class ProposalCheck:
                 stop_reason="completed",
             )
             return advisory.with_proposals(st, stop)
-        assert isinstance(proposal, ToolCallProposal)
-        return self._tool_call(st, proposal)
+        if isinstance(proposal, ToolCallProposal):
+            return self._tool_call(st, proposal)
+        stage = self.stages.get(proposal.type)
+        if stage is None:
+            # a proposal type this deployment does not govern is never acted on
+            error = {"loc": "type", "msg": f"{proposal.type!r} proposals are not enabled here"}
+            return outcomes.refuse(st, "unsupported_proposal", [error], st.proposal)
+        return stage.act(st, proposal)
 
     def _tool_call(self, st: Step, proposal: ToolCallProposal) -> Move:
         proposal = self._fallback(st, proposal)
