@@ -7,13 +7,22 @@ from runtime import proposers, release_sets
 from runtime.config import RetryPolicy, RuntimeConfig
 from runtime.contract import VersionSet
 from runtime.proposers.base import Proposer, ToolDescription
+from runtime.retrieval.registry import RetrieverRegistry
 from runtime.tools.registry import ToolRegistry, ToolSpec
 
 
 class Catalog:
-    def __init__(self, *, config: RuntimeConfig, registry: ToolRegistry) -> None:
+    def __init__(
+        self,
+        *,
+        config: RuntimeConfig,
+        registry: ToolRegistry,
+        retrievers: RetrieverRegistry | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry
+        #: the retrievers sources name: their versions go into the version set
+        self.retrievers = retrievers
         self._proposers: dict[str, Proposer] = {}
         self._tool_descriptions: dict[tuple[str, frozenset[str]], list[ToolDescription]] = {}
 
@@ -65,6 +74,11 @@ class Catalog:
             self._tool_descriptions[key] = cached
         return list(cached)
 
+    def _retriever_label(self, sources: list[str]) -> str | None:
+        if not sources or self.retrievers is None:
+            return None
+        return self.retrievers.version_label(self.config, sources)
+
     def version_set(self, route_name: str, release: str | None = None) -> VersionSet:
         """What a run of the route records; under ``release``, its versions (its labels
         where it gives them, else what the route computes)."""
@@ -79,6 +93,6 @@ class Catalog:
             policy=release_sets.policy_for(self.config, release)[1].version,
             tool_schema=(rel and rel.tool_schema)
             or self.registry.schema_digest(route.allowed_tools, versions),
-            retriever=route.retriever_version,
+            retriever=route.retriever_version or self._retriever_label(route.sources),
             harness=(rel and rel.harness) or harness,
         )

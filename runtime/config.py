@@ -240,6 +240,38 @@ class ReleaseConfig(_Strict):
     description: str | None = Field(default=None, max_length=1000)
 
 
+#: a source's or actor's name (also what a policy rule's ``source`` globs match)
+SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
+#: an access label a document may carry and an actor may hold
+AccessLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
+
+
+class SourceConfig(_Strict):
+    """A searchable source (README "Retrieval and evidence"): which registered retriever
+    serves it and the rules every search of it is held to, before and after it runs."""
+
+    #: the name of a registered retriever (``documents`` is built in)
+    retriever: str = Field(min_length=1, max_length=100)
+    #: a document not updated within this many seconds is never shown (None: no rule)
+    max_age_s: float | None = Field(default=None, gt=0, le=3650 * DAY_S)
+    #: the largest ``top_k`` a query of this source may ask for
+    max_top_k: int = Field(default=10, ge=1, le=100)
+    #: tenants whose runs may search it; ["*"] = all
+    tenants: list[str] = Field(default_factory=lambda: ["*"], min_length=1, max_length=1000)
+    #: a labelled document is shown only to a run whose actor holds one of its labels;
+    #: with this on, an unlabelled document is shown to no actor either (fail closed)
+    labels_required: bool = False
+
+    def allows_tenant(self, tenant: str) -> bool:
+        return "*" in self.tenants or tenant in self.tenants
+
+
+class ActorConfig(_Strict):
+    """What the runtime knows of a run's actor: the access labels it holds."""
+
+    labels: list[AccessLabel] = Field(default_factory=list, max_length=1000)
+
+
 class RouteConfig(_Strict):
     task_class: str = Field(min_length=1, max_length=200)
     risk_class: RiskClass
@@ -312,6 +344,14 @@ class RouteConfig(_Strict):
     #: ``pinned`` (default): a run keeps its release; ``next_step``: a run takes the
     #: route's current release at its next step
     release_upgrade: Literal["pinned", "next_step"] | None = None
+    #: the sources a retrieval query of this route may name (keys of ``sources``); empty:
+    #: the route retrieves nothing and its steps assemble no working set
+    sources: list[SourceName] = Field(default_factory=list, max_length=100)
+    #: a reply citing evidence this run never retrieved, or citing none after it retrieved
+    #: some: "off" (not checked), "warn" (traced and flagged), "refuse" (the reply is refused)
+    citation_rule: Literal["off", "warn", "refuse"] = "warn"
+    #: the working set's budget (tokens): the oldest evidence is dropped first to fit it
+    context_budget_tokens: int = Field(default=8000, ge=100, le=MAX_STEP_TOKENS)
 
     def modes(self) -> tuple[str, ...]:
         """Every mode a run of this route may have: its own first."""
@@ -565,6 +605,9 @@ class RuleMatch(_Strict):
     route: list[Glob] | None = _globs()
     risk_class: list[Glob] | None = _globs()
     autonomy_level: list[Glob] | None = _globs()
+    #: the sources a retrieval query names; a rule with ``source`` matches retrievals only,
+    #: a rule with ``tool`` or ``args`` tool calls only
+    source: list[Glob] | None = _globs()
     args: dict[str, Comparison] | None = Field(default=None, max_length=100)
 
 
@@ -715,6 +758,10 @@ class RuntimeConfig(_Strict):
     releases: dict[str, ReleaseConfig] = Field(default_factory=dict, max_length=1000)
     #: runtime SLOs (``agentrt slo report``); unset: every kind with its default target
     slos: dict[ScheduleName, SloConfig] | None = Field(default=None, max_length=100)
+    #: searchable sources a route's ``sources`` may name (README "Retrieval and evidence")
+    sources: dict[SourceName, SourceConfig] = Field(default_factory=dict, max_length=1000)
+    #: what the runtime knows of the actors runs name (their access labels)
+    actors: dict[SourceName, ActorConfig] = Field(default_factory=dict, max_length=100_000)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -784,6 +831,7 @@ _RULE_VOCABULARY: dict[str, tuple[str, str]] = {
     "side_effect": ("side-effect class", ""),
     "risk_class": ("risk class", ""),
     "autonomy_level": ("autonomy level", ""),
+    "source": ("source declared under 'sources'", "sources"),
 }
 _CLASSES: dict[str, tuple[str, ...]] = {
     "side_effect": typing.get_args(SideEffectClass),
@@ -839,6 +887,8 @@ def cross_reference_problems(data: dict[str, Any]) -> list[str]:
         problems += _release_problems(f"releases.{name}", _mapping(release), data)
     for name, slo in _mapping(data.get("slos")).items():
         problems += _slo_problems(f"slos.{name}", name, _mapping(slo), data)
+    for name, source in _mapping(data.get("sources")).items():
+        problems += _source_problems(f"sources.{name}", _mapping(source), data)
     return problems + event_source_problems(data)
 
 
@@ -943,7 +993,23 @@ def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> li
     for tenant in _list(route.get("tenants")):
         if isinstance(tenant, str) and tenant != "*" and tenant not in tenants:
             problems.append(f"{key}.tenants: unknown tenant {tenant!r}")
+    sources = _mapping(data.get("sources"))
+    for source in _list(route.get("sources")):
+        if isinstance(source, str) and source not in sources:
+            problems.append(
+                f"{key}.sources: source {source!r} is not declared under 'sources' "
+                f"(declared: {_listed(sources)})"
+            )
     return problems + _route_release_problems(key, route, data)
+
+
+def _source_problems(key: str, source: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    tenants = _mapping(data.get("tenants"))
+    return [
+        f"{key}.tenants: unknown tenant {tenant!r}"
+        for tenant in _list(source.get("tenants"))
+        if isinstance(tenant, str) and tenant != "*" and tenant not in tenants
+    ]
 
 
 def _schedule_problems(key: str, schedule: dict[str, Any], data: dict[str, Any]) -> list[str]:

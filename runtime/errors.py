@@ -480,3 +480,12 @@ def _connection_errors() -> None:
     class BrokerConnectionClosed(AgentRuntimeError, redis.ConnectionError):
         """A broker channel asked for a connection after its connection was released (the
         broker restarted): a connection error, which Celery's consumer recovers from."""
+
+
+class DocumentNotFound(AgentRuntimeError):
+    """No document with this id for this tenant (another tenant's is never found)."""
+
+    def __init__(self, doc_id: str, tenant_id: str) -> None:
+        super().__init__(f"no document {doc_id!r} for tenant {tenant_id!r}")
+        self.doc_id = doc_id
+        self.tenant_id = tenant_id

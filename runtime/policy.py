@@ -71,6 +71,8 @@ class PolicyContext:
     allowed_tools: tuple[str, ...]
     tool_registered: bool
     tool_enabled: bool
+    #: the source a retrieval query names (None: a tool call; ``tool`` is then the tool)
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,16 @@ def _any_glob(value: str | None, patterns: list[str] | None) -> bool:
 
 def rule_matches(rule: PolicyRule, ctx: PolicyContext) -> bool:
     m = rule.match
-    if not _any_glob(ctx.tool, m.tool):
+    if ctx.source is not None:
+        # a rule about tools (or their arguments) says nothing about a search, and a
+        # rule about sources nothing about a tool call
+        if m.tool is not None or m.args is not None or m.side_effect is not None:
+            return False
+    elif m.source is not None:
+        return False
+    if not _any_glob(ctx.source, m.source):
+        return False
+    if ctx.source is None and not _any_glob(ctx.tool, m.tool):
         return False
     if not _any_glob(ctx.side_effect, m.side_effect):
         return False
@@ -191,10 +202,22 @@ class PolicyEngine:
         one way a call is decided."""
         return tighten(self._rules_decide(ctx), ctx)
 
+    def decide_source(self, ctx: PolicyContext) -> Decision:
+        """A retrieval query's search of ``ctx.source``: the rules alone (the built-in
+        checks are about tools; eligibility and access are the retrieval stage's). The
+        autonomy level does not tighten it: a search changes nothing outside the run."""
+        assert ctx.source is not None
+        if ctx.autonomy_level not in _LEVEL_FLOORS:
+            return Decision("deny", UNKNOWN_LEVEL_RULE, [UNKNOWN_LEVEL_RULE], self.version)
+        return self._matching(ctx)
+
     def _rules_decide(self, ctx: PolicyContext) -> Decision:
         built_in = self._built_in(ctx)
         if built_in is not None:
             return built_in
+        return self._matching(ctx)
+
+    def _matching(self, ctx: PolicyContext) -> Decision:
         winner: PolicyRule | None = None
         reasons: list[str] = []
         for rule in self.config.rules:

@@ -57,6 +57,8 @@ class StepKind(enum.StrEnum):
     STOPPED = "stopped"
     #: a proposer or tool call failed, or the step failed outside the loop
     FAILED = "failed"
+    #: a retrieval query was searched; its results were shown as evidence
+    RETRIEVAL = "retrieval"
 
 
 class StepOutcome(enum.StrEnum):
@@ -65,6 +67,8 @@ class StepOutcome(enum.StrEnum):
     #: the model replied or stopped
     COMPLETED = "completed"
     TOOL_SUCCEEDED = "tool_succeeded"
+    #: ``:<count>``: a retrieval query was searched, ``count`` results shown
+    RETRIEVED = "retrieved"
     #: the call was recorded as a proposal, not run (autonomy level ``advisory``)
     PROPOSED = "proposed"
     #: an irreversible call's earlier attempt died mid-call: not repeated

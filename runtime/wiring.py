@@ -50,6 +50,8 @@ from runtime.recovery import Recovery
 from runtime.release_gate import Gate, GateResult, no_evals_gate
 from runtime.releases.api import Releases
 from runtime.releases.live import LiveReleases
+from runtime.retrieval.documents import DocumentsRetriever
+from runtime.retrieval.registry import RetrieverRegistry
 from runtime.rule_check import rule_tool_problems
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
@@ -66,7 +68,9 @@ from runtime.store.dashboard_reads import DashboardReads
 from runtime.store.db import make_engine
 from runtime.store.dead_letters import DeadLetterStore
 from runtime.store.deployment import DeploymentStore
+from runtime.store.documents import DocumentStore
 from runtime.store.events import EventStore
+from runtime.store.evidence import EvidenceStore
 from runtime.store.levers import LeverStore
 from runtime.store.recovery_reads import ReconcilerReads, RecoveryReads
 from runtime.store.releases import ReleaseStore
@@ -367,6 +371,7 @@ def _step_runner(
     failures: tuple[Compensations, DeadLetters],
     ordering: EventOrdering,
     live: LiveReleases,
+    retrievers: RetrieverRegistry,
 ) -> StepRunner:
     compensations, dead_letters = failures
     return build_runner(
@@ -395,7 +400,19 @@ def _step_runner(
         after_terminal=ordering.after_terminal,
         releases=live,
         policy_sets={name: PolicyEngine(p) for name, p in config.policies.items()},
+        retrievers=retrievers,
+        evidence=EvidenceStore(m.store.engine),
     )
+
+
+def build_retrievers(config: RuntimeConfig, store: RunStore) -> RetrieverRegistry:
+    """The retrievers sources may name (the built-in ``documents``); every source's
+    retriever must be registered (``ConfigError`` naming the source otherwise)."""
+    retrievers = RetrieverRegistry([DocumentsRetriever(documents=DocumentStore(store.engine))])
+    problems = retrievers.problems(config)
+    if problems:
+        raise ConfigError("sources", problems)
+    return retrievers
 
 
 def _intake(
@@ -452,7 +469,8 @@ def build_service(
     dispatch = _dispatch(settings, endpoints, m, publisher, publisher_factory)
     failures = _failure_flows(settings, config, registry, m, dispatch)
     compensations, dead_letters = failures
-    catalog = Catalog(config=config, registry=registry)
+    retrievers = build_retrievers(config, m.store)
+    catalog = Catalog(config=config, registry=registry, retrievers=retrievers)
     lever_store = LeverStore(m.store.engine)
     controls = Controls(redis=m.redis, keys=m.keys, stopped_in_record=lever_store.route_stopped)
     policy = PolicyEngine(config.policy)
@@ -460,7 +478,18 @@ def build_service(
     live = _live_releases(settings, config, m, catalog)
     ordering, events, submissions = _intake(config, m, dispatch, catalog, controls, live)
     steps = _step_runner(
-        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering, live
+        config,
+        digest,
+        registry,
+        m,
+        catalog,
+        controls,
+        policy,
+        dispatch,
+        failures,
+        ordering,
+        live,
+        retrievers,
     )
     levers = _levers(config, m, dispatch, lever_store)
     svc = cls(

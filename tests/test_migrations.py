@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from runtime.cli.main import app
 from runtime.errors import SchemaOutOfDate, SettingsError
+from runtime.store import search_ddl
 from runtime.store.approvals import ApprovalStore
 from runtime.store.db import make_engine
 from runtime.store.migrations import BASELINE, HEAD, UPGRADE_COMMAND, runner
@@ -289,7 +290,13 @@ def schema_differences(engine: Engine) -> list[Any]:
     """What autogenerate (``alembic check``) finds between the database and the models."""
     with engine.connect() as conn:
         context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": True}
+            conn,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                # the documents' full-text index is the database's own, not the models'
+                "include_name": search_ddl.include_name,
+            },
         )
         return list(compare_metadata(context, SQLModel.metadata))
 

@@ -63,6 +63,7 @@ from runtime.cli.common import (
 )
 from runtime.cli.db import app as db_app
 from runtime.cli.dlq import app as dlq_app
+from runtime.cli.docs import app as docs_app
 from runtime.cli.evals import app as evals_app
 from runtime.cli.evals import policy_app
 from runtime.cli.keys import app as keys_app
@@ -104,6 +105,7 @@ app.add_typer(evals_app, name="evals")
 app.add_typer(policy_app, name="policy")
 app.add_typer(releases_app, name="releases")
 app.add_typer(ops_app, name="ops")
+app.add_typer(docs_app, name="docs")
 app.command("beat")(beat)
 app.add_typer(slo_app, name="slo")
 app.command("evidence")(evidence)

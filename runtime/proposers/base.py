@@ -46,6 +46,13 @@ class WorkingSet:
     steps_left: int
     #: earlier steps (proposal + observation), loaded only for proposers that need them
     history_loader: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])
+    #: what the runtime selected for this step (routes with ``sources`` only): the
+    #: evidence ids retrieved so far that fit the route's context budget, newest last
+    evidence_ids: list[str] = field(default_factory=list)
+    #: ids of the tenant's memories the ``memory`` source found for the goal
+    memory_ids: list[str] = field(default_factory=list)
+    #: the rules the step runs under (steps left, sources, citation rule)
+    constraints: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

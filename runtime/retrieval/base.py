@@ -23,6 +23,8 @@ class SearchRequest:
     not_before: datetime | None = None
     #: the access labels the run's actor holds (a labelled document needs one of them)
     labels: frozenset[str] = field(default_factory=frozenset)
+    #: the source's access rule: an unlabelled document is shown to no actor either
+    labels_required: bool = False
 
 
 @dataclass(frozen=True)

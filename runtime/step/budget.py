@@ -89,6 +89,18 @@ class Budgeting:
             st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
         return None
 
+    def reserve_retrieval(self, st: Step) -> Move | None:
+        """A search counts as one call of the ``tool_calls`` dimension (free of cost):
+        reserved before it runs, like a tool call; ``budget_exhausted:tool_calls`` if it
+        does not fit, with nothing searched."""
+        try:
+            added = st.budget.reserve_tool(0)
+        except BudgetExhausted as exc:
+            return self.exhausted(st, exc, tool=True)
+        if added is not None:
+            st.trace.add("budget_reserve_tool", amounts=added, executions=st.budget.hold_tools)
+        return None
+
     def exhausted(self, st: Step, exc: BudgetExhausted, *, tool: bool = False) -> Move:
         """A reservation the ledger refused. The run stops (``budget_exhausted``), unless
         its own budget refused and its route says ``on_budget_exhausted: ask``: then it

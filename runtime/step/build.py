@@ -13,6 +13,7 @@ from runtime.config import RuntimeConfig
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
 from runtime.policy import PolicyEngine
+from runtime.retrieval.registry import RetrieverRegistry
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
 from runtime.scheduling.scheduler import Scheduler
@@ -20,6 +21,7 @@ from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.approval import ApprovalGate
 from runtime.step.budget import Budgeting
 from runtime.step.checkpoint import Checkpointer
+from runtime.step.citations import CitationCheck
 from runtime.step.collaborators import (
     AfterCancel,
     AfterFailure,
@@ -35,10 +37,13 @@ from runtime.step.guards import Guards
 from runtime.step.model_call import ModelCall
 from runtime.step.outcomes import Retries
 from runtime.step.pending import PendingCalls
-from runtime.step.proposal import ProposalCheck
+from runtime.step.proposal import ProposalCheck, ProposalStage
+from runtime.step.retrieval import RetrievalStage
 from runtime.step.runner import StepRunner
 from runtime.step.tool_call import ToolCall
+from runtime.step.working_set import WorkingSetAssembly
 from runtime.store.approvals import ApprovalStore
+from runtime.store.evidence import EvidenceStore
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
 
@@ -70,6 +75,8 @@ def build_runner(
     after_terminal: AfterTerminal,
     releases: ReleaseRouting | None = None,
     policy_sets: dict[str, PolicyEngine] | None = None,
+    retrievers: RetrieverRegistry | None = None,
+    evidence: EvidenceStore | None = None,
 ) -> StepRunner:
     retries = Retries(dead_letters=dead_letters)
     pending = PendingCalls(registry=registry, store=store)
@@ -91,6 +98,19 @@ def build_runner(
         pending=pending,
         retries=retries,
     )
+    stages: dict[str, ProposalStage] = {}
+    working_set: WorkingSetAssembly | None = None
+    citations: CitationCheck | None = None
+    if retrievers is not None and evidence is not None:
+        stages["retrieval_query"] = RetrievalStage(
+            config=config,
+            retrievers=retrievers,
+            policy=policy,
+            policy_sets=policy_sets,
+            budgeting=budgeting,
+        )
+        working_set = WorkingSetAssembly(config=config, evidence=evidence, retrievers=retrievers)
+        citations = CitationCheck(evidence=evidence)
     proposal = ProposalCheck(
         config=config,
         registry=registry,
@@ -101,6 +121,8 @@ def build_runner(
         approvals=ApprovalGate(
             config=config, registry=registry, approvals=approvals, pending=pending
         ),
+        stages=stages,
+        citations=citations,
     )
     model_call = ModelCall(
         config=config,
@@ -110,6 +132,7 @@ def build_runner(
         store=store,
         registry=registry,
         retries=retries,
+        working_set=working_set,
     )
     checkpoint = Checkpointer(
         store=store,

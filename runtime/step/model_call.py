@@ -18,6 +18,7 @@ from runtime.step import outcomes
 from runtime.step.collaborators import CatalogReads
 from runtime.step.outcomes import Retries
 from runtime.step.state import Move, Step
+from runtime.step.working_set import WorkingSetAssembly
 from runtime.step_record import StepKind, StepOutcome, WorkflowStep, workflow_step
 from runtime.store.runs import RunStore
 from runtime.tools.registry import ToolRegistry
@@ -37,6 +38,7 @@ class ModelCall:
         store: RunStore,
         registry: ToolRegistry,
         retries: Retries,
+        working_set: WorkingSetAssembly | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -45,6 +47,8 @@ class ModelCall:
         self.store = store
         self.registry = registry
         self.retries = retries
+        #: selects evidence and memories for routes that retrieve (None: nothing selected)
+        self.working_set = working_set
 
     def model(self, st: Step) -> ModelConfig:
         return self.config.models[st.model_name]
@@ -176,7 +180,12 @@ class ModelCall:
         run, route, store = st.run, st.route, self.store
         tools = self.catalog.tool_descriptions(run["route"], st.disabled_tools)
         policy = self.config.budget_policies[route.budget_policy]
-        return WorkingSet(
+        selection = (
+            self.working_set.select(st, [t.name for t in tools])
+            if self.working_set is not None and route.sources
+            else None
+        )
+        ws = WorkingSet(
             run_id=st.run_id,
             tenant_id=st.tenant_id,
             route=run["route"],
@@ -189,6 +198,11 @@ class ModelCall:
             steps_left=route.max_steps - run["turns"],
             history_loader=lambda: store.steps(st.run_id),
         )
+        if selection is not None:
+            ws.evidence_ids = selection.evidence_ids
+            ws.memory_ids = selection.memory_ids
+            ws.constraints = selection.constraints
+        return ws
 
     def _propose(self, st: Step, ws: WorkingSet, prompt: Prompt) -> ProposalResult:
         proposer = self.catalog.proposer_for(st.model_name)

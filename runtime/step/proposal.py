@@ -15,6 +15,7 @@ from runtime.contract import ReplyProposal, RunStatus, StopProposal, ToolCallPro
 from runtime.policy import Decision, PolicyContext, PolicyEngine
 from runtime.step import advisory, decisions, outcomes
 from runtime.step.approval import ApprovalGate
+from runtime.step.citations import CitationCheck
 from runtime.step.collaborators import CatalogReads
 from runtime.step.state import Move, Step
 from runtime.step.tool_call import ToolCall
@@ -46,6 +47,7 @@ class ProposalCheck:
         tool_call: ToolCall,
         approvals: ApprovalGate,
         stages: Mapping[str, ProposalStage] | None = None,
+        citations: CitationCheck | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -57,6 +59,8 @@ class ProposalCheck:
         self.approvals = approvals
         #: the stage of each proposal type beyond tool calls, replies and stops
         self.stages = dict(stages or {})
+        #: checks a reply's citations against the run's evidence (None: not checked)
+        self.citations = citations
 
     def validate_and_act(self, st: Step, raw: Any) -> Move:
         proposal = proposals.parse(raw)
@@ -65,15 +69,7 @@ class ProposalCheck:
             return outcomes.refuse(st, proposal.code, proposal.errors, shown)
         st.proposal = proposal.model_dump(by_alias=True)
         if isinstance(proposal, ReplyProposal):
-            st.trace.add("validation", ok=True, type="reply")
-            reply = Move(
-                RunStatus.SUCCEEDED,
-                StepKind.REPLY,
-                StepOutcome.COMPLETED,
-                output={"text": proposal.text},
-                stop_reason="completed",
-            )
-            return advisory.with_proposals(st, reply)
+            return self._reply(st, proposal)
         if isinstance(proposal, StopProposal):
             st.trace.add("validation", ok=True, type="stop")
             stop = Move(
@@ -92,6 +88,26 @@ class ProposalCheck:
             error = {"loc": "type", "msg": f"{proposal.type!r} proposals are not enabled here"}
             return outcomes.refuse(st, "unsupported_proposal", [error], st.proposal)
         return stage.act(st, proposal)
+
+    def _reply(self, st: Step, proposal: ReplyProposal) -> Move:
+        output: dict[str, Any] = {"text": proposal.text}
+        if proposal.citations:
+            output["citations"] = proposal.citations
+        if self.citations is not None:
+            flags = self.citations.check(st, proposal)
+            if isinstance(flags, Move):
+                return flags
+            if flags:
+                output["citation_flags"] = flags
+        st.trace.add("validation", ok=True, type="reply")
+        reply = Move(
+            RunStatus.SUCCEEDED,
+            StepKind.REPLY,
+            StepOutcome.COMPLETED,
+            output=output,
+            stop_reason="completed",
+        )
+        return advisory.with_proposals(st, reply)
 
     def _tool_call(self, st: Step, proposal: ToolCallProposal) -> Move:
         proposal = self._fallback(st, proposal)

@@ -145,6 +145,8 @@ class Step:
     policy_set: str | None = None
     #: run row changes this step made before its move (a release taken at this step)
     run_updates: dict[str, Any] = field(default_factory=dict)
+    #: evidence references of the search this step showed its model (checkpointed)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:

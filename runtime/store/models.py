@@ -550,3 +550,54 @@ class OperatorLeverRow(SQLModel, table=True):
     actor: str = Field(max_length=200)
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     updated_at: datetime
+
+
+class DocumentRow(SQLModel, table=True):
+    """A document a ``documents`` source searches (``agentrt docs``). One row per tenant and
+    document id: re-adding a document replaces its text and bumps ``version``. The full-text
+    index is the database's own (``runtime.store.search_ddl``: SQLite FTS5, PostgreSQL
+    tsvector), kept by the database in the same transaction as the row."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "doc_id", name="uq_documents_tenant_doc"),
+        Index("ix_documents_tenant_source", "tenant_id", "source", "updated_at"),
+    )
+
+    #: SQLite: INTEGER PRIMARY KEY, the rowid the FTS5 index refers to
+    id: int | None = Field(default=None, primary_key=True)
+    doc_id: str = Field(max_length=100)
+    version: int = 1
+    tenant_id: str = Field(max_length=100)
+    source: str = Field(max_length=100)
+    title: str = Field(max_length=500)
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    #: access labels as ``,a,b,`` ("" when unlabelled): matched in SQL with one LIKE each
+    labels: str = Field(default="", sa_column=Column(Text, nullable=False))
+    created_at: datetime
+    updated_at: datetime
+
+
+class EvidenceRow(SQLModel, table=True):
+    """A search result a run's model was shown (``runtime.step.retrieval``): written with
+    the step's checkpoint; a reply's citations are checked against these rows."""
+
+    __tablename__ = "evidence"
+
+    run_id: str = Field(primary_key=True, max_length=40)
+    #: ``ev-`` + a digest of (run, step, source, document): the same for every copy of a
+    #: redelivered step, so a step's evidence is recorded once
+    evidence_id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    step_no: int
+    doc_id: str = Field(max_length=100)
+    version: int
+    source: str = Field(max_length=100)
+    score: float
+    retrieved_at: datetime
+
+
+# the full-text indexes of ``documents`` (created with the table, on each dialect)
+from runtime.store import search_ddl as _search_ddl  # noqa: E402
+
+_search_ddl.attach(DocumentRow.__table__)  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from runtime.contract import RunStatus
@@ -48,11 +49,13 @@ from runtime.store.effects import EffectClaim as EffectClaim
 from runtime.store.effects import EffectRows
 from runtime.store.history import HistoryRows
 from runtime.store.migrations.startup import ensure_current
+from runtime.store.prepared import PreparedStatements
 from runtime.store.run_controls import RunControlRows, lost_checkpoint
 from runtime.store.run_pages import RunPages
 from runtime.store.tables import decisions_t as decisions_t
 from runtime.store.tables import effects_t as effects_t
 from runtime.store.tables import events_t as events_t
+from runtime.store.tables import evidence_t
 from runtime.store.tables import runs_t as runs_t
 from runtime.store.tables import secrets_t as secrets_t
 from runtime.store.tables import spend_t as spend_t
@@ -85,6 +88,23 @@ class Checkpoint:
     clear_pending_secrets: bool = False
     #: a new pending approval: the run waits for it from this checkpoint on
     approval: dict[str, Any] | None = None
+    #: evidence references of a search the step showed its model (``runtime.step.retrieval``)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _insert_records(sql: PreparedStatements, conn: Connection, cp: Checkpoint) -> None:
+    """The checkpoint's decisions, approval and evidence rows."""
+    if cp.decisions:
+        # an earlier copy of this step may have stored the call's decision ahead of the
+        # tool and died before its checkpoint: the first decision recorded for a call
+        # stands (this copy's is in the trace); failing on it would lose the step to a
+        # copy that never checkpoints
+        sql.insert(conn, decisions_t, cp.decisions, ignore_conflicts=True)
+    if cp.approval:
+        approvals.insert_in(conn, cp.approval)
+    if cp.evidence:
+        # evidence ids are the same for every copy of the step: recorded once
+        sql.insert(conn, evidence_t, cp.evidence, ignore_conflicts=True)
 
 
 class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
@@ -270,6 +290,7 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
             or cp.clear_pending_secrets
             or cp.decisions
             or cp.approval
+            or cp.evidence
         ):
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
@@ -283,16 +304,9 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
                     self._sql.insert(conn, events_t, cp.events)
                 if cp.spend:
                     self._sql.insert(conn, spend_t, [cp.spend])
-                if cp.decisions:
-                    # an earlier copy of this step may have stored the call's decision
-                    # ahead of the tool and died before its checkpoint: the first decision
-                    # recorded for a call stands (this copy's is in the trace); failing on
-                    # it would lose the step to a copy that never checkpoints
-                    self._sql.insert(conn, decisions_t, cp.decisions, ignore_conflicts=True)
+                _insert_records(self._sql, conn, cp)
                 if cp.effect_update:
                     self._update_effect(conn, cp.effect_update)
-                if cp.approval:
-                    approvals.insert_in(conn, cp.approval)
                 if cp.clear_pending_secrets or cp.pending_secrets:
                     conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
                 if cp.pending_secrets:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from runtime.store.models import (
     ApprovalRow,
+    DocumentRow,
     EvalCaptureRow,
     EventKeyRow,
     EventRecordRow,
+    EvidenceRow,
     PendingSecretRow,
     PolicyDecisionRow,
     RunRow,
@@ -28,3 +30,5 @@ approvals_t = ApprovalRow.__table__  # type: ignore[attr-defined]
 event_records_t = EventRecordRow.__table__  # type: ignore[attr-defined]
 event_keys_t = EventKeyRow.__table__  # type: ignore[attr-defined]
 eval_captures_t = EvalCaptureRow.__table__  # type: ignore[attr-defined]
+documents_t = DocumentRow.__table__  # type: ignore[attr-defined]
+evidence_t = EvidenceRow.__table__  # type: ignore[attr-defined]
