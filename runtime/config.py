@@ -737,6 +737,9 @@ class RuntimeConfig(_Strict):
     version: Version
     harness_version: Version = "agentrt-0.1"
     tool_modules: list[ModuleName] = Field(default_factory=list, max_length=100)
+    #: modules whose ``retrievers(ctx)`` return retrievers sources may name (besides the
+    #: built-in ``documents``; ``runtime.retrieval.registry``)
+    retriever_modules: list[ModuleName] = Field(default_factory=list, max_length=100)
     models: dict[str, ModelConfig]
     tenants: dict[str, TenantConfig]
     budget_policies: dict[str, BudgetPolicy]

@@ -51,7 +51,8 @@ from runtime.release_gate import Gate, GateResult, no_evals_gate
 from runtime.releases.api import Releases
 from runtime.releases.live import LiveReleases
 from runtime.retrieval.documents import DocumentsRetriever
-from runtime.retrieval.registry import RetrieverRegistry
+from runtime.retrieval.registry import RetrieverContext, RetrieverRegistry
+from runtime.retrieval.registry import from_modules as registry_from_modules
 from runtime.rule_check import rule_tool_problems
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
@@ -405,10 +406,16 @@ def _step_runner(
     )
 
 
-def build_retrievers(config: RuntimeConfig, store: RunStore) -> RetrieverRegistry:
-    """The retrievers sources may name (the built-in ``documents``); every source's
-    retriever must be registered (``ConfigError`` naming the source otherwise)."""
-    retrievers = RetrieverRegistry([DocumentsRetriever(documents=DocumentStore(store.engine))])
+def build_retrievers(config: RuntimeConfig, m: _Mechanisms) -> RetrieverRegistry:
+    """The retrievers sources may name (the built-in ``documents`` and those of
+    ``retriever_modules``); every source's retriever must be registered (``ConfigError``
+    naming the source otherwise)."""
+    engine = m.store.engine
+    retrievers = registry_from_modules(
+        config.retriever_modules,
+        RetrieverContext(engine=engine, redis=m.tool_redis, keys=m.keys),
+        [DocumentsRetriever(documents=DocumentStore(engine))],
+    )
     problems = retrievers.problems(config)
     if problems:
         raise ConfigError("sources", problems)
@@ -469,7 +476,7 @@ def build_service(
     dispatch = _dispatch(settings, endpoints, m, publisher, publisher_factory)
     failures = _failure_flows(settings, config, registry, m, dispatch)
     compensations, dead_letters = failures
-    retrievers = build_retrievers(config, m.store)
+    retrievers = build_retrievers(config, m)
     catalog = Catalog(config=config, registry=registry, retrievers=retrievers)
     lever_store = LeverStore(m.store.engine)
     controls = Controls(redis=m.redis, keys=m.keys, stopped_in_record=lever_store.route_stopped)

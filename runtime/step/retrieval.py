@@ -185,7 +185,11 @@ class RetrievalStage:
             request = search_request(
                 self.config, st, source, entry, proposal.query, proposal.top_k, now
             )
-            found = retriever.search(request)[: proposal.top_k]
+            try:
+                found = retriever.search(request)[: proposal.top_k]
+            except Exception as exc:  # a retriever is outside code: its failure is the step's
+                st.trace.add("retriever_error", source=source, error=repr(exc)[:500])
+                return outcomes.error_move(st, "tool", "retriever_error", repr(exc))
             shown = [h for h in found if visible(h, request)]
             dropped += len(found) - len(shown)
             hits += shown
@@ -232,7 +236,7 @@ class RetrievalStage:
             "doc_id": hit.doc_id,
             "version": hit.version,
             "source": hit.source,
-            "score": round(float(hit.score), 6),
+            "score": float(hit.score),
             "retrieved_at": now,
         }
 

@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, false, insert, or_, select, text, update
+from sqlalchemy import (
+    column,
+    delete,
+    false,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from runtime.errors import DocumentNotFound
@@ -142,39 +153,40 @@ class DocumentStore(StoreConnections):
     def _search_sqlite(
         self, words: list[str], filters: list[ColumnElement[bool]], top_k: int
     ) -> list[Found]:
-        # each word quoted (an FTS5 string), any of them may match; bm25: lower is better
+        # each word quoted (an FTS5 string), any of them may match; bm25: lower is better,
+        # a title match weighs twice a content match
         match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-        rank = text("bm25(documents_fts, 2.0, 1.0)")
+        fts = table("documents_fts", column("rowid"))
+        rank: ColumnElement[Any] = literal_column("bm25(documents_fts, 2.0, 1.0)")
         query = (
             select(documents_t, rank.label("rank"))
-            .select_from(
-                documents_t.join(text("documents_fts"), text("documents_fts.rowid = documents.id"))
-            )
-            .where(text("documents_fts MATCH :match").bindparams(match=match), *filters)
-            .order_by(text("rank"), documents_t.c.id)
+            .select_from(documents_t.join(fts, fts.c.rowid == documents_t.c.id))
+            .where(literal_column("documents_fts").op("MATCH")(match), *filters)
+            .order_by(rank, documents_t.c.id)
             .limit(top_k)
         )
         with self._read_one() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
-        return [Found(_plain(r), -float(r["rank"])) for r in rows]
+        return [Found(r, -float(r.pop("rank"))) for r in rows]
 
     def _search_pg(
         self, words: list[str], filters: list[ColumnElement[bool]], top_k: int
     ) -> list[Found]:
         # the words as plain lexemes ORed (plainto_tsquery would need every one of them);
         # ``documents.search`` is the generated column, not in the models (search_ddl)
-        expr = " | ".join(words)
-        rank = text(f"ts_rank(documents.search, to_tsquery('{PG_CONFIG}', :rank_q))")
-        matches = text(f"documents.search @@ to_tsquery('{PG_CONFIG}', :match_q)")
+        config: ColumnElement[Any] = literal_column(f"'{PG_CONFIG}'::regconfig")
+        tsquery = func.to_tsquery(config, " | ".join(words))
+        search: ColumnElement[Any] = literal_column("documents.search")
+        rank = func.ts_rank(search, tsquery)
         query = (
-            select(documents_t, rank.bindparams(rank_q=expr).label("rank"))
-            .where(matches.bindparams(match_q=expr), *filters)
-            .order_by(text("rank DESC"), documents_t.c.id)
+            select(documents_t, rank.label("rank"))
+            .where(search.op("@@")(tsquery), *filters)
+            .order_by(rank.desc(), documents_t.c.id)
             .limit(top_k)
         )
         with self._read_one() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
-        return [Found(_plain(r), float(r["rank"])) for r in rows]
+        return [Found(r, float(r.pop("rank"))) for r in rows]
 
 
 def _access(labels: frozenset[str], labels_required: bool) -> ColumnElement[bool]:
@@ -184,8 +196,3 @@ def _access(labels: frozenset[str], labels_required: bool) -> ColumnElement[bool
     if labels_required:
         return or_(*held) if held else false()
     return or_(documents_t.c.labels == "", *held)
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    row.pop("rank", None)
-    return row

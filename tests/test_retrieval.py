@@ -1,0 +1,316 @@
+"""Retrieval and evidence (README "Retrieval and evidence"): a ``retrieval_query`` is checked
+like a tool call (source declared, eligible for the route, open to the tenant, top-k under
+its cap, allowed by policy) and what it finds is filtered (tenant, freshness, labels)
+before the model sees it; every result shown is an evidence reference recorded once with
+the step; a reply's citations are checked against them. Real Redis, real Celery workers,
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+
+from runtime.contract import RunView
+from runtime.store.db import utcnow
+from runtime.store.documents import DocumentStore
+from runtime.store.evidence import EvidenceStore
+from runtime.store.tables import documents_t, evidence_t
+from tests.schedule_tools import base_config, schedule_deployment
+from tests.support import Deployment, wait_for
+
+REPLY = {"type": "reply", "text": "done"}
+
+
+def query(*sources: str, q: str = "refund policy", top_k: int = 5) -> dict[str, Any]:
+    return {"type": "retrieval_query", "query": q, "sources": list(sources), "topK": top_k}
+
+
+def retrieval_config() -> dict[str, Any]:
+    data = base_config()
+    data["retriever_modules"] = ["tests.retrieval_tools"]
+    data["sources"] = {
+        "kb": {"retriever": "documents", "max_top_k": 5},
+        "news": {"retriever": "documents", "max_age_s": 3600},
+        "private": {"retriever": "documents", "labels_required": True},
+        "t2only": {"retriever": "documents", "tenants": ["t2"]},
+        "blocked": {"retriever": "documents"},
+        "outside": {"retriever": "documents"},
+        "slow": {"retriever": "test.held"},
+        "leaky": {"retriever": "test.leaky", "max_age_s": 3600},
+    }
+    data["actors"] = {"analyst": {"labels": ["finance"]}}
+    data["policy"]["rules"].append(
+        {"id": "no_blocked_source", "effect": "deny", "match": {"source": ["blocked"]}}
+    )
+    base = data["routes"]["r.basic"]
+    warn = copy.deepcopy(base)
+    warn.update(
+        sources=["kb", "news", "private", "t2only", "blocked", "slow", "leaky"],
+        citation_rule="warn",
+        max_steps=12,
+        max_invalid_proposals=10,
+    )
+    refuse = copy.deepcopy(warn)
+    refuse.update(citation_rule="refuse", max_invalid_proposals=0)
+    data["routes"]["r.ret"] = warn
+    data["routes"]["r.cite"] = refuse
+    return data
+
+
+@pytest.fixture
+def dep(
+    backend: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    with schedule_deployment(request, backend, redis_url, tmp_path, retrieval_config()) as d:
+        yield d
+
+
+def docs(dep: Deployment) -> DocumentStore:
+    return DocumentStore(dep.svc.store.engine)
+
+
+def run(
+    dep: Deployment, script: list[Any], route: str = "r.ret", **kw: Any
+) -> tuple[RunView, list[dict[str, Any]]]:
+    view = dep.svc.submit(
+        kw.pop("tenant", "t1"),
+        route,
+        "answer from the docs",
+        {"script": script},
+        actor=kw.pop("actor", "tester"),
+        request_id=uuid.uuid4().hex,
+    )
+    done = dep.wait_all([view.run_id])[view.run_id]
+    return done, dep.svc.store.steps(view.run_id)
+
+
+def shown(step: dict[str, Any]) -> list[str]:
+    return [e["doc_id"] for e in (step["observation"] or {}).get("evidence", [])]
+
+
+def refused(step: dict[str, Any]) -> str | None:
+    return (step["observation"] or {}).get("refused")
+
+
+def test_only_eligible_fresh_accessible_documents_of_the_tenant_are_shown(
+    dep: Deployment,
+) -> None:
+    dep.start_worker(concurrency=1)
+    store = docs(dep)
+    mine = store.add(
+        tenant_id="t1", source="kb", title="Refund policy", content="refunds in 30 days"
+    )
+    theirs = store.add(
+        tenant_id="t2", source="kb", title="Refund policy", content="OTHER-TENANT refund text"
+    )
+    secret = store.add(
+        tenant_id="t1", source="kb", title="Refund ledger", content="LABELLED refund figures",
+        labels=["finance"],
+    )  # fmt: skip
+    stale = store.add(tenant_id="t1", source="news", title="Refund news", content="STALE refund")
+    fresh = store.add(tenant_id="t1", source="news", title="Refund update", content="new refund")
+    with dep.svc.store.engine.begin() as conn:
+        conn.execute(
+            update(documents_t)
+            .where(documents_t.c.doc_id == stale["doc_id"])
+            .values(updated_at=utcnow() - timedelta(hours=2))
+        )
+
+    # Given a run of t1 by an actor without labels that proposes good and bad searches
+    view, steps = run(
+        dep,
+        [
+            query("kb"),
+            query("outside"),
+            query("nowhere"),
+            query("t2only"),
+            query("kb", top_k=6),
+            query("news"),
+            query("private"),
+            REPLY,
+        ],
+    )
+    assert view.status == "succeeded", view.stop_reason
+    # Then the kb search shows t1's unlabelled document only
+    assert shown(steps[0]) == [mine["doc_id"]]
+    # and the bad ones are refused with their codes, nothing searched
+    assert [refused(s) for s in steps[1:5]] == [
+        "source_not_eligible",
+        "unknown_source",
+        "source_access_denied",
+        "top_k_over_cap",
+    ]
+    assert all("evidence" not in (s["observation"] or {}) for s in steps[1:5])
+    # the stale news item is filtered (in SQL), the fresh one shown
+    assert shown(steps[5]) == [fresh["doc_id"]]
+    # a source that requires labels shows an actor without them nothing
+    assert shown(steps[6]) == []
+    # the reply cited nothing after evidence was retrieved: flagged (warn)
+    assert view.output and view.output["citation_flags"] == {"uncited": True}
+
+    # And nothing of the other tenant, the labelled or the stale document reached the model
+    # or the trace; the trace's retrieval events carry references, never content
+    trace = dep.svc.trace(view.run_id)
+    everything = json.dumps([s["observation"] for s in steps]) + json.dumps(
+        [e.data for e in trace], default=str
+    )
+    for doc in (theirs, secret, stale):
+        assert doc["doc_id"] not in everything
+    for marker in ("OTHER-TENANT", "LABELLED", "STALE"):
+        assert marker not in everything
+    retrievals = [e.data for e in trace if e.kind == "retrieval"]
+    assert len(retrievals) == 3
+    assert all("content" not in ref for r in retrievals for ref in r["evidence"])
+    assert retrievals[0]["evidence"][0]["doc_id"] == mine["doc_id"]
+    assert any(e.kind == "citation_flagged" for e in trace)
+
+    # the evidence is recorded on the run, tenant-scoped
+    evidence = EvidenceStore(dep.svc.store.engine)
+    rows = evidence.of_run(view.run_id, "t1")
+    assert [(r["doc_id"], r["step_no"]) for r in rows] == [
+        (mine["doc_id"], 0),
+        (fresh["doc_id"], 5),
+    ]
+    ids = {r["evidence_id"] for r in rows}
+    assert evidence.retrieved(view.run_id, "t1", [*ids, "ev-never"]) == ids
+    assert evidence.retrieved(view.run_id, "t2", ids) == set()
+    # each search (not the refused ones) is spent from the tool_calls budget dimension
+    with dep.svc.store.engine.connect() as conn:
+        spent = conn.execute(
+            text("SELECT SUM(tool_calls) FROM spend_records WHERE run_id = :r"),
+            {"r": view.run_id},
+        ).scalar()
+    assert spent == 3
+
+
+def test_an_actor_holding_a_label_sees_the_labelled_document(dep: Deployment) -> None:
+    dep.start_worker(concurrency=1)
+    store = docs(dep)
+    secret = store.add(
+        tenant_id="t1", source="private", title="Payroll refund", content="refund payroll",
+        labels=["finance"],
+    )  # fmt: skip
+    store.add(tenant_id="t1", source="private", title="HR refund", content="refund", labels=["hr"])
+    store.add(tenant_id="t1", source="private", title="Open refund", content="refund open")
+    _view, steps = run(dep, [query("private"), REPLY], actor="analyst")
+    # the finance document only: not the hr one, not the unlabelled one (labels required)
+    assert shown(steps[0]) == [secret["doc_id"]], steps[0]["observation"]
+
+
+def test_the_runtime_filters_what_a_retriever_returns(dep: Deployment) -> None:
+    dep.start_worker(concurrency=1)
+    view, steps = run(dep, [query("leaky"), REPLY])
+    assert shown(steps[0]) == ["good"]
+    trace = [e.data for e in dep.svc.trace(view.run_id) if e.kind == "retrieval"]
+    assert trace[0]["filtered"] == 3
+
+
+def test_a_policy_rule_on_a_source_denies_the_search(dep: Deployment) -> None:
+    dep.start_worker(concurrency=1)
+    docs(dep).add(tenant_id="t1", source="blocked", title="Refund", content="refund")
+    view, steps = run(dep, [query("kb", "blocked"), REPLY])
+    assert view.status == "refused"
+    assert view.stop_reason == "policy_denied:no_blocked_source"
+    assert "evidence" not in (steps[0]["observation"] or {})
+    assert not [e for e in dep.svc.trace(view.run_id) if e.kind == "retrieval"]
+
+
+def test_citations_of_evidence_never_retrieved_are_flagged_or_refused(dep: Deployment) -> None:
+    dep.start_worker(concurrency=1)
+    docs(dep).add(tenant_id="t1", source="kb", title="Refund policy", content="refund policy")
+    bogus = {"type": "reply", "text": "see", "citations": ["ev-never-retrieved"]}
+    # warn: the reply stands, flagged in its output and the trace
+    view, _ = run(dep, [bogus])
+    assert view.status == "succeeded"
+    assert view.output["citation_flags"] == {"unknown": ["ev-never-retrieved"]}
+    flagged = [e.data for e in dep.svc.trace(view.run_id) if e.kind == "citation_flagged"]
+    assert flagged == [{"rule": "warn", "unknown": ["ev-never-retrieved"]}]
+    # refuse: the reply is refused
+    view, _ = run(dep, [query("kb"), bogus], route="r.cite")
+    assert (view.status, view.stop_reason) == ("refused", "invalid_proposal:unknown_citation")
+    # refuse, uncited after retrieving evidence
+    view, _ = run(dep, [query("kb"), REPLY], route="r.cite")
+    assert (view.status, view.stop_reason) == ("refused", "invalid_proposal:uncited_reply")
+    # refuse, nothing retrieved and nothing cited: nothing to flag
+    view, _ = run(dep, [REPLY], route="r.cite")
+    assert view.status == "succeeded"
+
+
+def test_evidence_of_a_redelivered_step_is_recorded_once(dep: Deployment) -> None:
+    worker = dep.start_worker(concurrency=1)
+    redis, keys = dep.svc.tool_redis, dep.svc.keys
+    hold, searches = (keys.demo(f"retrieval:t1:{k}") for k in ("hold", "searches"))
+    redis.set(hold, 1)
+    view = dep.svc.submit(
+        "t1", "r.ret", "slow search", {"script": [query("slow"), REPLY]}, actor="tester",
+        request_id=uuid.uuid4().hex,
+    )  # fmt: skip
+
+    # When the worker's pool process is killed while it is inside the search
+    wait_for(lambda: int(redis.get(searches) or 0) >= 1, message="the search to start")
+    assert worker.kill_children()
+    # and the step is delivered again and searched again
+    wait_for(
+        lambda: int(redis.get(searches) or 0) >= 2 and worker.children(),
+        timeout=90,
+        message="the redelivered search",
+    )
+    redis.delete(hold)
+    done = dep.wait_all([view.run_id], timeout=90)[view.run_id]
+
+    # Then the run completes with one retrieval step and its evidence recorded once
+    assert done.status == "succeeded", done.stop_reason
+    steps = dep.svc.store.steps(view.run_id)
+    assert [s["kind"] for s in steps] == ["retrieval", "reply"]
+    assert shown(steps[0]) == ["held-0", "held-1", "held-2"]
+    with dep.svc.store.engine.connect() as conn:
+        rows = conn.execute(
+            select(evidence_t.c.evidence_id).where(evidence_t.c.run_id == view.run_id)
+        ).all()
+    assert len(rows) == 3
+    assert sorted(r[0] for r in rows) == sorted(
+        e["id"] for e in steps[0]["observation"]["evidence"]
+    )
+
+
+def test_the_working_set_records_what_the_model_was_shown(dep: Deployment) -> None:
+    dep.start_worker(concurrency=1)
+    store = docs(dep)
+    first = store.add(tenant_id="t1", source="kb", title="Refund policy", content="refund a")
+    view, _ = run(dep, [query("kb"), query("kb"), REPLY])
+    sets = [e for e in dep.svc.trace(view.run_id) if e.kind == "working_set"]
+    # one per model call, ids only: nothing before the first search, then the evidence
+    assert [len(e.data["evidence"]) for e in sets] == [0, 1, 2]
+    assert sets[0].data["tools"] and sets[0].data["constraints"]["citation_rule"] == "warn"
+    assert first["doc_id"] not in json.dumps([e.data for e in sets])
+    # a route without sources records none
+    plain = dep.svc.submit(
+        "t1", "r.basic", "no sources", {"script": [REPLY]}, actor="tester",
+        request_id=uuid.uuid4().hex,
+    )  # fmt: skip
+    dep.wait_all([plain.run_id])
+    assert not [e for e in dep.svc.trace(plain.run_id) if e.kind == "working_set"]
+
+
+def test_a_tiny_context_budget_drops_the_oldest_evidence_first(
+    backend: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    data = retrieval_config()
+    data["routes"]["r.ret"]["context_budget_tokens"] = 1500
+    with schedule_deployment(request, backend, redis_url, tmp_path, data) as dep:
+        dep.start_worker(concurrency=1)
+        docs(dep).add(tenant_id="t1", source="kb", title="Refund", content="refund")
+        view, steps = run(dep, [query("kb"), query("kb"), query("kb"), REPLY])
+        sets = [e.data for e in dep.svc.trace(view.run_id) if e.kind == "working_set"]
+        newest = steps[2]["observation"]["evidence"][0]["id"]
+        assert sets[-1]["evidence"] == [newest]
+        assert sets[-1]["dropped_evidence"] == 2
+        assert sets[-1]["tokens"] <= 1500
