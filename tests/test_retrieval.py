@@ -16,15 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, text, update
+from typer.testing import CliRunner
 
+from runtime.cli.main import app
+from runtime.config import PolicyRule, RuleMatch, RuntimeConfig
 from runtime.contract import RunView
-from runtime.store.db import utcnow
+from runtime.errors import DocumentNotFound
+from runtime.policy import PolicyContext, rule_matches
+from runtime.retrieval.registry import RetrieverRegistry
+from runtime.store.db import make_engine, utcnow
 from runtime.store.documents import DocumentStore
 from runtime.store.evidence import EvidenceStore
+from runtime.store.runs import RunStore
 from runtime.store.tables import documents_t, evidence_t
+from tests.retrieval_tools import LeakyRetriever
 from tests.schedule_tools import base_config, schedule_deployment
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, pg_schema_url, wait_for
 
 REPLY = {"type": "reply", "text": "done"}
 
@@ -314,3 +323,183 @@ def test_a_tiny_context_budget_drops_the_oldest_evidence_first(
         assert sets[-1]["evidence"] == [newest]
         assert sets[-1]["dropped_evidence"] == 2
         assert sets[-1]["tokens"] <= 1500
+
+
+# --- the documents table's full-text search, on each database -------------------------------
+
+
+@pytest.fixture
+def documents(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[DocumentStore]:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'docs.db'}"
+    else:
+        url = pg_schema_url(
+            request.getfixturevalue("pg_base_url"), f"agentrt_d_{uuid.uuid4().hex[:10]}"
+        )
+    engine = make_engine(url)
+    RunStore(engine).create_schema()
+    try:
+        yield DocumentStore(engine)
+    finally:
+        engine.dispose()
+
+
+def search(store: DocumentStore, q: str, tenant: str = "t1", **kw: Any) -> list[str]:
+    found = store.search(
+        tenant_id=tenant,
+        source=kw.pop("source", "kb"),
+        query=q,
+        top_k=kw.pop("top_k", 10),
+        not_before=kw.pop("not_before", None),
+        labels=frozenset(kw.pop("labels", ())),
+        labels_required=kw.pop("labels_required", False),
+    )
+    return [f.row["doc_id"] for f in found]
+
+
+def test_full_text_search_ranks_tenant_scoped_and_follows_versions(
+    documents: DocumentStore,
+) -> None:
+    add = documents.add
+    add(doc_id="many", tenant_id="t1", source="kb", title="Refund refund",
+        content="refund policy: refunds of a refund are refunded")  # fmt: skip
+    add(doc_id="once", tenant_id="t1", source="kb", title="Shipping", content="one refund here")
+    add(doc_id="none", tenant_id="t1", source="kb", title="Shipping", content="parcels and boxes")
+    add(doc_id="other", tenant_id="t2", source="kb", title="Refund", content="refund refund")
+    add(doc_id="elsewhere", tenant_id="t1", source="faq", title="Refund", content="refund")
+    # the better match first (stemmed: refunds, refunded), nothing that does not match,
+    # nothing of another tenant or source
+    assert search(documents, "refund") == ["many", "once"]
+    assert search(documents, "refunds", top_k=1) == ["many"]
+    assert search(documents, "boxes") == ["none"]
+    # query syntax is never passed through: quotes, operators and columns are words
+    assert search(documents, 'title:"refund" OR NOT * (') == ["many", "once"]
+    assert search(documents, "!!! ???") == []
+    # re-adding an id replaces its text, bumps its version, and the index follows
+    again = add(doc_id="none", tenant_id="t1", source="kb", title="Refunds", content="refund")
+    assert again["version"] == 2
+    assert "none" in search(documents, "refund") and search(documents, "boxes") == []
+    # removed: never found again; another tenant's id is not found for this one
+    documents.remove("none", "t1")
+    assert "none" not in search(documents, "refund")
+    with pytest.raises(DocumentNotFound):
+        documents.remove("other", "t1")
+    # labels and freshness are filtered in SQL
+    add(doc_id="hr", tenant_id="t1", source="kb", title="Refund", content="refund", labels=["hr"])
+    assert "hr" not in search(documents, "refund")
+    assert "hr" in search(documents, "refund", labels={"hr"})
+    assert search(documents, "refund", labels={"hr"}, labels_required=True) == ["hr"]
+    assert search(documents, "refund", not_before=utcnow() + timedelta(seconds=60)) == []
+
+
+# --- agentrt docs -------------------------------------------------------------------------
+
+
+def test_docs_cli_adds_lists_and_removes(dep: Deployment, tmp_path: Path) -> None:
+    env = {"AGENTRT_DATABASE_URL": dep.env["AGENTRT_DATABASE_URL"], "COLUMNS": "200"}
+    cli = CliRunner()
+    path = tmp_path / "doc.txt"
+    path.write_text("refunds take 30 days")
+    added = cli.invoke(
+        app,
+        ["docs", "add", "--tenant", "t1", "--source", "kb", "--title", "Refunds",
+         "--file", str(path), "--labels", "finance,ops", "--id", "refunds", "--json"],
+        env=env,
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    row = json.loads(added.output)
+    assert (row["doc_id"], row["version"], row["labels"]) == ("refunds", 1, ["finance", "ops"])
+    again = cli.invoke(
+        app,
+        ["docs", "add", "--tenant", "t1", "--source", "kb", "--title", "Refunds", "--id",
+         "refunds"],
+        input="refunds take 14 days now",
+        env=env,
+    )  # fmt: skip
+    assert again.exit_code == 0 and "refunds version 2" in again.output, again.output
+    cli.invoke(
+        app,
+        ["docs", "add", "--tenant", "t2", "--source", "kb", "--title", "T2", "--text", "x"],
+        env=env,
+    )  # fmt: skip
+    listed = cli.invoke(app, ["docs", "list", "--tenant", "t1", "--json"], env=env)
+    rows = json.loads(listed.output)
+    assert [(r["doc_id"], r["version"]) for r in rows] == [("refunds", 2)]
+    assert "content" not in rows[0]
+    assert json.loads(cli.invoke(app, ["docs", "list", "--tenant", "t1", "--source", "faq",
+                                       "--json"], env=env).output) == []  # fmt: skip
+    # another tenant's remove of the id is refused; the tenant's own removes it
+    wrong = cli.invoke(app, ["docs", "remove", "refunds", "--tenant", "t2"], env=env)
+    assert wrong.exit_code == 2 and "no document 'refunds' for tenant 't2'" in wrong.output
+    gone = cli.invoke(app, ["docs", "remove", "refunds", "--tenant", "t1"], env=env)
+    assert gone.exit_code == 0 and "removed refunds" in gone.output
+    empty = cli.invoke(app, ["docs", "list", "--tenant", "t1"], env=env)
+    assert "no documents" in empty.output
+    bad = cli.invoke(
+        app,
+        ["docs", "add", "--tenant", "t1", "--source", "kb", "--title", "x", "--text", "y",
+         "--labels", "bad label"],
+        env=env,
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "--labels" in bad.output
+
+
+# --- the config -------------------------------------------------------------------------------
+
+
+def config_problems(data: dict[str, Any]) -> str:
+    with pytest.raises(ValidationError) as exc:
+        RuntimeConfig.model_validate(data)
+    return str(exc.value)
+
+
+def test_the_config_names_broken_source_references() -> None:
+    # every existing config still loads: sources, citation_rule and the budget default
+    plain = RuntimeConfig.model_validate(base_config())
+    route = plain.routes["r.basic"]
+    assert (route.sources, route.citation_rule, plain.sources) == ([], "warn", {})
+    assert RuntimeConfig.model_validate(retrieval_config()).routes["r.ret"].sources
+
+    data = retrieval_config()
+    data["routes"]["r.ret"]["sources"].append("nope")
+    assert "routes.r.ret.sources: source 'nope' is not declared under 'sources'" in (
+        config_problems(data)
+    )
+    data = retrieval_config()
+    data["sources"]["kb"]["tenants"] = ["ghost"]
+    assert "sources.kb.tenants: unknown tenant 'ghost'" in config_problems(data)
+    data = retrieval_config()
+    data["policy"]["rules"].append({"id": "x", "effect": "deny", "match": {"source": ["zz*"]}})
+    assert "'zz*' matches no source declared under 'sources'" in config_problems(data)
+    data = retrieval_config()
+    data["routes"]["r.ret"]["citation_rule"] = "maybe"
+    assert "citation_rule" in config_problems(data)
+    data = retrieval_config()
+    data["sources"]["kb"]["max_top_k"] = 0
+    assert "max_top_k" in config_problems(data)
+
+
+def test_a_source_whose_retriever_is_not_registered_is_refused() -> None:
+    config = RuntimeConfig.model_validate(retrieval_config())
+    registry = RetrieverRegistry([LeakyRetriever()])
+    problems = registry.problems(config)
+    assert "sources.kb.retriever: no retriever 'documents' is registered" in problems[0]
+    assert registry.version_label(config, ["leaky", "kb"]) == "test.leaky@leaky-1"
+
+
+def test_a_policy_rule_matches_sources_or_tools_never_both() -> None:
+    source_rule = PolicyRule(id="s", effect="deny", match=RuleMatch(source=["kb"]))
+    tool_rule = PolicyRule(id="t", effect="deny", match=RuleMatch(tool=["*"]))
+    tenant_rule = PolicyRule(id="n", effect="deny", match=RuleMatch(tenant=["t1"]))
+    ctx: dict[str, Any] = {
+        "args": {}, "side_effect": None, "tenant": "t1", "route": "r", "risk_class": "low",
+        "autonomy_level": "bounded_autonomous", "allowed_tools": (), "tool_registered": True,
+        "tool_enabled": True,
+    }  # fmt: skip
+    search_kb = PolicyContext(tool="source:kb", source="kb", **ctx)
+    call = PolicyContext(tool="kb.search", **ctx)
+    assert rule_matches(source_rule, search_kb) and not rule_matches(source_rule, call)
+    assert rule_matches(tool_rule, call) and not rule_matches(tool_rule, search_kb)
+    assert rule_matches(tenant_rule, search_kb) and rule_matches(tenant_rule, call)
