@@ -249,6 +249,29 @@ def test_history_becomes_assistant_tool_calls_and_tool_messages(server: FakeOpen
     )
 
 
+def test_retrieval_results_are_shown_as_far_as_the_working_set_selected(
+    server: FakeOpenAI,
+) -> None:
+    # Given two retrieval steps, the first one's evidence dropped to fit the context budget
+    k = key()
+    history = [
+        {
+            "step_no": n,
+            "kind": "retrieval",
+            "proposal": {"type": "retrieval_query", "query": "q", "sources": ["kb"]},
+            "observation": {"evidence": [{"id": f"ev-{n}", "title": f"doc {n}", "content": "c"}]},
+        }
+        for n in (0, 1)
+    ]
+    server.add(fake_openai.text("ok"), key=k)
+    proposer(server).propose(working_set(k, history=history, turn=2, evidence_ids=["ev-1"]))
+    # Then only the selected evidence is in the request, with its id to cite
+    messages = server.requests_for(k)[0].messages
+    results = [c for m in messages if (c := m["content"] or "").startswith("Search results")]
+    assert len(results) == 2
+    assert "ev-0" not in results[0] and '"id": "ev-1"' in results[1]
+
+
 def test_http_500_raises_proposer_error_after_one_retry(server: FakeOpenAI) -> None:
     k = key()
     server.add(fake_openai.error(500, "upstream exploded"), fake_openai.error(500, "still"), key=k)

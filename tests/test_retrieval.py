@@ -54,6 +54,8 @@ def retrieval_config() -> dict[str, Any]:
         "outside": {"retriever": "documents"},
         "slow": {"retriever": "test.held"},
         "leaky": {"retriever": "test.leaky", "max_age_s": 3600},
+        # what the memory engine will register; here a stand-in retriever
+        "memory": {"retriever": "test.leaky", "max_age_s": 3600},
     }
     data["actors"] = {"analyst": {"labels": ["finance"]}}
     data["policy"]["rules"].append(
@@ -71,6 +73,7 @@ def retrieval_config() -> dict[str, Any]:
     refuse.update(citation_rule="refuse", max_invalid_proposals=0)
     data["routes"]["r.ret"] = warn
     data["routes"]["r.cite"] = refuse
+    data["routes"]["r.mem"] = {**copy.deepcopy(warn), "sources": ["kb", "memory"]}
     return data
 
 
@@ -300,6 +303,12 @@ def test_the_working_set_records_what_the_model_was_shown(dep: Deployment) -> No
     assert [len(e.data["evidence"]) for e in sets] == [0, 1, 2]
     assert sets[0].data["tools"] and sets[0].data["constraints"]["citation_rule"] == "warn"
     assert first["doc_id"] not in json.dumps([e.data for e in sets])
+    # the version set names the retrievers of the route's sources
+    assert view.version_set.retriever == "documents@fts-1,test.held@held-1,test.leaky@leaky-1"
+    # a route listing the memory source: the memories found for the goal, filtered alike
+    view, _ = run(dep, [REPLY], route="r.mem")
+    (mem,) = [e.data for e in dep.svc.trace(view.run_id) if e.kind == "working_set"]
+    assert mem["memories"] == ["good"] and mem["evidence"] == []
     # a route without sources records none
     plain = dep.svc.submit(
         "t1", "r.basic", "no sources", {"script": [REPLY]}, actor="tester",

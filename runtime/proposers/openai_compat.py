@@ -89,6 +89,17 @@ class OpenAIProposer:
                         "content": json.dumps(observation, default=str),
                     }
                 )
+            elif isinstance(observation, dict) and step.get("kind") == StepKind.RETRIEVAL:
+                # only the evidence the runtime selected for this step (its context budget)
+                selected = set(ws.evidence_ids)
+                shown = [e for e in observation.get("evidence", []) if e.get("id") in selected]
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": "Search results (cite their ids in your reply's "
+                        "citations): " + json.dumps(shown, default=str),
+                    }
+                )
             elif observation is not None and step.get("kind") == StepKind.REFUSED:
                 messages.append(
                     {
