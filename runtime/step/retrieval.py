@@ -187,10 +187,10 @@ class RetrievalStage:
             )
             try:
                 found = retriever.search(request)[: proposal.top_k]
+                shown = [h for h in found if visible(h, request)]
             except Exception as exc:  # a retriever is outside code: its failure is the step's
                 st.trace.add("retriever_error", source=source, error=repr(exc)[:500])
                 return outcomes.error_move(st, "tool", "retriever_error", repr(exc))
-            shown = [h for h in found if visible(h, request)]
             dropped += len(found) - len(shown)
             hits += shown
         hits.sort(key=lambda h: -h.score)

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
+from runtime.store import search_ddl
+
 #: SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT
 _BIGINT_PK = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -597,7 +599,5 @@ class EvidenceRow(SQLModel, table=True):
     retrieved_at: datetime
 
 
-# the full-text indexes of ``documents`` (created with the table, on each dialect)
-from runtime.store import search_ddl as _search_ddl  # noqa: E402
-
-_search_ddl.attach(DocumentRow.__table__)  # type: ignore[attr-defined]
+# the full-text index of ``documents`` (created with the table, on each dialect)
+search_ddl.attach(DocumentRow.__table__)  # type: ignore[attr-defined]
