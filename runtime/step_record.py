@@ -57,6 +57,8 @@ class StepKind(enum.StrEnum):
     STOPPED = "stopped"
     #: a proposer or tool call failed, or the step failed outside the loop
     FAILED = "failed"
+    #: an accepted memory write (``runtime.step.memory``), stored with the checkpoint
+    MEMORY_WRITE = "memory_write"
 
 
 class StepOutcome(enum.StrEnum):
@@ -65,6 +67,8 @@ class StepOutcome(enum.StrEnum):
     #: the model replied or stopped
     COMPLETED = "completed"
     TOOL_SUCCEEDED = "tool_succeeded"
+    #: ``:<namespace>``: a memory write was accepted and stored
+    MEMORY_WRITTEN = "memory_written"
     #: the call was recorded as a proposal, not run (autonomy level ``advisory``)
     PROPOSED = "proposed"
     #: an irreversible call's earlier attempt died mid-call: not repeated

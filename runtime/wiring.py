@@ -42,6 +42,8 @@ from runtime.events import EventIntake
 from runtime.keys import Keys
 from runtime.levers import Levers
 from runtime.locks.leases import LeaseManager
+from runtime.memory.evidence import NoEvidence
+from runtime.memory.store import MemoryStore
 from runtime.mode_check import sync_route_problems
 from runtime.policy import PolicyEngine
 from runtime.ports import StepMessages, StepPublisher
@@ -263,6 +265,7 @@ def _failure_flows(
     compensations = Compensations(
         config=config,
         store=m.store,
+        memories=MemoryStore(m.store.engine),
         registry=registry,
         tool_redis=m.tool_redis,
         keys=m.keys,
@@ -395,6 +398,10 @@ def _step_runner(
         after_terminal=ordering.after_terminal,
         releases=live,
         policy_sets={name: PolicyEngine(p) for name, p in config.policies.items()},
+        memories=MemoryStore(m.store.engine),
+        # retrieval's evidence table answers this once it is wired; until then no
+        # evidence is known (a write naming any is refused: unknown_evidence)
+        evidence=NoEvidence(),
     )
 
 
@@ -595,6 +602,7 @@ def build_reconciler(
         dead_letters=svc.dead_letters,
         approvals=svc.approvals,
         release_ordered=svc.ordering.reconcile,
+        expire_memories=MemoryStore(svc.store.engine).delete_expired,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

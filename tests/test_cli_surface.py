@@ -393,6 +393,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("policy", "diff", "--candidate", "c.yaml"), "--since", ["99999999w", "soon"]),
     (("releases", "canary", "r.basic", "v2"), "--percent", ["nan", "inf", "0", "-5", "100.5", "x"]),
     (("ops", "log"), "--limit", [HUGE, "0", "10001"]),
+    (("memory", "list", "--tenant", "t1"), "--limit", [HUGE, "0", "10001"]),
 ]
 
 
@@ -435,6 +436,7 @@ def test_every_numeric_option_is_in_the_table_above() -> None:
                     "releases",
                     "ops",
                     "slo",
+                    "memory",
                 )
                 else c[:1]
             ),

@@ -12,6 +12,8 @@ from runtime.budgets.ledger import BudgetLedger
 from runtime.config import RuntimeConfig
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
+from runtime.memory.evidence import EvidenceLookup
+from runtime.memory.store import MemoryStore
 from runtime.policy import PolicyEngine
 from runtime.scheduling.breakers import Breakers
 from runtime.scheduling.limits import Limiter
@@ -32,6 +34,7 @@ from runtime.step.collaborators import (
 )
 from runtime.step.execution import ToolExecution
 from runtime.step.guards import Guards
+from runtime.step.memory import MemoryStage
 from runtime.step.model_call import ModelCall
 from runtime.step.outcomes import Retries
 from runtime.step.pending import PendingCalls
@@ -68,6 +71,8 @@ def build_runner(
     after_failure: AfterFailure,
     after_cancel: AfterCancel,
     after_terminal: AfterTerminal,
+    memories: MemoryStore,
+    evidence: EvidenceLookup,
     releases: ReleaseRouting | None = None,
     policy_sets: dict[str, PolicyEngine] | None = None,
 ) -> StepRunner:
@@ -101,6 +106,15 @@ def build_runner(
         approvals=ApprovalGate(
             config=config, registry=registry, approvals=approvals, pending=pending
         ),
+        stages={
+            "memory_write": MemoryStage(
+                policy=policy,
+                policy_sets=policy_sets,
+                budgeting=budgeting,
+                evidence=evidence,
+                memories=memories,
+            ),
+        },
     )
     model_call = ModelCall(
         config=config,

@@ -190,6 +190,7 @@ class Checkpointer:
             effect_update=st.effect_update,
             pending_secrets=st.pending_secrets,
             approval=st.approval_request,
+            rows=st.rows,
             clear_pending_secrets="pending_proposal" in updates
             and bool((st.run["pending_proposal"] or {}).get("secret_args")),
         )

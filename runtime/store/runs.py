@@ -85,6 +85,8 @@ class Checkpoint:
     clear_pending_secrets: bool = False
     #: a new pending approval: the run waits for it from this checkpoint on
     approval: dict[str, Any] | None = None
+    #: rows a stage adds with the step (``Step.rows``: an accepted memory write)
+    rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
 
 
 class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
@@ -270,6 +272,7 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
             or cp.clear_pending_secrets
             or cp.decisions
             or cp.approval
+            or cp.rows
         ):
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
@@ -293,20 +296,9 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
                     self._update_effect(conn, cp.effect_update)
                 if cp.approval:
                     approvals.insert_in(conn, cp.approval)
-                if cp.clear_pending_secrets or cp.pending_secrets:
-                    conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
-                if cp.pending_secrets:
-                    conn.execute(
-                        insert(secrets_t),
-                        [
-                            {
-                                "run_id": cp.run_id,
-                                "tenant_id": cp.step["tenant_id"],
-                                "args": cp.pending_secrets,
-                                "at": utcnow(),
-                            }
-                        ],
-                    )
+                for table, row in cp.rows:
+                    conn.execute(insert(table), [row])
+                _replace_pending_secrets(conn, cp)
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
 
@@ -387,3 +379,17 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
                 select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
             )
             return {str(r): str(s) for r, s in rows}
+
+
+def _replace_pending_secrets(conn: Any, cp: Checkpoint) -> None:
+    """The checkpoint's change to the run's kept secret arguments (gone, or new ones)."""
+    if cp.clear_pending_secrets or cp.pending_secrets:
+        conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
+    if cp.pending_secrets:
+        row = {
+            "run_id": cp.run_id,
+            "tenant_id": cp.step["tenant_id"],
+            "args": cp.pending_secrets,
+            "at": utcnow(),
+        }
+        conn.execute(insert(secrets_t), [row])

@@ -8,6 +8,7 @@ from runtime.store.models import (
     EvalCaptureRow,
     EventKeyRow,
     EventRecordRow,
+    MemoryRow,
     PendingSecretRow,
     PolicyDecisionRow,
     RunRow,
@@ -28,3 +29,4 @@ approvals_t = ApprovalRow.__table__  # type: ignore[attr-defined]
 event_records_t = EventRecordRow.__table__  # type: ignore[attr-defined]
 event_keys_t = EventKeyRow.__table__  # type: ignore[attr-defined]
 eval_captures_t = EvalCaptureRow.__table__  # type: ignore[attr-defined]
+memories_t = MemoryRow.__table__  # type: ignore[attr-defined]
