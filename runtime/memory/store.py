@@ -28,11 +28,18 @@ def new_memory_id() -> str:
     return "mem_" + uuid.uuid4().hex
 
 
+def _ended_runs() -> Any:
+    return select(runs_t.c.run_id).where(runs_t.c.status.in_([s.value for s in TERMINAL_STATUSES]))
+
+
 def _live(now: datetime) -> Any:
-    """Neither forgotten nor expired at ``now``."""
+    """Neither forgotten nor expired at ``now``: a ``run`` memory is expired once its run
+    ended, whether or not retention has deleted it yet."""
+    c = memories_t.c
     return and_(
-        memories_t.c.forgotten_at.is_(None),
-        or_(memories_t.c.expires_at.is_(None), memories_t.c.expires_at > now),
+        c.forgotten_at.is_(None),
+        or_(c.expires_at.is_(None), c.expires_at > now),
+        or_(c.retention != "run", c.run_id.not_in(_ended_runs())),
     )
 
 
@@ -185,9 +192,7 @@ class MemoryStore(StoreConnections):
         """Delete memories past their expiry, and ``run``-retention memories whose run
         ended; at most ``batch`` of each per call. The number deleted."""
         c = memories_t.c
-        ended = select(runs_t.c.run_id).where(
-            runs_t.c.status.in_([s.value for s in TERMINAL_STATUSES])
-        )
+        ended = _ended_runs()
         expired = select(c.memory_id).where(c.expires_at <= now).limit(batch)
         of_ended = select(c.memory_id).where(c.retention == "run", c.run_id.in_(ended)).limit(batch)
         deleted = 0
