@@ -168,6 +168,9 @@ def test_writes_the_rules_refuse_write_nothing(
         ]
         (error,) = event.data["errors"]
         assert error["msg"].startswith("content looks like: ") and "@" not in error["msg"]
+        # nor does the step's record of the proposal keep the content
+        (step,) = mem.svc.store.steps(done.run_id)
+        assert step["proposal"]["content"] == "[screened]"
 
 
 # --- an accepted write ----------------------------------------------------------------
@@ -348,6 +351,33 @@ def test_a_step_delivered_again_writes_its_memory_once(
         assert first.outcome == "memory_written:notes"
         assert again.outcome.startswith("duplicate")
         assert len(rows_of(dep, run.run_id)) == 1
+        # a copy whose checkpoint never committed (its process died there) wrote nothing;
+        # the copy delivered after it writes the memory once, with its own checkpoint
+        run2 = svc.submit("t1", "r.mem", "r", {"script": [write(f"k{uniq()}", "twice?"), REPLY]})
+        real_checkpoint = svc.store.checkpoint
+
+        def dies(cp: Any) -> None:
+            raise ConnectionError("the process died at its commit")
+
+        svc.store.checkpoint = dies  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ConnectionError):
+                svc.steps.run(item_of(svc.store.get_run(run2.run_id), 0))
+        finally:
+            svc.store.checkpoint = real_checkpoint  # type: ignore[method-assign]
+        assert rows_of(dep, run2.run_id) == []
+        redelivered = wait_for(
+            lambda: (
+                (r := svc.steps.run(item_of(svc.store.get_run(run2.run_id), 0), attempt=1)).outcome
+                != "duplicate_dropped"
+                and r
+            ),
+            timeout=60,
+            message="the run lease of the copy that died",
+        )
+        assert redelivered.outcome == "memory_written:notes"
+        assert [r["content"] for r in rows_of(dep, run2.run_id)] == ["twice?"]
+        assert svc.store.spend(run_id=run2.run_id)["tool_calls"] == 1
         # the (run, step) key is unique besides: a second row for the step cannot exist
         row = rows_of(dep, run.run_id)[0]
         with pytest.raises(sa.exc.IntegrityError), svc.store.engine.begin() as conn:

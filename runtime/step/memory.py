@@ -25,6 +25,8 @@ from runtime.step.state import Move, Step
 from runtime.step_record import StepKind, StepOutcome
 from runtime.store.db import utcnow
 
+#: what the step's record keeps of content the screen refused
+SCREENED = "[screened]"
 #: the policy's name for a write to a namespace (rules match it: ``tool: ["memory:*"]``)
 TOOL_PREFIX = "memory:"
 
@@ -122,7 +124,9 @@ class MemoryStage:
         if rules.screen:
             found = screen.findings(proposal.content)
             if found:
-                # the kinds only: the matched text is what must not be kept anywhere
+                # the kinds only: the matched text is what must not be kept anywhere, the
+                # step's record of the proposal included
+                st.proposal = {**(st.proposal or {}), "content": SCREENED}
                 return self._refuse(
                     st, "memory_screened", "content", f"content looks like: {', '.join(found)}"
                 )
