@@ -1,6 +1,7 @@
 """Compensation: undo the side effects of a run that failed, newest first.
 
-A route with ``compensate_on_failure: true`` asks for it. Every succeeded side effect whose
+A route with ``compensate_on_failure: true`` asks for it. The run's memory writes are
+forgotten first (``forgotten_by: compensation``; idempotent). Every succeeded side effect whose
 tool registered a compensator (``@tool.compensator``) is undone in reverse order of
 completion. Each effect moves ``succeeded -> compensating -> compensated`` by
 compare-and-set, so two workers never undo the same effect twice; a compensator that fails
@@ -20,6 +21,7 @@ import redis
 from runtime.config import RuntimeConfig
 from runtime.dead_letter_entries import DeadLetterEntries
 from runtime.keys import Keys
+from runtime.memory.store import MemoryStore
 from runtime.store.db import utcnow
 from runtime.store.runs import RunStore
 from runtime.tools.context import ToolContext
@@ -47,9 +49,12 @@ class Compensations:
         tool_redis: redis.Redis,
         keys: Keys,
         entries: DeadLetterEntries,
+        memories: MemoryStore | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        #: the run's memory writes are undone with its side effects (None: no memories)
+        self.memories = memories
         self.registry = registry
         self.tool_redis = tool_redis
         self.keys = keys
@@ -67,6 +72,8 @@ class Compensations:
         undone (or taken by another worker) are skipped."""
         run = self.store.get_run(run_id)
         report = CompensationReport()
+        if self.memories is not None:
+            self._forget_memories(run, report)
         effects = [e for e in self.store.side_effects(run_id) if e["status"] == "succeeded"]
         effects.sort(
             key=lambda e: (e["finished_at"] is not None, e["finished_at"], e["id"]), reverse=True
@@ -130,6 +137,18 @@ class Compensations:
             self.store.set_effect_status(effect["id"], "compensating", "compensated", trace.drain())
             report.compensated.append(key)
         return report
+
+    def _forget_memories(self, run: dict[str, Any], report: CompensationReport) -> None:
+        """A memory write is undone by forgetting it: hidden from every later retrieval at
+        once (retention deletes the row); a second compensation finds nothing to do."""
+        assert self.memories is not None
+        forgotten = self.memories.undo_run(run["run_id"], run["tenant_id"], utcnow())
+        if not forgotten:
+            return
+        trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], None)
+        trace.add("memories_compensated", memory_ids=forgotten)
+        self.store.add_events(trace.drain())
+        report.compensated.extend(forgotten)
 
     def resume_stuck(self, before: datetime) -> list[str]:
         """Compensations whose worker died mid-way (``compensating`` since before

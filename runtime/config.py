@@ -43,6 +43,7 @@ from runtime.cron import cron_problem, zone_problem
 from runtime.errors import ConfigError
 from runtime.eval_config import EvalsConfig
 from runtime.event_config import EventSourceConfig, event_source_problems
+from runtime.memory_config import MemoryRules
 
 #: ledger dimensions and their integer units
 DIMENSIONS: tuple[str, ...] = (
@@ -352,6 +353,9 @@ class RouteConfig(_Strict):
     citation_rule: Literal["off", "warn", "refuse"] = "warn"
     #: the working set's budget (tokens): the oldest evidence is dropped first to fit it
     context_budget_tokens: int = Field(default=8000, ge=100, le=MAX_STEP_TOKENS)
+    #: what runs of this route may remember (``runtime.memory_config``); None: every
+    #: memory write is refused ``memory_not_enabled``
+    memory: MemoryRules | None = None
 
     def modes(self) -> tuple[str, ...]:
         """Every mode a run of this route may have: its own first."""
@@ -1043,6 +1047,9 @@ def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[
     problems: list[str] = []
     for field, (what, section) in _RULE_VOCABULARY.items():
         names = [n for n in _mapping(data.get(section)) if isinstance(n, str)]
+        if field == "tool":
+            # a memory write is decided as the synthetic tool ``memory:<namespace>``
+            names += _memory_tools(data)
         known = names if section else list(_CLASSES[field])
         if match.get(field) == []:
             problems.append(f"{key}.{field}: an empty list matches nothing (leave it out)")
@@ -1061,6 +1068,16 @@ def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[
             continue  # the file's validation names these
         problems += keyed(f"{key}.args.{name}", comparison_problems(raw, cmp))
     return problems
+
+
+def _memory_tools(data: dict[str, Any]) -> list[str]:
+    """``memory:<namespace>`` of every namespace a route's memory rules allow."""
+    found: list[str] = []
+    for route in _mapping(data.get("routes")).values():
+        for ns in _list(_mapping(_mapping(route).get("memory")).get("namespaces")):
+            if isinstance(ns, str) and f"memory:{ns}" not in found:
+                found.append(f"memory:{ns}")
+    return found
 
 
 def _format_validation_error(exc: ValidationError) -> list[str]:

@@ -17,7 +17,9 @@ makes that one round per interval across all workers. A round:
    ``approval_expired`` (``Approvals.expire_due``);
 4b. starts event runs whose key's previous run ended where nothing released the key (a
    cancel, an expired approval; ``EventOrdering.reconcile``);
-5. applies dead-letter retention, at most once an hour (per process).
+5. applies dead-letter retention, at most once an hour (per process);
+6. applies memory retention every round: deletes memories past their expiry and
+   ``run``-retention memories of ended runs (``MemoryStore.delete_expired``, batched).
 
 Each round looks at no more than ``batch`` candidates, oldest first; a cursor carries the
 scan on where the previous round of this process stopped, so a long backlog of runs that
@@ -80,6 +82,8 @@ class ReconcileReport:
     released: list[str] = field(default_factory=list)
     #: dead letters deleted by retention; None when retention was not due this round
     retention_deleted: int | None = None
+    #: memories deleted by retention this round
+    memories_expired: int = 0
     #: phases that failed this round (each logged with its traceback)
     errors: list[str] = field(default_factory=list)
 
@@ -109,6 +113,7 @@ class Reconciler:
         approvals: Approvals,
         lease_ttl_s: float,
         release_ordered: Callable[[], list[str]] | None = None,
+        expire_memories: Callable[[datetime], int] | None = None,
         interval_s: float = DEFAULT_INTERVAL_S,
         grace_s: float | None = None,
         batch: int = DEFAULT_BATCH,
@@ -128,6 +133,8 @@ class Reconciler:
         self.approvals = approvals
         #: starts event runs whose turn came while nothing released them (a cancel)
         self.release_ordered = release_ordered
+        #: memory retention (deletes expired memories; None: a deployment without them)
+        self.expire_memories = expire_memories
         self.interval_s = interval_s
         #: a run not updated for this long may be a zombie; by default the step lease ttl,
         #: so a step that is still executing (it updates the run when it checkpoints) is not
@@ -171,6 +178,11 @@ class Reconciler:
                 report.released = self.release_ordered()
             except Exception as exc:
                 self._failed(report, "event_ordering", exc)
+        if self.expire_memories is not None:
+            try:
+                report.memories_expired = self.expire_memories(clock)
+            except Exception as exc:
+                self._failed(report, "memory_retention", exc)
         if self._retention_due(clock):
             self._last_retention = clock  # also on failure: try again in an hour, not 5 s
             try:

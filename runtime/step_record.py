@@ -59,6 +59,8 @@ class StepKind(enum.StrEnum):
     FAILED = "failed"
     #: a retrieval query was searched; its results were shown as evidence
     RETRIEVAL = "retrieval"
+    #: an accepted memory write (``runtime.step.memory``), stored with the checkpoint
+    MEMORY_WRITE = "memory_write"
 
 
 class StepOutcome(enum.StrEnum):
@@ -69,6 +71,8 @@ class StepOutcome(enum.StrEnum):
     TOOL_SUCCEEDED = "tool_succeeded"
     #: ``:<count>``: a retrieval query was searched, ``count`` results shown
     RETRIEVED = "retrieved"
+    #: ``:<namespace>``: a memory write was accepted and stored
+    MEMORY_WRITTEN = "memory_written"
     #: the call was recorded as a proposal, not run (autonomy level ``advisory``)
     PROPOSED = "proposed"
     #: an irreversible call's earlier attempt died mid-call: not repeated

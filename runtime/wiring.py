@@ -42,6 +42,8 @@ from runtime.events import EventIntake
 from runtime.keys import Keys
 from runtime.levers import Levers
 from runtime.locks.leases import LeaseManager
+from runtime.memory.retriever import memory_retriever
+from runtime.memory.store import MemoryStore
 from runtime.mode_check import sync_route_problems
 from runtime.policy import PolicyEngine
 from runtime.ports import StepMessages, StepPublisher
@@ -268,6 +270,7 @@ def _failure_flows(
     compensations = Compensations(
         config=config,
         store=m.store,
+        memories=MemoryStore(m.store.engine),
         registry=registry,
         tool_redis=m.tool_redis,
         keys=m.keys,
@@ -403,6 +406,7 @@ def _step_runner(
         policy_sets={name: PolicyEngine(p) for name, p in config.policies.items()},
         retrievers=retrievers,
         evidence=EvidenceStore(m.store.engine),
+        memories=MemoryStore(m.store.engine),
     )
 
 
@@ -414,7 +418,7 @@ def build_retrievers(config: RuntimeConfig, m: _Mechanisms) -> RetrieverRegistry
     retrievers = registry_from_modules(
         config.retriever_modules,
         RetrieverContext(engine=engine, redis=m.tool_redis, keys=m.keys),
-        [DocumentsRetriever(documents=DocumentStore(engine))],
+        [DocumentsRetriever(documents=DocumentStore(engine)), memory_retriever(engine)],
     )
     problems = retrievers.problems(config)
     if problems:
@@ -631,6 +635,7 @@ def build_reconciler(
         dead_letters=svc.dead_letters,
         approvals=svc.approvals,
         release_ordered=svc.ordering.reconcile,
+        expire_memories=MemoryStore(svc.store.engine).delete_expired,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

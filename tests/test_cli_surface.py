@@ -394,6 +394,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("releases", "canary", "r.basic", "v2"), "--percent", ["nan", "inf", "0", "-5", "100.5", "x"]),
     (("ops", "log"), "--limit", [HUGE, "0", "10001"]),
     (("docs", "list", "--tenant", "t1"), "--limit", [HUGE, "0", "1001"]),
+    (("memory", "list", "--tenant", "t1"), "--limit", [HUGE, "0", "10001"]),
 ]
 
 
@@ -437,6 +438,7 @@ def test_every_numeric_option_is_in_the_table_above() -> None:
                     "ops",
                     "slo",
                     "docs",
+                    "memory",
                 )
                 else c[:1]
             ),

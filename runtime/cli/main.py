@@ -67,6 +67,7 @@ from runtime.cli.docs import app as docs_app
 from runtime.cli.evals import app as evals_app
 from runtime.cli.evals import policy_app
 from runtime.cli.keys import app as keys_app
+from runtime.cli.memory import app as memory_app
 from runtime.cli.ops import app as ops_app
 from runtime.cli.releases import app as releases_app
 from runtime.cli.schedules import app as schedules_app
@@ -100,6 +101,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
+app.add_typer(memory_app, name="memory")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(evals_app, name="evals")
 app.add_typer(policy_app, name="policy")

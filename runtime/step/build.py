@@ -12,6 +12,8 @@ from runtime.budgets.ledger import BudgetLedger
 from runtime.config import RuntimeConfig
 from runtime.keys import Keys
 from runtime.locks.leases import LeaseManager
+from runtime.memory.evidence import NoEvidence
+from runtime.memory.store import MemoryStore
 from runtime.policy import PolicyEngine
 from runtime.retrieval.registry import RetrieverRegistry
 from runtime.scheduling.breakers import Breakers
@@ -34,6 +36,7 @@ from runtime.step.collaborators import (
 )
 from runtime.step.execution import ToolExecution
 from runtime.step.guards import Guards
+from runtime.step.memory import MemoryStage
 from runtime.step.model_call import ModelCall
 from runtime.step.outcomes import Retries
 from runtime.step.pending import PendingCalls
@@ -73,6 +76,7 @@ def build_runner(
     after_failure: AfterFailure,
     after_cancel: AfterCancel,
     after_terminal: AfterTerminal,
+    memories: MemoryStore,
     releases: ReleaseRouting | None = None,
     policy_sets: dict[str, PolicyEngine] | None = None,
     retrievers: RetrieverRegistry | None = None,
@@ -111,6 +115,14 @@ def build_runner(
         )
         working_set = WorkingSetAssembly(config=config, evidence=evidence, retrievers=retrievers)
         citations = CitationCheck(evidence=evidence)
+    stages["memory_write"] = MemoryStage(
+        policy=policy,
+        policy_sets=policy_sets,
+        budgeting=budgeting,
+        # without retrieval no evidence is known: a write naming any is refused
+        evidence=evidence if evidence is not None else NoEvidence(),
+        memories=memories,
+    )
     proposal = ProposalCheck(
         config=config,
         registry=registry,

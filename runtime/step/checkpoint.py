@@ -191,6 +191,7 @@ class Checkpointer:
             pending_secrets=st.pending_secrets,
             approval=st.approval_request,
             evidence=st.evidence,
+            rows=st.rows,
             clear_pending_secrets="pending_proposal" in updates
             and bool((st.run["pending_proposal"] or {}).get("secret_args")),
         )

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Table
+
 from runtime import stop_reasons
 from runtime.budgets.step import StepBudget
 from runtime.config import RouteConfig
@@ -147,6 +149,9 @@ class Step:
     run_updates: dict[str, Any] = field(default_factory=dict)
     #: evidence references of the search this step showed its model (checkpointed)
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    #: rows a stage adds that commit with the checkpoint or not at all (an accepted
+    #: memory write): a redelivered step that lost its checkpoint never wrote them
+    rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:

@@ -601,3 +601,41 @@ class EvidenceRow(SQLModel, table=True):
 
 # the full-text index of ``documents`` (created with the table, on each dialect)
 search_ddl.attach(DocumentRow.__table__)  # type: ignore[attr-defined]
+
+
+class MemoryRow(SQLModel, table=True):
+    """A memory a run wrote (``runtime.memory``), with its provenance: the run, step,
+    actor, tenant and the evidence it rests on. A later write of the same namespace and key
+    is a new version (a new row): the newest live one is what retrieval shows. Written with
+    the step's checkpoint, so a redelivered step never writes it twice; ``(run_id,
+    step_no)`` is unique besides. Deleted by retention (the reconciler), hidden at once by
+    ``agentrt memory forget`` (``forgotten_at``) and by compensation."""
+
+    __tablename__ = "memories"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step_no", name="uq_memories_run_step"),
+        Index("ix_memories_key", "tenant_id", "namespace", "key"),
+        Index("ix_memories_expires", "expires_at"),
+    )
+
+    memory_id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    namespace: str = Field(max_length=100)
+    key: str = Field(max_length=200)
+    #: 1 for a key's first write, then one more per later write of the key
+    version: int = 1
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    #: the retention class (``run``, ``<N>h``, ``<N>d``, ``permanent``)
+    retention: str = Field(max_length=40)
+    #: deleted by the reconciler after this (None: ``run`` or ``permanent``)
+    expires_at: datetime | None = None
+    run_id: str = Field(max_length=40, index=True)
+    route: str = Field(max_length=100)
+    step_no: int
+    actor: str | None = Field(default=None, max_length=200)
+    #: the evidence ids the write named (checked as retrieved in this run)
+    evidence: list[str] | None = _json()
+    created_at: datetime
+    forgotten_at: datetime | None = None
+    #: who forgot it (``cli:<user>``, ``compensation``)
+    forgotten_by: str | None = Field(default=None, max_length=200)

@@ -90,10 +90,12 @@ class Checkpoint:
     approval: dict[str, Any] | None = None
     #: evidence references of a search the step showed its model (``runtime.step.retrieval``)
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    #: rows a stage adds with the step (``Step.rows``: an accepted memory write)
+    rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
 
 
 def _insert_records(sql: PreparedStatements, conn: Connection, cp: Checkpoint) -> None:
-    """The checkpoint's decisions, approval and evidence rows."""
+    """The checkpoint's decisions, approval, evidence and stage rows."""
     if cp.decisions:
         # an earlier copy of this step may have stored the call's decision ahead of the
         # tool and died before its checkpoint: the first decision recorded for a call
@@ -105,6 +107,8 @@ def _insert_records(sql: PreparedStatements, conn: Connection, cp: Checkpoint) -
     if cp.evidence:
         # evidence ids are the same for every copy of the step: recorded once
         sql.insert(conn, evidence_t, cp.evidence, ignore_conflicts=True)
+    for table, row in cp.rows:
+        conn.execute(insert(table), [row])
 
 
 class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
@@ -291,6 +295,7 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
             or cp.decisions
             or cp.approval
             or cp.evidence
+            or cp.rows
         ):
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
@@ -307,20 +312,7 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
                 _insert_records(self._sql, conn, cp)
                 if cp.effect_update:
                     self._update_effect(conn, cp.effect_update)
-                if cp.clear_pending_secrets or cp.pending_secrets:
-                    conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
-                if cp.pending_secrets:
-                    conn.execute(
-                        insert(secrets_t),
-                        [
-                            {
-                                "run_id": cp.run_id,
-                                "tenant_id": cp.step["tenant_id"],
-                                "args": cp.pending_secrets,
-                                "at": utcnow(),
-                            }
-                        ],
-                    )
+                _replace_pending_secrets(conn, cp)
         except IntegrityError as exc:
             raise StaleWrite(cp.run_id, f"step {cp.step_no}: {exc.orig}") from None
 
@@ -401,3 +393,17 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
                 select(runs_t.c.run_id, runs_t.c.status).where(runs_t.c.run_id.in_(list(run_ids)))
             )
             return {str(r): str(s) for r, s in rows}
+
+
+def _replace_pending_secrets(conn: Any, cp: Checkpoint) -> None:
+    """The checkpoint's change to the run's kept secret arguments (gone, or new ones)."""
+    if cp.clear_pending_secrets or cp.pending_secrets:
+        conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
+    if cp.pending_secrets:
+        row = {
+            "run_id": cp.run_id,
+            "tenant_id": cp.step["tenant_id"],
+            "args": cp.pending_secrets,
+            "at": utcnow(),
+        }
+        conn.execute(insert(secrets_t), [row])

@@ -10,6 +10,7 @@ from runtime.store.models import (
     EventKeyRow,
     EventRecordRow,
     EvidenceRow,
+    MemoryRow,
     PendingSecretRow,
     PolicyDecisionRow,
     RunRow,
@@ -32,3 +33,4 @@ event_keys_t = EventKeyRow.__table__  # type: ignore[attr-defined]
 eval_captures_t = EvalCaptureRow.__table__  # type: ignore[attr-defined]
 documents_t = DocumentRow.__table__  # type: ignore[attr-defined]
 evidence_t = EvidenceRow.__table__  # type: ignore[attr-defined]
+memories_t = MemoryRow.__table__  # type: ignore[attr-defined]
