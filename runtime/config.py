@@ -312,6 +312,12 @@ class RouteConfig(_Strict):
     #: ``pinned`` (default): a run keeps its release; ``next_step``: a run takes the
     #: route's current release at its next step
     release_upgrade: Literal["pinned", "next_step"] | None = None
+    #: what a proposal that departs from the run's accepted plan leads to (README
+    #: "Plans"): "ignore" (traced only as a step), "warn" (a ``plan_deviation`` event),
+    #: "require_approval" (the call waits for a human) or "refuse" (``plan_deviation``)
+    plan_deviation: Literal["ignore", "warn", "require_approval", "refuse"] = "warn"
+    #: a tool call before the run proposed a plan is refused (``plan_required``)
+    plan_required: bool = False
 
     def modes(self) -> tuple[str, ...]:
         """Every mode a run of this route may have: its own first."""
@@ -566,6 +572,9 @@ class RuleMatch(_Strict):
     risk_class: list[Glob] | None = _globs()
     autonomy_level: list[Glob] | None = _globs()
     args: dict[str, Comparison] | None = Field(default=None, max_length=100)
+    #: true: only a call that departs from the run's accepted plan; false: only one that
+    #: does not (a run without a plan never deviates)
+    plan_deviation: bool | None = None
 
 
 class PolicyRule(_Strict):

@@ -71,6 +71,8 @@ class PolicyContext:
     allowed_tools: tuple[str, ...]
     tool_registered: bool
     tool_enabled: bool
+    #: the call departs from the run's accepted plan (``runtime.step.plan_follow``)
+    plan_deviation: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ def rule_matches(rule: PolicyRule, ctx: PolicyContext) -> bool:
     if not _any_glob(ctx.risk_class, m.risk_class):
         return False
     if not _any_glob(ctx.autonomy_level, m.autonomy_level):
+        return False
+    if m.plan_deviation is not None and m.plan_deviation != ctx.plan_deviation:
         return False
     if m.args:
         for name, cmp in m.args.items():

@@ -7,7 +7,7 @@ text it always was.
 
 Step kind (``steps.kind``)
     what the step did: ``tool_call``, ``proposed``, ``reply``, ``stop``, ``refused``,
-    ``waiting``, ``deferred``, ``stopped``, ``failed`` (``StepKind``).
+    ``waiting``, ``deferred``, ``stopped``, ``failed``, ``plan`` (``StepKind``).
 
 Step outcome (``steps.outcome``)
     ``<outcome>`` or ``<outcome>:<detail>``; ``StepOutcome`` lists every ``<outcome>`` and
@@ -57,6 +57,8 @@ class StepKind(enum.StrEnum):
     STOPPED = "stopped"
     #: a proposer or tool call failed, or the step failed outside the loop
     FAILED = "failed"
+    #: the model proposed a plan and the runtime accepted it (``runtime.step.plan``)
+    PLAN = "plan"
 
 
 class StepOutcome(enum.StrEnum):
@@ -65,6 +67,8 @@ class StepOutcome(enum.StrEnum):
     #: the model replied or stopped
     COMPLETED = "completed"
     TOOL_SUCCEEDED = "tool_succeeded"
+    #: a plan was checked and recorded (it replaced the run's earlier plan, if any)
+    PLAN_ACCEPTED = "plan_accepted"
     #: the call was recorded as a proposal, not run (autonomy level ``advisory``)
     PROPOSED = "proposed"
     #: an irreversible call's earlier attempt died mid-call: not repeated

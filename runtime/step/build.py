@@ -35,6 +35,8 @@ from runtime.step.guards import Guards
 from runtime.step.model_call import ModelCall
 from runtime.step.outcomes import Retries
 from runtime.step.pending import PendingCalls
+from runtime.step.plan import PlanStage
+from runtime.step.policy_context import StepPolicy
 from runtime.step.proposal import ProposalCheck
 from runtime.step.runner import StepRunner
 from runtime.step.tool_call import ToolCall
@@ -91,16 +93,17 @@ def build_runner(
         pending=pending,
         retries=retries,
     )
+    step_policy = StepPolicy(policy=policy, policy_sets=policy_sets, catalog=catalog)
     proposal = ProposalCheck(
         config=config,
         registry=registry,
-        policy=policy,
-        policy_sets=policy_sets,
+        step_policy=step_policy,
         catalog=catalog,
         tool_call=tool_call,
         approvals=ApprovalGate(
             config=config, registry=registry, approvals=approvals, pending=pending
         ),
+        stages={"plan": PlanStage(config=config, registry=registry, step_policy=step_policy)},
     )
     model_call = ModelCall(
         config=config,
