@@ -318,11 +318,24 @@ class RouteConfig(_Strict):
     plan_deviation: Literal["ignore", "warn", "require_approval", "refuse"] = "warn"
     #: a tool call before the run proposed a plan is refused (``plan_required``)
     plan_required: bool = False
+    #: proposal kinds beyond tool calls, replies and stops a model with function calling is
+    #: offered as functions (``runtime.proposers.kinds``); the runtime decides each one
+    #: whatever the model was offered
+    proposal_kinds: list[Literal["plan", "retrieval_query", "memory_write", "delegate"]] = Field(
+        default_factory=list, max_length=4
+    )
 
     def modes(self) -> tuple[str, ...]:
         """Every mode a run of this route may have: its own first."""
         others = [m for m in self.execution_modes_allowed if m != self.execution_mode]
         return (self.execution_mode, *others)
+
+    @model_validator(mode="after")
+    def _kinds_once(self) -> RouteConfig:
+        twice = sorted({k for k in self.proposal_kinds if self.proposal_kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"proposal_kinds names {', '.join(twice)} twice")
+        return self
 
     @model_validator(mode="after")
     def _modes_once(self) -> RouteConfig:

@@ -46,6 +46,9 @@ class WorkingSet:
     steps_left: int
     #: earlier steps (proposal + observation), loaded only for proposers that need them
     history_loader: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])
+    #: proposal kinds beyond tool calls, replies and stops the route offers the model
+    #: (its ``proposal_kinds``: ``plan``, ``retrieval_query``, ``memory_write``, ``delegate``)
+    proposal_kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,7 @@ class ModelCall:
             max_output_tokens=policy.tokens_per_step,
             steps_left=route.max_steps - run["turns"],
             history_loader=lambda: store.steps(st.run_id),
+            proposal_kinds=tuple(route.proposal_kinds),
         )
 
     def _propose(self, st: Step, ws: WorkingSet, prompt: Prompt) -> ProposalResult:
