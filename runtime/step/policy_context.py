@@ -38,7 +38,6 @@ class StepPolicy:
         args: Any,
         spec: ToolSpec | None,
         registered: bool,
-        plan_deviation: bool = False,
     ) -> Decision:
         return self.engine(st).decide(
             PolicyContext(
@@ -52,6 +51,6 @@ class StepPolicy:
                 allowed_tools=tuple(st.run["allowed_tools"]),
                 tool_registered=registered,
                 tool_enabled=self.catalog.tool_enabled(tool, st.disabled_tools),
-                plan_deviation=plan_deviation,
+                plan_deviation=st.plan_deviation,
             )
         )

@@ -69,6 +69,7 @@ class ProposalCheck:
         deviation = plan_follow.follow(st, proposal)
         if isinstance(deviation, Move):
             return deviation
+        st.plan_deviation = deviation
         if isinstance(proposal, ReplyProposal):
             st.trace.add("validation", ok=True, type="reply")
             reply = Move(
@@ -90,7 +91,7 @@ class ProposalCheck:
             )
             return advisory.with_proposals(st, stop)
         if isinstance(proposal, ToolCallProposal):
-            return self._tool_call(st, proposal, deviation)
+            return self._tool_call(st, proposal)
         stage = self.stages.get(proposal.type)
         if stage is None:
             # a proposal type this deployment does not govern is never acted on
@@ -98,7 +99,7 @@ class ProposalCheck:
             return outcomes.refuse(st, "unsupported_proposal", [error], st.proposal)
         return stage.act(st, proposal)
 
-    def _tool_call(self, st: Step, proposal: ToolCallProposal, deviation: bool) -> Move:
+    def _tool_call(self, st: Step, proposal: ToolCallProposal) -> Move:
         proposal = self._fallback(st, proposal)
         spec = self.registry.get(proposal.tool)
         registered = spec is not None and proposal.tool in self.config.tools
@@ -115,7 +116,7 @@ class ProposalCheck:
             args_model = checked
         args = args_model.model_dump(mode="json") if args_model is not None else proposal.args
         safe_args = redact(args, spec.secret_args if spec else frozenset())
-        decision = self._decide(st, spec, registered, proposal.tool, args, deviation)
+        decision = self._decide(st, spec, registered, proposal.tool, args)
         st.proposal = {**(st.proposal or {}), "args": safe_args}
         decisions.record(st, proposal.tool, decision, args)
         if decision.effect == "record_only":  # autonomy level advisory: recorded, never run
@@ -165,18 +166,17 @@ class ProposalCheck:
         registered: bool,
         tool: str,
         args: Any,
-        deviation: bool,
     ) -> Decision:
         with telemetry.span("agentrt.policy", tool=tool) as span:
             decision = self.step_policy.decide(
-                st, tool=tool, args=args, spec=spec, registered=registered, plan_deviation=deviation
+                st, tool=tool, args=args, spec=spec, registered=registered
             )
             forced = st.forced_approval_route or tool in st.forced_approval_tools
             if forced and decision.effect == "allow":
                 # an operator tightened the policy: only ever stricter, never looser
                 decision = _tightened(decision, FORCED_APPROVAL_RULE)
             if (
-                deviation
+                st.plan_deviation
                 and st.route.plan_deviation == "require_approval"
                 and decision.effect == "allow"
             ):

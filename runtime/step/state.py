@@ -145,6 +145,9 @@ class Step:
     policy_set: str | None = None
     #: run row changes this step made before its move (a release taken at this step)
     run_updates: dict[str, Any] = field(default_factory=dict)
+    #: the proposal departs from the run's plan (``runtime.step.plan_follow``): every
+    #: policy decision of this step is told (``PolicyContext.plan_deviation``)
+    plan_deviation: bool = False
 
     @property
     def run_id(self) -> str:
