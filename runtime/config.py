@@ -356,11 +356,30 @@ class RouteConfig(_Strict):
     #: what runs of this route may remember (``runtime.memory_config``); None: every
     #: memory write is refused ``memory_not_enabled``
     memory: MemoryRules | None = None
+    #: what a proposal that departs from the run's accepted plan leads to (README
+    #: "Plans"): "ignore" (traced only as a step), "warn" (a ``plan_deviation`` event),
+    #: "require_approval" (the call waits for a human) or "refuse" (``plan_deviation``)
+    plan_deviation: Literal["ignore", "warn", "require_approval", "refuse"] = "warn"
+    #: a tool call before the run proposed a plan is refused (``plan_required``)
+    plan_required: bool = False
+    #: proposal kinds beyond tool calls, replies and stops a model with function calling is
+    #: offered as functions (``runtime.proposers.kinds``); the runtime decides each one
+    #: whatever the model was offered
+    proposal_kinds: list[Literal["plan", "retrieval_query", "memory_write", "delegate"]] = Field(
+        default_factory=list, max_length=4
+    )
 
     def modes(self) -> tuple[str, ...]:
         """Every mode a run of this route may have: its own first."""
         others = [m for m in self.execution_modes_allowed if m != self.execution_mode]
         return (self.execution_mode, *others)
+
+    @model_validator(mode="after")
+    def _kinds_once(self) -> RouteConfig:
+        twice = sorted({k for k in self.proposal_kinds if self.proposal_kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"proposal_kinds names {', '.join(twice)} twice")
+        return self
 
     @model_validator(mode="after")
     def _modes_once(self) -> RouteConfig:
@@ -613,6 +632,9 @@ class RuleMatch(_Strict):
     #: a rule with ``tool`` or ``args`` tool calls only
     source: list[Glob] | None = _globs()
     args: dict[str, Comparison] | None = Field(default=None, max_length=100)
+    #: true: only a call that departs from the run's accepted plan; false: only one that
+    #: does not (a run without a plan never deviates)
+    plan_deviation: bool | None = None
 
 
 class PolicyRule(_Strict):

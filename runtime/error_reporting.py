@@ -51,6 +51,7 @@ PAYLOAD_KEYS = frozenset(
         "proposal",
         "proposals",
         "pending_proposal",
+        "plan",
         "prompt",
         "prompts",
         "messages",

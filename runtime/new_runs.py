@@ -85,6 +85,7 @@ def row_for(
         "attempt": 0,
         "version": 1,
         "release": None,
+        "plan": None,
     }
 
 

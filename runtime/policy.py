@@ -73,6 +73,8 @@ class PolicyContext:
     tool_enabled: bool
     #: the source a retrieval query names (None: a tool call; ``tool`` is then the tool)
     source: str | None = None
+    #: the call departs from the run's accepted plan (``runtime.step.plan_follow``)
+    plan_deviation: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ def rule_matches(rule: PolicyRule, ctx: PolicyContext) -> bool:
     if not _any_glob(ctx.risk_class, m.risk_class):
         return False
     if not _any_glob(ctx.autonomy_level, m.autonomy_level):
+        return False
+    if m.plan_deviation is not None and m.plan_deviation != ctx.plan_deviation:
         return False
     if m.args:
         for name, cmp in m.args.items():

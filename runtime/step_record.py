@@ -7,7 +7,7 @@ text it always was.
 
 Step kind (``steps.kind``)
     what the step did: ``tool_call``, ``proposed``, ``reply``, ``stop``, ``refused``,
-    ``waiting``, ``deferred``, ``stopped``, ``failed`` (``StepKind``).
+    ``waiting``, ``deferred``, ``stopped``, ``failed``, ``plan`` (``StepKind``).
 
 Step outcome (``steps.outcome``)
     ``<outcome>`` or ``<outcome>:<detail>``; ``StepOutcome`` lists every ``<outcome>`` and
@@ -61,6 +61,8 @@ class StepKind(enum.StrEnum):
     RETRIEVAL = "retrieval"
     #: an accepted memory write (``runtime.step.memory``), stored with the checkpoint
     MEMORY_WRITE = "memory_write"
+    #: the model proposed a plan and the runtime accepted it (``runtime.step.plan``)
+    PLAN = "plan"
 
 
 class StepOutcome(enum.StrEnum):
@@ -73,6 +75,8 @@ class StepOutcome(enum.StrEnum):
     RETRIEVED = "retrieved"
     #: ``:<namespace>``: a memory write was accepted and stored
     MEMORY_WRITTEN = "memory_written"
+    #: a plan was checked and recorded (it replaced the run's earlier plan, if any)
+    PLAN_ACCEPTED = "plan_accepted"
     #: the call was recorded as a proposal, not run (autonomy level ``advisory``)
     PROPOSED = "proposed"
     #: an irreversible call's earlier attempt died mid-call: not repeated

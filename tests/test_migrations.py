@@ -232,7 +232,7 @@ def runs_fillfactor(engine: Engine) -> str | None:
 
 
 #: columns of runs added after 0006 (the upgrades below compare the runs of 0005 and 0006)
-LATER_RUN_COLUMNS = {"budget_extension", "release"}
+LATER_RUN_COLUMNS = {"budget_extension", "release", "plan"}
 
 
 def all_runs(engine: Engine) -> list[dict[str, Any]]:
@@ -807,5 +807,38 @@ def test_an_r0010_database_with_runs_upgrades_to_head_and_back(
     # And the downgrade gives 0010's schema back with every run; upgrading again, head's
     migrate(engine, R0010, down=True)
     assert snapshot(engine) == at_r0010 and all_runs(engine) == rows
+    migrate(engine, "head")
+    assert snapshot(engine) == at_head
+
+
+R0013 = "0013_operator_levers"
+
+
+def test_an_r0013_database_with_runs_upgrades_to_head_and_back(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Given a database at 0013 holding runs (none of them has a plan column)
+    migrate(engine, R0013)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(runs_t), OLD_RUNS)
+    assert "plan" not in {c["name"] for c in sa.inspect(engine).get_columns("runs")}
+    at_r0013 = snapshot(engine)
+    rows = all_runs(engine)
+
+    # When `agentrt db upgrade` takes it to head
+    code, output = cli(db_url, "db", "upgrade")
+    assert code == 0 and f"from revision {R0013} to {HEAD} (head)" in output
+
+    # Then every run is as it was, with no plan, and the schema is a new database's
+    assert all_runs(engine) == rows
+    with engine.connect() as conn:
+        assert {p for (p,) in conn.execute(sa.select(runs_t.c.plan))} == {None}
+    assert schema_differences(engine) == []
+    at_head = snapshot(engine)
+    assert at_head == fresh_snapshot(db_url, tmp_path)
+
+    # And the downgrade gives 0013's schema back with every run; upgrading again, head's
+    migrate(engine, R0013, down=True)
+    assert snapshot(engine) == at_r0013 and all_runs(engine) == rows
     migrate(engine, "head")
     assert snapshot(engine) == at_head

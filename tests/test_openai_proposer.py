@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from runtime import proposals
 from runtime.config import ModelConfig
 from runtime.demo.tools import kb_search
 from runtime.errors import ProposerError
@@ -272,6 +274,133 @@ def test_retrieval_results_are_shown_as_far_as_the_working_set_selected(
     assert "ev-0" not in results[0] and '"id": "ev-1"' in results[1]
 
 
+# --- the proposal kinds a route enables, as functions -------------------------------------
+
+ALL_KINDS = ("plan", "retrieval_query", "memory_write", "delegate")
+PLAN_STEPS = [
+    {"action": "tool_call", "target": "kb.search", "note": "look it up"},
+    {"action": "reply"},
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "arguments", "raw"),
+    [
+        ("agentrt_plan", {"steps": PLAN_STEPS}, {"type": "plan", "steps": PLAN_STEPS}),
+        (
+            "agentrt_retrieve",
+            {"query": "refund rules", "sources": ["kb"], "top_k": 3},
+            {"type": "retrieval_query", "query": "refund rules", "sources": ["kb"], "top_k": 3},
+        ),
+        (
+            "agentrt_remember",
+            {"key": "pref", "content": "likes email", "retention": "30d"},
+            {"type": "memory_write", "key": "pref", "content": "likes email", "retention": "30d"},
+        ),
+        (
+            "agentrt_delegate",
+            {"route": "r.child", "goal": "summarise", "input": {"n": 1}},
+            {"type": "delegate", "route": "r.child", "goal": "summarise", "input": {"n": 1}},
+        ),
+        # the function says the kind: a "type" the model slips in does not change it
+        (
+            "agentrt_plan",
+            {"type": "tool_call", "steps": PLAN_STEPS},
+            {"type": "plan", "steps": PLAN_STEPS},
+        ),
+        # arguments that are not an object are handed over for the runtime to refuse
+        ("agentrt_plan", "[1, 2]", {"type": "plan", "arguments": [1, 2]}),
+        ("agentrt_plan", "{broken", {"type": "plan", "arguments": "{broken"}),
+    ],
+)
+def test_a_call_of_an_offered_kind_becomes_a_proposal_of_that_kind(
+    server: FakeOpenAI, function: str, arguments: Any, raw: dict[str, Any]
+) -> None:
+    k = key()
+    server.add(fake_openai.tool_call(function, arguments), key=k)
+    result = proposer(server).propose(working_set(k, proposal_kinds=ALL_KINDS))
+    assert result.raw == raw
+    if "arguments" not in raw:  # what the model sent is what the runtime would check
+        assert proposals.parse(result.raw).type == raw["type"]  # type: ignore[union-attr]
+    else:
+        assert isinstance(proposals.parse(result.raw), proposals.Refused)
+
+
+def test_only_the_kinds_a_route_enables_are_offered(server: FakeOpenAI) -> None:
+    k = key()
+    server.add(fake_openai.text("ok"), key=k)
+    server.add(fake_openai.tool_call("agentrt_delegate", {"route": "r", "goal": "g"}), key=k)
+    p = proposer(server)
+    p.propose(working_set(k, proposal_kinds=("plan",)))
+    # a kind the route does not enable is no function of this request: a tool call of an
+    # unknown tool, which the policy denies
+    result = p.propose(working_set(k, proposal_kinds=("plan",)))
+    assert result.raw["type"] == "tool_call" and result.raw["tool"] == "agentrt_delegate"
+    tools = server.requests_for(k)[0].body["tools"]
+    assert [t["function"]["name"] for t in tools] == ["kb__search", "agentrt_plan"]
+    params = tools[1]["function"]["parameters"]
+    assert "type" not in params["properties"] and params["required"] == ["steps"]
+    assert params["$defs"]["PlanStep"]["properties"]["action"]["enum"][0] == "tool_call"
+    # and with none enabled, only the tools
+    k2 = key()
+    server.add(fake_openai.text("ok"), key=k2)
+    p.propose(working_set(k2))
+    assert [t["function"]["name"] for t in server.requests_for(k2)[0].body["tools"]] == [
+        "kb__search"
+    ]
+
+
+def test_a_tool_keeps_a_name_a_kind_would_take(server: FakeOpenAI) -> None:
+    k = key()
+    server.add(fake_openai.tool_call("agentrt_plan", {"steps": []}), key=k)
+    clash = ToolDescription("agentrt_plan", "a tool", {"type": "object", "properties": {}})
+    result = proposer(server).propose(working_set(k, tools=[clash], proposal_kinds=("plan",)))
+    assert result.raw["type"] == "tool_call" and result.raw["tool"] == "agentrt_plan"
+    names = [t["function"]["name"] for t in server.requests_for(k)[0].body["tools"]]
+    assert names == ["agentrt_plan"]
+
+
+def test_history_shows_a_kind_as_the_call_the_model_made(server: FakeOpenAI) -> None:
+    k = key()
+    # stored as the runtime stores a validated proposal (camelCase aliases)
+    history = [
+        {
+            "step_no": 0,
+            "kind": "plan",
+            "proposal": {
+                "type": "plan",
+                "steps": [{"action": "reply", "target": None, "note": None}],
+            },
+            "observation": {"plan": "accepted", "steps": 1},
+        },
+        {
+            "step_no": 1,
+            "kind": "refused",
+            "proposal": {"type": "retrieval_query", "query": "q", "sources": ["kb"], "topK": 2},
+            "observation": {"refused": "source_not_allowed"},
+        },
+    ]
+    server.add(fake_openai.text("ok"), key=k)
+    proposer(server).propose(working_set(k, history=history, proposal_kinds=ALL_KINDS))
+    messages = server.requests_for(k)[0].messages
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+    ]
+    plan_call = messages[2]["tool_calls"][0]
+    assert plan_call["id"] == "call_0" and plan_call["function"]["name"] == "agentrt_plan"
+    assert json.loads(plan_call["function"]["arguments"]) == {"steps": [{"action": "reply"}]}
+    assert json.loads(messages[3]["content"]) == {"plan": "accepted", "steps": 1}
+    search = messages[4]["tool_calls"][0]["function"]
+    assert search["name"] == "agentrt_retrieve"
+    assert json.loads(search["arguments"]) == {"query": "q", "sources": ["kb"], "top_k": 2}
+    assert json.loads(messages[5]["content"]) == {"refused": "source_not_allowed"}
+
+
 def test_http_500_raises_proposer_error_after_one_retry(server: FakeOpenAI) -> None:
     k = key()
     server.add(fake_openai.error(500, "upstream exploded"), fake_openai.error(500, "still"), key=k)
@@ -356,6 +485,10 @@ def chat(
     tmp = tmp_path_factory.mktemp("openai-e2e")
     data = yaml.safe_load(TEST_CONFIG.read_text())
     data["models"]["fake-openai"]["base_url"] = server.base_url
+    # r.chat.plan offers the model plans, and refuses a call off its plan
+    chat_plan = copy.deepcopy(data["routes"]["r.chat"])
+    chat_plan.update(proposal_kinds=["plan"], plan_deviation="refuse")
+    data["routes"]["r.chat.plan"] = chat_plan
     config = tmp / "runtime.yaml"
     config.write_text(yaml.safe_dump(data))
     dep = Deployment.create(
@@ -554,3 +687,44 @@ def test_arguments_nested_thousands_deep_are_refused_with_a_reason(
     assert done.status == "succeeded", done.stop_reason
     assert chat.svc.store.steps(run_id)[0]["outcome"] == "refused:too_deep"
     assert chat.svc.dead_letters.find(DeadLetterFilter(run_id=run_id)) == []
+
+
+def test_a_model_proposes_a_plan_then_follows_it(chat: Deployment, server: FakeOpenAI) -> None:
+    # Given a model that plans a search and a reply, then does both
+    k = key()
+    server.add(
+        fake_openai.tool_call("agentrt_plan", {"steps": PLAN_STEPS}, call_id="call_p"),
+        fake_openai.tool_call("kb__search", {"query": "refund"}, call_id="call_s"),
+        fake_openai.text("Refunds are automatic."),
+        key=k,
+    )
+    run_id = chat.svc.submit("t1", "r.chat.plan", f"Answer ({k})", {}, actor="tester").run_id
+    done = chat.svc.wait(run_id, timeout=60)
+    assert (done.status, done.stop_reason) == ("succeeded", "completed"), done
+    steps = chat.svc.store.steps(run_id)
+    assert [s["outcome"] for s in steps] == ["plan_accepted", "tool_succeeded", "completed"]
+    matched = [e.data for e in chat.svc.trace(run_id) if e.kind == "plan_step"]
+    assert matched == [{"index": 0, "matched": True}, {"index": 1, "matched": True}]
+    # the model was offered the plan function and saw its accepted plan as the call's result
+    first, second, _ = server.requests_for(k)
+    assert [t["function"]["name"] for t in first.body["tools"]] == ["kb__search", "agentrt_plan"]
+    assert second.messages[2]["tool_calls"][0]["function"]["name"] == "agentrt_plan"
+    assert json.loads(second.messages[3]["content"]) == {"plan": "accepted", "steps": 2}
+
+
+def test_a_model_plan_naming_a_tool_the_route_lacks_is_refused(
+    chat: Deployment, server: FakeOpenAI
+) -> None:
+    k = key()
+    bad = {"steps": [{"action": "tool_call", "target": "payments.refund"}]}
+    server.add(
+        fake_openai.tool_call("agentrt_plan", bad),
+        fake_openai.tool_call("agentrt_plan", bad),
+        key=k,
+    )
+    run_id = chat.svc.submit("t1", "r.chat.plan", f"Refund ({k})", {}, actor="tester").run_id
+    done = chat.svc.wait(run_id, timeout=60)
+    # fed back once (max_invalid_proposals: 1), then the run is refused
+    assert (done.status, done.stop_reason) == ("refused", "invalid_proposal:plan_tool_not_allowed")
+    assert len(server.requests_for(k)) == 2
+    assert chat.svc.store.get_run(run_id)["plan"] is None

@@ -53,6 +53,9 @@ class WorkingSet:
     memory_ids: list[str] = field(default_factory=list)
     #: the rules the step runs under (steps left, sources, citation rule)
     constraints: dict[str, Any] = field(default_factory=dict)
+    #: proposal kinds beyond tool calls, replies and stops the route offers the model
+    #: (its ``proposal_kinds``: ``plan``, ``retrieval_query``, ``memory_write``, ``delegate``)
+    proposal_kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

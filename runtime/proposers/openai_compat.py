@@ -3,7 +3,9 @@
 Works with OpenAI, vLLM, Ollama, LiteLLM and anything else that speaks
 ``POST /v1/chat/completions`` with ``tools``. The reply is turned into a raw proposal; the
 runtime then validates it like any other untrusted input (arguments that are not JSON
-become a proposal the runtime refuses, never a crash here).
+become a proposal the runtime refuses, never a crash here). The proposal kinds a route
+enables (plans, retrieval, memory writes, delegation) are offered as functions of their own
+(``runtime.proposers.kinds``) and their calls become proposals of those kinds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from runtime.config import ModelConfig
 from runtime.contract import ProposalResult, Usage
 from runtime.errors import ProposerError
 from runtime.proposals import MAX_ARGS_BYTES
+from runtime.proposers import kinds
 from runtime.proposers.base import (
     Prompt,
     WorkingSet,
@@ -59,11 +62,12 @@ class OpenAIProposer:
                 continue
             proposal = step.get("proposal") or {}
             observation = step.get("observation")
-            if proposal.get("type") == "tool_call":
+            called = _as_call(proposal)
+            if called is not None:
+                name, args = called
                 call_id = (
                     proposal.get("callId") or proposal.get("call_id") or f"call_{step['step_no']}"
                 )
-                args = proposal.get("args", {})
                 # arguments that were not JSON go back as the model wrote them, not re-quoted
                 arguments = args if isinstance(args, str) else json.dumps(args, default=str)
                 messages.append(
@@ -74,10 +78,7 @@ class OpenAIProposer:
                             {
                                 "id": call_id,
                                 "type": "function",
-                                "function": {
-                                    "name": function_name(str(proposal.get("tool", ""))),
-                                    "arguments": arguments,
-                                },
+                                "function": {"name": name, "arguments": arguments},
                             }
                         ],
                     }
@@ -112,13 +113,20 @@ class OpenAIProposer:
 
     def prepare(self, ws: WorkingSet) -> Prompt:
         """The request's messages (history included) and tools, its prompt bounded."""
-        return bounded_prompt(self._messages(ws), tool_payloads(ws.tools))
+        tools = tool_payloads(ws.tools)
+        taken = {t["function"]["name"] for t in tools}
+        return bounded_prompt(self._messages(ws), tools + kinds.payloads(ws.proposal_kinds, taken))
 
     def propose(self, ws: WorkingSet) -> ProposalResult:
         return self.call(ws, self.prepare(ws), ws.max_output_tokens)
 
     def call(self, ws: WorkingSet, prompt: Prompt, max_output_tokens: int) -> ProposalResult:
         by_fn = {function_name(t.name): t.name for t in ws.tools}
+        # the kinds this request offered (a tool keeps a name it took)
+        offered = {
+            fn: kind for fn, kind in kinds.BY_FUNCTION.items()
+            if kind in ws.proposal_kinds and fn not in by_fn
+        }  # fmt: skip
         params: dict[str, Any] = {
             "model": self.config.model,
             "messages": prompt.messages,
@@ -140,14 +148,16 @@ class OpenAIProposer:
             ) from exc
         latency_ms = int((time.monotonic() - started) * 1000)
         try:
-            return self._to_result(response, by_fn, latency_ms)
+            return self._to_result(response, by_fn, offered, latency_ms)
         except (AttributeError, TypeError, ValueError, IndexError) as exc:
             # the reply is untrusted too: a malformed one is a proposer error, not a crash
             raise ProposerError(
                 f"model returned a malformed reply: {exc!r}"[:500], code="model_bad_reply"
             ) from exc
 
-    def _to_result(self, response: Any, by_fn: dict[str, str], latency_ms: int) -> ProposalResult:
+    def _to_result(
+        self, response: Any, by_fn: dict[str, str], offered: dict[str, str], latency_ms: int
+    ) -> ProposalResult:
         if not getattr(response, "choices", None):
             raise ProposerError("model returned no choices", code="model_empty")
         message = response.choices[0].message
@@ -166,9 +176,9 @@ class OpenAIProposer:
         if len(calls) > 1:
             # several calls in one reply: the runtime decides what to do with them (it refuses
             # them with a reason code), so every one is handed over, none dropped here
-            raw = {"type": "tool_calls", "calls": [self._call(c, by_fn) for c in calls]}
+            raw = {"type": "tool_calls", "calls": [self._call(c, by_fn, offered) for c in calls]}
         elif calls:
-            raw = self._call(calls[0], by_fn)
+            raw = self._call(calls[0], by_fn, offered)
         elif message.content:
             raw = {"type": "reply", "text": message.content}
         else:
@@ -181,15 +191,18 @@ class OpenAIProposer:
             truncated=getattr(response.choices[0], "finish_reason", None) == "length",
         )
 
-    def _call(self, call: Any, by_fn: dict[str, str]) -> dict[str, Any]:
-        """One tool call as a raw proposal. Arguments that are not bounded JSON stay the text
-        the model wrote: the runtime refuses them with a reason code (and shows the model
-        its own text), never a crash here."""
+    def _call(self, call: Any, by_fn: dict[str, str], offered: dict[str, str]) -> dict[str, Any]:
+        """One function call as a raw proposal: a tool call, or a proposal of an offered
+        kind. Arguments that are not bounded JSON stay the text the model wrote: the
+        runtime refuses them with a reason code (and shows the model its own text), never
+        a crash here."""
         fn = getattr(call, "function", None)
         name = getattr(fn, "name", "") or ""
         arguments: Any = getattr(fn, "arguments", "") or "{}"
         with contextlib.suppress(BoundsError):
             arguments = parse_json(arguments, label="args", max_bytes=MAX_ARGS_BYTES)
+        if name in offered:
+            return kinds.raw_of(offered[name], arguments)
         return {
             "type": "tool_call",
             "tool": by_fn.get(name, name),
@@ -202,3 +215,14 @@ class OpenAIProposer:
         if isinstance(reported, str) and _VERSION.fullmatch(reported):
             return reported
         return self.config.version
+
+
+def _as_call(proposal: dict[str, Any]) -> tuple[str, Any] | None:
+    """An earlier proposal as the function call the model made: (name, arguments); None
+    for a reply, a stop, or what was no call."""
+    kind = proposal.get("type")
+    if kind == "tool_call":
+        return function_name(str(proposal.get("tool", ""))), proposal.get("args", {})
+    if kind in kinds.KINDS:
+        return kinds.KINDS[str(kind)][0], kinds.call_arguments(proposal)
+    return None

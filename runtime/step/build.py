@@ -40,6 +40,8 @@ from runtime.step.memory import MemoryStage
 from runtime.step.model_call import ModelCall
 from runtime.step.outcomes import Retries
 from runtime.step.pending import PendingCalls
+from runtime.step.plan import PlanStage
+from runtime.step.policy_context import StepPolicy
 from runtime.step.proposal import ProposalCheck, ProposalStage
 from runtime.step.retrieval import RetrievalStage
 from runtime.step.runner import StepRunner
@@ -102,6 +104,7 @@ def build_runner(
         pending=pending,
         retries=retries,
     )
+    step_policy = StepPolicy(policy=policy, policy_sets=policy_sets, catalog=catalog)
     stages: dict[str, ProposalStage] = {}
     working_set: WorkingSetAssembly | None = None
     citations: CitationCheck | None = None
@@ -123,11 +126,11 @@ def build_runner(
         evidence=evidence if evidence is not None else NoEvidence(),
         memories=memories,
     )
+    stages["plan"] = PlanStage(config=config, registry=registry, step_policy=step_policy)
     proposal = ProposalCheck(
         config=config,
         registry=registry,
-        policy=policy,
-        policy_sets=policy_sets,
+        step_policy=step_policy,
         catalog=catalog,
         tool_call=tool_call,
         approvals=ApprovalGate(

@@ -197,6 +197,7 @@ class ModelCall:
             max_output_tokens=policy.tokens_per_step,
             steps_left=route.max_steps - run["turns"],
             history_loader=lambda: store.steps(st.run_id),
+            proposal_kinds=tuple(route.proposal_kinds),
         )
         if selection is not None:
             ws.evidence_ids = selection.evidence_ids

@@ -1,6 +1,7 @@
 """Validate a proposal and act on it: a reply or a stop ends the run; a tool call is checked
 (schema, registration, policy: allow, deny, approval, escalation) and, if allowed, handed to
-the tool-call stage. Nothing the model proposes runs before this stage said yes."""
+the tool-call stage. Nothing the model proposes runs before this stage said yes. Every
+proposal is first compared with the run's plan, if it has one (``runtime.step.plan_follow``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from pydantic import BaseModel
 from runtime import proposals, report_context, stop_reasons, telemetry
 from runtime.config import RuntimeConfig
 from runtime.contract import ReplyProposal, RunStatus, StopProposal, ToolCallProposal
-from runtime.policy import Decision, PolicyContext, PolicyEngine
-from runtime.step import advisory, decisions, outcomes
+from runtime.policy import Decision
+from runtime.step import advisory, decisions, outcomes, plan_follow
 from runtime.step.approval import ApprovalGate
 from runtime.step.citations import CitationCheck
 from runtime.step.collaborators import CatalogReads
+from runtime.step.policy_context import StepPolicy
 from runtime.step.state import Move, Step
 from runtime.step.tool_call import ToolCall
 from runtime.step_record import StepKind, StepOutcome
@@ -25,6 +27,9 @@ from runtime.tracing import redact
 
 #: the rule a decision an operator's ``ops force-approval`` tightened names
 FORCED_APPROVAL_RULE = "operator_forced_approval"
+#: the rule a call that departs from the run's plan waits on (``plan_deviation:
+#: require_approval``)
+PLAN_DEVIATION_RULE = "plan_deviation"
 
 
 class ProposalStage(Protocol):
@@ -41,8 +46,7 @@ class ProposalCheck:
         *,
         config: RuntimeConfig,
         registry: ToolRegistry,
-        policy: PolicyEngine,
-        policy_sets: Mapping[str, PolicyEngine] | None = None,
+        step_policy: StepPolicy,
         catalog: CatalogReads,
         tool_call: ToolCall,
         approvals: ApprovalGate,
@@ -51,9 +55,7 @@ class ProposalCheck:
     ) -> None:
         self.config = config
         self.registry = registry
-        self.policy = policy
-        #: the named sets releases may use (``policies:``)
-        self.policy_sets = dict(policy_sets or {})
+        self.step_policy = step_policy
         self.catalog = catalog
         self.tool_call = tool_call
         self.approvals = approvals
@@ -68,6 +70,10 @@ class ProposalCheck:
             shown = proposals.shown(raw, self.registry)
             return outcomes.refuse(st, proposal.code, proposal.errors, shown)
         st.proposal = proposal.model_dump(by_alias=True)
+        deviation = plan_follow.follow(st, proposal)
+        if isinstance(deviation, Move):
+            return deviation
+        st.plan_deviation = deviation
         if isinstance(proposal, ReplyProposal):
             return self._reply(st, proposal)
         if isinstance(proposal, StopProposal):
@@ -170,42 +176,32 @@ class ProposalCheck:
         return proposal.model_copy(update={"tool": entry.fallback})
 
     def _decide(
-        self, st: Step, spec: ToolSpec | None, registered: bool, tool: str, args: Any
+        self,
+        st: Step,
+        spec: ToolSpec | None,
+        registered: bool,
+        tool: str,
+        args: Any,
     ) -> Decision:
         with telemetry.span("agentrt.policy", tool=tool) as span:
-            decision = self._policy_decide(st, spec, registered, tool, args)
+            decision = self.step_policy.decide(
+                st, tool=tool, args=args, spec=spec, registered=registered
+            )
             forced = st.forced_approval_route or tool in st.forced_approval_tools
             if forced and decision.effect == "allow":
                 # an operator tightened the policy: only ever stricter, never looser
-                decision = Decision(
-                    "require_approval",
-                    FORCED_APPROVAL_RULE,
-                    [*decision.reason_codes, FORCED_APPROVAL_RULE],
-                    decision.policy_version,
-                )
+                decision = _tightened(decision, FORCED_APPROVAL_RULE)
+            if (
+                st.plan_deviation
+                and st.route.plan_deviation == "require_approval"
+                and decision.effect == "allow"
+            ):
+                # the route asks a human for a call off the plan: stricter, never looser
+                decision = _tightened(decision, PLAN_DEVIATION_RULE)
             span.set("agentrt.policy_effect", decision.effect)
             span.set("agentrt.policy_rule", decision.label)
             span.set("agentrt.policy_version", decision.policy_version)
         return decision
-
-    def _policy_decide(
-        self, st: Step, spec: ToolSpec | None, registered: bool, tool: str, args: Any
-    ) -> Decision:
-        engine = self.policy if st.policy_set is None else self.policy_sets[st.policy_set]
-        return engine.decide(
-            PolicyContext(
-                tool=tool,
-                args=args,
-                side_effect=spec.side_effect if spec else None,
-                tenant=st.tenant_id,
-                route=st.run["route"],
-                risk_class=st.run["risk_class"],
-                autonomy_level=st.run["autonomy_level"],
-                allowed_tools=tuple(st.run["allowed_tools"]),
-                tool_registered=registered,
-                tool_enabled=self.catalog.tool_enabled(tool, st.disabled_tools),
-            )
-        )
 
     def _not_allowed(self, st: Step, decision: Decision, tool: str, args: Any) -> Move | None:
         """Denied: the run is refused. Approval or escalation: the run waits, keeping the
@@ -223,3 +219,10 @@ class ProposalCheck:
         if self.approvals.covers(st, decision, tool, args):
             return None
         return self.approvals.request(st, decision, tool, args)
+
+
+def _tightened(decision: Decision, rule: str) -> Decision:
+    """``decision`` (an allow) made to wait for an approval under ``rule``."""
+    return Decision(
+        "require_approval", rule, [*decision.reason_codes, rule], decision.policy_version
+    )

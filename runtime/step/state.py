@@ -152,6 +152,9 @@ class Step:
     #: rows a stage adds that commit with the checkpoint or not at all (an accepted
     #: memory write): a redelivered step that lost its checkpoint never wrote them
     rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
+    #: the proposal departs from the run's plan (``runtime.step.plan_follow``): every
+    #: policy decision of this step is told (``PolicyContext.plan_deviation``)
+    plan_deviation: bool = False
 
     @property
     def run_id(self) -> str:

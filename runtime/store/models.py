@@ -120,6 +120,9 @@ class RunRow(SQLModel, table=True):
     deadline_at: datetime | None = None
     #: the release the run runs under (``runtime.releases``); None: its route has none
     release: str | None = Field(default=None, max_length=100)
+    #: the run's accepted plan and how far it has followed it (``runtime.step.plan``):
+    #: {"steps", "next", "step_no", "deviated"}; None: the run proposed no plan
+    plan: dict[str, Any] | None = _json()
 
 
 class StepRow(SQLModel, table=True):

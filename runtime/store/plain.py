@@ -54,12 +54,12 @@ RUNS = Table(
         "input", "output", "next_step", "turns", "invalid_proposals", "tool_errors",
         "lock_waits", "attempt", "pending_proposal", "budget_extension", "version", "admitted",
         "request_digest", "created_at", "updated_at", "started_at", "finished_at", "deadline_at",
-        "release",
+        "release", "plan",
     ),
     json=frozenset(
         {
             "allowed_tools", "input", "output", "pending_proposal", "budget_extension",
-            "request_digest", "version_set",
+            "request_digest", "version_set", "plan",
         }
     ),
     times=frozenset({"created_at", "updated_at", "started_at", "finished_at", "deadline_at"}),
