@@ -78,6 +78,8 @@ class ReconcileReport:
     expired_approvals: list[str] = field(default_factory=list)
     #: event runs started because the runs before them on their key had ended
     released: list[str] = field(default_factory=list)
+    #: parents resumed because their child had ended (``runtime.delegations``)
+    parents_resumed: list[str] = field(default_factory=list)
     #: dead letters deleted by retention; None when retention was not due this round
     retention_deleted: int | None = None
     #: phases that failed this round (each logged with its traceback)
@@ -109,6 +111,7 @@ class Reconciler:
         approvals: Approvals,
         lease_ttl_s: float,
         release_ordered: Callable[[], list[str]] | None = None,
+        resume_parents: Callable[[], list[str]] | None = None,
         interval_s: float = DEFAULT_INTERVAL_S,
         grace_s: float | None = None,
         batch: int = DEFAULT_BATCH,
@@ -128,6 +131,8 @@ class Reconciler:
         self.approvals = approvals
         #: starts event runs whose turn came while nothing released them (a cancel)
         self.release_ordered = release_ordered
+        #: resumes parents whose child ended while nothing resumed them (a crash)
+        self.resume_parents = resume_parents
         self.interval_s = interval_s
         #: a run not updated for this long may be a zombie; by default the step lease ttl,
         #: so a step that is still executing (it updates the run when it checkpoints) is not
@@ -171,6 +176,11 @@ class Reconciler:
                 report.released = self.release_ordered()
             except Exception as exc:
                 self._failed(report, "event_ordering", exc)
+        if self.resume_parents is not None:
+            try:
+                report.parents_resumed = self.resume_parents()
+            except Exception as exc:
+                self._failed(report, "delegations", exc)
         if self._retention_due(clock):
             self._last_retention = clock  # also on failure: try again in an hour, not 5 s
             try:

@@ -14,13 +14,14 @@ import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from sqlalchemy import Engine
 
-from runtime import deployment, telemetry
+from runtime import deployment, new_runs, telemetry
 from runtime.api_keys import ApiKeys
 from runtime.approvals import Approvals
 from runtime.budget_extensions import BudgetExtensions
@@ -33,6 +34,7 @@ from runtime.controls import Controls
 from runtime.dashboard_view import DashboardView
 from runtime.dead_letter_entries import DeadLetterEntries
 from runtime.dead_letters import DeadLetters
+from runtime.delegations import Delegations
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints, resolve_endpoints
 from runtime.errors import ConfigError, SettingsError
@@ -367,8 +369,14 @@ def _step_runner(
     failures: tuple[Compensations, DeadLetters],
     ordering: EventOrdering,
     live: LiveReleases,
+    delegations: Delegations,
 ) -> StepRunner:
     compensations, dead_letters = failures
+
+    def after_terminal(run: Mapping[str, Any]) -> None:
+        ordering.after_terminal(run)
+        delegations.after_terminal(run)
+
     return build_runner(
         config=config,
         config_digest=digest,
@@ -392,9 +400,10 @@ def _step_runner(
         dead_letters=dead_letters,
         after_failure=compensations.after_failure,
         after_cancel=compensations.compensate,
-        after_terminal=ordering.after_terminal,
+        after_terminal=after_terminal,
         releases=live,
         policy_sets={name: PolicyEngine(p) for name, p in config.policies.items()},
+        children=delegations,
     )
 
 
@@ -459,8 +468,27 @@ def build_service(
     digest = config_digest(config)
     live = _live_releases(settings, config, m, catalog)
     ordering, events, submissions = _intake(config, m, dispatch, catalog, controls, live)
+    delegations = Delegations(
+        store=m.store,
+        ledger=m.ledger,
+        keys=m.keys,
+        dispatch=dispatch,
+        new_row=partial(new_runs.request_row, catalog),
+        new_events=partial(new_runs.admission_events, refusal=None),
+    )
     steps = _step_runner(
-        config, digest, registry, m, catalog, controls, policy, dispatch, failures, ordering, live
+        config,
+        digest,
+        registry,
+        m,
+        catalog,
+        controls,
+        policy,
+        dispatch,
+        failures,
+        ordering,
+        live,
+        delegations,
     )
     levers = _levers(config, m, dispatch, lever_store)
     svc = cls(
@@ -499,6 +527,8 @@ def build_service(
             keys=m.keys,
             compensate=compensations.compensate,
             approvals=m.approvals,
+            live_children=delegations.live_children,
+            child_ended=delegations.child_ended,
         ),
         approvals=Approvals(
             config=config,
@@ -521,6 +551,8 @@ def build_service(
     )
     # rt.levers: the operator levers (``agentrt ops``); kept out of the façade's class
     svc.levers = levers
+    # rt.delegations: child runs (``delegate``), followed up by the reconciler
+    svc.delegations = delegations
     return svc
 
 
@@ -595,6 +627,7 @@ def build_reconciler(
         dead_letters=svc.dead_letters,
         approvals=svc.approvals,
         release_ordered=svc.ordering.reconcile,
+        resume_parents=svc.delegations.reconcile,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

@@ -25,11 +25,13 @@ from runtime.step.collaborators import (
     AfterFailure,
     AfterTerminal,
     CatalogReads,
+    ChildRuns,
     DeadLettering,
     LiveControls,
     ReleaseRouting,
     Scheduling,
 )
+from runtime.step.delegation import DelegateStage
 from runtime.step.execution import ToolExecution
 from runtime.step.guards import Guards
 from runtime.step.model_call import ModelCall
@@ -70,6 +72,7 @@ def build_runner(
     after_terminal: AfterTerminal,
     releases: ReleaseRouting | None = None,
     policy_sets: dict[str, PolicyEngine] | None = None,
+    children: ChildRuns | None = None,
 ) -> StepRunner:
     retries = Retries(dead_letters=dead_letters)
     pending = PendingCalls(registry=registry, store=store)
@@ -101,6 +104,18 @@ def build_runner(
         approvals=ApprovalGate(
             config=config, registry=registry, approvals=approvals, pending=pending
         ),
+        stages={}
+        if children is None
+        else {
+            "delegate": DelegateStage(
+                config=config,
+                ledger=ledger,
+                budgeting=budgeting,
+                policy=policy,
+                policy_sets=policy_sets,
+                children=children,
+            )
+        },
     )
     model_call = ModelCall(
         config=config,

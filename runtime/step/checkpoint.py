@@ -95,6 +95,10 @@ class Checkpointer:
                 self._record_effect_outcome(st.effect_update)
             raise
         st.stage_ms["checkpoint"] = int((time.monotonic() - committing) * 1000)
+        if st.new_runs and not _delegates(move):
+            # the step carved a child's budget and then did not start it (a cancel ended
+            # the run at this checkpoint): the budget goes back
+            self.ledger.settle_child(st.run_id, st.step_no, {})
         kept = self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
         if move.status in TERMINAL_STATUSES:
             # an event run of a per_key source lets the next run of its key start (never
@@ -145,7 +149,8 @@ class Checkpointer:
             )
             # what the step did stays on record; the run's end is the cancel
             cancelled.run_updates.pop("workflow_step", None)
-            st.trace.events = cp.events
+            # the child this step would have started never exists: its events go too
+            st.trace.events = [e for e in cp.events if e.get("run_id") == st.run_id]
             st.trace.add("stop", reason=cancelled.stop_reason, status=RunStatus.CANCELLED.value)
             st.cancel_request = req.workflow_step
             st.pending_secrets = None
@@ -164,6 +169,10 @@ class Checkpointer:
     def _checkpoint_of(self, st: Step, move: Move, actual: dict[str, int] | None) -> Checkpoint:
         now = utcnow()
         updates = self._run_updates(st, move, now)
+        children = st.new_runs if _delegates(move) else []
+        events = st.trace.drain()
+        if children:
+            events.extend(st.new_run_events)
         return Checkpoint(
             run_id=st.run_id,
             step_no=st.step_no,
@@ -184,7 +193,7 @@ class Checkpointer:
                 "finished_at": now,
                 "duration_ms": int((time.monotonic() - st.started) * 1000),
             },
-            events=st.trace.drain(),
+            events=events,
             spend=spend_row(st, actual) if actual is not None else None,
             decisions=st.decisions,
             effect_update=st.effect_update,
@@ -192,6 +201,7 @@ class Checkpointer:
             approval=st.approval_request,
             clear_pending_secrets="pending_proposal" in updates
             and bool((st.run["pending_proposal"] or {}).get("secret_args")),
+            new_runs=children,
         )
 
     @staticmethod
@@ -235,6 +245,9 @@ class Checkpointer:
                 ops.delay(following, now_ms() + int(move.countdown_s * 1000))
             else:
                 ops.enqueue(following)
+        if _delegates(move):
+            for child in st.new_runs:  # committed with this checkpoint: its first step
+                ops.enqueue(item_of(child, 0))
         ops.promote().dispatch(1)  # the slot this step frees; the pump fills the rest
 
         def settle_release_schedule(pipe: Any) -> None:
@@ -332,6 +345,12 @@ class Checkpointer:
                 "as unknown (same idempotency key, or an operator for an irreversible tool)",
                 effect_update["idempotency_key"],
             )
+
+
+def _delegates(move: Move) -> bool:
+    """Whether ``move`` makes the run wait for a child run its step started."""
+    reason = move.stop_reason or ""
+    return move.status == RunStatus.WAITING and stop_reasons.kind_of(reason) == "delegated"
 
 
 def land_pause(

@@ -145,6 +145,10 @@ class Step:
     policy_set: str | None = None
     #: run row changes this step made before its move (a release taken at this step)
     run_updates: dict[str, Any] = field(default_factory=dict)
+    #: child runs this step started (``delegate``) and their first trace events, committed
+    #: with the checkpoint that makes the run wait for them (and only with that one)
+    new_runs: list[dict[str, Any]] = field(default_factory=list)
+    new_run_events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:

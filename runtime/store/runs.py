@@ -44,6 +44,7 @@ from runtime.statuses import KNOWN_STATUSES
 from runtime.store import approvals
 from runtime.store.cells import Unreadable as Unreadable
 from runtime.store.db import utcnow
+from runtime.store.delegations import DelegationRows
 from runtime.store.effects import EffectClaim as EffectClaim
 from runtime.store.effects import EffectRows
 from runtime.store.history import HistoryRows
@@ -85,9 +86,11 @@ class Checkpoint:
     clear_pending_secrets: bool = False
     #: a new pending approval: the run waits for it from this checkpoint on
     approval: dict[str, Any] | None = None
+    #: child runs the step started (``delegate``): they exist iff this step committed
+    new_runs: list[dict[str, Any]] = field(default_factory=list)
 
 
-class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
+class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages, DelegationRows):
     """Runs: admission, reads for views, the step's start and checkpoint, transitions an
     operator names. Side effects, a run's history (steps, trace, decisions, spend) and an
     operator's cancel, pause and resume are the rows of ``EffectRows``, ``HistoryRows``
@@ -270,6 +273,7 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
             or cp.clear_pending_secrets
             or cp.decisions
             or cp.approval
+            or cp.new_runs
         ):
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
@@ -293,6 +297,8 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
                     self._update_effect(conn, cp.effect_update)
                 if cp.approval:
                     approvals.insert_in(conn, cp.approval)
+                if cp.new_runs:
+                    conn.execute(insert(runs_t), cp.new_runs)
                 if cp.clear_pending_secrets or cp.pending_secrets:
                     conn.execute(delete(secrets_t).where(secrets_t.c.run_id == cp.run_id))
                 if cp.pending_secrets:
