@@ -169,8 +169,7 @@ class Cancellation:
         self.keys = keys
         #: undo a run's succeeded side effects, newest first (``Compensations.compensate``)
         self.compensate = compensate
-        #: (run, tenant) -> the child runs it started that have not ended: a cancel of a
-        #: run cancels them (``runtime.delegations``)
+        #: (run, tenant) -> its child runs that have not ended: cancelled with it
         self.live_children = live_children
         #: (run, tenant): a run that ended here may be a child its parent waits for
         self.child_ended = child_ended
@@ -215,8 +214,7 @@ class Cancellation:
     def _cancel_children(
         self, run: dict[str, Any], actor: str, how: CancelMode, compensate: bool
     ) -> None:
-        """A cancelled run's children are cancelled too (theirs in turn): none outlives
-        the run that waits for it."""
+        """A cancelled run's children are cancelled too (theirs in turn, as they are)."""
         if self.live_children is None:
             return
         for child in self.live_children(str(run["run_id"]), str(run["tenant_id"])):

@@ -24,8 +24,8 @@ from runtime.errors import AgentRuntimeError
 from runtime.keys import Keys
 from runtime.scheduling.scheduler import Ops, item_of
 from runtime.statuses import TERMINAL_STATUSES
+from runtime.step.child_result import CHILD_RESULT
 from runtime.step.collaborators import Scheduling
-from runtime.step.delegation import CHILD_RESULT
 from runtime.step_record import WorkflowStep, workflow_step
 from runtime.store.runs import RunStore
 from runtime.tracing import TraceBuffer

@@ -32,7 +32,6 @@ from runtime.config import RuntimeConfig
 from runtime.contract import TERMINAL_STATUSES, RunStatus, RunView, TraceEvent
 from runtime.controls import Controls
 from runtime.dead_letters import DeadLetters
-from runtime.delegations import Delegations
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints
 from runtime.errors import AdmissionRefused, InvalidRequest
@@ -77,7 +76,6 @@ MAX_CANCEL_ACTOR_CHARS = MAX_ACTOR_CHARS
 
 class RuntimeService:
     levers: Levers  # rt.levers: operator levers (agentrt ops), set by runtime.wiring
-    delegations: Delegations  # rt.delegations: child runs, set by runtime.wiring
 
     def __init__(
         self,

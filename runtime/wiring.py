@@ -407,6 +407,20 @@ def _step_runner(
     )
 
 
+def _delegations(
+    store: RunStore, ledger: BudgetLedger, keys: Keys, dispatch: Dispatch, catalog: Catalog
+) -> Delegations:
+    """Child runs (``delegate``): their rows are what a submit would store."""
+    return Delegations(
+        store=store,
+        ledger=ledger,
+        keys=keys,
+        dispatch=dispatch,
+        new_row=partial(new_runs.request_row, catalog),
+        new_events=partial(new_runs.admission_events, refusal=None),
+    )
+
+
 def _intake(
     config: RuntimeConfig,
     m: _Mechanisms,
@@ -468,14 +482,7 @@ def build_service(
     digest = config_digest(config)
     live = _live_releases(settings, config, m, catalog)
     ordering, events, submissions = _intake(config, m, dispatch, catalog, controls, live)
-    delegations = Delegations(
-        store=m.store,
-        ledger=m.ledger,
-        keys=m.keys,
-        dispatch=dispatch,
-        new_row=partial(new_runs.request_row, catalog),
-        new_events=partial(new_runs.admission_events, refusal=None),
-    )
+    delegations = _delegations(m.store, m.ledger, m.keys, dispatch, catalog)
     steps = _step_runner(
         config,
         digest,
@@ -551,8 +558,6 @@ def build_service(
     )
     # rt.levers: the operator levers (``agentrt ops``); kept out of the façade's class
     svc.levers = levers
-    # rt.delegations: child runs (``delegate``), followed up by the reconciler
-    svc.delegations = delegations
     return svc
 
 
@@ -627,7 +632,9 @@ def build_reconciler(
         dead_letters=svc.dead_letters,
         approvals=svc.approvals,
         release_ordered=svc.ordering.reconcile,
-        resume_parents=svc.delegations.reconcile,
+        resume_parents=_delegations(
+            svc.store, svc.ledger, svc.keys, svc.dispatch, svc.catalog
+        ).reconcile,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

@@ -253,9 +253,6 @@ def test_fifty_parents_with_three_children_each_never_overspend(dep: Deployment)
         assert balance["delegations"]["used"] == len(kids) <= 3
     # the third child did not fit: refused on the parent's remaining model calls
     refused = [
-        o.get("refused")
-        for run_id in ids
-        for o in observations(dep, run_id)
-        if isinstance(o, dict)
+        o.get("refused") for run_id in ids for o in observations(dep, run_id) if isinstance(o, dict)
     ]
     assert "budget_exhausted:model_calls" in refused

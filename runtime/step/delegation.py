@@ -15,7 +15,6 @@ with what it spent and resumes this run; its next step feeds the result back
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from runtime import stop_reasons
 from runtime.budgets.ledger import BudgetLedger
@@ -25,13 +24,11 @@ from runtime.errors import BudgetExhausted
 from runtime.policy import PolicyContext, PolicyEngine
 from runtime.step import decisions, outcomes
 from runtime.step.budget import Budgeting
+from runtime.step.child_result import WAITING_FOR_CHILD
 from runtime.step.collaborators import ChildRuns
 from runtime.step.state import Move, Step
 from runtime.step_record import StepKind, StepOutcome, WorkflowStep, workflow_step
 
-#: ``pending_proposal`` types: the run waits for its child; the child ended (its result)
-WAITING_FOR_CHILD = "delegate"
-CHILD_RESULT = "delegate_result"
 #: the policy sees a delegation as a call of this tool, ``delegate:<route>``
 POLICY_TOOL_PREFIX = "delegate:"
 
@@ -189,28 +186,6 @@ def child_limits(
             continue
         limits[dim] = value
     return limits
-
-
-def returned(st: Step, pending: dict[str, Any]) -> Move:
-    """The step after a child ended: its result (output, or status and stop reason) is
-    the delegation's observation; the model proposes next."""
-    child = str(pending.get("child_run_id"))
-    status = str(pending.get("status"))
-    st.proposal = {"type": WAITING_FOR_CHILD, "route": pending.get("route"), "childRunId": child}
-    st.trace.add("delegation_returned", child_run_id=child, status=status)
-    return Move(
-        RunStatus.RUNNING,
-        StepKind.DELEGATION,
-        StepOutcome.CHILD_ENDED.of(status),
-        observation={
-            "child_run_id": child,
-            "status": status,
-            "stop_reason": pending.get("stop_reason"),
-            "output": pending.get("output"),
-            "spent": pending.get("spent"),
-        },
-        run_updates={"pending_proposal": None},
-    )
 
 
 def _open_to(route: RouteConfig | None, tenant: str) -> bool:

@@ -89,6 +89,19 @@ class Checkpoint:
     #: child runs the step started (``delegate``): they exist iff this step committed
     new_runs: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def only_rows(self) -> bool:
+        """Whether it writes only the run, its step, events and spend (on PostgreSQL: one
+        statement)."""
+        return not (
+            self.effect_update
+            or self.pending_secrets
+            or self.clear_pending_secrets
+            or self.decisions
+            or self.approval
+            or self.new_runs
+        )
+
 
 class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages, DelegationRows):
     """Runs: admission, reads for views, the step's start and checkpoint, transitions an
@@ -267,14 +280,7 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages, Dele
         values = dict(cp.run_updates)
         values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
         where = {"run_id": cp.run_id, "next_step": cp.step_no}
-        if self._one_statement_writes and not (
-            cp.effect_update
-            or cp.pending_secrets
-            or cp.clear_pending_secrets
-            or cp.decisions
-            or cp.approval
-            or cp.new_runs
-        ):
+        if self._one_statement_writes and cp.only_rows:
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
         try:
