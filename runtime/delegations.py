@@ -20,6 +20,7 @@ import redis
 
 from runtime import stop_reasons
 from runtime.budgets.ledger import BudgetLedger
+from runtime.config import DIMENSIONS
 from runtime.errors import AgentRuntimeError
 from runtime.keys import Keys
 from runtime.scheduling.scheduler import Ops, item_of
@@ -180,3 +181,46 @@ class Delegations:
             for c in self.store.children(run_id, tenant_id)
             if c["status"] not in _TERMINAL
         ]
+
+
+# --- recovery: the ledger rebuilt from SQL ----------------------------------------------
+def rebuilt_holds(
+    children: list[dict[str, Any]], keys: Keys, used: dict[str, dict[str, int]]
+) -> dict[str, dict[str, Any]]:
+    """The delegation holds of a ledger rebuilt from SQL (``runtime.recovery``), given
+    the children of the parents that have not ended (``delegations_of_open_parents``,
+    deepest first) and the settled spend per scope SQL gave (``used``, changed here). A
+    child that has not ended holds what was carved for it (and one delegation) in its
+    parent's scope, as before Redis lost it: never "unlimited" (fail closed). An ended
+    child's spend - its own and, deepest first, its ended children's - is its parent's
+    settled spend, with one delegation. Returns hold key -> {scopes, amounts}."""
+    holds: dict[str, dict[str, Any]] = {}
+    for child in children:
+        parent_scope = keys.budget_run(str(child["parent_run_id"]))
+        if child["status"] in _TERMINAL:
+            spent = used.get(keys.budget_run(str(child["run_id"])), {})
+            into = used.setdefault(parent_scope, {})
+            for dim, value in spent.items():
+                if dim != "delegations":
+                    into[dim] = into.get(dim, 0) + int(value)
+            into["delegations"] = into.get("delegations", 0) + 1
+            continue
+        carved = child["delegated_budget"] or {}
+        amounts = {d: int(v) for d, v in carved.items() if d in DIMENSIONS}
+        amounts["delegations"] = 1
+        hold = keys.budget_delegation_hold(str(child["parent_run_id"]), int(child["parent_step"]))
+        holds[hold] = {"scopes": [parent_scope], "amounts": amounts}
+    return holds
+
+
+def write_holds(pipe: Any, keys: Keys, stale: list[Any], holds: dict[str, dict[str, Any]]) -> None:
+    """Queue the rebuilt delegation holds on ``pipe`` (a MULTI), replacing ``stale`` ones."""
+    index = keys.budget_delegations_index()
+    for key in stale:
+        pipe.delete(key)
+    pipe.delete(index)
+    for key, hold in holds.items():
+        fields: dict[str, Any] = {"scopes": "\n".join(hold["scopes"]), "expires": 0, "x": 0}
+        fields.update({f"a:{d}": v for d, v in hold["amounts"].items()})
+        pipe.hset(key, mapping=fields)
+        pipe.zadd(index, {key: 0})

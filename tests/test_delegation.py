@@ -16,6 +16,7 @@ import pytest
 
 from runtime.config import DIMENSIONS
 from runtime.contract import RunView
+from runtime.embedded_redis import start_server
 from tests.conftest import _database_url
 from tests.support import Deployment, wait_for
 
@@ -256,3 +257,72 @@ def test_fifty_parents_with_three_children_each_never_overspend(dep: Deployment)
         o.get("refused") for run_id in ids for o in observations(dep, run_id) if isinstance(o, dict)
     ]
     assert "budget_exhausted:model_calls" in refused
+
+
+# --- Redis loss -------------------------------------------------------------------------
+@pytest.fixture
+def split_dep(tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment on a private redis-server (runtime in db 0, which the test flushes)."""
+    server = start_server(tmp_path / "redis", persistent=False)
+    base = server.url.rsplit("/", 1)[0]
+    deployment = Deployment.create(
+        name=f"r{uuid.uuid4().hex[:6]}",
+        redis_url=f"{base}/0",
+        database_url=f"sqlite:///{tmp_path / 'agentrt.db'}",
+        config=CONFIG,
+        home=tmp_path,
+        extra_env={"AGENTRT_TOOL_REDIS_URL": f"{base}/1"},
+    )
+    try:
+        yield deployment
+    finally:
+        deployment.close()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_recovery_rebuilds_the_parents_carved_and_settled_budget(split_dep: Deployment) -> None:
+    dep = split_dep
+    worker = dep.start_worker(concurrency=2)
+    # Given a parent whose first child ended and whose second waits for an approval
+    write = {"type": "tool_call", "tool": "counter.increment", "args": {"key": "k", "by": 1}}
+    script = [
+        delegate("d.child", [SEARCH, reply("first")]),
+        delegate("d.gated", [write, reply("second")], modelCalls=3),
+        reply("done"),
+    ]
+    parent = submit(dep, script)
+
+    def second_waiting() -> dict[str, Any] | None:
+        found = children(dep, parent.run_id)
+        ok = len(found) == 2 and found[1]["status"] == "waiting"
+        return found[1] if ok else None
+
+    second = wait_for(second_waiting, timeout=60, message="the second child to wait")
+    dims = [d for d in DIMENSIONS if d != "wall_clock_ms"]
+    before = run_balance(dep, parent.run_id)
+    assert before["model_calls"]["reserved"] == 3 and before["delegations"]["used"] == 1
+    worker.stop()
+
+    # When Redis loses its data and recovery rebuilds the ledger from SQL
+    dep.svc.redis.flushdb()
+    dep.svc.redis.script_flush()
+    dep.svc.recovery.recover("ops:test", inflight_wait_s=0)
+
+    # Then the parent's scope is as it was: the first child's spend settled, the second's
+    # carved budget held (never "unlimited")
+    after = run_balance(dep, parent.run_id)
+    assert {d: after[d] for d in dims} == {d: before[d] for d in dims}
+    # and when the second child is approved, everything ends settled
+    dep.start_worker(concurrency=2)
+    approval = dep.svc.get(second["run_id"]).approval_id
+    assert approval is not None
+    dep.svc.approvals.approve(approval, "ops:ann")
+    assert ended(dep, parent.run_id).status.value == "succeeded"
+    final = run_balance(dep, parent.run_id)
+    assert {d: final[d]["reserved"] for d in DIMENSIONS} == dict.fromkeys(DIMENSIONS, 0)
+    spent = dep.svc.store.spend(run_id=parent.run_id)["model_calls"]
+    for kid in children(dep, parent.run_id):
+        spent += dep.svc.store.spend(run_id=kid["run_id"])["model_calls"]
+    assert final["model_calls"]["used"] == spent
+    assert final["delegations"]["used"] == 2
