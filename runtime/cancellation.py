@@ -25,6 +25,7 @@ A pause finishes the step in flight and then leaves the run ``waiting``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -155,6 +156,8 @@ class Cancellation:
         keys: Keys,
         compensate: Callable[[str], Any],
         approvals: ApprovalStore,
+        live_children: Callable[[str, str], list[str]] | None = None,
+        child_ended: Callable[[str, str], Any] | None = None,
     ) -> None:
         self.store = store
         self.approvals = approvals
@@ -166,6 +169,10 @@ class Cancellation:
         self.keys = keys
         #: undo a run's succeeded side effects, newest first (``Compensations.compensate``)
         self.compensate = compensate
+        #: (run, tenant) -> its child runs that have not ended: cancelled with it
+        self.live_children = live_children
+        #: (run, tenant): a run that ended here may be a child its parent waits for
+        self.child_ended = child_ended
 
     # --- cancel ----------------------------------------------------------------------
     def cancel(
@@ -185,6 +192,7 @@ class Cancellation:
             status = str(run["status"])
             if status == RunStatus.WAITING.value:
                 if self._end_waiting(run, actor, compensate):
+                    self._cancel_children(run, actor, how, compensate)
                     return self.store.read_run(run_id)
             elif status in (RunStatus.QUEUED.value, RunStatus.RUNNING.value):
                 if self._request(run, actor, how, compensate):
@@ -200,7 +208,18 @@ class Cancellation:
         if how is CancelMode.IMMEDIATE:
             self._switch_on(run_id, actor)
         self.settle(run_id)
+        self._cancel_children(run, actor, how, compensate)
         return self.store.read_run(run_id)
+
+    def _cancel_children(
+        self, run: dict[str, Any], actor: str, how: CancelMode, compensate: bool
+    ) -> None:
+        """A cancelled run's children are cancelled too (theirs in turn, as they are)."""
+        if self.live_children is None:
+            return
+        for child in self.live_children(str(run["run_id"]), str(run["tenant_id"])):
+            with contextlib.suppress(InvalidTransition):  # it ended meanwhile
+                self.cancel(child, actor, how.value, compensate, str(run["tenant_id"]))
 
     def _request(self, run: dict[str, Any], actor: str, mode: CancelMode, compensate: bool) -> bool:
         trace = TraceBuffer(run["run_id"], run["tenant_id"], run["trace_id"], None)
@@ -278,6 +297,11 @@ class Cancellation:
         for step in (next_step - 1, next_step):
             if step >= 0 and self.redis.exists(self.keys.budget_hold(run_id, step)):
                 self.ledger.settle(run_id, step, self.store.step_spend(run_id, step))
+        if self.child_ended is not None:
+            # a child's carved budget is settled and its waiting parent told, now
+            row = self.store.get_run(run_id)
+            if row.get("parent_run_id") is not None:
+                self.child_ended(run_id, str(row["tenant_id"]))
         if compensate:
             self.compensate(run_id)
 

@@ -53,6 +53,8 @@ DIMENSIONS: tuple[str, ...] = (
     "retries",
     "wall_clock_ms",
     "cost_micro_usd",
+    #: child runs started (``delegate`` proposals the ledger carved a budget for)
+    "delegations",
 )
 
 
@@ -109,6 +111,7 @@ class BudgetLimits(_Strict):
     retries: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     wall_clock_s: float | None = Field(default=None, ge=0, le=MAX_WALL_CLOCK_S)
     cost_usd: float | None = Field(default=None, ge=0, le=MAX_USD)
+    delegations: int | None = Field(default=None, ge=0, le=MAX_COUNT)
 
     def ledger_limits(self) -> dict[str, int]:
         """Limits in ledger units; -1 means unlimited."""
@@ -123,6 +126,7 @@ class BudgetLimits(_Strict):
             "retries": lim(self.retries),
             "wall_clock_ms": lim(self.wall_clock_s, 1000),
             "cost_micro_usd": lim(self.cost_usd, 1_000_000),
+            "delegations": lim(self.delegations),
         }
 
 
@@ -273,6 +277,19 @@ class ActorConfig(_Strict):
     labels: list[AccessLabel] = Field(default_factory=list, max_length=1000)
 
 
+class DelegationConfig(_Strict):
+    """How a route's runs may start child runs (``delegate`` proposals)."""
+
+    #: how deep a chain of delegations may go below a run submitted by a caller (depth 0)
+    max_depth: int = Field(default=2, ge=1, le=10)
+    #: child runs one run may start in all (its fan-out)
+    max_children: int = Field(default=5, ge=1, le=1000)
+    #: a child's budget where its proposal names none, per dimension; carved out of the
+    #: parent's remaining per-run budget (a dimension the parent is limited in must be
+    #: named here or by the proposal, or the delegation is refused)
+    default_budget: BudgetLimits = BudgetLimits()
+
+
 class RouteConfig(_Strict):
     task_class: str = Field(min_length=1, max_length=200)
     risk_class: RiskClass
@@ -291,6 +308,11 @@ class RouteConfig(_Strict):
     retriever_version: Version | None = None
     system_prompt: str = "You are a careful assistant. Use the tools you are given."
     allowed_tools: list[str] = Field(default_factory=list)
+    #: routes a run of this route may start child runs on (``delegate`` proposals)
+    delegates_to: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=100
+    )
+    delegation: DelegationConfig = DelegationConfig()
     #: a key of ``budget_policies``
     budget_policy: str
     daily_budget: BudgetLimits = BudgetLimits()
@@ -1019,6 +1041,9 @@ def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> li
     for tool in _list(route.get("allowed_tools")):
         if isinstance(tool, str) and tool not in tools:
             problems.append(f"{key}.allowed_tools: tool {tool!r} is not declared under 'tools'")
+    for target in _list(route.get("delegates_to")):
+        if isinstance(target, str) and target not in _mapping(data.get("routes")):
+            problems.append(f"{key}.delegates_to: unknown route {target!r}")
     for tenant in _list(route.get("tenants")):
         if isinstance(tenant, str) and tenant != "*" and tenant not in tenants:
             problems.append(f"{key}.tenants: unknown tenant {tenant!r}")
@@ -1072,6 +1097,8 @@ def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[
         if field == "tool":
             # a memory write is decided as the synthetic tool ``memory:<namespace>``
             names += _memory_tools(data)
+            # a delegation is decided as a call of ``delegate:<route>`` (runtime.step.delegation)
+            names += [f"delegate:{r}" for r in _mapping(data.get("routes")) if isinstance(r, str)]
         known = names if section else list(_CLASSES[field])
         if match.get(field) == []:
             problems.append(f"{key}.{field}: an empty list matches nothing (leave it out)")

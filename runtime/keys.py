@@ -157,6 +157,15 @@ class Keys:
         """ZSET of open holds scored by their expiry (ms), for the reaper."""
         return f"{self.namespace}:{{ledger}}:holds"
 
+    def budget_delegation_hold(self, run_id: str, step: int) -> str:
+        """The budget a run's step carved out of its scope for a child run: held while the
+        child runs (never reaped like a step's hold), settled when it ends."""
+        return f"{self.namespace}:{{ledger}}:dhold:{run_id}:{step}"
+
+    def budget_delegations_index(self) -> str:
+        """ZSET of open delegation holds (the reaper never reads it)."""
+        return f"{self.namespace}:{{ledger}}:dholds"
+
     def ledger_state(self) -> str:
         """The ledger's state marker (hash, field ``gen``): see runtime.state."""
         return f"{self.namespace}:{{ledger}}:state"

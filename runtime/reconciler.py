@@ -80,6 +80,8 @@ class ReconcileReport:
     expired_approvals: list[str] = field(default_factory=list)
     #: event runs started because the runs before them on their key had ended
     released: list[str] = field(default_factory=list)
+    #: parents resumed because their child had ended (``runtime.delegations``)
+    parents_resumed: list[str] = field(default_factory=list)
     #: dead letters deleted by retention; None when retention was not due this round
     retention_deleted: int | None = None
     #: memories deleted by retention this round
@@ -114,6 +116,7 @@ class Reconciler:
         lease_ttl_s: float,
         release_ordered: Callable[[], list[str]] | None = None,
         expire_memories: Callable[[datetime], int] | None = None,
+        resume_parents: Callable[[], list[str]] | None = None,
         interval_s: float = DEFAULT_INTERVAL_S,
         grace_s: float | None = None,
         batch: int = DEFAULT_BATCH,
@@ -135,6 +138,8 @@ class Reconciler:
         self.release_ordered = release_ordered
         #: memory retention (deletes expired memories; None: a deployment without them)
         self.expire_memories = expire_memories
+        #: resumes parents whose child ended while nothing resumed them (a crash)
+        self.resume_parents = resume_parents
         self.interval_s = interval_s
         #: a run not updated for this long may be a zombie; by default the step lease ttl,
         #: so a step that is still executing (it updates the run when it checkpoints) is not
@@ -183,6 +188,11 @@ class Reconciler:
                 report.memories_expired = self.expire_memories(clock)
             except Exception as exc:
                 self._failed(report, "memory_retention", exc)
+        if self.resume_parents is not None:
+            try:
+                report.parents_resumed = self.resume_parents()
+            except Exception as exc:
+                self._failed(report, "delegations", exc)
         if self._retention_due(clock):
             self._last_retention = clock  # also on failure: try again in an hour, not 5 s
             try:

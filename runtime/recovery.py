@@ -43,7 +43,7 @@ from typing import Any
 
 import redis
 
-from runtime import deployment
+from runtime import delegations, deployment
 from runtime.config import DIMENSIONS, RuntimeConfig
 from runtime.dispatch import Dispatch
 from runtime.errors import RecoveryError
@@ -222,8 +222,12 @@ class Recovery:
                     holds = self._holds(pipe, index)
                     used = self._spend_by_scope(holds)
                     recovered = self._recovered_holds(holds)
+                    # children's carved budgets, and ended children's spend, in their parents'
+                    children = self.runs.delegations_of_open_parents()
+                    carved = delegations.rebuilt_holds(children, self.keys, used)
+                    stale = pipe.zrange(self.keys.budget_delegations_index(), 0, -1)
                     reserved: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-                    for hold in [*holds.values(), *recovered.values()]:
+                    for hold in [*holds.values(), *recovered.values(), *carved.values()]:
                         for scope in hold["scopes"]:
                             for dim, amount in hold["amounts"].items():
                                 reserved[scope][dim] += amount
@@ -238,6 +242,7 @@ class Recovery:
                         pipe.hset(scope, mapping=fields)  # type: ignore[arg-type]
                         pipe.expire(scope, self._scope_ttl_s(scope))
                     self._write_recovered(pipe, index, recovered)
+                    delegations.write_holds(pipe, self.keys, stale, carved)
                     # the ledger is known again in the same transaction that rebuilt it
                     self.markers.mark_ledger_in(pipe, generation)
                     pipe.execute()

@@ -63,6 +63,8 @@ class StepKind(enum.StrEnum):
     MEMORY_WRITE = "memory_write"
     #: the model proposed a plan and the runtime accepted it (``runtime.step.plan``)
     PLAN = "plan"
+    #: a child run the run started (``delegate``) ended: its result is the observation
+    DELEGATION = "delegation"
 
 
 class StepOutcome(enum.StrEnum):
@@ -121,6 +123,10 @@ class StepOutcome(enum.StrEnum):
     INVALID_PROPOSAL = "invalid_proposal"
     #: ``:<code>``: the invalid proposal was fed back
     REFUSED = "refused"
+    #: ``:<child run id>``: a child run started; the run waits for it
+    DELEGATED = "delegated"
+    #: ``:<child status>``: the child run ended; its result was fed back
+    CHILD_ENDED = "child_ended"
 
     def of(self, *detail: str) -> str:
         """``<outcome>:<detail>[:<detail>...]``."""
@@ -176,6 +182,8 @@ class WorkflowStep(enum.StrEnum):
     RETRIED_FROM_DEAD_LETTER = "retried_from_dead_letter"
     #: ``:<mode>[+compensate]``: a cancel was requested (status ``cancel_requested``)
     CANCELLING = "cancelling"
+    #: ``:<child run id>``: the run waits for a child run it started (``delegate``)
+    AWAITING_CHILD = "awaiting_child"
     #: ``:<actor>``: an operator paused the run (status ``waiting``)
     PAUSED = "paused"
     #: ``:<actor>``: an operator resumed the paused run

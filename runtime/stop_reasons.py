@@ -25,6 +25,7 @@ escalated:<rule>              waiting      policy escalated the call to a human
 paused:<actor>                waiting      an operator paused the run (resume goes on)
 ordered:<source>              waiting      an event run waits for the earlier runs of its
                                            ordering key (``runtime.event_ordering``)
+delegated:<child run id>      waiting      the run waits for a child run it started
 approval_denied               refused      a reviewer denied the action
 approval_expired              failed       nobody decided in time
 ============================  ===========  ==============================================
@@ -51,6 +52,7 @@ _STATUS_BY_KIND: dict[str, RunStatus] = {
     "escalated": RunStatus.WAITING,
     "paused": RunStatus.WAITING,
     "ordered": RunStatus.WAITING,
+    "delegated": RunStatus.WAITING,
 }
 
 KINDS = frozenset(_STATUS_BY_KIND)

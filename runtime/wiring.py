@@ -14,13 +14,14 @@ import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from sqlalchemy import Engine
 
-from runtime import deployment, telemetry
+from runtime import deployment, new_runs, telemetry
 from runtime.api_keys import ApiKeys
 from runtime.approvals import Approvals
 from runtime.budget_extensions import BudgetExtensions
@@ -33,6 +34,7 @@ from runtime.controls import Controls
 from runtime.dashboard_view import DashboardView
 from runtime.dead_letter_entries import DeadLetterEntries
 from runtime.dead_letters import DeadLetters
+from runtime.delegations import Delegations
 from runtime.dispatch import Dispatch
 from runtime.endpoints import Endpoints, resolve_endpoints
 from runtime.errors import ConfigError, SettingsError
@@ -376,8 +378,14 @@ def _step_runner(
     ordering: EventOrdering,
     live: LiveReleases,
     retrievers: RetrieverRegistry,
+    delegations: Delegations,
 ) -> StepRunner:
     compensations, dead_letters = failures
+
+    def after_terminal(run: Mapping[str, Any]) -> None:
+        ordering.after_terminal(run)
+        delegations.after_terminal(run)
+
     return build_runner(
         config=config,
         config_digest=digest,
@@ -401,12 +409,27 @@ def _step_runner(
         dead_letters=dead_letters,
         after_failure=compensations.after_failure,
         after_cancel=compensations.compensate,
-        after_terminal=ordering.after_terminal,
+        after_terminal=after_terminal,
         releases=live,
         policy_sets={name: PolicyEngine(p) for name, p in config.policies.items()},
         retrievers=retrievers,
         evidence=EvidenceStore(m.store.engine),
         memories=MemoryStore(m.store.engine),
+        children=delegations,
+    )
+
+
+def _delegations(
+    store: RunStore, ledger: BudgetLedger, keys: Keys, dispatch: Dispatch, catalog: Catalog
+) -> Delegations:
+    """Child runs (``delegate``): their rows are what a submit would store."""
+    return Delegations(
+        store=store,
+        ledger=ledger,
+        keys=keys,
+        dispatch=dispatch,
+        new_row=partial(new_runs.request_row, catalog),
+        new_events=partial(new_runs.admission_events, refusal=None),
     )
 
 
@@ -488,6 +511,7 @@ def build_service(
     digest = config_digest(config)
     live = _live_releases(settings, config, m, catalog)
     ordering, events, submissions = _intake(config, m, dispatch, catalog, controls, live)
+    delegations = _delegations(m.store, m.ledger, m.keys, dispatch, catalog)
     steps = _step_runner(
         config,
         digest,
@@ -501,6 +525,7 @@ def build_service(
         ordering,
         live,
         retrievers,
+        delegations,
     )
     levers = _levers(config, m, dispatch, lever_store)
     svc = cls(
@@ -539,6 +564,8 @@ def build_service(
             keys=m.keys,
             compensate=compensations.compensate,
             approvals=m.approvals,
+            live_children=delegations.live_children,
+            child_ended=delegations.child_ended,
         ),
         approvals=Approvals(
             config=config,
@@ -636,6 +663,9 @@ def build_reconciler(
         approvals=svc.approvals,
         release_ordered=svc.ordering.reconcile,
         expire_memories=MemoryStore(svc.store.engine).delete_expired,
+        resume_parents=_delegations(
+            svc.store, svc.ledger, svc.keys, svc.dispatch, svc.catalog
+        ).reconcile,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,
         grace_s=grace_s,

@@ -219,6 +219,8 @@ HEAD_RUNS_INDEXES = {
     "ix_runs_tenant_status",
     "ix_runs_route_status",
     "ix_runs_status_created",
+    # a parent's children (0014)
+    "ix_runs_parent",
 }
 
 
@@ -232,7 +234,15 @@ def runs_fillfactor(engine: Engine) -> str | None:
 
 
 #: columns of runs added after 0006 (the upgrades below compare the runs of 0005 and 0006)
-LATER_RUN_COLUMNS = {"budget_extension", "release", "plan"}
+LATER_RUN_COLUMNS = {
+    "budget_extension",
+    "release",
+    "plan",
+    "parent_run_id",
+    "parent_step",
+    "depth",
+    "delegated_budget",
+}
 
 
 def all_runs(engine: Engine) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ MAX_EXTENSION: dict[str, int] = {
     "retries": MAX_COUNT,
     "wall_clock_ms": int(MAX_WALL_CLOCK_S * 1000),
     "cost_micro_usd": int(MAX_USD * 1_000_000),
+    "delegations": MAX_COUNT,
 }
 assert set(MAX_EXTENSION) == set(DIMENSIONS)
 

@@ -28,6 +28,9 @@ from runtime.config import DIMENSIONS
 from runtime.errors import BudgetExhausted, StateUnknown
 from runtime.keys import Keys
 
+#: a delegation hold's recorded expiry: far off (the reaper never reads its index anyway)
+_CARVE_TTL_MS = 366 * 86400 * 1000
+
 
 def today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
@@ -192,6 +195,56 @@ class BudgetLedger:
             reserved["tokens"] = int(result[3])
             reserved["cost_micro_usd"] = int(result[4])
         return Reservation(run_id, step, reserved, state, granted, tool_executions)
+
+    # --- delegation ------------------------------------------------------------------
+    def carve(self, run_id: str, step: int, scope: Scope, amounts: dict[str, int]) -> Reservation:
+        """Reserve a child run's budget (``amounts``, ``delegations`` included) in its
+        parent's run ``scope``, all dimensions or none (``BudgetExhausted`` naming the
+        first that does not fit). The hold lives until ``settle_child``: it is indexed
+        apart from step holds, so the reaper never releases it while the child runs.
+        Idempotent for (run, step) like ``reserve``."""
+        dims = list(DIMENSIONS)
+        argv: list[Any] = [
+            _CARVE_TTL_MS,
+            len(dims),
+            *dims,
+            *(int(amounts.get(d, 0)) for d in dims),
+            *(int(scope.limits.get(d, -1)) for d in dims),
+            scope.ttl_s,
+            -1,
+            0,
+            0,
+            0,
+            0,
+            self.generation(),
+        ]
+        keys = [
+            self.keys.budget_delegation_hold(run_id, step),
+            self.keys.budget_delegations_index(),
+            scope.key,
+            self.keys.ledger_state(),
+        ]
+        result = self._reserve(keys=keys, args=argv)
+        if int(result[0]) == -1:
+            raise StateUnknown("budget ledger")
+        if int(result[0]) != 1:
+            raise _refused([scope], result, amounts)
+        return Reservation(run_id, step, dict(amounts), _text(result[1]))
+
+    def settle_child(self, run_id: str, step: int, actuals: dict[str, int]) -> bool:
+        """Replace the budget ``run_id``'s step carved for a child by what the child
+        spent; the rest returns to the parent. False if nothing was open (settled already)."""
+        dims = list(DIMENSIONS)
+        argv: list[Any] = [len(dims), *dims, *(int(actuals.get(d, 0)) for d in dims)]
+        keys = [
+            self.keys.budget_delegation_hold(run_id, step),
+            self.keys.budget_delegations_index(),
+        ]
+        return bool(self._settle(keys=keys, args=argv))
+
+    def used(self, scope_key: str) -> dict[str, int]:
+        """Settled spend per dimension of one scope."""
+        return {d: v["used"] for d, v in self.balance(scope_key).items()}
 
     def hold(self, run_id: str, step: int) -> Reservation | None:
         """The open hold of a step as recorded (state "existing"), or None."""

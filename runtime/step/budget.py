@@ -107,7 +107,9 @@ class Budgeting:
         waits for an extension of that budget, and the step is tried again once one is
         granted. A tenant's or a route's day is never extended: those stop the run."""
         own = exc.scope == self.ledger.run_scope(st.run_id, {}).name
-        if not own or st.route.on_budget_exhausted != "ask":
+        # a child's budget was carved out of its parent's: never extended past it
+        carved = st.run.get("delegated_budget") is not None
+        if not own or carved or st.route.on_budget_exhausted != "ask":
             return outcomes.tool_exhausted(st, exc) if tool else outcomes.exhausted(st, exc)
         asked = extension.requested(
             st.route.budget_extension.ledger_limits(), exc.dimension, exc.shortfall
@@ -115,13 +117,23 @@ class Budgeting:
         record = extension.waiting(st.run.get("budget_extension"), asked, exc.dimension, st.step_no)
         return outcomes.budget_wait(st, exc, record)
 
+    def run_scope(self, st: Step) -> Scope:
+        """The run's own scope: its budget policy's per-run limits, raised by extensions
+        granted to it; a child's (``delegated_budget``) lowered to what its parent carved
+        for it, never raised."""
+        policy = self.config.budget_policies[st.route.budget_policy]
+        limits = policy.per_run.ledger_limits()
+        carved = st.run.get("delegated_budget")
+        if isinstance(carved, dict):
+            return self.ledger.run_scope(st.run_id, _tighter(limits, carved))
+        granted = extension.granted_of(st.run.get("budget_extension"))
+        return self.ledger.run_scope(st.run_id, limits, granted)
+
     def _scopes(self, st: Step) -> list[Scope]:
         run, ledger = st.run, self.ledger
-        policy = self.config.budget_policies[st.route.budget_policy]
         tenant = self.config.tenants.get(run["tenant_id"])
         day = today()
-        granted = extension.granted_of(run.get("budget_extension"))
-        scopes = [ledger.run_scope(st.run_id, policy.per_run.ledger_limits(), granted)]
+        scopes = [self.run_scope(st)]
         if tenant is not None:
             scopes.append(
                 ledger.tenant_day_scope(run["tenant_id"], tenant.daily_budget.ledger_limits(), day)
@@ -178,6 +190,15 @@ def spend_row(st: Step, actual: dict[str, int]) -> dict[str, Any]:
         "at": utcnow(),
         **actual,
     }
+
+
+def _tighter(limits: dict[str, int], carved: dict[str, Any]) -> dict[str, int]:
+    """Per dimension the lower of two limits (-1: unlimited)."""
+    out = dict(limits)
+    for dim, value in carved.items():
+        if dim in out and isinstance(value, int) and value >= 0:
+            out[dim] = value if out[dim] < 0 else min(out[dim], value)
+    return out
 
 
 def _policy_retry(st: Step) -> int:

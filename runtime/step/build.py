@@ -29,11 +29,13 @@ from runtime.step.collaborators import (
     AfterFailure,
     AfterTerminal,
     CatalogReads,
+    ChildRuns,
     DeadLettering,
     LiveControls,
     ReleaseRouting,
     Scheduling,
 )
+from runtime.step.delegation import DelegateStage
 from runtime.step.execution import ToolExecution
 from runtime.step.guards import Guards
 from runtime.step.memory import MemoryStage
@@ -83,6 +85,7 @@ def build_runner(
     policy_sets: dict[str, PolicyEngine] | None = None,
     retrievers: RetrieverRegistry | None = None,
     evidence: EvidenceStore | None = None,
+    children: ChildRuns | None = None,
 ) -> StepRunner:
     retries = Retries(dead_letters=dead_letters)
     pending = PendingCalls(registry=registry, store=store)
@@ -126,6 +129,15 @@ def build_runner(
         evidence=evidence if evidence is not None else NoEvidence(),
         memories=memories,
     )
+    if children is not None:
+        stages["delegate"] = DelegateStage(
+            config=config,
+            ledger=ledger,
+            budgeting=budgeting,
+            policy=policy,
+            policy_sets=policy_sets,
+            children=children,
+        )
     stages["plan"] = PlanStage(config=config, registry=registry, step_policy=step_policy)
     proposal = ProposalCheck(
         config=config,

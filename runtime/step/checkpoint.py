@@ -95,6 +95,7 @@ class Checkpointer:
                 self._record_effect_outcome(st.effect_update)
             raise
         st.stage_ms["checkpoint"] = int((time.monotonic() - committing) * 1000)
+        _return_unstarted(self.ledger, st, move)
         kept = self._settle_and_schedule(st, move, lease, actual, cp.step["duration_ms"])
         if move.status in TERMINAL_STATUSES:
             # an event run of a per_key source lets the next run of its key start (never
@@ -145,7 +146,7 @@ class Checkpointer:
             )
             # what the step did stays on record; the run's end is the cancel
             cancelled.run_updates.pop("workflow_step", None)
-            st.trace.events = cp.events
+            st.trace.events = [e for e in cp.events if e.get("run_id") == st.run_id]
             st.trace.add("stop", reason=cancelled.stop_reason, status=RunStatus.CANCELLED.value)
             st.cancel_request = req.workflow_step
             st.pending_secrets = None
@@ -164,6 +165,7 @@ class Checkpointer:
     def _checkpoint_of(self, st: Step, move: Move, actual: dict[str, int] | None) -> Checkpoint:
         now = utcnow()
         updates = self._run_updates(st, move, now)
+        children, events = _children(st, move)
         return Checkpoint(
             run_id=st.run_id,
             step_no=st.step_no,
@@ -184,7 +186,7 @@ class Checkpointer:
                 "finished_at": now,
                 "duration_ms": int((time.monotonic() - st.started) * 1000),
             },
-            events=st.trace.drain(),
+            events=events,
             spend=spend_row(st, actual) if actual is not None else None,
             decisions=st.decisions,
             effect_update=st.effect_update,
@@ -194,6 +196,7 @@ class Checkpointer:
             rows=st.rows,
             clear_pending_secrets="pending_proposal" in updates
             and bool((st.run["pending_proposal"] or {}).get("secret_args")),
+            new_runs=children,
         )
 
     @staticmethod
@@ -237,6 +240,8 @@ class Checkpointer:
                 ops.delay(following, now_ms() + int(move.countdown_s * 1000))
             else:
                 ops.enqueue(following)
+        for child in _children(st, move, drain=False)[0]:  # committed: its first step
+            ops.enqueue(item_of(child, 0))
         ops.promote().dispatch(1)  # the slot this step frees; the pump fills the rest
 
         def settle_release_schedule(pipe: Any) -> None:
@@ -334,6 +339,32 @@ class Checkpointer:
                 "as unknown (same idempotency key, or an operator for an irreversible tool)",
                 effect_update["idempotency_key"],
             )
+
+
+def _delegates(move: Move) -> bool:
+    """Whether ``move`` makes the run wait for a child run its step started."""
+    reason = move.stop_reason or ""
+    return move.status == RunStatus.WAITING and stop_reasons.kind_of(reason) == "delegated"
+
+
+def _children(
+    st: Step, move: Move, *, drain: bool = True
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The child runs ``move`` commits (those the step started, if it makes the run wait
+    for them; else none: a child exists only with the checkpoint that waits for it) and
+    the step's trace events (drained), the children's first ones included."""
+    children = st.new_runs if _delegates(move) else []
+    events = st.trace.drain() if drain else []
+    if children and drain:
+        events.extend(st.new_run_events)
+    return children, events
+
+
+def _return_unstarted(ledger: BudgetLedger, st: Step, move: Move) -> None:
+    """A step that carved a child's budget and did not start the child (a cancel ended
+    the run at its checkpoint): the budget goes back to the run."""
+    if st.new_runs and not _delegates(move):
+        ledger.settle_child(st.run_id, st.step_no, {})
 
 
 def land_pause(

@@ -92,6 +92,23 @@ class DeadLettering(Protocol):
     ) -> str | None: ...
 
 
+class ChildRuns(Protocol):
+    """Child runs (``delegate``): a run's fan-out so far, and a new child's row."""
+
+    def child_count(self, run_id: str, tenant_id: str) -> int: ...
+
+    def child_row(
+        self,
+        parent: Mapping[str, Any],
+        route: str,
+        goal: str,
+        run_input: dict[str, Any],
+        step_no: int,
+        depth: int,
+        budget: dict[str, int],
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]: ...
+
+
 #: what follows a run that failed or was dead-lettered (compensation, if its route asks)
 AfterFailure = Callable[[dict[str, Any]], None]
 #: what follows a run a cancel ended, when the cancel asked for compensation (its run id)

@@ -10,6 +10,7 @@ from typing import Any
 
 from runtime import stop_reasons
 from runtime.contract import RunStatus
+from runtime.step import child_result
 from runtime.step.state import Move, Step
 from runtime.step_record import StepKind, StepOutcome
 from runtime.store.runs import RunStore
@@ -52,6 +53,8 @@ class PendingCalls:
         if they are gone."""
         if pending.get("type") == DENIED:
             return denied(st, pending)
+        if pending.get("type") == child_result.CHILD_RESULT:
+            return child_result.returned(st, pending)
         # retry bookkeeping travels with the proposal but is not part of it
         st.call_key = pending.get("call_key")
         ref = pending.get("approval")

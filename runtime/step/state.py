@@ -155,6 +155,10 @@ class Step:
     #: the proposal departs from the run's plan (``runtime.step.plan_follow``): every
     #: policy decision of this step is told (``PolicyContext.plan_deviation``)
     plan_deviation: bool = False
+    #: child runs this step started (``delegate``) and their first trace events, committed
+    #: with the checkpoint that makes the run wait for them (and only with that one)
+    new_runs: list[dict[str, Any]] = field(default_factory=list)
+    new_run_events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:

@@ -60,6 +60,7 @@ class HistoryRows(StoreConnections):
             "retries",
             "wall_clock_ms",
             "cost_micro_usd",
+            "delegations",
         ]
         query = select(*[func.coalesce(func.sum(spend_t.c[c]), 0) for c in cols])
         if run_id:

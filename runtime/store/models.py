@@ -61,6 +61,8 @@ class RunRow(SQLModel, table=True):
         # version, ...): on PostgreSQL a checkpoint that keeps the status is then a HOT
         # update, touching no index (migration 0006 says more)
         Index("ix_runs_status_created", "status", "created_at"),
+        # a parent's children (fan-out, cancel, the run view)
+        Index("ix_runs_parent", "parent_run_id"),
         # PostgreSQL: room on each page for the row's next versions (HOT updates)
         {"postgresql_with": {"fillfactor": 80}},
     )
@@ -123,6 +125,15 @@ class RunRow(SQLModel, table=True):
     #: the run's accepted plan and how far it has followed it (``runtime.step.plan``):
     #: {"steps", "next", "step_no", "deviated"}; None: the run proposed no plan
     plan: dict[str, Any] | None = _json()
+    #: the run whose ``delegate`` proposal started this one (None: submitted by a caller)
+    parent_run_id: str | None = Field(default=None, max_length=40)
+    #: the parent's step that started it
+    parent_step: int | None = None
+    #: delegations between this run and the submitted run it descends from (0: that run)
+    depth: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    #: a child's per-run limits in ledger units, carved out of its parent's budget
+    #: (``runtime.step.delegation``); None: its budget policy's alone
+    delegated_budget: dict[str, Any] | None = _json()
 
 
 class StepRow(SQLModel, table=True):
@@ -246,6 +257,9 @@ class SpendRow(SQLModel, table=True):
     retries: int = _bigint()
     wall_clock_ms: int = _bigint()
     cost_micro_usd: int = _bigint()
+    delegations: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, default=0, server_default="0")
+    )
     at: datetime
 
 

@@ -45,6 +45,7 @@ from runtime.statuses import KNOWN_STATUSES
 from runtime.store import approvals
 from runtime.store.cells import Unreadable as Unreadable
 from runtime.store.db import utcnow
+from runtime.store.delegations import DelegationRows
 from runtime.store.effects import EffectClaim as EffectClaim
 from runtime.store.effects import EffectRows
 from runtime.store.history import HistoryRows
@@ -92,10 +93,27 @@ class Checkpoint:
     evidence: list[dict[str, Any]] = field(default_factory=list)
     #: rows a stage adds with the step (``Step.rows``: an accepted memory write)
     rows: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
+    #: child runs the step started (``delegate``): they exist iff this step committed
+    new_runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def only_rows(self) -> bool:
+        """Whether it writes only the run, its step, events and spend (on PostgreSQL: one
+        statement)."""
+        return not (
+            self.effect_update
+            or self.pending_secrets
+            or self.clear_pending_secrets
+            or self.decisions
+            or self.approval
+            or self.evidence
+            or self.rows
+            or self.new_runs
+        )
 
 
 def _insert_records(sql: PreparedStatements, conn: Connection, cp: Checkpoint) -> None:
-    """The checkpoint's decisions, approval, evidence and stage rows."""
+    """The checkpoint's decisions, approval, evidence, stage rows and child runs."""
     if cp.decisions:
         # an earlier copy of this step may have stored the call's decision ahead of the
         # tool and died before its checkpoint: the first decision recorded for a call
@@ -109,9 +127,11 @@ def _insert_records(sql: PreparedStatements, conn: Connection, cp: Checkpoint) -
         sql.insert(conn, evidence_t, cp.evidence, ignore_conflicts=True)
     for table, row in cp.rows:
         conn.execute(insert(table), [row])
+    if cp.new_runs:
+        conn.execute(insert(runs_t), cp.new_runs)
 
 
-class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
+class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages, DelegationRows):
     """Runs: admission, reads for views, the step's start and checkpoint, transitions an
     operator names. Side effects, a run's history (steps, trace, decisions, spend) and an
     operator's cancel, pause and resume are the rows of ``EffectRows``, ``HistoryRows``
@@ -288,15 +308,7 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages):
         values = dict(cp.run_updates)
         values.update(status=cp.status.value, next_step=cp.step_no + 1, updated_at=utcnow())
         where = {"run_id": cp.run_id, "next_step": cp.step_no}
-        if self._one_statement_writes and not (
-            cp.effect_update
-            or cp.pending_secrets
-            or cp.clear_pending_secrets
-            or cp.decisions
-            or cp.approval
-            or cp.evidence
-            or cp.rows
-        ):
+        if self._one_statement_writes and cp.only_rows:
             self._checkpoint_in_one_statement(cp, values, where, allowed)
             return
         try:

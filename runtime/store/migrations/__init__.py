@@ -15,7 +15,7 @@ revision it already has is skipped, never dropped.
 from __future__ import annotations
 
 #: the schema revision this code reads and writes
-HEAD = "0016_run_plans"
+HEAD = "0017_delegation"
 #: the schema of commit 98a37a2, the first one under migrations
 BASELINE = "0001_baseline"
 #: the command that brings a database to ``HEAD`` (named by every refusal)
