@@ -62,6 +62,9 @@ from rich.table import Table
 from runtime import stop_reasons
 from runtime.config import RuntimeConfig, load_config
 from runtime.demo import review
+from runtime.demo.knowledge import CHILD_ROUTE as KNOWLEDGE_CHILD
+from runtime.demo.knowledge import ROUTE as KNOWLEDGE_ROUTE
+from runtime.demo.knowledge import KnowledgeReport, print_knowledge, run_knowledge
 from runtime.demo.review import Decided, Reviewer
 from runtime.demo.rollout import RolloutReport, print_rollout, run_rollout
 from runtime.errors import DemoError
@@ -73,6 +76,7 @@ from runtime.wiring import Endpoints, Runtime, resolve_endpoints
 TENANTS = ("acme", "globex", "initech")
 TRIAGE, REFUNDS, COUNTER = "support.triage", "billing.refunds", "ops.counter"
 ROUTES = (TRIAGE, REFUNDS, COUNTER)
+KNOWLEDGE_ROUTES = (KNOWLEDGE_ROUTE, KNOWLEDGE_CHILD)
 #: the ticket every "lock contention" run updates
 CONTENDED_TICKET = "T-1000"
 #: the counter key every counter.increment of the demo adds 1 to
@@ -340,6 +344,8 @@ class DemoReport:
     home: Path = field(default_factory=lambda: Path(".agentrt"))
     #: the rollout act: canary, lever, gated promotion (``runtime.demo.rollout``)
     rollout: RolloutReport | None = None
+    #: the knowledge act: retrieval, memory, delegation (``runtime.demo.knowledge``)
+    knowledge: KnowledgeReport | None = None
 
     @property
     def counter_increments(self) -> int:
@@ -379,6 +385,7 @@ class DemoReport:
             },
             "approvals": review.to_json(self.approvals),
             "rollout": self.rollout.to_json() if self.rollout else None,
+            "knowledge": self.knowledge.to_json() if self.knowledge else None,
         }
 
 
@@ -408,7 +415,7 @@ def demo_config_path(configured: Path) -> Path:
 
 def check_demo_config(config: RuntimeConfig, path: Path) -> None:
     missing = [f"tenants.{t}" for t in TENANTS if t not in config.tenants]
-    missing += [f"routes.{r}" for r in ROUTES if r not in config.routes]
+    missing += [f"routes.{r}" for r in (*ROUTES, *KNOWLEDGE_ROUTES) if r not in config.routes]
     if missing:
         raise DemoError(
             f"the demo needs config/runtime.yaml's tenants and routes; {path} lacks "
@@ -508,6 +515,8 @@ def _run_in_namespace(
             None,
         )
         report.rollout = run_rollout(svc, over_cap, settings.home / "evals", options.timeout_s)
+        console.print("knowledge: retrieval with evidence, a memory write and a delegation")
+        report.knowledge = run_knowledge(svc, options.timeout_s)
         report.flower_url = flower_url
         report.home = settings.home
         if on_report is not None:
@@ -802,6 +811,8 @@ def print_summary(report: DemoReport, console: Console) -> None:
     console.print(review.latency_line(report.approvals))
     if report.rollout is not None:
         print_rollout(report.rollout, console)
+    if report.knowledge is not None:
+        print_knowledge(report.knowledge, console)
     for line in _checks(report):
         console.print(line)
     console.print(

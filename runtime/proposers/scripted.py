@@ -15,6 +15,10 @@ without the history (the system prompt, the goal with the input less the script,
 schemas), bounded the same way, so a step reserves the same whichever proposer a route
 uses. An item's ``usage`` is what the step is charged (the model's report, replayed),
 bounded like any report by the prompt bound and the granted output.
+
+An item's ``citations`` (a reply) or ``evidence`` (a memory write) may be the text
+``"$evidence"``: it becomes the evidence ids the step's working set shows (what a model
+would cite), so a script can cite what its own retrievals returned without knowing the ids.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from runtime.proposers.base import (
 )
 
 MAX_SCRIPT_ITEMS = 1000
+#: stands for the evidence ids the working set shows (see the module docstring)
+EVIDENCE_PLACEHOLDER = "$evidence"
+_CITING = frozenset({"citations", "evidence"})
 
 
 class ScriptedProposer:
@@ -63,7 +70,11 @@ class ScriptedProposer:
         usage = Usage()
         raw: Any = item
         if isinstance(item, dict):
-            raw = {k: v for k, v in item.items() if k != "usage"}
+            raw = {
+                k: list(ws.evidence_ids) if k in _CITING and v == EVIDENCE_PLACEHOLDER else v
+                for k, v in item.items()
+                if k != "usage"
+            }
             usage = _usage(item.get("usage"))
         return ProposalResult(raw=raw, usage=usage, model_version=self.model_version)
 
