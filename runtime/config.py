@@ -245,8 +245,10 @@ class ReleaseConfig(_Strict):
     description: str | None = Field(default=None, max_length=1000)
 
 
-#: a source's or actor's name (also what a policy rule's ``source`` globs match)
+#: a source's name (also what a policy rule's ``source`` globs match)
 SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
+#: a run's actor as ``submit(actor=...)`` names it (an email, ``cli:<user>``, a service)
+ActorName = Annotated[str, Field(min_length=1, max_length=200)]
 #: an access label a document may carry and an actor may hold
 AccessLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")]
 
@@ -812,7 +814,7 @@ class RuntimeConfig(_Strict):
     #: searchable sources a route's ``sources`` may name (README "Retrieval and evidence")
     sources: dict[SourceName, SourceConfig] = Field(default_factory=dict, max_length=1000)
     #: what the runtime knows of the actors runs name (their access labels)
-    actors: dict[SourceName, ActorConfig] = Field(default_factory=dict, max_length=100_000)
+    actors: dict[ActorName, ActorConfig] = Field(default_factory=dict, max_length=100_000)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -1092,6 +1094,12 @@ def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[
     (Arguments against the tools' input models: ``runtime.rule_check``.)"""
     match = _mapping(_mapping(rule).get("match"))
     problems: list[str] = []
+    tool_keys = [k for k in ("tool", "side_effect", "args") if match.get(k) is not None]
+    if match.get("source") is not None and tool_keys:
+        problems.append(
+            f"{key}.source: a rule with 'source' matches searches, one with "
+            f"{', '.join(repr(k) for k in tool_keys)} tool calls: together it never matches"
+        )
     for field, (what, section) in _RULE_VOCABULARY.items():
         names = [n for n in _mapping(data.get(section)) if isinstance(n, str)]
         if field == "tool":

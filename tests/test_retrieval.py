@@ -483,6 +483,11 @@ def test_the_config_names_broken_source_references() -> None:
     data["policy"]["rules"].append({"id": "x", "effect": "deny", "match": {"source": ["zz*"]}})
     assert "'zz*' matches no source declared under 'sources'" in config_problems(data)
     data = retrieval_config()
+    data["policy"]["rules"].append(
+        {"id": "y", "effect": "deny", "match": {"source": ["kb"], "tool": ["kb.search"]}}
+    )
+    assert "a rule with 'source' matches searches" in config_problems(data)
+    data = retrieval_config()
     data["routes"]["r.ret"]["citation_rule"] = "maybe"
     assert "citation_rule" in config_problems(data)
     data = retrieval_config()
