@@ -10,7 +10,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 
 from runtime.contract import TERMINAL_STATUSES
 from runtime.store.connections import StoreConnections
@@ -28,8 +28,9 @@ def new_memory_id() -> str:
     return "mem_" + uuid.uuid4().hex
 
 
-def _ended_runs() -> Any:
-    return select(runs_t.c.run_id).where(runs_t.c.status.in_([s.value for s in TERMINAL_STATUSES]))
+def _run_ended(run_id: Any) -> Any:
+    ended = [s.value for s in TERMINAL_STATUSES]
+    return and_(runs_t.c.run_id == run_id, runs_t.c.status.in_(ended))
 
 
 def _live(now: datetime) -> Any:
@@ -39,7 +40,8 @@ def _live(now: datetime) -> Any:
     return and_(
         c.forgotten_at.is_(None),
         or_(c.expires_at.is_(None), c.expires_at > now),
-        or_(c.retention != "run", c.run_id.not_in(_ended_runs())),
+        # a lookup of the memory's own run by its key, not a scan of every ended run
+        or_(c.retention != "run", ~exists().where(_run_ended(c.run_id))),
     )
 
 
@@ -190,18 +192,22 @@ class MemoryStore(StoreConnections):
     # --- retention -------------------------------------------------------------------
     def delete_expired(self, now: datetime, batch: int = RETENTION_BATCH) -> int:
         """Delete memories past their expiry, and ``run``-retention memories whose run
-        ended; at most ``batch`` of each per call. The number deleted."""
+        ended; at most ``batch`` of each per call. The number deleted. Runs every
+        reconciler round: with nothing due it only reads (no write transaction)."""
         c = memories_t.c
-        ended = _ended_runs()
         expired = select(c.memory_id).where(c.expires_at <= now).limit(batch)
-        of_ended = select(c.memory_id).where(c.retention == "run", c.run_id.in_(ended)).limit(batch)
-        deleted = 0
-        with self._write() as conn:
-            for query in (expired, of_ended):
-                ids = [r[0] for r in conn.execute(query)]
-                if ids:
-                    deleted += conn.execute(delete(memories_t).where(c.memory_id.in_(ids))).rowcount
-        return deleted
+        of_ended = (
+            select(c.memory_id)
+            .where(c.retention == "run", exists().where(_run_ended(c.run_id)))
+            .limit(batch)
+        )
+        with self._read_one() as conn:
+            ids = [r[0] for query in (expired, of_ended) for r in conn.execute(query)]
+        if not ids:
+            return 0
+        with self._write_one() as conn:
+            # a memory forgotten or deleted meanwhile is simply not there: rowcount says so
+            return int(conn.execute(delete(memories_t).where(c.memory_id.in_(ids))).rowcount)
 
     @staticmethod
     def row(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
