@@ -310,6 +310,17 @@ def test_plan_required_refuses_a_tool_call_before_any_plan(dep: Deployment) -> N
     assert reply.status.value == "succeeded"
 
 
+def test_a_call_the_plan_refuses_is_stored_without_its_secret_arguments(dep: Deployment) -> None:
+    pin = "73915528"
+    unlock = {"type": "tool_call", "tool": "vault.unlock", "args": {"vault_id": "v1", "pin": pin}}
+    view = settled(dep, run(dep, "r.plan.required", [unlock, REPLY]).run_id)
+    assert view.stop_reason == "invalid_proposal:plan_required"
+    [step] = dep.svc.store.steps(view.run_id)
+    assert step["proposal"]["args"] == {"vault_id": "v1", "pin": "[redacted]"}
+    assert pin not in str(step)
+    assert pin not in str([e.data for e in dep.svc.trace(view.run_id)])
+
+
 def test_a_run_without_a_plan_has_no_plan_events(dep: Deployment) -> None:
     view = settled(dep, run(dep, "r.plan", [search(), REPLY]).run_id)
     assert view.status.value == "succeeded"
