@@ -451,3 +451,20 @@ def test_a_resumed_call_keeps_the_verdict_it_was_proposed_with() -> None:
         # compared when it was proposed: neither refused again nor advancing the plan
         assert follow(st, proposals.parse(inc("k"))) is deviated
         assert st.trace.events == [] and "plan" not in st.run_updates
+
+
+def test_a_route_needing_a_plan_its_model_is_never_offered_is_refused() -> None:
+    from runtime.config import parse_config
+    from runtime.errors import ConfigError
+
+    data = plan_config()
+    chat = copy.deepcopy(data["routes"]["r.chat"])  # an openai model
+    data["routes"]["r.chat.strict"] = {**chat, "plan_required": True}
+    with pytest.raises(ConfigError, match=r"routes\.r\.chat\.strict\.plan_required: its model"):
+        parse_config(data)
+    data["routes"]["r.chat.strict"]["proposal_kinds"] = ["plan"]
+    assert parse_config(data).routes["r.chat.strict"].proposal_kinds == ["plan"]
+    # the same kind named twice is a mistake too
+    data["routes"]["r.chat.strict"]["proposal_kinds"] = ["plan", "plan"]
+    with pytest.raises(ConfigError, match="proposal_kinds names plan twice"):
+        parse_config(data)
