@@ -1056,7 +1056,23 @@ def _route_problems(key: str, route: dict[str, Any], data: dict[str, Any]) -> li
                 f"{key}.sources: source {source!r} is not declared under 'sources' "
                 f"(declared: {_listed(sources)})"
             )
+    problems += _plan_problems(key, route, models)
     return problems + _route_release_problems(key, route, data)
+
+
+def _plan_problems(key: str, route: dict[str, Any], models: dict[str, Any]) -> list[str]:
+    """A route that needs a plan before any tool call, whose model is never offered one,
+    would refuse every call its model makes: a setting that can only fail."""
+    if route.get("plan_required") is not True or "plan" in _list(route.get("proposal_kinds")):
+        return []
+    proposer = route.get("proposer")
+    model = _mapping(models.get(proposer)) if isinstance(proposer, str) else {}
+    if model.get("kind") != "openai":
+        return []  # a scripted run proposes its plan itself
+    return [
+        f"{key}.plan_required: its model {proposer!r} is never offered a plan "
+        "(add 'plan' to proposal_kinds)"
+    ]
 
 
 def _source_problems(key: str, source: dict[str, Any], data: dict[str, Any]) -> list[str]:

@@ -310,6 +310,17 @@ def test_plan_required_refuses_a_tool_call_before_any_plan(dep: Deployment) -> N
     assert reply.status.value == "succeeded"
 
 
+def test_a_call_the_plan_refuses_is_stored_without_its_secret_arguments(dep: Deployment) -> None:
+    pin = "73915528"
+    unlock = {"type": "tool_call", "tool": "vault.unlock", "args": {"vault_id": "v1", "pin": pin}}
+    view = settled(dep, run(dep, "r.plan.required", [unlock, REPLY]).run_id)
+    assert view.stop_reason == "invalid_proposal:plan_required"
+    [step] = dep.svc.store.steps(view.run_id)
+    assert step["proposal"]["args"] == {"vault_id": "v1", "pin": "[redacted]"}
+    assert pin not in str(step)
+    assert pin not in str([e.data for e in dep.svc.trace(view.run_id)])
+
+
 def test_a_run_without_a_plan_has_no_plan_events(dep: Deployment) -> None:
     view = settled(dep, run(dep, "r.plan", [search(), REPLY]).run_id)
     assert view.status.value == "succeeded"
@@ -354,3 +365,106 @@ def test_a_route_names_a_known_deviation_rule() -> None:
         parse_config(data)
     data["routes"]["r.plan"]["plan_deviation"] = "refuse"
     assert parse_config(data).routes["r.plan"].plan_deviation == "refuse"
+
+
+# --- following, without workers: what each kind is compared on --------------------------
+
+
+def _step(plan_: dict[str, Any] | None, **route: Any) -> Any:
+    from runtime.config import parse_config
+    from runtime.step.state import Step
+    from runtime.tracing import TraceBuffer
+
+    data = plan_config()
+    data["routes"]["r.plan"].update(route)
+    config = parse_config(data)
+    run_row = {"run_id": "r1", "tenant_id": "t1", "plan": plan_, "pending_proposal": None,
+               "invalid_proposals": 0}  # fmt: skip
+    return Step(run_row, config.routes["r.plan"], 3, 0, TraceBuffer("r1", "t1", "tr", 3))
+
+
+def _plan_of(*steps: dict[str, Any]) -> dict[str, Any]:
+    return {"steps": list(steps), "next": 0, "step_no": 0, "deviated": False}
+
+
+@pytest.mark.parametrize(
+    ("planned", "proposed", "matched"),
+    [
+        ({"action": "retrieval_query", "target": "kb"},
+         {"type": "retrieval_query", "query": "q", "sources": ["docs", "kb"]}, True),
+        ({"action": "retrieval_query", "target": "kb"},
+         {"type": "retrieval_query", "query": "q", "sources": ["docs"]}, False),
+        ({"action": "retrieval_query"},
+         {"type": "retrieval_query", "query": "q", "sources": ["docs"]}, True),
+        ({"action": "memory_write", "target": "prefs"},
+         {"type": "memory_write", "namespace": "prefs", "key": "k", "content": "c",
+          "retention": "run"}, True),
+        ({"action": "memory_write", "target": "prefs"},
+         {"type": "memory_write", "key": "k", "content": "c", "retention": "run"}, False),
+        ({"action": "delegate", "target": "r.child"},
+         {"type": "delegate", "route": "r.child", "goal": "g"}, True),
+        ({"action": "delegate", "target": "r.child"},
+         {"type": "delegate", "route": "r.other", "goal": "g"}, False),
+        ({"action": "tool_call", "target": "kb.search"},
+         {"type": "delegate", "route": "kb.search", "goal": "g"}, False),
+        ({"action": "stop"}, {"type": "stop"}, True),
+    ],
+)  # fmt: skip
+def test_each_kind_is_compared_on_its_action_and_target(
+    planned: dict[str, Any], proposed: dict[str, Any], matched: bool
+) -> None:
+    from runtime import proposals
+    from runtime.step.plan_follow import follow
+
+    st = _step(_plan_of(planned))
+    deviated = follow(st, proposals.parse(proposed))
+    assert deviated is (not matched)
+    assert st.run_updates["plan"]["next"] == (1 if matched else 0)
+    kinds = [e["kind"] for e in st.trace.events]
+    assert kinds == (["plan_step"] if matched else ["plan_deviation"])
+
+
+def test_an_ending_after_the_last_planned_step_follows_the_plan() -> None:
+    from runtime import proposals
+    from runtime.step.plan_follow import follow
+
+    done = {**_plan_of({"action": "tool_call", "target": "kb.search"}), "next": 1}
+    for ending in ({"type": "reply", "text": "ok"}, {"type": "stop"}):
+        st = _step(done, plan_deviation="refuse")
+        assert follow(st, proposals.parse(ending)) is False and st.trace.events == []
+    # anything else after it is off the plan
+    st = _step(done, plan_deviation="refuse")
+    refused = follow(st, proposals.parse(search()))
+    assert not isinstance(refused, bool) and refused.outcome == "invalid_proposal:plan_deviation"
+    [event] = [e for e in st.trace.events if e["kind"] == "plan_deviation"]
+    assert event["data"]["expected"] is None
+
+
+def test_a_resumed_call_keeps_the_verdict_it_was_proposed_with() -> None:
+    from runtime import proposals
+    from runtime.step.plan_follow import follow
+
+    planned = _plan_of({"action": "tool_call", "target": "kb.search"})
+    for deviated in (True, False):
+        st = _step({**planned, "deviated": deviated}, plan_deviation="refuse")
+        st.run["pending_proposal"] = {"type": "tool_call", "tool": "counter.increment"}
+        # compared when it was proposed: neither refused again nor advancing the plan
+        assert follow(st, proposals.parse(inc("k"))) is deviated
+        assert st.trace.events == [] and "plan" not in st.run_updates
+
+
+def test_a_route_needing_a_plan_its_model_is_never_offered_is_refused() -> None:
+    from runtime.config import parse_config
+    from runtime.errors import ConfigError
+
+    data = plan_config()
+    chat = copy.deepcopy(data["routes"]["r.chat"])  # an openai model
+    data["routes"]["r.chat.strict"] = {**chat, "plan_required": True}
+    with pytest.raises(ConfigError, match=r"routes\.r\.chat\.strict\.plan_required: its model"):
+        parse_config(data)
+    data["routes"]["r.chat.strict"]["proposal_kinds"] = ["plan"]
+    assert parse_config(data).routes["r.chat.strict"].proposal_kinds == ["plan"]
+    # the same kind named twice is a mistake too
+    data["routes"]["r.chat.strict"]["proposal_kinds"] = ["plan", "plan"]
+    with pytest.raises(ConfigError, match="proposal_kinds names plan twice"):
+        parse_config(data)

@@ -70,6 +70,9 @@ class ProposalCheck:
             shown = proposals.shown(raw, self.registry)
             return outcomes.refuse(st, proposal.code, proposal.errors, shown)
         st.proposal = proposal.model_dump(by_alias=True)
+        if isinstance(proposal, ToolCallProposal):
+            # what is stored of a call the plan refuses never carries its secret arguments
+            st.proposal = proposals.redact_call(st.proposal, self.registry)
         deviation = plan_follow.follow(st, proposal)
         if isinstance(deviation, Move):
             return deviation
