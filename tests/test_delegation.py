@@ -169,6 +169,32 @@ def test_depth_and_fan_out_are_capped(dep: Deployment) -> None:
     assert "too_many_children" in refused
 
 
+def test_a_child_admission_would_refuse_is_refused(dep: Deployment) -> None:
+    # d.child accepts the default 64 KiB of input; a child's input is held to it as a submit's
+    big = delegate("d.child", [reply("x")])
+    big["input"]["padding"] = "x" * 70_000
+    parent = submit(dep, [big, reply("done")])
+
+    assert ended(dep, parent.run_id).status.value == "succeeded"
+    assert observations(dep, parent.run_id)[0]["refused"] == "child_refused:input_too_large"
+    assert children(dep, parent.run_id) == []
+    assert run_balance(dep, parent.run_id)["model_calls"]["reserved"] == 0
+
+
+def test_the_delegations_dimension_limits_a_runs_children(dep: Deployment) -> None:
+    # d.one's budget policy allows one delegation per run
+    one = delegate("d.child", [reply("c")])
+    parent = submit(dep, [one, one, reply("done")], route="d.one")
+
+    view = ended(dep, parent.run_id)
+
+    assert view.status.value == "succeeded", view
+    assert len(children(dep, parent.run_id)) == 1
+    refused = [o.get("refused") for o in observations(dep, parent.run_id) if o]
+    assert "budget_exhausted:delegations" in refused
+    assert run_balance(dep, parent.run_id)["delegations"] == {"used": 1, "reserved": 0}
+
+
 def test_the_policy_can_deny_a_delegation(dep: Deployment) -> None:
     parent = submit(dep, [delegate("d.denied", [reply("x")]), reply("done")])
 
