@@ -17,6 +17,7 @@ import pytest
 from runtime.config import DIMENSIONS
 from runtime.contract import RunView
 from runtime.embedded_redis import start_server
+from runtime.wiring import build_reconciler
 from tests.conftest import _database_url
 from tests.support import Deployment, wait_for
 
@@ -239,6 +240,35 @@ def test_cancelling_a_parent_cancels_its_children(dep: Deployment) -> None:
     balance = run_balance(dep, parent.run_id)
     assert {d: balance[d]["reserved"] for d in DIMENSIONS} == dict.fromkeys(DIMENSIONS, 0)
     assert balance["delegations"]["used"] == 1
+
+
+def test_the_reconciler_resumes_a_parent_whose_child_ended_outside_a_step(
+    dep: Deployment,
+) -> None:
+    # Given a child whose approval expires (the reconciler ends it, no step does)
+    write = {"type": "tool_call", "tool": "counter.increment", "args": {"key": "e", "by": 1}}
+    parent = submit(dep, [delegate("d.expiring", [write, reply("x")]), reply("done")])
+    wait_for(
+        lambda: [c for c in children(dep, parent.run_id) if c["status"] == "waiting"],
+        timeout=60,
+        message="the child to wait for its approval",
+    )
+    reconciler = build_reconciler(dep.svc, grace_s=60)
+
+    # When the reconciler runs until the approval expired
+    wait_for(
+        lambda: parent.run_id in reconciler.reconcile().parents_resumed,
+        timeout=30,
+        message="the reconciler to resume the parent",
+    )
+
+    # Then the parent learned how its child ended, went on, and the carved budget came back
+    assert ended(dep, parent.run_id).status.value == "succeeded"
+    returned = [o for o in observations(dep, parent.run_id) if o and "child_run_id" in o]
+    assert returned[0]["status"] == "failed"
+    assert returned[0]["stop_reason"] == "approval_expired"
+    balance = run_balance(dep, parent.run_id)
+    assert {d: balance[d]["reserved"] for d in DIMENSIONS} == dict.fromkeys(DIMENSIONS, 0)
 
 
 # --- concurrency ------------------------------------------------------------------------
