@@ -13,13 +13,14 @@ reconciler calls ``reconcile`` for children whose end nobody followed up (a cras
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 
-from runtime import stop_reasons
+from runtime import admission, new_runs, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
+from runtime.catalog import Catalog
 from runtime.config import DIMENSIONS
 from runtime.errors import AgentRuntimeError
 from runtime.keys import Keys
@@ -33,11 +34,6 @@ from runtime.tracing import TraceBuffer
 
 log = logging.getLogger("agentrt.delegations")
 
-#: the row a submit of (tenant, route, goal, input, actor, request id) would store
-NewRow = Callable[..., dict[str, Any]]
-#: the trace events a new run's row is stored with
-NewEvents = Callable[[dict[str, Any]], list[Any]]
-#: how much of a child's output its parent's observation carries (characters of JSON)
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
@@ -49,15 +45,14 @@ class Delegations:
         ledger: BudgetLedger,
         keys: Keys,
         dispatch: Scheduling,
-        new_row: NewRow,
-        new_events: NewEvents,
+        catalog: Catalog,
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.keys = keys
         self.dispatch = dispatch
-        self.new_row = new_row
-        self.new_events = new_events
+        #: the config and versions a new run records
+        self.catalog = catalog
 
     # --- for the step (``runtime.step.collaborators.ChildRuns``) -----------------------
     def child_count(self, run_id: str, tenant_id: str) -> int:
@@ -72,27 +67,32 @@ class Delegations:
         step_no: int,
         depth: int,
         budget: dict[str, int],
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The child's row (queued) and its first trace events (``delegated_from``)."""
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | admission.Refusal:
+        """The child's row (queued) and its first trace events (``delegated_from``), or
+        why admission would refuse it as a request (``admission.decide``: the route's
+        input size, the goal, ...)."""
         parent_id = str(parent["run_id"])
-        row = self.new_row(
+        req = admission.prepare(
             tenant=str(parent["tenant_id"]),
             route=route,
             goal=goal,
-            run_input=run_input,
+            input=run_input,
             actor=str(parent["actor_id"]),
             request_id=f"delegate:{parent_id}:{step_no}",
             idempotency_key=None,
             priority=None,
-            refusal=None,
         )
+        refusal = admission.decide(self.catalog.config, req, route_stopped=False)
+        if refusal is not None:
+            return refusal
+        row = new_runs.row_for(self.catalog, req, None)
         row.update(
             parent_run_id=parent_id,
             parent_step=step_no,
             depth=depth,
             delegated_budget=budget,
         )
-        events = list(self.new_events(row))
+        events = list(new_runs.admission_events(row, None))
         trace = TraceBuffer(row["run_id"], row["tenant_id"], row["trace_id"], None)
         trace.add("delegated_from", parent_run_id=parent_id, parent_step=step_no, budget=budget)
         events.extend(trace.drain())

@@ -14,14 +14,13 @@ import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from sqlalchemy import Engine
 
-from runtime import deployment, new_runs, telemetry
+from runtime import deployment, telemetry
 from runtime.api_keys import ApiKeys
 from runtime.approvals import Approvals
 from runtime.budget_extensions import BudgetExtensions
@@ -422,14 +421,13 @@ def _step_runner(
 def _delegations(
     store: RunStore, ledger: BudgetLedger, keys: Keys, dispatch: Dispatch, catalog: Catalog
 ) -> Delegations:
-    """Child runs (``delegate``): their rows are what a submit would store."""
+    """Child runs (``delegate``), admitted as a submit would admit them."""
     return Delegations(
         store=store,
         ledger=ledger,
         keys=keys,
         dispatch=dispatch,
-        new_row=partial(new_runs.request_row, catalog),
-        new_events=partial(new_runs.admission_events, refusal=None),
+        catalog=catalog,
     )
 
 

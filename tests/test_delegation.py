@@ -17,6 +17,7 @@ import pytest
 from runtime.config import DIMENSIONS
 from runtime.contract import RunView
 from runtime.embedded_redis import start_server
+from runtime.wiring import build_reconciler
 from tests.conftest import _database_url
 from tests.support import Deployment, wait_for
 
@@ -169,6 +170,32 @@ def test_depth_and_fan_out_are_capped(dep: Deployment) -> None:
     assert "too_many_children" in refused
 
 
+def test_a_child_admission_would_refuse_is_refused(dep: Deployment) -> None:
+    # d.child accepts the default 64 KiB of input; a child's input is held to it as a submit's
+    big = delegate("d.child", [reply("x")])
+    big["input"]["padding"] = "x" * 70_000
+    parent = submit(dep, [big, reply("done")])
+
+    assert ended(dep, parent.run_id).status.value == "succeeded"
+    assert observations(dep, parent.run_id)[0]["refused"] == "child_refused:input_too_large"
+    assert children(dep, parent.run_id) == []
+    assert run_balance(dep, parent.run_id)["model_calls"]["reserved"] == 0
+
+
+def test_the_delegations_dimension_limits_a_runs_children(dep: Deployment) -> None:
+    # d.one's budget policy allows one delegation per run
+    one = delegate("d.child", [reply("c")])
+    parent = submit(dep, [one, one, reply("done")], route="d.one")
+
+    view = ended(dep, parent.run_id)
+
+    assert view.status.value == "succeeded", view
+    assert len(children(dep, parent.run_id)) == 1
+    refused = [o.get("refused") for o in observations(dep, parent.run_id) if o]
+    assert "budget_exhausted:delegations" in refused
+    assert run_balance(dep, parent.run_id)["delegations"] == {"used": 1, "reserved": 0}
+
+
 def test_the_policy_can_deny_a_delegation(dep: Deployment) -> None:
     parent = submit(dep, [delegate("d.denied", [reply("x")]), reply("done")])
 
@@ -213,6 +240,35 @@ def test_cancelling_a_parent_cancels_its_children(dep: Deployment) -> None:
     balance = run_balance(dep, parent.run_id)
     assert {d: balance[d]["reserved"] for d in DIMENSIONS} == dict.fromkeys(DIMENSIONS, 0)
     assert balance["delegations"]["used"] == 1
+
+
+def test_the_reconciler_resumes_a_parent_whose_child_ended_outside_a_step(
+    dep: Deployment,
+) -> None:
+    # Given a child whose approval expires (the reconciler ends it, no step does)
+    write = {"type": "tool_call", "tool": "counter.increment", "args": {"key": "e", "by": 1}}
+    parent = submit(dep, [delegate("d.expiring", [write, reply("x")]), reply("done")])
+    wait_for(
+        lambda: [c for c in children(dep, parent.run_id) if c["status"] == "waiting"],
+        timeout=60,
+        message="the child to wait for its approval",
+    )
+    reconciler = build_reconciler(dep.svc, grace_s=60)
+
+    # When the reconciler runs until the approval expired
+    wait_for(
+        lambda: parent.run_id in reconciler.reconcile().parents_resumed,
+        timeout=30,
+        message="the reconciler to resume the parent",
+    )
+
+    # Then the parent learned how its child ended, went on, and the carved budget came back
+    assert ended(dep, parent.run_id).status.value == "succeeded"
+    returned = [o for o in observations(dep, parent.run_id) if o and "child_run_id" in o]
+    assert returned[0]["status"] == "failed"
+    assert returned[0]["stop_reason"] == "approval_expired"
+    balance = run_balance(dep, parent.run_id)
+    assert {d: balance[d]["reserved"] for d in DIMENSIONS} == dict.fromkeys(DIMENSIONS, 0)
 
 
 # --- concurrency ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from runtime.admission import Refusal
 from runtime.config import RetryPolicy, RouteConfig
 from runtime.controls import ControlsRead
 from runtime.proposers.base import Proposer, ToolDescription
@@ -106,7 +107,7 @@ class ChildRuns(Protocol):
         step_no: int,
         depth: int,
         budget: dict[str, int],
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]: ...
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | Refusal: ...
 
 
 #: what follows a run that failed or was dead-lettered (compensation, if its route asks)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from runtime import stop_reasons
+from runtime.admission import Refusal
 from runtime.budgets.ledger import BudgetLedger
 from runtime.config import DIMENSIONS, RouteConfig, RuntimeConfig
 from runtime.contract import DelegatedBudget, DelegateProposal, RunStatus
@@ -86,6 +87,12 @@ class DelegateStage:
                 f"budget_unbounded:{limits}",
                 f"this run's budget is limited in {limits}: the child's budget must name it",
             )
+        made = self.children.child_row(
+            st.run, proposal.route, proposal.goal, proposal.input, st.step_no, depth, limits
+        )
+        if isinstance(made, Refusal):  # as admission would refuse it from a caller
+            return _refuse(st, f"child_refused:{made.code}", made.detail)
+        row, events = made
         try:
             carved = self.ledger.carve(st.run_id, st.step_no, scope, {**limits, "delegations": 1})
         except BudgetExhausted as exc:
@@ -95,9 +102,6 @@ class DelegateStage:
                 stop_reasons.make("budget_exhausted", exc.dimension),
                 f"this run's remaining budget cannot cover the child's {exc.dimension}",
             )
-        row, events = self.children.child_row(
-            st.run, proposal.route, proposal.goal, proposal.input, st.step_no, depth, limits
-        )
         child_id = str(row["run_id"])
         st.new_runs, st.new_run_events = [row], events
         st.trace.add(
