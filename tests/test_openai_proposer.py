@@ -267,11 +267,16 @@ def test_retrieval_results_are_shown_as_far_as_the_working_set_selected(
     ]
     server.add(fake_openai.text("ok"), key=k)
     proposer(server).propose(working_set(k, history=history, turn=2, evidence_ids=["ev-1"]))
-    # Then only the selected evidence is in the request, with its id to cite
+    # Then each search is the call the model made, and its result shows only the selected
+    # evidence, with its id to cite
     messages = server.requests_for(k)[0].messages
-    results = [c for m in messages if (c := m["content"] or "").startswith("Search results")]
-    assert len(results) == 2
-    assert "ev-0" not in results[0] and '"id": "ev-1"' in results[1]
+    calls = [m["tool_calls"][0]["function"]["name"] for m in messages if m.get("tool_calls")]
+    assert calls == ["agentrt_retrieve", "agentrt_retrieve"]
+    results = [json.loads(m["content"]) for m in messages if m["role"] == "tool"]
+    assert results == [
+        {"evidence": []},
+        {"evidence": [{"id": "ev-1", "title": "doc 1", "content": "c"}]},
+    ]
 
 
 # --- the proposal kinds a route enables, as functions -------------------------------------

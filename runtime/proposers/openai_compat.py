@@ -61,7 +61,7 @@ class OpenAIProposer:
                 # a lock wait, an approval: the step that resumed the call carries it
                 continue
             proposal = step.get("proposal") or {}
-            observation = step.get("observation")
+            observation = _shown_observation(step, ws.evidence_ids)
             called = _as_call(proposal)
             if called is not None:
                 name, args = called
@@ -88,17 +88,6 @@ class OpenAIProposer:
                         "role": "tool",
                         "tool_call_id": call_id,
                         "content": json.dumps(observation, default=str),
-                    }
-                )
-            elif isinstance(observation, dict) and step.get("kind") == StepKind.RETRIEVAL:
-                # only the evidence the runtime selected for this step (its context budget)
-                selected = set(ws.evidence_ids)
-                shown = [e for e in observation.get("evidence", []) if e.get("id") in selected]
-                messages.append(
-                    {
-                        "role": "user",
-                        "content": "Search results (cite their ids in your reply's "
-                        "citations): " + json.dumps(shown, default=str),
                     }
                 )
             elif observation is not None and step.get("kind") == StepKind.REFUSED:
@@ -215,6 +204,17 @@ class OpenAIProposer:
         if isinstance(reported, str) and _VERSION.fullmatch(reported):
             return reported
         return self.config.version
+
+
+def _shown_observation(step: dict[str, Any], selected_ids: list[str]) -> Any:
+    """A step's observation as the model is shown it again: of a search's results, only
+    the evidence the runtime selected for this step (its context budget)."""
+    observation = step.get("observation")
+    if step.get("kind") != StepKind.RETRIEVAL or not isinstance(observation, dict):
+        return observation
+    selected = set(selected_ids)
+    shown = [e for e in observation.get("evidence") or [] if e.get("id") in selected]
+    return {**observation, "evidence": shown}
 
 
 def _as_call(proposal: dict[str, Any]) -> tuple[str, Any] | None:

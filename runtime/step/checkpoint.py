@@ -171,21 +171,7 @@ class Checkpointer:
             step_no=st.step_no,
             status=move.status,
             run_updates=updates,
-            step={
-                "run_id": st.run_id,
-                "tenant_id": st.tenant_id,
-                "step_no": st.step_no,
-                "kind": str(move.kind),
-                "proposal": redact(st.proposal),
-                "outcome": str(move.outcome),
-                "observation": redact(move.observation),
-                "input_tokens": st.usage.input_tokens,
-                "output_tokens": st.usage.output_tokens,
-                "model_version": st.model_version,
-                "started_at": st.started_at,
-                "finished_at": now,
-                "duration_ms": int((time.monotonic() - st.started) * 1000),
-            },
+            step=_step_row(st, move, now),
             events=events,
             spend=spend_row(st, actual) if actual is not None else None,
             decisions=st.decisions,
@@ -394,3 +380,22 @@ def land_pause(
     ):
         dispatch.schedule(Ops().enqueue(following).dispatch(1))
     return [item for item in dispatched if item != following]
+
+
+def _step_row(st: Step, move: Move, now: Any) -> dict[str, Any]:
+    """The step's row: what it proposed, decided and observed (redacted), and its usage."""
+    return {
+        "run_id": st.run_id,
+        "tenant_id": st.tenant_id,
+        "step_no": st.step_no,
+        "kind": str(move.kind),
+        "proposal": redact(st.proposal),
+        "outcome": str(move.outcome),
+        "observation": redact(move.observation),
+        "input_tokens": st.usage.input_tokens,
+        "output_tokens": st.usage.output_tokens,
+        "model_version": st.model_version,
+        "started_at": st.started_at,
+        "finished_at": now,
+        "duration_ms": int((time.monotonic() - st.started) * 1000),
+    }
