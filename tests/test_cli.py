@@ -462,6 +462,19 @@ def test_demo_runs_the_workload_end_to_end(
     assert "ops disable-tool payments.refund" in text and "0 executions" in text
     assert "promote refunds-relaxed" in text and "refused" in text
     assert "active: refunds-2026-12" in text
+    # the knowledge act: a retrieval with evidence (never another tenant's document), a
+    # memory write resting on it, a delegation whose reply came back, the memory read back
+    research = [r for r in runs if r.route == "support.research"]
+    assert [r.status.value for r in research] == ["succeeded", "succeeded"]
+    children = [r for r in runs if r.route == "support.summarize"]
+    assert [r.status.value for r in children] == ["succeeded"]
+    knowledge = re.search(r"retrieval: (\d+) evidence references", text)
+    assert knowledge and int(knowledge.group(1)) >= 1
+    assert "other tenants' documents shown: 0" in text
+    assert re.search(r"memory write: mem_\S+ \(customers, 30d\) resting on [1-9]", text)
+    assert f"delegation: child {children[0].run_id} on support.summarize succeeded" in text
+    assert "child's reply, returned to the parent: 'Good news" in text
+    assert re.search(r"a later run read [1-9]\d* memories through the memory source", text)
     # the demo stopped its workers
     assert "stopped 2 demo processes" in result.stderr
 

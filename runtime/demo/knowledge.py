@@ -152,7 +152,7 @@ def run_knowledge(svc: RuntimeService, timeout_s: float) -> KnowledgeReport:
         if event.kind == "retrieval":
             for ref in event.data.get("evidence") or []:
                 tenant, title = titles.get(str(ref.get("doc_id")), ("?", "?"))
-                report.evidence.append((str(ref.get("evidence_id")), title))
+                report.evidence.append((str(ref.get("id")), title))
                 report.foreign_shown += tenant != TENANT
         elif event.kind == "delegated":
             report.child_run = str(event.data.get("child_run_id"))
