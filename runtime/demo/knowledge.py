@@ -218,3 +218,7 @@ def print_knowledge(report: KnowledgeReport, console: Console) -> None:
     console.print(
         f"  a later run read {len(report.memories_found)} memories through the memory source"
     )
+    console.print(
+        f"  what the agent saw at each step: agentrt trace {report.research_run} "
+        "(working_set, retrieval, delegated events)"
+    )
