@@ -1118,16 +1118,20 @@ def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[
         )
     for field, (what, section) in _RULE_VOCABULARY.items():
         names = [n for n in _mapping(data.get(section)) if isinstance(n, str)]
+        known = names if section else list(_CLASSES[field])
+        matchable = list(known)
         if field == "tool":
             # a memory write is decided as the synthetic tool ``memory:<namespace>``
             names += _memory_tools(data)
             # a delegation is decided as a call of ``delegate:<route>`` (runtime.step.delegation)
-            names += [f"delegate:{r}" for r in _mapping(data.get("routes")) if isinstance(r, str)]
-        known = names if section else list(_CLASSES[field])
+            routes = [r for r in _mapping(data.get("routes")) if isinstance(r, str)]
+            matchable += [f"delegate:{r}" for r in routes]
         if match.get(field) == []:
             problems.append(f"{key}.{field}: an empty list matches nothing (leave it out)")
         for pattern in _list(match.get(field)):
-            if isinstance(pattern, str) and not any(fnmatch.fnmatchcase(n, pattern) for n in known):
+            if isinstance(pattern, str) and not any(
+                fnmatch.fnmatchcase(n, pattern) for n in matchable
+            ):
                 listing = "defined" if section else "one of"
                 problems.append(
                     f"{key}.{field}: {pattern!r} matches no {what} ({listing}: {_listed(known)})"

@@ -22,7 +22,6 @@ from runtime import admission, new_runs, stop_reasons
 from runtime.budgets.ledger import BudgetLedger
 from runtime.catalog import Catalog
 from runtime.config import DIMENSIONS
-from runtime.errors import AgentRuntimeError
 from runtime.keys import Keys
 from runtime.scheduling.scheduler import Ops, item_of
 from runtime.statuses import TERMINAL_STATUSES
@@ -100,15 +99,17 @@ class Delegations:
 
     # --- after a child ended ---------------------------------------------------------
     def after_terminal(self, run: Mapping[str, Any]) -> None:
-        """A step ended ``run``: follow up if it is a child. Never raises (the reconciler
-        follows up what this could not)."""
-        if run.get("parent_run_id") is None:
-            return
+        """A step ended ``run``: follow up if it is a child. Never raises."""
+        if run.get("parent_run_id") is not None:
+            self.follow_up(str(run["run_id"]), str(run["tenant_id"]))
+
+    def follow_up(self, child_id: str, tenant_id: str) -> None:
+        """``child_ended`` that never raises: what it could not do now, the reconciler
+        does (``reconcile``)."""
         try:
-            self.child_ended(str(run["run_id"]), str(run["tenant_id"]))
-        except (AgentRuntimeError, redis.RedisError, OSError):
-            log.warning("child run %s: its parent was not resumed now", run.get("run_id"),
-                        exc_info=True)  # fmt: skip
+            self.child_ended(child_id, tenant_id)
+        except Exception:
+            log.warning("child run %s: its parent was not resumed now", child_id, exc_info=True)
 
     def child_ended(self, child_id: str, tenant_id: str) -> bool:
         """Settle the child's carved budget with what it spent and resume its parent (if
@@ -119,6 +120,10 @@ class Delegations:
             return False
         step = int(child["parent_step"])
         spent = self.ledger.used(self.keys.budget_run(child_id))
+        # the child's own spend records too: a last settle Redis missed (the reaper settles
+        # it later, in the child's scope only) is never left out of the parent's
+        recorded = self.store.spend(run_id=child_id, tenant_id=tenant_id)
+        spent = {d: max(v, int(recorded.get(d, 0))) for d, v in spent.items()}
         # the child itself is the delegation its parent's hold counted
         spent["delegations"] = 1
         settled = self.ledger.settle_child(str(parent_id), step, spent)

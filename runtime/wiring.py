@@ -563,7 +563,7 @@ def build_service(
             compensate=compensations.compensate,
             approvals=m.approvals,
             live_children=delegations.live_children,
-            child_ended=delegations.child_ended,
+            child_ended=delegations.follow_up,
         ),
         approvals=Approvals(
             config=config,

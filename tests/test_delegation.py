@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from runtime.config import DIMENSIONS
+from runtime.config import DIMENSIONS, parse_config
 from runtime.contract import RunView
 from runtime.embedded_redis import start_server
+from runtime.errors import ConfigError
 from runtime.wiring import build_reconciler
 from tests.conftest import _database_url
 from tests.support import Deployment, wait_for
@@ -382,3 +384,19 @@ def test_recovery_rebuilds_the_parents_carved_and_settled_budget(split_dep: Depl
         spent += dep.svc.store.spend(run_id=kid["run_id"])["model_calls"]
     assert final["model_calls"]["used"] == spent
     assert final["delegations"]["used"] == 2
+
+
+# --- config -----------------------------------------------------------------------------
+def test_delegates_to_must_name_routes_and_keeps_bounds() -> None:
+    data = yaml.safe_load(CONFIG.read_text())
+    data["routes"]["d.parent"]["delegates_to"].append("d.nowhere")
+    with pytest.raises(ConfigError, match=r"routes\.d\.parent\.delegates_to: unknown route"):
+        parse_config(data)
+    data = yaml.safe_load(CONFIG.read_text())
+    data["routes"]["d.parent"]["delegation"]["max_depth"] = 0
+    with pytest.raises(ConfigError, match="max_depth"):
+        parse_config(data)
+    data = yaml.safe_load(CONFIG.read_text())
+    data["policy"]["rules"][1]["match"]["tool"] = ["delegate:d.nowhere"]
+    with pytest.raises(ConfigError, match=r"'delegate:d\.nowhere' matches no tool"):
+        parse_config(data)
