@@ -1121,11 +1121,10 @@ def _rule_reference_problems(key: str, rule: Any, data: dict[str, Any]) -> list[
         known = names if section else list(_CLASSES[field])
         matchable = list(known)
         if field == "tool":
-            # a memory write is decided as the synthetic tool ``memory:<namespace>``
-            names += _memory_tools(data)
-            # a delegation is decided as a call of ``delegate:<route>`` (runtime.step.delegation)
+            # synthetic tools: a memory write is decided as ``memory:<namespace>``
+            # (runtime.step.memory), a delegation as ``delegate:<route>`` (runtime.step.delegation)
             routes = [r for r in _mapping(data.get("routes")) if isinstance(r, str)]
-            matchable += [f"delegate:{r}" for r in routes]
+            matchable += _memory_tools(data) + [f"delegate:{r}" for r in routes]
         if match.get(field) == []:
             problems.append(f"{key}.{field}: an empty list matches nothing (leave it out)")
         for pattern in _list(match.get(field)):

@@ -54,12 +54,12 @@ RUNS = Table(
         "input", "output", "next_step", "turns", "invalid_proposals", "tool_errors",
         "lock_waits", "attempt", "pending_proposal", "budget_extension", "version", "admitted",
         "request_digest", "created_at", "updated_at", "started_at", "finished_at", "deadline_at",
-        "release", "plan",
+        "release", "plan", "parent_run_id", "parent_step", "depth", "delegated_budget",
     ),
     json=frozenset(
         {
             "allowed_tools", "input", "output", "pending_proposal", "budget_extension",
-            "request_digest", "version_set", "plan",
+            "request_digest", "version_set", "plan", "delegated_budget",
         }
     ),
     times=frozenset({"created_at", "updated_at", "started_at", "finished_at", "deadline_at"}),
@@ -105,7 +105,7 @@ SPEND_RECORDS = Table(
     (
         "id", "run_id", "tenant_id", "route", "step_no", "day", "tokens", "input_tokens",
         "output_tokens", "model_calls", "tool_calls", "retries", "wall_clock_ms",
-        "cost_micro_usd", "at",
+        "cost_micro_usd", "delegations", "at",
     ),
     times=frozenset({"at"}),
 )  # fmt: skip
@@ -121,6 +121,7 @@ SPEND_DIMENSIONS = (
     "retries",
     "wall_clock_ms",
     "cost_micro_usd",
+    "delegations",
 )
 
 # --- database URLs, read as SQLAlchemy reads them ---------------------------------------------
