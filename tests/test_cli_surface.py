@@ -394,6 +394,11 @@ BAD_VALUES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (("releases", "canary", "r.basic", "v2"), "--percent", ["nan", "inf", "0", "-5", "100.5", "x"]),
     (("ops", "log"), "--limit", [HUGE, "0", "10001"]),
     (("docs", "list", "--tenant", "t1"), "--limit", [HUGE, "0", "1001"]),
+    (
+        ("docs", "add", "--tenant", "t1", "--source", "kb", "--title", "x", "--text", "y"),
+        "--updated-at",
+        ["99999999w", "2999-01-01T00:00:00Z", "soon"],
+    ),
     (("memory", "list", "--tenant", "t1"), "--limit", [HUGE, "0", "10001"]),
 ]
 

@@ -446,6 +446,35 @@ def test_docs_cli_adds_lists_and_removes(dep: Deployment, tmp_path: Path) -> Non
     assert gone.exit_code == 0 and "removed refunds" in gone.output
     empty = cli.invoke(app, ["docs", "list", "--tenant", "t1"], env=env)
     assert "no documents" in empty.output
+    # the source system's time: a document last changed 2 hours ago is stale for a source
+    # whose freshness rule is an hour, and is never found there
+    old = cli.invoke(
+        app,
+        ["docs", "add", "--tenant", "t1", "--source", "news", "--title", "Old", "--text",
+         "zebra crossing", "--updated-at", "2h", "--json"],
+        env=env,
+    )  # fmt: skip
+    assert old.exit_code == 0, old.output
+    old_row = json.loads(old.output)
+    documents = DocumentStore(dep.svc.store.engine)
+
+    def found(max_age: timedelta) -> list[str]:
+        hits = documents.search(
+            tenant_id="t1", source="news", query="zebra", top_k=5,
+            not_before=utcnow() - max_age, labels=frozenset(),
+        )  # fmt: skip
+        return [h.row["doc_id"] for h in hits]
+
+    assert found(timedelta(hours=3)) == [old_row["doc_id"]]
+    assert found(timedelta(hours=1)) == []
+    for when in ("2999-01-01T00:00:00Z", "soon"):
+        refused = cli.invoke(
+            app,
+            ["docs", "add", "--tenant", "t1", "--source", "kb", "--title", "x", "--text", "y",
+             "--updated-at", when],
+            env=env,
+        )  # fmt: skip
+        assert refused.exit_code == 2 and "--updated-at" in refused.output, refused.output
     bad = cli.invoke(
         app,
         ["docs", "add", "--tenant", "t1", "--source", "kb", "--title", "x", "--text", "y",

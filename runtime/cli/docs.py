@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from runtime.cli.common import EXIT_REFUSED, JsonOpt, emit_json, fail, out, reader
+from runtime.cli.params import parse_past
 
 app = typer.Typer(
     help=(
@@ -87,6 +89,16 @@ def add(
         str | None,
         typer.Option("--id", help="The document's id: the same id again makes a new version."),
     ] = None,
+    updated_at: Annotated[
+        datetime | None,
+        typer.Option(
+            "--updated-at",
+            parser=parse_past,
+            metavar="TIME",
+            help="When it last changed in its own system (ISO-8601, or a duration back "
+            "from now like 90d); sources' freshness rules measure from it. Default: now.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Add a document (content from --file, --text or stdin); print its id and version."""
@@ -107,6 +119,7 @@ def add(
             content=content,
             labels=_labels(labels),
             doc_id=doc_id,
+            updated_at=updated_at,
         )
     if json_out:
         emit_json(_shown(row))

@@ -121,6 +121,15 @@ def parse_when(value: str, now: datetime | None = None) -> datetime:
     return when
 
 
+def parse_past(value: str) -> datetime:
+    """Like ``parse_when``, and not in the future (when something already happened)."""
+    now = datetime.now(UTC)
+    when = parse_when(value, now)
+    if when > now:
+        raise typer.BadParameter(f"{shown(value)} is in the future")
+    return when
+
+
 def parse_rate(value: str) -> float:
     """``N``, ``N/s``, ``N/m`` or ``N/h``: retries sent per second, from 1/h to 10000/s."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h|hour))?\s*", value)

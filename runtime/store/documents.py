@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from runtime.errors import DocumentNotFound
+from runtime.errors import DocumentNotFound, InvalidRequest
 from runtime.store.connections import StoreConnections
 from runtime.store.db import utcnow
 from runtime.store.search_ddl import PG_CONFIG
@@ -71,17 +71,22 @@ class DocumentStore(StoreConnections):
         content: str,
         labels: Iterable[str] = (),
         doc_id: str | None = None,
+        updated_at: datetime | None = None,
     ) -> dict[str, Any]:
         """Store a document; the same id again replaces it with the next version. Returns
         the stored row."""
         doc_id = doc_id or f"doc-{uuid.uuid4().hex[:16]}"
         now = utcnow()
+        if updated_at is not None and updated_at > now:
+            raise InvalidRequest(("updated_at",), f"{updated_at.isoformat()} is in the future")
         values = {
             "source": source,
             "title": title,
             "content": content,
             "labels": encode_labels(labels),
-            "updated_at": now,
+            # when the document last changed in its own system (freshness is measured from
+            # it), else now
+            "updated_at": updated_at or now,
         }
         key = (documents_t.c.tenant_id == tenant_id, documents_t.c.doc_id == doc_id)
         with self._write() as conn:
