@@ -56,6 +56,7 @@ from runtime.state import KnownGeneration, StateMarkers
 from runtime.step.chain import Chain, new_chain
 from runtime.step.runner import StepRunner
 from runtime.step.state import StepResult
+from runtime.stop_reasons import awaits_child
 from runtime.store.deployment import DeploymentStore
 from runtime.store.run_pages import RunPageQuery
 from runtime.store.runs import RunStore
@@ -242,12 +243,14 @@ class RuntimeService:
         return self._view(self.store.read_run(run_id, tenant))
 
     def wait(self, run_id: str, timeout: float = 30.0, tenant: str | None = None) -> RunView:
-        """Block until the run is terminal or waiting; ``WaitTimeout`` after ``timeout``."""
+        """Block until the run is terminal or waits for a person (an approval, a budget
+        extension); ``WaitTimeout`` after ``timeout``. A run waiting for a child run it
+        delegated to is still working: the wait goes on."""
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
             view = self.get(run_id, tenant)
-            if view.status in WAIT_STATUSES:
+            if view.status in WAIT_STATUSES and not awaits_child(view.stop_reason):
                 return view
             if time.monotonic() >= deadline:
                 raise WaitTimeout(run_id, timeout, view.status.value)

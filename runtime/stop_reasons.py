@@ -77,3 +77,9 @@ def make(kind: str, detail: str | None = None) -> str:
     if kind not in _STATUS_BY_KIND:
         raise ValueError(f"unknown stop reason kind {kind!r}")
     return f"{kind}:{detail}" if detail else kind
+
+
+def awaits_child(reason: str | None) -> bool:
+    """Whether a waiting run waits for a child run it delegated to (no person is needed:
+    the child's end resumes it), not for an approval or a budget extension."""
+    return reason is not None and kind_of(reason) == "delegated"

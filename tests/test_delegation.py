@@ -18,7 +18,7 @@ import yaml
 from runtime.config import DIMENSIONS, parse_config
 from runtime.contract import RunView
 from runtime.embedded_redis import start_server
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, WaitTimeout
 from runtime.wiring import build_reconciler
 from tests.conftest import _database_url
 from tests.support import Deployment, wait_for
@@ -232,6 +232,11 @@ def test_cancelling_a_parent_cancels_its_children(dep: Deployment) -> None:
 
     child = wait_for(child_waiting, timeout=60, message="the child to wait for its approval")
     assert dep.svc.get(parent.run_id).status.value == "waiting"
+    # waiting for a person ends a caller's wait; waiting for a child does not (the parent
+    # is still working: it goes on until its child's person decides)
+    assert dep.svc.wait(child["run_id"], timeout=60).stop_reason.startswith("needs_approval")
+    with pytest.raises(WaitTimeout):
+        dep.svc.wait(parent.run_id, timeout=0.5)
 
     # When the parent is cancelled
     dep.svc.cancel(parent.run_id, "ops:ann")
