@@ -243,9 +243,8 @@ class RuntimeService:
         return self._view(self.store.read_run(run_id, tenant))
 
     def wait(self, run_id: str, timeout: float = 30.0, tenant: str | None = None) -> RunView:
-        """Block until the run is terminal or waits for a person (an approval, a budget
-        extension); ``WaitTimeout`` after ``timeout``. A run waiting for a child run it
-        delegated to is still working: the wait goes on."""
+        """Block until the run is terminal or waits for a person (not for a child run it
+        delegated to: that one is still working); ``WaitTimeout`` after ``timeout``."""
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
@@ -303,7 +302,7 @@ class RuntimeService:
         self, filter: CancelFilter, actor: str = "operator", **options: Any
     ) -> BulkCancel:
         """Cancel the runs ``filter`` matches, oldest first; ``options``: ``mode``,
-        ``compensate``, ``dry_run`` (count, change nothing), ``limit`` (1000)."""
+        ``compensate``, ``dry_run`` (count only), ``limit`` (1000)."""
         return self.cancellation.cancel_many(filter, actor, **options)
 
     def pause(self, run_id: str, actor: str = "operator", tenant: str | None = None) -> RunView:
@@ -370,8 +369,7 @@ class RuntimeService:
         return Item.decode(raw) if raw else None
 
     def _view(self, row: dict[str, Any]) -> RunView:
-        """Never raises for what a stored row holds (see ``runtime.run_views``); the input
-        is shown with secrets redacted (``proposals.shown_input``)."""
+        """Never raises for a stored row (``runtime.run_views``); secrets redacted."""
         return run_view(row, lambda value: proposals.shown_input(value, self.registry))
 
     def close(self) -> None:
