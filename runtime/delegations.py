@@ -13,7 +13,7 @@ reconciler calls ``reconcile`` for children whose end nobody followed up (a cras
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -45,6 +45,7 @@ class Delegations:
         keys: Keys,
         dispatch: Scheduling,
         catalog: Catalog,
+        route_stopped: Callable[[str], bool],
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -52,6 +53,9 @@ class Delegations:
         self.dispatch = dispatch
         #: the config and versions a new run records
         self.catalog = catalog
+        #: an operator's stop switch of a route (``agentrt ops stop-route``): a child is
+        #: admitted as a submit would be, never onto a stopped route
+        self.route_stopped = route_stopped
 
     # --- for the step (``runtime.step.collaborators.ChildRuns``) -----------------------
     def child_count(self, run_id: str, tenant_id: str) -> int:
@@ -81,7 +85,8 @@ class Delegations:
             idempotency_key=None,
             priority=None,
         )
-        refusal = admission.decide(self.catalog.config, req, route_stopped=False)
+        stopped = route in self.catalog.config.routes and self.route_stopped(route)
+        refusal = admission.decide(self.catalog.config, req, route_stopped=stopped)
         if refusal is not None:
             return refusal
         row = new_runs.row_for(self.catalog, req, None)
@@ -119,7 +124,14 @@ class Delegations:
         if parent_id is None or child["status"] not in _TERMINAL:
             return False
         step = int(child["parent_step"])
-        spent = self.ledger.used(self.keys.budget_run(child_id))
+        # what the child spent, and what it still holds: a grandchild's carved budget (a
+        # child cancelled while it waited for its own child) counts in full, so the parent
+        # is never credited budget a descendant may still spend (it settles into the
+        # child's ended scope, which nothing reads again)
+        spent = {
+            d: v["used"] + v["reserved"]
+            for d, v in self.ledger.balance(self.keys.budget_run(child_id)).items()
+        }
         # the child's own spend records too: a last settle Redis missed (the reaper settles
         # it later, in the child's scope only) is never left out of the parent's
         recorded = self.store.spend(run_id=child_id, tenant_id=tenant_id)

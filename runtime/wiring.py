@@ -419,7 +419,12 @@ def _step_runner(
 
 
 def _delegations(
-    store: RunStore, ledger: BudgetLedger, keys: Keys, dispatch: Dispatch, catalog: Catalog
+    store: RunStore,
+    ledger: BudgetLedger,
+    keys: Keys,
+    dispatch: Dispatch,
+    catalog: Catalog,
+    controls: Controls,
 ) -> Delegations:
     """Child runs (``delegate``), admitted as a submit would admit them."""
     return Delegations(
@@ -428,6 +433,7 @@ def _delegations(
         keys=keys,
         dispatch=dispatch,
         catalog=catalog,
+        route_stopped=controls.route_stopped,
     )
 
 
@@ -509,7 +515,7 @@ def build_service(
     digest = config_digest(config)
     live = _live_releases(settings, config, m, catalog)
     ordering, events, submissions = _intake(config, m, dispatch, catalog, controls, live)
-    delegations = _delegations(m.store, m.ledger, m.keys, dispatch, catalog)
+    delegations = _delegations(m.store, m.ledger, m.keys, dispatch, catalog, controls)
     steps = _step_runner(
         config,
         digest,
@@ -662,7 +668,7 @@ def build_reconciler(
         release_ordered=svc.ordering.reconcile,
         expire_memories=MemoryStore(svc.store.engine).delete_expired,
         resume_parents=_delegations(
-            svc.store, svc.ledger, svc.keys, svc.dispatch, svc.catalog
+            svc.store, svc.ledger, svc.keys, svc.dispatch, svc.catalog, svc.controls
         ).reconcile,
         lease_ttl_s=svc.config.lease_ttl_s(),
         interval_s=interval_s,

@@ -19,6 +19,7 @@ from runtime.config import DIMENSIONS, parse_config
 from runtime.contract import RunView
 from runtime.embedded_redis import start_server
 from runtime.errors import ConfigError, WaitTimeout
+from runtime.scheduling.scheduler import item_of
 from runtime.wiring import build_reconciler
 from tests.conftest import _database_url
 from tests.support import Deployment, wait_for
@@ -249,6 +250,89 @@ def test_cancelling_a_parent_cancels_its_children(dep: Deployment) -> None:
     assert balance["delegations"]["used"] == 1
 
 
+def test_a_child_cancelled_while_its_own_child_holds_budget_charges_its_parent_for_it(
+    dep: Deployment,
+) -> None:
+    # Given A -> B (d.relay) -> C (d.gated), C waiting for an approval: B's scope holds
+    # the budget B carved for C
+    write = {"type": "tool_call", "tool": "counter.increment", "args": {"key": "k", "by": 1}}
+    grandchild = delegate(
+        "d.gated", [write, reply("c")], tokens=5000, model_calls=1, tool_calls=1, cost_usd=0.01
+    )
+    parent = submit(dep, [delegate("d.relay", [grandchild, reply("b")]), reply("done")])
+
+    def waiting_grandchild() -> dict[str, Any] | None:
+        found = children(dep, parent.run_id)
+        below = children(dep, found[0]["run_id"]) if found else []
+        return below[0] if below and below[0]["status"] == "waiting" else None
+
+    wait_for(waiting_grandchild, timeout=60, message="the grandchild to wait for its approval")
+    (relay,) = children(dep, parent.run_id)
+    held = run_balance(dep, relay["run_id"])
+    assert held["model_calls"] == {"used": 1, "reserved": 1}  # B's own call; C's carve
+
+    # When B is cancelled (its child goes with it) and A goes on
+    dep.svc.cancel(relay["run_id"], "ops:ann")
+    assert ended(dep, parent.run_id).status.value == "succeeded"
+
+    # Then A was charged B's call and all of C's carve (C might have spent it), besides
+    # its own two calls: nothing B's subtree held came back to A as unspent
+    balance = run_balance(dep, parent.run_id)
+    assert balance["model_calls"] == {"used": 4, "reserved": 0}
+    assert balance["delegations"]["used"] == 1
+
+
+def test_a_child_is_never_admitted_onto_a_stopped_route(dep: Deployment) -> None:
+    # Given d.child stopped by an operator (drain: its running runs finish, none starts)
+    dep.svc.levers.stop_route("d.child", "drain", actor="ops:ann")
+    try:
+        parent = submit(dep, [delegate("d.child", [reply("x")]), reply("done")])
+        view = ended(dep, parent.run_id)
+    finally:
+        dep.svc.levers.start_route("d.child", actor="ops:ann")
+    # Then the delegation was refused as a submit would be, and no child exists
+    assert children(dep, parent.run_id) == []
+    refused = [o for o in observations(dep, parent.run_id) if o and "refused" in o]
+    assert refused and refused[0]["refused"] == "child_refused:route_stopped", refused
+    assert view.status.value == "succeeded"
+
+
+def test_a_redelivered_delegation_gives_the_child_only_what_was_carved(
+    fresh_deployment: Deployment, tmp_path: Path
+) -> None:
+    d = Deployment.create(
+        name=f"dr{uuid.uuid4().hex[:4]}",
+        redis_url=fresh_deployment.env["AGENTRT_REDIS_URL"],
+        database_url=f"sqlite:///{tmp_path / 'redeliver.db'}",
+        config=CONFIG,
+        home=tmp_path,
+    )
+    svc = d.svc
+    try:
+        # no worker: this process runs the step. Its model asks for a large budget...
+        big = delegate("d.child", [reply("x")], tokens=50000, model_calls=5)
+        parent = svc.submit("t1", "d.parent", "g", {"script": [big, reply("done")]}, actor="t")
+        # ...but an earlier copy of the step (another proposal) carved a small one and
+        # died before its checkpoint
+        limits = svc.config.budget_policies["parent"].per_run.ledger_limits()
+        scope = svc.ledger.run_scope(parent.run_id, limits)
+        small = {"tokens": 1000, "model_calls": 1, "tool_calls": 1, "cost_micro_usd": 10_000}
+        svc.ledger.carve(parent.run_id, 0, scope, {**small, "delegations": 1})
+
+        result = svc.steps.run(item_of(svc.store.get_run(parent.run_id), 0), attempt=1)
+
+        # Then the child is limited to what its parent holds for it, not to what was asked
+        assert result.outcome.startswith("delegated"), result
+        (child,) = svc.store.children(parent.run_id, "t1")
+        budget = child["delegated_budget"]
+        assert {k: budget[k] for k in small} == small
+        held = svc.ledger.carved(parent.run_id, 0)
+        assert held is not None and {k: held[k] for k in small} == small
+    finally:
+        svc.leases.liveness.stop()
+        d.close()
+
+
 def test_the_reconciler_resumes_a_parent_whose_child_ended_outside_a_step(
     dep: Deployment,
 ) -> None:
@@ -389,6 +473,44 @@ def test_recovery_rebuilds_the_parents_carved_and_settled_budget(split_dep: Depl
         spent += dep.svc.store.spend(run_id=kid["run_id"])["model_calls"]
     assert final["model_calls"]["used"] == spent
     assert final["delegations"]["used"] == 2
+
+
+def test_recovery_counts_what_an_ended_childs_own_children_spent(split_dep: Deployment) -> None:
+    dep = split_dep
+    worker = dep.start_worker(concurrency=2)
+    # Given A whose first child B (d.relay) delegated to C and both ended, and whose second
+    # child waits for an approval (A is still open)
+    write = {"type": "tool_call", "tool": "counter.increment", "args": {"key": "k", "by": 1}}
+    grandchild = delegate(
+        "d.child", [reply("c")], tokens=5000, model_calls=1, tool_calls=1, cost_usd=0.01
+    )
+    script = [
+        delegate("d.relay", [grandchild, reply("b")], model_calls=4),
+        delegate("d.gated", [write, reply("second")], model_calls=1),
+        reply("done"),
+    ]
+    parent = submit(dep, script)
+
+    def second_waiting() -> dict[str, Any] | None:
+        found = children(dep, parent.run_id)
+        ok = len(found) == 2 and found[1]["status"] == "waiting"
+        return found[1] if ok else None
+
+    wait_for(second_waiting, timeout=60, message="the second child to wait")
+    before = run_balance(dep, parent.run_id)
+    # A's two calls, B's two and C's one are A's settled spend; the second child's carve held
+    assert before["model_calls"] == {"used": 5, "reserved": 1}
+    worker.stop()
+
+    # When Redis loses its data and recovery rebuilds the ledger from SQL
+    dep.svc.redis.flushdb()
+    dep.svc.redis.script_flush()
+    dep.svc.recovery.recover("ops:test", inflight_wait_s=0)
+
+    # Then A's scope counts C's spend too (through B), as before the loss
+    dims = [d for d in DIMENSIONS if d != "wall_clock_ms"]
+    after = run_balance(dep, parent.run_id)
+    assert {d: after[d] for d in dims} == {d: before[d] for d in dims}
 
 
 # --- config -----------------------------------------------------------------------------

@@ -231,6 +231,15 @@ class BudgetLedger:
             raise _refused([scope], result, amounts)
         return Reservation(run_id, step, dict(amounts), _text(result[1]))
 
+    def carved(self, run_id: str, step: int) -> dict[str, int] | None:
+        """What ``run_id``'s step carved for a child, as the hold records it (None: no
+        open hold)."""
+        raw = self.redis.hgetall(self.keys.budget_delegation_hold(run_id, step))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return {d: int(fields.get(f"a:{d}", "0")) for d in DIMENSIONS}
+
     def settle_child(self, run_id: str, step: int, actuals: dict[str, int]) -> bool:
         """Replace the budget ``run_id``'s step carved for a child by what the child
         spent; the rest returns to the parent. False if nothing was open (settled already)."""

@@ -102,6 +102,9 @@ class DelegateStage:
                 stop_reasons.make("budget_exhausted", exc.dimension),
                 f"this run's remaining budget cannot cover the child's {exc.dimension}",
             )
+        if carved.state != "new":
+            limits = self._as_carved(st, scope.limits, limits)
+            row["delegated_budget"] = limits
         child_id = str(row["run_id"])
         st.new_runs, st.new_run_events = [row], events
         st.trace.add(
@@ -127,6 +130,20 @@ class DelegateStage:
                 "workflow_step": workflow_step(WorkflowStep.AWAITING_CHILD, child_id),
             },
         )
+
+    def _as_carved(
+        self, st: Step, parent: Mapping[str, int], asked: dict[str, int]
+    ) -> dict[str, int]:
+        """An earlier copy of this step carved the child's budget (it died before its
+        checkpoint) and this copy's model may have asked for another: the child gets what
+        the parent holds for it in every dimension the parent is limited in, never more."""
+        held = self.ledger.carved(st.run_id, st.step_no) or {}
+        limits = dict(asked)
+        for dim, limit in parent.items():
+            if limit >= 0 and dim != "delegations":
+                limits[dim] = held.get(dim, 0)
+        st.trace.add("delegation_carved_before", budget=limits)
+        return limits
 
     def _policy(self, st: Step, proposal: DelegateProposal) -> Move | None:
         """The policy's decision on ``delegate:<route>``; anything but allow refuses the

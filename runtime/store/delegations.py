@@ -68,13 +68,22 @@ class DelegationRows(StoreConnections):
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def delegations_of_open_parents(self) -> list[dict[str, Any]]:
-        """Every child of a parent that has not ended, deepest first: what the ledger's
-        recovery rebuilds the parents' delegation holds and settled spend from."""
+        """Every descendant of a parent that has not ended, deepest first: what the
+        ledger's recovery rebuilds the parents' delegation holds and settled spend from.
+        Descendants, not only children: an ended child's spend includes what its own
+        (ended) children spent, summed up the tree deepest first."""
         parent = aliased(runs_t)
-        query = (
-            select(*_CHILD_COLUMNS)
+        tree = (
+            select(runs_t.c.run_id)
             .join_from(runs_t, parent, parent.c.run_id == runs_t.c.parent_run_id)
             .where(parent.c.status.notin_(_TERMINAL))
+            .cte("delegation_tree", recursive=True)
+        )
+        below = aliased(runs_t)
+        tree = tree.union_all(select(below.c.run_id).where(below.c.parent_run_id == tree.c.run_id))
+        query = (
+            select(*_CHILD_COLUMNS)
+            .where(runs_t.c.run_id.in_(select(tree.c.run_id)))
             .order_by(runs_t.c.depth.desc())
         )
         with self._read_one() as conn:
