@@ -50,6 +50,14 @@ def secrets() -> tuple[str, ...]:
     return _SECRETS.get()
 
 
+def clear() -> None:
+    """Drop what a step that raised left on this thread (``step_context`` keeps it for the
+    report made after the step): a long-lived thread that made that report, or never
+    will, starts its next work clean."""
+    _TAGS.set({})
+    _SECRETS.set(())
+
+
 @contextmanager
 def step_context() -> Iterator[None]:
     """One step's notes: a step starts clean, and what it noted does not outlive it (the

@@ -19,12 +19,21 @@ for _name in [
 ]:
     del os.environ[_name]
 
+from runtime import report_context  # noqa: E402
 from runtime.embedded_redis import start_server  # noqa: E402
 from tests import services  # noqa: E402
 from tests.support import Deployment, pg_schema_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CONFIG = ROOT / "tests" / "config" / "runtime.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_report_notes() -> None:
+    """A step a test runs in its own thread and lets raise keeps its error-report notes
+    on the thread (by design: a worker reports the exception after the step); every test
+    starts clean, whatever ran before it."""
+    report_context.clear()
 
 
 @pytest.fixture(scope="session")
