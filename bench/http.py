@@ -247,7 +247,8 @@ def backend_lines(args: argparse.Namespace, r: BackendResult) -> list[str]:
         f"{load['p99_sent_ms']:.1f} ms; wait for a free connection p99 "
         f"{load['conn_wait_p99_ms']:.1f} ms, max {load['conn_wait_max_ms']:.1f} ms",
         f"  CPU-ms per HTTP submit: API server {r.api_cpu_ms:.2f}, redis-server "
-        f"{r.redis_cpu_ms:.2f} (the worker's steps included); worker busy "
+        f"{r.redis_cpu_ms:.2f} (the worker's steps included), load process "
+        f"{load.get('cpu_ms_per_request', 0.0):.2f}; worker busy "
         f"{r.worker_cpu_ms / 1000 / r.load_wall_s:.2f} CPUs during the load",
         f"runtime submit per s: {sub_rate:.0f}   (CPU {sub_cpu:.2f} ms/submit; runs: "
         + ", ".join(f"{s[0]:.0f}" for s in r.submit)

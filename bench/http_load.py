@@ -146,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{KEY_ENV} is not set", file=sys.stderr)
         return 2
     body = json.loads(args.body)
+    cpu0 = time.process_time()
     result = asyncio.run(
         run_load(args.base_url, key, args.rate, args.duration, args.connections, body)
     )
+    # the load generator's own CPU per request: on a small host it competes with the server
+    result["cpu_ms_per_request"] = 1000 * (time.process_time() - cpu0) / max(1, result["sent"])
     print(json.dumps(result), flush=True)
     return 0
 

@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from runtime import telemetry
-from runtime.api.auth import Canceller, Reader, Submitter, Svc
+from runtime.api.auth import Canceller, PresentedKey, Reader, SubmitKey, Svc
 from runtime.api.problems import REFUSALS, Problem, problem_response
 from runtime.api_keys import Principal
 from runtime.contract import TERMINAL_STATUSES, RunView
@@ -101,23 +103,31 @@ def _refusal(svc: RuntimeService, view: RunView, tenant: str) -> JSONResponse:
 
 
 @router.post("/runs", status_code=202, responses={200: {"description": "an existing run"}})
-def submit_run(
+async def submit_run(
     body: SubmitBody,
-    svc: Svc,
-    who: Submitter,
+    key: SubmitKey,
     request: Request,
     idempotency_key: Annotated[str | None, Header(pattern=TOKEN)] = None,
-) -> JSONResponse:
+) -> Response:
     """Submit a run: 202 with the run and its ``Location``. A run whose mode is ``sync`` is
     run by this process first: 200 with the terminal run when it finished within the route's
     ``sync_timeout_s`` (plus the step under way then), else 202 (its rest runs on workers).
     A repeat with the same ``Idempotency-Key`` (or ``request_id``) and the same payload
     returns the same run (200); a different payload is 409."""
+    # ``async`` with one worker thread for the key check, the submit and the answer's JSON:
+    # a sync endpoint behind a sync key check would make two thread hops a submit
+    return await run_in_threadpool(_traced_submit, body, key, request.headers, idempotency_key)
+
+
+def _traced_submit(
+    body: SubmitBody, key: PresentedKey, headers: Headers, idempotency_key: str | None
+) -> Response:
     # the submit's span continues the caller's W3C traceparent; the run adopts its trace
     with telemetry.server_span(
-        "agentrt.submit", request.headers, {"http.method": "POST", "http.route": "/v1/runs"}
+        "agentrt.submit", headers, {"http.method": "POST", "http.route": "/v1/runs"}
     ) as span:
-        answer = _submit(body, svc, who, idempotency_key)
+        who = key.principal()
+        answer = _submit(body, key.svc, who, idempotency_key)
         location = answer.headers.get("Location")
         if location:
             span.set("agentrt.run_id", location.rsplit("/", 1)[-1])
@@ -157,10 +167,13 @@ def _submit(
     created = request_id is None or (view.request_id == request_id and not existed)
     # a sync run that finished within its route's sync_timeout_s is answered with its result
     finished = view.execution_mode == "sync" and view.status in TERMINAL_STATUSES
-    return JSONResponse(
-        run_json(view),
+    # pydantic writes the JSON itself: the same document as ``run_json``, without the
+    # intermediate dict
+    return Response(
+        view.model_dump_json(by_alias=True),
         status_code=202 if created and not finished else 200,
         headers={"Location": f"/v1/runs/{view.run_id}"},
+        media_type="application/json",
     )
 
 

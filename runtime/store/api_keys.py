@@ -20,10 +20,9 @@ class ApiKeyStore(StoreConnections):
             conn.execute(insert(api_keys_t), [row])
 
     def by_prefix(self, prefix: str) -> dict[str, Any] | None:
+        # every authenticated request reads its key: driver SQL built once
         with self._read_one() as conn:
-            found = conn.execute(select(api_keys_t).where(api_keys_t.c.prefix == prefix))
-            row = found.mappings().first()
-        return dict(row) if row is not None else None
+            return self._sql.select_by(conn, api_keys_t, {"prefix": prefix})
 
     def get(self, key_id: str) -> dict[str, Any] | None:
         with self._read_one() as conn:

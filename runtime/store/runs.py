@@ -156,12 +156,13 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages, Dele
         or idempotency key (the unique indexes decide a race), nothing is written and that
         run is returned instead: ``(run, created)``."""
         try:
+            # driver SQL built once per shape: every submit pays this insert
             with self._write() as conn:
-                conn.execute(insert(runs_t), [row])
+                self._sql.insert(conn, runs_t, [row])
                 if events:
-                    conn.execute(insert(events_t), list(events))
+                    self._sql.insert(conn, events_t, events)
                 for table, values in also:
-                    conn.execute(insert(table), [values])
+                    self._sql.insert(conn, table, [values])
             return row, True
         except IntegrityError:
             if not row.get("admitted", True):
