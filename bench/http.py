@@ -243,7 +243,7 @@ def backend_lines(args: argparse.Namespace, r: BackendResult) -> list[str]:
         f"http submit p50 ms: {load['p50_ms']:.1f}",
         f"http submit p99 ms: {load['p99_ms']:.1f}   (goal < {GOAL_P99_MS:.0f} ms at "
         f"{GOAL_RATE:.0f} req/s with a worker running: {goal}; max {load['max_ms']:.1f})",
-        f"  from hand-off to httpx: p50 {load['p50_sent_ms']:.1f} ms, p99 "
+        f"  from writing the request: p50 {load['p50_sent_ms']:.1f} ms, p99 "
         f"{load['p99_sent_ms']:.1f} ms; wait for a free connection p99 "
         f"{load['conn_wait_p99_ms']:.1f} ms, max {load['conn_wait_max_ms']:.1f} ms",
         f"  CPU-ms per HTTP submit: API server {r.api_cpu_ms:.2f}, redis-server "
