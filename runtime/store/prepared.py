@@ -62,6 +62,7 @@ class PreparedStatements:
         self._selects: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self._results: dict[str, tuple[tuple[str, _Processor], ...]] = {}
         self._binds: dict[tuple[str, str], _Processor] = {}
+        self._casts: dict[str, dict[str, str]] = {}
 
     # --- parameters and values -------------------------------------------------------
     def param(self, name: str) -> str:
@@ -289,7 +290,10 @@ class PreparedStatements:
         keys = frozenset(k for row in rows for k in row)
         stmt = self._insert_for(table, keys)
         names = [name for name, _, _ in stmt.columns]
-        casts = {c.name: c.type.compile(dialect=self.dialect) for c in table.c}
+        casts = self._casts.get(table.name)
+        if casts is None:  # compiling a column's type is SQLAlchemy work: once per table
+            casts = {c.name: c.type.compile(dialect=self.dialect) for c in table.c}
+            self._casts[table.name] = casts
         tuples = []
         for i, row in enumerate(rows):
             processed = self._values(stmt.columns, row)

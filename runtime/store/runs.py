@@ -157,12 +157,17 @@ class RunStore(HistoryRows, EffectRows, RunControlRows, WaitRows, RunPages, Dele
         run is returned instead: ``(run, created)``."""
         try:
             # driver SQL built once per shape: every submit pays this insert
-            with self._write() as conn:
-                self._sql.insert(conn, runs_t, [row])
-                if events:
-                    self._sql.insert(conn, events_t, events)
-                for table, values in also:
-                    self._sql.insert(conn, table, [values])
+            if self._one_statement_writes:  # PostgreSQL: one statement, one round trip
+                with self._write_one() as conn:
+                    inserts = [(runs_t, [row]), (events_t, events)]
+                    self._sql.insert_all(conn, inserts + [(t, [v]) for t, v in also])
+            else:
+                with self._write() as conn:
+                    self._sql.insert(conn, runs_t, [row])
+                    if events:
+                        self._sql.insert(conn, events_t, events)
+                    for table, values in also:
+                        self._sql.insert(conn, table, [values])
             return row, True
         except IntegrityError:
             if not row.get("admitted", True):
