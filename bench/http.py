@@ -99,7 +99,7 @@ class BackendResult:
 def start_api(bench: Bench, env: dict[str, str], name: str) -> tuple[Worker, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "runtime.cli.main", "api", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port)]
+    cmd += ["--port", str(port), "--workers", str(bench.args.api_workers)]
     api = bench.start_worker(cmd, env, name, bench.workdir / f"{name}.log")
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -163,7 +163,9 @@ def http_phase(bench: Bench, result: BackendResult) -> RuntimeService:
     body = run_body(args.tool_calls)
     warm_up(svc, base, key, body, worker)
     before = svc.store.count_by("status")
-    api_cpu0 = proc_cpu_s(api.proc.pid)
+    # with --api-workers > 1 the server processes are the command's children
+    api_pids = [api.proc.pid, *_children(api)]
+    api_cpu0 = sum(proc_cpu_s(p) for p in api_pids)
     worker_pids = [worker.proc.pid, *_children(worker)]
     worker_cpu0 = sum(proc_cpu_s(p) for p in worker_pids)
     redis_cpu0 = redis_cpu_s(bench.client)
@@ -172,7 +174,7 @@ def http_phase(bench: Bench, result: BackendResult) -> RuntimeService:
     load = run_load_process(bench, base, key, body)
     result.load_wall_s = time.monotonic() - t0
     completed = max(1, load["completed_2xx"])
-    result.api_cpu_ms = 1000 * (proc_cpu_s(api.proc.pid) - api_cpu0) / completed
+    result.api_cpu_ms = 1000 * (sum(proc_cpu_s(p) for p in api_pids) - api_cpu0) / completed
     result.worker_cpu_ms = 1000 * (sum(proc_cpu_s(p) for p in worker_pids) - worker_cpu0)
     result.redis_cpu_ms = 1000 * (redis_cpu_s(bench.client) - redis_cpu0) / completed
     result.load = load
@@ -274,7 +276,8 @@ def report(bench: Bench, results: list[BackendResult]) -> None:
     )
     out.append(
         f"  load: {args.rate:.0f} req/s x {args.duration:.0f}s open-loop, {args.connections} "
-        f"keep-alive connections, separate process; agentrt api (one uvicorn process); "
+        f"keep-alive connections, separate process; agentrt api --workers "
+        f"{args.api_workers}; "
         f"worker -P {args.pool} -c {args.concurrency}"
         f"{f' under nice -n {args.worker_nice}' if args.worker_nice else ''}; runs of "
         f"{args.tool_calls + 1} steps"
@@ -320,6 +323,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "host shared by the API and workers, a lower priority for the workers keeps submit "
         "latency low while they use every idle cycle",
     )
+    p.add_argument(
+        "--api-workers", type=int, default=1, help="agentrt api --workers: server processes (1)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     p.add_argument("--quick", action="store_true", help="small numbers: a smoke test")
     args = p.parse_args(argv)
@@ -329,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rate in (0, 5000], --duration in (0, 3600], --connections in [1, 256]")
     if not 1 <= args.worker_concurrency <= 64:
         p.error("--worker-concurrency in [1, 64]")
+    if not 1 <= args.api_workers <= 16:
+        p.error("--api-workers in [1, 16]")
     if not 0 <= args.worker_nice <= 19:
         p.error("--worker-nice in [0, 19]")
     # what bench.run.Bench reads

@@ -580,15 +580,27 @@ FLOWER_AUTH_ENV = "FLOWER_BASIC_AUTH"
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes on the port (each with its own runtime); one uses at "
+            "most one core, as Python runs one thread at a time.",
+            min=1,
+            max=64,
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (FastAPI on uvicorn): runs, events (SSE), approvals, dead letters.
 
     Authenticate with an API key (agentrt keys create); OpenAPI at /openapi.json; the
     operating dashboard at /dashboard (log in with a key)."""
-    from runtime.api.app import serve
+    from runtime.api.app import serve, serve_processes
 
     with service() as svc:
-        serve(svc, host, port)
+        if workers == 1:
+            serve(svc, host, port)
+        else:
+            serve_processes(svc.settings, host, port, workers)
 
 
 @app.command()
