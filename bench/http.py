@@ -318,10 +318,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--worker-nice",
         type=int,
-        default=0,
-        help="run the worker under `nice -n N` (0-19; 0: the same priority as the API). On a "
-        "host shared by the API and workers, a lower priority for the workers keeps submit "
-        "latency low while they use every idle cycle",
+        default=10,
+        help="run the worker under `nice -n N`, as `agentrt worker --nice N` does (0-19; "
+        "default 10, the deployment bench/README.md recommends for a host the API shares; "
+        "0: the API's priority, and the p99 then depends on how the kernel shares two "
+        "saturated cores)",
     )
     p.add_argument(
         "--api-workers", type=int, default=1, help="agentrt api --workers: server processes (1)"

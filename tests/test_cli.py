@@ -342,12 +342,15 @@ def test_worker_execs_celery_and_stops_on_sigterm(
     fresh_deployment: Deployment, spawned: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     log = tmp_path / "worker.log"
-    proc = _spawn(["worker", "--pool", "solo"], fresh_deployment.env, log)
+    proc = _spawn(["worker", "--pool", "solo", "--nice", "7"], fresh_deployment.env, log)
     spawned.append(proc)
     wait_for(lambda: " ready." in log.read_text() or proc.poll() is not None, 60, message="worker")
     assert proc.poll() is None, log.read_text()
     # the CLI became the worker: same pid, Celery's command line
     assert b"celery" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    # --nice: the worker runs 7 below this process's priority (field 19 of stat: nice)
+    stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    assert int(stat[16]) == min(19, os.nice(0) + 7)
 
     run = fresh_deployment.submit_script([search(), reply()])
     assert fresh_deployment.svc.wait(run.run_id, timeout=120).status == "succeeded"

@@ -540,6 +540,17 @@ def worker(
             help="Address the metrics port listens on (default 127.0.0.1; AGENTRT_METRICS_HOST).",
         ),
     ] = None,
+    nice: Annotated[
+        int,
+        typer.Option(
+            "--nice",
+            min=0,
+            max=19,
+            help="Lower the worker's CPU priority by N (as nice(1); its pool processes "
+            "inherit it). On a host the API server shares, 10 keeps submits fast under load: "
+            "the worker still takes every cycle the API leaves idle.",
+        ),
+    ] = 0,
 ) -> None:
     """Run a Celery worker for the step queue.
 
@@ -568,6 +579,8 @@ def worker(
         env["AGENTRT_METRICS_PORT"] = str(metrics_port)
     if metrics_host is not None:
         env["AGENTRT_METRICS_HOST"] = metrics_host
+    if nice:
+        os.nice(nice)  # survives the exec, and Celery's pool processes inherit it
     _exec(argv, env)
 
 
