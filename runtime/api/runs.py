@@ -139,7 +139,7 @@ def _traced_submit(
 
 def _submit(
     body: SubmitBody, svc: RuntimeService, who: Principal, idempotency_key: str | None
-) -> JSONResponse:
+) -> Response:
     tenant = _tenant_for_submit(who, body.tenant)
     # under an idempotency key, a request id of our own (unless the app gave one): a run
     # that comes back with another request id was admitted before (by that key). With
