@@ -20,7 +20,7 @@ from runtime import report_context
 from runtime.contract import RunView
 from tests.api_support import Api, serve
 from tests.schedule_tools import base_config, schedule_deployment
-from tests.support import Deployment, wait_for
+from tests.support import Deployment, WorkerProcess, wait_for
 
 REPLY = {"type": "reply", "text": "done"}
 #: long enough that a slow machine still finishes a short run in time
@@ -54,6 +54,20 @@ def dep(
         yield d
 
 
+def start_worker(dep: Deployment, concurrency: int) -> WorkerProcess:
+    """A worker whose capacity the scheduler knows. Dispatching is bounded by the live
+    capacity workers report (their first heartbeat comes just after Celery's "ready."):
+    a step admitted before it stays queued, and the worker's pump, not the caller, then
+    runs it. These tests are about where each step runs, so they wait for it."""
+    worker = dep.start_worker(concurrency=concurrency)
+    wait_for(
+        lambda: dep.svc.scheduler.capacity() >= concurrency,
+        timeout=60,
+        message="the worker's capacity in the scheduler",
+    )
+    return worker
+
+
 def submit(dep: Deployment, script: list[Any], route: str = "r.limited", **kw: Any) -> RunView:
     return dep.svc.submit(
         "t1", route, "sync test", {"script": script}, actor="tester",
@@ -71,7 +85,7 @@ def probe_max(dep: Deployment, key: str) -> int:
 
 
 def test_a_sync_run_on_a_fast_route_completes_in_the_callers_process(dep: Deployment) -> None:
-    worker = dep.start_worker(concurrency=1)
+    worker = start_worker(dep, 1)
     key = uuid.uuid4().hex[:8]
     run = submit(dep, [work(key), work(key), REPLY], execution_mode="sync")
     # returned terminal, every step run by this process (no Celery task for any of them)
@@ -90,7 +104,7 @@ def test_a_sync_run_on_a_fast_route_completes_in_the_callers_process(dep: Deploy
 
 def test_a_sync_run_past_its_timeout_returns_and_finishes_on_the_worker(dep: Deployment) -> None:
     key = uuid.uuid4().hex[:8]
-    worker = dep.start_worker(concurrency=1)
+    worker = start_worker(dep, 1)
     # the first step alone outlasts the route's sync_timeout_s: no further step starts here
     run = submit(dep, [work(key, SLOW_MS), work(key), work(key), REPLY], route="r.quick")
     assert run.execution_mode == "sync"
@@ -113,7 +127,7 @@ def test_a_sync_run_admitted_past_its_timeout_still_starts_its_first_step_here(
     caller was given still starts here (one step past the timeout, as documented) and the
     rest goes to the worker, each step once."""
     key = uuid.uuid4().hex[:8]
-    dep.start_worker(concurrency=1)
+    start_worker(dep, 1)
     sync_runs = dep.svc.sync_runs
     reads = iter([0.0])
     # the first reading fixes the deadline; every later one is long past it
@@ -130,7 +144,7 @@ def test_a_sync_run_admitted_past_its_timeout_still_starts_its_first_step_here(
 def test_route_concurrency_holds_with_sync_and_worker_runs_together(dep: Deployment) -> None:
     key = uuid.uuid4().hex[:8]
     script = [work(key, 150), work(key, 150), work(key, 150), REPLY]
-    dep.start_worker(concurrency=2)
+    start_worker(dep, 2)
     starts_key = dep.svc.keys.demo(f"probe:{key}:starts")
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         # three sync callers on a route of 2 slots: two take theirs at admission
@@ -156,7 +170,7 @@ def test_route_concurrency_holds_with_sync_and_worker_runs_together(dep: Deploym
 
 
 def test_http_answers_200_with_the_terminal_run_or_202_with_the_run(dep: Deployment) -> None:
-    dep.start_worker(concurrency=1)
+    start_worker(dep, 1)
     key = uuid.uuid4().hex[:8]
     with serve(dep) as api:
         c = client(api)
