@@ -76,6 +76,18 @@ class IssuedKey:
     record: dict[str, Any]
 
 
+def key_parts(presented: str | None) -> tuple[str, str]:
+    """(prefix, secret) of a presented key, or ``ApiKeyRejected`` (``missing``,
+    ``malformed``): no I/O, so a caller may check this much before anything else."""
+    if not presented:
+        raise ApiKeyRejected("missing")
+    matched = _KEY.fullmatch(presented) if len(presented) <= MAX_KEY_CHARS else None
+    if matched is None:
+        raise ApiKeyRejected("malformed")
+    prefix, secret = matched.groups()
+    return prefix, secret
+
+
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -153,12 +165,7 @@ class ApiKeys:
 
     def authenticate(self, presented: str | None, now: datetime | None = None) -> Principal:
         """The principal of a presented key, or ``ApiKeyRejected`` with the reason code."""
-        if not presented:
-            raise ApiKeyRejected("missing")
-        matched = _KEY.fullmatch(presented) if len(presented) <= MAX_KEY_CHARS else None
-        if matched is None:
-            raise ApiKeyRejected("malformed")
-        prefix, secret = matched.groups()
+        prefix, secret = key_parts(presented)
         presented_hash = digest(secret)
         return self.by_proof(
             prefix, lambda stored: hmac.compare_digest(presented_hash, stored), now

@@ -91,8 +91,16 @@ def test_health_ready_and_openapi(api: Api) -> None:
 def test_keys_missing_bad_revoked_expired_and_scopes(api: Api) -> None:
     with api.client() as c:
         is_problem(c.get("/v1/runs"), 401, "unauthorized")
+        # a submit without a usable key is 401 before its body is validated, and stores
+        # nothing, whatever it holds
+        for bad in ({"route": "\x00"}, body()):
+            is_problem(c.post("/v1/runs", json=bad), 401, "unauthorized")
+    with api.client("not-a-key") as c:
+        is_problem(c.post("/v1/runs", json={"route": "\x00"}), 401, "unauthorized")
     with api.client("agrt_0123456789ab_" + "x" * 43) as c:
         unknown = is_problem(c.get("/v1/runs"), 401, "unauthorized")
+        assert is_problem(c.post("/v1/runs", json=body()), 401) == unknown
+    assert api.dep.svc.store.count_by("status") == {}
     reader = api.key("t1", ["runs:read"])
     with api.client(reader) as c:
         assert c.get("/v1/runs").status_code == 200

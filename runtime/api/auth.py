@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from runtime.api_keys import Principal
+from runtime.api_keys import Principal, key_parts
 from runtime.errors import ApiKeyRejected
 from runtime.service import RuntimeService
 
@@ -80,6 +80,10 @@ def presented(scope: str) -> Callable[..., Awaitable[PresentedKey]]:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> PresentedKey:
         key = None if credentials is None else credentials.credentials
+        # a missing or malformed key is refused here, before the body is looked at (a
+        # request that cannot be anyone's learns nothing of the schema); the key's row is
+        # read by ``principal``
+        key_parts(key)
         return PresentedKey(_runtime(request), key, scope)
 
     return dependency
