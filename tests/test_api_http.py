@@ -101,16 +101,20 @@ def test_keys_missing_bad_revoked_expired_and_scopes(api: Api) -> None:
     with api.client("agrt_0123456789ab_" + "x" * 43) as c:
         unknown = is_problem(c.get("/v1/runs"), 401, "unauthorized")
         assert is_problem(c.post("/v1/runs", json=body()), 401) == unknown
+        # a well-formed key nobody holds learns nothing of the body either
+        assert is_problem(c.post("/v1/runs", json={"route": "\x00"}), 401) == unknown
     assert api.dep.svc.store.count_by("status") == stored
     reader = api.key("t1", ["runs:read"])
     with api.client(reader) as c:
         assert c.get("/v1/runs").status_code == 200
         missing = is_problem(c.post("/v1/runs", json=body()), 403, "scope_missing")
         assert missing["scope"] == "runs:submit"
+        assert is_problem(c.post("/v1/runs", json={"route": "\x00"}), 403) == missing
         # revoked: its very next request fails, with the same answer as an unknown key
         key_id = api.dep.svc.api_keys.authenticate(reader).key_id
         api.dep.svc.api_keys.revoke(key_id, "test")
         assert is_problem(c.get("/v1/runs"), 401) == unknown
+        assert is_problem(c.post("/v1/runs", json={"route": "\x00"}), 401) == unknown
     expiring = api.key("t1", ["runs:read"], expires_in=timedelta(hours=1))
     with api.client(expiring) as c:
         assert c.get("/v1/runs").status_code == 200

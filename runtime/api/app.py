@@ -112,7 +112,6 @@ def app_in_process() -> FastAPI:
     """uvicorn's factory in each process of ``serve_processes``: the runtime of this
     process (from the environment, as ``agentrt api`` built its own), closed when the
     process stops serving."""
-    from runtime.settings import Settings
     from runtime.wiring import Runtime
 
     settings = Settings()

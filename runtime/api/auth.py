@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from runtime.api.problems import DEFERRED_CHECK
 from runtime.api_keys import Principal, key_parts
-from runtime.errors import ApiKeyRejected
 from runtime.service import RuntimeService
 
 _bearer = HTTPBearer(auto_error=False, description="An agentrt API key: agrt_<prefix>_<secret>")
@@ -32,8 +32,7 @@ async def service(request: Request) -> RuntimeService:
 def _verified(
     svc: RuntimeService, presented: str | None, scope: str, run_id: str | None
 ) -> Principal:
-    if presented is None:
-        raise ApiKeyRejected("missing")
+    # ``authenticate`` refuses a missing or malformed key first (``key_parts``)
     principal = svc.api_keys.authenticate(presented)
     principal.require(scope)
     if svc.settings.sentry_dsn is not None:
@@ -82,9 +81,12 @@ def presented(scope: str) -> Callable[..., Awaitable[PresentedKey]]:
         key = None if credentials is None else credentials.credentials
         # a missing or malformed key is refused here, before the body is looked at (a
         # request that cannot be anyone's learns nothing of the schema); the key's row is
-        # read by ``principal``
+        # read by ``principal``: in the endpoint's thread, or by the 422 handler first when
+        # the body is invalid (FastAPI validates it after this dependency ran)
         key_parts(key)
-        return PresentedKey(_runtime(request), key, scope)
+        deferred = PresentedKey(_runtime(request), key, scope)
+        setattr(request.state, DEFERRED_CHECK, deferred.principal)
+        return deferred
 
     return dependency
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.errors import (
@@ -36,6 +37,11 @@ from runtime.errors import (
 )
 
 log = logging.getLogger("agentrt.api")
+
+#: ``request.state`` attribute: a blocking check (the key of an endpoint that reads its
+#: key's row in its own worker thread, ``runtime.api.auth.presented``) that must pass
+#: before a caller learns how its body is invalid
+DEFERRED_CHECK = "deferred_check"
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://agentrt.dev/problems/"
@@ -162,6 +168,14 @@ def install(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        deferred = getattr(request.state, DEFERRED_CHECK, None)
+        if deferred is not None:
+            # an unknown, revoked or expired key (or one without the scope) is answered as
+            # such, before 422: only the invalid requests pay for this extra thread hop
+            try:
+                await run_in_threadpool(deferred)
+            except AgentRuntimeError as refused:
+                return await on_runtime_error(request, refused)
         # the offending values are not echoed back (they may hold secrets)
         errors = [
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
