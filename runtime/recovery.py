@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ SCOPE_DAYS = 3
 #: (the step's next copy takes it over with its own ttl; a run cancelled meanwhile frees it)
 RECOVERED_HOLD_TTL_MS = 6 * 3600 * 1000
 BATCH = 500
+_DELETE_IF_OURS = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 @dataclass
@@ -177,6 +181,10 @@ class Recovery:
                 time.sleep(inflight_wait_s)
                 report.waited_s = inflight_wait_s
             generation = self.deployments.new_generation(actor, "recover")
+            # the ledger is unknown until it is rebuilt: a process that still caches the old
+            # generation (for up to a second) would otherwise reserve or add a tool call into
+            # a scope the rebuild then overwrites, and its settle would take it off again
+            self.markers.forget_ledger()
             if self.rebuild_releases is not None:
                 report.release_states = self.rebuild_releases()
             self._rebuild_ledger(report, generation)
@@ -202,15 +210,21 @@ class Recovery:
             return True
         lock = self.keys.recovery_lock()
         ttl_s = lock_ttl_s or self.config.max_hard_limit_s() + 300
-        if not self.redis.set(lock, actor, nx=True, px=int(ttl_s * 1000)):
+        token = f"{actor}:{uuid.uuid4().hex}"
+        if not self.redis.set(lock, token, nx=True, px=int(ttl_s * 1000)):
             return False
         try:
+            # another process may have rebuilt it between the check above and the lock:
+            # a second rebuild would pause dispatching and wait for steps in flight again
+            if self.markers.known(self.generation.refresh()):
+                return True
             log.warning("the runtime's Redis state is unknown: %s rebuilds it from SQL", actor)
             report = self.recover(actor)
             log.warning("state rebuilt from SQL: %s", report.as_dict())
             return True
         finally:
-            self.redis.delete(lock)
+            # only our own lock: one that expired and was taken by another process stays
+            self.redis.eval(_DELETE_IF_OURS, 1, lock, token)
 
     def _rebuild_ledger(self, report: RecoveryReport, generation: int) -> None:
         index = self.keys.budget_holds_index()

@@ -91,6 +91,11 @@ class StateMarkers:
         lowest = min(self.read())
         return lowest > 0 and lowest >= generation
 
+    def forget_ledger(self) -> None:
+        """Make the ledger unknown (recovery, before it reads what it rebuilds): every
+        reservation is refused until ``mark_ledger_in`` writes the marker again."""
+        self.redis.delete(self.keys.ledger_state())
+
     def mark_ledger_in(self, pipe: Any, generation: int) -> None:
         """Queue the ledger marker on a (transactional) pipeline: recovery writes it in the
         transaction that rebuilt the ledger."""
