@@ -84,7 +84,12 @@ class Checkpointer:
         except StaleWrite as exc:
             log.info("step %s/%s lost to another copy: %s", st.run_id, st.step_no, exc)
             if st.budget.reserved:
-                self.ledger.release(st.run_id, st.step_no)
+                # the hold is the step's, shared with the copy that won: settle it to what
+                # that copy recorded (a release would drop the winner's spend if it had not
+                # settled yet: its own settle then finds no hold)
+                self.ledger.settle(
+                    st.run_id, st.step_no, self.store.step_spend(st.run_id, st.step_no)
+                )
             self.leases.release(lease)
             return StepResult(Delivery.STALE_WRITE.value)
         except Exception:
