@@ -12,14 +12,16 @@ lock and rebuilds; the others wait), and ``agentrt recover`` runs it by hand. Re
 3. waits for steps that were in flight when Redis lost its data (their hard time limit
    bounds them; ``inflight_wait_s``), so their spend is in SQL before it is read; with no
    queued or running run in SQL nothing can be in flight, and it does not wait;
-4. records a new state generation in SQL, then rebuilds every ledger scope with spend in
-   the scopes' lifetime from the SQL spend records (``u:<dim>`` = settled spend,
-   ``r:<dim>`` = the holds still open) and writes the ledger's marker in the same
-   transaction. It reads SQL and writes Redis under WATCH on the holds index, so a reserve
-   or settle in between makes it read again. A tool call decided at a live run's current
-   step may have run in a step that died with Redis's data (its hold lost, its spend never
-   recorded): recovery holds it again (a "recovered" hold: the call, counted as executed),
-   so the step's next copy is charged for it and nothing else can spend that budget;
+4. records a new state generation in SQL and makes the ledger unknown (a process that still
+   caches the old generation cannot reserve into a scope being rebuilt), then rebuilds
+   every ledger scope with spend in the scopes' lifetime from the SQL spend records
+   (``u:<dim>`` = settled spend, ``r:<dim>`` = the holds still open) and writes the
+   ledger's marker in the same transaction. It reads SQL and writes Redis under WATCH on
+   the holds index, so a reserve or settle in between makes it read again. A tool call
+   decided at a live run's current step may have run in a step that died with Redis's data
+   (its hold lost, its spend never recorded): recovery holds it again (a "recovered" hold:
+   the call, counted as executed), so the step's next copy is charged for it and nothing
+   else can spend that budget;
 5. forgets every queue and slot Redis held (an old snapshot's would be stale), restores the
    operator levers from SQL (``runtime.levers``: a step reads them with its lease, so they
    are back before the marker lets any step run), writes the scheduler's marker and queues
