@@ -46,7 +46,7 @@ from typing import Any
 
 import redis
 
-from runtime import delegations, deployment
+from runtime import delegations, deployment, scripts
 from runtime.config import DIMENSIONS, RuntimeConfig
 from runtime.dispatch import Dispatch
 from runtime.errors import RecoveryError
@@ -70,9 +70,6 @@ SCOPE_DAYS = 3
 #: (the step's next copy takes it over with its own ttl; a run cancelled meanwhile frees it)
 RECOVERED_HOLD_TTL_MS = 6 * 3600 * 1000
 BATCH = 500
-_DELETE_IF_OURS = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-)
 
 
 @dataclass
@@ -226,7 +223,8 @@ class Recovery:
             return True
         finally:
             # only our own lock: one that expired and was taken by another process stays
-            self.redis.eval(_DELETE_IF_OURS, 1, lock, token)
+            # (the leases' compare-and-delete; EVAL with the source: recovery is rare)
+            self.redis.eval(scripts.lua("runtime.locks", "release.lua"), 1, lock, token)
 
     def _rebuild_ledger(self, report: RecoveryReport, generation: int) -> None:
         index = self.keys.budget_holds_index()
